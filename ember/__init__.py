@@ -1,0 +1,34 @@
+"""ember: serve open LLMs on autoscaled GPUs.
+
+The heavy pieces (torch, the engine) are imported lazily so that `import ember` and
+`ember --help` stay fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = ["LLM", "CompletionOutput", "RequestOutput", "SamplingParams", "__version__"]
+
+if TYPE_CHECKING:
+    from ember.engine.llm import LLM
+    from ember.outputs import CompletionOutput, RequestOutput
+    from ember.sampling_params import SamplingParams
+
+
+def __getattr__(name: str) -> Any:
+    if name == "LLM":
+        from ember.engine.llm import LLM
+
+        return LLM
+    if name == "SamplingParams":
+        from ember.sampling_params import SamplingParams
+
+        return SamplingParams
+    if name in ("RequestOutput", "CompletionOutput"):
+        from ember import outputs
+
+        return getattr(outputs, name)
+    raise AttributeError(f"module 'ember' has no attribute {name!r}")

@@ -1,0 +1,244 @@
+"""EngineCore: model + KV cache + scheduler + runner, stepped by its owner.
+
+It runs in-process (tests, the offline LLM API, the server's engine thread); its inputs and
+outputs are plain records so that it can move to a process of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ember.engine.args import EngineArgs
+from ember.engine.kv_cache import KVCacheManager
+from ember.engine.request import Request
+from ember.engine.runner import ModelRunner
+from ember.engine.scheduler import Scheduler
+from ember.errors import InvalidRequestError
+from ember.layers.metadata import KVCache
+from ember.models.config import ModelConfig
+from ember.models.loader import load_model, resolve_dtype
+from ember.outputs import Logprob
+from ember.sampling_params import SamplingParams
+
+log = logging.getLogger(__name__)
+
+# Without an explicit --max-model-len, contexts are capped here on CPU: the reference attention
+# and a small KV budget make longer ones impractical there.
+CPU_DEFAULT_MAX_MODEL_LEN = 4096
+
+
+@dataclass(slots=True)
+class EngineCoreOutput:
+    request_id: str
+    new_token_ids: list[int]
+    new_logprobs: list[list[Logprob]] | None
+    finish_reason: str | None
+    stop_reason: int | str | None
+    num_cached_tokens: int
+    first_scheduled_time: float | None
+
+
+@dataclass(slots=True)
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    num_unfinished: int
+    kv_cache_usage: float  # 0..1, blocks referenced by requests
+    num_used_blocks: int
+    num_total_blocks: int
+    prefix_cache_queries: int  # tokens, cumulative
+    prefix_cache_hits: int  # tokens, cumulative
+    prompt_tokens_total: int
+    generation_tokens_total: int
+    num_preemptions_total: int
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidRequestError("device 'cuda' was asked for but no CUDA GPU is visible; use --device cpu")
+    return device
+
+
+class EngineCore:
+    def __init__(self, args: EngineArgs) -> None:
+        self.args = args
+        self.device = resolve_device(args.device)
+        model_dir = Path(args.model)
+        self.model_config = ModelConfig.from_dir(model_dir)
+        self.dtype = resolve_dtype(args.dtype, self.model_config, self.device)
+        torch.manual_seed(args.seed)
+        t0 = time.monotonic()
+        self.model = load_model(model_dir, self.dtype, self.device)
+        self.load_weights_s = time.monotonic() - t0
+        self.block_size = args.block_size
+        self.max_model_len = self._resolve_max_model_len()
+        num_blocks = self._num_blocks()
+        self.kv_caches = self._allocate_kv(num_blocks)
+        self.max_model_len = min(self.max_model_len, num_blocks * self.block_size)
+        self.kv = KVCacheManager(num_blocks, self.block_size, args.enable_prefix_caching)
+        self.scheduler = Scheduler(self.kv, args.max_num_seqs, args.max_num_batched_tokens)
+        self.runner = ModelRunner(self.model, self.kv_caches, self.block_size, self.device)
+        self.prompt_tokens_total = 0
+        self.generation_tokens_total = 0
+        log.info(
+            "engine ready: %s on %s (%s), max_model_len=%d, kv blocks=%d x %d tokens",
+            model_dir.name, self.device, self.dtype, self.max_model_len, num_blocks, self.block_size,
+        )
+
+    # --- sizing -------------------------------------------------------------------------------
+
+    def _resolve_max_model_len(self) -> int:
+        model_max = self.model_config.max_position_embeddings
+        if self.args.max_model_len is not None:
+            if self.args.max_model_len < 1:
+                raise InvalidRequestError(f"max_model_len must be positive, got {self.args.max_model_len}")
+            return self.args.max_model_len
+        if self.device.type == "cpu":
+            return min(model_max, CPU_DEFAULT_MAX_MODEL_LEN)
+        return model_max
+
+    def _kv_bytes_per_block(self) -> int:
+        c = self.model_config
+        elem = torch.empty((), dtype=self.dtype).element_size()
+        return 2 * c.num_hidden_layers * self.block_size * c.num_key_value_heads * c.head_dim * elem
+
+    def _num_blocks(self) -> int:
+        if self.args.num_kv_blocks is not None:
+            return self.args.num_kv_blocks
+        per_block = self._kv_bytes_per_block()
+        blocks_per_seq = -(-self.max_model_len // self.block_size)
+        # Enough for every sequence at full length, plus as much again for the prefix cache.
+        useful = 2 * self.args.max_num_seqs * blocks_per_seq
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            budget = int(total * self.args.gpu_memory_utilization) - (total - free)
+            budget -= self._activation_reserve_bytes()
+        else:
+            budget = int(self.args.kv_cache_memory_gb * 2**30)
+        num = min(useful, budget // per_block)
+        if num < blocks_per_seq:
+            if num < 1:
+                raise InvalidRequestError(
+                    "no memory is left for the KV cache; lower --max-model-len, raise "
+                    "--gpu-memory-utilization, or use a smaller model"
+                )
+            log.warning("KV cache holds %d tokens, less than max_model_len", num * self.block_size)
+        return num
+
+    def _activation_reserve_bytes(self) -> int:
+        c = self.model_config
+        tokens = self.args.max_num_batched_tokens
+        elem = torch.empty((), dtype=self.dtype).element_size()
+        per_token = (4 * c.hidden_size + 3 * c.intermediate_size) * elem
+        logits = self.args.max_num_seqs * c.vocab_size * 4 * 4
+        return tokens * per_token + logits + 512 * 2**20
+
+    def _allocate_kv(self, num_blocks: int) -> list[KVCache]:
+        c = self.model_config
+        shape = (num_blocks, self.block_size, c.num_key_value_heads, c.head_dim)
+        return [
+            (
+                torch.zeros(shape, dtype=self.dtype, device=self.device),
+                torch.zeros(shape, dtype=self.dtype, device=self.device),
+            )
+            for _ in range(c.num_hidden_layers)
+        ]
+
+    # --- requests -----------------------------------------------------------------------------
+
+    def make_request(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        eos_token_ids: frozenset[int],
+        arrival_time: float | None = None,
+    ) -> Request:
+        """Validate and build a request; raises InvalidRequestError with a message for users."""
+        n = len(prompt_token_ids)
+        if n == 0:
+            raise InvalidRequestError("the prompt is empty; send at least one token", param="prompt")
+        if n >= self.max_model_len:
+            raise InvalidRequestError(
+                f"this model's maximum context length is {self.max_model_len} tokens, but the "
+                f"prompt has {n} tokens; shorten the prompt",
+                param="prompt",
+            )
+        vocab = self.model_config.vocab_size
+        bad = next((t for t in prompt_token_ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise InvalidRequestError(
+                f"token id {bad} is outside the vocabulary (0..{vocab - 1})", param="prompt"
+            )
+        room = self.max_model_len - n
+        max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
+        req = Request(request_id, list(prompt_token_ids), params, eos_token_ids, max_tokens)
+        if arrival_time is not None:
+            req.arrival_time = arrival_time
+        return req
+
+    def add_request(self, req: Request) -> None:
+        self.scheduler.add(req)
+
+    def abort(self, request_ids: list[str]) -> None:
+        for rid in request_ids:
+            if self.scheduler.abort(rid) is not None:
+                self.runner.sampler.forget(rid)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def step(self) -> list[EngineCoreOutput]:
+        sched = self.scheduler.schedule()
+        if not sched:
+            return []
+        reqs, sampled = self.runner.execute(sched)
+        tokens = {r.request_id: t for r, t in zip(reqs, sampled.token_ids, strict=True)} if sampled else {}
+        advanced = self.scheduler.update(sched, tokens)
+        outputs: list[EngineCoreOutput] = []
+        row_of = {r.request_id: i for i, r in enumerate(reqs)}
+        for req in advanced:
+            if len(req.output_token_ids) == 1:
+                self.prompt_tokens_total += req.num_prompt_tokens
+            self.generation_tokens_total += 1
+            logprobs = None
+            if sampled is not None and sampled.logprobs is not None and req.params.logprobs is not None:
+                logprobs = [sampled.logprobs[row_of[req.request_id]]]
+            if req.finished:
+                self.runner.sampler.forget(req.request_id)
+            outputs.append(
+                EngineCoreOutput(
+                    request_id=req.request_id,
+                    new_token_ids=[req.output_token_ids[-1]],
+                    new_logprobs=logprobs,
+                    finish_reason=req.finish_reason,
+                    stop_reason=req.stop_reason,
+                    num_cached_tokens=max(req.num_cached_tokens, 0),
+                    first_scheduled_time=req.first_scheduled_time,
+                )
+            )
+        return outputs
+
+    def stats(self, num_unfinished: int | None = None) -> EngineStats:
+        s = self.scheduler
+        return EngineStats(
+            num_running=s.num_running,
+            num_waiting=s.num_waiting,
+            num_unfinished=len(s.requests) if num_unfinished is None else num_unfinished,
+            kv_cache_usage=self.kv.usage,
+            num_used_blocks=self.kv.num_used_blocks,
+            num_total_blocks=self.kv.num_blocks,
+            prefix_cache_queries=self.kv.prefix_queries,
+            prefix_cache_hits=self.kv.prefix_hits,
+            prompt_tokens_total=self.prompt_tokens_total,
+            generation_tokens_total=self.generation_tokens_total,
+            num_preemptions_total=s.num_preemptions,
+        )

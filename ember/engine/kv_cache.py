@@ -1,0 +1,152 @@
+"""The paged KV cache's block manager, with prefix caching.
+
+Blocks hold `block_size` tokens. A full block gets a hash chained from its parent's, so equal
+prefixes map to equal hash chains; a new request reuses the longest chain of cached blocks whose
+stored tokens equal its own. Blocks whose ref count drops to 0 keep their hash and go to the tail
+of an LRU free queue; allocation takes from the head and only then forgets the hash.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from ember.engine.request import Request
+
+
+def hash_block(parent: int | None, tokens: tuple[int, ...]) -> int:
+    # Python's hash of a tuple of ints is stable across processes (no hash randomisation),
+    # and a hit is verified against the stored tokens, so a collision cannot corrupt output.
+    return hash((parent, tokens))
+
+
+@dataclass(slots=True, eq=False)
+class Block:
+    block_id: int
+    ref_cnt: int = 0
+    block_hash: int | None = None
+    token_ids: tuple[int, ...] | None = None  # kept for verification on a hit
+
+
+class KVCacheManager:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool) -> None:
+        if num_blocks < 1:
+            raise ValueError(f"num_blocks must be at least 1, got {num_blocks}")
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.blocks = [Block(i) for i in range(num_blocks)]
+        # block_id -> Block, head = least recently freed = next to be reused
+        self._free: OrderedDict[int, Block] = OrderedDict((b.block_id, b) for b in self.blocks)
+        self._cached: dict[int, Block] = {}
+        # request_id -> number of its leading blocks already registered in the cache
+        self._num_registered: dict[str, int] = {}
+        self.prefix_queries = 0  # tokens looked up, cumulative
+        self.prefix_hits = 0  # tokens found, cumulative
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self._free)
+
+    @property
+    def num_used_blocks(self) -> int:
+        return self.num_blocks - len(self._free)
+
+    @property
+    def usage(self) -> float:
+        return self.num_used_blocks / self.num_blocks
+
+    def _update_hashes(self, req: Request) -> None:
+        bs = self.block_size
+        num_full = req.num_tokens // bs
+        for i in range(len(req.block_hashes), num_full):
+            parent = req.block_hashes[i - 1] if i else None
+            req.block_hashes.append(hash_block(parent, tuple(req.tokens(i * bs, (i + 1) * bs))))
+
+    def get_computed_blocks(self, req: Request) -> list[Block]:
+        """The longest cached prefix of `req`, in whole blocks, leaving at least one token to
+        compute (the step that computes it produces the next token's logits)."""
+        if not self.enable_prefix_caching:
+            return []
+        self._update_hashes(req)
+        bs = self.block_size
+        max_blocks = (req.num_tokens - 1) // bs
+        hits: list[Block] = []
+        for i in range(max_blocks):
+            block = self._cached.get(req.block_hashes[i])
+            if block is None or block.token_ids != tuple(req.tokens(i * bs, (i + 1) * bs)):
+                break
+            hits.append(block)
+        self.prefix_queries += req.num_tokens
+        self.prefix_hits += len(hits) * bs
+        return hits
+
+    def allocate_slots(
+        self, req: Request, num_new_tokens: int, computed: list[Block] | None = None
+    ) -> bool:
+        """Give `req` blocks for `num_new_tokens` more tokens after its computed ones (and the
+        prefix-cache blocks in `computed`, which it takes a reference on). False, and no change,
+        if there are not enough free blocks."""
+        computed = computed or []
+        num_computed = req.num_computed_tokens + len(computed) * self.block_size
+        needed_total = -(-(num_computed + num_new_tokens) // self.block_size)
+        num_new_blocks = needed_total - len(req.block_ids) - len(computed)
+        reclaimed = sum(1 for b in computed if b.ref_cnt == 0)
+        if num_new_blocks > len(self._free) - reclaimed:
+            return False
+        for block in computed:
+            if block.ref_cnt == 0:
+                del self._free[block.block_id]
+            block.ref_cnt += 1
+            req.block_ids.append(block.block_id)
+        if computed:
+            self._num_registered[req.request_id] = len(req.block_ids)
+        for _ in range(max(num_new_blocks, 0)):
+            _, block = self._free.popitem(last=False)
+            if block.block_hash is not None:
+                if self._cached.get(block.block_hash) is block:
+                    del self._cached[block.block_hash]
+                block.block_hash = None
+                block.token_ids = None
+            block.ref_cnt = 1
+            req.block_ids.append(block.block_id)
+        return True
+
+    def cache_full_blocks(self, req: Request) -> None:
+        """Register the request's blocks that are full and computed, so later requests can reuse
+        them. Call after num_computed_tokens advances."""
+        if not self.enable_prefix_caching:
+            return
+        bs = self.block_size
+        num_full = req.num_computed_tokens // bs
+        start = self._num_registered.get(req.request_id, 0)
+        if num_full <= start:
+            return
+        self._update_hashes(req)
+        for i in range(start, num_full):
+            block = self.blocks[req.block_ids[i]]
+            if block.block_hash is None:
+                block.block_hash = req.block_hashes[i]
+                block.token_ids = tuple(req.tokens(i * bs, (i + 1) * bs))
+                self._cached.setdefault(block.block_hash, block)
+        self._num_registered[req.request_id] = num_full
+
+    def free(self, req: Request) -> None:
+        """Drop the request's references. Tail blocks are freed first, so they are evicted before
+        the shared prefix blocks that other requests are more likely to reuse."""
+        for block_id in reversed(req.block_ids):
+            block = self.blocks[block_id]
+            block.ref_cnt -= 1
+            if block.ref_cnt == 0:
+                self._free[block_id] = block
+                if block.block_hash is None:
+                    # Holds nothing reusable: hand it out before any cached block.
+                    self._free.move_to_end(block_id, last=False)
+        req.block_ids = []
+        self._num_registered.pop(req.request_id, None)
+
+    def reset_prefix_cache(self) -> None:
+        for block in self._free.values():
+            block.block_hash = None
+            block.token_ids = None
+        self._cached = {b.block_hash: b for b in self.blocks if b.block_hash is not None}

@@ -1,0 +1,82 @@
+"""Build a step's flattened batch from the scheduler's decision, run the model, sample."""
+
+from __future__ import annotations
+
+import torch
+
+from ember.engine.request import Request
+from ember.engine.sampler import Sampler, SamplerOutput
+from ember.engine.scheduler import SchedulerOutput
+from ember.layers.metadata import AttentionMetadata, KVCache
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        kv_caches: list[KVCache],
+        block_size: int,
+        device: torch.device,
+    ) -> None:
+        self.model = model
+        self.kv_caches = kv_caches
+        self.block_size = block_size
+        self.device = device
+        self.sampler = Sampler(device)
+
+    def _to_device(self, values: list[int], dtype: torch.dtype) -> torch.Tensor:
+        t = torch.tensor(values, dtype=dtype)
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
+
+    def prepare(self, sched: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int], list[Request]]:
+        bs = self.block_size
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        query_start = [0]
+        seq_lens: list[int] = []
+        logit_rows: list[int] = []
+        sampling_reqs: list[Request] = []
+        max_blocks = 0
+        for req, n in sched.scheduled:
+            start = req.num_computed_tokens
+            end = start + n
+            input_ids += req.tokens(start, end)
+            positions += range(start, end)
+            blocks = req.block_ids
+            slots += [blocks[p // bs] * bs + p % bs for p in range(start, end)]
+            query_start.append(query_start[-1] + n)
+            seq_lens.append(end)
+            max_blocks = max(max_blocks, len(blocks))
+            if end == req.num_tokens:
+                logit_rows.append(query_start[-1] - 1)
+                sampling_reqs.append(req)
+        tables = [req.block_ids + [0] * (max_blocks - len(req.block_ids)) for req, _ in sched.scheduled]
+        meta = AttentionMetadata(
+            query_start_loc=self._to_device(query_start, torch.int32),
+            seq_lens=self._to_device(seq_lens, torch.int32),
+            block_tables=self._to_device([b for row in tables for b in row], torch.int32).view(
+                len(tables), max_blocks
+            ),
+            slot_mapping=self._to_device(slots, torch.int64),
+            max_query_len=max(n for _, n in sched.scheduled),
+            max_seq_len=max(seq_lens),
+            query_start_loc_cpu=query_start,
+            seq_lens_cpu=seq_lens,
+        )
+        ids_t = self._to_device(input_ids, torch.int64)
+        pos_t = self._to_device(positions, torch.int64)
+        return ids_t, pos_t, meta, logit_rows, sampling_reqs
+
+    @torch.inference_mode()
+    def execute(self, sched: SchedulerOutput) -> tuple[list[Request], SamplerOutput | None]:
+        """Run one step. Returns the requests that get a token this step, in row order, and the
+        sampler's result for them (None if every scheduled request was a mid-prompt chunk)."""
+        input_ids, positions, meta, rows, reqs = self.prepare(sched)
+        hidden = self.model(input_ids, positions, self.kv_caches, meta)
+        if not rows:
+            return [], None
+        logits = self.model.compute_logits(hidden[self._to_device(rows, torch.int64)])
+        return reqs, self.sampler(logits, reqs)

@@ -1,0 +1,162 @@
+"""Turn a step's logits into tokens: penalties, temperature, top-k/top-p/min-p, seeds, logprobs.
+
+One path for the whole batch. Random rows draw with the exponential race (argmax of p / E with
+E ~ Exp(1), which samples from p) so seeded rows only need their own noise, drawn from their
+own generator: a seeded request gives the same tokens whatever else is in the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ember.engine.request import Request
+from ember.outputs import Logprob
+
+
+@dataclass(slots=True)
+class SamplerOutput:
+    token_ids: list[int]
+    logprobs: list[list[Logprob]] | None  # per row; None when no row asked for logprobs
+
+
+class Sampler:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._generators: dict[str, torch.Generator] = {}
+
+    def forget(self, request_id: str) -> None:
+        self._generators.pop(request_id, None)
+
+    def _generator(self, req: Request) -> torch.Generator:
+        gen = self._generators.get(req.request_id)
+        if gen is None:
+            gen = torch.Generator(device=self.device)
+            assert req.params.seed is not None
+            gen.manual_seed(req.params.seed % 2**64)
+            self._generators[req.request_id] = gen
+        return gen
+
+    def __call__(self, logits: torch.Tensor, reqs: list[Request]) -> SamplerOutput:
+        logits = logits.float()
+        want_logprobs = [r.params.logprobs for r in reqs]
+        raw_logprobs = (
+            torch.log_softmax(logits, dim=-1) if any(k is not None for k in want_logprobs) else None
+        )
+        logits = self._apply_penalties(logits, reqs)
+        tokens = self._sample(logits, reqs)
+        token_list = tokens.tolist()  # the step's one device -> host sync
+        logprobs = None
+        if raw_logprobs is not None:
+            logprobs = self._gather_logprobs(raw_logprobs, tokens, want_logprobs)
+        return SamplerOutput(token_list, logprobs)
+
+    def _apply_penalties(self, logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
+        num_rows, vocab = logits.shape
+        rows_rep = [i for i, r in enumerate(reqs) if r.params.repetition_penalty != 1.0]
+        rows_pf = [
+            i
+            for i, r in enumerate(reqs)
+            if r.params.presence_penalty != 0.0 or r.params.frequency_penalty != 0.0
+        ]
+        rows_min = [
+            i
+            for i, r in enumerate(reqs)
+            if len(r.output_token_ids) < r.params.min_tokens
+        ]
+        if rows_rep:
+            for i in rows_rep:
+                r = reqs[i]
+                seen = torch.tensor(sorted(set(r.all_token_ids)), device=logits.device)
+                seen = seen[seen < vocab]
+                vals = logits[i, seen]
+                pen = r.params.repetition_penalty
+                logits[i, seen] = torch.where(vals > 0, vals / pen, vals * pen)
+        if rows_pf:
+            for i in rows_pf:
+                r = reqs[i]
+                if not r.output_token_ids:
+                    continue
+                out = torch.tensor(r.output_token_ids, device=logits.device)
+                out = out[out < vocab]
+                counts = torch.zeros(vocab, device=logits.device)
+                counts.scatter_add_(0, out, torch.ones_like(out, dtype=counts.dtype))
+                logits[i] -= r.params.frequency_penalty * counts
+                logits[i] -= r.params.presence_penalty * (counts > 0).float()
+        if rows_min:
+            for i in rows_min:
+                r = reqs[i]
+                banned = set(r.params.stop_token_ids)
+                if not r.params.ignore_eos:
+                    banned |= r.eos_token_ids
+                ids = [t for t in banned if t < vocab]
+                if ids:
+                    logits[i, ids] = float("-inf")
+        return logits
+
+    def _sample(self, logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
+        greedy = [r.params.greedy for r in reqs]
+        argmax = logits.argmax(dim=-1)
+        if all(greedy):
+            return argmax
+        dev = logits.device
+        temps = torch.tensor(
+            [1.0 if g else r.params.temperature for g, r in zip(greedy, reqs, strict=True)],
+            device=dev,
+        )
+        logits = logits / temps.unsqueeze(1)
+        if any(r.params.top_k > 0 or r.params.top_p < 1.0 or r.params.min_p > 0 for r in reqs):
+            logits = self._truncate(logits, reqs)
+        probs = torch.softmax(logits, dim=-1)
+        noise = torch.empty_like(probs).exponential_()
+        for i, r in enumerate(reqs):
+            if r.params.seed is not None and not greedy[i]:
+                noise[i].exponential_(generator=self._generator(r))
+        sampled = (probs / noise).argmax(dim=-1)
+        is_greedy = torch.tensor(greedy, device=dev)
+        return torch.where(is_greedy, argmax, sampled)
+
+    @staticmethod
+    def _truncate(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
+        dev = logits.device
+        vocab = logits.shape[1]
+        top_k = torch.tensor([r.params.top_k or vocab for r in reqs], device=dev)
+        top_p = torch.tensor([r.params.top_p for r in reqs], device=dev)
+        min_p = torch.tensor([r.params.min_p for r in reqs], device=dev)
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        ranks = torch.arange(vocab, device=dev).unsqueeze(0)
+        drop = ranks >= top_k.unsqueeze(1)
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # Keep the smallest set whose mass reaches top_p: drop a token when the mass before it
+        # already does. The first token is always kept.
+        mass_before = probs.cumsum(dim=-1) - probs
+        drop |= mass_before >= top_p.unsqueeze(1)
+        drop |= probs < (min_p * probs[:, :1]).expand_as(probs)
+        drop[:, 0] = False
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        return torch.empty_like(logits).scatter_(1, order, sorted_logits)
+
+    @staticmethod
+    def _gather_logprobs(
+        logprobs: torch.Tensor, tokens: torch.Tensor, want: list[int | None]
+    ) -> list[list[Logprob]]:
+        k = max((w or 0) for w in want)
+        chosen = logprobs.gather(1, tokens.unsqueeze(1)).squeeze(1).tolist()
+        top_vals: list[list[float]] = []
+        top_ids: list[list[int]] = []
+        if k > 0:
+            vals, ids = logprobs.topk(k, dim=-1)
+            top_vals, top_ids = vals.tolist(), ids.tolist()
+        token_list = tokens.tolist()
+        result: list[list[Logprob]] = []
+        for i, w in enumerate(want):
+            if w is None:
+                result.append([])
+                continue
+            row = [Logprob(token_list[i], chosen[i])]
+            if w > 0:
+                row += [Logprob(t, v) for t, v in zip(top_ids[i][:w], top_vals[i][:w], strict=True)]
+            result.append(row)
+        return result

@@ -1,0 +1,36 @@
+"""The one exception family that crosses module lines.
+
+Each carries an HTTP status so that the server can map it to either API's error format
+without knowing where it came from.
+"""
+
+from __future__ import annotations
+
+
+class EmberError(Exception):
+    status_code: int = 500
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class InvalidRequestError(EmberError):
+    """Something the client sent is wrong; the message says what and how to fix it."""
+
+    status_code = 400
+
+
+class ModelNotFoundError(EmberError):
+    status_code = 404
+
+
+class ServerBusyError(EmberError):
+    status_code = 503
+
+
+class ModelLoadError(EmberError):
+    """A model directory or file cannot be loaded (missing file, bad config, unsupported arch)."""
+
+    status_code = 500

@@ -1,0 +1,37 @@
+"""Per-step inputs that attention needs, and the layout of the paged KV cache.
+
+A step runs a flattened batch of T new tokens from S sequences (no padding): sequence i owns
+tokens query_start_loc[i]:query_start_loc[i+1]. Its first new token sits at absolute position
+seq_lens[i] - (query_start_loc[i+1] - query_start_loc[i]); the tokens before it are already in the
+cache. Prefill, decode and chunked prefill are the same case with different query lengths.
+
+KV cache layout, one pair per layer: k_cache and v_cache, each
+[num_blocks, block_size, num_kv_heads, head_dim]. Token t of a sequence lives in block
+block_tables[i][t // block_size] at offset t % block_size; its flat slot is
+block * block_size + offset, which is what slot_mapping holds for the new tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+KVCache = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(slots=True)
+class AttentionMetadata:
+    query_start_loc: torch.Tensor  # int32 [S + 1], on the model's device
+    seq_lens: torch.Tensor  # int32 [S]: tokens in the cache for each sequence after this step
+    block_tables: torch.Tensor  # int32 [S, max_blocks], padded with 0
+    slot_mapping: torch.Tensor  # int64 [T]: cache slot of each new token
+    max_query_len: int
+    max_seq_len: int
+    # The same values on the host, so that the reference backend needs no device sync.
+    query_start_loc_cpu: list[int]
+    seq_lens_cpu: list[int]
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.seq_lens_cpu)
