@@ -1,0 +1,81 @@
+"""Tiny random-weight Hugging Face models of each supported architecture, saved with the
+built-in tiny model's tokenizer so that ember can load them as model directories."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")
+
+COMMON: dict[str, Any] = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    initializer_range=0.2,
+)
+
+
+def build_config(arch: str, vocab_size: int) -> Any:
+    import transformers as tf
+
+    if arch == "llama3":
+        return tf.LlamaConfig(
+            vocab_size=vocab_size,
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+            },
+            rope_theta=500000.0,
+            **COMMON,
+        )
+    if arch == "qwen2":
+        return tf.Qwen2Config(vocab_size=vocab_size, tie_word_embeddings=True, **COMMON)
+    if arch == "qwen3":
+        return tf.Qwen3Config(vocab_size=vocab_size, head_dim=16, **COMMON)
+    if arch == "mistral":
+        return tf.MistralConfig(vocab_size=vocab_size, sliding_window=None, **COMMON)
+    raise ValueError(arch)
+
+
+def make_hf_model(arch: str, tokenizer_dir: Path, out_dir: Path, seed: int = 0) -> Any:
+    """Save a random model of `arch` into out_dir with the tokenizer from tokenizer_dir;
+    returns the transformers model (float32, eval)."""
+    import json
+
+    import transformers as tf
+
+    vocab = json.loads((tokenizer_dir / "config.json").read_text())["vocab_size"]
+    config = build_config(arch, vocab)
+    torch.manual_seed(seed)
+    model = tf.AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32).eval()
+    model.save_pretrained(out_dir, safe_serialization=True)
+    for name in TOKENIZER_FILES:
+        src = tokenizer_dir / name
+        if src.exists():
+            shutil.copy(src, out_dir / name)
+    return model
+
+
+def hf_greedy(model: Any, prompt_ids: list[int], n: int) -> list[int]:
+    ids = torch.tensor([prompt_ids])
+    with torch.no_grad():
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+    return out[0, len(prompt_ids) :].tolist()

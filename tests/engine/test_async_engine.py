@@ -1,0 +1,76 @@
+"""AsyncEngine: streaming deltas, concurrent requests, aborts that free KV blocks."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from ember.engine.args import EngineArgs
+from ember.engine.async_engine import AsyncEngine
+from ember.engine.llm import default_home
+from ember.errors import InvalidRequestError
+from ember.registry import ModelStore
+from ember.sampling_params import OutputKind, SamplingParams
+
+
+@pytest.fixture(scope="module")
+def engine() -> AsyncEngine:
+    path: Path = ModelStore(default_home()).resolve("tiny").path
+    eng = AsyncEngine(EngineArgs(model=str(path), device="cpu", dtype="float32", max_num_seqs=2))
+    yield eng  # type: ignore[misc]
+    eng.shutdown()
+
+
+def params(kind: OutputKind, n: int = 12) -> SamplingParams:
+    return SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True, output_kind=kind)
+
+
+async def collect(engine: AsyncEngine, rid: str, kind: OutputKind) -> list[str]:
+    ids = engine.tokenizer.encode("The quick brown fox")
+    return [o.outputs[0].text async for o in engine.generate(rid, ids, params(kind))]
+
+
+def test_deltas_add_up_to_the_cumulative_text(engine: AsyncEngine) -> None:
+    async def main() -> tuple[list[str], list[str]]:
+        return await asyncio.gather(
+            collect(engine, "d", OutputKind.DELTA), collect(engine, "c", OutputKind.CUMULATIVE)
+        )
+
+    deltas, cumulative = asyncio.run(main())
+    assert "".join(deltas) == cumulative[-1]
+    assert len(deltas) == 12
+
+
+def test_more_requests_than_slots_all_finish(engine: AsyncEngine) -> None:
+    async def main() -> list[list[str]]:
+        return await asyncio.gather(
+            *(collect(engine, f"many-{i}", OutputKind.FINAL_ONLY) for i in range(6))
+        )
+
+    results = asyncio.run(main())
+    assert all(len(r) == 1 for r in results)
+    assert len({r[0] for r in results}) == 1  # greedy, same prompt
+
+
+def test_closing_the_stream_aborts_and_frees_blocks(engine: AsyncEngine) -> None:
+    async def main() -> None:
+        ids = engine.tokenizer.encode("abort me")
+        agen = engine.generate("ab", ids, params(OutputKind.DELTA, n=2000))
+        async for _ in agen:
+            break
+        await agen.aclose()  # type: ignore[attr-defined]
+        for _ in range(200):
+            s = engine.stats()
+            if s.num_unfinished == 0 and s.num_used_blocks == 0 and s.num_running == 0:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"request not freed: {engine.stats()}")
+
+    asyncio.run(main())
+
+
+def test_validation_errors_raise_at_call_time(engine: AsyncEngine) -> None:
+    with pytest.raises(InvalidRequestError):
+        engine.generate("bad", [], params(OutputKind.DELTA))

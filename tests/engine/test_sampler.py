@@ -1,0 +1,93 @@
+"""Sampler: greedy, truncation, seeds independent of the batch, penalties, min_tokens, logprobs."""
+
+from __future__ import annotations
+
+import torch
+
+from ember.engine.request import Request
+from ember.engine.sampler import Sampler
+from ember.sampling_params import SamplingParams
+
+VOCAB = 50
+
+
+def req(rid: str, prompt: list[int] | None = None, **kw: object) -> Request:
+    return Request(rid, prompt or [1, 2, 3], SamplingParams(**kw), frozenset({0}), 16)  # type: ignore[arg-type]
+
+
+def logits_rows(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, VOCAB, generator=g)
+
+
+def test_greedy_is_argmax() -> None:
+    logits = logits_rows(3)
+    out = Sampler(torch.device("cpu"))(logits.clone(), [req(str(i), temperature=0.0) for i in range(3)])
+    assert out.token_ids == logits.argmax(-1).tolist()
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy() -> None:
+    logits = logits_rows(2)
+    s = Sampler(torch.device("cpu"))
+    out = s(logits.clone(), [req("a", top_k=1), req("b", top_p=1e-6)])
+    assert out.token_ids == logits.argmax(-1).tolist()
+
+
+def test_top_k_limits_choices() -> None:
+    logits = logits_rows(1)
+    allowed = set(logits[0].topk(3).indices.tolist())
+    s = Sampler(torch.device("cpu"))
+    for i in range(50):
+        tok = s(logits.clone(), [req(f"r{i}", top_k=3, temperature=2.0)]).token_ids[0]
+        assert tok in allowed
+
+
+def test_min_p_limits_choices() -> None:
+    logits = torch.full((1, VOCAB), -10.0)
+    logits[0, 5] = 5.0
+    logits[0, 6] = 4.5
+    s = Sampler(torch.device("cpu"))
+    toks = {s(logits.clone(), [req(f"r{i}", min_p=0.1)]).token_ids[0] for i in range(100)}
+    assert toks <= {5, 6} and toks
+
+
+def test_seeded_rows_do_not_depend_on_the_batch() -> None:
+    logits = logits_rows(4, seed=1)
+    alone = Sampler(torch.device("cpu"))
+    seq_alone = [alone(logits[:1].clone(), [req("x", seed=42)]).token_ids[0] for _ in range(10)]
+    batched = Sampler(torch.device("cpu"))
+    seq_batched = []
+    for _ in range(10):
+        rows = [req("x", seed=42), req("y"), req("z", seed=7), req("w")]
+        seq_batched.append(batched(logits.clone(), rows).token_ids[0])
+    assert seq_alone == seq_batched
+    assert len(set(seq_alone)) > 1  # it does sample
+
+
+def test_repetition_and_presence_penalties_demote_seen_tokens() -> None:
+    logits = torch.zeros(1, VOCAB)
+    logits[0, 3] = 2.0
+    logits[0, 4] = 1.9
+    r = req("a", prompt=[3], temperature=0.0, repetition_penalty=1.5)
+    assert Sampler(torch.device("cpu"))(logits.clone(), [r]).token_ids == [4]
+    r2 = req("b", prompt=[1], temperature=0.0, presence_penalty=1.0)
+    r2.output_token_ids = [3]
+    assert Sampler(torch.device("cpu"))(logits.clone(), [r2]).token_ids == [4]
+
+
+def test_min_tokens_bans_eos() -> None:
+    logits = torch.zeros(1, VOCAB)
+    logits[0, 0] = 10.0  # eos
+    r = req("a", temperature=0.0, min_tokens=2, stop_token_ids=[9])
+    assert Sampler(torch.device("cpu"))(logits.clone(), [r]).token_ids != [0]
+
+
+def test_logprobs_are_raw_and_sorted() -> None:
+    logits = logits_rows(1)
+    out = Sampler(torch.device("cpu"))(logits.clone(), [req("a", temperature=0.0, logprobs=3)])
+    assert out.logprobs is not None
+    row = out.logprobs[0]
+    expected = torch.log_softmax(logits[0], -1)
+    assert row[0].token_id == out.token_ids[0]
+    assert abs(row[0].logprob - expected[row[0].token_id].item()) < 1e-5
+    assert [lp.token_id for lp in row[1:]] == expected.topk(3).indices.tolist()
