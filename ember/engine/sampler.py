@@ -133,7 +133,7 @@ class Sampler:
         # already does. The first token is always kept.
         mass_before = probs.cumsum(dim=-1) - probs
         drop |= mass_before >= top_p.unsqueeze(1)
-        drop |= probs < (min_p * probs[:, :1]).expand_as(probs)
+        drop |= probs < min_p.unsqueeze(1) * probs[:, :1]
         drop[:, 0] = False
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         return torch.empty_like(logits).scatter_(1, order, sorted_logits)
