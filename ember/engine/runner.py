@@ -8,12 +8,13 @@ from ember.engine.request import Request
 from ember.engine.sampler import Sampler, SamplerOutput
 from ember.engine.scheduler import SchedulerOutput
 from ember.layers.metadata import AttentionMetadata, KVCache
+from ember.models import CausalLM
 
 
 class ModelRunner:
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: CausalLM,
         kv_caches: list[KVCache],
         block_size: int,
         device: torch.device,

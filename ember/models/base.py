@@ -1,0 +1,41 @@
+"""The interface every architecture gives the engine."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from ember.layers.metadata import AttentionMetadata, KVCache
+from ember.models.config import ModelConfig
+
+
+class CausalLM(nn.Module, ABC):
+    config: ModelConfig
+
+    @abstractmethod
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[KVCache],
+        attn_metadata: AttentionMetadata,
+    ) -> torch.Tensor:
+        """input_ids, positions [T] (int64) -> hidden states [T, hidden_size].
+
+        kv_caches holds one (k_cache, v_cache) pair per layer, laid out as metadata.py says.
+        """
+
+    @abstractmethod
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """hidden states [N, hidden_size] -> float32 logits [N, vocab_size]."""
+
+    @abstractmethod
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Fill the parameters from (Hugging Face tensor name, tensor) pairs.
+
+        Raises ModelLoadError naming the tensor on a shape mismatch, an unexpected tensor, or a
+        parameter that the checkpoint never provided.
+        """

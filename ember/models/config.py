@@ -1,0 +1,192 @@
+"""The one description of a model's architecture, read from a Hugging Face `config.json`.
+
+Both config generations are accepted: transformers 4 writes `rope_theta` and `rope_scaling`
+(with `rope_type`, or `type` in older files); transformers 5 writes one `rope_parameters` dict that
+holds `rope_theta` and `rope_type` together. Either way `rope_scaling` here is None for plain RoPE,
+or the scaling parameters with a `rope_type` key.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ember.errors import ModelLoadError
+
+FULL_ATTENTION = "full_attention"
+SLIDING_ATTENTION = "sliding_attention"
+
+# Qwen2 puts a bias on q/k/v (not on o_proj) and its config.json has no key that says so.
+_QKV_BIAS_MODEL_TYPES = frozenset({"qwen2"})
+
+
+@dataclass(slots=True)
+class ModelConfig:
+    architectures: list[str]
+    model_type: str
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    vocab_size: int
+    max_position_embeddings: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False  # bias on q/k/v projections
+    attention_out_bias: bool = False  # bias on o_proj (Llama's attention_bias covers both)
+    mlp_bias: bool = False
+    hidden_act: str = "silu"
+    sliding_window: int | None = None  # tokens a query sees, itself included (HF semantics)
+    # One entry per layer: FULL_ATTENTION or SLIDING_ATTENTION.
+    layer_types: list[str] = field(default_factory=list)
+    dtype: str | None = None  # the checkpoint's dtype name, e.g. "bfloat16"
+    bos_token_id: int | None = None
+    eos_token_ids: list[int] = field(default_factory=list)
+
+    @property
+    def architecture(self) -> str:
+        return self.architectures[0] if self.architectures else ""
+
+    def layer_sliding_window(self, layer: int) -> int | None:
+        """The sliding window of one layer, or None where the layer attends to everything."""
+        if self.sliding_window is None or self.layer_types[layer] != SLIDING_ATTENTION:
+            return None
+        return self.sliding_window
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path) -> ModelConfig:
+        path = Path(model_dir) / "config.json"
+        if not path.is_file():
+            raise ModelLoadError(
+                f"no config.json in '{model_dir}'; a model directory needs the Hugging Face "
+                "config.json next to its *.safetensors files"
+            )
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelLoadError(f"cannot read '{path}': {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ModelLoadError(f"'{path}' does not hold a JSON object")
+        return cls.from_dict(raw, source=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "config.json") -> ModelConfig:
+        try:
+            return _parse(raw)
+        except (KeyError, TypeError, ValueError) as exc:
+            what = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise ModelLoadError(f"invalid model config '{source}': {what}") from exc
+
+
+def _parse(raw: dict[str, Any]) -> ModelConfig:
+    architectures = raw.get("architectures") or []
+    if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
+        raise ValueError("'architectures' must be a list of class names")
+    model_type = str(raw.get("model_type", ""))
+    hidden_size = _int(raw, "hidden_size")
+    num_heads = _int(raw, "num_attention_heads")
+    num_layers = _int(raw, "num_hidden_layers")
+    num_kv_heads = _int(raw, "num_key_value_heads", num_heads)
+    head_dim = _int(raw, "head_dim", hidden_size // num_heads)
+    if num_heads % num_kv_heads != 0:
+        raise ValueError(
+            f"num_attention_heads ({num_heads}) is not a multiple of "
+            f"num_key_value_heads ({num_kv_heads})"
+        )
+    rope_theta, rope_scaling = _parse_rope(raw)
+    qkv_bias = bool(raw.get("attention_bias", model_type in _QKV_BIAS_MODEL_TYPES))
+    out_bias = bool(raw.get("attention_bias", False))
+    sliding_window, layer_types = _parse_sliding(raw, num_layers)
+    dtype = raw.get("dtype") or raw.get("torch_dtype")
+    return ModelConfig(
+        architectures=list(architectures),
+        model_type=model_type,
+        hidden_size=hidden_size,
+        intermediate_size=_int(raw, "intermediate_size"),
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        head_dim=head_dim,
+        vocab_size=_int(raw, "vocab_size"),
+        max_position_embeddings=_int(raw, "max_position_embeddings", 2048),
+        rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+        rope_theta=rope_theta,
+        rope_scaling=rope_scaling,
+        tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+        attention_bias=qkv_bias,
+        attention_out_bias=out_bias,
+        mlp_bias=bool(raw.get("mlp_bias", False)),
+        hidden_act=str(raw.get("hidden_act", "silu")),
+        sliding_window=sliding_window,
+        layer_types=layer_types,
+        dtype=str(dtype) if dtype is not None else None,
+        bos_token_id=_opt_int(raw.get("bos_token_id")),
+        eos_token_ids=_int_list(raw.get("eos_token_id")),
+    )
+
+
+def _int(raw: dict[str, Any], key: str, default: int | None = None) -> int:
+    value = raw.get(key)
+    if value is None:
+        if default is None:
+            raise KeyError(key)
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"'{key}' must be a positive integer, got {value!r}")
+    return value
+
+
+def _opt_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _int_list(value: Any) -> list[int]:
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, int) and not isinstance(v, bool)]
+    single = _opt_int(value)
+    return [] if single is None else [single]
+
+
+def _parse_rope(raw: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+    params = raw.get("rope_parameters")
+    if isinstance(params, dict):
+        scaling = dict(params)
+        theta = scaling.pop("rope_theta", raw.get("rope_theta", 10000.0))
+    else:
+        theta = raw.get("rope_theta", 10000.0)
+        legacy = raw.get("rope_scaling")
+        scaling = dict(legacy) if isinstance(legacy, dict) else {}
+    if "rope_type" not in scaling and "type" in scaling:
+        scaling["rope_type"] = scaling.pop("type")
+    scaling.pop("type", None)
+    rope_type = scaling.get("rope_type", "default")
+    if rope_type == "default":
+        return float(theta), None
+    return float(theta), scaling
+
+
+def _parse_sliding(raw: dict[str, Any], num_layers: int) -> tuple[int | None, list[str]]:
+    window = raw.get("sliding_window")
+    # Qwen2/Qwen3 configs carry a sliding_window that is off unless use_sliding_window is true.
+    if raw.get("use_sliding_window") is False:
+        window = None
+    if window is not None:
+        window = _int(raw, "sliding_window")
+    layer_types = raw.get("layer_types")
+    if isinstance(layer_types, list) and len(layer_types) == num_layers:
+        if window is None:
+            return None, [FULL_ATTENTION] * num_layers
+        return window, [str(t) for t in layer_types]
+    if window is None:
+        return None, [FULL_ATTENTION] * num_layers
+    # Qwen's max_window_layers: layers below it use full attention.
+    first_sliding = int(raw.get("max_window_layers", 0)) if "use_sliding_window" in raw else 0
+    return window, [
+        SLIDING_ATTENTION if i >= first_sliding else FULL_ATTENTION for i in range(num_layers)
+    ]
