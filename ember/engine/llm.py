@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypedDict
@@ -23,15 +22,11 @@ class TokensPrompt(TypedDict):
 PromptType = str | TokensPrompt
 
 
-def default_home() -> Path:
-    return Path(os.environ.get("EMBER_HOME") or "~/.ember").expanduser()
-
-
 def resolve_model_dir(model: str) -> str:
     """A directory is used as it is; anything else is a name in the local model store."""
     if Path(model).expanduser().is_dir():
         return str(Path(model).expanduser())
-    from ember.registry import ModelStore
+    from ember.registry import ModelStore, default_home
 
     return str(ModelStore(default_home()).resolve(model).path)
 

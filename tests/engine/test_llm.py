@@ -9,9 +9,8 @@ from typing import Any
 import pytest
 
 from ember import LLM, SamplingParams
-from ember.engine.llm import default_home
+from ember.registry import ModelStore, default_home
 from ember.errors import InvalidRequestError
-from ember.registry import ModelStore
 
 from .hf_models import hf_greedy, make_hf_model
 

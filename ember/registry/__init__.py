@@ -1,0 +1,7 @@
+"""The local model store: names, `ember list`/`show`/`rm`/`cp`, and the built-in `tiny` model."""
+
+from ember.registry.details import ModelDetails
+from ember.registry.names import ModelName, parse_name
+from ember.registry.store import LocalModel, ModelStore, default_home
+
+__all__ = ["LocalModel", "ModelDetails", "ModelName", "ModelStore", "default_home", "parse_name"]

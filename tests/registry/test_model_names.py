@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import pytest
+
+from ember.errors import InvalidRequestError
+from ember.registry import ModelName, parse_name
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("tiny", "tiny:latest"),
+        ("tiny:latest", "tiny:latest"),
+        ("  Tiny:LATEST ", "tiny:latest"),
+        ("llama3.2:1b", "llama3.2:1b"),
+        ("library/llama3.2:1b", "llama3.2:1b"),
+        ("qwen/qwen2.5:0.5b-instruct", "qwen/qwen2.5:0.5b-instruct"),
+        ("my_org/model-x", "my_org/model-x:latest"),
+        ("a:_draft", "a:_draft"),
+    ],
+)
+def test_names_normalise_like_ollama(text: str, expected: str) -> None:
+    assert str(parse_name(text)) == expected
+
+
+def test_name_parts_and_storage_path() -> None:
+    name = parse_name("qwen/qwen2.5:0.5b")
+    assert name == ModelName(model="qwen2.5", tag="0.5b", namespace="qwen")
+    assert name.relpath.as_posix() == "qwen/qwen2.5/0.5b"
+    assert parse_name("tiny").relpath.as_posix() == "tiny/latest"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "   ",
+        ":",
+        "tiny:",
+        ":latest",
+        "a b",
+        "a/b/c",
+        "../x",
+        "x:../y",
+        "-a",
+        ".hidden",
+        "a:b:c",
+        "a/",
+        "/a",
+        "モデル",
+        "a" * 81,
+        "x:" + "t" * 81,
+        "a\\b",
+    ],
+)
+def test_invalid_names_are_rejected(text: str) -> None:
+    with pytest.raises(InvalidRequestError, match="invalid model name") as info:
+        parse_name(text)
+    assert info.value.status_code == 400
+    assert "[namespace/]model[:tag]" in info.value.message
