@@ -9,6 +9,7 @@ torch releases the GIL inside kernels, so both make progress.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -115,10 +116,8 @@ class AsyncEngine:
             stream = self._streams.pop(request_id, None) if last else self._streams.get(request_id)
         if stream is None:
             return
-        try:
+        with contextlib.suppress(RuntimeError):  # the client's event loop is gone
             stream.loop.call_soon_threadsafe(stream.queue.put_nowait, out)
-        except RuntimeError:
-            pass  # the client's event loop is gone
 
     def _run(self) -> None:
         try:

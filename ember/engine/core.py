@@ -63,7 +63,9 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidRequestError("device 'cuda' was asked for but no CUDA GPU is visible; use --device cpu")
+        raise InvalidRequestError(
+            "device 'cuda' was asked for but no CUDA GPU is visible; use --device cpu"
+        )
     return device
 
 
@@ -90,7 +92,12 @@ class EngineCore:
         self.generation_tokens_total = 0
         log.info(
             "engine ready: %s on %s (%s), max_model_len=%d, kv blocks=%d x %d tokens",
-            model_dir.name, self.device, self.dtype, self.max_model_len, num_blocks, self.block_size,
+            model_dir.name,
+            self.device,
+            self.dtype,
+            self.max_model_len,
+            num_blocks,
+            self.block_size,
         )
 
     # --- sizing -------------------------------------------------------------------------------
@@ -99,7 +106,9 @@ class EngineCore:
         model_max = self.model_config.max_position_embeddings
         if self.args.max_model_len is not None:
             if self.args.max_model_len < 1:
-                raise InvalidRequestError(f"max_model_len must be positive, got {self.args.max_model_len}")
+                raise InvalidRequestError(
+                    f"max_model_len must be positive, got {self.args.max_model_len}"
+                )
             return self.args.max_model_len
         if self.device.type == "cpu":
             return min(model_max, CPU_DEFAULT_MAX_MODEL_LEN)
@@ -165,7 +174,9 @@ class EngineCore:
         """Validate and build a request; raises InvalidRequestError with a message for users."""
         n = len(prompt_token_ids)
         if n == 0:
-            raise InvalidRequestError("the prompt is empty; send at least one token", param="prompt")
+            raise InvalidRequestError(
+                "the prompt is empty; send at least one token", param="prompt"
+            )
         if n >= self.max_model_len:
             raise InvalidRequestError(
                 f"this model's maximum context length is {self.max_model_len} tokens, but the "
@@ -201,7 +212,11 @@ class EngineCore:
         if not sched:
             return []
         reqs, sampled = self.runner.execute(sched)
-        tokens = {r.request_id: t for r, t in zip(reqs, sampled.token_ids, strict=True)} if sampled else {}
+        tokens = (
+            {r.request_id: t for r, t in zip(reqs, sampled.token_ids, strict=True)}
+            if sampled
+            else {}
+        )
         advanced = self.scheduler.update(sched, tokens)
         outputs: list[EngineCoreOutput] = []
         row_of = {r.request_id: i for i, r in enumerate(reqs)}
@@ -210,7 +225,11 @@ class EngineCore:
                 self.prompt_tokens_total += req.num_prompt_tokens
             self.generation_tokens_total += 1
             logprobs = None
-            if sampled is not None and sampled.logprobs is not None and req.params.logprobs is not None:
+            if (
+                sampled is not None
+                and sampled.logprobs is not None
+                and req.params.logprobs is not None
+            ):
                 logprobs = [sampled.logprobs[row_of[req.request_id]]]
             if req.finished:
                 self.runner.sampler.forget(req.request_id)

@@ -56,7 +56,9 @@ class OutputProcessor:
             prompt_token_ids=prompt_token_ids,
             params=params,
             detok=IncrementalDetokenizer(self.tokenizer, params.skip_special_tokens),
-            metrics=RequestMetrics(arrival_time=arrival_time, num_prompt_tokens=len(prompt_token_ids)),
+            metrics=RequestMetrics(
+                arrival_time=arrival_time, num_prompt_tokens=len(prompt_token_ids)
+            ),
             logprobs=[] if params.logprobs is not None else None,
         )
 
@@ -125,7 +127,9 @@ class OutputProcessor:
         if hit is None:
             return False
         i, s = hit
-        state.text = state.text[: i + len(s)] if state.params.include_stop_str_in_output else state.text[:i]
+        state.text = (
+            state.text[: i + len(s)] if state.params.include_stop_str_in_output else state.text[:i]
+        )
         state.finish_reason = "stop"
         state.stop_reason = s
         return True

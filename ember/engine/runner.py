@@ -31,7 +31,9 @@ class ModelRunner:
             return t.pin_memory().to(self.device, non_blocking=True)
         return t.to(self.device)
 
-    def prepare(self, sched: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int], list[Request]]:
+    def prepare(
+        self, sched: SchedulerOutput
+    ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int], list[Request]]:
         bs = self.block_size
         input_ids: list[int] = []
         positions: list[int] = []
@@ -54,7 +56,9 @@ class ModelRunner:
             if end == req.num_tokens:
                 logit_rows.append(query_start[-1] - 1)
                 sampling_reqs.append(req)
-        tables = [req.block_ids + [0] * (max_blocks - len(req.block_ids)) for req, _ in sched.scheduled]
+        tables = [
+            req.block_ids + [0] * (max_blocks - len(req.block_ids)) for req, _ in sched.scheduled
+        ]
         meta = AttentionMetadata(
             query_start_loc=self._to_device(query_start, torch.int32),
             seq_lens=self._to_device(seq_lens, torch.int32),

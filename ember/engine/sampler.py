@@ -53,18 +53,14 @@ class Sampler:
         return SamplerOutput(token_list, logprobs)
 
     def _apply_penalties(self, logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
-        num_rows, vocab = logits.shape
+        vocab = logits.shape[1]
         rows_rep = [i for i, r in enumerate(reqs) if r.params.repetition_penalty != 1.0]
         rows_pf = [
             i
             for i, r in enumerate(reqs)
             if r.params.presence_penalty != 0.0 or r.params.frequency_penalty != 0.0
         ]
-        rows_min = [
-            i
-            for i, r in enumerate(reqs)
-            if len(r.output_token_ids) < r.params.min_tokens
-        ]
+        rows_min = [i for i, r in enumerate(reqs) if len(r.output_token_ids) < r.params.min_tokens]
         if rows_rep:
             for i in rows_rep:
                 r = reqs[i]

@@ -37,8 +37,8 @@ def resolve_dtype(name: str, config: ModelConfig, device: torch.device) -> torch
         if device.type == "cpu":
             return torch.float32
         stored = (config.dtype or "bfloat16").lower().removeprefix("torch.")
-        dtype = _DTYPES.get(stored, torch.bfloat16)
-        return torch.bfloat16 if dtype == torch.float32 else dtype
+        stored_dtype = _DTYPES.get(stored, torch.bfloat16)
+        return torch.bfloat16 if stored_dtype == torch.float32 else stored_dtype
     dtype = _DTYPES.get(key)
     if dtype is None:
         raise ModelLoadError(

@@ -9,8 +9,8 @@ import pytest
 
 from ember.engine.args import EngineArgs
 from ember.engine.async_engine import AsyncEngine
-from ember.registry import ModelStore, default_home
 from ember.errors import InvalidRequestError
+from ember.registry import ModelStore, default_home
 from ember.sampling_params import OutputKind, SamplingParams
 
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from ember import LLM, SamplingParams
-from ember.registry import ModelStore, default_home
 from ember.errors import InvalidRequestError
+from ember.registry import ModelStore, default_home
 
 from .hf_models import hf_greedy, make_hf_model
 
@@ -52,7 +52,9 @@ def test_greedy_matches_transformers(arch: str, tiny_dir: Path, tmp_path: Path) 
 def test_chunked_prefill_gives_the_same_tokens(tiny_dir: Path) -> None:
     long_prompt = [(i * 37) % 500 + 1 for i in range(70)]
     whole = LLM(str(tiny_dir), dtype="float32", device="cpu", block_size=4)
-    chunked = LLM(str(tiny_dir), dtype="float32", device="cpu", block_size=4, max_num_batched_tokens=8)
+    chunked = LLM(
+        str(tiny_dir), dtype="float32", device="cpu", block_size=4, max_num_batched_tokens=8
+    )
     a = whole.generate(token_prompts([long_prompt, PROMPTS[0]]), greedy(12))
     b = chunked.generate(token_prompts([long_prompt, PROMPTS[0]]), greedy(12))
     assert [o.outputs[0].token_ids for o in a] == [o.outputs[0].token_ids for o in b]
@@ -60,7 +62,9 @@ def test_chunked_prefill_gives_the_same_tokens(tiny_dir: Path) -> None:
 
 def test_preemption_under_a_tiny_kv_cache_loses_nothing(tiny_dir: Path, tiny_llm: LLM) -> None:
     prompts = [[i + 1] * 10 for i in range(6)]
-    expected = [o.outputs[0].token_ids for o in tiny_llm.generate(token_prompts(prompts), greedy(20))]
+    expected = [
+        o.outputs[0].token_ids for o in tiny_llm.generate(token_prompts(prompts), greedy(20))
+    ]
     small = LLM(str(tiny_dir), dtype="float32", device="cpu", block_size=4, num_kv_blocks=16)
     outs = small.generate(token_prompts(prompts), greedy(20))
     assert [o.outputs[0].token_ids for o in outs] == expected
@@ -130,6 +134,8 @@ def test_bad_prompts_are_clear_errors(tiny_llm: LLM) -> None:
 
 def test_max_tokens_none_stops_at_the_context(tiny_dir: Path) -> None:
     llm = LLM(str(tiny_dir), dtype="float32", device="cpu", max_model_len=32)
-    out = llm.generate({"prompt_token_ids": [1] * 20}, SamplingParams(max_tokens=None, ignore_eos=True))
+    out = llm.generate(
+        {"prompt_token_ids": [1] * 20}, SamplingParams(max_tokens=None, ignore_eos=True)
+    )
     assert len(out[0].outputs[0].token_ids) == 12
     assert out[0].outputs[0].finish_reason == "length"

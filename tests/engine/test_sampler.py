@@ -22,7 +22,9 @@ def logits_rows(n: int, seed: int = 0) -> torch.Tensor:
 
 def test_greedy_is_argmax() -> None:
     logits = logits_rows(3)
-    out = Sampler(torch.device("cpu"))(logits.clone(), [req(str(i), temperature=0.0) for i in range(3)])
+    out = Sampler(torch.device("cpu"))(
+        logits.clone(), [req(str(i), temperature=0.0) for i in range(3)]
+    )
     assert out.token_ids == logits.argmax(-1).tolist()
 
 

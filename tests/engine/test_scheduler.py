@@ -15,7 +15,9 @@ def make_req(rid: str, n_prompt: int, max_tokens: int = 8, **kw: object) -> Requ
 
 def run_step(s: Scheduler, token: int = 7) -> dict[str, int]:
     out = s.schedule()
-    sampled = {r.request_id: token for r, n in out.scheduled if r.num_computed_tokens + n == r.num_tokens}
+    sampled = {
+        r.request_id: token for r, n in out.scheduled if r.num_computed_tokens + n == r.num_tokens
+    }
     s.update(out, sampled)
     return {r.request_id: n for r, n in out.scheduled}
 

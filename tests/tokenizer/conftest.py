@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tests.tokenizer.tokenizer_builders import (
     CHATML_TEMPLATE,
     LLAMA3_TEMPLATE,

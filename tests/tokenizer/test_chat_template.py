@@ -5,11 +5,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.tokenizer.tokenizer_builders import CHATML_TEMPLATE, MakeModelDir, load_transformers_tokenizer
 
 from ember.errors import InvalidRequestError, ModelLoadError
 from ember.tokenizer import Tokenizer
 from ember.tokenizer.chat_template import compile_template
+from tests.tokenizer.tokenizer_builders import (
+    CHATML_TEMPLATE,
+    MakeModelDir,
+    load_transformers_tokenizer,
+)
 
 WEATHER_TOOL: dict[str, Any] = {
     "type": "function",

@@ -4,10 +4,10 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.tokenizer.tokenizer_builders import MakeModelDir, load_transformers_tokenizer
 
 from ember.errors import ModelLoadError
 from ember.tokenizer import Tokenizer
+from tests.tokenizer.tokenizer_builders import MakeModelDir, load_transformers_tokenizer
 
 TEXTS = [
     "Hello world",
