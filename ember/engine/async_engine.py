@@ -1,9 +1,9 @@
-"""AsyncEngine: an LLMEngine stepped by a background thread, consumed from asyncio.
+"""AsyncEngine: the API side of the engine, consumed from asyncio.
 
-The API side (event loop) validates and enqueues requests and reads their outputs from
-per-request asyncio queues; the engine thread adds, aborts and steps between model runs, so
-tokenizing and streaming never wait on a step and a step never waits on the event loop.
-torch releases the GIL inside kernels, so both make progress.
+Requests are validated and tokenized here, handed to the core (a thread, or on CUDA a process of
+its own; see core_client.py), and their new tokens come back per step to an output thread that
+detokenizes, applies stop strings and hands each request's outputs to its asyncio queue. Neither
+side ever waits on the other: the event loop only enqueues, the core only steps.
 """
 
 from __future__ import annotations
@@ -12,23 +12,29 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ember.engine.args import EngineArgs
-from ember.engine.core import EngineStats
-from ember.engine.llm_engine import LLMEngine
-from ember.engine.request import Request
-from ember.errors import EmberError, InvalidRequestError
+from ember.engine.core import EngineStats, resolve_device
+from ember.engine.core_client import (
+    CoreClient,
+    EngineDeadError,
+    InprocCoreClient,
+    MPCoreClient,
+)
+from ember.engine.output_processor import OutputProcessor
+from ember.engine.request import Request, build_request
+from ember.errors import InvalidRequestError
 from ember.outputs import RequestOutput
 from ember.sampling_params import SamplingParams
+from ember.tokenizer import Tokenizer
+
+__all__ = ["AsyncEngine", "EngineDeadError"]
 
 log = logging.getLogger(__name__)
-
-
-class EngineDeadError(EmberError):
-    status_code = 503
 
 
 @dataclass(slots=True)
@@ -38,21 +44,25 @@ class _Stream:
 
 
 class AsyncEngine:
-    def __init__(self, args: EngineArgs) -> None:
-        self.engine = LLMEngine(args)
-        self.tokenizer = self.engine.tokenizer
+    def __init__(self, args: EngineArgs, multiprocess: bool | None = None) -> None:
+        """Load the model (slow: call from a worker thread). `multiprocess` runs the core in its
+        own process; by default it does on CUDA and not on the CPU."""
+        t0 = time.monotonic()
+        self.tokenizer = Tokenizer.from_dir(args.model)
+        if multiprocess is None:
+            multiprocess = resolve_device(args.device).type == "cuda"
+        self.client: CoreClient = MPCoreClient(args) if multiprocess else InprocCoreClient(args)
+        self.info = self.client.info
         self.model_name = args.served_model_name or Path(args.model).name
-        self.max_model_len = self.engine.max_model_len
-        self.load_duration_s = self.engine.load_duration_s
+        self.max_model_len = self.info.max_model_len
+        self.load_duration_s = time.monotonic() - t0
+        self.eos_token_ids = frozenset(self.tokenizer.eos_token_ids)
         self.error: BaseException | None = None
-        self._lock = threading.Lock()
-        self._new: list[tuple[Request, str | None]] = []
-        self._aborts: list[str] = []
+        self._processor = OutputProcessor(self.tokenizer)
+        self._lock = threading.Lock()  # guards _processor and _streams
         self._streams: dict[str, _Stream] = {}
-        self._wake = threading.Event()
-        self._stopped = False
-        self._stats = self.engine.stats()
-        self._thread = threading.Thread(target=self._run, name="ember-engine", daemon=True)
+        self._stats: EngineStats | None = None
+        self._thread = threading.Thread(target=self._run, name="ember-outputs", daemon=True)
         self._thread.start()
 
     @property
@@ -72,15 +82,23 @@ class AsyncEngine:
             raise EngineDeadError("the engine has stopped; the server is restarting")
         if request_id in self._streams:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
-        req = self.engine.make_request(request_id, prompt_token_ids, params)
+        req = build_request(
+            request_id,
+            prompt_token_ids,
+            params,
+            self.eos_token_ids,
+            self.info.max_model_len,
+            self.info.vocab_size,
+        )
         return self._stream(req, prompt)
 
     async def _stream(self, req: Request, prompt: str | None) -> AsyncIterator[RequestOutput]:
         queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+        rid = req.request_id
         with self._lock:
-            self._streams[req.request_id] = _Stream(asyncio.get_running_loop(), queue)
-            self._new.append((req, prompt))
-        self._wake.set()
+            self._streams[rid] = _Stream(asyncio.get_running_loop(), queue)
+            self._processor.add(rid, prompt, req.prompt_token_ids, req.params, req.arrival_time)
+        self.client.add([req])
         finished = False
         try:
             while True:
@@ -94,26 +112,32 @@ class AsyncEngine:
                     return
         finally:
             if not finished:
-                self.abort(req.request_id)
+                self.abort(rid)
 
     def abort(self, request_id: str) -> None:
+        """Stop a request and free its KV blocks; a live stream gets a final 'abort' output."""
         with self._lock:
-            self._aborts.append(request_id)
-        self._wake.set()
+            out = self._processor.abort(request_id)
+        self.client.abort([request_id])
+        if out is not None:
+            self._deliver(out, last=True)
 
     def stats(self) -> EngineStats:
-        return replace(self._stats, num_unfinished=len(self._streams))
+        stats = self._stats
+        if stats is None:
+            return EngineStats(
+                0, 0, len(self._streams), 0.0, 0, self.info.num_kv_blocks, 0, 0, 0, 0, 0
+            )
+        return replace(stats, num_unfinished=len(self._streams))
 
     def shutdown(self) -> None:
-        self._stopped = True
-        self._wake.set()
+        self.client.shutdown()
         self._thread.join(timeout=10)
 
-    # --- the engine thread --------------------------------------------------------------------
-
-    def _deliver(self, out: RequestOutput | BaseException, request_id: str, last: bool) -> None:
+    def _deliver(self, out: RequestOutput | BaseException, last: bool, rid: str = "") -> None:
+        rid = rid or getattr(out, "request_id", "")
         with self._lock:
-            stream = self._streams.pop(request_id, None) if last else self._streams.get(request_id)
+            stream = self._streams.pop(rid, None) if last else self._streams.get(rid)
         if stream is None:
             return
         with contextlib.suppress(RuntimeError):  # the client's event loop is gone
@@ -121,31 +145,18 @@ class AsyncEngine:
 
     def _run(self) -> None:
         try:
-            while not self._stopped:
-                self._wake.clear()
+            while (step := self.client.get()) is not None:
                 with self._lock:
-                    new, self._new = self._new, []
-                    aborts, self._aborts = self._aborts, []
-                for req, prompt in new:
-                    self.engine.add(req, prompt)
-                if aborts:
-                    for out in self.engine.abort(aborts):
-                        self._deliver(out, out.request_id, last=True)
-                    with self._lock:
-                        for rid in aborts:
-                            self._streams.pop(rid, None)
-                if not self.engine.has_unfinished():
-                    self._stats = self.engine.stats()
-                    self._wake.wait()
-                    continue
-                outputs = self.engine.step()
-                self._stats = self.engine.stats()
+                    outputs, to_abort = self._processor.process(step.outputs)
+                self._stats = step.stats
+                if to_abort:
+                    self.client.abort(to_abort)
                 for out in outputs:
-                    self._deliver(out, out.request_id, last=out.finished)
-        except BaseException as e:  # the engine is unusable: fail every live request
-            log.exception("engine step failed")
+                    self._deliver(out, last=out.finished)
+        except BaseException as e:  # the core is gone: fail every live request
+            log.error("engine failed: %s", e)
             self.error = e
             with self._lock:
                 ids = list(self._streams)
             for rid in ids:
-                self._deliver(EngineDeadError(f"the engine failed: {e}"), rid, last=True)
+                self._deliver(EngineDeadError(f"the engine failed: {e}"), last=True, rid=rid)

@@ -15,7 +15,7 @@ import torch
 
 from ember.engine.args import EngineArgs
 from ember.engine.kv_cache import KVCacheManager
-from ember.engine.request import Request
+from ember.engine.request import Request, build_request
 from ember.engine.runner import ModelRunner
 from ember.engine.scheduler import Scheduler
 from ember.errors import InvalidRequestError
@@ -41,6 +41,18 @@ class EngineCoreOutput:
     stop_reason: int | str | None
     num_cached_tokens: int
     first_scheduled_time: float | None
+
+
+@dataclass(slots=True)
+class CoreInfo:
+    """What the API side needs to know about a loaded core."""
+
+    max_model_len: int
+    vocab_size: int
+    num_kv_blocks: int
+    block_size: int
+    load_weights_s: float
+    device: str
 
 
 @dataclass(slots=True)
@@ -172,29 +184,26 @@ class EngineCore:
         arrival_time: float | None = None,
     ) -> Request:
         """Validate and build a request; raises InvalidRequestError with a message for users."""
-        n = len(prompt_token_ids)
-        if n == 0:
-            raise InvalidRequestError(
-                "the prompt is empty; send at least one token", param="prompt"
-            )
-        if n >= self.max_model_len:
-            raise InvalidRequestError(
-                f"this model's maximum context length is {self.max_model_len} tokens, but the "
-                f"prompt has {n} tokens; shorten the prompt",
-                param="prompt",
-            )
-        vocab = self.model_config.vocab_size
-        bad = next((t for t in prompt_token_ids if not 0 <= t < vocab), None)
-        if bad is not None:
-            raise InvalidRequestError(
-                f"token id {bad} is outside the vocabulary (0..{vocab - 1})", param="prompt"
-            )
-        room = self.max_model_len - n
-        max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
-        req = Request(request_id, list(prompt_token_ids), params, eos_token_ids, max_tokens)
-        if arrival_time is not None:
-            req.arrival_time = arrival_time
-        return req
+        return build_request(
+            request_id,
+            prompt_token_ids,
+            params,
+            eos_token_ids,
+            self.max_model_len,
+            self.model_config.vocab_size,
+            arrival_time,
+        )
+
+    @property
+    def info(self) -> CoreInfo:
+        return CoreInfo(
+            max_model_len=self.max_model_len,
+            vocab_size=self.model_config.vocab_size,
+            num_kv_blocks=self.kv.num_blocks,
+            block_size=self.block_size,
+            load_weights_s=self.load_weights_s,
+            device=str(self.device),
+        )
 
     def add_request(self, req: Request) -> None:
         self.scheduler.add(req)

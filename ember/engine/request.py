@@ -6,6 +6,7 @@ import enum
 import time
 from dataclasses import dataclass, field
 
+from ember.errors import InvalidRequestError
 from ember.sampling_params import SamplingParams
 
 
@@ -64,3 +65,36 @@ class Request:
     @property
     def finished(self) -> bool:
         return self.status == RequestStatus.FINISHED
+
+
+def build_request(
+    request_id: str,
+    prompt_token_ids: list[int],
+    params: SamplingParams,
+    eos_token_ids: frozenset[int],
+    max_model_len: int,
+    vocab_size: int,
+    arrival_time: float | None = None,
+) -> Request:
+    """Validate a prompt against the model's limits and build its request; raises
+    InvalidRequestError with a message that says what to change."""
+    n = len(prompt_token_ids)
+    if n == 0:
+        raise InvalidRequestError("the prompt is empty; send at least one token", param="prompt")
+    if n >= max_model_len:
+        raise InvalidRequestError(
+            f"this model's maximum context length is {max_model_len} tokens, but the "
+            f"prompt has {n} tokens; shorten the prompt",
+            param="prompt",
+        )
+    bad = next((t for t in prompt_token_ids if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise InvalidRequestError(
+            f"token id {bad} is outside the vocabulary (0..{vocab_size - 1})", param="prompt"
+        )
+    room = max_model_len - n
+    max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
+    req = Request(request_id, list(prompt_token_ids), params, eos_token_ids, max_tokens)
+    if arrival_time is not None:
+        req.arrival_time = arrival_time
+    return req

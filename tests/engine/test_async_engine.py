@@ -8,16 +8,19 @@ from pathlib import Path
 import pytest
 
 from ember.engine.args import EngineArgs
-from ember.engine.async_engine import AsyncEngine
+from ember.engine.async_engine import AsyncEngine, EngineDeadError
+from ember.engine.core_client import MPCoreClient
 from ember.errors import InvalidRequestError
 from ember.registry import ModelStore, default_home
 from ember.sampling_params import OutputKind, SamplingParams
 
 
-@pytest.fixture(scope="module")
-def engine() -> AsyncEngine:
+@pytest.fixture(scope="module", params=[False, True], ids=["thread", "process"])
+def engine(request: pytest.FixtureRequest) -> AsyncEngine:
+    """The core on a thread, and in a process of its own (the CUDA default)."""
     path: Path = ModelStore(default_home()).resolve("tiny").path
-    eng = AsyncEngine(EngineArgs(model=str(path), device="cpu", dtype="float32", max_num_seqs=2))
+    args = EngineArgs(model=str(path), device="cpu", dtype="float32", max_num_seqs=2)
+    eng = AsyncEngine(args, multiprocess=request.param)
     yield eng  # type: ignore[misc]
     eng.shutdown()
 
@@ -73,3 +76,24 @@ def test_closing_the_stream_aborts_and_frees_blocks(engine: AsyncEngine) -> None
 def test_validation_errors_raise_at_call_time(engine: AsyncEngine) -> None:
     with pytest.raises(InvalidRequestError):
         engine.generate("bad", [], params(OutputKind.DELTA))
+
+
+def test_a_dead_core_fails_requests_and_health(tmp_path: Path) -> None:
+    path: Path = ModelStore(default_home()).resolve("tiny").path
+    args = EngineArgs(model=str(path), device="cpu", dtype="float32")
+    eng = AsyncEngine(args, multiprocess=True)
+    try:
+        assert eng.healthy
+        assert isinstance(eng.client, MPCoreClient)
+        eng.client.process.kill()
+
+        async def main() -> None:
+            ids = eng.tokenizer.encode("hello")
+            with pytest.raises(EngineDeadError):
+                async for _ in eng.generate("x", ids, params(OutputKind.DELTA, n=50)):
+                    pass
+
+        asyncio.run(main())
+        assert not eng.healthy
+    finally:
+        eng.shutdown()

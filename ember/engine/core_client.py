@@ -1,0 +1,217 @@
+"""How the API side talks to an EngineCore: in this process on a thread, or in a process of its own.
+
+Both run the same loop (`core_loop`): take the messages that arrived (add / abort / shutdown),
+step while there is work, and emit one CoreStep (new tokens + stats) per step. The API side feeds
+requests in with `add`/`abort` and reads CoreSteps with the blocking `get`, from a thread of its own.
+On CUDA the core runs in its own process, so the API process's Python work (HTTP, tokenizing,
+detokenizing, streaming) never competes with the step loop for the GIL.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any, Protocol
+
+from ember.engine.args import EngineArgs
+from ember.engine.core import CoreInfo, EngineCore, EngineCoreOutput, EngineStats
+from ember.errors import EmberError, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+Message = tuple[str, Any]  # ("add", [Request]) | ("abort", [request_id]) | ("shutdown", None)
+
+
+class EngineDeadError(EmberError):
+    status_code = 503
+
+
+@dataclass(slots=True)
+class CoreStep:
+    outputs: list[EngineCoreOutput]
+    stats: EngineStats
+
+
+class Inbox(Protocol):
+    def take(self, block: bool) -> list[Message]: ...
+
+
+def core_loop(core: EngineCore, inbox: Inbox, emit: Callable[[CoreStep], None]) -> None:
+    """Run until a shutdown message. Blocks on the inbox only while there is nothing to step."""
+    while True:
+        for kind, payload in inbox.take(block=not core.has_unfinished()):
+            if kind == "add":
+                for req in payload:
+                    core.add_request(req)
+            elif kind == "abort":
+                core.abort(payload)
+            elif kind == "shutdown":
+                return
+        if core.has_unfinished():
+            emit(CoreStep(core.step(), core.stats()))
+        else:
+            emit(CoreStep([], core.stats()))
+
+
+class CoreClient(Protocol):
+    info: CoreInfo
+
+    def add(self, reqs: list[Any]) -> None: ...
+    def abort(self, request_ids: list[str]) -> None: ...
+    def get(self) -> CoreStep | None: ...  # None once shut down; EngineDeadError if it died
+    def shutdown(self) -> None: ...
+
+
+# --- in this process ------------------------------------------------------------------------
+
+
+class _QueueInbox:
+    def __init__(self) -> None:
+        self.queue: queue.SimpleQueue[Message] = queue.SimpleQueue()
+
+    def take(self, block: bool) -> list[Message]:
+        msgs: list[Message] = []
+        if block:
+            msgs.append(self.queue.get())
+        while True:
+            try:
+                msgs.append(self.queue.get_nowait())
+            except queue.Empty:
+                return msgs
+
+
+class InprocCoreClient:
+    def __init__(self, args: EngineArgs) -> None:
+        self.core = EngineCore(args)
+        self.info = self.core.info
+        self._inbox = _QueueInbox()
+        self._out: queue.SimpleQueue[CoreStep | BaseException | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="ember-core", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            core_loop(self.core, self._inbox, self._out.put)
+            self._out.put(None)
+        except BaseException as e:
+            log.exception("engine step failed")
+            self._out.put(e)
+
+    def add(self, reqs: list[Any]) -> None:
+        self._inbox.queue.put(("add", reqs))
+
+    def abort(self, request_ids: list[str]) -> None:
+        self._inbox.queue.put(("abort", request_ids))
+
+    def get(self) -> CoreStep | None:
+        item = self._out.get()
+        if isinstance(item, BaseException):
+            raise EngineDeadError(f"the engine failed: {item!r}") from item
+        return item
+
+    def shutdown(self) -> None:
+        self._inbox.queue.put(("shutdown", None))
+        self._thread.join(timeout=10)
+
+
+# --- in a process of its own ----------------------------------------------------------------
+
+
+class _ConnInbox:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def take(self, block: bool) -> list[Message]:
+        msgs: list[Message] = []
+        if block:
+            msgs.append(self.conn.recv())
+        while self.conn.poll():
+            msgs.append(self.conn.recv())
+        return msgs
+
+
+def _core_process_main(args: EngineArgs, inbox: Connection, outbox: Connection) -> None:
+    try:
+        core = EngineCore(args)
+    except BaseException as e:
+        outbox.send(("error", (type(e).__name__, str(e))))
+        return
+    outbox.send(("ready", core.info))
+    try:
+        core_loop(core, _ConnInbox(inbox), lambda step: outbox.send(("step", step)))
+        outbox.send(("shutdown", None))
+    except BaseException as e:
+        log.exception("engine step failed")
+        outbox.send(("dead", f"{type(e).__name__}: {e}"))
+
+
+class MPCoreClient:
+    def __init__(self, args: EngineArgs) -> None:
+        ctx = mp.get_context("spawn")
+        to_core_r, self._to_core = ctx.Pipe(duplex=False)
+        self._from_core, from_core_w = ctx.Pipe(duplex=False)
+        self.process = ctx.Process(
+            target=_core_process_main,
+            args=(args, to_core_r, from_core_w),
+            name="ember-core",
+            daemon=True,
+        )
+        self.process.start()
+        # Close our copies of the child's ends, so that its death reads as EOF here.
+        to_core_r.close()
+        from_core_w.close()
+        try:
+            kind, payload = self._from_core.recv()
+        except EOFError:
+            raise ModelLoadError(
+                f"the engine process exited while loading (exit code {self.process.exitcode})"
+            ) from None
+        if kind == "error":
+            name, message = payload
+            raise ModelLoadError(f"{message} ({name})")
+        self.info: CoreInfo = payload
+        # Sends go through a thread: a pipe that is full while the core is mid-step must never
+        # block the caller (the event loop).
+        self._sendq: queue.SimpleQueue[Message | None] = queue.SimpleQueue()
+        self._sender = threading.Thread(target=self._send_loop, name="ember-core-send", daemon=True)
+        self._sender.start()
+
+    def _send_loop(self) -> None:
+        while (msg := self._sendq.get()) is not None:
+            try:
+                self._to_core.send(msg)
+            except (BrokenPipeError, OSError):
+                return
+
+    def add(self, reqs: list[Any]) -> None:
+        self._sendq.put(("add", reqs))
+
+    def abort(self, request_ids: list[str]) -> None:
+        self._sendq.put(("abort", request_ids))
+
+    def get(self) -> CoreStep | None:
+        try:
+            kind, payload = self._from_core.recv()
+        except (EOFError, OSError):
+            raise EngineDeadError(
+                f"the engine process died (exit code {self.process.exitcode})"
+            ) from None
+        if kind == "step":
+            step: CoreStep = payload
+            return step
+        if kind == "shutdown":
+            return None
+        raise EngineDeadError(f"the engine process failed: {payload}")
+
+    def shutdown(self) -> None:
+        self._sendq.put(("shutdown", None))
+        self._sendq.put(None)
+        self.process.join(timeout=10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=5)
