@@ -20,3 +20,5 @@ class EngineArgs:
     gpu_memory_utilization: float = 0.9
     enable_prefix_caching: bool = True
     seed: int = 0
+    load_format: str = "auto"  # "auto": the checkpoint's safetensors; "dummy": random weights
+    enforce_eager: bool = False  # no CUDA graphs

@@ -21,6 +21,7 @@ from ember.engine.scheduler import Scheduler
 from ember.errors import InvalidRequestError
 from ember.layers.metadata import KVCache
 from ember.models.config import ModelConfig
+from ember.models.dummy import dummy_model
 from ember.models.loader import load_model, resolve_dtype
 from ember.outputs import Logprob
 from ember.sampling_params import SamplingParams
@@ -90,7 +91,14 @@ class EngineCore:
         self.dtype = resolve_dtype(args.dtype, self.model_config, self.device)
         torch.manual_seed(args.seed)
         t0 = time.monotonic()
-        self.model = load_model(model_dir, self.dtype, self.device)
+        if args.load_format == "dummy":
+            self.model = dummy_model(model_dir, self.dtype, self.device, args.seed)
+        elif args.load_format == "auto":
+            self.model = load_model(model_dir, self.dtype, self.device)
+        else:
+            raise InvalidRequestError(
+                f"load_format must be 'auto' or 'dummy', got {args.load_format!r}"
+            )
         self.load_weights_s = time.monotonic() - t0
         self.block_size = args.block_size
         self.max_model_len = self._resolve_max_model_len()

@@ -47,6 +47,8 @@ class LLM:
         num_kv_blocks: int | None = None,
         kv_cache_memory_gb: float = 1.0,
         gpu_memory_utilization: float = 0.9,
+        load_format: str = "auto",
+        enforce_eager: bool = False,
     ) -> None:
         args = EngineArgs(
             model=resolve_model_dir(model),
@@ -61,6 +63,8 @@ class LLM:
             num_kv_blocks=num_kv_blocks,
             kv_cache_memory_gb=kv_cache_memory_gb,
             gpu_memory_utilization=gpu_memory_utilization,
+            load_format=load_format,
+            enforce_eager=enforce_eager,
         )
         self.engine = LLMEngine(args)
         self._ids = itertools.count()

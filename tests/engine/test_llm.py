@@ -139,3 +139,18 @@ def test_max_tokens_none_stops_at_the_context(tiny_dir: Path) -> None:
     )
     assert len(out[0].outputs[0].token_ids) == 12
     assert out[0].outputs[0].finish_reason == "length"
+
+
+def test_dummy_weights_need_only_the_config(tiny_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    for name in (
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ):
+        shutil.copy(tiny_dir / name, tmp_path / name)
+    llm = LLM(str(tmp_path), device="cpu", load_format="dummy")
+    out = llm.generate("hello", greedy(5))[0]
+    assert len(out.outputs[0].token_ids) == 5
