@@ -1,0 +1,199 @@
+"""The `ember` command: serve, run, --version.
+
+Imports are lazy so that `ember --help` and `ember --version` never import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ember import __version__
+from ember.config import ConfigError, ServeConfig, add_config_arguments, config_flags
+
+if TYPE_CHECKING:
+    from ember.engine.async_engine import AsyncEngine
+
+_EPILOG = (
+    "Every option can also be set by its environment variable (EMBER_*, or Ollama's OLLAMA_* "
+    "where one exists); flags win over EMBER_*, which win over OLLAMA_*."
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ember",
+        description="Serve open LLMs: a drop-in for Ollama's and vLLM's APIs.",
+    )
+    parser.add_argument("--version", action="version", version=f"ember {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve a model over Ollama's and OpenAI's (vLLM's) HTTP APIs",
+        description="Serve a model over Ollama's (/api/*) and OpenAI's (/v1/*) HTTP APIs, with "
+        "/health, /live and /metrics.",
+        epilog=_EPILOG,
+    )
+    serve.add_argument(
+        "model_arg",
+        nargs="?",
+        metavar="MODEL",
+        help="model to serve (same as --model; default: tiny)",
+    )
+    add_config_arguments(serve, ("model", "server", "engine"))
+
+    run = sub.add_parser(
+        "run",
+        help="generate from a model in this process: one prompt, or a chat on the terminal",
+        description="Load MODEL in this process and print a streamed reply to PROMPT; without "
+        "PROMPT, chat on the terminal (end with /bye or end of input).",
+        epilog=_EPILOG,
+    )
+    run.add_argument("model_arg", metavar="MODEL", help="model name or directory")
+    run.add_argument("prompt", nargs="*", help="prompt (words are joined with spaces)")
+    run.add_argument("--num-predict", type=int, default=None, help="tokens to generate at most")
+    run.add_argument("--temperature", type=float, default=None, help="sampling temperature")
+    run.add_argument("--seed", type=int, default=None, help="sampling seed")
+    add_config_arguments(run, ("model", "engine"))
+    return parser
+
+
+def _config(args: argparse.Namespace) -> ServeConfig:
+    flags = config_flags(args)
+    if args.model_arg is not None:
+        flags["model"] = args.model_arg
+    return ServeConfig.from_sources(flags, os.environ)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        config = _config(args)
+    except ConfigError as e:
+        parser.exit(2, f"ember: error: {e}\n")
+    if args.command == "serve":
+        from ember.server.app import serve
+
+        return serve(config)
+    if args.command == "run":
+        options = {
+            "num_predict": args.num_predict,
+            "temperature": args.temperature,
+            "seed": args.seed,
+        }
+        return _run(config, " ".join(args.prompt), options)
+    parser.error(f"unknown command {args.command!r}")
+    return 2
+
+
+def _run(config: ServeConfig, prompt: str, options: dict[str, Any]) -> int:
+    """`ember run`: like `ollama run`, with the engine in this process."""
+    import asyncio
+
+    from ember.errors import EmberError
+
+    try:
+        return asyncio.run(_run_async(config, prompt, options))
+    except EmberError as e:
+        print(f"Error: {e.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _run_async(config: ServeConfig, prompt: str, options: dict[str, Any]) -> int:
+    import asyncio
+
+    from ember.errors import InvalidRequestError
+    from ember.registry import ModelStore
+    from ember.server.served_model import make_engine
+
+    store = ModelStore(config.home)
+    local = await asyncio.to_thread(store.resolve, config.model)
+    defaults = dict(await asyncio.to_thread(store.params, local))
+    system = await asyncio.to_thread(store.system, local)
+    args = config.engine_args(str(local.path), config.served_model_name or local.name)
+    engine = await asyncio.to_thread(make_engine, args)
+    try:
+        chat = _Chat(engine, defaults, options, system)
+        if prompt:
+            await chat.turn(prompt)
+            return 0
+        interactive = sys.stdin.isatty()
+        while True:
+            if interactive:
+                print(">>> ", end="", flush=True)
+            line = await asyncio.to_thread(sys.stdin.readline)
+            if not line or line.strip() == "/bye":
+                return 0
+            if line.strip():
+                try:
+                    await chat.turn(line.strip())
+                except InvalidRequestError as e:  # e.g. the conversation outgrew the context
+                    print(f"Error: {e.message}", file=sys.stderr)
+    finally:
+        await asyncio.to_thread(engine.shutdown)
+
+
+class _Chat:
+    """A conversation kept across turns, printed to stdout as it streams."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        defaults: dict[str, Any],
+        options: dict[str, Any],
+        system: str | None,
+    ) -> None:
+        self.engine = engine
+        self.defaults = defaults
+        self.options = options
+        self.messages: list[dict[str, Any]] = (
+            [{"role": "system", "content": system}] if system else []
+        )
+        self.turns = 0
+
+    def _prompt_ids(self) -> list[int]:
+        tok = self.engine.tokenizer
+        if tok.chat_template is None:  # no template: continue the plain transcript
+            text = "\n".join(m["content"] for m in self.messages)
+            return tok.encode(text, add_special_tokens=True)
+        text = tok.apply_chat_template(self.messages, add_generation_prompt=True)
+        return tok.encode(text, add_special_tokens=False)
+
+    async def turn(self, user_text: str) -> str:
+        from ember.server.protocol_ollama import merge_options, sampling_params
+
+        self.messages.append({"role": "user", "content": user_text})
+        try:
+            ids = self._prompt_ids()
+            opts = merge_options(self.defaults, self.options)
+            params = sampling_params(opts, len(ids), self.engine.max_model_len)
+        except Exception:
+            self.messages.pop()
+            raise
+        self.turns += 1
+        parts: list[str] = []
+        async for out in self.engine.generate(f"run-{self.turns}", ids, params):
+            text = out.outputs[0].text
+            if text:
+                parts.append(text)
+                sys.stdout.write(text)
+                sys.stdout.flush()
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        reply = "".join(parts)
+        self.messages.append({"role": "assistant", "content": reply})
+        return reply
+
+
+if __name__ == "__main__":
+    sys.exit(main())

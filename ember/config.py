@@ -1,0 +1,394 @@
+"""The one server configuration object: `ServeConfig`.
+
+Each field is filled from its CLI flag, then its `EMBER_*` environment variable, then the
+Ollama-compatible `OLLAMA_*` one, then its default. Each field's metadata names its flags,
+environment variables and help text, so that `ember serve --help` documents every option.
+This module must stay cheap to import (no torch): `ember --help` imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ember.engine.args import EngineArgs
+
+DEFAULT_PORT = 11434
+DEFAULT_HOME = Path("~/.ember").expanduser()
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class ConfigError(ValueError):
+    """A flag or environment variable has a value ember cannot use; the message names it."""
+
+
+# Parsers turn one raw string into a field's value; they raise ValueError with the reason.
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError(f"must be an integer >= {low}") from None
+        if value < low:
+            raise ValueError(f"must be an integer >= {low}")
+        return value
+
+    return parse
+
+
+def _positive_float(raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ValueError("must be a number > 0") from None
+    if not value > 0:
+        raise ValueError("must be a number > 0")
+    return value
+
+
+def _fraction(raw: str) -> float:
+    value = _positive_float(raw)
+    if value > 1:
+        raise ValueError("must be a number in (0, 1]")
+    return value
+
+
+def _port(raw: str) -> int:
+    value = _int_at_least(0)(raw)
+    if value > 65535:
+        raise ValueError("must be a port number in 0..65535")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def _nonempty(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("must not be empty")
+    return raw.strip()
+
+
+def _dtype(raw: str) -> str:
+    aliases = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32"}
+    value = raw.strip().lower()
+    value = aliases.get(value, value)
+    return _choice("auto", "float32", "bfloat16", "float16")(value)
+
+
+def _device(raw: str) -> str:
+    value = raw.strip().lower()
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        raise ValueError("must be auto, cpu, cuda or cuda:N")
+    return value
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    return tuple(o.strip() for o in raw.split(",") if o.strip())
+
+
+_DURATION_UNITS_S = dict(ns=1e-9, us=1e-6, ms=1e-3, s=1.0, m=60.0, h=3600.0) | {"µs": 1e-6}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+
+
+def parse_duration(raw: str) -> float:
+    """Ollama's keep_alive: a Go duration ("5m", "1h30m") or plain seconds; negative = forever.
+
+    Returns seconds; -1.0 for "forever".
+    """
+    text = raw.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        sign = -1.0 if text.startswith("-") else 1.0
+        body = text.lstrip("+-")
+        parts = _DURATION_PART.findall(body)
+        if not parts or "".join(n + u for n, u in parts) != body:
+            raise ValueError("must be a duration such as 5m, 1h, 300 (seconds) or -1") from None
+        seconds = sign * sum(float(n) * _DURATION_UNITS_S[u] for n, u in parts)
+    return -1.0 if seconds < 0 else seconds
+
+
+def parse_ollama_host(raw: str) -> tuple[str, int]:
+    """OLLAMA_HOST as Ollama reads it: "0.0.0.0", "host:port", ":port" or "http://host:port"."""
+    text = raw.strip()
+    default_port = DEFAULT_PORT
+    scheme, sep, rest = text.partition("://")
+    if sep:
+        if scheme not in ("http", "https"):
+            raise ValueError("must be host, host:port or http(s)://host:port")
+        default_port = 80 if scheme == "http" else 443
+        text = rest
+    text = text.split("/", 1)[0]
+    if text.startswith("["):  # [ipv6]:port
+        host, _, tail = text[1:].partition("]")
+        port_text = tail[1:] if tail.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, ""
+    port = _port(port_text) if port_text else default_port
+    return host or "127.0.0.1", port
+
+
+def _opt(
+    default: Any,
+    flags: str,
+    env: str,
+    help: str,
+    parse: Callable[[str], Any] = _nonempty,
+    group: str = "engine",
+    shown: str | None = None,
+) -> Any:
+    """A ServeConfig field: its flags and environment variables (space-separated, in order of
+    precedence), help text, parser, --help group and the default as --help shows it."""
+    meta = {
+        "flags": tuple(flags.split()),
+        "env": tuple(env.split()),
+        "help": help,
+        "parse": parse,
+        "group": group,
+        "shown": shown,
+    }
+    return field(default=default, metadata=meta)
+
+
+@dataclass(slots=True)
+class ServeConfig:
+    model: str = _opt(
+        "tiny",
+        "--model",
+        "EMBER_MODEL",
+        "model to serve: a name from the model store (name[:tag]) or a model directory",
+        group="model",
+    )
+    host: str = _opt(
+        "127.0.0.1",
+        "--host",
+        "EMBER_HOST OLLAMA_HOST",
+        "address to listen on (0.0.0.0 when $PORT is set)",
+        group="server",
+    )
+    port: int = _opt(
+        DEFAULT_PORT, "--port", "EMBER_PORT PORT OLLAMA_HOST", "port to listen on", _port, "server"
+    )
+    home: Path = _opt(  # noqa: RUF009 - _opt returns a dataclasses.field
+        DEFAULT_HOME,
+        "--home",
+        "EMBER_HOME",
+        "ember's home: the model store and caches",
+        lambda raw: Path(_nonempty(raw)).expanduser(),
+        "model",
+        "~/.ember",
+    )
+    num_parallel: int = _opt(
+        4,
+        "--num-parallel --max-num-seqs",
+        "EMBER_NUM_PARALLEL OLLAMA_NUM_PARALLEL",
+        "requests generated at once (the engine's max_num_seqs)",
+        _int_at_least(1),
+    )
+    max_queue: int = _opt(
+        512,
+        "--max-queue",
+        "EMBER_MAX_QUEUE OLLAMA_MAX_QUEUE",
+        "requests that may wait beyond num_parallel before the server answers 503",
+        _int_at_least(0),
+        "server",
+    )
+    context_length: int | None = _opt(
+        None,
+        "--context-length --max-model-len",
+        "EMBER_CONTEXT_LENGTH OLLAMA_CONTEXT_LENGTH",
+        "context length in tokens, prompt plus output",
+        _int_at_least(1),
+        shown="the model's, capped by the engine",
+    )
+    keep_alive: float = _opt(
+        300.0,
+        "--keep-alive",
+        "EMBER_KEEP_ALIVE OLLAMA_KEEP_ALIVE",
+        "how long the model stays loaded after a request (5m, 1h, seconds; -1 = forever)",
+        parse_duration,
+        "server",
+        "5m",
+    )
+    origins: tuple[str, ...] = _opt(
+        (),
+        "--origins",
+        "EMBER_ORIGINS OLLAMA_ORIGINS",
+        "extra CORS origins, comma-separated (localhost origins are always allowed; * = any)",
+        _origins,
+        "server",
+        "none",
+    )
+    dtype: str = _opt(
+        "auto",
+        "--dtype",
+        "EMBER_DTYPE",
+        "weight and activation dtype: auto, float32, bfloat16, float16",
+        _dtype,
+    )
+    device: str = _opt("auto", "--device", "EMBER_DEVICE", "auto, cpu, cuda or cuda:N", _device)
+    served_model_name: str | None = _opt(
+        None,
+        "--served-model-name",
+        "EMBER_SERVED_MODEL_NAME",
+        "name the model answers to in the APIs",
+        group="model",
+        shown="its store name, e.g. tiny:latest",
+    )
+    max_num_batched_tokens: int = _opt(
+        2048,
+        "--max-num-batched-tokens",
+        "EMBER_MAX_NUM_BATCHED_TOKENS",
+        "token budget of one engine step; longer prompts are prefilled in chunks",
+        _int_at_least(1),
+    )
+    block_size: int = _opt(
+        16, "--block-size", "EMBER_BLOCK_SIZE", "tokens per KV cache block", _int_at_least(1)
+    )
+    kv_cache_memory_gb: float = _opt(
+        1.0,
+        "--kv-cache-memory-gb",
+        "EMBER_KV_CACHE_MEMORY_GB",
+        "KV cache size in GB on CPU (GPUs size it from --gpu-memory-utilization)",
+        _positive_float,
+    )
+    gpu_memory_utilization: float = _opt(
+        0.9,
+        "--gpu-memory-utilization",
+        "EMBER_GPU_MEMORY_UTILIZATION",
+        "share of GPU memory ember may use for weights, activations and KV cache",
+        _fraction,
+    )
+    log_level: str = _opt(
+        "info",
+        "--log-level",
+        "EMBER_LOG_LEVEL",
+        "log level: " + ", ".join(LOG_LEVELS),
+        _choice(*LOG_LEVELS),
+        "server",
+    )
+
+    @classmethod
+    def from_sources(
+        cls,
+        flags: Mapping[str, str | None] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> ServeConfig:
+        """Build from raw flag values (field name -> string or None) and the environment.
+
+        Raises ConfigError naming the flag or variable whose value is bad.
+        """
+        flags = flags or {}
+        environ = {} if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name in ("host", "port"):
+                continue
+            found = _lookup(f.name, f.metadata, flags, environ, f.metadata["env"])
+            if found is not None:
+                values[f.name] = found
+        values.update(_host_and_port(flags, environ))
+        return cls(**values)
+
+    def engine_args(self, model_dir: str, served_model_name: str) -> EngineArgs:
+        from ember.engine.args import EngineArgs
+
+        return EngineArgs(
+            model=model_dir,
+            served_model_name=served_model_name,
+            dtype=self.dtype,
+            device=self.device,
+            max_model_len=self.context_length,
+            max_num_seqs=self.num_parallel,
+            max_num_batched_tokens=self.max_num_batched_tokens,
+            block_size=self.block_size,
+            kv_cache_memory_gb=self.kv_cache_memory_gb,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+        )
+
+
+def _lookup(
+    name: str,
+    meta: Mapping[str, Any],
+    flags: Mapping[str, str | None],
+    environ: Mapping[str, str],
+    env_names: tuple[str, ...],
+) -> Any:
+    """The parsed value from the first source that sets it, or None if none does."""
+    parse: Callable[[str], Any] = meta["parse"]
+    raw = flags.get(name)
+    if raw is not None:
+        return _parse(parse, raw, meta["flags"][0])
+    for var in env_names:
+        raw = environ.get(var)
+        if raw is not None and raw.strip():
+            return _parse(parse, raw, var)
+    return None
+
+
+def _parse(parse: Callable[[str], Any], raw: str, source: str) -> Any:
+    try:
+        return parse(raw)
+    except ValueError as e:
+        raise ConfigError(f"invalid value {raw!r} for {source}: {e}") from None
+
+
+def _host_and_port(flags: Mapping[str, str | None], environ: Mapping[str, str]) -> dict[str, Any]:
+    meta = {f.name: f.metadata for f in fields(ServeConfig)}
+    host = _lookup("host", meta["host"], flags, environ, ("EMBER_HOST",))
+    port = _lookup("port", meta["port"], flags, environ, ("EMBER_PORT", "PORT"))
+    ollama_host = environ.get("OLLAMA_HOST", "").strip()
+    if ollama_host:
+        o_host, o_port = _parse(parse_ollama_host, ollama_host, "OLLAMA_HOST")
+        host = o_host if host is None else host
+        port = o_port if port is None else port
+    if host is None and environ.get("PORT", "").strip():
+        host = "0.0.0.0"  # Cloud Run sets $PORT and expects the server on every interface
+    out: dict[str, Any] = {}
+    if host is not None:
+        out["host"] = host
+    if port is not None:
+        out["port"] = port
+    return out
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, groups: tuple[str, ...]) -> None:
+    """Add a flag for each ServeConfig field in `groups`; every flag defaults to None.
+
+    The help of each names its environment variables and default, so `--help` is the reference.
+    """
+    for f in fields(ServeConfig):
+        meta = f.metadata
+        if meta["group"] not in groups:
+            continue
+        default = meta["shown"] or f.default
+        env = ", ".join(meta["env"])
+        parser.add_argument(
+            *meta["flags"],
+            dest=f.name,
+            default=None,
+            metavar=f.name.upper(),
+            help=f"{meta['help']} [env: {env}] (default: {default})",
+        )
+
+
+def config_flags(namespace: argparse.Namespace) -> dict[str, str | None]:
+    """The raw ServeConfig flag values found on a parsed namespace."""
+    return {f.name: getattr(namespace, f.name, None) for f in fields(ServeConfig)}

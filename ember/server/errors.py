@@ -1,0 +1,105 @@
+"""Errors as each API family writes them.
+
+Ollama routes answer `{"error": "..."}`; OpenAI routes (everything under /v1/) answer
+`{"error": {"message", "type", "param", "code"}}` with vLLM's type names. One handler per
+exception kind picks the family from the request path.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ember.errors import EmberError, InvalidRequestError
+
+log = logging.getLogger("ember.server")
+
+BUSY_MESSAGE = "server busy, please try again.  maximum pending requests exceeded"
+
+# vLLM's error `type` for each status it answers with.
+_OPENAI_TYPES = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    404: "NotFoundError",
+    405: "MethodNotAllowedError",
+    413: "BadRequestError",
+    500: "InternalServerError",
+    503: "ServiceUnavailableError",
+}
+
+
+class ClientDisconnected(Exception):
+    """The client went away; nothing can be sent back."""
+
+
+def is_openai_path(path: str) -> bool:
+    return path.startswith("/v1/") or path == "/v1"
+
+
+def error_response(path: str, status: int, message: str, param: str | None = None) -> JSONResponse:
+    if is_openai_path(path):
+        err_type = _OPENAI_TYPES.get(status, HTTPStatus(status).phrase.replace(" ", "") + "Error")
+        body: dict[str, object] = {
+            "error": {"message": message, "type": err_type, "param": param, "code": status}
+        }
+    else:
+        body = {"error": message}
+    return JSONResponse(body, status_code=status)
+
+
+def validation_message(err: ValidationError | RequestValidationError) -> InvalidRequestError:
+    """The first problem pydantic found, as a message naming the field."""
+    first = err.errors()[0]
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body",)]
+    param = ".".join(loc) or None
+    msg = str(first.get("msg", "invalid value"))
+    if first.get("type") == "json_invalid":
+        return InvalidRequestError(f"invalid JSON body: {msg}")
+    if param is None:
+        return InvalidRequestError(f"invalid request body: {msg}")
+    return InvalidRequestError(f"invalid value for '{param}': {msg}", param=param)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_ember_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, EmberError)
+        if exc.status_code == 503:
+            log.warning("%s %s: %s", request.method, request.url.path, exc.message)
+        elif exc.status_code >= 500:
+            log.error("%s %s: %s", request.method, request.url.path, exc.message)
+        return error_response(request.url.path, exc.status_code, exc.message, exc.param)
+
+    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError | ValidationError)
+        err = validation_message(exc)
+        return error_response(request.url.path, 400, err.message, err.param)
+
+    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        message = str(exc.detail)
+        if exc.status_code == 404:
+            message = f"{request.method} {request.url.path} not found"
+        elif exc.status_code == 405:
+            message = f"method {request.method} not allowed for {request.url.path}"
+        return error_response(request.url.path, exc.status_code, message)
+
+    async def on_disconnect(request: Request, exc: Exception) -> Response:
+        # Nobody reads this; 499 (nginx's "client closed request") keeps access logs honest.
+        return Response(status_code=499)
+
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(request.url.path, 500, f"internal error: {exc}")
+
+    app.add_exception_handler(EmberError, on_ember_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(ValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(ClientDisconnected, on_disconnect)
+    app.add_exception_handler(Exception, on_unexpected)

@@ -1,0 +1,36 @@
+"""Probes and scrapes: /live (the process runs), /health (the model is loaded and warmed),
+/metrics (Prometheus), /version (vLLM's)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from ember import __version__
+from ember.server.context import get_context
+
+router = APIRouter()
+
+
+@router.api_route("/live", methods=["GET", "HEAD"])
+async def live() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.api_route("/health", methods=["GET", "HEAD"])
+async def health(request: Request) -> JSONResponse:
+    status, body = get_context(request).served.health()
+    return JSONResponse(body, status_code=status)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(get_context(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/version")
+async def version() -> dict[str, Any]:
+    return {"version": __version__}

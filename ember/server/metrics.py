@@ -1,0 +1,194 @@
+"""Prometheus metrics under vLLM's names, so HPA, KEDA and GKE Inference Gateway work unchanged.
+
+Engine state (running / waiting requests, KV cache use, cumulative token counts) is read from
+engine.stats() at scrape time by a custom collector; per-request latencies are observed by the
+server from each RequestOutput's timestamps as outputs stream by.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ember.outputs import RequestOutput
+
+# Buckets in seconds, close to vLLM's so dashboards built for vLLM read the same.
+TTFT_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75,
+    1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+)  # fmt: skip
+ITL_BUCKETS = (
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75,
+    1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
+)  # fmt: skip
+REQUEST_BUCKETS = (
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0,
+    50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
+)  # fmt: skip
+
+
+@dataclass(slots=True)
+class EngineSnapshot:
+    """What the collector reads at scrape time; zeros before the engine has loaded."""
+
+    num_running: int = 0
+    num_waiting: int = 0
+    kv_cache_usage: float = 0.0
+    num_used_blocks: int = 0
+    num_total_blocks: int = 0
+    prompt_tokens_total: int = 0
+    generation_tokens_total: int = 0
+    prefix_cache_queries: int = 0
+    prefix_cache_hits: int = 0
+    num_preemptions_total: int = 0
+
+
+class _EngineCollector(Collector):
+    def __init__(self, model_name: Callable[[], str], snapshot: Callable[[], EngineSnapshot]):
+        self._model_name = model_name
+        self._snapshot = snapshot
+
+    def describe(self) -> list[Metric]:
+        return []  # metrics are dynamic; skip the registry's duplicate check
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._snapshot()
+        labels = [self._model_name()]
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            g = GaugeMetricFamily(name, doc, labels=["model_name"])
+            g.add_metric(labels, value)
+            return g
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            c = CounterMetricFamily(name, doc, labels=["model_name"])
+            c.add_metric(labels, value)
+            return c
+
+        yield gauge("vllm:num_requests_running", "Requests in the running batch.", s.num_running)
+        yield gauge(
+            "vllm:num_requests_waiting",
+            "Requests waiting to be scheduled, including those waiting for the model to load.",
+            s.num_waiting,
+        )
+        yield gauge(
+            "vllm:kv_cache_usage_perc",
+            "Fraction of KV cache blocks in use (0..1).",
+            s.kv_cache_usage,
+        )
+        yield gauge("ember:kv_cache_used_blocks", "KV cache blocks in use.", s.num_used_blocks)
+        yield gauge("ember:kv_cache_total_blocks", "KV cache blocks in all.", s.num_total_blocks)
+        yield counter("vllm:prompt_tokens", "Prompt tokens processed.", s.prompt_tokens_total)
+        yield counter("vllm:generation_tokens", "Generated tokens.", s.generation_tokens_total)
+        yield counter(
+            "vllm:prefix_cache_queries",
+            "Prompt tokens looked up in the prefix cache.",
+            s.prefix_cache_queries,
+        )
+        yield counter(
+            "vllm:prefix_cache_hits",
+            "Prompt tokens found in the prefix cache.",
+            s.prefix_cache_hits,
+        )
+        yield counter(
+            "vllm:num_preemptions",
+            "Requests preempted for KV cache space.",
+            s.num_preemptions_total,
+        )
+
+
+class ServerMetrics:
+    def __init__(self, model_name: Callable[[], str], snapshot: Callable[[], EngineSnapshot]):
+        self._model_name = model_name
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_EngineCollector(model_name, snapshot))
+        r = self.registry
+        self.request_success = Counter(
+            "vllm:request_success",
+            "Finished requests, by finish reason.",
+            ["model_name", "finished_reason"],
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "vllm:time_to_first_token_seconds",
+            "Time from arrival to the first generated token.",
+            ["model_name"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "vllm:inter_token_latency_seconds",
+            "Time between consecutive generated tokens.",
+            ["model_name"],
+            buckets=ITL_BUCKETS,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            "vllm:e2e_request_latency_seconds",
+            "Time from arrival to the last token.",
+            ["model_name"],
+            buckets=REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.queue_time = Histogram(
+            "vllm:request_queue_time_seconds",
+            "Time from arrival to first being scheduled.",
+            ["model_name"],
+            buckets=REQUEST_BUCKETS,
+            registry=r,
+        )
+
+    def track(self) -> RequestTracker:
+        return RequestTracker(self)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class RequestTracker:
+    """Observes one request's latencies from its stream of (delta) outputs."""
+
+    __slots__ = ("_done", "_m", "_prev_token_time", "_ttft_done")
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self._m = metrics
+        self._prev_token_time: float | None = None
+        self._ttft_done = False
+        self._done = False
+
+    def update(self, out: RequestOutput) -> None:
+        m = self._m
+        name = m._model_name()
+        t = out.metrics
+        new_tokens = len(out.outputs[0].token_ids) if out.outputs else 0
+        if not self._ttft_done and t.first_token_time is not None:
+            self._ttft_done = True
+            m.ttft.labels(name).observe(max(0.0, t.first_token_time - t.arrival_time))
+            if t.first_scheduled_time is not None:
+                m.queue_time.labels(name).observe(max(0.0, t.first_scheduled_time - t.arrival_time))
+            new_tokens -= 1  # the first token has no gap before it
+            self._prev_token_time = t.first_token_time
+        prev, last = self._prev_token_time, t.last_token_time
+        if prev is not None and last is not None and new_tokens > 0 and last > prev:
+            gap = (last - prev) / new_tokens
+            for _ in range(new_tokens):
+                m.itl.labels(name).observe(gap)
+        if last is not None:
+            self._prev_token_time = last
+        if out.finished:
+            self._done = True
+            reason = out.outputs[0].finish_reason if out.outputs else None
+            m.request_success.labels(name, reason or "stop").inc()
+            end = t.finished_time or t.last_token_time
+            if end is not None:
+                m.e2e.labels(name).observe(max(0.0, end - t.arrival_time))
+
+    def aborted(self) -> None:
+        """The server aborted the request (its client left); its last output is never read."""
+        if not self._done:
+            self._done = True
+            self._m.request_success.labels(self._m._model_name(), "abort").inc()

@@ -1,0 +1,217 @@
+"""Ollama's request bodies and response chunks, with Ollama's field names (docs/api.md).
+
+Durations in responses are nanoseconds; `created_at` is RFC 3339 UTC with nanoseconds.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ember.errors import InvalidRequestError
+from ember.outputs import RequestOutput
+from ember.sampling_params import OutputKind, SamplingParams
+
+# Ollama's own defaults (api/types.go DefaultOptions) for the options a client leaves out, so a
+# request means the same here as there. repeat_penalty stays 1.0: Ollama's 1.1 applies to the last
+# 64 tokens only, our repetition_penalty (vLLM's) to the whole sequence, a much stronger effect.
+OLLAMA_DEFAULT_OPTIONS: dict[str, Any] = {"temperature": 0.8, "top_k": 40, "top_p": 0.9}
+
+
+class Options(BaseModel):
+    """The Modelfile parameters ember honours; the rest (num_thread, mirostat, ...) are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    num_predict: int | None = None  # tokens to generate; -1, -2 or absent: until the context ends
+    num_ctx: int | None = None  # context length; clamped to the server's max_model_len
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    seed: int | None = None  # negative: random
+    stop: list[str] | str | None = None
+    repeat_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = ""
+    stream: bool | None = None  # absent or null: stream
+    format: str | dict[str, Any] | None = None
+    options: dict[str, Any] | None = None
+    keep_alive: str | float | None = None
+    think: bool | str | None = None
+
+    def check_common(self) -> None:
+        if not self.model:
+            raise InvalidRequestError("model is required", param="model")
+        if self.format not in (None, "", {}):
+            raise InvalidRequestError(
+                "format (JSON mode / structured outputs) is not supported yet; "
+                "leave it out and ask for JSON in the prompt",
+                param="format",
+            )
+
+    @property
+    def streaming(self) -> bool:
+        return self.stream is not False
+
+
+class GenerateRequest(_Request):
+    prompt: str = ""
+    suffix: str = ""
+    system: str | None = None
+    template: str | None = None
+    context: list[int] | None = None
+    raw: bool = False
+    images: list[str] | None = None
+
+    def check(self) -> None:
+        self.check_common()
+        if self.suffix:
+            raise InvalidRequestError(f"{self.model} does not support insert", param="suffix")
+        if self.images:
+            raise InvalidRequestError(f"{self.model} does not support images", param="images")
+        if self.template:
+            raise InvalidRequestError(
+                "template is not supported: ember renders the model's own chat template; "
+                "use raw: true to send a fully formatted prompt",
+                param="template",
+            )
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: str
+    content: str | None = ""
+    images: list[str] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_name: str | None = None
+
+    def for_template(self) -> dict[str, Any]:
+        if self.images:
+            raise InvalidRequestError("this model does not support images", param="messages")
+        msg: dict[str, Any] = {"role": self.role, "content": self.content or ""}
+        if self.tool_calls:
+            msg["tool_calls"] = self.tool_calls
+        if self.tool_name:
+            msg["name"] = self.tool_name
+        return msg
+
+
+class ChatRequest(_Request):
+    messages: list[Message] = Field(default_factory=list)
+    tools: list[dict[str, Any]] | None = None
+
+    def check(self) -> None:
+        self.check_common()
+
+
+class ShowRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = ""
+    name: str = ""  # the field's old name
+    verbose: bool = False
+
+
+def merge_options(model_defaults: dict[str, Any], request: dict[str, Any] | None) -> Options:
+    """Ollama's defaults, beneath the model's params.json, beneath the request's options."""
+    merged = {**OLLAMA_DEFAULT_OPTIONS, **model_defaults}
+    merged.update({k: v for k, v in (request or {}).items() if v is not None})
+    return Options.model_validate(merged)
+
+
+def sampling_params(opts: Options, prompt_len: int, max_model_len: int) -> SamplingParams:
+    """SamplingParams (streaming deltas) for a prompt of `prompt_len` tokens."""
+    if prompt_len >= max_model_len:
+        raise InvalidRequestError(
+            f"the prompt is {prompt_len} tokens long but the context length is "
+            f"{max_model_len} tokens; shorten the prompt",
+            param="prompt",
+        )
+    room = max_model_len - prompt_len
+    if opts.num_ctx is not None and opts.num_ctx > prompt_len:
+        room = min(room, opts.num_ctx - prompt_len)
+    max_tokens = room if opts.num_predict is None or opts.num_predict <= 0 else opts.num_predict
+    stop = [opts.stop] if isinstance(opts.stop, str) else list(opts.stop or [])
+    kwargs: dict[str, Any] = {
+        "max_tokens": min(max_tokens, room),
+        "stop": [s for s in stop if s],
+        "seed": opts.seed if opts.seed is not None and opts.seed >= 0 else None,
+        "output_kind": OutputKind.DELTA,
+    }
+    for ours, theirs in (
+        ("temperature", "temperature"),
+        ("top_k", "top_k"),
+        ("top_p", "top_p"),
+        ("min_p", "min_p"),
+        ("repetition_penalty", "repeat_penalty"),
+        ("presence_penalty", "presence_penalty"),
+        ("frequency_penalty", "frequency_penalty"),
+    ):
+        value = getattr(opts, theirs)
+        if value is not None:
+            kwargs[ours] = value
+    try:
+        return SamplingParams(**kwargs)
+    except InvalidRequestError as e:  # name the option as the client sent it
+        ours = e.param or ""
+        theirs = _CLIENT_NAMES.get(ours, ours)
+        message = e.message.replace(ours, theirs) if ours else e.message
+        raise InvalidRequestError(message, param=f"options.{theirs}" if theirs else None) from None
+
+
+_CLIENT_NAMES = {"repetition_penalty": "repeat_penalty", "max_tokens": "num_predict"}
+
+
+def created_at() -> str:
+    """Now as Ollama writes it: RFC 3339, UTC, nanoseconds, e.g. 2024-07-22T20:47:51.147561123Z."""
+    ns = time.time_ns()
+    whole = datetime.fromtimestamp(ns // 1_000_000_000, tz=timezone.utc)
+    return whole.strftime("%Y-%m-%dT%H:%M:%S") + f".{ns % 1_000_000_000:09d}Z"
+
+
+def rfc3339(value: Any) -> str:
+    """A model's modified time (datetime, epoch seconds or string) as RFC 3339."""
+    if isinstance(value, datetime):
+        dt = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return dt.isoformat()
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(float(value), tz=timezone.utc).isoformat()
+    return str(value)
+
+
+def _ns(seconds: float) -> int:
+    return max(0, round(seconds * 1e9))
+
+
+def done_fields(
+    out: RequestOutput, eval_count: int, request_start: float, load_wait_s: float
+) -> dict[str, Any]:
+    """The statistics of the final chunk. Times are time.monotonic() seconds."""
+    m = out.metrics
+    reason = out.outputs[0].finish_reason if out.outputs else None
+    first_tok = m.first_token_time
+    scheduled = m.first_scheduled_time if m.first_scheduled_time is not None else m.arrival_time
+    prompt_eval = (first_tok - scheduled) if first_tok is not None else 0.0
+    decode = (m.last_token_time - first_tok) if first_tok and m.last_token_time else 0.0
+    return {
+        "done": True,
+        "done_reason": "length" if reason == "length" else "stop",
+        "total_duration": _ns(time.monotonic() - request_start),
+        "load_duration": _ns(load_wait_s),
+        "prompt_eval_count": m.num_prompt_tokens or len(out.prompt_token_ids),
+        "prompt_eval_duration": _ns(prompt_eval),
+        "eval_count": eval_count,
+        # at least 1 ns: clients divide eval_count by it
+        "eval_duration": max(1, _ns(decode)) if eval_count else 0,
+    }

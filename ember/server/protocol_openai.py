@@ -1,0 +1,235 @@
+"""OpenAI request bodies as vLLM accepts them (including vLLM's sampling extras) and the
+response objects it returns. Unknown request fields are ignored, as vLLM does."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ember.errors import InvalidRequestError
+from ember.outputs import CompletionOutput, Logprob
+from ember.sampling_params import OutputKind, SamplingParams
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool | None = False
+    continuous_usage_stats: bool | None = False
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None  # None: the served model
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    n: int | None = 1
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    user: str | None = None
+    # vLLM's extras
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    min_tokens: int | None = 0
+    ignore_eos: bool | None = False
+    stop_token_ids: list[int] | None = None
+    include_stop_str_in_output: bool | None = False
+    skip_special_tokens: bool | None = True
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+    def sampling_params(self, max_tokens: int, logprobs: int | None) -> SamplingParams:
+        kwargs: dict[str, Any] = {
+            "n": 1 if self.n is None else self.n,
+            "max_tokens": max_tokens,
+            "seed": self.seed,
+            "stop": [self.stop] if isinstance(self.stop, str) else list(self.stop or []),
+            "stop_token_ids": list(self.stop_token_ids or []),
+            "min_tokens": self.min_tokens or 0,
+            "ignore_eos": bool(self.ignore_eos),
+            "include_stop_str_in_output": bool(self.include_stop_str_in_output),
+            "skip_special_tokens": self.skip_special_tokens is not False,
+            "logprobs": logprobs,
+            "output_kind": OutputKind.DELTA,
+        }
+        for name in (
+            "temperature",
+            "top_p",
+            "top_k",
+            "min_p",
+            "repetition_penalty",
+            "presence_penalty",
+            "frequency_penalty",
+        ):
+            value = getattr(self, name)
+            if value is not None:
+                kwargs[name] = value
+        return SamplingParams(**kwargs)
+
+
+class CompletionRequest(_Request):
+    prompt: str | list[int] | list[str] | list[list[int]]
+    max_tokens: int | None = 16  # OpenAI's and vLLM's default; null: until the context ends
+    logprobs: int | None = None
+    echo: bool | None = False
+    suffix: str | None = None
+    best_of: int | None = None
+
+    def check(self) -> None:
+        if self.suffix:
+            raise InvalidRequestError("suffix is not supported", param="suffix")
+        if self.echo:
+            raise InvalidRequestError("echo is not supported", param="echo")
+        if self.best_of not in (None, 1):
+            raise InvalidRequestError("best_of must be 1", param="best_of")
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+    def for_template(self) -> dict[str, Any]:
+        msg = self.model_dump(exclude_none=True)
+        content = self.content
+        if isinstance(content, list):
+            texts = []
+            for part in content:
+                if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    raise InvalidRequestError(
+                        f"unsupported content part type {part.get('type')!r}: "
+                        "this model accepts text parts only",
+                        param="messages",
+                    )
+                texts.append(part["text"])
+            content = "\n".join(texts)
+        msg["content"] = content or ""
+        return msg
+
+
+class ChatCompletionRequest(_Request):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    logprobs: bool | None = False
+    top_logprobs: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    response_format: dict[str, Any] | None = None
+    # vLLM's extras
+    add_generation_prompt: bool = True
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    def check(self) -> None:
+        if self.response_format and self.response_format.get("type", "text") != "text":
+            raise InvalidRequestError(
+                "response_format other than text is not supported yet", param="response_format"
+            )
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        return (
+            self.max_completion_tokens
+            if self.max_completion_tokens is not None
+            else self.max_tokens
+        )
+
+    @property
+    def num_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+
+def fit_max_tokens(requested: int | None, prompt_len: int, max_model_len: int) -> int:
+    """max_tokens checked against the context length, worded as vLLM words it."""
+    if prompt_len >= max_model_len:
+        raise InvalidRequestError(
+            f"This model's maximum context length is {max_model_len} tokens. However, your "
+            f"request has {prompt_len} input tokens. Please reduce the length of the input.",
+            param="prompt",
+        )
+    room = max_model_len - prompt_len
+    if requested is None:
+        return room
+    if requested > room:
+        raise InvalidRequestError(
+            f"'max_tokens' or 'max_completion_tokens' is too large: {requested}. This model's "
+            f"maximum context length is {max_model_len} tokens and your request has "
+            f"{prompt_len} input tokens ({requested} > {max_model_len} - {prompt_len}).",
+            param="max_tokens",
+        )
+    return requested
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def now_s() -> int:
+    return int(time.time())
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "completion_tokens": completion_tokens,
+        "prompt_tokens_details": None,
+    }
+
+
+Decode = Callable[[int], str]
+
+
+def _token_text(lp: Logprob, decode: Decode) -> str:
+    return lp.decoded if lp.decoded is not None else decode(lp.token_id)
+
+
+def completion_logprobs(
+    out: CompletionOutput, decode: Decode, text_offset: int
+) -> dict[str, Any] | None:
+    """The legacy completions `logprobs` object for the tokens of `out` (a delta)."""
+    if out.logprobs is None:
+        return None
+    tokens, token_lps, tops, offsets = [], [], [], []
+    offset = text_offset
+    for entry in out.logprobs:
+        sampled = entry[0]
+        text = _token_text(sampled, decode)
+        tokens.append(text)
+        token_lps.append(sampled.logprob)
+        tops.append({_token_text(lp, decode): lp.logprob for lp in entry[1:]} or None)
+        offsets.append(offset)
+        offset += len(text)
+    return {
+        "text_offset": offsets,
+        "token_logprobs": token_lps,
+        "tokens": tokens,
+        "top_logprobs": tops,
+    }
+
+
+def chat_logprobs(out: CompletionOutput, decode: Decode) -> dict[str, Any] | None:
+    """The chat `logprobs` object ({"content": [...]}) for the tokens of `out` (a delta)."""
+    if out.logprobs is None:
+        return None
+
+    def item(lp: Logprob) -> dict[str, Any]:
+        text = _token_text(lp, decode)
+        return {"token": text, "logprob": lp.logprob, "bytes": list(text.encode())}
+
+    content = [
+        {**item(entry[0]), "top_logprobs": [item(lp) for lp in entry[1:]]} for entry in out.logprobs
+    ]
+    return {"content": content}
