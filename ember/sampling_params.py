@@ -33,6 +33,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None  # number of top logprobs per generated token, 0 = sampled only
     skip_special_tokens: bool = True
+    detokenize: bool = True  # False: token ids only, no text (and so no stop strings)
     output_kind: OutputKind = OutputKind.CUMULATIVE
 
     def __post_init__(self) -> None:
@@ -84,6 +85,8 @@ class SamplingParams:
             )
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
             raise bad("logprobs", f"logprobs must be in [0, 20], got {self.logprobs}")
+        if self.stop and not self.detokenize:
+            raise bad("stop", "stop strings need detokenize=True")
         if any(not s for s in self.stop):
             raise bad("stop", "stop strings must not be empty")
         if self.seed is not None and not -(2**63) <= self.seed < 2**64:

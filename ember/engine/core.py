@@ -107,12 +107,21 @@ class EngineCore:
         self.max_model_len = min(self.max_model_len, num_blocks * self.block_size)
         self.kv = KVCacheManager(num_blocks, self.block_size, args.enable_prefix_caching)
         self.scheduler = Scheduler(self.kv, args.max_num_seqs, args.max_num_batched_tokens)
-        self.runner = ModelRunner(self.model, self.kv_caches, self.block_size, self.device)
+        self.runner = ModelRunner(
+            self.model,
+            self.kv_caches,
+            self.block_size,
+            self.device,
+            max_num_seqs=args.max_num_seqs,
+            max_model_len=self.max_model_len,
+            enforce_eager=args.enforce_eager,
+        )
+        self.graph_capture_s = self.runner.capture()
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
         log.info(
             "engine ready: %s on %s (%s), max_model_len=%d, kv blocks=%d x %d tokens",
-            model_dir.name,
+            model_dir,
             self.device,
             self.dtype,
             self.max_model_len,

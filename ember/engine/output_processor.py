@@ -94,9 +94,11 @@ class OutputProcessor:
                         lp.decoded = self.tokenizer.decode([lp.token_id], skip_special_tokens=False)
                 state.logprobs += out.new_logprobs
             finished = out.finish_reason is not None
-            new_text = state.detok.add(out.new_token_ids)
-            if finished:
-                new_text += state.detok.flush()
+            new_text = ""
+            if state.params.detokenize:
+                new_text = state.detok.add(out.new_token_ids)
+                if finished:
+                    new_text += state.detok.flush()
             if self._append_text(state, new_text):
                 finished = True
                 if out.finish_reason is None:

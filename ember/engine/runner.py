@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from ember.engine.cuda_graphs import CudaGraphDecoder
 from ember.engine.request import Request
 from ember.engine.sampler import Sampler, SamplerOutput
 from ember.engine.scheduler import SchedulerOutput
 from ember.layers.metadata import AttentionMetadata, KVCache
 from ember.models import CausalLM
+from ember.ops import use_triton
 
 
 class ModelRunner:
@@ -18,12 +20,52 @@ class ModelRunner:
         kv_caches: list[KVCache],
         block_size: int,
         device: torch.device,
+        max_num_seqs: int = 1,
+        max_model_len: int = 1,
+        enforce_eager: bool = True,
     ) -> None:
         self.model = model
         self.kv_caches = kv_caches
         self.block_size = block_size
         self.device = device
         self.sampler = Sampler(device)
+        self.graphs: CudaGraphDecoder | None = None
+        if device.type == "cuda" and not enforce_eager and use_triton(device):
+            self.graphs = CudaGraphDecoder(
+                model,
+                kv_caches,
+                device,
+                max_num_seqs,
+                -(-max_model_len // block_size),
+                max_model_len,
+            )
+
+    def capture(self) -> float:
+        """Capture the decode CUDA graphs (if enabled); returns the seconds it took."""
+        return self.graphs.capture() if self.graphs is not None else 0.0
+
+    def _is_graph_step(self, sched: SchedulerOutput) -> bool:
+        if self.graphs is None or not self.graphs.fits(len(sched.scheduled)):
+            return False
+        return all(
+            n == 1 and req.num_computed_tokens + 1 == req.num_tokens for req, n in sched.scheduled
+        )
+
+    def _execute_graph(self, sched: SchedulerOutput) -> tuple[list[Request], SamplerOutput]:
+        assert self.graphs is not None
+        bs = self.block_size
+        reqs = [req for req, _ in sched.scheduled]
+        positions = [req.num_computed_tokens for req in reqs]
+        logits = self.graphs.run(
+            input_ids=[req.token_at(p) for req, p in zip(reqs, positions, strict=True)],
+            positions=positions,
+            slots=[
+                req.block_ids[p // bs] * bs + p % bs for req, p in zip(reqs, positions, strict=True)
+            ],
+            seq_lens=[p + 1 for p in positions],
+            tables=[req.block_ids for req in reqs],
+        )
+        return reqs, self.sampler(logits, reqs)
 
     def _to_device(self, values: list[int], dtype: torch.dtype) -> torch.Tensor:
         t = torch.tensor(values, dtype=dtype)
@@ -79,6 +121,8 @@ class ModelRunner:
     def execute(self, sched: SchedulerOutput) -> tuple[list[Request], SamplerOutput | None]:
         """Run one step. Returns the requests that get a token this step, in row order, and the
         sampler's result for them (None if every scheduled request was a mid-prompt chunk)."""
+        if self._is_graph_step(sched):
+            return self._execute_graph(sched)
         input_ids, positions, meta, rows, reqs = self.prepare(sched)
         hidden = self.model(input_ids, positions, self.kv_caches, meta)
         if not rows:

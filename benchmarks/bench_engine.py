@@ -1,0 +1,194 @@
+"""ember vs transformers `generate` on one GPU, same shapes, same run.
+
+Random weights with real shapes (load_format="dummy"), fixed output lengths (ignore EOS).
+Prints decode tok/s at batch 1 with achieved GB/s (weight bytes x steps/s) as a share of the HBM
+bandwidth measured in this run, and end-to-end output tok/s for larger batches, with ratios.
+
+    python benchmarks/bench_engine.py --shape llama-3.1-8b
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import (
+    SHAPES,
+    dummy_model_dir,
+    hbm_bandwidth_gbs,
+    param_bytes,
+    random_prompts,
+)
+
+
+def ember_runs(
+    model_dir: Path, args: argparse.Namespace, hbm: float, weights: int
+) -> dict[str, Any]:
+    from ember import LLM, SamplingParams
+
+    t0 = time.perf_counter()
+    llm = LLM(
+        str(model_dir),
+        dtype="bfloat16",
+        device="cuda",
+        load_format="dummy",
+        max_model_len=args.max_model_len,
+        max_num_seqs=max(args.batches),
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        enforce_eager=args.enforce_eager,
+    )
+    startup = time.perf_counter() - t0
+    core = llm.engine.core
+    print(
+        f"ember start-up {startup:.1f} s (graph capture {core.graph_capture_s:.1f} s, "
+        f"KV blocks {core.kv.num_blocks})",
+        flush=True,
+    )
+    vocab = SHAPES[args.shape]["vocab_size"]
+
+    def run(prompts: list[list[int]], out_len: int) -> float:
+        params = SamplingParams(
+            temperature=0.0, max_tokens=out_len, ignore_eos=True, detokenize=False
+        )
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
+        torch.cuda.synchronize()
+        assert all(len(o.outputs[0].token_ids) == out_len for o in outs)
+        return time.perf_counter() - t
+
+    results: dict[str, Any] = {"startup_s": startup}
+    p1 = random_prompts(1, args.input_len_b1, vocab, seed=1)
+    run(p1, 8)  # warm-up
+    t_short = run(p1, 1)
+    t_long = run(p1, args.output_len_b1 + 1)
+    decode = args.output_len_b1 / (t_long - t_short)
+    gbs = weights * decode / 1e9
+    results["b1_decode_tok_s"] = decode
+    print(
+        f"ember batch 1: decode {decode:.1f} tok/s, {gbs:.0f} GB/s = {100 * gbs / hbm:.0f}% of HBM; "
+        f"TTFT {1000 * t_short:.1f} ms",
+        flush=True,
+    )
+    for b in args.batches:
+        prompts = random_prompts(b, args.input_len, vocab, seed=b)
+        t = run(prompts, args.output_len)
+        results[f"b{b}_out_tok_s"] = b * args.output_len / t
+        print(
+            f"ember batch {b}: {args.input_len} in / {args.output_len} out: {t:.2f} s, "
+            f"{b * args.output_len / t:.0f} output tok/s",
+            flush=True,
+        )
+    llm.engine.core.abort([])
+    return results
+
+
+def transformers_runs(args: argparse.Namespace, hbm: float, weights: int) -> dict[str, Any]:
+    import transformers as tf
+
+    cfg = dict(SHAPES[args.shape])
+    cfg.pop("architectures")
+    model_type = cfg.pop("model_type")
+    config = tf.AutoConfig.for_model(model_type, **cfg)
+    with torch.device("cuda"):
+        model = tf.AutoModelForCausalLM.from_config(config, torch_dtype=torch.bfloat16).eval()
+    vocab = cfg["vocab_size"]
+
+    def run(prompts: list[list[int]], out_len: int) -> float:
+        ids = torch.tensor(prompts, device="cuda")
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=out_len,
+                min_new_tokens=out_len,
+                do_sample=False,
+                pad_token_id=0,
+            )
+        torch.cuda.synchronize()
+        assert out.shape[1] == ids.shape[1] + out_len
+        return time.perf_counter() - t
+
+    results: dict[str, Any] = {}
+    p1 = random_prompts(1, args.input_len_b1, vocab, seed=1)
+    run(p1, 4)
+    t_short = run(p1, 1)
+    t_long = run(p1, args.output_len_b1 + 1)
+    decode = args.output_len_b1 / (t_long - t_short)
+    gbs = weights * decode / 1e9
+    results["b1_decode_tok_s"] = decode
+    print(
+        f"transformers batch 1: decode {decode:.1f} tok/s, {gbs:.0f} GB/s = {100 * gbs / hbm:.0f}% of HBM",
+        flush=True,
+    )
+    b = args.hf_batch
+    prompts = random_prompts(b, args.input_len, vocab, seed=b)
+    t = run(prompts, args.output_len)
+    results[f"b{b}_out_tok_s"] = b * args.output_len / t
+    print(
+        f"transformers batch {b}: {t:.2f} s, {b * args.output_len / t:.0f} output tok/s", flush=True
+    )
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--shape", default="llama-3.1-8b", choices=sorted(SHAPES))
+    ap.add_argument("--input-len-b1", type=int, default=128)
+    ap.add_argument("--output-len-b1", type=int, default=256)
+    ap.add_argument("--input-len", type=int, default=512)
+    ap.add_argument("--output-len", type=int, default=256)
+    ap.add_argument("--batches", type=int, nargs="+", default=[64, 256])
+    ap.add_argument("--hf-batch", type=int, default=64)
+    ap.add_argument("--max-model-len", type=int, default=4096)
+    ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    ap.add_argument("--gpu-memory-utilization", type=float, default=0.6)
+    ap.add_argument("--enforce-eager", action="store_true")
+    ap.add_argument("--skip-transformers", action="store_true")
+    ap.add_argument("--save", type=Path)
+    args = ap.parse_args()
+
+    device = torch.device("cuda")
+    print(f"GPU: {torch.cuda.get_device_name(device)}, torch {torch.__version__}", flush=True)
+    hbm = hbm_bandwidth_gbs(device)
+    weights = param_bytes(SHAPES[args.shape])
+    print(
+        f"HBM copy bandwidth {hbm:.0f} GB/s; weights {weights / 1e9:.2f} GB "
+        f"-> batch-1 roofline {hbm * 1e9 / weights:.0f} tok/s",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = dummy_model_dir(args.shape, Path(tmp))
+        ember = ember_runs(model_dir, args, hbm, weights)
+    gc.collect()  # the engine is unreachable now: give its memory back before transformers
+    torch.cuda.empty_cache()
+    result: dict[str, Any] = {
+        "gpu": torch.cuda.get_device_name(device),
+        "hbm_gbs": hbm,
+        "ember": ember,
+    }
+    if not args.skip_transformers:
+        hf = transformers_runs(args, hbm, weights)
+        result["transformers"] = hf
+        print(f"ratio batch 1 decode: {ember['b1_decode_tok_s'] / hf['b1_decode_tok_s']:.1f}x")
+        key = f"b{args.hf_batch}_out_tok_s"
+        if key in ember:
+            print(f"ratio batch {args.hf_batch}: {ember[key] / hf[key]:.1f}x")
+    if args.save:
+        args.save.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Shared pieces of the GPU benchmarks: model shapes, dummy model directories, measured limits."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+LLAMA_8B: dict[str, Any] = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "vocab_size": 128256,
+    "max_position_embeddings": 131072,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 500000.0,
+    "rope_scaling": {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    },
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "bos_token_id": 128000,
+    "eos_token_id": 128001,
+}
+
+QWEN25_05B: dict[str, Any] = {
+    "architectures": ["Qwen2ForCausalLM"],
+    "model_type": "qwen2",
+    "hidden_size": 896,
+    "intermediate_size": 4864,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 14,
+    "num_key_value_heads": 2,
+    "vocab_size": 151936,
+    "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 1000000.0,
+    "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16",
+    "bos_token_id": 151643,
+    "eos_token_id": 151645,
+}
+
+SHAPES = {"llama-3.1-8b": LLAMA_8B, "qwen2.5-0.5b": QWEN25_05B}
+
+
+def dummy_model_dir(shape: str, root: Path) -> Path:
+    """A model directory with the shape's config.json and the tiny model's tokenizer files.
+    Weights come from `load_format="dummy"`; prompts are token ids, outputs are not decoded."""
+    from ember.registry import ModelStore, default_home
+
+    out = root / shape
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(SHAPES[shape]))
+    tiny = ModelStore(default_home()).resolve("tiny").path
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny / name, out / name)
+    return out
+
+
+def param_bytes(config: dict[str, Any], elem: int = 2) -> int:
+    h, i, n = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    heads, kv = config["num_attention_heads"], config["num_key_value_heads"]
+    d = config.get("head_dim", h // heads)
+    per_layer = h * d * (heads + 2 * kv) + heads * d * h + 3 * h * i + 2 * h
+    embed = config["vocab_size"] * h * (1 if config["tie_word_embeddings"] else 2)
+    return (n * per_layer + embed + h) * elem
+
+
+def hbm_bandwidth_gbs(device: torch.device, nbytes: int = 4 << 30) -> float:
+    """Device-to-device copy: bytes read + bytes written per second, best of 10."""
+    src = torch.empty(nbytes // 2, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(10):
+        torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    del src, dst
+    return nbytes / best / 1e9
+
+
+def random_prompts(n: int, length: int, vocab: int, seed: int = 0) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(1000, vocab, (n, length), generator=g).tolist()

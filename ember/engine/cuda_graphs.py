@@ -1,0 +1,133 @@
+"""Decode under CUDA graphs: one graph per batch size of a ladder, static inputs, one pool.
+
+A decode-only step (every scheduled request has exactly one new token and samples) of B
+sequences replays the graph of the smallest captured size G >= B. Rows B..G-1 are padding: slot
+-1 (the KV writer skips it), sequence length 1, block 0, so they read finite data and write
+nothing. Everything the kernels read per step lives in static device buffers that are refilled
+before each replay; launch shapes (grid sizes, split-KV counts) are frozen at capture, so the
+attention metadata is captured with the model's max length.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from ember.layers.metadata import AttentionMetadata, KVCache
+from ember.models import CausalLM
+
+log = logging.getLogger(__name__)
+
+
+def capture_sizes(max_num_seqs: int) -> list[int]:
+    """1, 2, 4, 8, then every 8 up to 256 and every 16 beyond, capped at max_num_seqs."""
+    ladder = [1, 2, 4, *range(8, 257, 8), *range(272, 1025, 16)]
+    sizes = [s for s in ladder if s < max_num_seqs]
+    return [*sizes, max_num_seqs] if max_num_seqs <= 1024 else sizes
+
+
+class CudaGraphDecoder:
+    def __init__(
+        self,
+        model: CausalLM,
+        kv_caches: list[KVCache],
+        device: torch.device,
+        max_num_seqs: int,
+        max_blocks_per_seq: int,
+        max_model_len: int,
+    ) -> None:
+        self.model = model
+        self.kv_caches = kv_caches
+        self.device = device
+        self.max_model_len = max_model_len
+        self.sizes = capture_sizes(max_num_seqs)
+        n = max(self.sizes)
+        self.input_ids = torch.zeros(n, dtype=torch.int64, device=device)
+        self.positions = torch.zeros(n, dtype=torch.int64, device=device)
+        self.slot_mapping = torch.full((n,), -1, dtype=torch.int64, device=device)
+        self.seq_lens = torch.ones(n, dtype=torch.int32, device=device)
+        self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=device)
+        self.block_tables = torch.zeros((n, max_blocks_per_seq), dtype=torch.int32, device=device)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.logits: dict[int, torch.Tensor] = {}
+        # Host staging, pinned so the per-step uploads are async.
+        self._host = torch.zeros((3, n), dtype=torch.int64, pin_memory=True)
+        self._host_lens = torch.zeros(n, dtype=torch.int32, pin_memory=True)
+        self._host_tables = torch.zeros((n, max_blocks_per_seq), dtype=torch.int32, pin_memory=True)
+
+    def _metadata(self, size: int) -> AttentionMetadata:
+        return AttentionMetadata(
+            query_start_loc=self.query_start_loc[: size + 1],
+            seq_lens=self.seq_lens[:size],
+            block_tables=self.block_tables[:size],
+            slot_mapping=self.slot_mapping[:size],
+            max_query_len=1,
+            max_seq_len=self.max_model_len,
+            query_start_loc_cpu=list(range(size + 1)),
+            seq_lens_cpu=[1] * size,
+        )
+
+    def _forward(self, size: int) -> torch.Tensor:
+        hidden = self.model(
+            self.input_ids[:size], self.positions[:size], self.kv_caches, self._metadata(size)
+        )
+        return self.model.compute_logits(hidden)
+
+    @torch.inference_mode()
+    def capture(self) -> float:
+        """Capture every size, largest first so smaller graphs reuse its pool. Returns seconds."""
+        t0 = time.monotonic()
+        pool = torch.cuda.graph_pool_handle()
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for size in sorted(self.sizes, reverse=True):
+                self._forward(size)  # compiles kernels and settles allocations outside capture
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool, stream=stream):
+                    self.logits[size] = self._forward(size)
+                self.graphs[size] = graph
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        torch.cuda.synchronize(self.device)
+        elapsed = time.monotonic() - t0
+        log.info(
+            "captured %d CUDA graphs (batch 1..%d) in %.2f s",
+            len(self.sizes),
+            max(self.sizes),
+            elapsed,
+        )
+        return elapsed
+
+    def fits(self, batch: int) -> bool:
+        return bool(self.graphs) and batch <= self.sizes[-1]
+
+    def run(
+        self,
+        input_ids: list[int],
+        positions: list[int],
+        slots: list[int],
+        seq_lens: list[int],
+        tables: list[list[int]],
+    ) -> torch.Tensor:
+        """Replay the decode graph for these B sequences; returns logits [B, vocab]."""
+        batch = len(input_ids)
+        size = next(s for s in self.sizes if s >= batch)
+        pad = size - batch
+        host = self._host
+        host[0, :size] = torch.tensor(input_ids + [0] * pad)
+        host[1, :size] = torch.tensor(positions + [0] * pad)
+        host[2, :size] = torch.tensor(slots + [-1] * pad)
+        self._host_lens[:size] = torch.tensor(seq_lens + [1] * pad, dtype=torch.int32)
+        width = max(len(t) for t in tables)
+        rows = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32)
+        self._host_tables[:batch, :width] = rows
+        self._host_tables[batch:size, :width] = 0
+        self.input_ids[:size].copy_(host[0, :size], non_blocking=True)
+        self.positions[:size].copy_(host[1, :size], non_blocking=True)
+        self.slot_mapping[:size].copy_(host[2, :size], non_blocking=True)
+        self.seq_lens[:size].copy_(self._host_lens[:size], non_blocking=True)
+        self.block_tables[:size, :width].copy_(self._host_tables[:size, :width], non_blocking=True)
+        self.graphs[size].replay()
+        return self.logits[size][:batch]
