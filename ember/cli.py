@@ -59,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--temperature", type=float, default=None, help="sampling temperature")
     run.add_argument("--seed", type=int, default=None, help="sampling seed")
     add_config_arguments(run, ("model", "engine"))
+
+    from ember.bench.cli import DESCRIPTION, add_arguments
+
+    bench = sub.add_parser(
+        "bench", help="load-test an OpenAI-compatible server", description=DESCRIPTION
+    )
+    add_arguments(bench)
     return parser
 
 
@@ -75,6 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if args.command == "bench":
+        from ember.bench.cli import run as bench
+
+        return bench(args)
     try:
         config = _config(args)
     except ConfigError as e:
