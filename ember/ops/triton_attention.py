@@ -1,0 +1,529 @@
+"""Triton paged attention: one kernel over block tables for prefill, decode and chunked prefill.
+
+Same signature and semantics as `attention_ref.paged_attention_ref` (see its docstring).
+
+How work is cut:
+- A program owns one KV head and a tile of BLOCK_M query rows. The rows are the `group` query
+  heads that share that KV head, for BLOCK_M // group consecutive tokens of one sequence
+  (row r = token r // group, head r % group), so each K/V tile is read once for the whole group.
+- "tiles" mode (any query length): program p -> (sequence, token tile) by a binary search over
+  query_start_loc on the device; the grid is an upper bound (T // tokens_per_tile + S) computed
+  from shapes alone, and spare programs exit at once. No GPU->CPU sync, CUDA-graph safe.
+- "single" mode (sequences with exactly one new token): program p = sequence p, BLOCK_M is the
+  group padded to >= 16 rows. A decode-only step (max_query_len == 1) uses it alone; a mixed step
+  runs both launches, the tiles launch skipping the one-token sequences.
+- Split-KV (flash-decoding) in single mode: the key range of each sequence is cut into
+  `num_kv_splits` pieces on a third grid axis; each writes an unnormalised partial (acc, max, sum)
+  in fp32 and a second kernel merges them. Chosen when S * Hkv programs cannot fill the GPU.
+- Scores and softmax in fp32 with exp2 (online softmax); the sliding window starts the key loop
+  at the first tile that any row of the tile can see, so whole blocks outside it are never read.
+  Only the tiles on the causal diagonal and the window's edge are masked; the rest run unmasked.
+- CUDA graphs: the split count is read from the metadata (max_seq_len) at call time and frozen
+  into a captured graph; pass num_kv_splits (kv_splits_for with the model's max length) there.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+
+from ember.layers.metadata import AttentionMetadata
+from ember.ops.triton_kv import available, jit, next_power_of_2, tl
+
+__all__ = [
+    "KernelConfig",
+    "available",
+    "kv_splits_for",
+    "paged_attention_into",
+    "paged_attention_triton",
+]
+
+_NO_WINDOW = 1 << 30  # a window wider than any sequence: the window mask never bites
+
+
+@dataclass(frozen=True, slots=True)
+class KernelConfig:
+    """Tile shape and launch parameters of one attention launch (rows x keys per program)."""
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+def _prefill_config(head_dim: int, group: int, elem_bytes: int) -> KernelConfig:
+    if elem_bytes > 2:  # fp32 caches (tests): small tiles, or the fp32 accumulators spill
+        cfg = KernelConfig(block_m=64, block_n=32, num_warps=4, num_stages=2)
+    elif head_dim <= 64:
+        cfg = KernelConfig(block_m=128, block_n=64, num_warps=4, num_stages=3)
+    elif head_dim <= 128:
+        cfg = KernelConfig(block_m=128, block_n=64, num_warps=8, num_stages=2)
+    else:
+        cfg = KernelConfig(block_m=64, block_n=32, num_warps=4, num_stages=2)
+    return _fit_group(cfg, group)
+
+
+def _decode_config(head_dim: int, group: int, elem_bytes: int) -> KernelConfig:
+    # Memory-bound. H200 sweep, Llama-8B heads, batch 64 x 8192 keys: 128-key tiles with two
+    # stages read 4.3 TB/s; 64-key tiles 3.4 TB/s.
+    block_n = 128 if head_dim <= 128 else 64
+    if elem_bytes > 2:  # fp32 caches (tests)
+        block_n = 32
+    return _fit_group(KernelConfig(block_m=16, block_n=block_n, num_warps=4, num_stages=2), group)
+
+
+def _fit_group(cfg: KernelConfig, group: int) -> KernelConfig:
+    block_m = max(cfg.block_m, next_power_of_2(group))
+    return KernelConfig(block_m, cfg.block_n, cfg.num_warps, cfg.num_stages)
+
+
+@cache
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":  # Triton's interpreter (TRITON_INTERPRET=1) on CPU tensors
+        return 132
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def kv_splits_for(num_seqs: int, num_kv_heads: int, max_seq_len: int, device: torch.device) -> int:
+    """How many pieces to cut each sequence's keys into for a decode-only step.
+
+    Splitting pays when S * Hkv programs leave SMs idle (H200 sweep, Llama-8B heads: batch 1 at
+    8192 keys ran in 18 µs with 32 pieces against 173 µs unsplit). A caller that captures CUDA
+    graphs should pass the model's max length here, since the count is frozen into the graph.
+    """
+    programs = num_seqs * num_kv_heads
+    sms = _num_sms(device)
+    if programs >= sms:
+        return 1
+    wanted = math.ceil(4 * sms / programs)
+    by_length = max(1, max_seq_len // 128)  # >= one 128-key tile per piece
+    return int(min(wanted, by_length, 32))
+
+
+@jit
+def _attend_tiles(
+    acc,
+    l_i,
+    m_i,
+    q,
+    q_pos,
+    start_lo,
+    start_hi,
+    kv_lo,
+    kv_end,
+    window,
+    block_row,
+    k_base,
+    v_base,
+    scale,
+    softcap,
+    stride_k_block,
+    stride_k_slot,
+    stride_v_block,
+    stride_v_slot,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PAGE_SIZE: tl.constexpr,
+    MASKED: tl.constexpr,
+    USE_WINDOW: tl.constexpr,
+    USE_SOFTCAP: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Online softmax over the key tiles starting at start_lo, start_lo + BLOCK_N, .. < start_hi.
+
+    Unmasked (MASKED=False) only for tiles that every valid row sees whole; padding rows have
+    q = 0 there, so their scores stay finite and they are never stored.
+    """
+    cols = tl.arange(0, BLOCK_N)
+    dims = tl.arange(0, HEAD_DIM)
+    for start in range(start_lo, start_hi, BLOCK_N):
+        k_pos = start + cols
+        if MASKED:
+            k_load = (k_pos < kv_end) & (k_pos >= kv_lo)
+            page = tl.load(block_row + k_pos // PAGE_SIZE, mask=k_load, other=0).to(tl.int64)
+        else:
+            page = tl.load(block_row + k_pos // PAGE_SIZE).to(tl.int64)
+        slot = k_pos % PAGE_SIZE
+        k_ptrs = k_base + (page * stride_k_block + slot * stride_k_slot)[None, :] + dims[:, None]
+        v_ptrs = v_base + (page * stride_v_block + slot * stride_v_slot)[:, None] + dims[None, :]
+        k = tl.load(k_ptrs, mask=k_load[None, :], other=0.0) if MASKED else tl.load(k_ptrs)
+        s = tl.dot(q, k, input_precision=DOT_PRECISION)
+        if USE_SOFTCAP:
+            # softcap * tanh(s / softcap), tanh(x) = 1 - 2 / (exp(2x) + 1): exact at +-inf.
+            s = s * (scale / softcap)
+            s = softcap * (1.0 - 2.0 / (tl.math.exp2(s * (2.0 * 1.4426950408889634)) + 1.0))
+            s = s * 1.4426950408889634
+        else:
+            s = s * (scale * 1.4426950408889634)
+        if MASKED:
+            allowed = k_load[None, :] & (k_pos[None, :] <= q_pos[:, None])
+            if USE_WINDOW:
+                allowed = allowed & (k_pos[None, :] > q_pos[:, None] - window)
+            s = tl.where(allowed, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            # A row that has seen no key yet keeps max -inf; subtract 0 so p = 0, not NaN.
+            m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_sub = m_new
+        p = tl.math.exp2(s - m_sub[:, None])
+        alpha = tl.math.exp2(m_i - m_sub)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_ptrs, mask=k_load[:, None], other=0.0) if MASKED else tl.load(v_ptrs)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@jit
+def _paged_attention_kernel(
+    q_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    out_ptr,
+    part_acc_ptr,
+    part_max_ptr,
+    part_sum_ptr,
+    query_start_loc_ptr,
+    seq_lens_ptr,
+    block_tables_ptr,
+    num_seqs,
+    num_q_heads,
+    group,
+    tokens_per_tile,
+    num_splits,
+    scale,
+    softcap,
+    window,
+    stride_q_tok,
+    stride_q_head,
+    stride_o_tok,
+    stride_o_head,
+    stride_k_block,
+    stride_k_slot,
+    stride_k_head,
+    stride_v_block,
+    stride_v_slot,
+    stride_v_head,
+    stride_bt_seq,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PAGE_SIZE: tl.constexpr,
+    SINGLE_TOKEN: tl.constexpr,
+    SKIP_SINGLE_TOKEN: tl.constexpr,
+    SPLIT_KV: tl.constexpr,
+    USE_WINDOW: tl.constexpr,
+    USE_SOFTCAP: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 caches (exact tests), else "tf32" (unused)
+):
+    kv_head = tl.program_id(1)
+    if SINGLE_TOKEN:
+        seq = tl.program_id(0)
+        q_start = tl.load(query_start_loc_ptr + seq)
+        q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
+        q_first = 0
+        skip = q_len != 1
+    else:
+        # Heaviest (last) tiles first: under causal masking they have the most keys.
+        tile = tl.num_programs(0) - 1 - tl.program_id(0)
+        # Largest seq with first_tile(seq) <= tile, first_tile(i) = qsl[i] // tokens_per_tile + i.
+        lo = tile * 0
+        hi = tile * 0 + num_seqs
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            go_right = tl.load(query_start_loc_ptr + mid) // tokens_per_tile + mid <= tile
+            lo = tl.where(go_right, mid, lo)
+            hi = tl.where(go_right, hi, mid)
+        seq = lo
+        q_start = tl.load(query_start_loc_ptr + seq)
+        q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
+        q_first = (tile - (q_start // tokens_per_tile + seq)) * tokens_per_tile
+        skip = q_first >= q_len
+        if SKIP_SINGLE_TOKEN:
+            skip = skip | (q_len == 1)
+    if skip:
+        return
+
+    seq_len = tl.load(seq_lens_ptr + seq)
+    context_len = seq_len - q_len
+
+    rows = tl.arange(0, BLOCK_M)
+    row_tok = q_first + rows // group  # token index within the sequence's new tokens
+    row_valid = (rows < group * tokens_per_tile) & (row_tok < q_len)
+    q_head = kv_head * group + rows % group
+    q_pos = tl.where(row_valid, context_len + row_tok, -1)
+    tok = (q_start + row_tok).to(tl.int64)
+    dims = tl.arange(0, HEAD_DIM)
+    q = tl.load(
+        q_ptr + tok[:, None] * stride_q_tok + q_head[:, None] * stride_q_head + dims[None, :],
+        mask=row_valid[:, None],
+        other=0.0,
+    ).to(k_cache_ptr.dtype.element_ty)
+
+    # Keys this tile can see: [max(0, first query pos - window + 1), last query pos + 1).
+    last_tok = tl.minimum(q_first + tokens_per_tile, q_len)
+    kv_end = tl.minimum(seq_len, context_len + last_tok)
+    kv_lo = tl.maximum(context_len + q_first - window + 1, 0)
+    kv_begin = (kv_lo // BLOCK_N) * BLOCK_N
+    if SPLIT_KV:
+        split = tl.program_id(2)
+        tiles_per_split = tl.cdiv(tl.cdiv(kv_end - kv_begin, BLOCK_N), num_splits)
+        kv_begin = kv_begin + split * tiles_per_split * BLOCK_N
+        kv_end = tl.minimum(kv_end, kv_begin + tiles_per_split * BLOCK_N)
+
+    # Tiles that need no mask: wholly at or before the first row's position and wholly inside
+    # the last row's window. [kv_begin, full_lo) and [full_hi, kv_end) are masked.
+    min_pos = context_len + q_first
+    max_pos = context_len + last_tok - 1
+    full_lo = kv_begin
+    if USE_WINDOW:
+        full_lo = tl.cdiv(max_pos - window + 1, BLOCK_N) * BLOCK_N
+        full_lo = tl.minimum(tl.maximum(kv_begin, full_lo), kv_end)
+    full_hi = tl.maximum(full_lo, tl.minimum((min_pos + 1) // BLOCK_N * BLOCK_N, kv_end))
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    block_row = block_tables_ptr + seq.to(tl.int64) * stride_bt_seq
+    k_base = k_cache_ptr + kv_head * stride_k_head
+    v_base = v_cache_ptr + kv_head * stride_v_head
+    if USE_WINDOW:
+        acc, l_i, m_i = _attend_tiles(
+            acc, l_i, m_i, q, q_pos, kv_begin, full_lo, kv_lo, kv_end, window, block_row,
+            k_base, v_base, scale, softcap, stride_k_block, stride_k_slot, stride_v_block,
+            stride_v_slot, HEAD_DIM, BLOCK_N, PAGE_SIZE, True, USE_WINDOW, USE_SOFTCAP,
+            DOT_PRECISION,
+        )  # fmt: skip
+    acc, l_i, m_i = _attend_tiles(
+        acc, l_i, m_i, q, q_pos, full_lo, full_hi, kv_lo, kv_end, window, block_row,
+        k_base, v_base, scale, softcap, stride_k_block, stride_k_slot, stride_v_block,
+        stride_v_slot, HEAD_DIM, BLOCK_N, PAGE_SIZE, False, USE_WINDOW, USE_SOFTCAP,
+        DOT_PRECISION,
+    )  # fmt: skip
+    acc, l_i, m_i = _attend_tiles(
+        acc, l_i, m_i, q, q_pos, full_hi, kv_end, kv_lo, kv_end, window, block_row,
+        k_base, v_base, scale, softcap, stride_k_block, stride_k_slot, stride_v_block,
+        stride_v_slot, HEAD_DIM, BLOCK_N, PAGE_SIZE, True, USE_WINDOW, USE_SOFTCAP,
+        DOT_PRECISION,
+    )  # fmt: skip
+
+    if SPLIT_KV:
+        part = (tok * num_q_heads + q_head) * num_splits + split
+        tl.store(part_max_ptr + part, m_i, mask=row_valid)
+        tl.store(part_sum_ptr + part, l_i, mask=row_valid)
+        tl.store(
+            part_acc_ptr + part[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_valid[:, None]
+        )
+    else:
+        out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+        tl.store(
+            out_ptr + tok[:, None] * stride_o_tok + q_head[:, None] * stride_o_head + dims[None, :],
+            out.to(out_ptr.dtype.element_ty),
+            mask=row_valid[:, None],
+        )
+
+
+@jit
+def _merge_splits_kernel(
+    out_ptr,
+    part_acc_ptr,
+    part_max_ptr,
+    part_sum_ptr,
+    num_q_heads,
+    num_splits,
+    stride_o_tok,
+    stride_o_head,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    tok = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1)
+    splits = tl.arange(0, BLOCK_S)
+    split_ok = splits < num_splits
+    part = (tok * num_q_heads + head) * num_splits + splits
+    m = tl.load(part_max_ptr + part, mask=split_ok, other=float("-inf"))
+    l_sum = tl.load(part_sum_ptr + part, mask=split_ok, other=0.0)
+    m_max = tl.max(m, 0)
+    weight = tl.math.exp2(m - tl.where(m_max == float("-inf"), 0.0, m_max))
+    denom = tl.sum(weight * l_sum, 0)
+    dims = tl.arange(0, HEAD_DIM)
+    acc = tl.load(
+        part_acc_ptr + part[:, None] * HEAD_DIM + dims[None, :], mask=split_ok[:, None], other=0.0
+    )
+    out = tl.sum(acc * weight[:, None], 0) / tl.where(denom == 0.0, 1.0, denom)
+    tl.store(
+        out_ptr + tok * stride_o_tok + head * stride_o_head + dims,
+        out.to(out_ptr.dtype.element_ty),
+    )
+
+
+def paged_attention_triton(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    attn_metadata: AttentionMetadata,
+    scale: float,
+    sliding_window: int | None = None,
+    logit_softcap: float | None = None,
+) -> torch.Tensor:
+    """Attention of q [T, Hq, D] over the cached keys/values of each sequence; returns [T, Hq, D].
+
+    The new tokens' k/v must already be in the cache (write_kv_triton).
+    """
+    out = torch.empty_like(q)
+    paged_attention_into(
+        out, q, k_cache, v_cache, attn_metadata, scale, sliding_window, logit_softcap
+    )
+    return out
+
+
+def paged_attention_into(
+    out: torch.Tensor,
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    attn_metadata: AttentionMetadata,
+    scale: float,
+    sliding_window: int | None = None,
+    logit_softcap: float | None = None,
+    *,
+    num_kv_splits: int | None = None,
+    decode_config: KernelConfig | None = None,
+    prefill_config: KernelConfig | None = None,
+) -> None:
+    """paged_attention_triton writing into `out` [T, Hq, D], with the launch choices exposed.
+
+    num_kv_splits applies to decode-only steps (max_query_len == 1); None picks it from the
+    metadata (kv_splits_for). The configs override the tile shapes (for tuning).
+    """
+    num_tokens, num_q_heads, head_dim = q.shape
+    num_kv_heads = k_cache.shape[2]
+    num_seqs = attn_metadata.seq_lens.shape[0]
+    if num_tokens == 0 or num_seqs == 0:
+        return
+    if head_dim != next_power_of_2(head_dim) or head_dim < 16:
+        raise ValueError(f"head_dim {head_dim} is not supported: use a power of two >= 16")
+    if num_q_heads % num_kv_heads != 0:
+        raise ValueError(f"{num_q_heads} query heads do not divide into {num_kv_heads} KV heads")
+    if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
+        raise ValueError("KV cache tensors must have a contiguous last (head_dim) dimension")
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    if out.stride(-1) != 1:
+        raise ValueError("out must have a contiguous last dimension")
+    group = num_q_heads // num_kv_heads
+    elem_bytes = k_cache.element_size()
+    args = (q, k_cache, v_cache, out, attn_metadata, group, scale, logit_softcap, sliding_window)
+    if attn_metadata.max_query_len <= 1:
+        cfg = _fit_group(decode_config or _decode_config(head_dim, group, elem_bytes), group)
+        splits = num_kv_splits
+        if splits is None:
+            splits = kv_splits_for(num_seqs, num_kv_heads, attn_metadata.max_seq_len, q.device)
+        _launch(*args, cfg, single=True, skip_single=False, splits=splits)
+        return
+    cfg = _fit_group(prefill_config or _prefill_config(head_dim, group, elem_bytes), group)
+    _launch(*args, cfg, single=False, skip_single=True, splits=1)
+    cfg = _fit_group(decode_config or _decode_config(head_dim, group, elem_bytes), group)
+    _launch(*args, cfg, single=True, skip_single=False, splits=1)
+
+
+def _launch(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    out: torch.Tensor,
+    md: AttentionMetadata,
+    group: int,
+    scale: float,
+    softcap: float | None,
+    window: int | None,
+    cfg: KernelConfig,
+    *,
+    single: bool,
+    skip_single: bool,
+    splits: int,
+) -> None:
+    num_tokens, num_q_heads, head_dim = q.shape
+    page_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    num_seqs = md.seq_lens.shape[0]
+    split = single and splits > 1
+    if single:
+        tokens_per_tile = 1
+        grid: tuple[int, ...] = (
+            (num_seqs, num_kv_heads, splits) if split else (num_seqs, num_kv_heads)
+        )
+    else:
+        tokens_per_tile = cfg.block_m // group
+        grid = (num_tokens // tokens_per_tile + num_seqs, num_kv_heads)
+    if split:
+        part_acc = torch.empty(
+            (num_tokens, num_q_heads, splits, head_dim), dtype=torch.float32, device=q.device
+        )
+        part_max = torch.empty(
+            (num_tokens, num_q_heads, splits), dtype=torch.float32, device=q.device
+        )
+        part_sum = torch.empty_like(part_max)
+    else:
+        part_acc = part_max = part_sum = out  # unused by the kernel
+    _paged_attention_kernel[grid](
+        q,
+        k_cache,
+        v_cache,
+        out,
+        part_acc,
+        part_max,
+        part_sum,
+        md.query_start_loc,
+        md.seq_lens,
+        md.block_tables,
+        num_seqs,
+        num_q_heads,
+        group,
+        tokens_per_tile,
+        splits,
+        scale,
+        softcap if softcap is not None else 1.0,
+        window if window is not None else _NO_WINDOW,
+        q.stride(0),
+        q.stride(1),
+        out.stride(0),
+        out.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        v_cache.stride(0),
+        v_cache.stride(1),
+        v_cache.stride(2),
+        md.block_tables.stride(0),
+        HEAD_DIM=head_dim,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        PAGE_SIZE=page_size,
+        SINGLE_TOKEN=single,
+        SKIP_SINGLE_TOKEN=skip_single,
+        SPLIT_KV=split,
+        USE_WINDOW=window is not None,
+        USE_SOFTCAP=softcap is not None,
+        DOT_PRECISION="ieee" if k_cache.dtype == torch.float32 else "tf32",
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+    if split:
+        _merge_splits_kernel[(num_tokens, num_q_heads)](
+            out,
+            part_acc,
+            part_max,
+            part_sum,
+            num_q_heads,
+            splits,
+            out.stride(0),
+            out.stride(1),
+            HEAD_DIM=head_dim,
+            BLOCK_S=next_power_of_2(splits),
+            num_warps=4,
+        )

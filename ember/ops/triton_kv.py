@@ -1,0 +1,141 @@
+"""Triton KV cache write: the CUDA twin of `attention_ref.write_kv`, one launch per layer and step.
+
+One program per new token copies its k and v rows (all KV heads) into the token's cache slot,
+casting to the cache dtype. A slot of -1 marks a padding token (a CUDA-graph batch padded to its
+captured size) and is skipped, so padded steps never touch the cache.
+
+On a CPU-only install (no Triton) importing this module still works: `available()` says False and
+the kernel below stays a plain function that is never launched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only install: nothing here may be launched, and `available()` says so
+    triton = None  # type: ignore[assignment]
+    tl = None  # type: ignore[assignment]
+
+
+def _identity(fn: Any) -> Any:
+    return fn
+
+
+# `triton.jit` where Triton exists; elsewhere the kernels stay plain (never called) functions.
+jit: Any = triton.jit if triton is not None else _identity
+
+
+def available() -> bool:
+    """True when the Triton kernels can run here: Triton is installed and a CUDA device is visible."""
+    return triton is not None and torch.cuda.is_available()
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+@jit
+def _write_kv_kernel(
+    k_ptr,
+    v_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    slot_ptr,
+    num_kv_heads,
+    head_dim,
+    block_size,
+    stride_k_tok,
+    stride_k_head,
+    stride_v_tok,
+    stride_v_head,
+    stride_kc_block,
+    stride_kc_slot,
+    stride_kc_head,
+    stride_vc_block,
+    stride_vc_slot,
+    stride_vc_head,
+    BLOCK_H: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    tok = tl.program_id(0).to(tl.int64)
+    slot = tl.load(slot_ptr + tok).to(tl.int64)
+    if slot < 0:
+        return
+    block = slot // block_size
+    offset = slot % block_size
+    heads = tl.arange(0, BLOCK_H)
+    dims = tl.arange(0, BLOCK_D)
+    mask = (heads < num_kv_heads)[:, None] & (dims < head_dim)[None, :]
+
+    k = tl.load(
+        k_ptr + tok * stride_k_tok + heads[:, None] * stride_k_head + dims[None, :], mask=mask
+    )
+    k_dst = k_cache_ptr + block * stride_kc_block + offset * stride_kc_slot
+    tl.store(
+        k_dst + heads[:, None] * stride_kc_head + dims[None, :],
+        k.to(k_cache_ptr.dtype.element_ty),
+        mask=mask,
+    )
+    v = tl.load(
+        v_ptr + tok * stride_v_tok + heads[:, None] * stride_v_head + dims[None, :], mask=mask
+    )
+    v_dst = v_cache_ptr + block * stride_vc_block + offset * stride_vc_slot
+    tl.store(
+        v_dst + heads[:, None] * stride_vc_head + dims[None, :],
+        v.to(v_cache_ptr.dtype.element_ty),
+        mask=mask,
+    )
+
+
+def write_kv_triton(
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    """Store k, v [T, Hkv, D] at the flat slots [T] of caches [num_blocks, block_size, Hkv, D].
+
+    Same contract as `write_kv`, plus: a slot of -1 is skipped (padding token). k and v may be
+    strided views (e.g. slices of a fused qkv projection) as long as their last dim is contiguous.
+    """
+    num_tokens = k.shape[0]
+    if num_tokens == 0:
+        return
+    _, block_size, num_kv_heads, head_dim = k_cache.shape
+    if k.stride(-1) != 1:
+        k = k.contiguous()
+    if v.stride(-1) != 1:
+        v = v.contiguous()
+    if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
+        raise ValueError("KV cache tensors must have a contiguous last (head_dim) dimension")
+    block_h = next_power_of_2(num_kv_heads)
+    block_d = next_power_of_2(head_dim)
+    _write_kv_kernel[(num_tokens,)](
+        k,
+        v,
+        k_cache,
+        v_cache,
+        slot_mapping,
+        num_kv_heads,
+        head_dim,
+        block_size,
+        k.stride(0),
+        k.stride(1),
+        v.stride(0),
+        v.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        v_cache.stride(0),
+        v_cache.stride(1),
+        v_cache.stride(2),
+        BLOCK_H=block_h,
+        BLOCK_D=block_d,
+        num_warps=4 if block_h * block_d <= 4096 else 8,
+    )

@@ -1,0 +1,612 @@
+"""GPU checks: the Triton kernels against the PyTorch reference, then their speed, in one run.
+
+    python scripts/gpu_check.py                      # every section but `tune`
+    python scripts/gpu_check.py --section correctness --section decode
+
+Sections (add new ones to SECTIONS): correctness (write_kv_triton and paged_attention_triton
+against attention_ref for many shapes; exits non-zero on any failure), decode (decode attention
+µs and achieved KV-read GB/s for Llama-3.1-8B heads, against the HBM copy bandwidth measured in
+the same run and torch SDPA on dense copies of the same data), prefill (TFLOP/s, against SDPA),
+tune (a sweep of tile shapes and split counts, for choosing defaults).
+
+The correctness section also runs on CPU under Triton's interpreter:
+    TRITON_INTERPRET=1 python scripts/gpu_check.py --section correctness --device cpu --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ember.layers.metadata import AttentionMetadata
+from ember.ops.attention_ref import paged_attention_ref, write_kv
+from ember.ops.triton_attention import KernelConfig, kv_splits_for, paged_attention_into
+from ember.ops.triton_kv import write_kv_triton
+
+Fn = Callable[[], None]
+
+# (max abs error, ||out - ref|| / ||ref||) allowed per dtype; the reference computes in fp32.
+TOLERANCE = {
+    torch.bfloat16: (3e-2, 1e-2),
+    torch.float16: (4e-3, 2e-3),
+    torch.float32: (2e-4, 2e-5),
+}
+LLAMA_8B = (32, 8, 128)  # query heads, KV heads, head_dim
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    name: str
+    dtype: torch.dtype
+    num_q_heads: int
+    num_kv_heads: int
+    head_dim: int
+    block_size: int
+    seqs: tuple[tuple[int, int], ...]  # (new tokens, tokens in cache after the step) per sequence
+    window: int | None = None
+    softcap: float | None = None
+    splits: int | None = None  # decode-only steps: split-KV pieces; None = automatic
+
+
+@dataclass(slots=True)
+class Batch:
+    q: torch.Tensor  # [T, Hq, D], a strided view into a fused qkv tensor
+    k_new: torch.Tensor  # [T, Hkv, D], likewise
+    v_new: torch.Tensor
+    k_cache: torch.Tensor  # holds every token of every sequence (the new ones written by write_kv)
+    v_cache: torch.Tensor
+    md: AttentionMetadata
+
+
+def make_metadata(
+    seqs: list[tuple[int, int]],
+    block_tables: torch.Tensor,
+    block_size: int,
+    device: torch.device,
+) -> AttentionMetadata:
+    starts = [0]
+    for q_len, _ in seqs:
+        starts.append(starts[-1] + q_len)
+    seq_lens = [seq_len for _, seq_len in seqs]
+    slots = []
+    for i, (q_len, seq_len) in enumerate(seqs):
+        for pos in range(seq_len - q_len, seq_len):
+            slots.append(int(block_tables[i, pos // block_size]) * block_size + pos % block_size)
+    return AttentionMetadata(
+        query_start_loc=torch.tensor(starts, dtype=torch.int32, device=device),
+        seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=device),
+        block_tables=block_tables.to(device=device, dtype=torch.int32),
+        slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
+        max_query_len=max(q for q, _ in seqs),
+        max_seq_len=max(seq_lens),
+        query_start_loc_cpu=starts,
+        seq_lens_cpu=seq_lens,
+    )
+
+
+def random_block_tables(
+    seq_lens: list[int], block_size: int, spare: int, gen: torch.Generator
+) -> tuple[torch.Tensor, int]:
+    """Block tables drawn from a shuffled pool (non-contiguous, out of order); padded with 0."""
+    needed = [-(-n // block_size) for n in seq_lens]
+    num_blocks = sum(needed) + spare
+    pool = torch.randperm(num_blocks, generator=gen)
+    width = max(needed) + 1
+    tables = torch.zeros(len(seq_lens), width, dtype=torch.int32)
+    used = 0
+    for i, n in enumerate(needed):
+        tables[i, :n] = pool[used : used + n]
+        used += n
+    return tables, num_blocks
+
+
+def make_batch(case: Case, device: torch.device, gen: torch.Generator) -> Batch:
+    hq, hkv, d, bs = case.num_q_heads, case.num_kv_heads, case.head_dim, case.block_size
+    seqs = list(case.seqs)
+    tables, num_blocks = random_block_tables([s for _, s in seqs], bs, 5, gen)
+    md = make_metadata(seqs, tables, bs, device)
+    num_tokens = md.query_start_loc_cpu[-1]
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen).to(device=device, dtype=case.dtype)
+
+    qkv = randn(num_tokens, (hq + 2 * hkv) * d)
+    if case.softcap is not None:
+        qkv[:, : hq * d] *= 4  # push scores into the range where the cap bites
+    q = qkv[:, : hq * d].view(num_tokens, hq, d)
+    k_new = qkv[:, hq * d : (hq + hkv) * d].view(num_tokens, hkv, d)
+    v_new = qkv[:, (hq + hkv) * d :].view(num_tokens, hkv, d)
+    # Unwritten slots hold NaN: reading one the reference does not read poisons the output.
+    k_cache = torch.full((num_blocks, bs, hkv, d), float("nan"), dtype=case.dtype, device=device)
+    v_cache = torch.full_like(k_cache, float("nan"))
+    old_slots = []
+    for i, (q_len, seq_len) in enumerate(seqs):
+        for pos in range(seq_len - q_len):
+            old_slots.append(int(tables[i, pos // bs]) * bs + pos % bs)
+    if old_slots:
+        slots = torch.tensor(old_slots, dtype=torch.int64, device=device)
+        write_kv(
+            k_cache, v_cache, randn(len(old_slots), hkv, d), randn(len(old_slots), hkv, d), slots
+        )
+    return Batch(q, k_new, v_new, k_cache, v_cache, md)
+
+
+# ----------------------------------------------------------------------------- correctness
+
+
+def correctness_cases(quick: bool) -> list[Case]:
+    bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
+    prefill = ((37, 37), (128, 128), (300, 300))
+    decode = ((1, 1), (1, 17), (0, 9), (1, 500), (1, 1000), (1, 80), (1, 333))
+    mixed = ((1, 100), (57, 200), (1, 33), (128, 128), (0, 5), (200, 1000), (3, 3), (1, 2049))
+    long_decode = ((1, 3000),)
+    cases = [
+        Case("prefill llama", bf16, 32, 8, 128, 16, prefill),
+        Case("decode llama", bf16, 32, 8, 128, 16, decode, splits=1),
+        Case("decode llama split 8", bf16, 32, 8, 128, 16, decode, splits=8),
+        Case("decode 1 seq split auto", bf16, 32, 8, 128, 16, long_decode),
+        Case("decode short split 16", bf16, 32, 8, 128, 16, ((1, 5), (1, 70)), splits=16),
+        Case("mixed llama", bf16, 32, 8, 128, 16, mixed),
+        Case("mixed gqa1 d64", bf16, 8, 8, 64, 16, mixed),
+        Case("mixed gqa8 d128", bf16, 32, 4, 128, 16, mixed),
+        Case("mixed gqa7 d64 (qwen)", bf16, 14, 2, 64, 16, mixed),
+        Case("mixed d256 window 40", bf16, 8, 4, 256, 16, mixed, window=40),
+        Case("mixed window 64", bf16, 32, 8, 128, 16, mixed, window=64),
+        Case("decode window 100 split 8", bf16, 32, 8, 128, 16, decode, window=100, splits=8),
+        Case("mixed softcap 5", bf16, 32, 8, 128, 16, mixed, softcap=5.0),
+        Case("gemma2 d256 win+cap", bf16, 16, 8, 256, 16, mixed, window=64, softcap=5.0),
+        Case("decode d256 split 4", bf16, 16, 8, 256, 16, decode, splits=4),
+        Case("mixed block 8", bf16, 32, 8, 128, 8, mixed),
+        Case("mixed block 32", bf16, 32, 8, 128, 32, mixed),
+        Case("prefill d16 tiny", bf16, 4, 2, 16, 16, prefill),
+        Case("mixed fp16", fp16, 32, 8, 128, 16, mixed),
+        Case("decode fp16 d64 split 8", fp16, 16, 2, 64, 16, decode, splits=8),
+        Case("prefill fp16 gqa1", fp16, 8, 8, 128, 16, prefill),
+        Case("mixed fp32 d64", fp32, 8, 8, 64, 16, mixed),
+        Case("mixed fp32 d16 window+cap", fp32, 4, 2, 16, 16, mixed, window=20, softcap=5.0),
+        Case("decode fp32 d128 split 4", fp32, 32, 8, 128, 16, decode, splits=4),
+    ]
+    if quick:  # the CPU interpreter: short sequences only
+        short = ((1, 1), (5, 40), (1, 33), (0, 3), (20, 20))
+        cases = [
+            Case(
+                c.name,
+                c.dtype,
+                c.num_q_heads,
+                c.num_kv_heads,
+                c.head_dim,
+                c.block_size,
+                short,
+                c.window and 8,
+                c.softcap,
+                c.splits,
+            )
+            for c in cases
+        ]
+        cases.append(
+            Case(
+                "quick decode split",
+                bf16,
+                8,
+                2,
+                64,
+                16,
+                ((1, 1), (1, 40), (0, 3), (1, 70)),
+                splits=4,
+                window=None,
+            )
+        )
+    return cases
+
+
+def check_write_kv(batch: Batch) -> str | None:
+    """write_kv_triton must store bit-for-bit what write_kv stores; slot -1 must be skipped."""
+    k_ref, v_ref = batch.k_cache.clone(), batch.v_cache.clone()
+    write_kv(k_ref, v_ref, batch.k_new, batch.v_new, batch.md.slot_mapping)
+    # Two padding tokens (slot -1) ride along and must leave the cache alone.
+    pad_k = torch.randn_like(batch.k_new[:2])
+    k = torch.cat([batch.k_new, pad_k])
+    v = torch.cat([batch.v_new, pad_k])
+    pad = torch.full((2,), -1, dtype=torch.int64, device=k.device)
+    write_kv_triton(batch.k_cache, batch.v_cache, k, v, torch.cat([batch.md.slot_mapping, pad]))
+    for got, want in ((batch.k_cache, k_ref), (batch.v_cache, v_ref)):
+        if not torch.equal(got.view(torch.uint8), want.view(torch.uint8)):
+            return "cache differs from write_kv"
+    return None
+
+
+def run_case(case: Case, device: torch.device, seed: int) -> tuple[bool, str]:
+    gen = torch.Generator().manual_seed(seed)
+    batch = make_batch(case, device, gen)
+    write_error = check_write_kv(batch)
+    scale = case.head_dim**-0.5
+    ref = paged_attention_ref(
+        batch.q, batch.k_cache, batch.v_cache, batch.md, scale, case.window, case.softcap
+    )
+    out = torch.full(batch.q.shape, float("nan"), dtype=case.dtype, device=device)
+    paged_attention_into(
+        out,
+        batch.q,
+        batch.k_cache,
+        batch.v_cache,
+        batch.md,
+        scale,
+        case.window,
+        case.softcap,
+        num_kv_splits=case.splits,
+    )
+    diff = (out.float() - ref.float()).abs()
+    max_abs = diff.max().item()
+    rel = (diff.norm() / ref.float().norm().clamp_min(1e-30)).item()
+    atol, rtol = TOLERANCE[case.dtype]
+    ok = write_error is None and not math.isnan(max_abs) and max_abs <= atol and rel <= rtol
+    dtype = str(case.dtype).removeprefix("torch.")
+    shape = f"{case.num_q_heads}/{case.num_kv_heads}x{case.head_dim} bs{case.block_size}"
+    note = write_error or ""
+    line = f"{case.name:<28} {dtype:<9} {shape:<16} {max_abs:>10.2e} {rel:>10.2e}  "
+    return ok, line + ("PASS" if ok else "FAIL") + (f"  {note}" if note else "")
+
+
+def section_correctness(args: argparse.Namespace) -> bool:
+    device = torch.device(args.device)
+    print(f"{'case':<28} {'dtype':<9} {'heads x D':<16} {'max abs':>10} {'rel l2':>10}")
+    all_ok = True
+    for i, case in enumerate(correctness_cases(args.quick)):
+        try:
+            ok, line = run_case(case, device, seed=1000 + i)
+        except Exception as e:  # report and go on: one broken case should not hide the rest
+            ok, line = False, f"{case.name:<28} ERROR {type(e).__name__}: {e}"
+        all_ok &= ok
+        print(line, flush=True)
+    print(f"correctness: {'all PASS' if all_ok else 'FAILURES'}")
+    return all_ok
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def time_us(calls: list[Fn], reps: int = 15, graph: bool = True) -> float:
+    """Median µs per call. The calls (one per rotating input set) are captured once into a CUDA
+    graph and replayed, so launch gaps are those of a graph-captured engine step."""
+    for fn in calls:
+        fn()
+    torch.cuda.synchronize()
+    run: Fn
+
+    def eager() -> None:
+        for fn in calls:
+            fn()
+
+    run = eager
+    if graph:
+        try:
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                eager()
+            run = g.replay
+        except Exception as e:  # worth knowing: the engine captures decode steps in graphs
+            print(f"  CUDA graph capture failed, timing eagerly: {type(e).__name__}: {e}")
+            torch.cuda.synchronize()
+
+    run()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1000 / len(calls))
+    return statistics.median(times)
+
+
+def hbm_copy_gbps() -> float:
+    """Device-to-device copy bandwidth, counting bytes read plus bytes written."""
+    n = 1 << 30
+    a = torch.empty(n, dtype=torch.uint8, device="cuda").random_()
+    b = torch.empty_like(a)
+
+    def copy() -> None:
+        b.copy_(a)
+
+    us = time_us([copy], reps=10, graph=False)
+    return 2 * n / (us * 1e3)
+
+
+@dataclass(slots=True)
+class DecodeSetup:
+    k_cache: torch.Tensor
+    v_cache: torch.Tensor
+    qs: list[torch.Tensor]
+    mds: list[AttentionMetadata]
+
+
+def decode_setup(
+    batch: int, ctx: int, rotate_bytes: int = 1 << 28, device: str = "cuda"
+) -> DecodeSetup:
+    """Llama-8B decode inputs; enough disjoint sets of blocks that rotating through them reads
+    more than L2 holds, so small configs time HBM, not the cache."""
+    hq, hkv, d = LLAMA_8B
+    bs = 16
+    kv_bytes = batch * ctx * hkv * d * 2 * 2
+    sets = min(64, max(1, -(-rotate_bytes // kv_bytes)))
+    blocks_per_seq = -(-ctx // bs)
+    num_blocks = sets * batch * blocks_per_seq
+    pool = torch.randperm(num_blocks, device=device, dtype=torch.int64).to(torch.int32)
+    k_cache = torch.randn(num_blocks, bs, hkv, d, device=device, dtype=torch.bfloat16)
+    v_cache = torch.randn_like(k_cache)
+    qs, mds = [], []
+    for s in range(sets):
+        tables = pool[s * batch * blocks_per_seq : (s + 1) * batch * blocks_per_seq]
+        tables = tables.view(batch, blocks_per_seq)
+        md = AttentionMetadata(
+            query_start_loc=torch.arange(batch + 1, dtype=torch.int32, device=device),
+            seq_lens=torch.full((batch,), ctx, dtype=torch.int32, device=device),
+            block_tables=tables.contiguous(),
+            slot_mapping=torch.zeros(batch, dtype=torch.int64, device=device),
+            max_query_len=1,
+            max_seq_len=ctx,
+            query_start_loc_cpu=list(range(batch + 1)),
+            seq_lens_cpu=[ctx] * batch,
+        )
+        qs.append(torch.randn(batch, hq, d, device=device, dtype=torch.bfloat16))
+        mds.append(md)
+    return DecodeSetup(k_cache, v_cache, qs, mds)
+
+
+def dense_kv(setup: DecodeSetup, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Set i's keys and values as dense [B, Hkv, ctx, D] tensors, for SDPA."""
+    md = setup.mds[i]
+    ctx = md.max_seq_len
+    k = setup.k_cache[md.block_tables.long()].flatten(1, 2)[:, :ctx].transpose(1, 2)
+    v = setup.v_cache[md.block_tables.long()].flatten(1, 2)[:, :ctx].transpose(1, 2)
+    return k.contiguous(), v.contiguous()
+
+
+def decode_calls(
+    setup: DecodeSetup, out: torch.Tensor, splits: int | None, cfg: KernelConfig | None
+) -> list[Fn]:
+    scale = LLAMA_8B[2] ** -0.5
+
+    def call(i: int) -> Fn:
+        return lambda: paged_attention_into(
+            out,
+            setup.qs[i],
+            setup.k_cache,
+            setup.v_cache,
+            setup.mds[i],
+            scale,
+            num_kv_splits=splits,
+            decode_config=cfg,
+        )
+
+    return [call(i) for i in range(len(setup.qs))]
+
+
+def sdpa_decode_us(setup: DecodeSetup) -> tuple[float, torch.Tensor] | None:
+    """SDPA (GQA) on dense copies of the same sets: µs per call and set 0's output."""
+    sets = len(setup.qs)
+    dense = [dense_kv(setup, i) for i in range(sets)]
+    qd = [q.unsqueeze(2) for q in setup.qs[:sets]]  # [B, Hq, 1, D]
+    outs = [torch.empty_like(q) for q in qd]
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def call(i: int) -> Fn:
+        def fn() -> None:
+            outs[i].copy_(sdpa(qd[i], dense[i][0], dense[i][1], enable_gqa=True))
+
+        return fn
+
+    try:
+        us = time_us([call(i) for i in range(sets)])
+    except Exception as e:
+        print(f"  sdpa unavailable: {type(e).__name__}: {e}")
+        return None
+    return us, outs[0].squeeze(2)
+
+
+def section_decode(args: argparse.Namespace) -> bool:
+    hbm = hbm_copy_gbps()
+    print(f"HBM device-to-device copy: {hbm:,.0f} GB/s (read + write)")
+    hq, hkv, d = LLAMA_8B
+    rows = []
+    for batch in (1, 16, 64, 256):
+        for ctx in (512, 2048, 8192):
+            setup = decode_setup(batch, ctx)
+            out = torch.empty(batch, hq, d, device="cuda", dtype=torch.bfloat16)
+            us = time_us(decode_calls(setup, out, None, None))
+            kv_gb = batch * ctx * hkv * d * 2 * 2 / 1e9
+            splits = kv_splits_for(batch, hkv, ctx, out.device)
+            sdpa = sdpa_decode_us(setup)
+            paged_attention_into(
+                out, setup.qs[0], setup.k_cache, setup.v_cache, setup.mds[0], d**-0.5
+            )
+            err = (out.float() - sdpa[1].float()).abs().max().item() if sdpa else float("nan")
+            sdpa_us = sdpa[0] if sdpa else float("nan")
+            gbps = kv_gb * 1e6 / us
+            rows.append(
+                f"{batch:>5} {ctx:>6} {splits:>6} {us:>9.1f} {gbps:>8,.0f} {gbps / hbm:>6.0%}"
+                f" {sdpa_us:>9.1f} {kv_gb * 1e6 / sdpa_us:>8,.0f} {err:>9.1e}"
+            )
+            print(rows[-1], flush=True)
+            del setup, out, sdpa
+            torch.cuda.empty_cache()
+    print(
+        f"\ndecode attention, Llama-3.1-8B heads ({hq}q/{hkv}kv x {d}), bf16, block 16, "
+        f"one layer; HBM copy {hbm:,.0f} GB/s"
+    )
+    print(
+        f"{'batch':>5} {'ctx':>6} {'splits':>6} {'us':>9} {'GB/s':>8} {'%HBM':>6}"
+        f" {'sdpa us':>9} {'sdpa GB/s':>8} {'max diff':>9}"
+    )
+    print("\n".join(rows))
+    return True
+
+
+def prefill_setup(batch: int, length: int) -> tuple[Batch, int]:
+    hq, hkv, d = LLAMA_8B
+    case = Case("prefill", torch.bfloat16, hq, hkv, d, 16, tuple([(length, length)] * batch))
+    b = make_batch(case, torch.device("cuda"), torch.Generator().manual_seed(7))
+    write_kv_triton(b.k_cache, b.v_cache, b.k_new, b.v_new, b.md.slot_mapping)
+    flops = 4 * hq * d * batch * length * (length + 1) // 2  # causal: QK^T and PV
+    return b, flops
+
+
+def prefill_rows(batch: int, length: int, configs: list[KernelConfig | None]) -> list[str]:
+    hq, hkv, d = LLAMA_8B
+    b, flops = prefill_setup(batch, length)
+    out = torch.empty_like(b.q)
+    q_dense = b.q.view(batch, length, hq, d).transpose(1, 2).contiguous()
+    k_dense = b.k_new.view(batch, length, hkv, d).transpose(1, 2).contiguous()
+    v_dense = b.v_new.view(batch, length, hkv, d).transpose(1, 2).contiguous()
+
+    def sdpa() -> None:
+        torch.nn.functional.scaled_dot_product_attention(
+            q_dense, k_dense, v_dense, is_causal=True, enable_gqa=True
+        )
+
+    try:
+        sdpa_us = time_us([sdpa])
+    except Exception as e:
+        print(f"  sdpa unavailable: {type(e).__name__}: {e}")
+        sdpa_us = float("nan")
+    rows = []
+    for cfg in configs:
+
+        def ours(cfg: KernelConfig | None = cfg) -> None:
+            paged_attention_into(out, b.q, b.k_cache, b.v_cache, b.md, d**-0.5, prefill_config=cfg)
+
+        us = time_us([ours])
+        rows.append(
+            f"{batch:>3}x{length:<5} {cfg_name(cfg):<18} {us:>9.1f} {flops / us / 1e6:>8.1f}"
+            f" {sdpa_us:>9.1f} {flops / sdpa_us / 1e6:>8.1f}"
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def section_prefill(
+    args: argparse.Namespace, configs: list[KernelConfig | None] | None = None
+) -> bool:
+    rows = []
+    for batch, length in ((1, 2048), (8, 512), (1, 8192), (4, 4096)):
+        rows += prefill_rows(batch, length, configs or [None])
+        torch.cuda.empty_cache()
+    print(
+        "\nprefill attention (causal), Llama-3.1-8B heads, bf16, from the paged cache; "
+        "SDPA on dense tensors"
+    )
+    print(f"{'tokens':<9} {'config':<18} {'us':>9} {'TFLOP/s':>8} {'sdpa us':>9} {'TFLOP/s':>8}")
+    print("\n".join(rows))
+    return True
+
+
+def cfg_name(cfg: KernelConfig | None) -> str:
+    if cfg is None:
+        return "default"
+    return f"m{cfg.block_m} n{cfg.block_n} w{cfg.num_warps} s{cfg.num_stages}"
+
+
+def section_tune(args: argparse.Namespace) -> bool:
+    hq, hkv, d = LLAMA_8B
+    configs = [
+        None,
+        KernelConfig(16, 64, 4, 3),
+        KernelConfig(16, 128, 4, 2),
+        KernelConfig(16, 128, 4, 3),
+        KernelConfig(16, 32, 4, 2),
+    ]
+    rows = []
+    for batch, ctx, split_choices in (
+        (1, 512, (1, 4, 8, 16)),
+        (1, 8192, (16, 32, 64)),
+        (16, 8192, (1, 4, 8)),
+        (64, 8192, (1, 2)),
+        (256, 2048, (1,)),
+    ):
+        setup = decode_setup(batch, ctx)
+        out = torch.empty(batch, hq, d, device="cuda", dtype=torch.bfloat16)
+        kv_gb = batch * ctx * hkv * d * 2 * 2 / 1e9
+        for cfg in configs:
+            for splits in split_choices:
+                us = time_us(decode_calls(setup, out, splits, cfg))
+                rows.append(
+                    f"{batch:>5} {ctx:>6} {cfg_name(cfg):<18} {splits:>6} {us:>9.1f} "
+                    f"{kv_gb * 1e6 / us:>8,.0f}"
+                )
+                print(rows[-1], flush=True)
+        del setup, out
+        torch.cuda.empty_cache()
+    print("\ndecode tuning")
+    print(f"{'batch':>5} {'ctx':>6} {'config':<18} {'splits':>6} {'us':>9} {'GB/s':>8}")
+    print("\n".join(rows))
+    print("\nprefill tuning")
+    section_prefill(
+        args,
+        [
+            None,
+            KernelConfig(128, 32, 4, 3),
+            KernelConfig(128, 64, 8, 3),
+            KernelConfig(128, 128, 8, 2),
+            KernelConfig(128, 32, 8, 3),
+            KernelConfig(128, 64, 4, 2),
+            KernelConfig(64, 64, 4, 3),
+        ],
+    )
+    return True
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace], bool]] = {
+    "correctness": section_correctness,
+    "decode": section_decode,
+    "prefill": section_prefill,
+    "tune": section_tune,
+}
+DEFAULT_SECTIONS = ["correctness", "decode", "prefill"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--section",
+        action="append",
+        choices=sorted(SECTIONS),
+        help="sections to run, in order (repeatable); default: " + ", ".join(DEFAULT_SECTIONS),
+    )
+    parser.add_argument(
+        "--device",
+        default="cuda",
+        help="correctness only: cpu runs the kernels under TRITON_INTERPRET=1",
+    )
+    parser.add_argument("--quick", action="store_true", help="correctness: short sequences only")
+    args = parser.parse_args()
+    if args.device == "cuda":
+        import triton
+
+        print(
+            f"{torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}",
+            flush=True,
+        )
+    failed = []
+    for name in args.section or DEFAULT_SECTIONS:
+        print(f"\n=== {name} ===", flush=True)
+        if not SECTIONS[name](args):
+            failed.append(name)
+    if failed:
+        print(f"\nFAILED: {', '.join(failed)}")
+        return 1
+    print("\nall sections passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
