@@ -28,6 +28,7 @@ from ember.layers.metadata import AttentionMetadata
 from ember.ops.attention_ref import paged_attention_ref, write_kv
 from ember.ops.triton_attention import KernelConfig, kv_splits_for, paged_attention_into
 from ember.ops.triton_kv import write_kv_triton
+from scripts.gpu_engine_check import section_engine
 
 Fn = Callable[[], None]
 
@@ -570,8 +571,9 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], bool]] = {
     "decode": section_decode,
     "prefill": section_prefill,
     "tune": section_tune,
+    "engine": section_engine,
 }
-DEFAULT_SECTIONS = ["correctness", "decode", "prefill"]
+DEFAULT_SECTIONS = ["correctness", "decode", "prefill", "engine"]
 
 
 def main() -> int:

@@ -1,18 +1,23 @@
-"""Building a model from a local directory: config.json + *.safetensors -> a ready CausalLM."""
+"""Building a model from a directory or URI: config.json + *.safetensors -> a ready CausalLM."""
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import torch
 
 from ember.errors import ModelLoadError
-from ember.loader import iter_safetensors
+from ember.loader import Progress, SafetensorsStreamer, Source, StreamOptions, resolve_source
 from ember.models.base import CausalLM
 from ember.models.config import ModelConfig
 from ember.models.registry import get_model_class
+from ember.models.weights import checkpoint_slots, in_place
+
+log = logging.getLogger(__name__)
 
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -57,14 +62,73 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
-def load_model(model_dir: str | Path, dtype: torch.dtype, device: torch.device) -> CausalLM:
-    """Build the model of `model_dir` on `device` in `dtype`, fill it from the safetensors files
-    and return it in eval mode. Raises ModelLoadError for anything the user must fix."""
-    config = ModelConfig.from_dir(model_dir)
-    model_class = get_model_class(config)
-    weights = iter_safetensors(model_dir)  # finds the files now: fail before allocating
-    # Parameters are allocated once, uninitialised, directly on the device in the final dtype.
-    with _default_dtype(dtype), torch.device(device):
-        model = model_class(config)
-    model.load_weights(weights)
+def load_config(model: str | Path | Source) -> ModelConfig:
+    """The ModelConfig of a model directory, a source URI (s3://, gs://, http(s)://, hf://) or
+    an open Source."""
+    if not isinstance(model, Source):
+        source = resolve_source(model)
+        try:
+            return load_config(source)
+        finally:
+            source.close()
+    local = model.local_dir()
+    if local is not None:
+        return ModelConfig.from_dir(local)
+    if not model.exists("config.json"):
+        raise ModelLoadError(
+            f"no config.json in '{model.uri}'; a model needs the Hugging Face config.json next "
+            "to its *.safetensors files"
+        )
+    where = model.location("config.json")
+    try:
+        raw = json.loads(model.read_file("config.json"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"cannot read '{where}': {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ModelLoadError(f"'{where}' does not hold a JSON object")
+    return ModelConfig.from_dict(raw, source=where)
+
+
+def load_model(
+    model_dir: str | Path | Source,
+    dtype: torch.dtype,
+    device: torch.device,
+    progress: Progress | None = None,
+    *,
+    cache_dir: str | Path | None = None,
+    options: StreamOptions | None = None,
+) -> CausalLM:
+    """Build the model of `model_dir` on `device` in `dtype`, stream its safetensors weights into
+    the parameters in place and return it in eval mode.
+
+    `model_dir` is a local directory, a URI (file://, s3://, gs://, http(s)://,
+    hf://org/name[@revision]) or a Source (which stays open). `progress(bytes_done, bytes_total)`
+    is called as weights arrive. With `cache_dir`, a remote model is written through to a local
+    copy there and read from it next time. Raises ModelLoadError for anything the user must fix;
+    nothing half-loaded is returned.
+    """
+    owned = not isinstance(model_dir, Source)
+    source = model_dir if isinstance(model_dir, Source) else resolve_source(model_dir, cache_dir)
+    try:
+        config = load_config(source)
+        model_class = get_model_class(config)
+        # Headers are read and checked now: a bad file fails before anything is allocated.
+        streamer = SafetensorsStreamer(source, device, options=options, progress=progress)
+        # Parameters are allocated once, uninitialised, directly on the device in the final dtype.
+        with _default_dtype(dtype), torch.device(device):
+            model = model_class(config)
+        with closing(streamer.stream(in_place(checkpoint_slots(model)))) as weights:
+            model.load_weights(weights)
+    finally:
+        if owned:
+            source.close()
+    stats = streamer.stats
+    log.info(
+        "weights: %.2f GB in %d files from %s in %.2f s (%.2f GB/s)",
+        stats.bytes / 1e9,
+        stats.files,
+        source.uri,
+        stats.seconds,
+        stats.gb_per_s,
+    )
     return model.eval()

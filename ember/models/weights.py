@@ -10,6 +10,7 @@ from torch import nn
 
 from ember.errors import ModelLoadError
 from ember.layers.linear import MergedLinear
+from ember.loader import TensorMeta
 
 
 @dataclass(slots=True)
@@ -47,13 +48,29 @@ def checkpoint_slots(model: nn.Module) -> dict[str, WeightSlot]:
     return slots
 
 
+def in_place(slots: dict[str, WeightSlot]) -> Callable[[TensorMeta], torch.Tensor | None]:
+    """The streamer's destination for each checkpoint tensor: its slot's storage, so that bytes
+    land in the parameter directly (rows of a fused q/k/v or gate/up included). Tensors without a
+    slot of their shape get none and arrive as separate tensors for load_into_slots to judge."""
+
+    def resolve(meta: TensorMeta) -> torch.Tensor | None:
+        slot = slots.get(meta.name)
+        if slot is None:
+            return None
+        target = slot.target()
+        return target if tuple(target.shape) == meta.shape else None
+
+    return resolve
+
+
 def load_into_slots(
     slots: dict[str, WeightSlot],
     weights: Iterable[tuple[str, torch.Tensor]],
     skip: Callable[[str], bool],
     architecture: str,
 ) -> set[str]:
-    """Copy each tensor into its slot (casting dtype, moving device); returns the names loaded."""
+    """Copy each tensor into its slot (casting dtype, moving device) unless it already is the
+    slot's storage; returns the names loaded."""
     loaded: set[str] = set()
     for name, tensor in weights:
         if skip(name):
@@ -70,10 +87,20 @@ def load_into_slots(
                 f"checkpoint tensor '{name}' has shape {list(tensor.shape)} but {architecture} "
                 f"with this config.json expects {list(target.shape)}"
             )
-        with torch.no_grad():
-            target.copy_(tensor)
+        if not _is_view_of(tensor, target):  # else it was streamed in place already
+            with torch.no_grad():
+                target.copy_(tensor)
         loaded.add(name)
     return loaded
+
+
+def _is_view_of(tensor: torch.Tensor, target: torch.Tensor) -> bool:
+    return (
+        tensor.data_ptr() == target.data_ptr()
+        and tensor.device == target.device
+        and tensor.dtype == target.dtype
+        and tensor.stride() == target.stride()
+    )
 
 
 def raise_if_missing(slots: dict[str, WeightSlot], loaded: set[str]) -> None:

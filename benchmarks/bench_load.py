@@ -1,0 +1,459 @@
+"""Cold start: weights to the GPU, ember's loader side by side with safetensors and Run:ai.
+
+One run on the GPU machine (< 8 minutes):
+  1. writes random-weight Llama-3.1-8B-shaped safetensors (4 shards, 16.06 GB bf16) and config.json;
+  2. measures the limits: the disk's parallel read bandwidth (O_DIRECT, threads, cold), page cache
+     -> pinned host memory with threads (warm), and pinned host -> device copies;
+  3. loads the model, each in a fresh process (timed from after CUDA init, so pinning buffers
+     and allocating count) from a cold page cache (caches dropped before every run) and from a
+     warm one: ember's load_model (O_DIRECT auto, and buffered), safetensors
+     load_file(device="cuda"), and Run:ai Model Streamer when it is importable (CPU tensors, then
+     .to(cuda), as vLLM's runai_streamer load format does); every load is spot-checked against
+     the files;
+  4. prints GB/s, ratios, and each result's share of the measured limit.
+
+    python benchmarks/bench_load.py                   # the full 8B shape on CUDA
+    python benchmarks/bench_load.py --layers 2 --vocab 4096 --device cpu   # a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import mmap
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ember.loader import StreamOptions
+from ember.loader.local import LocalSource
+from ember.loader.pagecache import evict, resident_fraction
+from ember.models import load_model
+
+MiB = 1024 * 1024
+
+
+# --- the model files --------------------------------------------------------------------------
+
+
+def llama_8b_config(layers: int, vocab: int) -> dict[str, object]:
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "vocab_size": vocab,
+        "max_position_embeddings": 131072,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 500000.0,
+        "rope_scaling": {
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+            "rope_type": "llama3",
+        },
+        "hidden_act": "silu",
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "bos_token_id": 128000,
+        "eos_token_id": 128001,
+    }
+
+
+def llama_shapes(cfg: dict[str, object]) -> dict[str, tuple[int, ...]]:
+    h, inter = int(str(cfg["hidden_size"])), int(str(cfg["intermediate_size"]))
+    vocab, layers = int(str(cfg["vocab_size"])), int(str(cfg["num_hidden_layers"]))
+    kv = int(str(cfg["num_key_value_heads"])) * int(str(cfg["head_dim"]))
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, h)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        shapes |= {
+            p + "self_attn.q_proj.weight": (h, h),
+            p + "self_attn.k_proj.weight": (kv, h),
+            p + "self_attn.v_proj.weight": (kv, h),
+            p + "self_attn.o_proj.weight": (h, h),
+            p + "mlp.gate_proj.weight": (inter, h),
+            p + "mlp.up_proj.weight": (inter, h),
+            p + "mlp.down_proj.weight": (h, inter),
+            p + "input_layernorm.weight": (h,),
+            p + "post_attention_layernorm.weight": (h,),
+        }
+    shapes |= {"model.norm.weight": (h,), "lm_head.weight": (vocab, h)}
+    return shapes
+
+
+def write_model(root: Path, cfg: dict[str, object], shards: int, device: torch.device) -> int:
+    """Random bf16 weights in `shards` files with an index; returns the weight bytes.
+    Reuses files a previous run left if their sizes match."""
+    shapes = llama_shapes(cfg)
+    nbytes = {n: math.prod(s) * 2 for n, s in shapes.items()}
+    total = sum(nbytes.values())
+    groups: list[list[str]] = [[] for _ in range(shards)]
+    acc = 0
+    for name in shapes:  # in checkpoint order, cut into near-equal shards
+        groups[min(shards - 1, acc * shards // total)].append(name)
+        acc += nbytes[name]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.json").write_text(json.dumps(cfg, indent=1))
+    weight_map: dict[str, str] = {}
+    gen = torch.Generator(device=device).manual_seed(0)
+    for i, names in enumerate(groups):
+        file = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        weight_map |= dict.fromkeys(names, file)
+        header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        for n in names:
+            header[n] = {
+                "dtype": "BF16",
+                "shape": list(shapes[n]),
+                "data_offsets": [offset, offset + nbytes[n]],
+            }
+            offset += nbytes[n]
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        path = root / file
+        if path.is_file() and path.stat().st_size == 8 + len(raw) + offset:
+            continue
+        with open(path, "wb") as f:
+            f.write(len(raw).to_bytes(8, "little") + raw)
+            for n in names:
+                t = torch.empty(shapes[n], dtype=torch.bfloat16, device=device)
+                t.normal_(0.0, 0.02, generator=gen)
+                f.write(t.cpu().reshape(-1).view(torch.uint8).numpy().data)
+            f.flush()
+            os.fsync(f.fileno())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (root / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
+    return total
+
+
+def weight_paths(root: Path) -> list[Path]:
+    return sorted(root.glob("*.safetensors"))
+
+
+# --- page cache -------------------------------------------------------------------------------
+
+
+def drop_caches(paths: list[Path]) -> str:
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        how = "drop_caches"
+    except OSError:
+        for p in paths:
+            evict(str(p))
+        how = "fadvise"
+    return f"{how}, {cached_share(paths):.0%} cached after"
+
+
+def cached_share(paths: list[Path]) -> float:
+    total = cached = 0.0
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        size = os.fstat(fd).st_size
+        cached += (resident_fraction(fd, size) or 0.0) * size
+        total += size
+        os.close(fd)
+    return cached / total
+
+
+# --- limits -----------------------------------------------------------------------------------
+
+
+def parallel_read(paths: list[Path], threads: int, direct: bool, block: int = 16 * MiB) -> float:
+    """GB/s reading every file with `threads` threads of `block`-byte preads (one buffer each)."""
+    jobs = [(p, off) for p in paths for off in range(0, p.stat().st_size, block)]
+    buffers = [mmap.mmap(-1, block) for _ in range(threads)]  # page-aligned
+    flags = os.O_RDONLY | (os.O_DIRECT if direct else 0)
+    fds = {p: os.open(p, flags) for p in paths}
+    total = sum(p.stat().st_size for p in paths)
+
+    def worker(k: int) -> None:
+        view = memoryview(buffers[k])
+        for p, off in jobs[k::threads]:
+            os.preadv(fds[p], [view], off)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(worker, range(threads)))
+    seconds = time.perf_counter() - start
+    for fd in fds.values():
+        os.close(fd)
+    return total / seconds / 1e9
+
+
+def h2d_bandwidth(device: torch.device, nbytes: int = 1 << 30, reps: int = 10) -> float:
+    host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+    dev = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dev.copy_(host, non_blocking=True)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(reps):
+        dev.copy_(host, non_blocking=True)
+    torch.cuda.synchronize()
+    return nbytes * reps / (time.perf_counter() - start) / 1e9
+
+
+# --- loaders, each timed in a fresh process ---------------------------------------------------
+
+
+def load_ember(root: Path, device: torch.device, direct: bool | None) -> object:
+    source = LocalSource(root, direct=direct)
+    try:
+        return load_model(source, torch.bfloat16, device)
+    finally:
+        source.close()
+
+
+def load_safetensors(root: Path, device: torch.device) -> object:
+    from safetensors.torch import load_file
+
+    out: dict[str, torch.Tensor] = {}
+    for p in weight_paths(root):
+        out |= load_file(str(p), device=str(device))
+    return out
+
+
+def load_runai(root: Path, device: torch.device) -> object:
+    from runai_model_streamer import SafetensorsStreamer as RunaiStreamer
+
+    out: dict[str, torch.Tensor] = {}
+    with RunaiStreamer() as streamer:
+        streamer.stream_files([str(p) for p in weight_paths(root)])
+        for name, tensor in streamer.get_tensors():
+            out[name] = tensor.to(device)
+    return out
+
+
+LOADERS: dict[str, tuple[str, Callable[[Path, torch.device], object]]] = {
+    "ember": ("ember (O_DIRECT when cold)", partial(load_ember, direct=None)),
+    "ember-buffered": ("ember (buffered reads)", partial(load_ember, direct=False)),
+    "safetensors": ("safetensors load_file", load_safetensors),
+    "runai": ("Run:ai Model Streamer", load_runai),
+}
+
+
+def runai_available() -> bool:
+    try:
+        import runai_model_streamer  # noqa: F401
+    except Exception as exc:
+        print(f"Run:ai Model Streamer not available: {exc}")
+        return False
+    return True
+
+
+@dataclass
+class Result:
+    name: str
+    cache: str
+    seconds: float
+    gbps: float
+
+
+def child(key: str, root: Path, layers: int, device: torch.device) -> None:
+    """One load in this (fresh) process: timed from after CUDA init to the last byte on the
+    device, so per-process costs (pinning buffers, allocating) count, CUDA init does not."""
+    if device.type == "cuda":
+        torch.empty(1, device=device)
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    loaded = LOADERS[key][1](root, device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    reference(root, layers)
+    check(loaded)
+    print(json.dumps({"seconds": seconds}))
+
+
+def timed(key: str, cache: str, nbytes: int, args: argparse.Namespace) -> Result | None:
+    cmd = [sys.executable, __file__, "--child", key, "--dir", str(args.dir)]
+    cmd += ["--layers", str(args.layers), "--vocab", str(args.vocab), "--device", args.device]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    label = LOADERS[key][0]
+    if proc.returncode != 0:
+        print(f"  {label:<34} {cache:<5} FAILED: {proc.stderr.strip()[-2000:]}", flush=True)
+        return None
+    seconds = float(json.loads(proc.stdout.strip().splitlines()[-1])["seconds"])
+    result = Result(label, cache, seconds, nbytes / seconds / 1e9)
+    print(f"  {label:<34} {cache:<5} {seconds:7.2f} s {result.gbps:7.2f} GB/s", flush=True)
+    return result
+
+
+_REFERENCE: dict[str, torch.Tensor] = {}
+
+
+def _spot_names(layers: int) -> list[str]:
+    last = f"model.layers.{layers - 1}."
+    return [
+        "model.embed_tokens.weight",
+        "model.layers.0.self_attn.k_proj.weight",  # rows in the middle of a fused qkv
+        last + "mlp.up_proj.weight",  # the second half of a fused gate_up
+        last + "mlp.down_proj.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+    ]
+
+
+def reference(root: Path, layers: int) -> None:
+    from safetensors import safe_open
+
+    for p in weight_paths(root):
+        with safe_open(str(p), framework="pt") as f:
+            for name in _spot_names(layers):
+                if name in f.keys():  # noqa: SIM118
+                    rows = f.get_slice(name)
+                    n = rows.get_shape()[0]
+                    _REFERENCE[name] = torch.cat([rows[0:3], rows[n - 3 : n]]).float()
+
+
+def check(loaded: object) -> None:
+    """Spot-check rows of tensors from every shard against the files (every loader, every run)."""
+    from ember.models.weights import checkpoint_slots
+
+    if isinstance(loaded, dict):
+        tensors = loaded
+    else:
+        assert isinstance(loaded, torch.nn.Module)
+        slots = checkpoint_slots(loaded)
+        tensors = {n: slots[n].target() for n in _REFERENCE}
+    for name, want in _REFERENCE.items():
+        t = tensors[name]
+        got = torch.cat([t[:3], t[-3:]]).float().cpu()
+        assert torch.equal(got, want), f"{name} differs from the file"
+
+
+def check_streamer(device: torch.device, tmp: Path) -> None:
+    """Byte equality on the device for mixed dtypes, with and without in-place casts."""
+    from safetensors.torch import load_file, save_file
+
+    from ember.loader import SafetensorsStreamer, TensorMeta
+
+    gen = torch.Generator().manual_seed(0)
+    tensors = {
+        "big.bf16": torch.randn(3000, 1001, generator=gen).to(torch.bfloat16),
+        "big.f32": torch.randn(1500, 999, generator=gen),
+        "f16": torch.randn(77, 33, generator=gen).to(torch.float16),
+        "i64": torch.randint(-(2**40), 2**40, (1000,), generator=gen),
+        "bool": torch.rand(37, 5, generator=gen) > 0.5,
+        "scalar": torch.randn((), generator=gen),
+        "empty": torch.empty(0, 3),
+    }
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(tmp / "model.safetensors"))
+    want = load_file(str(tmp / "model.safetensors"))
+    opts = StreamOptions(chunk_bytes=MiB, threads=4, slots=3)
+    got = dict(SafetensorsStreamer(LocalSource(tmp), device, options=opts).stream())
+    for n, w in want.items():
+        g = got[n]
+        assert g.device.type == device.type and g.dtype == w.dtype and g.shape == w.shape, n
+        assert torch.equal(g.cpu().reshape(-1).view(torch.uint8), w.reshape(-1).view(torch.uint8))
+    dests: dict[str, torch.Tensor] = {}
+
+    def resolve(meta: TensorMeta) -> torch.Tensor | None:
+        dtype = torch.float32 if meta.dtype.is_floating_point else meta.dtype
+        dests[meta.name] = torch.zeros(meta.shape, dtype=dtype, device=device)
+        return dests[meta.name]
+
+    got = dict(SafetensorsStreamer(LocalSource(tmp), device, options=opts).stream(resolve))
+    torch.cuda.synchronize()
+    for n, w in want.items():
+        assert got[n] is dests[n], n
+        assert torch.equal(got[n].cpu(), w.to(got[n].dtype)), n
+    print("  streamer on the device: bytes and casts match safetensors")
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--dir", type=Path, default=Path(".bench/llama-3.1-8b-random"))
+    ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--vocab", type=int, default=128256)
+    ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--threads", type=int, default=16, help="threads of the disk measurement")
+    ap.add_argument("--child", choices=list(LOADERS), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    if args.child:
+        child(args.child, args.dir, args.layers, device)
+        return
+    cuda = device.type == "cuda"
+    if cuda:
+        props = torch.cuda.get_device_properties(device)
+        print(f"GPU: {props.name}, {props.total_memory / 2**30:.0f} GiB; torch {torch.__version__}")
+    print(f"date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; cpus: {os.cpu_count()}")
+
+    t0 = time.perf_counter()
+    cfg = llama_8b_config(args.layers, args.vocab)
+    nbytes = write_model(args.dir, cfg, args.shards, device)
+    paths = weight_paths(args.dir)
+    print(f"model: {nbytes / 1e9:.2f} GB in {len(paths)} shards ({time.perf_counter() - t0:.1f} s)")
+    if cuda:
+        check_streamer(device, args.dir.parent / "check")
+
+    print("limits:")
+    print(f"  cold cache: {drop_caches(paths)}")
+    disk = parallel_read(paths, args.threads, direct=True)
+    print(f"  disk, cold, {args.threads} threads, O_DIRECT, 16 MiB reads: {disk:.2f} GB/s")
+    parallel_read(paths, args.threads, direct=False)  # warms the cache
+    cache_bw = parallel_read(paths, args.threads, direct=False)
+    print(f"  page cache -> host memory, {args.threads} threads: {cache_bw:.2f} GB/s")
+    h2d = h2d_bandwidth(device) if cuda else float("nan")
+    print(f"  pinned host -> device, 1 GiB copies: {h2d:.2f} GB/s")
+
+    keys = ["ember", "ember-buffered", "safetensors"]
+    if cuda and runai_available():
+        keys.append("runai")
+    results: list[Result | None] = []
+    print("cold page cache (dropped before each run), each load in a fresh process:")
+    for key in keys:
+        state = drop_caches(paths)
+        results.append(timed(key, "cold", nbytes, args))
+        print(f"    ({state})")
+    print("warm page cache, each load in a fresh process:")
+    parallel_read(paths, args.threads, direct=False)
+    print(f"    ({cached_share(paths):.0%} cached)")
+    for key in keys:
+        results.append(timed(key, "warm", nbytes, args))
+
+    summarize([r for r in results if r is not None], disk, h2d)
+
+
+def summarize(results: list[Result], disk: float, h2d: float) -> None:
+    def best(name: str, cache: str) -> Result | None:
+        rows = [r for r in results if r.name.startswith(name) and r.cache == cache]
+        return min(rows, key=lambda r: r.seconds) if rows else None
+
+    print("\nsummary (best of each; ratio = ember's GB/s over theirs):")
+    print(f"  {'cache':<5} {'loader':<30} {'s':>7} {'GB/s':>7} {'share of limit':>16}")
+    for cache, limit, label in (("cold", disk, "disk"), ("warm", h2d, "H2D")):
+        ember = best("ember (O_DIRECT", cache)
+        for r in results:
+            if r.cache != cache or r is not best(r.name, cache):
+                continue
+            share = f"{r.gbps / limit:.0%} of {label}" if limit == limit else "-"
+            ratio = f"  ember x{ember.gbps / r.gbps:.2f}" if ember and r.name != ember.name else ""
+            print(f"  {cache:<5} {r.name:<30} {r.seconds:7.2f} {r.gbps:7.2f} {share:>16}{ratio}")
+
+
+if __name__ == "__main__":
+    main()

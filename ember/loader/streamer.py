@@ -1,0 +1,273 @@
+"""Streaming safetensors weights from a Source onto a device.
+
+    source --(threads: pread / range GET, GIL released)--> ring slot (pinned host memory)
+           --(copy stream: async H2D)--> destination bytes on the device
+
+Python only plans ranges and enqueues copies; bytes are moved by the kernel, obstore and the
+copy engine. A tensor whose destination is known (a model parameter, or rows of a fused one)
+is written in place; when the checkpoint's dtype differs it lands in a device staging tensor
+and is cast there. Tensors without a destination are materialised on the device for the
+caller to place.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from ember.errors import ModelLoadError
+from ember.loader.files import INDEX_FILE, weight_files
+from ember.loader.header import TensorMeta, read_header
+from ember.loader.plan import Chunk, plan_chunks
+from ember.loader.ring import HostRing
+from ember.loader.source import Source
+
+MiB = 1024 * 1024
+
+Progress = Callable[[int, int], None]  # (bytes done, bytes total)
+Resolve = Callable[[TensorMeta], "torch.Tensor | None"]
+
+
+@dataclass(slots=True)
+class StreamOptions:
+    chunk_bytes: int = 16 * MiB
+    threads: int | None = None  # None: the source's concurrency
+    slots: int | None = None  # ring slots; None: threads + 4, so reads go on while copies drain
+
+
+@dataclass(slots=True)
+class LoadStats:
+    bytes: int = 0
+    seconds: float = 0.0
+    tensors: int = 0
+    files: int = 0
+
+    @property
+    def gb_per_s(self) -> float:
+        return self.bytes / self.seconds / 1e9 if self.seconds > 0 else 0.0
+
+
+class _Target:
+    """Where one tensor's bytes go while it streams."""
+
+    __slots__ = ("bytes", "dest", "fresh", "meta", "remaining", "staging")
+
+    def __init__(self, meta: TensorMeta, dest: torch.Tensor | None) -> None:
+        self.meta = meta
+        self.dest = dest  # the final home (a parameter view), or None: materialise
+        self.staging: torch.Tensor | None = None  # checkpoint-dtype tensor awaiting a cast
+        self.bytes: torch.Tensor | None = None  # flat uint8 view that pieces are copied into
+        self.remaining = meta.nbytes
+        self.fresh = dest is None  # dest will be a tensor allocated here, handed to the caller
+
+
+class SafetensorsStreamer:
+    """Reads every header at construction (so bad files fail before anything is allocated);
+    `stream()` then moves the bytes. One streamer streams once."""
+
+    def __init__(
+        self,
+        source: Source,
+        device: torch.device | str,
+        *,
+        options: StreamOptions | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.source = source
+        self.device = _normalize(torch.device(device))
+        self.options = options or StreamOptions()
+        self.progress = progress
+        self.files, weight_map = weight_files(source)
+        self.tensors = _read_headers(source, self.files, weight_map)
+        self.total_bytes = sum(t.nbytes for t in self.tensors)
+        self.stats = LoadStats(files=len(self.files), tensors=len(self.tensors))
+
+    def stream(
+        self, resolve: Resolve | None = None
+    ) -> Generator[tuple[str, torch.Tensor], None, None]:
+        """(name, tensor on the device) for every checkpoint tensor, each yielded once its bytes
+        are in place (on CUDA: ordered before later work on the current stream).
+
+        `resolve(meta)` may name the tensor's destination: a contiguous tensor on the device of
+        the checkpoint's shape; it is then filled in place and yielded itself. Returns None to
+        get a fresh tensor in the checkpoint's dtype instead.
+        """
+        start = time.perf_counter()
+        targets = [_Target(m, self._destination(m, resolve)) for m in self.tensors]
+        for target in targets:
+            if target.remaining == 0:
+                yield target.meta.name, self._finish(target, None)
+        yield from self._move(targets)
+        self.stats.bytes = self.total_bytes
+        self.stats.seconds = time.perf_counter() - start
+        self.source.loaded()
+
+    def _destination(self, meta: TensorMeta, resolve: Resolve | None) -> torch.Tensor | None:
+        dest = resolve(meta) if resolve is not None else None
+        if dest is None or tuple(dest.shape) != meta.shape:
+            return None  # the caller's own check names the mismatch
+        if dest.device != self.device or not dest.is_contiguous():
+            return None
+        if _kind(dest.dtype) != _kind(meta.dtype):
+            raise ModelLoadError(
+                f"tensor '{meta.name}' in '{self.source.location(meta.file)}' is stored as "
+                f"{meta.dtype} but the model expects {dest.dtype}; the weights do not match "
+                "this architecture"
+            )
+        return dest
+
+    def _move(self, targets: list[_Target]) -> Iterator[tuple[str, torch.Tensor]]:
+        opts = self.options
+        threads = opts.threads or self.source.concurrency
+        chunks = plan_chunks(self.tensors, opts.chunk_bytes, self.source.alignment)
+        if not chunks:
+            return
+        slots = min(opts.slots or threads + 4, len(chunks))
+        ring = HostRing(slots, opts.chunk_bytes, self.device)
+        stream = torch.cuda.Stream(self.device) if ring.cuda else None
+        if stream is not None:
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+        todo = deque(chunks)
+        free = deque(range(slots))
+        pending: dict[Future[None], tuple[Chunk, int]] = {}
+        done_bytes = 0
+        self._report(0)
+        pool = ThreadPoolExecutor(max(1, min(threads, slots)), thread_name_prefix="ember-load")
+        try:
+            while todo or pending:
+                while todo and free:
+                    chunk, slot = todo.popleft(), free.popleft()
+                    pending[pool.submit(self._read, ring, chunk, slot)] = (chunk, slot)
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    chunk, slot = pending.pop(future)
+                    future.result()
+                    complete = self._copy(ring, chunk, slot, targets, stream)
+                    ring.mark_copied(slot, stream)
+                    free.append(slot)
+                    done_bytes += chunk.payload
+                    self._report(done_bytes)
+                    for target in complete:
+                        yield target.meta.name, self._finish(target, stream)
+            if stream is not None:
+                stream.synchronize()
+        finally:
+            for future in pending:
+                future.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+            if stream is not None:
+                stream.synchronize()  # no copy may still read the ring when it is freed
+
+    def _read(self, ring: HostRing, chunk: Chunk, slot: int) -> None:
+        view = ring.acquire(slot)
+        got = self.source.read_into(chunk.file, chunk.offset, view[: chunk.length])
+        if got < chunk.needed:
+            raise ModelLoadError(
+                f"cannot read weights from '{self.source.location(chunk.file)}': it ended at "
+                f"byte {chunk.offset + got}, before byte {chunk.offset + chunk.needed} that its "
+                "header promises; the file is truncated, fetch it again"
+            )
+
+    def _copy(
+        self,
+        ring: HostRing,
+        chunk: Chunk,
+        slot: int,
+        targets: list[_Target],
+        stream: torch.cuda.Stream | None,
+    ) -> list[_Target]:
+        """Enqueue the chunk's pieces into their tensors; returns the tensors now complete."""
+        src = ring.tensor(slot)
+        complete: list[_Target] = []
+        with torch.cuda.stream(stream) if stream is not None else nullcontext():
+            for piece in chunk.pieces:
+                target = targets[piece.tensor]
+                if target.bytes is None:
+                    target.bytes = self._landing(target)
+                end = piece.tensor_offset + piece.nbytes
+                target.bytes[piece.tensor_offset : end].copy_(
+                    src[piece.chunk_offset : piece.chunk_offset + piece.nbytes],
+                    non_blocking=stream is not None,
+                )
+                target.remaining -= piece.nbytes
+                if target.remaining == 0:
+                    complete.append(target)
+        return complete
+
+    def _landing(self, target: _Target) -> torch.Tensor:
+        """The flat byte view that the tensor's pieces land in (allocated on the copy stream)."""
+        meta = target.meta
+        if target.dest is not None and target.dest.dtype == meta.dtype:
+            return _as_bytes(target.dest)
+        tensor = torch.empty(meta.shape, dtype=meta.dtype, device=self.device)
+        if target.dest is not None:
+            target.staging = tensor
+        else:
+            target.dest = tensor
+        return _as_bytes(tensor)
+
+    def _finish(self, target: _Target, stream: torch.cuda.Stream | None) -> torch.Tensor:
+        meta = target.meta
+        if target.dest is None:  # an empty tensor with no destination
+            target.dest = torch.empty(meta.shape, dtype=meta.dtype, device=self.device)
+        result = target.dest
+        if target.staging is not None:
+            with torch.cuda.stream(stream) if stream is not None else nullcontext():
+                result.copy_(target.staging)  # the dtype cast, on the device
+            target.staging = None
+        target.bytes = None
+        if stream is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_stream(stream)
+            if target.fresh:  # allocated on the copy stream, used and freed on the caller's
+                result.record_stream(current)
+        return result
+
+    def _report(self, done: int) -> None:
+        if self.progress is not None:
+            self.progress(done, self.total_bytes)
+
+
+def _as_bytes(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.reshape(-1).view(torch.uint8)
+
+
+def _kind(dtype: torch.dtype) -> str:
+    if dtype == torch.bool:
+        return "bool"
+    return "float" if dtype.is_floating_point else "int"
+
+
+def _normalize(device: torch.device) -> torch.device:
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _read_headers(source: Source, files: list[str], weight_map: dict[str, str]) -> list[TensorMeta]:
+    with ThreadPoolExecutor(max(1, min(len(files), source.concurrency))) as pool:
+        per_file = list(pool.map(lambda f: read_header(source, f), files))
+    tensors: list[TensorMeta] = []
+    seen: dict[str, str] = {}
+    for metas in per_file:
+        for meta in metas:
+            if meta.name in seen:
+                raise ModelLoadError(
+                    f"tensor '{meta.name}' appears in both '{source.location(seen[meta.name])}' "
+                    f"and '{source.location(meta.file)}'; the shards do not belong together"
+                )
+            seen[meta.name] = meta.file
+            tensors.append(meta)
+    for name, file in sorted(weight_map.items()):
+        if seen.get(name) != file:
+            raise ModelLoadError(
+                f"tensor '{name}' is listed in '{source.location(INDEX_FILE)}' under '{file}' but "
+                f"that file does not hold it; the shards do not match the index"
+            )
+    return tensors

@@ -1,0 +1,181 @@
+"""The streamer gives back exactly what safetensors stores: every byte of every dtype and shape,
+from single and sharded files, through rings of any size, in place and with casts."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from ember.loader import SafetensorsStreamer, Source, StreamOptions, TensorMeta
+from ember.loader.local import LocalSource
+
+from .helpers import random_tensors
+
+CPU = torch.device("cpu")
+KiB = 1024
+
+OPTIONS = {
+    "small-chunks": StreamOptions(chunk_bytes=64 * KiB, threads=4, slots=3),
+    "one-slot": StreamOptions(chunk_bytes=8 * KiB, threads=2, slots=1),
+    "defaults": StreamOptions(),
+}
+
+
+def _bytes(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().reshape(-1).view(torch.uint8)
+
+
+def _assert_same(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert got.keys() == expected.keys()
+    for name, want in expected.items():
+        have = got[name]
+        assert have.dtype == want.dtype, name
+        assert have.shape == want.shape, name
+        assert torch.equal(_bytes(have), _bytes(want)), name
+
+
+def _save_sharded(root: Path, tensors: dict[str, torch.Tensor], shards: int) -> None:
+    names = sorted(tensors)
+    weight_map: dict[str, str] = {}
+    for i in range(shards):
+        file = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        part = {n: tensors[n] for n in names[i::shards]}
+        save_file(part, str(root / file))
+        weight_map.update(dict.fromkeys(part, file))
+    index = {"metadata": {}, "weight_map": weight_map}
+    (root / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+@pytest.mark.parametrize("direct", [None, True, False], ids=["auto-io", "direct-io", "buffered"])
+@pytest.mark.parametrize("options", list(OPTIONS.values()), ids=list(OPTIONS))
+def test_bytes_match_safetensors(tmp_path: Path, options: StreamOptions, direct: bool) -> None:
+    save_file(random_tensors(0), str(tmp_path / "model.safetensors"))
+    expected = load_file(str(tmp_path / "model.safetensors"))
+    source = LocalSource(tmp_path, direct=direct)
+    got = dict(SafetensorsStreamer(source, CPU, options=options).stream())
+    source.close()
+    _assert_same(got, expected)
+
+
+def test_sharded_model_matches_safetensors(tmp_path: Path) -> None:
+    tensors = random_tensors(1)
+    _save_sharded(tmp_path, tensors, shards=3)
+    expected: dict[str, torch.Tensor] = {}
+    for file in sorted(tmp_path.glob("*.safetensors")):
+        expected.update(load_file(str(file)))
+    streamer = SafetensorsStreamer(LocalSource(tmp_path), CPU, options=OPTIONS["small-chunks"])
+    assert len(streamer.files) == 3
+    _assert_same(dict(streamer.stream()), expected)
+    assert streamer.stats.bytes == sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def test_unindexed_shards_are_all_read(tmp_path: Path) -> None:
+    tensors = random_tensors(2)
+    names = sorted(tensors)
+    save_file({n: tensors[n] for n in names[:4]}, str(tmp_path / "a.safetensors"))
+    save_file({n: tensors[n] for n in names[4:]}, str(tmp_path / "b.safetensors"))
+    got = dict(SafetensorsStreamer(LocalSource(tmp_path), CPU).stream())
+    _assert_same(got, tensors)
+
+
+def test_in_place_destinations_and_device_casts(tmp_path: Path) -> None:
+    tensors = random_tensors(3)
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    dests: dict[str, torch.Tensor] = {}
+
+    def resolve(meta: TensorMeta) -> torch.Tensor | None:
+        if meta.name == "mid.f16":
+            return None  # no destination: arrives as a fresh tensor
+        # Floats land in float32 (a cast for bf16/f16/f8), everything else as stored.
+        dtype = torch.float32 if meta.dtype.is_floating_point else meta.dtype
+        dests[meta.name] = torch.full(meta.shape, 7, dtype=dtype)
+        return dests[meta.name]
+
+    options = OPTIONS["small-chunks"]
+    got = dict(SafetensorsStreamer(LocalSource(tmp_path), CPU, options=options).stream(resolve))
+    assert got.keys() == tensors.keys()
+    for name, want in tensors.items():
+        if name == "mid.f16":
+            assert got[name].dtype == torch.float16
+            assert torch.equal(got[name], want)
+            continue
+        assert got[name] is dests[name], name  # filled in place, not copied again
+        assert torch.equal(got[name], want.to(got[name].dtype)), name
+
+
+def test_reads_are_large_not_per_tensor(tmp_path: Path) -> None:
+    gen = torch.Generator().manual_seed(4)
+    tensors = {f"t{i}": torch.randn(256, generator=gen) for i in range(200)}  # 1 KiB each
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    source = CountingSource(LocalSource(tmp_path))
+    options = StreamOptions(chunk_bytes=64 * KiB, threads=2)
+    got = dict(SafetensorsStreamer(source, CPU, options=options).stream())
+    _assert_same(got, tensors)
+    assert source.data_reads == 4  # 200 KiB of tensors in 64 KiB reads, not 200
+
+
+def test_progress_rises_to_total_while_loading(tmp_path: Path) -> None:
+    save_file(random_tensors(5), str(tmp_path / "model.safetensors"))
+    seen: list[tuple[int, int, float]] = []
+    source = CountingSource(LocalSource(tmp_path), delay_s=0.02)
+    streamer = SafetensorsStreamer(
+        source,
+        CPU,
+        options=StreamOptions(chunk_bytes=32 * KiB, threads=2),
+        progress=lambda done, total: seen.append((done, total, time.monotonic())),
+    )
+    for _ in streamer.stream():
+        pass
+    dones = [d for d, _, _ in seen]
+    assert len(seen) > 5
+    assert dones[0] == 0
+    assert dones == sorted(dones)
+    assert dones[-1] == streamer.total_bytes
+    assert {t for _, t, _ in seen} == {streamer.total_bytes}
+    assert seen[-1][2] - seen[0][2] >= 0.05  # reported over the load, not all at the end
+
+
+def test_threads_end_with_the_load(tmp_path: Path) -> None:
+    save_file(random_tensors(6), str(tmp_path / "model.safetensors"))
+    tensors = SafetensorsStreamer(LocalSource(tmp_path), CPU, options=OPTIONS["small-chunks"])
+    stream = tensors.stream()
+    while next(stream)[1].numel() == 0:  # empty tensors come first, before any read
+        pass
+    assert _readers()
+    stream.close()  # a consumer that gives up (an error in load_weights) stops the readers
+    assert not _readers()
+
+
+class CountingSource(Source):
+    """Counts large reads and optionally slows each one down."""
+
+    def __init__(self, inner: LocalSource, delay_s: float = 0.0) -> None:
+        self.inner = inner
+        self.uri = inner.uri
+        self.alignment = inner.alignment
+        self.delay_s = delay_s
+        self.data_reads = 0
+        self._lock = threading.Lock()
+
+    def list_files(self) -> list[str] | None:
+        return self.inner.list_files()
+
+    def size(self, name: str) -> int:
+        return self.inner.size(name)
+
+    def read_into(self, name: str, offset: int, out: memoryview) -> int:
+        if offset >= 4096:  # past the header
+            with self._lock:
+                self.data_reads += 1
+            time.sleep(self.delay_s)
+        return self.inner.read_into(name, offset, out)
+
+
+def _readers() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("ember-load")]
