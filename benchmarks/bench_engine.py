@@ -32,6 +32,7 @@ def ember_runs(
     model_dir: Path, args: argparse.Namespace, hbm: float, weights: int
 ) -> dict[str, Any]:
     from ember import LLM, SamplingParams
+    from ember.engine.core import StepTimes
 
     t0 = time.perf_counter()
     llm = LLM(
@@ -59,11 +60,16 @@ def ember_runs(
             temperature=0.0, max_tokens=out_len, ignore_eos=True, detokenize=False
         )
         torch.cuda.synchronize()
+        llm.engine.core.step_times = StepTimes()
         t = time.perf_counter()
         outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
         torch.cuda.synchronize()
         assert all(len(o.outputs[0].token_ids) == out_len for o in outs)
-        return time.perf_counter() - t
+        elapsed = time.perf_counter() - t
+        print(
+            f"  [{len(prompts)} x {out_len}] {elapsed:.3f} s; {llm.engine.core.step_times.summary()}"
+        )
+        return elapsed
 
     results: dict[str, Any] = {"startup_s": startup}
     p1 = random_prompts(1, args.input_len_b1, vocab, seed=1)

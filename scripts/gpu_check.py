@@ -29,6 +29,7 @@ from ember.ops.attention_ref import paged_attention_ref, write_kv
 from ember.ops.triton_attention import KernelConfig, kv_splits_for, paged_attention_into
 from ember.ops.triton_kv import write_kv_triton
 from scripts.gpu_engine_check import section_engine
+from scripts.gpu_fused_check import section_fused
 
 Fn = Callable[[], None]
 
@@ -572,8 +573,9 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], bool]] = {
     "prefill": section_prefill,
     "tune": section_tune,
     "engine": section_engine,
+    "fused": section_fused,
 }
-DEFAULT_SECTIONS = ["correctness", "decode", "prefill", "engine"]
+DEFAULT_SECTIONS = ["correctness", "fused", "decode", "prefill", "engine"]
 
 
 def main() -> int:

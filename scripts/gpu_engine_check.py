@@ -33,7 +33,6 @@ def _prompts() -> list[list[int]]:
 
 def section_engine(args: argparse.Namespace) -> bool:
     from ember import LLM, SamplingParams
-    from tests.engine.hf_models import hf_greedy
 
     ok = True
     steps = 24
@@ -43,7 +42,7 @@ def section_engine(args: argparse.Namespace) -> bool:
         with tempfile.TemporaryDirectory() as tmp:
             hf = _hf_model(arch, Path(tmp)).to("cuda")
             prompts = _prompts()
-            expected = [hf_greedy_cuda(hf, p, steps) for p in prompts]
+            expected, gaps = zip(*(hf_greedy_cuda(hf, p, steps) for p in prompts), strict=True)
             for mode, kwargs in (
                 ("fp32 graphs", {}),
                 ("fp32 eager chunked(32)", {"enforce_eager": True, "max_num_batched_tokens": 32}),
@@ -52,17 +51,31 @@ def section_engine(args: argparse.Namespace) -> bool:
                 outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
                 got = [o.outputs[0].token_ids for o in outs]
                 same = sum(g == e for g, e in zip(got, expected, strict=True))
-                passed = same == len(prompts)
+                # A random model has near-ties; a divergence is only a failure where transformers'
+                # top-2 logit gap at that step was not tiny.
+                ties = sum(
+                    g != e and _diverges_at_tie(g, e, gap)
+                    for g, e, gap in zip(got, expected, gaps, strict=True)
+                )
+                passed = same + ties == len(prompts)
                 ok &= passed
-                print(f"{arch:10} {mode:26} {same}/{len(prompts)} {'PASS' if passed else 'FAIL'}")
+                note = f" ({ties} at near-ties)" if ties else ""
+                print(
+                    f"{arch:10} {mode:26} {same}/{len(prompts)}{note} {'PASS' if passed else 'FAIL'}"
+                )
                 del llm
             del hf
             torch.cuda.empty_cache()
-    _ = hf_greedy  # the CPU helper; the CUDA twin below keeps tensors on the GPU
     return ok
 
 
-def hf_greedy_cuda(model: Any, prompt_ids: list[int], n: int) -> list[int]:
+def _diverges_at_tie(got: list[int], expected: list[int], gaps: list[float]) -> bool:
+    first = next(i for i, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b)
+    return gaps[first] < 1e-3
+
+
+def hf_greedy_cuda(model: Any, prompt_ids: list[int], n: int) -> tuple[list[int], list[float]]:
+    """Greedy tokens and, per step, the gap between the top two logits."""
     ids = torch.tensor([prompt_ids], device="cuda")
     with torch.no_grad():
         out = model.generate(
@@ -72,5 +85,8 @@ def hf_greedy_cuda(model: Any, prompt_ids: list[int], n: int) -> list[int]:
             min_new_tokens=n,
             do_sample=False,
             pad_token_id=0,
+            output_scores=True,
+            return_dict_in_generate=True,
         )
-    return out[0, len(prompt_ids) :].tolist()
+    gaps = [float(s[0].topk(2).values.diff().abs()) for s in out.scores]
+    return out.sequences[0, len(prompt_ids) :].tolist(), gaps

@@ -71,6 +71,30 @@ class EngineStats:
     num_preemptions_total: int
 
 
+@dataclass(slots=True)
+class StepTimes:
+    """Where step time goes, cumulative seconds: scheduling, running the model (including the
+    wait for its result), and bookkeeping after it. For benchmarks and profiling."""
+
+    steps: int = 0
+    schedule_s: float = 0.0
+    execute_s: float = 0.0
+    update_s: float = 0.0
+
+    def add(self, schedule: float, execute: float, update: float) -> None:
+        self.steps += 1
+        self.schedule_s += schedule
+        self.execute_s += execute
+        self.update_s += update
+
+    def summary(self) -> str:
+        n = max(self.steps, 1)
+        return (
+            f"{self.steps} steps, per step: schedule {1e3 * self.schedule_s / n:.2f} ms, "
+            f"execute {1e3 * self.execute_s / n:.2f} ms, update {1e3 * self.update_s / n:.2f} ms"
+        )
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -119,6 +143,7 @@ class EngineCore:
         self.graph_capture_s = self.runner.capture()
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
+        self.step_times = StepTimes()
         log.info(
             "engine ready: %s on %s (%s), max_model_len=%d, kv blocks=%d x %d tokens",
             model_dir,
@@ -234,10 +259,13 @@ class EngineCore:
         return self.scheduler.has_unfinished()
 
     def step(self) -> list[EngineCoreOutput]:
+        t0 = time.perf_counter()
         sched = self.scheduler.schedule()
         if not sched:
             return []
+        t1 = time.perf_counter()
         reqs, sampled = self.runner.execute(sched)
+        t2 = time.perf_counter()
         tokens = (
             {r.request_id: t for r, t in zip(reqs, sampled.token_ids, strict=True)}
             if sampled
@@ -270,6 +298,7 @@ class EngineCore:
                     first_scheduled_time=req.first_scheduled_time,
                 )
             )
+        self.step_times.add(t1 - t0, t2 - t1, time.perf_counter() - t2)
         return outputs
 
     def stats(self, num_unfinished: int | None = None) -> EngineStats:

@@ -7,12 +7,16 @@ from typing import overload
 import torch
 from torch import nn
 
+from ember.ops import use_triton
+from ember.ops.triton_fused import rms_norm_triton
+
 
 class RMSNorm(nn.Module):
     """x / rms(x) * weight, normalised in float32 and scaled in the input dtype (as HF does).
 
     With `residual` given, the residual is added first (in the input dtype) and the sum is
-    returned as the new residual: `(norm(x + residual), x + residual)`.
+    returned as the new residual: `(norm(x + residual), x + residual)`. On CUDA one Triton kernel
+    does all of it and the sum is written into `residual` in place.
     """
 
     def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
@@ -36,6 +40,9 @@ class RMSNorm(nn.Module):
     def forward(
         self, x: torch.Tensor, residual: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if x.is_cuda and x.dim() == 2 and use_triton(x.device):
+            out = rms_norm_triton(x, self.weight, self.eps, residual)
+            return out if residual is None else (out, residual)
         if residual is None:
             return self._norm(x)
         x = x + residual

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 
 from ember.errors import ModelLoadError
+from ember.ops import use_triton
+from ember.ops.triton_fused import rotary_triton
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
@@ -73,7 +75,10 @@ class RotaryEmbedding(nn.Module):
     def forward(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotate q [T, Hq, D] and k [T, Hkv, D] at positions [T]; returns new tensors."""
+        """Rotate q [T, Hq, D] and k [T, Hkv, D] at positions [T]. Returns new tensors, or on
+        CUDA the same ones rotated in place by one Triton kernel."""
+        if q.is_cuda and use_triton(q.device):
+            return rotary_triton(positions, q, k, self.cos_cache, self.sin_cache)
         cos = self.cos_cache[positions].unsqueeze(1)  # [T, 1, D/2]
         sin = self.sin_cache[positions].unsqueeze(1)
         return _rotate(q, cos, sin), _rotate(k, cos, sin)

@@ -1,0 +1,69 @@
+"""The `fused` section of gpu_check.py: the Triton RMSNorm / rotary / SiLU-mul kernels against
+the PyTorch layers they replace, on CUDA, for each activation dtype."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+from ember.layers.rotary import RotaryEmbedding, _rotate
+from ember.ops.triton_fused import rms_norm_triton, rotary_triton, silu_and_mul_triton
+
+# Allowed max abs error: one rounding of the dtype on values of magnitude ~4.
+TOL = {torch.bfloat16: 6e-2, torch.float16: 8e-3, torch.float32: 1e-5}
+
+
+def _ref_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return w * xf.to(x.dtype)
+
+
+def _row(name: str, dtype: torch.dtype, err: float) -> bool:
+    ok = err <= TOL[dtype]
+    print(
+        f"{name:34} {str(dtype).removeprefix('torch.'):9} {err:10.2e}  {'PASS' if ok else 'FAIL'}"
+    )
+    return ok
+
+
+def section_fused(args: argparse.Namespace) -> bool:
+    dev = torch.device("cuda")
+    g = torch.Generator(device=dev).manual_seed(0)
+    ok = True
+    print(f"{'case':34} {'dtype':9} {'max abs':>10}")
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        for tokens, hidden in ((1, 4096), (7, 896), (300, 5376)):
+            x = torch.randn(tokens, hidden, device=dev, generator=g).to(dtype)
+            r = torch.randn(tokens, hidden, device=dev, generator=g).to(dtype)
+            w = (1 + 0.1 * torch.randn(hidden, device=dev, generator=g)).to(dtype)
+            err = (rms_norm_triton(x, w, 1e-5) - _ref_norm(x, w, 1e-5)).abs().max().item()
+            ok &= _row(f"rmsnorm {tokens}x{hidden}", dtype, err)
+            res = r.clone()
+            out = rms_norm_triton(x, w, 1e-5, res)
+            ref_sum = x + r
+            err = max(
+                (out - _ref_norm(ref_sum, w, 1e-5)).abs().max().item(),
+                (res - ref_sum).abs().max().item(),
+            )
+            ok &= _row(f"rmsnorm+residual {tokens}x{hidden}", dtype, err)
+        for tokens, hq, hkv, d in ((1, 32, 8, 128), (9, 14, 2, 64), (130, 16, 8, 256)):
+            rope = RotaryEmbedding(d, 4096, 500000.0).to(dev)
+            qkv = torch.randn(tokens, (hq + 2 * hkv) * d, device=dev, generator=g).to(dtype)
+            pos = torch.randint(0, 4096, (tokens,), device=dev, generator=g)
+            q = qkv[:, : hq * d].view(tokens, hq, d)
+            k = qkv[:, hq * d : (hq + hkv) * d].view(tokens, hkv, d)
+            cos = rope.cos_cache[pos].unsqueeze(1)
+            sin = rope.sin_cache[pos].unsqueeze(1)
+            q_ref, k_ref = _rotate(q.clone(), cos, sin), _rotate(k.clone(), cos, sin)
+            rotary_triton(pos, q, k, rope.cos_cache, rope.sin_cache)
+            err = max((q - q_ref).abs().max().item(), (k - k_ref).abs().max().item())
+            ok &= _row(f"rotary {tokens}t {hq}/{hkv}x{d}", dtype, err)
+        for tokens, d in ((1, 14336), (33, 4864), (257, 128)):
+            x = torch.randn(tokens, 2 * d, device=dev, generator=g).to(dtype)
+            gate, up = x.chunk(2, dim=-1)
+            err = (silu_and_mul_triton(x) - F.silu(gate) * up).abs().max().item()
+            ok &= _row(f"silu_and_mul {tokens}x{d}", dtype, err)
+    return ok
