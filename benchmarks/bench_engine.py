@@ -86,11 +86,14 @@ def ember_runs(
     )
     for b in args.batches:
         prompts = random_prompts(b, args.input_len, vocab, seed=b)
+        t_prefill = run(prompts, 1)
         t = run(prompts, args.output_len)
         results[f"b{b}_out_tok_s"] = b * args.output_len / t
+        step = (t - t_prefill) / (args.output_len - 1)
         print(
             f"ember batch {b}: {args.input_len} in / {args.output_len} out: {t:.2f} s, "
-            f"{b * args.output_len / t:.0f} output tok/s",
+            f"{b * args.output_len / t:.0f} output tok/s (prefill alone {t_prefill:.2f} s = "
+            f"{b * args.input_len / t_prefill:.0f} tok/s; then {1e3 * step:.1f} ms per step)",
             flush=True,
         )
     llm.engine.core.abort([])

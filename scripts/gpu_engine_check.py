@@ -60,6 +60,10 @@ def section_engine(args: argparse.Namespace) -> bool:
                 passed = same + ties == len(prompts)
                 ok &= passed
                 note = f" ({ties} at near-ties)" if ties else ""
+                for g, e, gap in zip(got, expected, gaps, strict=True):
+                    if g != e:
+                        i = next(j for j, (a, b) in enumerate(zip(g, e, strict=True)) if a != b)
+                        print(f"    diverges at step {i}: top-2 gap there {gap[i]:.2e}")
                 print(
                     f"{arch:10} {mode:26} {same}/{len(prompts)}{note} {'PASS' if passed else 'FAIL'}"
                 )

@@ -19,10 +19,11 @@ from ember.engine.request import Request, build_request
 from ember.engine.runner import ModelRunner
 from ember.engine.scheduler import Scheduler
 from ember.errors import InvalidRequestError
-from ember.layers.metadata import KVCache
+from ember.layers.metadata import AttentionMetadata, KVCache
 from ember.models.config import ModelConfig
 from ember.models.dummy import dummy_model
 from ember.models.loader import load_model, resolve_dtype
+from ember.ops import use_triton
 from ember.outputs import Logprob
 from ember.sampling_params import SamplingParams
 
@@ -80,18 +81,26 @@ class StepTimes:
     schedule_s: float = 0.0
     execute_s: float = 0.0
     update_s: float = 0.0
+    graph_steps: int = 0  # steps replayed from a CUDA graph
+    graph_execute_s: float = 0.0
 
-    def add(self, schedule: float, execute: float, update: float) -> None:
+    def add(self, schedule: float, execute: float, update: float, graph: bool) -> None:
         self.steps += 1
         self.schedule_s += schedule
         self.execute_s += execute
         self.update_s += update
+        if graph:
+            self.graph_steps += 1
+            self.graph_execute_s += execute
 
     def summary(self) -> str:
         n = max(self.steps, 1)
+        eager = max(self.steps - self.graph_steps, 1)
         return (
             f"{self.steps} steps, per step: schedule {1e3 * self.schedule_s / n:.2f} ms, "
-            f"execute {1e3 * self.execute_s / n:.2f} ms, update {1e3 * self.update_s / n:.2f} ms"
+            f"execute {1e3 * self.execute_s / n:.2f} ms, update {1e3 * self.update_s / n:.2f} ms; "
+            f"{self.graph_steps} graph steps at {1e3 * self.graph_execute_s / max(self.graph_steps, 1):.2f} ms, "
+            f"eager at {1e3 * (self.execute_s - self.graph_execute_s) / eager:.2f} ms"
         )
 
 
@@ -178,15 +187,12 @@ class EngineCore:
             return self.args.num_kv_blocks
         per_block = self._kv_bytes_per_block()
         blocks_per_seq = -(-self.max_model_len // self.block_size)
-        # Enough for every sequence at full length, plus as much again for the prefix cache.
-        useful = 2 * self.args.max_num_seqs * blocks_per_seq
         if self.device.type == "cuda":
-            free, total = torch.cuda.mem_get_info(self.device)
-            budget = int(total * self.args.gpu_memory_utilization) - (total - free)
-            budget -= self._activation_reserve_bytes()
+            num = self._cuda_kv_budget() // per_block
         else:
-            budget = int(self.args.kv_cache_memory_gb * 2**30)
-        num = min(useful, budget // per_block)
+            # Enough for every sequence at full length, plus as much again for the prefix cache.
+            useful = 2 * self.args.max_num_seqs * blocks_per_seq
+            num = min(useful, int(self.args.kv_cache_memory_gb * 2**30) // per_block)
         if num < blocks_per_seq:
             if num < 1:
                 raise InvalidRequestError(
@@ -195,6 +201,72 @@ class EngineCore:
                 )
             log.warning("KV cache holds %d tokens, less than max_model_len", num * self.block_size)
         return num
+
+    def _cuda_kv_budget(self) -> int:
+        """Bytes left for the KV cache: gpu_memory_utilization of the GPU, less what is in use
+        now, less the peak of a forward pass at the largest step (measured by running one when
+        Triton is there, which also compiles the prefill kernels before the first request)."""
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated(self.device)
+        if use_triton(self.device):
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._profile_run()
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device) - base
+            torch.cuda.empty_cache()
+        else:
+            peak = self._activation_reserve_bytes()
+        free, total = torch.cuda.mem_get_info(self.device)
+        # Headroom for the CUDA graphs' pool and the sampler's buffers at the largest batch.
+        headroom = 256 * 2**20 + 3 * self.args.max_num_seqs * self.model_config.vocab_size * 4
+        budget = int(total * self.args.gpu_memory_utilization) - (total - free) - peak - headroom
+        log.info(
+            "GPU memory: %.1f GiB total, %.1f GiB in use, forward peak %.2f GiB -> KV budget %.1f GiB",
+            total / 2**30,
+            (total - free) / 2**30,
+            peak / 2**30,
+            max(budget, 0) / 2**30,
+        )
+        return budget
+
+    @torch.inference_mode()
+    def _profile_run(self) -> None:
+        """One forward pass over max_num_batched_tokens prompt tokens against a one-block cache:
+        writes are skipped (slot -1) and reads see block 0, so it touches no real cache."""
+        c = self.model_config
+        tokens = self.args.max_num_batched_tokens
+        num_seqs = max(1, min(self.args.max_num_seqs, tokens // 256 or 1))
+        lens = [tokens // num_seqs] * num_seqs
+        lens[-1] += tokens - sum(lens)
+        starts = [0]
+        for n in lens:
+            starts.append(starts[-1] + n)
+        dev = self.device
+        blocks = -(-max(lens) // self.block_size)
+        meta = AttentionMetadata(
+            query_start_loc=torch.tensor(starts, dtype=torch.int32, device=dev),
+            seq_lens=torch.tensor(lens, dtype=torch.int32, device=dev),
+            block_tables=torch.zeros((num_seqs, blocks), dtype=torch.int32, device=dev),
+            slot_mapping=torch.full((tokens,), -1, dtype=torch.int64, device=dev),
+            max_query_len=max(lens),
+            max_seq_len=max(lens),
+            query_start_loc_cpu=starts,
+            seq_lens_cpu=lens,
+        )
+        shape = (1, self.block_size, c.num_key_value_heads, c.head_dim)
+        caches = [
+            (
+                torch.zeros(shape, dtype=self.dtype, device=dev),
+                torch.zeros(shape, dtype=self.dtype, device=dev),
+            )
+            for _ in range(c.num_hidden_layers)
+        ]
+        ids = torch.zeros(tokens, dtype=torch.int64, device=dev)
+        positions = torch.cat([torch.arange(n, device=dev) for n in lens])
+        hidden = self.model(ids, positions, caches, meta)
+        logits = self.model.compute_logits(hidden[torch.tensor(starts[1:], device=dev) - 1])
+        torch.softmax(logits, dim=-1)
 
     def _activation_reserve_bytes(self) -> int:
         c = self.model_config
@@ -298,7 +370,7 @@ class EngineCore:
                     first_scheduled_time=req.first_scheduled_time,
                 )
             )
-        self.step_times.add(t1 - t0, t2 - t1, time.perf_counter() - t2)
+        self.step_times.add(t1 - t0, t2 - t1, time.perf_counter() - t2, self.runner.last_step_graph)
         return outputs
 
     def stats(self, num_unfinished: int | None = None) -> EngineStats:

@@ -30,6 +30,7 @@ class ModelRunner:
         self.device = device
         self.sampler = Sampler(device)
         self.graphs: CudaGraphDecoder | None = None
+        self.last_step_graph = False
         if device.type == "cuda" and not enforce_eager and use_triton(device):
             self.graphs = CudaGraphDecoder(
                 model,
@@ -121,7 +122,8 @@ class ModelRunner:
     def execute(self, sched: SchedulerOutput) -> tuple[list[Request], SamplerOutput | None]:
         """Run one step. Returns the requests that get a token this step, in row order, and the
         sampler's result for them (None if every scheduled request was a mid-prompt chunk)."""
-        if self._is_graph_step(sched):
+        self.last_step_graph = self._is_graph_step(sched)
+        if self.last_step_graph:
             return self._execute_graph(sched)
         input_ids, positions, meta, rows, reqs = self.prepare(sched)
         hidden = self.model(input_ids, positions, self.kv_caches, meta)

@@ -31,7 +31,7 @@ from functools import cache
 import torch
 
 from ember.layers.metadata import AttentionMetadata
-from ember.ops.triton_kv import available, jit, next_power_of_2, tl
+from ember.ops.triton_kv import available, jit, jit_varying, next_power_of_2, tl
 
 __all__ = [
     "KernelConfig",
@@ -179,7 +179,7 @@ def _attend_tiles(
     return acc, l_i, m_i
 
 
-@jit
+@jit_varying("num_seqs", "num_splits")
 def _paged_attention_kernel(
     q_ptr,
     k_cache_ptr,
@@ -328,7 +328,7 @@ def _paged_attention_kernel(
         )
 
 
-@jit
+@jit_varying("num_splits")
 def _merge_splits_kernel(
     out_ptr,
     part_acc_ptr,

@@ -30,6 +30,15 @@ def _identity(fn: Any) -> Any:
 jit: Any = triton.jit if triton is not None else _identity
 
 
+def jit_varying(*names: str) -> Any:
+    """`triton.jit` for a kernel whose integer arguments `names` change from step to step (batch
+    sizes): Triton would otherwise compile a new variant when one becomes 1 or a multiple of 16,
+    stalling a live step for a second or more."""
+    if triton is None:
+        return _identity
+    return triton.jit(do_not_specialize=list(names))
+
+
 def available() -> bool:
     """True when the Triton kernels can run here: Triton is installed and a CUDA device is visible."""
     return triton is not None and torch.cuda.is_available()
