@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -58,17 +57,40 @@ SHAPES = {"llama-3.1-8b": LLAMA_8B, "qwen2.5-0.5b": QWEN25_05B}
 
 
 def dummy_model_dir(shape: str, root: Path) -> Path:
-    """A model directory with the shape's config.json and the tiny model's tokenizer files.
-    Weights come from `load_format="dummy"`; prompts are token ids, outputs are not decoded."""
-    from ember.registry import ModelStore, default_home
-
+    """A model directory with the shape's config.json and a word-level tokenizer covering its
+    whole vocabulary (token i decodes to "w{i}"), so every generated token has text to stream.
+    Weights come from `load_format="dummy"`."""
+    config = SHAPES[shape]
     out = root / shape
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(SHAPES[shape]))
-    tiny = ModelStore(default_home()).resolve("tiny").path
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(tiny / name, out / name)
+    (out / "config.json").write_text(json.dumps(config))
+    write_word_tokenizer(out, config["vocab_size"], config["bos_token_id"], config["eos_token_id"])
     return out
+
+
+def write_word_tokenizer(out: Path, vocab_size: int, bos_id: int, eos_id: int) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    specials = {bos_id: "<|begin_of_text|>", eos_id: "<|end_of_text|>"}
+    vocab = {specials.get(i, f"w{i}"): i for i in range(vocab_size)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens(list(specials.values()))
+    tok.save(str(out / "tokenizer.json"))
+    template = (
+        "{{ bos_token }}{% for m in messages %}{{ m['role'] }} {{ m['content'] }} {% endfor %}"
+        "{% if add_generation_prompt %}assistant {% endif %}"
+    )
+    (out / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token": specials[bos_id],
+                "eos_token": specials[eos_id],
+                "chat_template": template,
+            }
+        )
+    )
+    (out / "generation_config.json").write_text(json.dumps({"eos_token_id": eos_id}))
 
 
 def param_bytes(config: dict[str, Any], elem: int = 2) -> int:

@@ -77,6 +77,15 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
+
+
 def _nonempty(raw: str) -> str:
     if not raw.strip():
         raise ValueError("must not be empty")
@@ -276,6 +285,20 @@ class ServeConfig:
         "share of GPU memory ember may use for weights, activations and KV cache",
         _fraction,
     )
+    load_format: str = _opt(
+        "auto",
+        "--load-format",
+        "EMBER_LOAD_FORMAT",
+        "auto: the model's safetensors; dummy: random weights of its shapes (benchmarks)",
+        _choice("auto", "dummy"),
+    )
+    enforce_eager: bool = _opt(
+        False,
+        "--enforce-eager",
+        "EMBER_ENFORCE_EAGER",
+        "never run decode under CUDA graphs (a switch; the variable takes true/false)",
+        _bool,
+    )
     log_level: str = _opt(
         "info",
         "--log-level",
@@ -321,6 +344,8 @@ class ServeConfig:
             block_size=self.block_size,
             kv_cache_memory_gb=self.kv_cache_memory_gb,
             gpu_memory_utilization=self.gpu_memory_utilization,
+            load_format=self.load_format,
+            enforce_eager=self.enforce_eager,
         )
 
 
@@ -380,12 +405,23 @@ def add_config_arguments(parser: argparse.ArgumentParser, groups: tuple[str, ...
             continue
         default = meta["shown"] or f.default
         env = ", ".join(meta["env"])
+        help_text = f"{meta['help']} [env: {env}] (default: {default})"
+        if meta["parse"] is _bool:
+            parser.add_argument(
+                *meta["flags"],
+                dest=f.name,
+                default=None,
+                action="store_const",
+                const="true",
+                help=help_text,
+            )
+            continue
         parser.add_argument(
             *meta["flags"],
             dest=f.name,
             default=None,
             metavar=f.name.upper(),
-            help=f"{meta['help']} [env: {env}] (default: {default})",
+            help=help_text,
         )
 
 

@@ -1,0 +1,118 @@
+"""`ember serve` on one GPU through HTTP: process start -> /health 200 -> first token, then
+`ember bench` (vLLM's result table) at high concurrency and at concurrency 1.
+
+Random weights of a real shape (--load-format dummy) and a word-level tokenizer over the whole
+vocabulary, so every token streams as text. Weight loading is measured by bench_load.py.
+
+    python benchmarks/bench_serve.py --shape llama-3.1-8b
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from benchmarks.common import SHAPES, dummy_model_dir
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float) -> float:
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        if proc.poll() is not None:
+            raise SystemExit(f"ember serve exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=1) as r:
+                if r.status == 200:
+                    return time.perf_counter()
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise SystemExit("ember serve did not become ready in time")
+
+
+def first_token(url: str, model: str) -> float:
+    body = json.dumps({"model": model, "prompt": "w5 w6 w7", "max_tokens": 1}).encode()
+    req = urllib.request.Request(
+        url + "/v1/completions", body, {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=60) as r:
+        json.load(r)
+    return time.perf_counter()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--shape", default="llama-3.1-8b", choices=sorted(SHAPES))
+    ap.add_argument("--num-prompts", type=int, default=512)
+    ap.add_argument("--concurrency", type=int, default=256)
+    ap.add_argument("--input-len", type=int, default=512)
+    ap.add_argument("--output-len", type=int, default=256)
+    ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    args = ap.parse_args()
+
+    from ember.bench import BenchConfig, format_result, run_benchmark
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = dummy_model_dir(args.shape, Path(tmp))
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        cmd = [
+            sys.executable, "-m", "ember.cli", "serve", str(model_dir),
+            "--port", str(port), "--load-format", "dummy",
+            "--num-parallel", str(args.concurrency), "--max-queue", "100000",
+            "--context-length", "4096",
+            "--max-num-batched-tokens", str(args.max_num_batched_tokens),
+            "--served-model-name", args.shape,
+        ]  # fmt: skip
+        t_start = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        try:
+            t_ready = wait_ready(url, proc, timeout=300)
+            t_first = first_token(url, args.shape)
+            print(
+                f"process start -> /health 200: {t_ready - t_start:.2f} s; "
+                f"-> first token: {t_first - t_start:.2f} s",
+                flush=True,
+            )
+            for concurrency, num, in_len, out_len in (
+                (1, 8, 128, 256),
+                (args.concurrency, args.num_prompts, args.input_len, args.output_len),
+            ):
+                config = BenchConfig(
+                    base_url=url,
+                    model=args.shape,
+                    endpoint="/v1/completions",
+                    input_len=in_len,
+                    output_len=out_len,
+                    num_prompts=num,
+                    max_concurrency=concurrency,
+                    ignore_eos=True,
+                    tokenizer=str(model_dir),
+                    progress=False,
+                )
+                result = asyncio.run(run_benchmark(config))
+                print(format_result(result), flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
