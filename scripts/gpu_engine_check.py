@@ -93,9 +93,12 @@ def hf_greedy(model: Any, prompt_ids: list[int], n: int) -> tuple[list[int], lis
             max_new_tokens=n,
             min_new_tokens=n,
             do_sample=False,
+            # ember runs with ignore_eos, which never masks EOS; HF's min_new_tokens would mask
+            # the config's eos_token_id (2 for Llama/Mistral configs) to -inf.
+            eos_token_id=None,
             pad_token_id=0,
-            output_scores=True,
+            output_logits=True,
             return_dict_in_generate=True,
         )
-    gaps = [float(s[0].topk(2).values.diff().abs()) for s in out.scores]
+    gaps = [float(s[0].topk(2).values.diff().abs()) for s in out.logits]  # raw, unprocessed
     return out.sequences[0, len(prompt_ids) :].tolist(), gaps
