@@ -1,4 +1,4 @@
-"""The `ember` command: serve, run, --version.
+"""The `ember` command: serve, run, pull, bench, --version.
 
 Imports are lazy so that `ember --help` and `ember --version` never import torch.
 """
@@ -60,6 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=None, help="sampling seed")
     add_config_arguments(run, ("model", "engine"))
 
+    pull = sub.add_parser(
+        "pull",
+        help="copy a model from s3://, gs://, http(s)://, hf:// or a folder into the model store",
+        description="Copy the model at SOURCE into the local model store as NAME (default: "
+        "SOURCE's last path component, tagged latest); then 'ember serve NAME' serves it. "
+        "Resumable: run it again after an interruption. sha256 is checked against the "
+        "source's NAME.sha256 / SHA256SUMS files where it has them, and recorded either way.",
+        epilog=_EPILOG,
+    )
+    pull.add_argument("source", metavar="SOURCE", help="s3://, gs://, http(s)://, hf:// or path")
+    pull.add_argument("name", nargs="?", metavar="NAME", help="store name, [namespace/]model[:tag]")
+    pull.add_argument("--home", default=None, help="ember's home [env: EMBER_HOME]")
+
     from ember.bench.cli import DESCRIPTION, add_arguments
 
     bench = sub.add_parser(
@@ -87,6 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return bench(args)
     try:
+        if args.command == "pull":
+            from ember.registry.pull import pull_command
+
+            home = ServeConfig.from_sources({"home": args.home}, os.environ).home
+            return pull_command(args.source, args.name, home)
         config = _config(args)
     except ConfigError as e:
         parser.exit(2, f"ember: error: {e}\n")
@@ -125,13 +143,13 @@ async def _run_async(config: ServeConfig, prompt: str, options: dict[str, Any]) 
 
     from ember.errors import InvalidRequestError
     from ember.registry import ModelStore
-    from ember.server.served_model import make_engine
+    from ember.server.served_model import engine_args, make_engine
 
     store = ModelStore(config.home)
     local = await asyncio.to_thread(store.resolve, config.model)
     defaults = dict(await asyncio.to_thread(store.params, local))
     system = await asyncio.to_thread(store.system, local)
-    args = config.engine_args(str(local.path), config.served_model_name or local.name)
+    args = engine_args(config, local, config.served_model_name or local.name, store)
     engine = await asyncio.to_thread(make_engine, args)
     try:
         chat = _Chat(engine, defaults, options, system)

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+# Start-up progress: (phase, bytes done, bytes total). Phases in order: "cuda_init", "weights"
+# (called again as weight bytes arrive), "kv_cache", "graph_capture"; bytes are 0 outside
+# "weights". Called from the thread that builds the engine.
+StartupProgress = Callable[[str, int, int], None]
 
 
 @dataclass(slots=True)
 class EngineArgs:
-    model: str  # a Hugging Face-style model directory
+    # A model directory, or a URI (file://, s3://, gs://, http(s)://, hf://org/name[@rev]) whose
+    # config and tokenizer files are fetched into cache_dir and whose weights are streamed.
+    model: str
     served_model_name: str | None = None  # defaults to the directory's name
     dtype: str = "auto"  # "auto" | "float32" | "bfloat16" | "float16"
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
@@ -22,3 +31,31 @@ class EngineArgs:
     seed: int = 0
     load_format: str = "auto"  # "auto": the checkpoint's safetensors; "dummy": random weights
     enforce_eager: bool = False  # no CUDA graphs
+    # Where the weights stream from when that is not `model`: the URI whose small files `model`
+    # holds (set by resolved(), or by a caller that fetched them itself).
+    weights: str | None = None
+    cache_dir: str | None = None  # remote models' local files; default $EMBER_HOME/cache
+    cache_weights: bool = True  # write remote weights through to cache_dir while they stream
+    # In-process only: a callable does not cross to the core's process, whose client forwards
+    # the core's progress messages to it instead (core_client.py).
+    progress: StartupProgress | None = None
+
+    def resolved(self) -> EngineArgs:
+        """These args with `model` a local directory. A URI's config and tokenizer files are
+        fetched into the cache (once per process) and `weights` is set to the URI, unless the
+        cache already holds the whole model, which is then read from there."""
+        if self.weights is not None:
+            return self
+        from ember.registry.remote import default_cache_dir, is_uri, model_files
+
+        if not is_uri(self.model):
+            return self
+        cache_dir = Path(self.cache_dir) if self.cache_dir else default_cache_dir()
+        files = model_files(self.model, cache_dir)
+        weights = None if files.weights == str(files.config_dir) else files.weights
+        return replace(self, model=str(files.config_dir), weights=weights, cache_dir=str(cache_dir))
+
+    @property
+    def weights_cache_dir(self) -> str | None:
+        """The write-through cache for the weights, or None to stream them only."""
+        return self.cache_dir if self.cache_weights else None

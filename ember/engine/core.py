@@ -18,11 +18,11 @@ from ember.engine.kv_cache import KVCacheManager
 from ember.engine.request import Request, build_request
 from ember.engine.runner import ModelRunner
 from ember.engine.scheduler import Scheduler
+from ember.engine.startup import StartupTimes, init_cuda, load_weights, report_phase
 from ember.errors import InvalidRequestError
 from ember.layers.metadata import AttentionMetadata, KVCache
 from ember.models.config import ModelConfig
-from ember.models.dummy import dummy_model
-from ember.models.loader import load_model, resolve_dtype
+from ember.models.loader import resolve_dtype
 from ember.ops import use_triton
 from ember.outputs import Logprob
 from ember.sampling_params import SamplingParams
@@ -55,6 +55,7 @@ class CoreInfo:
     block_size: int
     load_weights_s: float
     device: str
+    startup: StartupTimes
 
 
 @dataclass(slots=True)
@@ -117,22 +118,20 @@ def resolve_device(name: str) -> torch.device:
 
 class EngineCore:
     def __init__(self, args: EngineArgs) -> None:
+        args = args.resolved()  # a URI: config and tokenizer files fetched, weights to stream
         self.args = args
+        self.startup = StartupTimes()
         self.device = resolve_device(args.device)
+        self.startup.cuda_init_s = init_cuda(args, self.device)
         model_dir = Path(args.model)
         self.model_config = ModelConfig.from_dir(model_dir)
         self.dtype = resolve_dtype(args.dtype, self.model_config, self.device)
         torch.manual_seed(args.seed)
         t0 = time.monotonic()
-        if args.load_format == "dummy":
-            self.model = dummy_model(model_dir, self.dtype, self.device, args.seed)
-        elif args.load_format == "auto":
-            self.model = load_model(model_dir, self.dtype, self.device)
-        else:
-            raise InvalidRequestError(
-                f"load_format must be 'auto' or 'dummy', got {args.load_format!r}"
-            )
-        self.load_weights_s = time.monotonic() - t0
+        self.model = load_weights(args, model_dir, self.dtype, self.device, self.startup)
+        self.load_weights_s = self.startup.load_weights_s = time.monotonic() - t0
+        report_phase(args, "kv_cache")
+        t0 = time.monotonic()
         self.block_size = args.block_size
         self.max_model_len = self._resolve_max_model_len()
         num_blocks = self._num_blocks()
@@ -140,6 +139,8 @@ class EngineCore:
         self.max_model_len = min(self.max_model_len, num_blocks * self.block_size)
         self.kv = KVCacheManager(num_blocks, self.block_size, args.enable_prefix_caching)
         self.scheduler = Scheduler(self.kv, args.max_num_seqs, args.max_num_batched_tokens)
+        self.startup.kv_cache_s = time.monotonic() - t0
+        report_phase(args, "graph_capture")
         self.runner = ModelRunner(
             self.model,
             self.kv_caches,
@@ -149,13 +150,14 @@ class EngineCore:
             max_model_len=self.max_model_len,
             enforce_eager=args.enforce_eager,
         )
-        self.graph_capture_s = self.runner.capture()
+        self.graph_capture_s = self.startup.graph_capture_s = self.runner.capture()
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
         self.step_times = StepTimes()
+        log.info("engine start-up: %s", self.startup.summary())
         log.info(
             "engine ready: %s on %s (%s), max_model_len=%d, kv blocks=%d x %d tokens",
-            model_dir,
+            args.weights or model_dir,
             self.device,
             self.dtype,
             self.max_model_len,
@@ -317,6 +319,7 @@ class EngineCore:
             block_size=self.block_size,
             load_weights_s=self.load_weights_s,
             device=str(self.device),
+            startup=self.startup,
         )
 
     def add_request(self, req: Request) -> None:

@@ -14,7 +14,7 @@ import multiprocessing as mp
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
@@ -136,6 +136,8 @@ class _ConnInbox:
 
 
 def _core_process_main(args: EngineArgs, inbox: Connection, outbox: Connection) -> None:
+    # Start-up progress crosses to the API process as messages before "ready".
+    args.progress = lambda phase, done, total: outbox.send(("progress", (phase, done, total)))
     try:
         core = EngineCore(args)
     except BaseException as e:
@@ -152,6 +154,10 @@ def _core_process_main(args: EngineArgs, inbox: Connection, outbox: Connection) 
 
 class MPCoreClient:
     def __init__(self, args: EngineArgs) -> None:
+        """Start the core's process and wait until it has loaded; its start-up progress is
+        forwarded to args.progress (called on this thread)."""
+        progress = args.progress
+        args = replace(args, progress=None)  # a callable does not pickle; messages carry it
         ctx = mp.get_context("spawn")
         to_core_r, self._to_core = ctx.Pipe(duplex=False)
         self._from_core, from_core_w = ctx.Pipe(duplex=False)
@@ -167,6 +173,10 @@ class MPCoreClient:
         from_core_w.close()
         try:
             kind, payload = self._from_core.recv()
+            while kind == "progress":
+                if progress is not None:
+                    progress(*payload)
+                kind, payload = self._from_core.recv()
         except EOFError:
             raise ModelLoadError(
                 f"the engine process exited while loading (exit code {self.process.exitcode})"

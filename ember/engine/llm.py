@@ -23,7 +23,12 @@ PromptType = str | TokensPrompt
 
 
 def resolve_model_dir(model: str) -> str:
-    """A directory is used as it is; anything else is a name in the local model store."""
+    """A directory or a source URI (s3://, gs://, http(s)://, hf://, file://) is used as it is;
+    anything else is a name in the local model store."""
+    from ember.registry.remote import is_uri
+
+    if is_uri(model):
+        return model
     if Path(model).expanduser().is_dir():
         return str(Path(model).expanduser())
     from ember.registry import ModelStore, default_home

@@ -1,4 +1,5 @@
-"""The local model store: names, `ember list`/`show`/`rm`/`cp`, and the built-in `tiny` model."""
+"""The local model store: names, `ember list`/`show`/`rm`/`cp`/`pull`, the built-in `tiny` model,
+and models named by URI (remote.py)."""
 
 from ember.registry.details import ModelDetails
 from ember.registry.names import ModelName, parse_name

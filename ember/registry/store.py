@@ -9,7 +9,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 from ember.errors import InvalidRequestError, ModelLoadError, ModelNotFoundError
 from ember.registry.details import ModelDetails, inspect_dir
 from ember.registry.names import DEFAULT_TAG, ModelName, parse_name
+from ember.registry.remote import default_name, is_uri, model_files
 from ember.registry.tiny import TINY_NAME, ensure_tiny
 
 # The file whose presence makes a folder a model, so a pull must write it last (or rename the
@@ -37,6 +38,9 @@ class LocalModel:
     modified_at: datetime  # UTC
     digest: str  # sha256 hex over file names, sizes and mtimes
     details: ModelDetails
+    # For a model named by URI: where its weights stream from (`path` then holds only its
+    # config and tokenizer files); None when `path` holds the weights too.
+    source: str | None = None
 
 
 def _is_explicit_path(text: str) -> bool:
@@ -59,6 +63,12 @@ class ModelStore:
     def __init__(self, home: Path) -> None:
         self.home = Path(home).expanduser()
         self.models_dir = self.home / "models"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Remote models' local files: fetched config and tokenizer files, written-through
+        weights (see ember/loader/cache.py)."""
+        return self.home / "cache"
 
     def path_for(self, name: str) -> Path:
         """The folder where the model `name` lives (or will live once pulled)."""
@@ -85,6 +95,15 @@ class ModelStore:
             )
         return self._load(f"{path.name}:{DEFAULT_TAG}", path)
 
+    def _from_uri(self, uri: str) -> LocalModel:
+        files = model_files(uri, self.cache_dir)
+        model = self._load(default_name(uri), files.config_dir)
+        if not files.remote:
+            return model
+        # The weights are elsewhere: the folder holds no safetensors to inspect.
+        details = replace(model.details, format="safetensors")
+        return replace(model, details=details, source=files.weights)
+
     def _find(self, name: ModelName) -> Path | None:
         path = self.models_dir / name.relpath
         if (path / MODEL_MARKER).is_file():
@@ -99,9 +118,13 @@ class ModelStore:
         return None
 
     def resolve(self, name_or_path: str) -> LocalModel:
-        """A model by store name (`tiny`, `llama3.2:1b`) or by directory path. A store name
-        wins over a relative folder of the same name; `./name` always means the folder."""
+        """A model by store name (`tiny`, `llama3.2:1b`), by directory path, or by URI (s3://,
+        gs://, http(s)://, hf://, file://: its config and tokenizer files are fetched into the
+        cache now, see remote.py). A store name wins over a relative folder of the same name;
+        `./name` always means the folder."""
         text = name_or_path.strip()
+        if is_uri(text):
+            return self._from_uri(text)
         if _is_explicit_path(text):
             return self._from_dir(text)
         try:

@@ -1,5 +1,5 @@
-"""Probes and scrapes: /live (the process runs), /health (the model is loaded and warmed),
-/metrics (Prometheus), /version (vLLM's)."""
+"""Probes and scrapes: /live (the process runs), /health (the model is loaded and warmed; 503
+with load progress until then), /metrics (Prometheus), /version (vLLM's)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ async def health(request: Request) -> JSONResponse:
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    return Response(get_context(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    ctx = get_context(request)
+    ctx.metrics.set_startup(ctx.served.startup_phases())
+    return Response(ctx.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/version")

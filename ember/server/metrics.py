@@ -7,10 +7,10 @@ server from each RequestOutput's timestamps as outputs stream by.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -141,6 +141,20 @@ class ServerMetrics:
             buckets=REQUEST_BUCKETS,
             registry=r,
         )
+
+        self.startup_phase = Gauge(
+            "ember:startup_phase_seconds",
+            "Seconds each start-up phase took (imports, resolve, cuda_init, weights, kv_cache, "
+            "graph_capture, warmup; total is process start to ready).",
+            ["model_name", "phase"],
+            registry=r,
+        )
+
+    def set_startup(self, phases: Mapping[str, float]) -> None:
+        """Publish the start-up phases (phase -> seconds); nothing until the model is ready."""
+        name = self._model_name()
+        for phase, seconds in phases.items():
+            self.startup_phase.labels(name, phase).set(seconds)
 
     def track(self) -> RequestTracker:
         return RequestTracker(self)

@@ -1,15 +1,19 @@
 """The one model this server serves: resolved, loaded in the background, warmed, then ready.
 
-uvicorn starts listening while the model loads. `/health` reports the load; requests that arrive
-meanwhile wait for it (as Ollama's do) instead of failing.
+uvicorn starts listening while the model loads. `/health` reports the load (phase, weight bytes
+done and total); requests that arrive meanwhile wait for it (as Ollama's do) instead of failing.
+Once ready, /health and /metrics report how long each start-up phase took.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ember.config import ServeConfig
@@ -17,12 +21,65 @@ from ember.errors import InvalidRequestError, ModelLoadError, ModelNotFoundError
 from ember.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
+    from ember.engine.args import EngineArgs, StartupProgress
     from ember.engine.async_engine import AsyncEngine
+    from ember.engine.startup import StartupTimes
     from ember.registry import LocalModel, ModelStore
 
 log = logging.getLogger("ember.server")
 
 Status = Literal["loading", "ok", "failed"]
+
+# The engine's start-up phases (engine/args.py StartupProgress) as /health names them.
+_ENGINE_PHASES = {
+    "cuda_init": "initialising CUDA",
+    "weights": "loading weights",
+    "kv_cache": "allocating KV cache",
+    "graph_capture": "capturing CUDA graphs",
+}
+
+
+@dataclass(slots=True)
+class Startup:
+    """Seconds from process start to ready, by phase."""
+
+    imports_s: float = 0.0  # interpreter, server and engine imports (torch)
+    resolve_s: float = 0.0  # finding the model; for a URI, fetching its config and tokenizer
+    engine: StartupTimes | None = None  # CUDA init, weights, KV cache, graph capture
+    warmup_s: float = 0.0
+    total_s: float = 0.0  # process start to ready
+
+    def phases(self) -> dict[str, float]:
+        """Phase name -> seconds, as the ember:startup_phase_seconds gauge labels them."""
+        e = self.engine
+        engine = (
+            {
+                "cuda_init": e.cuda_init_s,
+                "weights": e.load_weights_s,
+                "kv_cache": e.kv_cache_s,
+                "graph_capture": e.graph_capture_s,
+            }
+            if e is not None
+            else {}
+        )
+        return {
+            "imports": self.imports_s,
+            "resolve": self.resolve_s,
+            **engine,
+            "warmup": self.warmup_s,
+            "total": self.total_s,
+        }
+
+    def body(self) -> dict[str, float | int]:
+        """/health's "startup" object: each phase in seconds, and the weights read."""
+        out: dict[str, float | int] = {f"{k}_s": round(v, 3) for k, v in self.phases().items()}
+        if self.engine is not None:
+            out["weights_bytes"] = self.engine.weights_bytes
+            out["weights_gb_per_s"] = round(self.engine.weights_gb_per_s, 3)
+        return out
+
+    def summary(self) -> str:
+        return ", ".join(f"{k} {v:.2f}s" for k, v in self.phases().items())
 
 
 def base_name(name: str) -> str:
@@ -42,7 +99,11 @@ class ServedModel:
         self.default_options: dict[str, Any] = {}  # Ollama-style options from params.json
         self.default_system: str | None = None  # the model's `system` file, as Ollama's SYSTEM
         self.started_at = time.monotonic()
+        self.process_started_at = self.started_at - process_age_s()
         self.ready_at: float | None = None
+        self.bytes_done = 0  # weight bytes read so far, of bytes_total (0 until known)
+        self.bytes_total = 0
+        self.startup = Startup()
         self.num_waiting_for_load = 0
         self.on_failed: Callable[[], None] | None = None
         self._ready = asyncio.Event()
@@ -80,28 +141,41 @@ class ServedModel:
 
     async def load(self) -> None:
         """Resolve, load and warm up the model. Never raises: failures land in status/error."""
+        from ember.registry.remote import is_uri
+
+        startup = self.startup
         try:
-            self.phase = "resolving model"
+            t0 = time.monotonic()
+            self.phase = "importing the engine"
+            startup.imports_s = t0 - self.process_started_at
+            startup.imports_s += await asyncio.to_thread(import_engine)
+            t0 = time.monotonic()
+            self.phase = "fetching model files" if is_uri(self.config.model) else "resolving model"
             store = self.store()
             local = await asyncio.to_thread(store.resolve, self.config.model)
             self.local_model = local
             self._names.add(base_name(local.name))
             self.default_options = dict(await asyncio.to_thread(store.params, local))
             self.default_system = await asyncio.to_thread(store.system, local)
+            startup.resolve_s = time.monotonic() - t0
             self.phase = "loading weights"
-            args = self.config.engine_args(str(local.path), self.name)
+            args = engine_args(self.config, local, self.name, store, self._on_progress)
             engine = await asyncio.to_thread(make_engine, args)
             self.engine = engine
+            startup.engine = engine.info.startup
             self.phase = "warming up"
+            t0 = time.monotonic()
             await _warm_up(engine)
+            startup.warmup_s = time.monotonic() - t0
             self.status = "ok"
             self.phase = "ready"
             self.ready_at = time.monotonic()
+            startup.total_s = self.ready_at - self.process_started_at
             log.info(
-                "model %s ready: load %.2fs, ready %.2fs after start, max_model_len %d",
+                "model %s ready %.2fs after process start (%s), max_model_len %d",
                 self.name,
-                engine.load_duration_s,
-                self.ready_at - self.started_at,
+                startup.total_s,
+                startup.summary(),
                 engine.max_model_len,
             )
         except Exception as e:  # a failed load must not kill the listener before /health says so
@@ -115,6 +189,16 @@ class ServedModel:
                 self.on_failed()
         finally:
             self._ready.set()
+
+    def _on_progress(self, phase: str, done: int, total: int) -> None:
+        """The engine's start-up progress (from the thread that builds it)."""
+        self.phase = _ENGINE_PHASES.get(phase, phase)
+        if phase == "weights":
+            self.bytes_done, self.bytes_total = done, total
+
+    def startup_phases(self) -> dict[str, float]:
+        """Seconds per start-up phase once ready ({} before)."""
+        return self.startup.phases() if self.status == "ok" else {}
 
     async def wait_ready(self) -> AsyncEngine:
         """The engine, once loaded; raises ModelLoadError if the load failed."""
@@ -135,12 +219,14 @@ class ServedModel:
             self.phase = "failed"
             self.error = f"the engine stopped: {getattr(self.engine, 'error', None)}"
         if self.status == "ok":
-            return 200, {"status": "ok", "model": self.name}
+            return 200, {"status": "ok", "model": self.name, "startup": self.startup.body()}
         body: dict[str, Any] = {
             "status": self.status,
             "model": self.name,
             "phase": self.phase,
-            "elapsed_s": round(time.monotonic() - self.started_at, 3),
+            "bytes_done": self.bytes_done,
+            "bytes_total": self.bytes_total,
+            "elapsed_s": round(time.monotonic() - self.process_started_at, 3),
         }
         if self.error is not None:
             body["error"] = self.error
@@ -151,10 +237,43 @@ class ServedModel:
             self.engine.shutdown()
 
 
-def make_engine(args: Any) -> AsyncEngine:
+def import_engine() -> float:
+    """Import the engine (and torch) now; returns the seconds it took."""
+    t0 = time.monotonic()
+    import ember.engine.async_engine  # noqa: F401
+
+    return time.monotonic() - t0
+
+
+def make_engine(args: EngineArgs) -> AsyncEngine:
     from ember.engine.async_engine import AsyncEngine  # torch is imported here, off the loop
 
     return AsyncEngine(args)
+
+
+def engine_args(
+    config: ServeConfig,
+    local: LocalModel,
+    name: str,
+    store: ModelStore,
+    progress: StartupProgress | None = None,
+) -> EngineArgs:
+    """The engine's arguments for a resolved model: for one named by URI, its config and
+    tokenizer files are in local.path and its weights stream from local.source, written through
+    to the store's cache."""
+    args = config.engine_args(str(local.path), name)
+    return replace(args, weights=local.source, cache_dir=str(store.cache_dir), progress=progress)
+
+
+def process_age_s() -> float:
+    """Seconds since this process started (from /proc on Linux; 0 where that is unknown)."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        start_ticks = int(stat.rsplit(")", 1)[1].split()[19])
+        uptime_s = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime_s - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 async def _warm_up(engine: AsyncEngine) -> None:

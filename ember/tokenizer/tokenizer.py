@@ -42,6 +42,12 @@ class Tokenizer:
 
     @classmethod
     def from_dir(cls, path: str | Path) -> Tokenizer:
+        """The tokenizer of a model directory, or of a model URI (s3://, gs://, http(s)://,
+        hf://, file://), whose files are fetched into $EMBER_HOME/cache first."""
+        if "://" in str(path):
+            from ember.registry.remote import model_files
+
+            path = model_files(str(path)).config_dir
         path = Path(path)
         file = path / "tokenizer.json"
         if not file.is_file():

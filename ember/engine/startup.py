@@ -1,0 +1,85 @@
+"""The engine's start-up steps that are timed and reported: CUDA init and the weights.
+
+Each phase is reported through EngineArgs.progress as it begins (the weights also as their bytes
+arrive), so that /health can say what a starting server is doing; the seconds each took are kept
+in StartupTimes, which the core hands to the API side with its CoreInfo.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ember.engine.args import EngineArgs
+from ember.errors import InvalidRequestError
+from ember.models.base import CausalLM
+from ember.models.dummy import dummy_model
+from ember.models.loader import load_model
+
+
+@dataclass(slots=True)
+class StartupTimes:
+    """The engine's start-up phases in seconds, and the weights it read."""
+
+    cuda_init_s: float = 0.0
+    load_weights_s: float = 0.0
+    weights_bytes: int = 0  # 0 for --load-format dummy
+    kv_cache_s: float = 0.0  # sizing (a profiling forward pass on CUDA) and allocation
+    graph_capture_s: float = 0.0
+
+    @property
+    def weights_gb_per_s(self) -> float:
+        return self.weights_bytes / self.load_weights_s / 1e9 if self.load_weights_s > 0 else 0.0
+
+    def summary(self) -> str:
+        return (
+            f"CUDA init {self.cuda_init_s:.2f} s, weights {self.weights_bytes / 1e9:.3f} GB in "
+            f"{self.load_weights_s:.2f} s ({self.weights_gb_per_s:.2f} GB/s), KV cache "
+            f"{self.kv_cache_s:.2f} s, graph capture {self.graph_capture_s:.2f} s"
+        )
+
+
+def report_phase(args: EngineArgs, phase: str, done: int = 0, total: int = 0) -> None:
+    if args.progress is not None:
+        args.progress(phase, done, total)
+
+
+def init_cuda(args: EngineArgs, device: torch.device) -> float:
+    """Seconds to create the CUDA context (0 on the CPU), timed apart from the weights."""
+    if device.type != "cuda":
+        return 0.0
+    report_phase(args, "cuda_init")
+    t0 = time.monotonic()
+    torch.cuda.init()
+    torch.empty(1, device=device)
+    torch.cuda.synchronize(device)
+    return time.monotonic() - t0
+
+
+def load_weights(
+    args: EngineArgs,
+    model_dir: Path,
+    dtype: torch.dtype,
+    device: torch.device,
+    startup: StartupTimes,
+) -> CausalLM:
+    """The model with its weights: streamed from args.weights (a URI) or model_dir, written
+    through to the cache when args say so; random ones for load_format 'dummy'."""
+    report_phase(args, "weights")
+    if args.load_format == "dummy":
+        return dummy_model(model_dir, dtype, device, args.seed)
+    if args.load_format != "auto":
+        raise InvalidRequestError(
+            f"load_format must be 'auto' or 'dummy', got {args.load_format!r}"
+        )
+
+    def progress(done: int, total: int) -> None:
+        startup.weights_bytes = total
+        report_phase(args, "weights", done, total)
+
+    return load_model(
+        args.weights or model_dir, dtype, device, progress, cache_dir=args.weights_cache_dir
+    )

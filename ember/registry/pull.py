@@ -1,0 +1,333 @@
+"""`ember pull SOURCE [NAME]`: copy a model from anywhere the loader reads (s3://, gs://,
+http(s)://, hf://, file://, a directory) into the local store as models/NAME/TAG/.
+
+- Files land in a hidden staging folder next to the target, each as NAME.part until complete.
+  A pull that was interrupted continues each .part from its length with range reads.
+- sha256 is computed as bytes arrive. Where the source publishes digests (NAME.sha256,
+  SHA256SUMS, see digests.py) a mismatch fails the pull; either way the digests are recorded in
+  the model's .ember-pull.json.
+- The finished folder is renamed into place: the store never shows half a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ember.errors import EmberError, ModelLoadError
+from ember.registry.digests import MANIFESTS, SUFFIX, Digest, expected_digests, is_digest_file
+from ember.registry.names import parse_name
+from ember.registry.remote import PROBED_FILES, default_name, is_small_file
+from ember.registry.store import LocalModel, ModelStore
+
+if TYPE_CHECKING:
+    from ember.loader import Source
+
+RECORD = ".ember-pull.json"  # in the pulled model: where it came from, each file's sha256
+STATE = ".ember-pull-state.json"  # in the staging folder: the source and the files done
+PART = ".part"
+CHUNK_BYTES = 8 * 1024 * 1024
+READ_AHEAD = 8  # range reads in flight per file; written in order, so a .part is a prefix
+
+FileProgress = Callable[[str, int, int], None]  # (file name, bytes done, bytes total)
+
+
+@dataclass(frozen=True, slots=True)
+class PulledFile:
+    name: str
+    size: int  # bytes
+    sha256: str
+    verified_by: str | None  # the digest file it matched; None where the source offers none
+    resumed_at: int  # bytes already there from an earlier, interrupted pull
+
+
+@dataclass(frozen=True, slots=True)
+class PullResult:
+    model: LocalModel
+    source: str
+    files: list[PulledFile]
+
+
+def staging_dir(store: ModelStore, name: str) -> Path:
+    """Where a pull of `name` collects its files (hidden, so the store does not list it)."""
+    target = store.path_for(name)
+    return target.parent / f".{target.name}.pull"
+
+
+def pull(
+    source_uri: str,
+    store: ModelStore,
+    name: str | None = None,
+    *,
+    progress: FileProgress | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> PullResult:
+    """Copy the model at `source_uri` into the store as `name` (default: the source's last path
+    component, tagged latest), replacing a model of that name once complete."""
+    from ember.loader import resolve_source
+
+    model_name = str(parse_name(name or default_name(source_uri)))
+    target = store.path_for(model_name)
+    staging = staging_dir(store, model_name)
+    source = resolve_source(source_uri)
+    try:
+        plan = plan_files(source)
+        digests = expected_digests(source, [n for n, _ in plan])
+        state = _State.open(staging, source.uri)
+        files = [
+            _pull_file(source, staging, n, size, digests.get(n), state, progress, chunk_bytes)
+            for n, size in plan
+        ]
+    finally:
+        source.close()
+    _write_json(
+        staging / RECORD,
+        {
+            "source": source_uri,
+            "pulled_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "files": {
+                f.name: {"size": f.size, "sha256": f.sha256, "verified_by": f.verified_by}
+                for f in files
+            },
+        },
+    )
+    (staging / STATE).unlink()
+    _install(staging, target)
+    return PullResult(store.resolve(model_name), source_uri, files)
+
+
+def plan_files(source: Source) -> list[tuple[str, int]]:
+    """(name, size) of each file to copy: config, tokenizer, templates and digest files first,
+    then the safetensors weights. Checkpoints in other formats are left behind."""
+    from ember.loader import weight_files
+    from ember.loader.cache import KNOWN_FILES
+
+    weights, _ = weight_files(source)
+    listing = source.list_files()
+    if listing is not None:
+        others = [n for n in listing if is_small_file(n)]
+    else:  # a source that cannot list: ask for the names a model may hold
+        probes = list(
+            dict.fromkeys([*KNOWN_FILES, *PROBED_FILES, *MANIFESTS, *(w + SUFFIX for w in weights)])
+        )
+        with ThreadPoolExecutor(8) as pool:
+            found = pool.map(lambda n: n if source.exists(n) else None, probes)
+            others = [n for n in found if n is not None]
+    if "config.json" not in others:
+        raise ModelLoadError(
+            f"no config.json in '{source.uri}'; a model needs the Hugging Face config.json next "
+            "to its *.safetensors files"
+        )
+    names = sorted(set(others) - set(weights), key=lambda n: (is_digest_file(n), n)) + weights
+    return [(n, source.size(n)) for n in names]
+
+
+class _State:
+    """The staging folder's record of its source, its finished files and the sizes its .part
+    files are headed for, so that a pull that was interrupted skips the first and continues the
+    second. A folder left by a pull from elsewhere is discarded, as is a .part of a file whose
+    size has changed at the source since."""
+
+    def __init__(
+        self, path: Path, uri: str, files: dict[str, dict[str, Any]], parts: dict[str, int]
+    ) -> None:
+        self.path = path
+        self.uri = uri
+        self.files = files
+        self.parts = parts
+
+    @classmethod
+    def open(cls, staging: Path, uri: str) -> _State:
+        path = staging / STATE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data["source"] == uri and isinstance(data["files"], dict):
+                return cls(path, uri, data["files"], dict(data["parts"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        state = cls(path, uri, {}, {})
+        state.save()
+        return state
+
+    def starting(self, name: str, size: int) -> bool:
+        """Record that NAME.part is headed for `size` bytes; False if an earlier pull's part
+        was headed for another size (it is then no prefix of this file)."""
+        previous = self.parts.get(name)
+        if previous != size:
+            self.parts[name] = size
+            self.save()
+        return previous in (None, size)
+
+    def finished(self, name: str, size: int, sha256: str) -> None:
+        self.files[name] = {"size": size, "sha256": sha256}
+        self.parts.pop(name, None)
+        self.save()
+
+    def save(self) -> None:
+        _write_json(self.path, {"source": self.uri, "files": self.files, "parts": self.parts})
+
+
+def _pull_file(
+    source: Source,
+    staging: Path,
+    name: str,
+    size: int,
+    digest: Digest | None,
+    state: _State,
+    progress: FileProgress | None,
+    chunk_bytes: int,
+) -> PulledFile:
+    report = progress or (lambda _n, _d, _t: None)
+    dest = staging / name
+    done = state.files.get(name)
+    if done is not None and done.get("size") == size and _size(dest) == size:
+        report(name, size, size)
+        sha = str(done["sha256"])
+        _check(source, name, sha, digest, None)
+        return PulledFile(name, size, sha, digest.origin if digest else None, size)
+    part = staging / (name + PART)
+    part.parent.mkdir(parents=True, exist_ok=True)
+    have = _size(part) or 0
+    if not state.starting(name, size) or have > size:  # not a prefix of this file: start over
+        part.unlink(missing_ok=True)
+        have = 0
+    hasher = _hash_prefix(part, have)
+    resumed_at = have
+    report(name, have, size)
+    with part.open("ab") as out:
+        for data in _read_ranges(source, name, have, size, chunk_bytes):
+            out.write(data)
+            hasher.update(data)
+            have += len(data)
+            report(name, have, size)
+        out.flush()
+        os.fsync(out.fileno())
+    sha = hasher.hexdigest()
+    _check(source, name, sha, digest, part)
+    os.replace(part, dest)
+    state.finished(name, size, sha)
+    return PulledFile(name, size, sha, digest.origin if digest else None, resumed_at)
+
+
+def _check(source: Source, name: str, sha: str, digest: Digest | None, part: Path | None) -> None:
+    if digest is None or digest.sha256 == sha:
+        return
+    if part is not None:
+        part.unlink(missing_ok=True)  # the next pull fetches the file whole
+    raise ModelLoadError(
+        f"'{source.location(name)}' arrived with sha256 {sha}, but {digest.origin} says "
+        f"{digest.sha256}; the copy is corrupt or the file changed at the source. Run the pull "
+        "again; if it fails the same way, the source's digest file is out of date"
+    )
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+def _hash_prefix(path: Path, length: int) -> Any:
+    hasher = hashlib.sha256()
+    if length:
+        with path.open("rb") as f:
+            while chunk := f.read(min(CHUNK_BYTES, length)):
+                hasher.update(chunk)
+                length -= len(chunk)
+    return hasher
+
+
+def _read_ranges(source: Source, name: str, start: int, end: int, chunk: int) -> Iterator[bytes]:
+    """The file's bytes from `start` to `end` in order, READ_AHEAD range reads in flight."""
+
+    def read(offset: int) -> bytes:
+        buf = bytearray(min(chunk, end - offset))
+        got = source.read_into(name, offset, memoryview(buf))
+        if got != len(buf):
+            raise ModelLoadError(
+                f"'{source.location(name)}' ended at byte {offset + got} of the {end} it "
+                "announced; it changed during the pull or the connection broke. Run the pull "
+                "again to continue"
+            )
+        return bytes(buf)
+
+    offsets = iter(range(start, end, chunk))
+    pending: deque[Future[bytes]] = deque()
+    with ThreadPoolExecutor(READ_AHEAD, thread_name_prefix="ember-pull") as pool:
+        try:
+            for offset in offsets:
+                pending.append(pool.submit(read, offset))
+                if len(pending) == READ_AHEAD:
+                    break
+            while pending:
+                data = pending.popleft().result()
+                offset_next = next(offsets, None)
+                if offset_next is not None:
+                    pending.append(pool.submit(read, offset_next))
+                yield data
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def _install(staging: Path, target: Path) -> None:
+    """Rename the finished folder into place, replacing an older copy of the model."""
+    if not target.exists():
+        os.rename(staging, target)
+        return
+    old = target.parent / f".{target.name}.old-{os.getpid()}"
+    shutil.rmtree(old, ignore_errors=True)
+    os.rename(target, old)
+    os.rename(staging, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def pull_command(source_uri: str, name: str | None, home: Path) -> int:
+    """`ember pull`: progress on stderr, a summary on stdout; 1 with a message on failure."""
+    from ember.registry.progress import FileBars
+
+    store = ModelStore(home)
+    bars = FileBars()
+    print(f"pulling {source_uri}", file=sys.stderr)
+    try:
+        result = pull(source_uri, store, name, progress=bars)
+    except EmberError as e:
+        bars.close()
+        print(f"Error: {e.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        bars.close()
+        print("interrupted; run the same 'ember pull' again to continue", file=sys.stderr)
+        return 130
+    record = result.model.path / RECORD
+    verified = [f for f in result.files if f.verified_by]
+    unverified = [f for f in result.files if not f.verified_by and not is_digest_file(f.name)]
+    if verified:
+        print(f"verified sha256 of {len(verified)} file(s) against the source's digests")
+    if unverified:
+        print(
+            f"the source offers no sha256 for {len(unverified)} file(s); their computed sha256 "
+            f"is recorded in {record}"
+        )
+    size = sum(f.size for f in result.files)
+    print(f"pulled {result.model.name} ({size / 1e9:.2f} GB) into {result.model.path}")
+    return 0

@@ -1,0 +1,174 @@
+"""`ember pull`: a model copied from an HTTP range server and from S3 (moto) on loopback into the
+store, byte for byte; an interrupted pull continues its .part with range reads; sha256 checked
+against the source's digest files where it has them, and recorded either way."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ember.errors import ModelLoadError, ModelNotFoundError
+from ember.registry import ModelStore
+from ember.registry.pull import PART, RECORD, pull, staging_dir
+from tests.loader.helpers import RangeServer, serve_http
+from tests.loader.s3server import serve_s3
+
+CHUNK = 64 * 1024
+WEIGHTS = "model.safetensors"
+
+
+class Interrupted(Exception):
+    pass
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ModelStore(tmp_path_factory.mktemp("home")).resolve("tiny").path
+
+
+@pytest.fixture
+def http_tiny(tiny_dir: Path) -> Iterator[tuple[RangeServer, str]]:
+    with serve_http(RangeServer(tiny_dir, prefix="/files/tiny")) as server:
+        yield server, f"http://127.0.0.1:{server.port}/files/tiny"
+
+
+def assert_same_files(pulled: Path, source: Path) -> None:
+    names = sorted(p.name for p in source.iterdir())
+    assert sorted(p.name for p in pulled.iterdir() if not p.name.startswith(".")) == names
+    for name in names:
+        assert (pulled / name).read_bytes() == (source / name).read_bytes(), name
+
+
+def record(path: Path) -> dict[str, dict[str, object]]:
+    files: dict[str, dict[str, object]] = json.loads((path / RECORD).read_text())["files"]
+    return files
+
+
+def test_pull_from_http_records_sha256(
+    http_tiny: tuple[RangeServer, str], tiny_dir: Path, store: ModelStore
+) -> None:
+    server, url = http_tiny
+    result = pull(url, store, "web:v1", chunk_bytes=CHUNK)
+    assert result.model.name == "web:v1" and result.model.path == store.path_for("web:v1")
+    assert_same_files(result.model.path, tiny_dir)
+    files = record(result.model.path)
+    assert files[WEIGHTS]["sha256"] == sha256(tiny_dir / WEIGHTS)
+    assert all(f["verified_by"] is None for f in files.values())  # nothing to verify against
+    assert not staging_dir(store, "web:v1").exists()
+    assert store.resolve("web:v1").path == result.model.path
+    gets = [r for r in server.requests if r.startswith("GET") and WEIGHTS in r]
+    assert len(gets) > 1 and all("bytes=" in r for r in gets)  # range reads, several in flight
+
+
+def test_pull_from_s3_names_the_model_after_the_prefix(
+    tiny_dir: Path, store: ModelStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with serve_s3() as s3:
+        uri = s3.upload(tiny_dir, "models/tiny-s3")
+        for key, value in s3.env(tmp_path).items():
+            monkeypatch.setenv(key, value)
+        result = pull(uri, store)
+    assert result.model.name == "tiny-s3:latest"
+    assert_same_files(store.resolve("tiny-s3").path, tiny_dir)
+    assert record(result.model.path)[WEIGHTS]["sha256"] == sha256(tiny_dir / WEIGHTS)
+
+
+def test_interrupted_pull_resumes_from_the_part_file(
+    http_tiny: tuple[RangeServer, str], tiny_dir: Path, store: ModelStore
+) -> None:
+    server, url = http_tiny
+
+    def stop_midway(name: str, done: int, total: int) -> None:
+        if name == WEIGHTS and done >= 3 * CHUNK:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        pull(url, store, "resumed", progress=stop_midway, chunk_bytes=CHUNK)
+    with pytest.raises(ModelNotFoundError):
+        store.resolve("resumed")  # nothing half-pulled is in the store
+    part = staging_dir(store, "resumed") / (WEIGHTS + PART)
+    assert part.stat().st_size >= 3 * CHUNK
+    resume_at = 2 * CHUNK + 12345  # a torn write: the .part ends mid-chunk
+    os.truncate(part, resume_at)
+    server.requests.clear()
+
+    seen: list[tuple[str, int]] = []
+    result = pull(url, store, "resumed", progress=lambda n, d, t: seen.append((n, d)))
+
+    assert_same_files(result.model.path, tiny_dir)
+    assert record(result.model.path)[WEIGHTS]["sha256"] == sha256(tiny_dir / WEIGHTS)
+    assert [f.resumed_at for f in result.files if f.name == WEIGHTS] == [resume_at]
+    weight_gets = [r for r in server.requests if r.startswith("GET") and WEIGHTS in r]
+    assert weight_gets[0].endswith(f"bytes={resume_at}-{(tiny_dir / WEIGHTS).stat().st_size - 1}")
+    # Files finished before the interruption are not fetched again.
+    assert not [r for r in server.requests if r.startswith("GET") and "config.json" in r]
+    assert (WEIGHTS, resume_at) in seen
+
+
+def test_part_of_a_file_that_changed_size_is_refetched_whole(
+    tiny_dir: Path, store: ModelStore, tmp_path: Path
+) -> None:
+    source = tmp_path / "changing"
+    shutil.copytree(tiny_dir, source)
+
+    def stop_midway(name: str, done: int, total: int) -> None:
+        if name == WEIGHTS and done >= CHUNK:
+            raise Interrupted
+
+    with serve_http(RangeServer(source)) as server:
+        url = f"http://127.0.0.1:{server.port}"
+        with pytest.raises(Interrupted):
+            pull(url, store, "changing", progress=stop_midway, chunk_bytes=CHUNK)
+        with (source / WEIGHTS).open("ab") as f:
+            f.write(b"\0" * 100)  # a new version of the file at the source
+        server.requests.clear()
+        result = pull(url, store, "changing", chunk_bytes=CHUNK)
+    weight_gets = [r for r in server.requests if r.startswith("GET") and WEIGHTS in r]
+    assert weight_gets[0].split("bytes=")[1].startswith("0-")
+    assert (result.model.path / WEIGHTS).read_bytes() == (source / WEIGHTS).read_bytes()
+
+
+def test_digest_files_are_checked(tiny_dir: Path, store: ModelStore, tmp_path: Path) -> None:
+    source = tmp_path / "with-digests"
+    shutil.copytree(tiny_dir, source)
+    (source / (WEIGHTS + ".sha256")).write_text(f"{sha256(tiny_dir / WEIGHTS)}  {WEIGHTS}\n")
+    (source / "SHA256SUMS").write_text(f"{sha256(tiny_dir / 'config.json')} *config.json\n")
+
+    result = pull(f"file://{source}", store, "checked")
+    verified = {f.name: f.verified_by for f in result.files if f.verified_by}
+    assert verified == {
+        WEIGHTS: str(source / (WEIGHTS + ".sha256")),
+        "config.json": str(source / "SHA256SUMS"),
+    }
+    assert record(result.model.path)[WEIGHTS]["verified_by"] == verified[WEIGHTS]
+
+
+def test_digest_mismatch_fails_and_installs_nothing(
+    tiny_dir: Path, store: ModelStore, tmp_path: Path
+) -> None:
+    source = tmp_path / "bad-digest"
+    shutil.copytree(tiny_dir, source)
+    (source / (WEIGHTS + ".sha256")).write_text("0" * 64 + "\n")  # a bare digest names its file
+    with pytest.raises(ModelLoadError, match=r"model\.safetensors' arrived with sha256 .* says 0+"):
+        pull(str(source), store, "corrupt")
+    with pytest.raises(ModelNotFoundError):
+        store.resolve("corrupt")
+    assert not (staging_dir(store, "corrupt") / (WEIGHTS + PART)).exists()  # refetched whole
+
+
+def test_pull_without_config_is_a_clear_error(
+    http_tiny: tuple[RangeServer, str], store: ModelStore
+) -> None:
+    _, url = http_tiny
+    with pytest.raises(ModelLoadError, match=r"no \*\.safetensors weights|no config\.json"):
+        pull(url.replace("/files/tiny", "/files/elsewhere"), store, "nothing")

@@ -1,0 +1,190 @@
+"""`ember serve URI`: the config and tokenizer fetched, the weights streamed from an S3-compatible
+server (moto) or an HTTP range server on loopback; /health reports load progress and then the
+start-up phases; an unreadable source makes the server exit non-zero with a message that says
+what to set. And `ember pull` into the store, then `ember serve NAME`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from serverproc import COMMON_ARGS, Server
+
+from ember.config import ServeConfig
+from ember.registry import ModelStore
+from ember.server.served_model import ServedModel
+from tests.loader.helpers import RangeServer, serve_http
+from tests.loader.s3server import S3Server, dead_port, serve_s3
+
+PHASES = ("imports", "resolve", "cuda_init", "weights", "kv_cache", "graph_capture", "warmup")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ModelStore(tmp_path_factory.mktemp("home")).resolve("tiny").path
+
+
+@pytest.fixture(scope="module")
+def s3(tiny_dir: Path) -> Iterator[tuple[S3Server, str]]:
+    with serve_s3() as server:
+        yield server, server.upload(tiny_dir, "models/tiny-remote")
+
+
+@pytest.fixture(autouse=True)
+def _no_aws_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Servers inherit this environment: only the variables a test sets reach them."""
+    for var in list(os.environ):
+        if var.startswith("AWS_"):
+            monkeypatch.delenv(var)
+
+
+def serve(tmp: Path, name: str, model: str, env: dict[str, str]) -> Server:
+    return Server(tmp / f"{name}.log", model, *COMMON_ARGS, "--home", str(tmp / "home"), env=env)
+
+
+def generate(server: Server, model: str) -> dict[str, Any]:
+    r = httpx.post(
+        server.url + "/api/generate",
+        json={"model": model, "prompt": "Hello", "stream": False, "options": {"num_predict": 4}},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def test_serve_s3_answers_and_caches_for_the_next_start(
+    s3: tuple[S3Server, str], tmp_path: Path
+) -> None:
+    s3_server, uri = s3
+    server = serve(tmp_path, "s3", uri, s3_server.env(tmp_path))
+    try:
+        server.wait_healthy()
+        assert generate(server, "tiny-remote")["eval_count"] == 4
+        assert (
+            httpx.get(server.url + "/api/tags").json()["models"][0]["name"] == "tiny-remote:latest"
+        )
+    finally:
+        server.stop()
+    cached = tmp_path / "home" / "cache" / "s3" / s3_server.bucket / "models" / "tiny-remote"
+    assert (cached / ".ember-cache.json").is_file() and (cached / "model.safetensors").is_file()
+
+    # The bucket is out of reach now: the next start reads the written-through copy.
+    offline = s3_server.env(tmp_path) | {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{dead_port()}"}
+    again = serve(tmp_path, "s3-cached", uri, offline)
+    try:
+        again.wait_healthy()
+        assert generate(again, "tiny-remote")["done"]
+    finally:
+        again.stop()
+
+
+def test_health_reports_load_progress_then_startup_phases(tiny_dir: Path, tmp_path: Path) -> None:
+    slow = RangeServer(tiny_dir, prefix="/models/tiny-http", delay_s=0.4)
+    with serve_http(slow):
+        server = serve(tmp_path, "http", f"http://127.0.0.1:{slow.port}/models/tiny-http", {})
+        loading: list[dict[str, Any]] = []
+        try:
+            while True:
+                try:
+                    r = httpx.get(server.url + "/health", timeout=5)
+                except httpx.HTTPError:
+                    assert server.proc.poll() is None, server.log()
+                    continue
+                if r.status_code == 200:
+                    ready = r.json()
+                    break
+                assert r.status_code == 503
+                loading.append(r.json())
+            metrics = server.metrics()
+            generate(server, "tiny-http")
+        finally:
+            server.stop()
+    for body in loading:
+        assert body["status"] == "loading"
+        assert {"phase", "bytes_done", "bytes_total", "elapsed_s"} <= body.keys()
+    streaming = [b for b in loading if b["phase"] == "loading weights" and b["bytes_total"]]
+    assert streaming, loading
+    total = streaming[0]["bytes_total"]
+    assert any(b["bytes_done"] < total for b in streaming)
+    startup = ready["startup"]
+    assert startup["weights_bytes"] == total
+    assert all(startup[f"{p}_s"] >= 0 for p in PHASES)
+    assert startup["total_s"] >= startup["weights_s"] > 0.4  # at least the delayed range read
+    assert metrics["ember:startup_phase_seconds"] > 0
+
+
+@pytest.mark.parametrize(
+    ("bucket", "credentials", "message"),
+    [
+        ("no-such-bucket", True, "cannot read 's3://no-such-bucket/models/tiny-remote'"),
+        (None, False, "cannot authenticate to 's3://ember-models/models/tiny-remote'"),
+    ],
+    ids=["unknown-bucket", "no-credentials"],
+)
+def test_unreadable_source_exits_nonzero_with_the_reason(
+    s3: tuple[S3Server, str],
+    tmp_path: Path,
+    bucket: str | None,
+    credentials: bool,
+    message: str,
+) -> None:
+    s3_server, uri = s3
+    if bucket is not None:
+        uri = uri.replace(s3_server.bucket, bucket)
+    server = serve(tmp_path, "bad", uri, s3_server.env(tmp_path, credentials=credentials))
+    try:
+        code = server.proc.wait(timeout=90)
+    finally:
+        server.stop()
+    assert code == 1
+    log = server.log()
+    assert message in log
+    if not credentials:
+        assert "set AWS_ACCESS_KEY_ID" in log
+
+
+def test_health_shows_the_load_error(
+    s3: tuple[S3Server, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s3_server, uri = s3
+    for key, value in s3_server.env(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    served = ServedModel(ServeConfig(model=uri + "-missing", home=tmp_path / "home"))
+    asyncio.run(served.load())
+    status, body = served.health()
+    assert status == 503 and body["status"] == "failed"
+    assert "no config.json in 's3://ember-models/models/tiny-remote-missing'" in body["error"]
+
+
+def test_pull_then_serve_by_name(s3: tuple[S3Server, str], tmp_path: Path) -> None:
+    s3_server, uri = s3
+    home = tmp_path / "home"
+    env = {**os.environ, **s3_server.env(tmp_path)}
+    pulled = subprocess.run(
+        [sys.executable, "-m", "ember.cli", "pull", uri, "pulled:v1", "--home", str(home)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert pulled.returncode == 0, pulled.stderr
+    assert "model.safetensors: done" in pulled.stderr
+    assert "computed sha256 is recorded in" in pulled.stdout
+    assert (home / "models" / "pulled" / "v1" / "model.safetensors").is_file()
+
+    # Served from the store: S3 need not be reachable any more.
+    offline = s3_server.env(tmp_path) | {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{dead_port()}"}
+    server = serve(tmp_path, "pulled", "pulled:v1", offline)
+    try:
+        server.wait_healthy()
+        assert generate(server, "pulled:v1")["model"] == "pulled:v1"
+    finally:
+        server.stop()
