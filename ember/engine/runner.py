@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from ember.engine.cuda_graphs import CudaGraphDecoder
+from ember.engine.prefill_graphs import CudaGraphPrefiller
 from ember.engine.request import Request
 from ember.engine.sampler import Sampler, SamplerOutput
 from ember.engine.scheduler import SchedulerOutput
@@ -22,6 +25,7 @@ class ModelRunner:
         device: torch.device,
         max_num_seqs: int = 1,
         max_model_len: int = 1,
+        max_num_batched_tokens: int = 1,
         enforce_eager: bool = True,
     ) -> None:
         self.model = model
@@ -30,20 +34,42 @@ class ModelRunner:
         self.device = device
         self.sampler = Sampler(device)
         self.graphs: CudaGraphDecoder | None = None
+        self.prefill_graphs: CudaGraphPrefiller | None = None
         self.last_step_graph = False
         if device.type == "cuda" and not enforce_eager and use_triton(device):
+            max_blocks = -(-max_model_len // block_size)
             self.graphs = CudaGraphDecoder(
-                model,
-                kv_caches,
-                device,
-                max_num_seqs,
-                -(-max_model_len // block_size),
-                max_model_len,
+                model, kv_caches, device, max_num_seqs, max_blocks, max_model_len
+            )
+            self.prefill_graphs = CudaGraphPrefiller(
+                model, kv_caches, device, max_blocks, max_model_len, max_num_batched_tokens
             )
 
     def capture(self) -> float:
-        """Capture the decode CUDA graphs (if enabled); returns the seconds it took."""
-        return self.graphs.capture() if self.graphs is not None else 0.0
+        """Capture the decode and one-sequence prefill CUDA graphs (if enabled); returns the
+        seconds it took."""
+        if self.graphs is None:
+            return 0.0
+        t0 = time.monotonic()
+        self.graphs.capture()
+        if self.prefill_graphs is not None:
+            self.prefill_graphs.capture()
+        return time.monotonic() - t0
+
+    def _is_prefill_graph_step(self, sched: SchedulerOutput) -> bool:
+        if self.prefill_graphs is None or len(sched.scheduled) != 1:
+            return False
+        req, n = sched.scheduled[0]
+        return req.num_computed_tokens + n == req.num_tokens and self.prefill_graphs.fits(n)
+
+    def _execute_prefill_graph(self, sched: SchedulerOutput) -> tuple[list[Request], SamplerOutput]:
+        assert self.prefill_graphs is not None
+        req, n = sched.scheduled[0]
+        bs = self.block_size
+        start = req.num_computed_tokens
+        slots = [req.block_ids[p // bs] * bs + p % bs for p in range(start, start + n)]
+        logits = self.prefill_graphs.run(req.tokens(start, start + n), start, slots, req.block_ids)
+        return [req], self.sampler(logits, [req])
 
     def _is_graph_step(self, sched: SchedulerOutput) -> bool:
         if self.graphs is None or not self.graphs.fits(len(sched.scheduled)):
@@ -125,6 +151,9 @@ class ModelRunner:
         self.last_step_graph = self._is_graph_step(sched)
         if self.last_step_graph:
             return self._execute_graph(sched)
+        if self._is_prefill_graph_step(sched):
+            self.last_step_graph = True
+            return self._execute_prefill_graph(sched)
         input_ids, positions, meta, rows, reqs = self.prepare(sched)
         hidden = self.model(input_ids, positions, self.kv_caches, meta)
         if not rows:

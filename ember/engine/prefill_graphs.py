@@ -1,0 +1,117 @@
+"""One-sequence prefill under CUDA graphs, for time to first token at low load.
+
+Eager prefill of a short prompt is bound by the host (hundreds of kernel launches from Python),
+not the GPU: an 8B model takes ~14 ms for 128 tokens eagerly against ~3 ms of GPU work. A step
+that prefills exactly one sequence's remaining prompt (any cached prefix before it) of up to
+the largest bucket replays the graph of the smallest bucket that holds it. Rows past the real
+tokens are padding: slot -1 (never written), position 0, and the attention kernel's grid covers
+them but their query rows are outside the sequence (query_start_loc holds the real length).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ember.layers.metadata import AttentionMetadata, KVCache
+from ember.models import CausalLM
+
+log = logging.getLogger(__name__)
+
+BUCKETS = (16, 32, 64, 128, 256, 512)
+
+
+class CudaGraphPrefiller:
+    def __init__(
+        self,
+        model: CausalLM,
+        kv_caches: list[KVCache],
+        device: torch.device,
+        max_blocks_per_seq: int,
+        max_model_len: int,
+        max_tokens: int,
+    ) -> None:
+        self.model = model
+        self.kv_caches = kv_caches
+        self.device = device
+        self.max_model_len = max_model_len
+        self.sizes = [s for s in BUCKETS if s <= min(max_tokens, max_model_len)]
+        n = max(self.sizes, default=0)
+        self.input_ids = torch.zeros(n, dtype=torch.int64, device=device)
+        self.positions = torch.zeros(n, dtype=torch.int64, device=device)
+        self.slot_mapping = torch.full((n,), -1, dtype=torch.int64, device=device)
+        self.query_start_loc = torch.zeros(2, dtype=torch.int32, device=device)
+        self.seq_lens = torch.ones(1, dtype=torch.int32, device=device)
+        self.block_tables = torch.zeros((1, max_blocks_per_seq), dtype=torch.int32, device=device)
+        self.last_index = torch.zeros(1, dtype=torch.int64, device=device)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.logits: dict[int, torch.Tensor] = {}
+        self._host = torch.zeros((3, max(n, 1)), dtype=torch.int64, pin_memory=True)
+        self._host_small = torch.zeros(4, dtype=torch.int32, pin_memory=True)
+        self._host_last = torch.zeros(1, dtype=torch.int64, pin_memory=True)
+        self._host_table = torch.zeros(max_blocks_per_seq, dtype=torch.int32, pin_memory=True)
+
+    def _metadata(self, size: int) -> AttentionMetadata:
+        return AttentionMetadata(
+            query_start_loc=self.query_start_loc,
+            seq_lens=self.seq_lens,
+            block_tables=self.block_tables,
+            slot_mapping=self.slot_mapping[:size],
+            max_query_len=size,
+            max_seq_len=self.max_model_len,
+            query_start_loc_cpu=[0, size],
+            seq_lens_cpu=[size],
+        )
+
+    def _forward(self, size: int) -> torch.Tensor:
+        hidden = self.model(
+            self.input_ids[:size], self.positions[:size], self.kv_caches, self._metadata(size)
+        )
+        return self.model.compute_logits(hidden.index_select(0, self.last_index))
+
+    @torch.inference_mode()
+    def capture(self) -> None:
+        # Shapes valid for warm-up: one sequence of `size` tokens at positions 0.., writes skipped.
+        self.query_start_loc.copy_(torch.tensor([0, 1], dtype=torch.int32))
+        self.seq_lens.fill_(1)
+        pool = torch.cuda.graph_pool_handle()
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for size in sorted(self.sizes, reverse=True):
+                self._forward(size)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool, stream=stream):
+                    self.logits[size] = self._forward(size)
+                self.graphs[size] = graph
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        torch.cuda.synchronize(self.device)
+
+    def fits(self, num_tokens: int) -> bool:
+        return bool(self.graphs) and 1 < num_tokens <= self.sizes[-1]
+
+    def run(
+        self, token_ids: list[int], start: int, slots: list[int], table: list[int]
+    ) -> torch.Tensor:
+        """Prefill `token_ids` at positions start.. of one sequence whose blocks are `table`;
+        returns the logits of its last token, [1, vocab]."""
+        n = len(token_ids)
+        size = next(s for s in self.sizes if s >= n)
+        pad = size - n
+        host = self._host
+        host[0, :size] = torch.tensor(token_ids + [0] * pad)
+        host[1, :size] = torch.tensor(list(range(start, start + n)) + [0] * pad)
+        host[2, :size] = torch.tensor(slots + [-1] * pad)
+        self._host_small[:3] = torch.tensor([0, n, start + n], dtype=torch.int32)
+        self._host_last[0] = n - 1
+        self._host_table[: len(table)] = torch.tensor(table, dtype=torch.int32)
+        self.input_ids[:size].copy_(host[0, :size], non_blocking=True)
+        self.positions[:size].copy_(host[1, :size], non_blocking=True)
+        self.slot_mapping[:size].copy_(host[2, :size], non_blocking=True)
+        self.query_start_loc.copy_(self._host_small[:2], non_blocking=True)
+        self.seq_lens.copy_(self._host_small[2:3], non_blocking=True)
+        self.last_index.copy_(self._host_last, non_blocking=True)
+        self.block_tables[0, : len(table)].copy_(self._host_table[: len(table)], non_blocking=True)
+        self.graphs[size].replay()
+        return self.logits[size]
