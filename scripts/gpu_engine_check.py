@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-ARCHS = ("llama3", "qwen2", "qwen3", "mistral")
+ARCHS = ("llama3", "qwen2", "qwen3", "mistral", "mistral-window", "gemma2", "gemma3")
 
 
 def _hf_model(arch: str, out: Path) -> Any:
@@ -50,11 +50,16 @@ def section_engine(args: argparse.Namespace) -> bool:
             print(f"{arch:10} {'transformers cuda vs cpu':26} {same_hf}/{len(prompts)}")
             for mode, kwargs in (
                 ("fp32 graphs", {}),
+                ("fp32 graphs one at a time", {}),  # one-sequence prefill graphs
                 ("fp32 eager chunked(32)", {"enforce_eager": True, "max_num_batched_tokens": 32}),
             ):
                 llm = LLM(tmp, dtype="float32", device="cuda", max_model_len=512, **kwargs)
-                outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
-                got = [o.outputs[0].token_ids for o in outs]
+                batches = [[p] for p in prompts] if "one at a time" in mode else [prompts]
+                got = [
+                    o.outputs[0].token_ids
+                    for batch in batches
+                    for o in llm.generate([{"prompt_token_ids": p} for p in batch], params)
+                ]
                 same = sum(g == e for g, e in zip(got, expected, strict=True))
                 # A random model has near-ties; a divergence is only a failure where transformers'
                 # top-2 logit gap at that step was not tiny.
