@@ -1,5 +1,6 @@
-"""The `fused` section of gpu_check.py: the Triton RMSNorm / rotary / SiLU-mul kernels against
-the PyTorch layers they replace, on CUDA, for each activation dtype."""
+"""The `fused` section of gpu_check.py: the Triton RMSNorm (plain and Gemma's 1 + weight) /
+rotary / SiLU-mul kernels against the PyTorch layers they replace, on CUDA, for each activation
+dtype."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
+from ember.layers.norm import GemmaRMSNorm
 from ember.layers.rotary import RotaryEmbedding, _rotate
 from ember.ops.triton_fused import rms_norm_triton, rotary_triton, silu_and_mul_triton
 
@@ -49,6 +51,11 @@ def section_fused(args: argparse.Namespace) -> bool:
                 (res - ref_sum).abs().max().item(),
             )
             ok &= _row(f"rmsnorm+residual {tokens}x{hidden}", dtype, err)
+            # Gemma's (1 + weight) norm, against its torch path (all float32, one rounding).
+            gemma = GemmaRMSNorm(hidden, 1e-6).to(dev, dtype)
+            gemma.weight.copy_(w - 1)
+            diff = rms_norm_triton(x, gemma.weight, 1e-6, weight_offset=1.0) - gemma._norm(x)
+            ok &= _row(f"gemma rmsnorm {tokens}x{hidden}", dtype, diff.abs().max().item())
         for tokens, hq, hkv, d in ((1, 32, 8, 128), (9, 14, 2, 64), (130, 16, 8, 256)):
             rope = RotaryEmbedding(d, 4096, 500000.0).to(dev)
             qkv = torch.randn(tokens, (hq + 2 * hkv) * d, device=dev, generator=g).to(dtype)

@@ -1,4 +1,4 @@
-"""RMSNorm as Llama, Mistral and Qwen use it."""
+"""RMSNorm as Llama, Mistral and Qwen use it, and Gemma's (1 + weight) variant."""
 
 from __future__ import annotations
 
@@ -50,3 +50,40 @@ class RMSNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+class GemmaRMSNorm(RMSNorm):
+    """x / rms(x) * (1 + weight), all in float32 and rounded once to the input dtype (as HF's
+    Gemma does; its checkpoints store weight - 1). The residual form is RMSNorm's.
+
+    On CUDA the Triton kernel rounds the normalised x before scaling, as for Llama: within one
+    rounding of the activation dtype of HF's order.
+    """
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+        super().__init__(hidden_size, eps)
+        self.weight.data.zero_()
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * (1.0 + self.weight.float())).to(x.dtype)
+
+    @overload
+    def forward(self, x: torch.Tensor, residual: None = None) -> torch.Tensor: ...
+
+    @overload
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if x.is_cuda and x.dim() == 2 and use_triton(x.device):
+            out = rms_norm_triton(x, self.weight, self.eps, residual, weight_offset=1.0)
+            return out if residual is None else (out, residual)
+        if residual is None:
+            return self._norm(x)
+        x = x + residual
+        return self._norm(x), x

@@ -2,8 +2,12 @@
 
 Both config generations are accepted: transformers 4 writes `rope_theta` and `rope_scaling`
 (with `rope_type`, or `type` in older files); transformers 5 writes one `rope_parameters` dict that
-holds `rope_theta` and `rope_type` together. Either way `rope_scaling` here is None for plain RoPE,
-or the scaling parameters with a `rope_type` key.
+holds `rope_theta` and `rope_type` together (for Gemma 3, one such dict per layer type). Either way
+`rope_scaling` here is None for plain RoPE, or the scaling parameters with a `rope_type` key.
+
+Multimodal checkpoints (Gemma3ForConditionalGeneration) nest the language model's config under
+`text_config`; only that part is read. Gemma configs on the Hub leave out most keys and rely on
+transformers' per-model defaults, which `_MODEL_DEFAULTS` restates.
 """
 
 from __future__ import annotations
@@ -46,6 +50,14 @@ class ModelConfig:
     # One entry per layer: FULL_ATTENTION or SLIDING_ATTENTION.
     layer_types: list[str] = field(default_factory=list)
     dtype: str | None = None  # the checkpoint's dtype name, e.g. "bfloat16"
+    # Gemma: attention scale is query_pre_attn_scalar ** -0.5 (head_dim ** -0.5 when None);
+    # tanh softcaps on attention scores and final logits (None: off).
+    query_pre_attn_scalar: float | None = None
+    attn_logit_softcapping: float | None = None
+    final_logit_softcapping: float | None = None
+    # Gemma 3: rope base of the sliding-window layers, which use no rope scaling; None means
+    # every layer uses rope_theta and rope_scaling.
+    rope_local_theta: float | None = None
     bos_token_id: int | None = None
     eos_token_ids: list[int] = field(default_factory=list)
 
@@ -84,7 +96,60 @@ class ModelConfig:
             raise ModelLoadError(f"invalid model config '{source}': {what}") from exc
 
 
+# transformers' defaults for keys that Gemma configs on the Hub leave out.
+_GEMMA_COMMON: dict[str, Any] = {
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "head_dim": 256,
+    "hidden_activation": "gelu_pytorch_tanh",
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": True,
+    "query_pre_attn_scalar": 256,
+    "sliding_window": 4096,
+    "eos_token_id": 1,
+    "bos_token_id": 2,
+}
+_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gemma2": {
+        **_GEMMA_COMMON,
+        "vocab_size": 256000,
+        "max_position_embeddings": 8192,
+        "final_logit_softcapping": 30.0,
+        "attn_logit_softcapping": 50.0,
+    },
+    "gemma3_text": {
+        **_GEMMA_COMMON,
+        "vocab_size": 262208,
+        "max_position_embeddings": 131072,
+        "rope_theta": 1_000_000.0,
+        "rope_local_base_freq": 10_000.0,
+    },
+}
+# Keys of a multimodal config's top level that hold for its text part too.
+_INHERITED_KEYS = ("eos_token_id", "bos_token_id", "dtype", "torch_dtype")
+
+
+def _text_part(raw: dict[str, Any]) -> dict[str, Any]:
+    """The language model's config: `text_config` merged over what the top level says for it,
+    with the model type's defaults under both."""
+    text = raw.get("text_config")
+    if isinstance(text, dict):
+        merged = dict(text)
+        merged["architectures"] = raw.get("architectures") or []
+        for key in _INHERITED_KEYS:
+            if key in raw:
+                merged[key] = raw[key]
+        if "model_type" not in merged and raw.get("model_type") == "gemma3":
+            merged["model_type"] = "gemma3_text"
+        raw = merged
+    defaults = _MODEL_DEFAULTS.get(str(raw.get("model_type", "")))
+    if defaults is None:
+        return raw
+    return {**defaults, **raw}
+
+
 def _parse(raw: dict[str, Any]) -> ModelConfig:
+    raw = _text_part(raw)
     architectures = raw.get("architectures") or []
     if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
         raise ValueError("'architectures' must be a list of class names")
@@ -99,7 +164,7 @@ def _parse(raw: dict[str, Any]) -> ModelConfig:
             f"num_attention_heads ({num_heads}) is not a multiple of "
             f"num_key_value_heads ({num_kv_heads})"
         )
-    rope_theta, rope_scaling = _parse_rope(raw)
+    rope_theta, rope_scaling, rope_local_theta = _parse_rope(raw)
     qkv_bias = bool(raw.get("attention_bias", model_type in _QKV_BIAS_MODEL_TYPES))
     out_bias = bool(raw.get("attention_bias", False))
     sliding_window, layer_types = _parse_sliding(raw, num_layers)
@@ -122,12 +187,17 @@ def _parse(raw: dict[str, Any]) -> ModelConfig:
         attention_bias=qkv_bias,
         attention_out_bias=out_bias,
         mlp_bias=bool(raw.get("mlp_bias", False)),
-        hidden_act=str(raw.get("hidden_act", "silu")),
+        # Gemma names its activation hidden_activation (and ignores hidden_act).
+        hidden_act=str(raw.get("hidden_activation") or raw.get("hidden_act", "silu")),
         sliding_window=sliding_window,
         layer_types=layer_types,
         dtype=str(dtype) if dtype is not None else None,
         bos_token_id=_opt_int(raw.get("bos_token_id")),
         eos_token_ids=_int_list(raw.get("eos_token_id")),
+        query_pre_attn_scalar=_opt_float(raw.get("query_pre_attn_scalar")),
+        attn_logit_softcapping=_opt_float(raw.get("attn_logit_softcapping")),
+        final_logit_softcapping=_opt_float(raw.get("final_logit_softcapping")),
+        rope_local_theta=rope_local_theta,
     )
 
 
@@ -146,6 +216,14 @@ def _opt_int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _opt_float(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    if not isinstance(value, int | float):
+        raise ValueError(f"expected a number, got {value!r}")
+    return float(value)
+
+
 def _int_list(value: Any) -> list[int]:
     if isinstance(value, list):
         return [v for v in value if isinstance(v, int) and not isinstance(v, bool)]
@@ -153,8 +231,16 @@ def _int_list(value: Any) -> list[int]:
     return [] if single is None else [single]
 
 
-def _parse_rope(raw: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+def _parse_rope(raw: dict[str, Any]) -> tuple[float, dict[str, Any] | None, float | None]:
+    """(rope_theta, rope_scaling, rope_local_theta) as ModelConfig holds them."""
     params = raw.get("rope_parameters")
+    local_theta = raw.get("rope_local_base_freq")
+    if isinstance(params, dict) and isinstance(params.get(FULL_ATTENTION), dict):
+        # transformers 5, Gemma 3: one dict per layer type.
+        local = params.get(SLIDING_ATTENTION)
+        if isinstance(local, dict):
+            local_theta = local.get("rope_theta", local_theta)
+        params = params[FULL_ATTENTION]
     if isinstance(params, dict):
         scaling = dict(params)
         theta = scaling.pop("rope_theta", raw.get("rope_theta", 10000.0))
@@ -166,9 +252,10 @@ def _parse_rope(raw: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
         scaling["rope_type"] = scaling.pop("type")
     scaling.pop("type", None)
     rope_type = scaling.get("rope_type", "default")
+    local = None if local_theta is None else float(local_theta)
     if rope_type == "default":
-        return float(theta), None
-    return float(theta), scaling
+        return float(theta), None, local
+    return float(theta), scaling, local
 
 
 def _parse_sliding(raw: dict[str, Any], num_layers: int) -> tuple[int | None, list[str]]:
@@ -179,6 +266,8 @@ def _parse_sliding(raw: dict[str, Any], num_layers: int) -> tuple[int | None, li
     if window is not None:
         window = _int(raw, "sliding_window")
     layer_types = raw.get("layer_types")
+    if layer_types is None and window is not None:
+        layer_types = _gemma_layer_types(raw, num_layers)
     if isinstance(layer_types, list) and len(layer_types) == num_layers:
         if window is None:
             return None, [FULL_ATTENTION] * num_layers
@@ -189,4 +278,19 @@ def _parse_sliding(raw: dict[str, Any], num_layers: int) -> tuple[int | None, li
     first_sliding = int(raw.get("max_window_layers", 0)) if "use_sliding_window" in raw else 0
     return window, [
         SLIDING_ATTENTION if i >= first_sliding else FULL_ATTENTION for i in range(num_layers)
+    ]
+
+
+def _gemma_layer_types(raw: dict[str, Any], num_layers: int) -> list[str] | None:
+    """Gemma configs without layer_types: every `pattern`-th layer (1-based) is global, the rest
+    slide; the pattern is 2 for Gemma 2 and sliding_window_pattern (6) for Gemma 3."""
+    model_type = raw.get("model_type")
+    if model_type == "gemma2":
+        pattern = 2
+    elif model_type == "gemma3_text":
+        pattern = int(raw.get("sliding_window_pattern") or 6)
+    else:
+        return None
+    return [
+        FULL_ATTENTION if (i + 1) % pattern == 0 else SLIDING_ATTENTION for i in range(num_layers)
     ]

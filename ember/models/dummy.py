@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ember.layers.norm import GemmaRMSNorm
 from ember.models.base import CausalLM
 from ember.models.config import ModelConfig
 from ember.models.registry import get_model_class
@@ -29,9 +30,13 @@ def dummy_model(
     finally:
         torch.set_default_dtype(previous)
     gen = torch.Generator(device=device).manual_seed(seed)
+    # Gemma's norms scale by (1 + weight): 0 is their unit scale.
+    offset_norms = {
+        f"{name}.weight" for name, m in model.named_modules() if isinstance(m, GemmaRMSNorm)
+    }
     for name, param in model.named_parameters():
         if name.endswith("norm.weight"):
-            param.fill_(1.0)
+            param.fill_(0.0 if name in offset_norms else 1.0)
         else:
             # std 0.02 as Hugging Face initialises; scaled so activations stay in range.
             param.normal_(0.0, 0.02, generator=gen)

@@ -117,7 +117,8 @@ def load_model(
         # Parameters are allocated once, uninitialised, directly on the device in the final dtype.
         with _default_dtype(dtype), torch.device(device):
             model = model_class(config)
-        with closing(streamer.stream(in_place(checkpoint_slots(model)))) as weights:
+        rename = getattr(model, "checkpoint_name", None)
+        with closing(streamer.stream(in_place(checkpoint_slots(model), rename))) as weights:
             model.load_weights(weights)
     finally:
         if owned:

@@ -13,6 +13,9 @@ from ember.models.base import CausalLM
 from ember.models.config import ModelConfig
 
 _ARCHITECTURES: dict[str, tuple[str, str]] = {
+    "Gemma2ForCausalLM": ("ember.models.gemma2", "Gemma2ForCausalLM"),
+    "Gemma3ForCausalLM": ("ember.models.gemma3", "Gemma3ForCausalLM"),
+    "Gemma3ForConditionalGeneration": ("ember.models.gemma3", "Gemma3ForCausalLM"),
     "LlamaForCausalLM": ("ember.models.llama", "LlamaForCausalLM"),
     "MistralForCausalLM": ("ember.models.llama", "LlamaForCausalLM"),
     "Qwen2ForCausalLM": ("ember.models.llama", "LlamaForCausalLM"),

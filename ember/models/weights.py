@@ -48,13 +48,19 @@ def checkpoint_slots(model: nn.Module) -> dict[str, WeightSlot]:
     return slots
 
 
-def in_place(slots: dict[str, WeightSlot]) -> Callable[[TensorMeta], torch.Tensor | None]:
+def in_place(
+    slots: dict[str, WeightSlot], rename: Callable[[str], str | None] | None = None
+) -> Callable[[TensorMeta], torch.Tensor | None]:
     """The streamer's destination for each checkpoint tensor: its slot's storage, so that bytes
     land in the parameter directly (rows of a fused q/k/v or gate/up included). Tensors without a
-    slot of their shape get none and arrive as separate tensors for load_into_slots to judge."""
+    slot of their shape get none and arrive as separate tensors for load_into_slots to judge.
+
+    `rename` maps a checkpoint name to the model's (None: not used), for models whose checkpoints
+    name tensors differently (the model's `checkpoint_name`)."""
 
     def resolve(meta: TensorMeta) -> torch.Tensor | None:
-        slot = slots.get(meta.name)
+        name = meta.name if rename is None else rename(meta.name)
+        slot = None if name is None else slots.get(name)
         if slot is None:
             return None
         target = slot.target()

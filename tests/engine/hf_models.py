@@ -28,14 +28,14 @@ def build_config(arch: str, vocab_size: int) -> Any:
     if arch == "llama3":
         return tf.LlamaConfig(
             vocab_size=vocab_size,
-            rope_scaling={
+            rope_parameters={
                 "rope_type": "llama3",
                 "factor": 8.0,
                 "low_freq_factor": 1.0,
                 "high_freq_factor": 4.0,
                 "original_max_position_embeddings": 64,
+                "rope_theta": 500000.0,
             },
-            rope_theta=500000.0,
             **COMMON,
         )
     if arch == "qwen2":
@@ -44,6 +44,26 @@ def build_config(arch: str, vocab_size: int) -> Any:
         return tf.Qwen3Config(vocab_size=vocab_size, head_dim=16, **COMMON)
     if arch == "mistral":
         return tf.MistralConfig(vocab_size=vocab_size, sliding_window=None, **COMMON)
+    if arch == "mistral-window":
+        # A window far shorter than the prompts, so every layer masks by it.
+        return tf.MistralConfig(vocab_size=vocab_size, sliding_window=8, **COMMON)
+    gemma: dict[str, Any] = {**COMMON, "head_dim": 16, "sliding_window": 8}
+    if arch == "gemma2":
+        # Layer 0 slides, layer 1 is global; caps small enough to bend the values they see.
+        return tf.Gemma2Config(
+            vocab_size=vocab_size,
+            query_pre_attn_scalar=24,
+            attn_logit_softcapping=20.0,
+            final_logit_softcapping=15.0,
+            **gemma,
+        )
+    if arch == "gemma3":
+        rope = {
+            "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+        }
+        pattern: dict[str, Any] = {"sliding_window_pattern": 2}  # read from **kwargs only
+        return tf.Gemma3TextConfig(vocab_size=vocab_size, rope_parameters=rope, **gemma, **pattern)
     raise ValueError(arch)
 
 

@@ -81,7 +81,8 @@ def test_missing_config(tmp_path: Path) -> None:
 def test_unsupported_architecture(model_dir: Path) -> None:
     _edit_config(model_dir, architectures=["FooForCausalLM"])
     expected = (
-        "architecture 'FooForCausalLM' is not supported; supported: LlamaForCausalLM, "
+        "architecture 'FooForCausalLM' is not supported; supported: Gemma2ForCausalLM, "
+        "Gemma3ForCausalLM, Gemma3ForConditionalGeneration, LlamaForCausalLM, "
         "MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM"
     )
     with pytest.raises(ModelLoadError) as info:

@@ -1,0 +1,128 @@
+"""A GGUF file as the Hugging Face-style model folder the engine loads: config.json,
+*.safetensors (dequantized to one dtype), tokenizer.json, tokenizer_config.json (with the file's
+chat template) and generation_config.json.
+
+Dequantizing is done once, on the CPU, when the folder is written (bf16 by default: 2 bytes a
+parameter on disk). Streaming quantized blocks to the GPU and dequantizing there would skip the
+copy; this is the simple first step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from ember.loader.gguf_model import GGUFModel
+from ember.loader.gguf_tokenizer import tokenizer_from_gguf
+
+SHARD_BYTES = 2 * 2**30
+_TOKENIZER_KEYS = (
+    "model",
+    "pre",
+    "tokens",
+    "token_type",
+    "scores",
+    "merges",
+    "bos_token_id",
+    "eos_token_id",
+    "unknown_token_id",
+    "padding_token_id",
+    "add_bos_token",
+    "add_space_prefix",
+)
+
+
+def write_model_dir(
+    gguf_path: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.bfloat16
+) -> Path:
+    """Write the folder for `gguf_path` into out_dir (replaced whole, atomically by rename) and
+    return it. Raises ModelLoadError for an architecture, tensor or tokenizer it cannot map."""
+    model = GGUFModel.open(gguf_path)
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        config = model.hf_config()
+        _write_weights(model, config, tmp, dtype)
+        config["torch_dtype"] = str(dtype).removeprefix("torch.")
+        tok_meta = {k: model.meta(f"tokenizer.ggml.{k}") for k in _TOKENIZER_KEYS}
+        tokenizer_from_gguf(tok_meta).save(str(tmp / "tokenizer.json"))
+        _write_json(tmp / "tokenizer_config.json", _tokenizer_config(model, tok_meta))
+        eos = tok_meta["eos_token_id"]
+        _write_json(
+            tmp / "generation_config.json",
+            {"bos_token_id": tok_meta["bos_token_id"], "eos_token_id": eos},
+        )
+        _write_json(tmp / "config.json", config)  # last: its presence marks a model folder
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _hf_names(config: dict[str, Any]) -> list[str]:
+    # The checkpoint names the architecture expects, from the model built on the meta device.
+    from ember.models.config import ModelConfig
+    from ember.models.registry import get_model_class
+    from ember.models.weights import checkpoint_slots
+
+    model_config = ModelConfig.from_dict(config, source="GGUF metadata")
+    with torch.device("meta"):
+        model = get_model_class(model_config)(model_config)
+    names = list(checkpoint_slots(model))
+    if not model_config.tie_word_embeddings:
+        names.append("lm_head.weight")
+    return names
+
+
+def _write_weights(model: GGUFModel, config: dict[str, Any], out: Path, dtype: torch.dtype) -> None:
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in model.tensors(_hf_names(config)):
+        nbytes = tensor.numel() * torch.finfo(dtype).bits // 8
+        if shards[-1] and size + nbytes > SHARD_BYTES:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor.to(dtype).contiguous()
+        size += nbytes
+    if len(shards) == 1:
+        save_file(shards[0], str(out / "model.safetensors"), metadata={"format": "pt"})
+        return
+    weight_map: dict[str, str] = {}
+    for i, shard in enumerate(shards):
+        file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(out / file), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, file))
+    _write_json(out / "model.safetensors.index.json", {"metadata": {}, "weight_map": weight_map})
+
+
+def _tokenizer_config(model: GGUFModel, tok_meta: dict[str, Any]) -> dict[str, Any]:
+    tokens: list[str] = list(tok_meta["tokens"] or [])
+    config: dict[str, Any] = {}
+    for key, id_key in (
+        ("bos_token", "bos_token_id"),
+        ("eos_token", "eos_token_id"),
+        ("unk_token", "unknown_token_id"),
+        ("pad_token", "padding_token_id"),
+    ):
+        index = tok_meta[id_key]
+        if isinstance(index, int) and 0 <= index < len(tokens):
+            config[key] = tokens[index]
+    template = model.meta("tokenizer.chat_template")
+    if isinstance(template, str):
+        config["chat_template"] = template
+    return config
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, indent=2), encoding="utf-8")
