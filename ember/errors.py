@@ -34,3 +34,19 @@ class ModelLoadError(EmberError):
     """A model directory or file cannot be loaded (missing file, bad config, unsupported arch)."""
 
     status_code = 500
+
+
+class AuthenticationError(EmberError):
+    """No valid API key or ID token; answered with `WWW-Authenticate: Bearer`."""
+
+    status_code = 401
+
+
+class PayloadTooLargeError(EmberError):
+    status_code = 413
+
+
+class RequestTimeoutError(EmberError):
+    """The request ran past --request-timeout; it was stopped and its KV blocks freed."""
+
+    status_code = 504

@@ -3,9 +3,26 @@
 from __future__ import annotations
 
 import enum
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ember.engine.structured import StructuredSpec
 from ember.errors import InvalidRequestError
+
+# Per-request bounds: the stop-string scan runs on every new token of every request.
+MAX_STOP_STRINGS = 64
+MAX_STOP_LENGTH = 1024  # characters
+MAX_STOP_TOKEN_IDS = 1024
+MAX_TOP_K = 2**31 - 1
+_FLOAT_FIELDS = (
+    "temperature",
+    "top_p",
+    "min_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+)
 
 
 class OutputKind(enum.Enum):
@@ -22,6 +39,8 @@ class SamplingParams:
     top_k: int = 0  # 0 or -1: disabled
     min_p: float = 0.0
     repetition_penalty: float = 1.0  # > 1 discourages tokens seen in prompt or output
+    # Tokens the penalties look back over (Ollama's repeat_last_n); 0: the whole sequence.
+    penalty_window: int = 0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     seed: int | None = None
@@ -35,6 +54,8 @@ class SamplingParams:
     skip_special_tokens: bool = True
     detokenize: bool = True  # False: token ids only, no text (and so no stop strings)
     output_kind: OutputKind = OutputKind.CUMULATIVE
+    # Constrained decoding: the output must match this grammar (JSON Schema, JSON object, regex).
+    structured: StructuredSpec | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -74,6 +95,8 @@ class SamplingParams:
                 "frequency_penalty",
                 f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}",
             )
+        if self.penalty_window < 0:
+            raise bad("penalty_window", f"penalty_window must be >= 0, got {self.penalty_window}")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise bad("max_tokens", f"max_tokens must be at least 1, got {self.max_tokens}")
         if self.min_tokens < 0:
@@ -89,5 +112,25 @@ class SamplingParams:
             raise bad("stop", "stop strings need detokenize=True")
         if any(not s for s in self.stop):
             raise bad("stop", "stop strings must not be empty")
+        if self.structured is not None:
+            self.structured.validate()
         if self.seed is not None and not -(2**63) <= self.seed < 2**64:
             raise bad("seed", f"seed must fit in 64 bits, got {self.seed}")
+        self._validate_bounds(bad)
+
+    def _validate_bounds(self, bad: Callable[[str, str], InvalidRequestError]) -> None:
+        """Bounds that keep one request's cost on the engine bounded (and NaN out of it)."""
+        for name in _FLOAT_FIELDS:
+            if not math.isfinite(getattr(self, name)):
+                raise bad(name, f"{name} must be a finite number")
+        if not 0 <= self.top_k <= MAX_TOP_K:
+            raise bad("top_k", f"top_k must be in [-1, {MAX_TOP_K}], got {self.top_k}")
+        if len(self.stop) > MAX_STOP_STRINGS:
+            raise bad("stop", f"at most {MAX_STOP_STRINGS} stop strings, got {len(self.stop)}")
+        if any(len(s) > MAX_STOP_LENGTH for s in self.stop):
+            raise bad("stop", f"stop strings must be at most {MAX_STOP_LENGTH} characters long")
+        if len(self.stop_token_ids) > MAX_STOP_TOKEN_IDS:
+            raise bad(
+                "stop_token_ids",
+                f"at most {MAX_STOP_TOKEN_IDS} stop token ids, got {len(self.stop_token_ids)}",
+            )

@@ -14,11 +14,13 @@ from pathlib import Path
 import torch
 
 from ember.engine.args import EngineArgs
+from ember.engine.faults import Faults
 from ember.engine.kv_cache import KVCacheManager
 from ember.engine.request import Request, build_request
 from ember.engine.runner import ModelRunner
 from ember.engine.scheduler import Scheduler
 from ember.engine.startup import StartupTimes, init_cuda, load_weights, report_phase
+from ember.engine.structured import StructuredDecoding
 from ember.errors import InvalidRequestError
 from ember.layers.metadata import AttentionMetadata, KVCache
 from ember.models.config import ModelConfig
@@ -32,6 +34,10 @@ log = logging.getLogger(__name__)
 # Without an explicit --max-model-len, contexts are capped here on CPU: the reference attention
 # and a small KV budget make longer ones impractical there.
 CPU_DEFAULT_MAX_MODEL_LEN = 4096
+# Steps in a row a lone request may run out of GPU memory before the engine gives up.
+MAX_OOM_RETRIES = 3
+# After an OOM the batch limits are halved; they double back after this many good steps.
+OOM_RELAX_STEPS = 64
 
 
 @dataclass(slots=True)
@@ -148,12 +154,18 @@ class EngineCore:
             self.device,
             max_num_seqs=args.max_num_seqs,
             max_model_len=self.max_model_len,
+            max_num_batched_tokens=args.max_num_batched_tokens,
             enforce_eager=args.enforce_eager,
         )
         self.graph_capture_s = self.startup.graph_capture_s = self.runner.capture()
+        self.runner.sampler.structured = StructuredDecoding(model_dir, self.model_config.vocab_size)
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
         self.step_times = StepTimes()
+        self.faults = Faults.from_env()
+        self.consecutive_ooms = 0
+        self._oom_capped = False  # the scheduler's limits are lowered after an OOM
+        self._ok_steps = 0  # good steps since the last OOM or relaxation
         log.info("engine start-up: %s", self.startup.summary())
         log.info(
             "engine ready: %s on %s (%s), max_model_len=%d, kv blocks=%d x %d tokens",
@@ -174,6 +186,16 @@ class EngineCore:
                 raise InvalidRequestError(
                     f"max_model_len must be positive, got {self.args.max_model_len}"
                 )
+            if self.args.max_model_len > model_max:
+                # Positions past the model's rope table do not exist; Ollama clamps the same way.
+                log.warning(
+                    "max_model_len %d is longer than the model's max_position_embeddings (%d); "
+                    "using %d",
+                    self.args.max_model_len,
+                    model_max,
+                    model_max,
+                )
+                return model_max
             return self.args.max_model_len
         if self.device.type == "cpu":
             return min(model_max, CPU_DEFAULT_MAX_MODEL_LEN)
@@ -189,11 +211,12 @@ class EngineCore:
             return self.args.num_kv_blocks
         per_block = self._kv_bytes_per_block()
         blocks_per_seq = -(-self.max_model_len // self.block_size)
+        # Every sequence at full length, and as much again for the prefix cache, is all a cache
+        # can use; a small model on a big GPU would otherwise spend many seconds zeroing the rest.
+        useful = 2 * self.args.max_num_seqs * blocks_per_seq
         if self.device.type == "cuda":
-            num = self._cuda_kv_budget() // per_block
+            num = min(useful, self._cuda_kv_budget() // per_block)
         else:
-            # Enough for every sequence at full length, plus as much again for the prefix cache.
-            useful = 2 * self.args.max_num_seqs * blocks_per_seq
             num = min(useful, int(self.args.kv_cache_memory_gb * 2**30) // per_block)
         if num < blocks_per_seq:
             if num < 1:
@@ -339,7 +362,14 @@ class EngineCore:
         if not sched:
             return []
         t1 = time.perf_counter()
-        reqs, sampled = self.runner.execute(sched)
+        try:
+            self.faults.before_step()
+            reqs, sampled = self.runner.execute(sched)
+        except torch.cuda.OutOfMemoryError as e:
+            self._recover_from_oom(e)
+            return []
+        if self.consecutive_ooms or self._oom_capped:
+            self._relax_after_oom()
         t2 = time.perf_counter()
         tokens = (
             {r.request_id: t for r, t in zip(reqs, sampled.token_ids, strict=True)}
@@ -375,6 +405,47 @@ class EngineCore:
             )
         self.step_times.add(t1 - t0, t2 - t1, time.perf_counter() - t2, self.runner.last_step_graph)
         return outputs
+
+    def _recover_from_oom(self, error: torch.cuda.OutOfMemoryError) -> None:
+        """The model step ran out of GPU memory, so nothing of it counts: preempt the newest half
+        of the running requests (recomputed later, as when KV blocks run out) and let the next
+        step retry with a smaller batch. A request alone that keeps failing re-raises: the engine
+        stops and the server exits for a restart."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.consecutive_ooms += 1
+        s = self.scheduler
+        running = len(s.running)
+        if running <= 1 and self.consecutive_ooms > MAX_OOM_RETRIES:
+            raise error
+        victims = s.preempt_newest(running // 2 if running > 1 else 0)
+        # Cap the batch, or the next step would admit the preempted requests straight back.
+        s.max_num_seqs = max(1, len(s.running))
+        s.max_num_batched_tokens = max(self.block_size, s.max_num_batched_tokens // 2)
+        self._oom_capped = True
+        self._ok_steps = 0
+        log.warning(
+            "out of GPU memory in a step of %d request(s); preempted %d, retrying with at most "
+            "%d sequences and %d tokens a step",
+            running,
+            len(victims),
+            s.max_num_seqs,
+            s.max_num_batched_tokens,
+        )
+
+    def _relax_after_oom(self) -> None:
+        """After OOM_RELAX_STEPS good steps in a row, double the caps back towards the
+        configured limits."""
+        self.consecutive_ooms = 0
+        self._ok_steps += 1
+        if self._ok_steps < OOM_RELAX_STEPS:
+            return
+        self._ok_steps = 0
+        s, args = self.scheduler, self.args
+        s.max_num_seqs = min(args.max_num_seqs, 2 * s.max_num_seqs)
+        s.max_num_batched_tokens = min(args.max_num_batched_tokens, 2 * s.max_num_batched_tokens)
+        limits = (args.max_num_seqs, args.max_num_batched_tokens)
+        self._oom_capped = (s.max_num_seqs, s.max_num_batched_tokens) != limits
 
     def stats(self, num_unfinished: int | None = None) -> EngineStats:
         s = self.scheduler

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ember.engine.request import Request
+from ember.engine.structured import GrammarMatcher, StructuredDecoding, apply_bitmask
 from ember.outputs import Logprob
 
 
@@ -25,9 +26,13 @@ class Sampler:
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self._generators: dict[str, torch.Generator] = {}
+        # Set by the engine core: grammars for requests with params.structured.
+        self.structured: StructuredDecoding | None = None
+        self._matchers: dict[str, GrammarMatcher] = {}
 
     def forget(self, request_id: str) -> None:
         self._generators.pop(request_id, None)
+        self._matchers.pop(request_id, None)
 
     def _generator(self, req: Request) -> torch.Generator:
         gen = self._generators.get(req.request_id)
@@ -45,12 +50,36 @@ class Sampler:
             torch.log_softmax(logits, dim=-1) if any(k is not None for k in want_logprobs) else None
         )
         logits = self._apply_penalties(logits, reqs)
+        constrained = [i for i, r in enumerate(reqs) if r.params.structured is not None]
+        if constrained:
+            self._apply_grammars(logits, reqs, constrained)
         tokens = self._sample(logits, reqs)
         token_list = tokens.tolist()  # the step's one device -> host sync
+        for i in constrained:
+            self._matchers[reqs[i].request_id].accept(token_list[i])
         logprobs = None
         if raw_logprobs is not None:
             logprobs = self._gather_logprobs(raw_logprobs, tokens, want_logprobs)
         return SamplerOutput(token_list, logprobs)
+
+    def _apply_grammars(self, logits: torch.Tensor, reqs: list[Request], rows: list[int]) -> None:
+        if self.structured is None:
+            raise RuntimeError("structured outputs need the sampler's StructuredDecoding")
+        bitmask = self.structured.new_bitmask(len(rows))
+        for j, i in enumerate(rows):
+            req = reqs[i]
+            matcher = self._matchers.get(req.request_id)
+            if matcher is None:
+                assert req.params.structured is not None
+                matcher = self.structured.matcher(req.params.structured)
+                self._matchers[req.request_id] = matcher
+            if matcher.failed:  # allow only end of sequence rather than an empty mask
+                bitmask[j] = 0
+                for t in req.eos_token_ids:
+                    bitmask[j, t // 32] |= 1 << (t % 32)
+            else:
+                matcher.fill(bitmask, j)
+        apply_bitmask(logits, rows, bitmask)
 
     def _apply_penalties(self, logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
         vocab = logits.shape[1]
@@ -64,7 +93,8 @@ class Sampler:
         if rows_rep:
             for i in rows_rep:
                 r = reqs[i]
-                seen = torch.tensor(sorted(set(r.all_token_ids)), device=logits.device)
+                window = r.all_token_ids[-r.params.penalty_window :]
+                seen = torch.tensor(sorted(set(window)), device=logits.device)
                 seen = seen[seen < vocab]
                 vals = logits[i, seen]
                 pen = r.params.repetition_penalty
@@ -74,7 +104,9 @@ class Sampler:
                 r = reqs[i]
                 if not r.output_token_ids:
                     continue
-                out = torch.tensor(r.output_token_ids, device=logits.device)
+                out = torch.tensor(
+                    r.output_token_ids[-r.params.penalty_window :], device=logits.device
+                )
                 out = out[out < vocab]
                 counts = torch.zeros(vocab, device=logits.device)
                 counts.scatter_add_(0, out, torch.ones_like(out, dtype=counts.dtype))

@@ -91,6 +91,15 @@ class Scheduler:
             budget -= n
         return out
 
+    def preempt_newest(self, n: int) -> list[Request]:
+        """Preempt the `n` newest running requests (their blocks freed, to be recomputed)."""
+        victims = []
+        for _ in range(min(n, len(self.running))):
+            victim = self.running.pop()
+            self._preempt(victim)
+            victims.append(victim)
+        return victims
+
     def _preempt(self, req: Request) -> None:
         self.kv.free(req)
         req.num_computed_tokens = 0

@@ -16,6 +16,10 @@ from ember.tokenizer.files import TokenizerFiles, read_tokenizer_files
 
 class Tokenizer:
     def __init__(self, backend: tokenizers.Tokenizer, files: TokenizerFiles) -> None:
+        # Some tokenizer.json files (BERT exports) pad or truncate every encoding; ember pads
+        # batches itself and reports over-long inputs instead of cutting them silently.
+        backend.no_padding()
+        backend.no_truncation()
         self._tk = backend
         self._files = files
         self._add_missing_tokens()
@@ -106,6 +110,11 @@ class Tokenizer:
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         text: str = self._tk.decode(ids, skip_special_tokens=skip_special_tokens)
+        return text
+
+    def backend_json(self) -> str:
+        """tokenizer.json as the backend holds it (with tokenizer_config.json's added tokens)."""
+        text: str = self._tk.to_str()
         return text
 
     def id_to_token(self, token_id: int) -> str | None:

@@ -154,3 +154,8 @@ def test_dummy_weights_need_only_the_config(tiny_dir: Path, tmp_path: Path) -> N
     llm = LLM(str(tmp_path), device="cpu", load_format="dummy")
     out = llm.generate("hello", greedy(5))[0]
     assert len(out.outputs[0].token_ids) == 5
+
+
+def test_max_model_len_beyond_the_model_is_clamped(tiny_dir: Path) -> None:
+    llm = LLM(str(tiny_dir), device="cpu", max_model_len=10**6)
+    assert llm.engine.max_model_len == 4096  # the tiny model's max_position_embeddings

@@ -1,0 +1,54 @@
+"""Tool calls parsed from model output in the Hermes/Qwen and Llama 3.x formats."""
+
+from __future__ import annotations
+
+from ember.tokenizer.tool_calls import ToolCall, calls_from_json, parse_tool_calls, tool_call_schema
+
+
+def test_hermes_blocks() -> None:
+    text = 'Let me check.\n<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call>\n<tool_call>{"name": "g", "arguments": "{\\"y\\": 2}"}</tool_call>'
+    parsed = parse_tool_calls(text)
+    assert parsed.content == "Let me check."
+    assert parsed.tool_calls == [ToolCall("f", {"x": 1}), ToolCall("g", {"y": 2})]
+
+
+def test_llama3_json_and_python_tag() -> None:
+    parsed = parse_tool_calls(
+        '<|python_tag|>{"name": "f", "parameters": {"x": "a"}}; {"name": "g", "parameters": {}}'
+    )
+    assert parsed.content == "" and [c.name for c in parsed.tool_calls] == ["f", "g"]
+    assert parse_tool_calls(' {"name": "f", "parameters": {"x": 1}}').tool_calls == [
+        ToolCall("f", {"x": 1})
+    ]
+
+
+def test_plain_text_and_malformed_calls_stay_content() -> None:
+    for text in (
+        "hello",
+        '{"a": 1}',
+        '{"name": "f", "parameters": {}} trailing',
+        "<tool_call>{not json</tool_call>",
+    ):
+        parsed = parse_tool_calls(text)
+        assert parsed.tool_calls == [] and parsed.content == text
+
+
+def test_forced_call_schema_round_trip() -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    schema = tool_call_schema(tools, None)
+    assert schema["type"] == "array" and schema["minItems"] == 1
+    assert tool_call_schema(tools, "f") == {"type": "object"}
+    assert calls_from_json('[{"name": "f", "parameters": {"k": 2}}]', None) == [
+        ToolCall("f", {"k": 2})
+    ]
+    assert calls_from_json('{"k": 2}', "f") == [ToolCall("f", {"k": 2})]
+
+
+def test_gate_streams_text_and_holds_calls() -> None:
+    from ember.tokenizer.tool_calls import ToolCallGate
+
+    gate = ToolCallGate()
+    assert [gate.feed(p) for p in [" ", "Hel", "lo"]] == ["", " Hel", "lo"] and gate.mode == "text"
+    gate = ToolCallGate()
+    assert [gate.feed(p) for p in ["<tool", "_call>{", '"name"']] == ["", "", ""]
+    assert gate.mode == "call" and gate.held() == '<tool_call>{"name"'
