@@ -40,7 +40,7 @@ class DirInfo:
     details: ModelDetails
 
 
-def _files(path: Path) -> list[Path]:
+def visible_files(path: Path) -> list[Path]:
     """Regular files under `path`, sorted, skipping hidden files and folders (temp files)."""
     out = []
     for file in path.rglob("*"):
@@ -116,7 +116,7 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 
 def inspect_dir(path: Path) -> DirInfo:
-    files = _files(path)
+    files = visible_files(path)
     digest = hashlib.sha256()
     size = 0
     newest = 0

@@ -103,6 +103,8 @@ def pull(
     )
     (staging / STATE).unlink()
     _install(staging, target)
+    # The pull hashed every file: the store records them as blobs without reading them again.
+    store.adopt(model_name, {f.name: f.sha256 for f in files})
     return PullResult(store.resolve(model_name), source_uri, files)
 
 
@@ -301,11 +303,10 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def pull_command(source_uri: str, name: str | None, home: Path) -> int:
+def pull_command(source_uri: str, name: str | None, store: ModelStore) -> int:
     """`ember pull`: progress on stderr, a summary on stdout; 1 with a message on failure."""
     from ember.registry.progress import FileBars
 
-    store = ModelStore(home)
     bars = FileBars()
     print(f"pulling {source_uri}", file=sys.stderr)
     try:

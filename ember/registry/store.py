@@ -1,6 +1,13 @@
-"""The local model store: `$EMBER_HOME/models/[namespace/]model/tag/`, one Hugging Face-style
-folder per model (config.json, *.safetensors, tokenizer files), plus optional `params.json`
-(Ollama-style default options) and `system` (default system prompt) files."""
+"""The local model store under `$EMBER_HOME` (or `$EMBER_MODELS`):
+
+- `manifests/[namespace/]model/tag`: each file of a model by sha256 (manifests.py);
+- `blobs/sha256-<hex>`: the bytes, stored once however many models hold them (blobs.py);
+- `models/[namespace/]model/tag/`: the Hugging Face-style folder the engine loads (config.json,
+  *.safetensors as hard links to blobs, tokenizer files), plus optional `params.json`
+  (Ollama-style default options) and `system` (default system prompt) files.
+
+Folders written before manifests existed (or by hand) are listed and served as they are, and
+given a manifest the first time a copy or create needs their blobs (`adopt`)."""
 
 from __future__ import annotations
 
@@ -8,15 +15,20 @@ import builtins
 import json
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ember.errors import InvalidRequestError, ModelLoadError, ModelNotFoundError
+from ember.registry.assemble import import_dir, materialise
+from ember.registry.blobs import Blobs
 from ember.registry.details import ModelDetails, inspect_dir
+from ember.registry.manifests import Manifest, read_manifest, write_manifest
 from ember.registry.names import DEFAULT_TAG, ModelName, parse_name
+from ember.registry.ollama_store import resolve_ollama
 from ember.registry.remote import default_name, is_uri, model_files
 from ember.registry.tiny import TINY_NAME, ensure_tiny
 
@@ -28,6 +40,11 @@ MODEL_MARKER = "config.json"
 def default_home() -> Path:
     """`$EMBER_HOME`, else ~/.ember."""
     return Path(os.environ.get("EMBER_HOME") or "~/.ember").expanduser()
+
+
+# Store writes (copy, create, remove, adopt) within one process run one at a time; each is also
+# crash-safe on its own (rename into place), which is what matters across processes.
+_WRITE_LOCK = threading.RLock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,22 +64,16 @@ def _is_explicit_path(text: str) -> bool:
     return os.path.isabs(text) or text.startswith((".", "~"))
 
 
-def _copy_file(src: str, dst: str) -> None:
-    # Weights are never edited in place, so a copy can share them; small files that users edit
-    # (params.json, system) are real copies.
-    if src.endswith(".safetensors"):
-        try:
-            os.link(src, dst)
-            return
-        except OSError:
-            pass
-    shutil.copy2(src, dst)
-
-
 class ModelStore:
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, models: Path | None = None) -> None:
+        """`models`: where manifests, blobs and model folders live (EMBER_MODELS); default
+        `home`. Caches stay under `home`. Never an Ollama store: remove() prunes the blobs that
+        no manifest here names."""
         self.home = Path(home).expanduser()
-        self.models_dir = self.home / "models"
+        root = Path(models).expanduser() if models is not None else self.home
+        self.models_dir = root / "models"
+        self.manifests_dir = root / "manifests"
+        self.blobs = Blobs(root / "blobs")
 
     @property
     def cache_dir(self) -> Path:
@@ -74,15 +85,33 @@ class ModelStore:
         """The folder where the model `name` lives (or will live once pulled)."""
         return self.models_dir / parse_name(name).relpath
 
+    def manifest_path(self, name: str) -> Path:
+        return self.manifests_dir / parse_name(name).relpath
+
+    def manifest(self, name: str) -> Manifest | None:
+        """The model's manifest; None for a model folder that has none yet."""
+        return read_manifest(self.manifest_path(name))
+
     def _load(self, name: str, path: Path) -> LocalModel:
         info = inspect_dir(path)
-        return LocalModel(
+        model = LocalModel(
             name=name,
             path=path,
             size=info.size,
             modified_at=info.modified_at,
             digest=info.digest,
             details=info.details,
+        )
+        if path != self.models_dir / parse_name(name).relpath:
+            return model  # a folder outside the store
+        file = self.manifest_path(name)
+        manifest = read_manifest(file)
+        if manifest is None:
+            return model
+        modified = datetime.fromtimestamp(file.stat().st_mtime, tz=timezone.utc)
+        details = replace(info.details, parent_model=manifest.parent)
+        return replace(
+            model, size=manifest.size, digest=manifest.digest, modified_at=modified, details=details
         )
 
     def _from_dir(self, text: str) -> LocalModel:
@@ -107,6 +136,11 @@ class ModelStore:
     def _find(self, name: ModelName) -> Path | None:
         path = self.models_dir / name.relpath
         if (path / MODEL_MARKER).is_file():
+            return path
+        manifest = self.manifest(str(name))
+        if manifest is not None:  # its folder was removed: build it again from the blobs
+            with _WRITE_LOCK:
+                materialise(self.blobs, manifest, path)
             return path
         if name == TINY_NAME:
             return ensure_tiny(self.models_dir)
@@ -134,6 +168,9 @@ class ModelStore:
                 return self._from_dir(text)
             raise
         path = self._find(name)
+        if path is not None:
+            return self._load(str(name), path)
+        path = resolve_ollama(name, self.cache_dir)  # pulled by Ollama: see ollama_store.py
         if path is not None:
             return self._load(str(name), path)
         if Path(text).is_dir():
@@ -190,29 +227,89 @@ class ModelStore:
         return file.read_text(encoding="utf-8") if file.is_file() else None
 
     def remove(self, name: str) -> None:
-        """Delete a model from the store (`ember rm`)."""
+        """Delete a model from the store (`ember rm`), and the blobs no other model holds."""
         parsed = parse_name(name)
         path = self.models_dir / parsed.relpath
-        if not path.is_dir():
+        manifest = self.manifest_path(str(parsed))
+        if not path.is_dir() and not manifest.is_file():
             raise ModelNotFoundError(f"model '{name}' not found; see 'ember list'", param="model")
-        shutil.rmtree(path)
-        # Drop the model's (and namespace's) folders once their last tag is gone.
-        for parent in path.parents:
-            if parent == self.models_dir or any(parent.iterdir()):
-                break
-            parent.rmdir()
+        with _WRITE_LOCK:
+            manifest.unlink(missing_ok=True)  # first: from here on the model is gone
+            shutil.rmtree(path, ignore_errors=True)
+            for root, leaf in ((self.models_dir, path), (self.manifests_dir, manifest)):
+                _prune_empty_parents(root, leaf)
+            self.blobs.prune(self._referenced())
+
+    def _referenced(self) -> set[str]:
+        """sha256 of every blob some manifest names."""
+        out: set[str] = set()
+        if self.manifests_dir.is_dir():
+            for file in self.manifests_dir.rglob("*"):
+                if file.is_file() and not file.name.startswith("."):
+                    manifest = read_manifest(file)
+                    if manifest is not None:
+                        out.update(f.sha256 for f in manifest.files)
+        return out
+
+    def adopt(self, name: str, known: dict[str, str] | None = None) -> Manifest:
+        """The manifest of the stored model `name`, first storing its folder's files as blobs
+        and writing one if it has none (a folder from before manifests, or a fresh pull whose
+        sha256s are `known`)."""
+        parsed = parse_name(name)
+        with _WRITE_LOCK:
+            manifest = self.manifest(str(parsed))
+            if manifest is not None and known is None:
+                return manifest
+            path = self.path_for(str(parsed))
+            if not (path / MODEL_MARKER).is_file():
+                self.resolve(str(parsed))  # raises the right error; creates tiny
+            manifest = import_dir(self.blobs, path, known)
+            write_manifest(self.manifest_path(str(parsed)), manifest)
+            return manifest
+
+    def manifest_of(self, source: str) -> Manifest:
+        """A manifest for `source`: a stored model (adopted if needed) or a model folder, whose
+        files are then stored as blobs (copied; the folder is left as it is)."""
+        local = self.resolve(source)
+        if local.source is not None:
+            raise InvalidRequestError(
+                f"'{source}' streams its weights from {local.source}; run 'ember pull {source}' "
+                "first, then copy the pulled model",
+                param="source",
+            )
+        if local.path == self.path_for(local.name) and self.models_dir in local.path.parents:
+            return self.adopt(local.name)
+        with _WRITE_LOCK:
+            return import_dir(self.blobs, local.path, parent=local.name, own=False)
+
+    def install(self, name: str, manifest: Manifest) -> LocalModel:
+        """Put `manifest` in the store as `name`: its folder first, then its manifest."""
+        parsed = parse_name(name)
+        with _WRITE_LOCK:
+            materialise(self.blobs, manifest, self.models_dir / parsed.relpath)
+            write_manifest(self.manifest_path(str(parsed)), manifest)
+        return self._load(str(parsed), self.models_dir / parsed.relpath)
 
     def copy(self, source: str, destination: str) -> LocalModel:
-        """Copy a model under a new name (`ember cp`); the destination is replaced if present."""
-        src = self.resolve(source)
-        dst_name = parse_name(destination)
-        dst = self.models_dir / dst_name.relpath
-        if dst == src.path:
-            return src
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.parent / f".{dst.name}.copy-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src.path, tmp, copy_function=_copy_file)
-        shutil.rmtree(dst, ignore_errors=True)
-        os.rename(tmp, dst)
-        return self._load(str(dst_name), dst)
+        """Copy a model under a new name (`ember cp`), sharing its blobs; the destination is
+        replaced if present."""
+        src = self.manifest_of(source)
+        dst = str(parse_name(destination))
+        if _parent_name(source) == dst:
+            return self.resolve(dst)
+        return self.install(dst, Manifest(src.files, parent=_parent_name(source)))
+
+
+def _parent_name(source: str) -> str:
+    try:
+        return str(parse_name(source))
+    except InvalidRequestError:
+        return source
+
+
+def _prune_empty_parents(root: Path, leaf: Path) -> None:
+    """Drop the folders above `leaf` (a model's, its namespace's) once they are empty."""
+    for parent in leaf.parents:
+        if parent == root or not parent.is_dir() or any(parent.iterdir()):
+            break
+        parent.rmdir()
