@@ -18,9 +18,12 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from ember import __version__
 from ember.config import ServeConfig
-from ember.server import health, ollama_routes, openai_routes
+from ember.server import health, ollama_routes, openai_routes, store_routes
+from ember.server.auth import Authenticator, AuthGuard
 from ember.server.context import ServerContext
+from ember.server.drain import Drain, DrainGuard, DrainingServer
 from ember.server.errors import install_error_handlers
+from ember.server.limits import BodyLimit
 
 log = logging.getLogger("ember.server")
 
@@ -62,6 +65,19 @@ def create_app(config: ServeConfig) -> FastAPI:
         openapi_url=None,
     )
     app.state.ctx = ctx
+    drain = Drain(config.drain_timeout, config.request_timeout)
+    app.state.drain = drain
+    # Added innermost first: CORS (preflights answer unauthenticated), then drain (503 while
+    # draining; budgets), then auth, then the body limit (bodies are read only once authorised).
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_size)  # type: ignore[arg-type]
+    auth = Authenticator.from_config(config)
+    if auth is not None:
+        app.add_middleware(
+            AuthGuard,  # type: ignore[arg-type]
+            auth=auth,
+            protect_metrics=config.protect_metrics,
+        )
+    app.add_middleware(DrainGuard, drain=drain)  # type: ignore[arg-type]
     app.add_middleware(
         CORSMiddleware,  # type: ignore[arg-type]
         allow_methods=["*"],
@@ -70,13 +86,15 @@ def create_app(config: ServeConfig) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(store_routes.router)  # first: its /api/tags and /api/ps win
     app.include_router(ollama_routes.router)
     app.include_router(openai_routes.router)
     return app
 
 
 def serve(config: ServeConfig) -> int:
-    """Run the server until it is stopped; the exit code is 1 if the model failed to load."""
+    """Run the server until it is stopped. The exit code is 0 after a drain (SIGTERM/SIGINT),
+    1 if the model failed to load or the engine died."""
     import uvicorn
 
     logging.basicConfig(
@@ -85,14 +103,27 @@ def serve(config: ServeConfig) -> int:
     )
     app = create_app(config)
     ctx: ServerContext = app.state.ctx
-    server = uvicorn.Server(
+
+    def engine_failed() -> str | None:
+        """Why a model failed (a dead engine, a failed load), or None. health() also marks a
+        model whose engine died as failed, so /health says why while the server exits."""
+        status, body = ctx.served.health()
+        if status != 200 and body.get("status") == "failed":
+            return str(body.get("error") or "a model failed")
+        return None
+
+    server = DrainingServer(
         uvicorn.Config(
             app,
             host=config.host,
             port=config.port,
             log_level=config.log_level,
             lifespan="on",
-        )
+            # after the drain, responses still open get this long before being cancelled
+            timeout_graceful_shutdown=2,
+        ),
+        app.state.drain,
+        engine_failed,
     )
 
     def stop() -> None:
@@ -103,4 +134,4 @@ def serve(config: ServeConfig) -> int:
         "ember %s serving %s on http://%s:%d", __version__, config.model, config.host, config.port
     )
     server.run()
-    return 1 if ctx.served.status == "failed" else 0
+    return 1 if ctx.served.status == "failed" or server.exit_code else 0

@@ -1,9 +1,9 @@
-"""What every route shares: the served model, admission, metrics; and the one path from a parsed
-request to a running engine request."""
+"""What every route shares: the models (residency.py, and `served`: the request's model, see
+current.py), admission, metrics; and the one path from a parsed request to a running engine
+request."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,10 +15,12 @@ from starlette.requests import Request
 from ember.config import ServeConfig
 from ember.errors import InvalidRequestError
 from ember.sampling_params import SamplingParams
-from ember.server.admission import Admission
+from ember.server.admission import Admission, Slot
+from ember.server.current import ModelView
 from ember.server.errors import validation_message
+from ember.server.limits import parse_json
 from ember.server.metrics import EngineSnapshot, ServerMetrics
-from ember.server.served_model import ServedModel
+from ember.server.residency import Lease, Residency, keep_alive_seconds
 from ember.server.streaming import Generation, race_disconnect
 
 if TYPE_CHECKING:
@@ -39,34 +41,45 @@ class Prepared:
 class ServerContext:
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
-        self.served = ServedModel(config)
+        self.residency = Residency(config)
+        self.served = ModelView(self.residency)
         self.admission = Admission(config.num_parallel, config.max_queue)
-        self.metrics = ServerMetrics(lambda: self.served.name, self.snapshot)
-
-    def snapshot(self) -> EngineSnapshot:
-        engine = self.served.engine
-        waiting_for_load = self.served.num_waiting_for_load
-        if engine is None:
-            return EngineSnapshot(num_waiting=waiting_for_load)
-        s = engine.stats()
-        return EngineSnapshot(
-            num_running=s.num_running,
-            num_waiting=s.num_waiting + waiting_for_load,
-            kv_cache_usage=s.kv_cache_usage,
-            num_used_blocks=s.num_used_blocks,
-            num_total_blocks=s.num_total_blocks,
-            prompt_tokens_total=s.prompt_tokens_total,
-            generation_tokens_total=s.generation_tokens_total,
-            prefix_cache_queries=s.prefix_cache_queries,
-            prefix_cache_hits=s.prefix_cache_hits,
-            num_preemptions_total=s.num_preemptions_total,
+        self.metrics = ServerMetrics(
+            lambda: self.residency.preloaded[self.residency.primary_key].name, self.snapshots
         )
 
+    def snapshots(self) -> dict[str, EngineSnapshot]:
+        """Each loaded model's engine state; the primary's zeros while nothing is loaded."""
+        out: dict[str, EngineSnapshot] = {}
+        waiting = self.residency.num_waiting
+        for r in self.residency.residents.values():
+            out[r.served.name] = _snapshot(r.served.engine, r.served.num_waiting_for_load)
+        if not out:
+            primary = self.residency.preloaded[self.residency.primary_key]
+            out[primary.name] = EngineSnapshot()
+        first = next(iter(out.values()))
+        first.num_waiting += waiting  # requests waiting for room to load a model
+        return out
+
     async def wait_ready(self, request: Request) -> tuple[AsyncEngine, float]:
-        """The engine and the seconds this request waited for it to load."""
+        """The request's model, loaded (its keep-alive restarted), and the seconds this request
+        waited for it."""
         t0 = time.monotonic()
-        engine = await race_disconnect(request, self.served.wait_ready())
-        return engine, time.monotonic() - t0
+        lease = await race_disconnect(request, self._acquire(request))
+        lease.release()
+        return lease.engine, time.monotonic() - t0
+
+    async def load_or_unload(self, request: Request) -> str:
+        """An empty prompt: load the request's model, or with keep_alive 0 unload it. Returns
+        Ollama's done_reason, "load" or "unload"."""
+        if await _keep_alive(request) == 0:
+            await self.residency.unload(self.served.key)
+            return "unload"
+        await self.wait_ready(request)
+        return "load"
+
+    async def _acquire(self, request: Request) -> Lease:
+        return await self.residency.acquire(self.served.key, await _keep_alive(request))
 
     async def start_generation(
         self,
@@ -76,19 +89,23 @@ class ServerContext:
     ) -> tuple[Generation, Prepared, float]:
         """Admit (or 503), wait for the model, prepare (may raise 400), start the engine request
         and wait for its first output. Returns the generation, what was prepared, and the load
-        wait in seconds. The caller owns the generation and must aclose() it."""
+        wait in seconds. The caller owns the generation and must aclose() it; the model stays
+        loaded until then."""
         engine = self.served.engine
-        slot = self.admission.acquire(engine.stats().num_unfinished if engine else 0)
+        slot = LeasedSlot(self.admission, engine.stats().num_unfinished if engine else 0)
         try:
-            engine, load_wait = await self.wait_ready(request)
-            prepared = prepare(engine)
+            t0 = time.monotonic()
+            lease = await race_disconnect(request, self._acquire(request))
+            slot.lease = lease
+            load_wait = time.monotonic() - t0
+            prepared = prepare(lease.engine)
             gen = Generation(
-                engine,
+                lease.engine,
                 request_id,
                 prepared.prompt_token_ids,
                 prepared.params,
                 slot,
-                self.metrics.track(),
+                self.metrics.track(lease.served.name),
                 prompt=prepared.prompt,
             )
         except BaseException:
@@ -96,6 +113,50 @@ class ServerContext:
             raise
         await gen.start(request)  # on failure it has closed itself and released the slot
         return gen, prepared, load_wait
+
+
+class LeasedSlot(Slot):
+    """An admission slot that also holds the request's model loaded until released."""
+
+    __slots__ = ("lease",)
+
+    def __init__(self, admission: Admission, engine_unfinished: int) -> None:
+        admission.acquire(engine_unfinished)  # 503 when full; counts this request
+        super().__init__(admission)
+        self.lease: Lease | None = None
+
+    def release(self) -> None:
+        super().release()
+        if self.lease is not None:
+            self.lease.release()
+
+
+async def _keep_alive(request: Request) -> float | None:
+    """The body's keep_alive in seconds (inf: forever), None if absent. Read here so that every
+    route that loads a model honours it."""
+    raw = await request.body()
+    if b"keep_alive" not in raw:
+        return None
+    data = parse_json(raw)
+    return keep_alive_seconds(data.get("keep_alive")) if isinstance(data, dict) else None
+
+
+def _snapshot(engine: AsyncEngine | None, waiting_for_load: int) -> EngineSnapshot:
+    if engine is None:
+        return EngineSnapshot(num_waiting=waiting_for_load)
+    s = engine.stats()
+    return EngineSnapshot(
+        num_running=s.num_running,
+        num_waiting=s.num_waiting + waiting_for_load,
+        kv_cache_usage=s.kv_cache_usage,
+        num_used_blocks=s.num_used_blocks,
+        num_total_blocks=s.num_total_blocks,
+        prompt_tokens_total=s.prompt_tokens_total,
+        generation_tokens_total=s.generation_tokens_total,
+        prefix_cache_queries=s.prefix_cache_queries,
+        prefix_cache_hits=s.prefix_cache_hits,
+        num_preemptions_total=s.num_preemptions_total,
+    )
 
 
 def get_context(request: Request) -> ServerContext:
@@ -109,10 +170,7 @@ async def read_json(request: Request, model: type[M]) -> M:
     raw = await request.body()
     if not raw.strip():
         raise InvalidRequestError("missing request body")
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InvalidRequestError(f"invalid JSON body: {e}") from None
+    data = parse_json(raw)
     if not isinstance(data, dict):
         raise InvalidRequestError("the request body must be a JSON object")
     try:

@@ -29,6 +29,7 @@ _OPENAI_TYPES = {
     404: "NotFoundError",
     405: "MethodNotAllowedError",
     413: "BadRequestError",
+    504: "TimeoutError",
     500: "InternalServerError",
     503: "ServiceUnavailableError",
 }
@@ -42,7 +43,17 @@ def is_openai_path(path: str) -> bool:
     return path.startswith("/v1/") or path == "/v1"
 
 
+# Seconds a client should wait before retrying a 503 (queue full, draining, engine restarting).
+RETRY_AFTER_S = 1
+
+
 def error_response(path: str, status: int, message: str, param: str | None = None) -> JSONResponse:
+    """The error body of the path's API family; 503s say when to retry, 401s how to log in."""
+    headers: dict[str, str] = {}
+    if status == 503:
+        headers["Retry-After"] = str(RETRY_AFTER_S)
+    elif status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="ember"'
     if is_openai_path(path):
         err_type = _OPENAI_TYPES.get(status, HTTPStatus(status).phrase.replace(" ", "") + "Error")
         body: dict[str, object] = {
@@ -50,7 +61,7 @@ def error_response(path: str, status: int, message: str, param: str | None = Non
         }
     else:
         body = {"error": message}
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def validation_message(err: ValidationError | RequestValidationError) -> InvalidRequestError:

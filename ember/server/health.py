@@ -23,6 +23,9 @@ async def live() -> dict[str, str]:
 @router.api_route("/health", methods=["GET", "HEAD"])
 async def health(request: Request) -> JSONResponse:
     status, body = get_context(request).served.health()
+    drain = getattr(request.app.state, "drain", None)
+    if drain is not None and drain.draining:  # tell load balancers to stop sending
+        status, body = 503, {**body, "status": "draining"}
     return JSONResponse(body, status_code=status)
 
 

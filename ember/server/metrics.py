@@ -47,17 +47,30 @@ class EngineSnapshot:
     num_preemptions_total: int = 0
 
 
+# Model name -> its engine's state, for each model loaded (or being waited for).
+Snapshots = Callable[[], Mapping[str, EngineSnapshot]]
+
+
 class _EngineCollector(Collector):
-    def __init__(self, model_name: Callable[[], str], snapshot: Callable[[], EngineSnapshot]):
-        self._model_name = model_name
-        self._snapshot = snapshot
+    def __init__(self, snapshots: Snapshots):
+        self._snapshots = snapshots
 
     def describe(self) -> list[Metric]:
         return []  # metrics are dynamic; skip the registry's duplicate check
 
     def collect(self) -> Iterator[Metric]:
-        s = self._snapshot()
-        labels = [self._model_name()]
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
+        for model, snapshot in self._snapshots().items():
+            for family in self._collect(model, snapshot):
+                known = families.setdefault(family.name, family)
+                if known is not family:
+                    known.samples.extend(family.samples)
+        yield from families.values()
+
+    def _collect(
+        self, model: str, s: EngineSnapshot
+    ) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        labels = [model]
 
         def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
             g = GaugeMetricFamily(name, doc, labels=["model_name"])
@@ -102,10 +115,11 @@ class _EngineCollector(Collector):
 
 
 class ServerMetrics:
-    def __init__(self, model_name: Callable[[], str], snapshot: Callable[[], EngineSnapshot]):
+    def __init__(self, model_name: Callable[[], str], snapshots: Snapshots):
+        """`model_name`: the primary model's name (start-up phases are its)."""
         self._model_name = model_name
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_EngineCollector(model_name, snapshot))
+        self.registry.register(_EngineCollector(snapshots))
         r = self.registry
         self.request_success = Counter(
             "vllm:request_success",
@@ -156,8 +170,9 @@ class ServerMetrics:
         for phase, seconds in phases.items():
             self.startup_phase.labels(name, phase).set(seconds)
 
-    def track(self) -> RequestTracker:
-        return RequestTracker(self)
+    def track(self, model_name: str | None = None) -> RequestTracker:
+        """A tracker for one request to `model_name` (default: the primary model)."""
+        return RequestTracker(self, model_name or self._model_name())
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -166,17 +181,18 @@ class ServerMetrics:
 class RequestTracker:
     """Observes one request's latencies from its stream of (delta) outputs."""
 
-    __slots__ = ("_done", "_m", "_prev_token_time", "_ttft_done")
+    __slots__ = ("_done", "_m", "_name", "_prev_token_time", "_ttft_done")
 
-    def __init__(self, metrics: ServerMetrics) -> None:
+    def __init__(self, metrics: ServerMetrics, model_name: str) -> None:
         self._m = metrics
+        self._name = model_name
         self._prev_token_time: float | None = None
         self._ttft_done = False
         self._done = False
 
     def update(self, out: RequestOutput) -> None:
         m = self._m
-        name = m._model_name()
+        name = self._name
         t = out.metrics
         new_tokens = len(out.outputs[0].token_ids) if out.outputs else 0
         if not self._ttft_done and t.first_token_time is not None:
@@ -205,4 +221,4 @@ class RequestTracker:
         """The server aborted the request (its client left); its last output is never read."""
         if not self._done:
             self._done = True
-            self._m.request_success.labels(self._m._model_name(), "abort").inc()
+            self._m.request_success.labels(self._name, "abort").inc()

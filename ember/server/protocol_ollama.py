@@ -5,24 +5,32 @@ Durations in responses are nanoseconds; `created_at` is RFC 3339 UTC with nanose
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime, timezone
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ember.engine.structured import StructuredSpec
 from ember.errors import InvalidRequestError
 from ember.outputs import RequestOutput
 from ember.sampling_params import OutputKind, SamplingParams
+from ember.server.formats import ollama_format
 
 # Ollama's own defaults (api/types.go DefaultOptions) for the options a client leaves out, so a
-# request means the same here as there. repeat_penalty stays 1.0: Ollama's 1.1 applies to the last
-# 64 tokens only, our repetition_penalty (vLLM's) to the whole sequence, a much stronger effect.
+# request means the same here as there. Penalties stay off unless asked for (Ollama's default
+# repeat_penalty is 1.1); a client's repeat_penalty looks back over repeat_last_n tokens, 64 unless
+# it says otherwise, as in Ollama.
 OLLAMA_DEFAULT_OPTIONS: dict[str, Any] = {"temperature": 0.8, "top_k": 40, "top_p": 0.9}
+OLLAMA_REPEAT_LAST_N = 64
 
 
 class Options(BaseModel):
-    """The Modelfile parameters ember honours; the rest (num_thread, mirostat, ...) are ignored."""
+    """Ollama's Modelfile parameters (api/types.go Options). Honoured: the sampling ones below,
+    num_ctx, num_predict and repeat_last_n. Accepted and ignored, since they tune llama.cpp or
+    have no counterpart here: num_keep, typical_p, penalize_newline, mirostat*, tfs_z, numa,
+    num_batch, num_gpu, main_gpu, use_mmap, num_thread, low_vram, vocab_only, use_mlock."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -35,6 +43,7 @@ class Options(BaseModel):
     seed: int | None = None  # negative: random
     stop: list[str] | str | None = None
     repeat_penalty: float | None = None
+    repeat_last_n: int | None = None  # tokens the penalties look back over; 0 off, -1 num_ctx
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
 
@@ -48,20 +57,31 @@ class _Request(BaseModel):
     options: dict[str, Any] | None = None
     keep_alive: str | float | None = None
     think: bool | str | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
 
     def check_common(self) -> None:
         if not self.model:
             raise InvalidRequestError("model is required", param="model")
-        if self.format not in (None, "", {}):
+        if self.top_logprobs is not None and not 0 <= self.top_logprobs <= 20:
             raise InvalidRequestError(
-                "format (JSON mode / structured outputs) is not supported yet; "
-                "leave it out and ask for JSON in the prompt",
-                param="format",
+                f"top_logprobs must be in [0, 20], got {self.top_logprobs}", param="top_logprobs"
             )
 
     @property
     def streaming(self) -> bool:
         return self.stream is not False
+
+    @property
+    def structured(self) -> StructuredSpec | None:
+        return ollama_format(self.format)
+
+    @property
+    def num_logprobs(self) -> int | None:
+        """Top alternatives per token (0: the sampled token only); None: no logprobs."""
+        if not self.logprobs and not self.top_logprobs:
+            return None
+        return self.top_logprobs or 0
 
 
 class GenerateRequest(_Request):
@@ -75,15 +95,11 @@ class GenerateRequest(_Request):
 
     def check(self) -> None:
         self.check_common()
-        if self.suffix:
-            raise InvalidRequestError(f"{self.model} does not support insert", param="suffix")
         if self.images:
-            raise InvalidRequestError(f"{self.model} does not support images", param="images")
-        if self.template:
             raise InvalidRequestError(
-                "template is not supported: ember renders the model's own chat template; "
-                "use raw: true to send a fully formatted prompt",
-                param="template",
+                f"{self.model} does not support images: it is a text-only model; "
+                "leave out images or serve a vision model",
+                param="images",
             )
 
 
@@ -92,19 +108,42 @@ class Message(BaseModel):
 
     role: str
     content: str | None = ""
+    thinking: str | None = None
     images: list[str] | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_name: str | None = None
 
     def for_template(self) -> dict[str, Any]:
         if self.images:
-            raise InvalidRequestError("this model does not support images", param="messages")
+            raise InvalidRequestError(
+                "this model does not support images: it is a text-only model", param="messages"
+            )
+        if self.role not in ("system", "user", "assistant", "tool"):
+            raise InvalidRequestError(
+                f"invalid message role {self.role!r}: use system, user, assistant or tool",
+                param="messages",
+            )
         msg: dict[str, Any] = {"role": self.role, "content": self.content or ""}
         if self.tool_calls:
-            msg["tool_calls"] = self.tool_calls
+            msg["tool_calls"] = [_template_tool_call(c) for c in self.tool_calls]
         if self.tool_name:
             msg["name"] = self.tool_name
         return msg
+
+
+def _template_tool_call(call: dict[str, Any]) -> dict[str, Any]:
+    """A tool call as the chat templates read it: {"type", "function": {"name", "arguments"}}
+    with arguments an object (Ollama clients send it so)."""
+    fn = dict(call.get("function") or {})
+    args = fn.get("arguments")
+    if isinstance(args, str):
+        try:
+            fn["arguments"] = json.loads(args)
+        except json.JSONDecodeError:
+            raise InvalidRequestError(
+                "tool_calls[].function.arguments must be a JSON object", param="messages"
+            ) from None
+    return {"type": "function", "function": fn}
 
 
 class ChatRequest(_Request):
@@ -130,7 +169,14 @@ def merge_options(model_defaults: dict[str, Any], request: dict[str, Any] | None
     return Options.model_validate(merged)
 
 
-def sampling_params(opts: Options, prompt_len: int, max_model_len: int) -> SamplingParams:
+def sampling_params(
+    opts: Options,
+    prompt_len: int,
+    max_model_len: int,
+    *,
+    structured: StructuredSpec | None = None,
+    logprobs: int | None = None,
+) -> SamplingParams:
     """SamplingParams (streaming deltas) for a prompt of `prompt_len` tokens."""
     if prompt_len >= max_model_len:
         raise InvalidRequestError(
@@ -148,7 +194,20 @@ def sampling_params(opts: Options, prompt_len: int, max_model_len: int) -> Sampl
         "stop": [s for s in stop if s],
         "seed": opts.seed if opts.seed is not None and opts.seed >= 0 else None,
         "output_kind": OutputKind.DELTA,
+        "structured": structured,
+        "logprobs": logprobs,
     }
+    last_n = opts.repeat_last_n
+    if last_n is None and opts.repeat_penalty is not None:
+        last_n = OLLAMA_REPEAT_LAST_N
+    if last_n is not None:
+        # Ollama: 0 disables the penalties, -1 looks back over the whole context.
+        window = (opts.num_ctx or max_model_len) if last_n < 0 else last_n
+        if window == 0:
+            opts = opts.model_copy(
+                update={"repeat_penalty": None, "presence_penalty": None, "frequency_penalty": None}
+            )
+        kwargs["penalty_window"] = window
     for ours, theirs in (
         ("temperature", "temperature"),
         ("top_k", "top_k"),

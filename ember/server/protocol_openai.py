@@ -3,6 +3,7 @@ response objects it returns. Unknown request fields are ignored, as vLLM does.""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -10,9 +11,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ember.engine.structured import StructuredSpec
 from ember.errors import InvalidRequestError
 from ember.outputs import CompletionOutput, Logprob
 from ember.sampling_params import OutputKind, SamplingParams
+from ember.server.formats import vllm_guided
+
+MAX_N = 16  # choices per request; each is an engine request holding an admission slot
 
 
 class StreamOptions(BaseModel):
@@ -45,16 +50,31 @@ class _Request(BaseModel):
     stop_token_ids: list[int] | None = None
     include_stop_str_in_output: bool | None = False
     skip_special_tokens: bool | None = True
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
 
     @property
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
-    def sampling_params(self, max_tokens: int, logprobs: int | None) -> SamplingParams:
+    def num_choices(self) -> int:
+        n = 1 if self.n is None else self.n
+        if not 1 <= n <= MAX_N:
+            raise InvalidRequestError(f"n must be in [1, {MAX_N}], got {n}", param="n")
+        return n
+
+    def sampling_params(
+        self,
+        max_tokens: int,
+        logprobs: int | None,
+        choice: int = 0,
+        structured: StructuredSpec | None = None,
+    ) -> SamplingParams:
+        """The params of one choice: n > 1 runs n engine requests, choice i seeded seed + i."""
         kwargs: dict[str, Any] = {
-            "n": 1 if self.n is None else self.n,
             "max_tokens": max_tokens,
-            "seed": self.seed,
+            "seed": None if self.seed is None else self.seed + choice,
+            "structured": structured or vllm_guided(self.guided_json, self.guided_regex),
             "stop": [self.stop] if isinstance(self.stop, str) else list(self.stop or []),
             "stop_token_ids": list(self.stop_token_ids or []),
             "min_tokens": self.min_tokens or 0,
@@ -88,12 +108,17 @@ class CompletionRequest(_Request):
     best_of: int | None = None
 
     def check(self) -> None:
-        if self.suffix:
-            raise InvalidRequestError("suffix is not supported", param="suffix")
-        if self.echo:
-            raise InvalidRequestError("echo is not supported", param="echo")
-        if self.best_of not in (None, 1):
-            raise InvalidRequestError("best_of must be 1", param="best_of")
+        n = self.num_choices()
+        if self.best_of is not None and self.best_of != n:
+            raise InvalidRequestError(
+                "best_of is not supported: ember returns every sample; use n instead",
+                param="best_of",
+            )
+        if self.echo and self.logprobs is not None:
+            raise InvalidRequestError(
+                "echo with logprobs (prompt logprobs) is not supported; drop one of them",
+                param="echo",
+            )
 
 
 class ChatMessage(BaseModel):
@@ -104,6 +129,8 @@ class ChatMessage(BaseModel):
 
     def for_template(self) -> dict[str, Any]:
         msg = self.model_dump(exclude_none=True)
+        if isinstance(msg.get("tool_calls"), list):
+            msg["tool_calls"] = [_template_tool_call(c) for c in msg["tool_calls"]]
         content = self.content
         if isinstance(content, list):
             texts = []
@@ -120,6 +147,20 @@ class ChatMessage(BaseModel):
         return msg
 
 
+def _template_tool_call(call: Any) -> Any:
+    """OpenAI sends arguments as a JSON string; chat templates expect an object."""
+    fn = call.get("function") if isinstance(call, dict) else None
+    if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+        try:
+            args = json.loads(fn["arguments"])
+        except json.JSONDecodeError:
+            raise InvalidRequestError(
+                "tool_calls[].function.arguments must be a JSON object string", param="messages"
+            ) from None
+        return {**call, "function": {**fn, "arguments": args}}
+    return call
+
+
 class ChatCompletionRequest(_Request):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = None
@@ -127,16 +168,52 @@ class ChatCompletionRequest(_Request):
     logprobs: bool | None = False
     top_logprobs: int | None = None
     tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = True
     response_format: dict[str, Any] | None = None
     # vLLM's extras
     add_generation_prompt: bool = True
     chat_template_kwargs: dict[str, Any] | None = None
 
     def check(self) -> None:
-        if self.response_format and self.response_format.get("type", "text") != "text":
+        self.num_choices()
+        if self.logprobs and self.top_logprobs is not None and not 0 <= self.top_logprobs <= 20:
             raise InvalidRequestError(
-                "response_format other than text is not supported yet", param="response_format"
+                f"top_logprobs must be in [0, 20], got {self.top_logprobs}", param="top_logprobs"
             )
+
+    @property
+    def forced_tool(self) -> str | None:
+        """The tool named by tool_choice {"type": "function", "function": {"name"}}, checked."""
+        choice = self.tool_choice
+        if not isinstance(choice, dict):
+            return None
+        name = (choice.get("function") or {}).get("name")
+        names = [str((t.get("function") or {}).get("name")) for t in self.tools or []]
+        if not isinstance(name, str) or name not in names:
+            raise InvalidRequestError(
+                f"tool_choice names tool {name!r}, which is not in tools {names}",
+                param="tool_choice",
+            )
+        return name
+
+    @property
+    def tool_mode(self) -> str:
+        """ "none", "auto", "required" or "named"."""
+        choice = self.tool_choice
+        if isinstance(choice, dict):
+            return "named"
+        if choice in (None, "auto"):
+            return "auto" if self.tools else "none"
+        if choice not in ("none", "required"):
+            raise InvalidRequestError(
+                f"tool_choice must be 'none', 'auto', 'required' or a named function, "
+                f"got {choice!r}",
+                param="tool_choice",
+            )
+        if choice == "required" and not self.tools:
+            raise InvalidRequestError("tool_choice 'required' needs tools", param="tool_choice")
+        return choice
 
     @property
     def requested_max_tokens(self) -> int | None:

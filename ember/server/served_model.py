@@ -1,6 +1,7 @@
-"""The one model this server serves: resolved, loaded in the background, warmed, then ready.
+"""One model the server serves: resolved, loaded in the background, warmed, then ready; and
+unloaded when the residency manager (residency.py) evicts it.
 
-uvicorn starts listening while the model loads. `/health` reports the load (phase, weight bytes
+uvicorn starts listening while the preloaded models load. `/health` reports the load (phase, weight bytes
 done and total); requests that arrive meanwhile wait for it (as Ollama's do) instead of failing.
 Once ready, /health and /metrics report how long each start-up phase took.
 """
@@ -89,8 +90,14 @@ def base_name(name: str) -> str:
 
 
 class ServedModel:
-    def __init__(self, config: ServeConfig) -> None:
+    def __init__(
+        self, config: ServeConfig, model: str | None = None, store: ModelStore | None = None
+    ) -> None:
+        """`model`: a store name, folder or URI (default: config.model, the server's primary
+        model, which alone answers to --served-model-name)."""
         self.config = config
+        self.model = model if model is not None else config.model
+        self.primary = self.model == config.model
         self.status: Status = "loading"
         self.phase = "starting"
         self.error: str | None = None
@@ -106,26 +113,32 @@ class ServedModel:
         self.startup = Startup()
         self.num_waiting_for_load = 0
         self.on_failed: Callable[[], None] | None = None
+        # The share of the GPU this model's engine may take (weights, activations, KV cache);
+        # None: all of --gpu-memory-utilization that other models leave (see residency.py).
+        self.gpu_share: float | None = None
         self._ready = asyncio.Event()
-        self._store: ModelStore | None = None
-        self._names = {base_name(config.model)}
-        if config.served_model_name:
+        self._store = store
+        self._names = {base_name(self.model)}
+        if config.served_model_name and self.primary:
             self._names.add(base_name(config.served_model_name))
 
     @property
     def name(self) -> str:
         """The name the APIs report: --served-model-name, else the store's name (tiny:latest)."""
-        if self.config.served_model_name:
+        if self.config.served_model_name and self.primary:
             return self.config.served_model_name
         if self.local_model is not None:
             return self.local_model.name
-        return self.config.model
+        return self.model
+
+    @property
+    def ready(self) -> bool:
+        """The load has ended (loaded or failed)."""
+        return self._ready.is_set()
 
     def store(self) -> ModelStore:
         if self._store is None:
-            from ember.registry import ModelStore
-
-            self._store = ModelStore(self.config.home)
+            self._store = self.config.model_store()
         return self._store
 
     def matches(self, requested: str) -> bool:
@@ -150,9 +163,9 @@ class ServedModel:
             startup.imports_s = t0 - self.process_started_at
             startup.imports_s += await asyncio.to_thread(import_engine)
             t0 = time.monotonic()
-            self.phase = "fetching model files" if is_uri(self.config.model) else "resolving model"
+            self.phase = "fetching model files" if is_uri(self.model) else "resolving model"
             store = self.store()
-            local = await asyncio.to_thread(store.resolve, self.config.model)
+            local = await asyncio.to_thread(store.resolve, self.model)
             self.local_model = local
             self._names.add(base_name(local.name))
             self.default_options = dict(await asyncio.to_thread(store.params, local))
@@ -160,6 +173,8 @@ class ServedModel:
             startup.resolve_s = time.monotonic() - t0
             self.phase = "loading weights"
             args = engine_args(self.config, local, self.name, store, self._on_progress)
+            if self.gpu_share is not None:
+                args = replace(args, gpu_memory_utilization=gpu_utilization(self.gpu_share, args))
             engine = await asyncio.to_thread(make_engine, args)
             self.engine = engine
             startup.engine = engine.info.startup
@@ -182,7 +197,7 @@ class ServedModel:
             self.status = "failed"
             self.phase = "failed"
             self.error = getattr(e, "message", None) or str(e) or type(e).__name__
-            log.error("model %s failed to load: %s", self.config.model, self.error)
+            log.error("model %s failed to load: %s", self.model, self.error)
             if not isinstance(e, ModelNotFoundError | ModelLoadError | InvalidRequestError):
                 log.exception("load error")
             if self.on_failed is not None:
@@ -209,7 +224,7 @@ class ServedModel:
             finally:
                 self.num_waiting_for_load -= 1
         if self.engine is None or self.status != "ok":
-            raise ModelLoadError(f"model '{self.config.model}' failed to load: {self.error}")
+            raise ModelLoadError(f"model '{self.model}' failed to load: {self.error}")
         return self.engine
 
     def health(self) -> tuple[int, dict[str, Any]]:
@@ -233,8 +248,10 @@ class ServedModel:
         return 503, body
 
     def shutdown(self) -> None:
-        if self.engine is not None:
-            self.engine.shutdown()
+        """Stop the engine and drop it, so that its weights and KV cache can be freed."""
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            engine.shutdown()
 
 
 def import_engine() -> float:
@@ -263,6 +280,18 @@ def engine_args(
     to the store's cache."""
     args = config.engine_args(str(local.path), name)
     return replace(args, weights=local.source, cache_dir=str(store.cache_dir), progress=progress)
+
+
+def gpu_utilization(share: float, args: EngineArgs) -> float:
+    """The engine's gpu_memory_utilization for a share of the GPU: the engine sizes its KV
+    cache as that fraction of the GPU less all memory in use (other models' engines too), so
+    it gets what is in use now plus its share."""
+    import torch
+
+    if args.device == "cpu" or not torch.cuda.is_available():
+        return args.gpu_memory_utilization
+    free, total = torch.cuda.mem_get_info()
+    return min(args.gpu_memory_utilization, (total - free) / total + share)
 
 
 def process_age_s() -> float:

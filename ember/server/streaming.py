@@ -18,10 +18,12 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from ember.errors import EmberError
 from ember.outputs import RequestOutput
 from ember.sampling_params import SamplingParams
 from ember.server.admission import Slot
 from ember.server.errors import ClientDisconnected
+from ember.server.limits import budget_of
 from ember.server.metrics import RequestTracker
 
 if TYPE_CHECKING:
@@ -96,18 +98,31 @@ class Generation:
         self._outputs = engine.generate(request_id, prompt_token_ids, params, prompt=prompt)
         self._first: RequestOutput | None = None
         self._closed = False
+        self._stopped_by: EmberError | None = None  # the request's budget ended (timeout, drain)
 
     async def start(self, request: Request) -> None:
         """Wait for the first output, so that request errors become HTTP statuses, not stream
-        errors. Raises ClientDisconnected if the client leaves first."""
+        errors. Raises ClientDisconnected if the client leaves first, and the budget's error if
+        the request's time (limits.Budget) runs out first."""
+        budget = budget_of(request.scope)
+        if budget is not None:
+            budget.on_stop(self._stop)
         try:
             self._first = await race_disconnect(request, _next(self._outputs))
+            self._note(self._first)
         except BaseException:
             await self.aclose()
             raise
-        self._note(self._first)
+
+    def _stop(self, error: EmberError) -> None:
+        """Abort the engine request; its final 'abort' output then raises `error` instead."""
+        if not self.finished and not self._closed:
+            self._stopped_by = error
+            self.engine.abort(self.request_id)
 
     def _note(self, out: RequestOutput) -> None:
+        if out.finished and self._stopped_by is not None:
+            raise self._stopped_by
         self._tracker.update(out)
         if out.finished:
             self.finished = True

@@ -166,9 +166,9 @@ def test_too_long_is_400_with_vllm_message(client: openai.OpenAI) -> None:
     assert isinstance(body, dict) and body["type"] == "BadRequestError" and body["code"] == 400
 
 
-def test_n_above_one_is_400(client: openai.OpenAI) -> None:
+def test_n_above_the_limit_is_400(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model="tiny", messages=MESSAGES, n=2, max_tokens=2)
+        client.chat.completions.create(model="tiny", messages=MESSAGES, n=1000, max_tokens=2)
 
 
 def test_unknown_model_is_404(client: openai.OpenAI) -> None:

