@@ -1,0 +1,133 @@
+"""`ember build`: a container build context with the model's weights baked in.
+
+Layer order is what makes re-deploys cheap: the weights are copied right after the base image,
+so a change to ember's code or settings rebuilds (and re-pushes) only the small layers above them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ember
+from ember.deploy.spec import DeployError
+
+DEFAULT_BASE_IMAGE = "pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime"
+CONTAINER_PORT = 8080  # Cloud Run's default $PORT; the platform may set another
+_SOURCE_FILES = ("pyproject.toml", "README.md")
+_DOCKERIGNORE = """\
+**/__pycache__
+**/*.pyc
+**/.git
+**/.mypy_cache
+**/.ruff_cache
+**/.pytest_cache
+"""
+
+
+@dataclass(slots=True)
+class BuildContext:
+    directory: Path
+    model_name: str
+    model_path: str  # inside the image
+    model_bytes: int
+    entrypoint: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def image_model_name(model_dir: Path) -> str:
+    """A folder name safe in a path and an image: lowercase letters, digits, '.', '_', '-'."""
+    name = re.sub(r"[^a-z0-9._-]+", "-", model_dir.name.lower()).strip("-.")
+    return name or "model"
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _copy_source(dest: Path, wheel: Path | None) -> str:
+    """Copy ember into the context; return the path pip installs from (context-relative)."""
+    dest.mkdir()
+    if wheel is not None:
+        if not wheel.is_file():
+            raise DeployError(f"wheel {wheel} not found; build one with 'pip wheel --no-deps .'")
+        shutil.copy2(wheel, dest / wheel.name)
+        return f"ember-src/{wheel.name}"
+    root = Path(ember.__file__).resolve().parent.parent
+    if not (root / "pyproject.toml").is_file():
+        raise DeployError(
+            "ember is installed without its source tree; pass --wheel PATH to a wheel built "
+            "with 'pip wheel --no-deps .' from ember's repository"
+        )
+    for name in _SOURCE_FILES:
+        if (root / name).is_file():
+            shutil.copy2(root / name, dest / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(root / "ember", dest / "ember", ignore=ignore)
+    return "ember-src"
+
+
+def dockerfile(ctx: BuildContext, base_image: str, install_from: str, warm: bool) -> str:
+    lines = [
+        f"FROM {base_image}",
+        "# Weights first: their layer stays cached and pushed when ember or its settings change.",
+        f"COPY model {ctx.model_path}",
+    ]
+    if warm:
+        lines.append(f"COPY warm_prompts.txt {ctx.model_path}.warm_prompts.txt")
+    lines += [
+        "COPY ember-src /opt/ember-src",
+        f"RUN pip install --no-cache-dir /opt/{install_from}",
+    ]
+    lines += [f"ENV {k}={json.dumps(v)}" for k, v in ctx.env.items()]
+    lines += [
+        f"EXPOSE {CONTAINER_PORT}",
+        # Exec form: ember is PID 1 and gets SIGTERM itself, so it can drain.
+        f"ENTRYPOINT {json.dumps(ctx.entrypoint[:1])}",
+        f"CMD {json.dumps(ctx.entrypoint[1:])}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_context(
+    model_dir: Path,
+    out: Path,
+    base_image: str = DEFAULT_BASE_IMAGE,
+    settings: Sequence[tuple[str, str]] = (),
+    warm_prompts: Path | None = None,
+    wheel: Path | None = None,
+    name: str | None = None,
+) -> BuildContext:
+    if not (model_dir / "config.json").is_file():
+        raise DeployError(f"{model_dir} is not a model directory (no config.json)")
+    if out.exists() and any(out.iterdir()):
+        raise DeployError(f"{out} exists and is not empty; pass -o to a new folder")
+    for key, _ in settings:
+        if not key.startswith(("EMBER_", "OLLAMA_")):
+            raise DeployError(f"setting {key!r} is not an EMBER_* or OLLAMA_* variable")
+    out.mkdir(parents=True, exist_ok=True)
+    name = image_model_name(Path(name) if name else model_dir)
+    model_path = f"/models/{name}"
+    env = {"PORT": str(CONTAINER_PORT), "EMBER_HOME": "/var/lib/ember"}
+    env |= {"EMBER_SERVED_MODEL_NAME": name} | dict(settings)
+    ctx = BuildContext(
+        directory=out,
+        model_name=name,
+        model_path=model_path,
+        model_bytes=_dir_bytes(model_dir),
+        entrypoint=["ember", "serve", model_path, "--host", "0.0.0.0"],
+        env=env,
+    )
+    shutil.copytree(model_dir, out / "model", ignore=shutil.ignore_patterns(".*"))
+    if warm_prompts is not None:
+        shutil.copy2(warm_prompts, out / "warm_prompts.txt")
+    install_from = _copy_source(out / "ember-src", wheel)
+    (out / "Dockerfile").write_text(
+        dockerfile(ctx, base_image, install_from, warm_prompts is not None)
+    )
+    (out / ".dockerignore").write_text(_DOCKERIGNORE)
+    return ctx

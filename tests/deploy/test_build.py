@@ -1,0 +1,105 @@
+"""`ember build`: the context's contents and layer order, and its entrypoint really serving."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ember.deploy.build import write_context
+from ember.deploy.spec import DeployError
+from tests.server.serverproc import free_port
+
+
+def instructions(dockerfile: str) -> list[tuple[str, str]]:
+    out = []
+    for line in dockerfile.splitlines():
+        if line.strip() and not line.startswith("#"):
+            op, _, rest = line.partition(" ")
+            out.append((op, rest))
+    return out
+
+
+def test_context_contents_and_layer_order(tiny_dir: Path, tmp_path: Path) -> None:
+    warm = tmp_path / "warm.txt"
+    warm.write_text("You are a helpful assistant.\n")
+    ctx = write_context(
+        tiny_dir, tmp_path / "ctx", settings=[("EMBER_NUM_PARALLEL", "8")], warm_prompts=warm
+    )
+    root = ctx.directory
+    assert ctx.model_name == "tiny-llama" and ctx.model_path == "/models/tiny-llama"
+    assert sorted(p.name for p in (root / "model").iterdir()) == sorted(
+        p.name for p in tiny_dir.iterdir()
+    )
+    assert (root / "ember-src" / "pyproject.toml").is_file()
+    assert (root / "ember-src" / "ember" / "cli.py").is_file()
+    assert not list((root / "ember-src").rglob("__pycache__"))
+    assert "__pycache__" in (root / ".dockerignore").read_text()
+    assert (root / "warm_prompts.txt").read_text() == warm.read_text()
+
+    steps = instructions((root / "Dockerfile").read_text())
+    ops = [op for op, _ in steps]
+    assert steps[0][0] == "FROM" and "cuda" in steps[0][1] and "runtime" in steps[0][1]
+    assert steps[1] == ("COPY", "model /models/tiny-llama")  # weights: the first layer
+    code = ops.index("RUN")
+    assert ops.index("COPY", 2) < code and all(op in ("ENV", "EXPOSE", "ENTRYPOINT", "CMD")
+                                               for op in ops[code + 1 :])  # fmt: skip
+    assert "pip install" in steps[code][1]
+    env = {
+        k: json.loads(v) for k, _, v in (rest.partition("=") for op, rest in steps if op == "ENV")
+    }
+    assert env["EMBER_NUM_PARALLEL"] == "8" and env["PORT"] == "8080"
+
+
+def test_rejects_what_cannot_work(tiny_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(DeployError, match=r"config\.json"):
+        write_context(tmp_path, tmp_path / "a")
+    with pytest.raises(DeployError, match="EMBER_"):
+        write_context(tiny_dir, tmp_path / "b", settings=[("HOME", "/x")])
+
+
+def test_entrypoint_serves_on_port(tiny_dir: Path, tmp_path: Path) -> None:
+    """Run the image's ENTRYPOINT + CMD as written, with its ENV and a $PORT as Cloud Run sets
+    it; the model path maps to the context's model folder, the host to loopback."""
+    ctx = write_context(tiny_dir, tmp_path / "ctx")
+    steps = instructions((ctx.directory / "Dockerfile").read_text())
+    entry = json.loads(next(rest for op, rest in steps if op == "ENTRYPOINT"))
+    cmd = entry + json.loads(next(rest for op, rest in steps if op == "CMD"))
+    assert cmd[:3] == ["ember", "serve", ctx.model_path] and cmd[3:] == ["--host", "0.0.0.0"]
+    cmd = [sys.executable, "-m", "ember.cli", *cmd[1:]]
+    cmd[cmd.index(ctx.model_path)] = str(ctx.directory / "model")
+    cmd[cmd.index("0.0.0.0")] = "127.0.0.1"
+    env = {
+        k: json.loads(v) for k, _, v in (rest.partition("=") for op, rest in steps if op == "ENV")
+    }
+    port = free_port()
+    full_env = {k: v for k, v in os.environ.items() if k not in ("OLLAMA_HOST", "EMBER_PORT")}
+    full_env |= env | {"PORT": str(port), "EMBER_HOME": str(tmp_path / "home")}
+    full_env |= {"EMBER_DEVICE": "cpu", "EMBER_CONTEXT_LENGTH": "256"}
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env)
+    try:
+        import time
+
+        deadline = time.monotonic() + 120
+        status = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                status = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code
+                if status == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        assert status == 200, (tmp_path / "serve.log").read_text()[-3000:]
+        models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5).json()
+        assert models["data"][0]["id"].startswith(ctx.model_name)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
