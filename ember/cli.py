@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ember import __version__
@@ -17,6 +18,7 @@ from ember.config import ConfigError, ServeConfig, add_config_arguments, config_
 if TYPE_CHECKING:
     from ember.engine.async_engine import AsyncEngine
 
+_STORE_COMMANDS = ("list", "ps", "show", "rm", "cp", "create")
 _EPILOG = (
     "Every option can also be set by its environment variable (EMBER_*, or Ollama's OLLAMA_* "
     "where one exists); flags win over EMBER_*, which win over OLLAMA_*."
@@ -73,13 +75,79 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("name", nargs="?", metavar="NAME", help="store name, [namespace/]model[:tag]")
     pull.add_argument("--home", default=None, help="ember's home [env: EMBER_HOME]")
 
+    _add_store_commands(sub)
+
     from ember.bench.cli import DESCRIPTION, add_arguments
 
     bench = sub.add_parser(
         "bench", help="load-test an OpenAI-compatible server", description=DESCRIPTION
     )
     add_arguments(bench)
+
+    from ember.deploy import cli as deploy_cli
+    from ember.sim import cli as sim_cli
+    from ember.tune import cli as tune_cli
+
+    build = sub.add_parser("build", help="write a container build context with baked weights")
+    deploy_cli.add_build_arguments(build)
+    deploy = sub.add_parser("deploy", help="render Cloud Run or Kubernetes manifests")
+    deploy_cli.add_deploy_arguments(deploy)
+    tune = sub.add_parser("tune", help="find the concurrency knee of a running server")
+    tune_cli.add_arguments(tune)
+    simulate = sub.add_parser("simulate", help="simulate a fleet under an autoscaler")
+    sim_cli.add_arguments(simulate)
     return parser
+
+
+def _add_store_commands(sub: Any) -> None:
+    """list, ps, show, rm, cp, create: the model store as `ollama` users know it."""
+    home_help = "ember's home [env: EMBER_HOME]; the store honours EMBER_MODELS"
+    parsers = {
+        "list": sub.add_parser("list", aliases=["ls"], help="list the models in the store"),
+        "ps": sub.add_parser("ps", help="list the models a running 'ember serve' has loaded"),
+        "show": sub.add_parser("show", help="show a model's details, parameters and system"),
+        "rm": sub.add_parser("rm", help="remove models from the store"),
+        "cp": sub.add_parser("cp", help="copy a model under a new name (shares its blobs)"),
+        "create": sub.add_parser(
+            "create",
+            help="create a model from another or from a folder, with its own template, "
+            "system prompt and parameters",
+            description="Create NAME from --from MODEL (a store name or a model folder) or a "
+            "Modelfile (FROM, SYSTEM, TEMPLATE, PARAMETER).",
+        ),
+    }
+    for name, p in parsers.items():
+        p.set_defaults(command=name)
+        if name != "ps":
+            p.add_argument("--home", default=None, help=home_help)
+    parsers["show"].add_argument("model", metavar="MODEL")
+    parsers["rm"].add_argument("models", nargs="+", metavar="MODEL")
+    parsers["cp"].add_argument("source", metavar="SOURCE")
+    parsers["cp"].add_argument("destination", metavar="DESTINATION")
+    create = parsers["create"]
+    create.add_argument("model", metavar="NAME")
+    create.add_argument("-f", "--file", default=None, metavar="MODELFILE", help="a Modelfile")
+    create.add_argument("--from", dest="base", default=None, metavar="MODEL", help="base model")
+
+
+def _store_command(args: argparse.Namespace) -> int:
+    from ember.registry import commands
+
+    config = ServeConfig.from_sources({"home": getattr(args, "home", None)}, os.environ)
+    if args.command == "ps":
+        host = "127.0.0.1" if config.host in ("0.0.0.0", "::", "") else config.host
+        return commands.ps_command(f"http://{host}:{config.port}")
+    store = config.model_store()
+    if args.command == "list":
+        return commands.list_command(store)
+    if args.command == "show":
+        return commands.show_command(store, args.model)
+    if args.command == "rm":
+        return commands.rm_command(store, args.models)
+    if args.command == "cp":
+        return commands.cp_command(store, args.source, args.destination)
+    modelfile = Path(args.file) if args.file else None
+    return commands.create_command(store, args.model, modelfile, args.base)
 
 
 def _config(args: argparse.Namespace) -> ServeConfig:
@@ -99,12 +167,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ember.bench.cli import run as bench
 
         return bench(args)
+    if args.command in ("build", "deploy", "tune", "simulate"):
+        from ember.deploy import cli as deploy_cli
+        from ember.sim import cli as sim_cli
+        from ember.tune import cli as tune_cli
+
+        runners = {
+            "build": deploy_cli.run_build,
+            "deploy": deploy_cli.run_deploy,
+            "tune": tune_cli.run,
+            "simulate": sim_cli.run,
+        }
+        return runners[args.command](args)
     try:
+        if args.command in _STORE_COMMANDS:
+            return _store_command(args)
         if args.command == "pull":
             from ember.registry.pull import pull_command
 
-            home = ServeConfig.from_sources({"home": args.home}, os.environ).home
-            return pull_command(args.source, args.name, home)
+            pull_config = ServeConfig.from_sources({"home": args.home}, os.environ)
+            return pull_command(args.source, args.name, pull_config.model_store())
         config = _config(args)
     except ConfigError as e:
         parser.exit(2, f"ember: error: {e}\n")
@@ -142,10 +224,9 @@ async def _run_async(config: ServeConfig, prompt: str, options: dict[str, Any]) 
     import asyncio
 
     from ember.errors import InvalidRequestError
-    from ember.registry import ModelStore
     from ember.server.served_model import engine_args, make_engine
 
-    store = ModelStore(config.home)
+    store = config.model_store()
     local = await asyncio.to_thread(store.resolve, config.model)
     defaults = dict(await asyncio.to_thread(store.params, local))
     system = await asyncio.to_thread(store.system, local)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ember.engine.args import EngineArgs
+    from ember.registry import ModelStore
 
 DEFAULT_PORT = 11434
 DEFAULT_HOME = Path("~/.ember").expanduser()
@@ -110,6 +111,34 @@ def _origins(raw: str) -> tuple[str, ...]:
     return tuple(o.strip() for o in raw.split(",") if o.strip())
 
 
+def _readable_file(raw: str) -> Path:
+    path = Path(_nonempty(raw)).expanduser()
+    try:
+        path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"cannot read it: {e.strerror or e}") from None
+    return path
+
+
+def _seconds_or_off(raw: str) -> float | None:
+    """Seconds > 0; 0 or "off" turns the limit off (None)."""
+    if raw.strip().lower() in ("0", "off", "none"):
+        return None
+    return _positive_float(raw)
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20}
+_SIZE_UNITS |= {"mib": 2**20, "g": 2**30, "gb": 2**30, "gib": 2**30}
+
+
+def _byte_size(raw: str) -> int:
+    """Bytes: 1048576, 512KiB, 8MiB (units are powers of 1024)."""
+    m = re.fullmatch(r"(\d+)\s*([a-z]*)", raw.strip().lower())
+    if m is None or m.group(2) not in _SIZE_UNITS or int(m.group(1)) < 1:
+        raise ValueError("must be a size such as 8MiB, 512KiB or a number of bytes")
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+
+
 _DURATION_UNITS_S = dict(ns=1e-9, us=1e-6, ms=1e-3, s=1.0, m=60.0, h=3600.0) | {"µs": 1e-6}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 
@@ -162,9 +191,11 @@ def _opt(
     parse: Callable[[str], Any] = _nonempty,
     group: str = "engine",
     shown: str | None = None,
+    repeat: bool = False,
 ) -> Any:
     """A ServeConfig field: its flags and environment variables (space-separated, in order of
-    precedence), help text, parser, --help group and the default as --help shows it."""
+    precedence), help text, parser, --help group and the default as --help shows it. A `repeat`
+    flag may be given several times; its values are joined with commas before parsing."""
     meta = {
         "flags": tuple(flags.split()),
         "env": tuple(env.split()),
@@ -172,6 +203,7 @@ def _opt(
         "parse": parse,
         "group": group,
         "shown": shown,
+        "repeat": repeat,
     }
     return field(default=default, metadata=meta)
 
@@ -236,6 +268,34 @@ class ServeConfig:
         "server",
         "5m",
     )
+    max_loaded_models: int = _opt(
+        3,
+        "--max-loaded-models",
+        "EMBER_MAX_LOADED_MODELS OLLAMA_MAX_LOADED_MODELS",
+        "models kept loaded at once (as memory allows); a request for another waits for an "
+        "idle one to be unloaded",
+        _int_at_least(1),
+        "server",
+    )
+    preload: tuple[str, ...] = _opt(
+        (),
+        "--preload",
+        "EMBER_PRELOAD",
+        "more models to load at start, comma-separated; /health is 200 once all are ready",
+        _origins,
+        "model",
+        "none",
+    )
+    models_dir: Path | None = _opt(  # noqa: RUF009 - _opt returns a dataclasses.field
+        None,
+        "--models",
+        "EMBER_MODELS",
+        "where ember's model store keeps manifests, blobs and model folders (not "
+        "OLLAMA_MODELS: an Ollama store there is read as it is, never written)",
+        lambda raw: Path(_nonempty(raw)).expanduser(),
+        "model",
+        "ember's home",
+    )
     origins: tuple[str, ...] = _opt(
         (),
         "--origins",
@@ -299,6 +359,83 @@ class ServeConfig:
         "never run decode under CUDA graphs (a switch; the variable takes true/false)",
         _bool,
     )
+    api_key: tuple[str, ...] = _opt(
+        (),
+        "--api-key",
+        "EMBER_API_KEY",
+        "API key clients must send as 'Authorization: Bearer KEY' (repeat the flag or "
+        "comma-separate for several)",
+        _origins,
+        "server",
+        "none",
+        repeat=True,
+    )
+    api_key_file: Path | None = _opt(  # noqa: RUF009 - _opt returns a dataclasses.field
+        None,
+        "--api-key-file",
+        "EMBER_API_KEY_FILE",
+        "file of API keys, one a line (# comments), accepted like --api-key",
+        _readable_file,
+        "server",
+    )
+    auth_oidc: str | None = _opt(
+        None,
+        "--auth-oidc",
+        "EMBER_AUTH_OIDC",
+        "accept Google-signed ID tokens (as Cloud Run IAM does) whose audience is this value, "
+        "usually the service URL",
+        group="server",
+    )
+    oidc_jwks_url: str = _opt(
+        "https://www.googleapis.com/oauth2/v3/certs",
+        "--oidc-jwks-url",
+        "EMBER_OIDC_JWKS_URL",
+        "JWKS URL of the keys that sign ID tokens",
+        group="server",
+    )
+    oidc_allowed_emails: tuple[str, ...] = _opt(
+        (),
+        "--oidc-allowed-emails",
+        "EMBER_OIDC_ALLOWED_EMAILS",
+        "only ID tokens of these (service-account) emails, comma-separated",
+        _origins,
+        "server",
+        "any",
+    )
+    protect_metrics: bool = _opt(
+        False,
+        "--protect-metrics",
+        "EMBER_PROTECT_METRICS",
+        "require auth on /metrics too (/live and /health stay open)",
+        _bool,
+        "server",
+    )
+    max_body_size: int = _opt(
+        8 * 2**20,
+        "--max-body-size",
+        "EMBER_MAX_BODY_SIZE",
+        "largest request body accepted (bytes, or 512KiB, 8MiB); larger ones get 413",
+        _byte_size,
+        "server",
+        "8MiB",
+    )
+    request_timeout: float | None = _opt(
+        None,
+        "--request-timeout",
+        "EMBER_REQUEST_TIMEOUT",
+        "seconds a request may run before it is stopped with an error (0 = no limit)",
+        _seconds_or_off,
+        "server",
+        "no limit",
+    )
+    drain_timeout: float = _opt(
+        8.0,
+        "--drain-timeout",
+        "EMBER_DRAIN_TIMEOUT",
+        "seconds in-flight requests get to finish after SIGTERM/SIGINT before they are ended",
+        _positive_float,
+        "server",
+    )
     log_level: str = _opt(
         "info",
         "--log-level",
@@ -311,7 +448,7 @@ class ServeConfig:
     @classmethod
     def from_sources(
         cls,
-        flags: Mapping[str, str | None] | None = None,
+        flags: Mapping[str, str | list[str] | None] | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> ServeConfig:
         """Build from raw flag values (field name -> string or None) and the environment.
@@ -329,6 +466,12 @@ class ServeConfig:
                 values[f.name] = found
         values.update(_host_and_port(flags, environ))
         return cls(**values)
+
+    def model_store(self) -> ModelStore:
+        """The model store these settings name (home, and models_dir if set)."""
+        from ember.registry import ModelStore
+
+        return ModelStore(self.home, self.models_dir)
 
     def engine_args(self, model_dir: str, served_model_name: str) -> EngineArgs:
         from ember.engine.args import EngineArgs
@@ -352,13 +495,15 @@ class ServeConfig:
 def _lookup(
     name: str,
     meta: Mapping[str, Any],
-    flags: Mapping[str, str | None],
+    flags: Mapping[str, str | list[str] | None],
     environ: Mapping[str, str],
     env_names: tuple[str, ...],
 ) -> Any:
     """The parsed value from the first source that sets it, or None if none does."""
     parse: Callable[[str], Any] = meta["parse"]
     raw = flags.get(name)
+    if isinstance(raw, list):  # a repeat flag given several times
+        raw = ",".join(raw)
     if raw is not None:
         return _parse(parse, raw, meta["flags"][0])
     for var in env_names:
@@ -375,7 +520,9 @@ def _parse(parse: Callable[[str], Any], raw: str, source: str) -> Any:
         raise ConfigError(f"invalid value {raw!r} for {source}: {e}") from None
 
 
-def _host_and_port(flags: Mapping[str, str | None], environ: Mapping[str, str]) -> dict[str, Any]:
+def _host_and_port(
+    flags: Mapping[str, str | list[str] | None], environ: Mapping[str, str]
+) -> dict[str, Any]:
     meta = {f.name: f.metadata for f in fields(ServeConfig)}
     host = _lookup("host", meta["host"], flags, environ, ("EMBER_HOST",))
     port = _lookup("port", meta["port"], flags, environ, ("EMBER_PORT", "PORT"))
@@ -420,11 +567,12 @@ def add_config_arguments(parser: argparse.ArgumentParser, groups: tuple[str, ...
             *meta["flags"],
             dest=f.name,
             default=None,
+            action="append" if meta["repeat"] else "store",
             metavar=f.name.upper(),
             help=help_text,
         )
 
 
-def config_flags(namespace: argparse.Namespace) -> dict[str, str | None]:
+def config_flags(namespace: argparse.Namespace) -> dict[str, str | list[str] | None]:
     """The raw ServeConfig flag values found on a parsed namespace."""
     return {f.name: getattr(namespace, f.name, None) for f in fields(ServeConfig)}

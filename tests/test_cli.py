@@ -204,3 +204,56 @@ def test_parsers() -> None:
     assert parse_duration("1.5h") == 5400.0
     assert parse_ollama_host("[::1]:8000") == ("::1", 8000)
     assert parse_ollama_host("http://localhost") == ("localhost", 80)
+
+
+def test_store_commands_print_ollamas_tables(tmp_path: Path) -> None:
+    home = str(tmp_path / "home")
+    r = ember("show", "tiny", "--home", home)  # creates tiny
+    assert r.returncode == 0 and "architecture        llama" in r.stdout
+    assert ember("cp", "tiny", "mine:v1", "--home", home).stdout == "copied 'tiny' to 'mine:v1'\n"
+    modelfile = tmp_path / "Modelfile"
+    modelfile.write_text('FROM mine:v1\nSYSTEM "You are Mario."\nPARAMETER temperature 0.3\n')
+    r = ember("create", "mario", "-f", str(modelfile), "--home", home)
+    assert r.returncode == 0 and r.stdout == "success\n", r.stderr
+    show = ember("show", "mario", "--home", home).stdout
+    assert "You are Mario." in show and "temperature         0.3" in show
+    lines = ember("ls", "--home", home).stdout.splitlines()
+    assert lines[0].split() == ["NAME", "ID", "SIZE", "MODIFIED"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert set(rows) == {"tiny:latest", "mine:v1", "mario:latest"}
+    assert rows["tiny:latest"][1] == rows["mine:v1"][1] != rows["mario:latest"][1]
+    assert rows["tiny:latest"][2:4] == ["934", "KB"] and " ".join(rows["mine:v1"][4:]).endswith(
+        "ago"
+    )
+    assert ember("rm", "mine:v1", "--home", home).stdout == "deleted 'mine:v1'\n"
+    r = ember("rm", "mine:v1", "--home", home)
+    assert r.returncode == 1 and r.stderr.startswith("Error: model 'mine:v1' not found")
+
+
+def test_ps_without_a_server_says_so() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "ember.cli", "ps"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OLLAMA_HOST": "127.0.0.1:9"},
+        timeout=60,
+    )
+    assert r.returncode == 1 and "is 'ember serve' running?" in r.stderr
+
+
+def test_human_formats() -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from ember.registry.commands import human_bytes, time_ago, time_until
+
+    assert [human_bytes(n) for n in (4.7e9, 45e6, 934_000, 12)] == [
+        "4.7 GB",
+        "45 MB",
+        "934 KB",
+        "12 B",
+    ]
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    assert time_ago(now - timedelta(days=15), now) == "2 weeks ago"
+    assert time_ago(now - timedelta(seconds=70), now) == "About a minute ago"
+    assert time_until(now + timedelta(minutes=4, seconds=59), now) == "4 minutes from now"
+    assert time_until(datetime(2318, 11, 30, tzinfo=timezone.utc), now) == "Forever"
