@@ -68,11 +68,28 @@ def _guard(run: Callable[[], int]) -> int:
         return 1
 
 
-def list_command(store: ModelStore, out: TextIO = sys.stdout) -> int:
+def list_command(
+    store: ModelStore, out: TextIO = sys.stdout, ollama_root: Path | None = None
+) -> int:
+    """ember's models, then those an Ollama install pulled (OLLAMA_MODELS or ~/.ollama/models),
+    which ember serves too, marked with "(ollama)"."""
+
     def run() -> int:
+        from ember.registry.ollama_store import list_ollama_models
+
         rows = [("NAME", "ID", "SIZE", "MODIFIED")]
         for m in store.list():
             rows.append((m.name, m.digest[:12], human_bytes(m.size), time_ago(m.modified_at)))
+        for o in list_ollama_models(ollama_root):
+            modified = datetime.fromtimestamp(o.manifest.stat().st_mtime, tz=timezone.utc)
+            rows.append(
+                (
+                    f"{o.name} (ollama)",
+                    o.digest.removeprefix("sha256:")[:12],
+                    human_bytes(o.size),
+                    time_ago(modified),
+                )
+            )
         table(rows, out)
         return 0
 

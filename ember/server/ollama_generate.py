@@ -26,7 +26,7 @@ from ember.server.ollama_output import (
     supports_thinking,
     tool_call_message,
 )
-from ember.server.ollama_prompt import fim_prompt, render_go_template
+from ember.server.ollama_prompt import fim_prompt, fit_messages, fit_tokens, render_go_template
 from ember.server.protocol_ollama import (
     ChatRequest,
     GenerateRequest,
@@ -123,6 +123,8 @@ async def generate(request: Request) -> Response:
             text = tok.apply_chat_template(messages, add_generation_prompt=True, **kwargs)
             ids = tok.encode(text, add_special_tokens=False)
         ids = context + ids
+        if body.truncate is not False:
+            ids = fit_tokens(ids, engine.max_model_len - 1, tok.bos_token_id)
         opts = merge_options(ctx.served.default_options, body.options)
         params = sampling_params(
             opts, len(ids), engine.max_model_len, structured=structured, logprobs=body.num_logprobs
@@ -163,10 +165,17 @@ async def chat(request: Request) -> Response:
             messages.insert(0, {"role": "system", "content": system})
         think = _thinking(body.think, tok.chat_template, body.model)
         kwargs: dict[str, Any] = {"enable_thinking": think} if body.think is not None else {}
-        text = tok.apply_chat_template(
-            messages, add_generation_prompt=True, tools=body.tools or None, **kwargs
-        )
-        ids = tok.encode(text, add_special_tokens=False)
+
+        def render(msgs: list[dict[str, Any]]) -> tuple[str, list[int]]:
+            text = tok.apply_chat_template(
+                msgs, add_generation_prompt=True, tools=body.tools or None, **kwargs
+            )
+            return text, tok.encode(text, add_special_tokens=False)
+
+        if body.truncate is False:
+            text, ids = render(messages)
+        else:
+            text, ids = fit_messages(messages, render, engine.max_model_len - 1)
         opts = merge_options(ctx.served.default_options, body.options)
         params = sampling_params(
             opts, len(ids), engine.max_model_len, structured=structured, logprobs=body.num_logprobs

@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import Any
 
 from ember.errors import InvalidRequestError
 from ember.tokenizer import Tokenizer
@@ -90,3 +92,31 @@ def _unsupported(what: str) -> InvalidRequestError:
         "and if/else/end. Leave template out to use the model's chat template",
         param="template",
     )
+
+
+def fit_tokens(ids: list[int], limit: int, bos_id: int | None) -> list[int]:
+    """Ollama's truncation for /api/generate: keep the last `limit` tokens (and a leading BOS)."""
+    if len(ids) <= limit:
+        return ids
+    if bos_id is not None and ids and ids[0] == bos_id:
+        return [bos_id, *ids[len(ids) - limit + 1 :]]
+    return ids[len(ids) - limit :]
+
+
+def fit_messages(
+    messages: list[dict[str, Any]],
+    render: Callable[[list[dict[str, Any]]], tuple[str, list[int]]],
+    limit: int,
+) -> tuple[str, list[int]]:
+    """Ollama's truncation for /api/chat: drop the oldest messages (never a system message, never
+    the last one) until the rendered prompt fits in `limit` tokens. Returns the last rendering,
+    which may still be too long if nothing else can go (the caller's length check then answers)."""
+    kept = list(messages)
+    text, ids = render(kept)
+    while len(ids) > limit:
+        drop = next((i for i, m in enumerate(kept[:-1]) if m.get("role") != "system"), None)
+        if drop is None:
+            break
+        del kept[drop]
+        text, ids = render(kept)
+    return text, ids

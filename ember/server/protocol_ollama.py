@@ -59,6 +59,9 @@ class _Request(BaseModel):
     think: bool | str | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
+    # Ollama's default: a prompt longer than the context loses its oldest tokens (generate) or
+    # messages (chat); false answers 400 instead.
+    truncate: bool | None = None
 
     def check_common(self) -> None:
         if not self.model:

@@ -96,3 +96,16 @@ def test_ollama_model_is_found_listed_and_served(ollama: tuple[Any, Path], tmp_p
     # transformers on the same rounding.
     hf.to(torch.bfloat16).float()
     assert out.outputs[0].token_ids == hf_greedy(hf, prompt, 12)
+
+
+def test_ember_list_marks_ollama_models(ollama: tuple[Any, Path], tmp_path: Path) -> None:
+    import io
+
+    from ember.registry.commands import list_command
+
+    _, root = ollama
+    out = io.StringIO()
+    assert list_command(ModelStore(tmp_path / "ember-home"), out, ollama_root=root) == 0
+    lines = out.getvalue().splitlines()
+    assert lines[0].split()[:4] == ["NAME", "ID", "SIZE", "MODIFIED"]
+    assert any(line.startswith("tinyllama:q8 (ollama)") for line in lines[1:])

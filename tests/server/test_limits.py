@@ -79,10 +79,30 @@ def test_prompt_longer_than_the_context_says_the_lengths(limited: Server) -> Non
     assert r.status_code == 400
     msg = openai_error(r)
     assert "512" in msg and "600" in msg
-    r = post(limited, "/api/generate", {"model": "tiny", "prompt": "hi " * 700, "stream": False})
+    long = {"model": "tiny", "prompt": "hi " * 700, "stream": False, "truncate": False}
+    r = post(limited, "/api/generate", long)
     assert r.status_code == 400
     msg = ollama_error(r)
     assert "512" in msg and "context length" in msg
+
+
+def test_ollama_truncates_long_prompts_by_default(limited: Server) -> None:
+    opts = {"num_predict": 2}
+    gen = {"model": "tiny", "prompt": "hi " * 700, "stream": False, "options": opts}
+    r = post(limited, "/api/generate", gen)
+    assert r.status_code == 200, r.text
+    assert 400 < r.json()["prompt_eval_count"] < 512
+    turns = [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " + "hi " * 40}
+        for i in range(41)
+    ]
+    chat = {"model": "tiny", "stream": False, "options": opts}
+    msgs = [{"role": "system", "content": "be brief"}, *turns]
+    r = post(limited, "/api/chat", {**chat, "messages": msgs})
+    assert r.status_code == 200, r.text
+    assert r.json()["prompt_eval_count"] < 512
+    r = post(limited, "/api/chat", {**chat, "messages": msgs, "truncate": False})
+    assert r.status_code == 400 and "context length" in ollama_error(r)
 
 
 BAD_OPENAI = {
@@ -121,7 +141,7 @@ def test_out_of_bounds_chat_and_ollama_fields_are_400(limited: Server) -> None:
     for options in ({"seed": 2**80}, {"top_k": 10**20}, {"stop": ["s"] * 100}):
         r = post(limited, "/api/generate", {**gen, "options": {"num_predict": 2, **options}})
         assert r.status_code == 400, (options, r.text)
-    r = post(limited, "/api/generate", {**gen, "context": [7] * 5000})
+    r = post(limited, "/api/generate", {**gen, "context": [7] * 5000, "truncate": False})
     assert r.status_code == 400 and "512" in ollama_error(r)
 
 
