@@ -19,6 +19,8 @@ class RMSNorm(nn.Module):
     does all of it and the sum is written into `residual` in place.
     """
 
+    weight_offset = 0.0  # the kernel scales by (weight + weight_offset)
+
     def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(hidden_size), requires_grad=False)
@@ -41,7 +43,7 @@ class RMSNorm(nn.Module):
         self, x: torch.Tensor, residual: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if x.is_cuda and x.dim() == 2 and use_triton(x.device):
-            out = rms_norm_triton(x, self.weight, self.eps, residual)
+            out = rms_norm_triton(x, self.weight, self.eps, residual, self.weight_offset)
             return out if residual is None else (out, residual)
         if residual is None:
             return self._norm(x)
@@ -60,6 +62,8 @@ class GemmaRMSNorm(RMSNorm):
     rounding of the activation dtype of HF's order.
     """
 
+    weight_offset = 1.0
+
     def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
         super().__init__(hidden_size, eps)
         self.weight.data.zero_()
@@ -68,22 +72,3 @@ class GemmaRMSNorm(RMSNorm):
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return (xf * (1.0 + self.weight.float())).to(x.dtype)
-
-    @overload
-    def forward(self, x: torch.Tensor, residual: None = None) -> torch.Tensor: ...
-
-    @overload
-    def forward(
-        self, x: torch.Tensor, residual: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]: ...
-
-    def forward(
-        self, x: torch.Tensor, residual: torch.Tensor | None = None
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        if x.is_cuda and x.dim() == 2 and use_triton(x.device):
-            out = rms_norm_triton(x, self.weight, self.eps, residual, weight_offset=1.0)
-            return out if residual is None else (out, residual)
-        if residual is None:
-            return self._norm(x)
-        x = x + residual
-        return self._norm(x), x

@@ -16,83 +16,16 @@ from torch import nn
 
 from ember.errors import ModelLoadError
 from ember.layers.activation import GeluTanhAndMul
-from ember.layers.attention import Attention
-from ember.layers.linear import Embedding, Linear, MergedLinear
+from ember.layers.linear import Embedding, Linear
 from ember.layers.metadata import AttentionMetadata, KVCache
 from ember.layers.norm import GemmaRMSNorm
 from ember.layers.rotary import RotaryEmbedding
 from ember.models.base import CausalLM
 from ember.models.config import ModelConfig
+from ember.models.llama import LlamaAttention, LlamaMLP
 from ember.models.weights import checkpoint_slots, load_into_slots, raise_if_missing
 
 _GELU_TANH = frozenset({"gelu_pytorch_tanh", "gelu_tanh"})
-
-
-class GemmaAttention(nn.Module):
-    def __init__(
-        self, config: ModelConfig, layer: int, rotary: RotaryEmbedding, qk_norm: bool
-    ) -> None:
-        super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
-        self.head_dim = config.head_dim
-        q_size = self.num_heads * self.head_dim
-        kv_size = self.num_kv_heads * self.head_dim
-        self.split_sizes = [q_size, kv_size, kv_size]
-        self.qkv_proj = MergedLinear(
-            config.hidden_size,
-            [("q_proj", q_size), ("k_proj", kv_size), ("v_proj", kv_size)],
-            bias=config.attention_bias,
-        )
-        self.o_proj = Linear(q_size, config.hidden_size, bias=config.attention_bias)
-        self.q_norm: GemmaRMSNorm | None = None
-        self.k_norm: GemmaRMSNorm | None = None
-        if qk_norm:
-            self.q_norm = GemmaRMSNorm(self.head_dim, config.rms_norm_eps)
-            self.k_norm = GemmaRMSNorm(self.head_dim, config.rms_norm_eps)
-        self.rotary = rotary
-        scalar = config.query_pre_attn_scalar or config.head_dim
-        self.attn = Attention(
-            self.num_heads,
-            self.num_kv_heads,
-            self.head_dim,
-            scale=scalar**-0.5,
-            sliding_window=config.layer_sliding_window(layer),
-            logit_softcap=config.attn_logit_softcapping,
-        )
-
-    def forward(
-        self,
-        positions: torch.Tensor,
-        hidden_states: torch.Tensor,
-        kv_cache: KVCache,
-        attn_metadata: AttentionMetadata,
-    ) -> torch.Tensor:
-        num_tokens = hidden_states.shape[0]
-        q, k, v = self.qkv_proj(hidden_states).split(self.split_sizes, dim=-1)
-        q = q.view(num_tokens, self.num_heads, self.head_dim)
-        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
-        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None and self.k_norm is not None:
-            q = self.q_norm(q)
-            k = self.k_norm(k)
-        q, k = self.rotary(positions, q, k)
-        out = self.attn(q, k, v, kv_cache, attn_metadata)
-        return self.o_proj(out.view(num_tokens, -1))
-
-
-class GemmaMLP(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        size = config.intermediate_size
-        self.gate_up_proj = MergedLinear(
-            config.hidden_size, [("gate_proj", size), ("up_proj", size)], bias=config.mlp_bias
-        )
-        self.act = GeluTanhAndMul()
-        self.down_proj = Linear(size, config.hidden_size, bias=config.mlp_bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_up_proj(x)))
 
 
 class GemmaDecoderLayer(nn.Module):
@@ -100,8 +33,16 @@ class GemmaDecoderLayer(nn.Module):
         self, config: ModelConfig, layer: int, rotary: RotaryEmbedding, qk_norm: bool
     ) -> None:
         super().__init__()
-        self.self_attn = GemmaAttention(config, layer, rotary, qk_norm)
-        self.mlp = GemmaMLP(config)
+        self.self_attn = LlamaAttention(
+            config,
+            layer,
+            rotary,
+            qk_norm=qk_norm,
+            norm=GemmaRMSNorm,
+            scale=(config.query_pre_attn_scalar or config.head_dim) ** -0.5,
+            logit_softcap=config.attn_logit_softcapping,
+        )
+        self.mlp = LlamaMLP(config, GeluTanhAndMul())
         eps = config.rms_norm_eps
         self.input_layernorm = GemmaRMSNorm(config.hidden_size, eps)
         self.post_attention_layernorm = GemmaRMSNorm(config.hidden_size, eps)

@@ -27,7 +27,20 @@ _QK_NORM_MODEL_TYPES = frozenset({"qwen3"})
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config: ModelConfig, layer: int, rotary: RotaryEmbedding) -> None:
+    """q/k/v projection (fused), optional per-head q/k norm, rope, paged attention, o_proj.
+    Gemma reuses it with its own norm, scale and logit softcap."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        layer: int,
+        rotary: RotaryEmbedding,
+        *,
+        qk_norm: bool | None = None,  # default: by model type (Qwen3)
+        norm: type[RMSNorm] = RMSNorm,
+        scale: float | None = None,  # default: head_dim ** -0.5
+        logit_softcap: float | None = None,
+    ) -> None:
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
@@ -43,15 +56,19 @@ class LlamaAttention(nn.Module):
         self.o_proj = Linear(q_size, config.hidden_size, bias=config.attention_out_bias)
         self.q_norm: RMSNorm | None = None
         self.k_norm: RMSNorm | None = None
-        if config.model_type in _QK_NORM_MODEL_TYPES:
-            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
-            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        if qk_norm is None:
+            qk_norm = config.model_type in _QK_NORM_MODEL_TYPES
+        if qk_norm:
+            self.q_norm = norm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = norm(self.head_dim, config.rms_norm_eps)
         self.rotary = rotary
         self.attn = Attention(
             self.num_heads,
             self.num_kv_heads,
             self.head_dim,
+            scale=scale,
             sliding_window=config.layer_sliding_window(layer),
+            logit_softcap=logit_softcap,
         )
 
     def forward(
@@ -75,13 +92,15 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    """Gated MLP over a fused gate_up projection; SiLU (Llama) or another gate activation."""
+
+    def __init__(self, config: ModelConfig, act: nn.Module | None = None) -> None:
         super().__init__()
         size = config.intermediate_size
         self.gate_up_proj = MergedLinear(
             config.hidden_size, [("gate_proj", size), ("up_proj", size)], bias=config.mlp_bias
         )
-        self.act = SiluAndMul()
+        self.act = act if act is not None else SiluAndMul()
         self.down_proj = Linear(size, config.hidden_size, bias=config.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
