@@ -84,6 +84,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_arguments(bench)
 
+    warm = sub.add_parser(
+        "warm",
+        help="compute the KV blocks of common prompts, loaded into the prefix cache at start",
+        description='Prefill the prompts (JSON lines: {"messages": [...]} or {"prompt": '
+        '"..."}) and save their KV blocks in MODEL_DIR/warm_kv, in the dtype the model is '
+        "served with on a GPU; `ember serve` loads them at start so the first request with such "
+        "a prefix skips its prefill. `ember build --warm-prompts` runs this in the image.",
+    )
+    warm.add_argument("model_dir", metavar="MODEL_DIR", help="model directory")
+    warm.add_argument("--prompts", required=True, type=Path, help="JSON-lines prompts file")
+    warm.add_argument("-o", "--output", type=Path, default=None, help="default: MODEL_DIR/warm_kv")
+    warm.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    warm.add_argument("--block-size", type=int, default=16, help="KV block size of the server")
+
     from ember.deploy import cli as deploy_cli
     from ember.sim import cli as sim_cli
     from ember.tune import cli as tune_cli
@@ -167,6 +181,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ember.bench.cli import run as bench
 
         return bench(args)
+    if args.command == "warm":
+        from ember.engine.warm_kv import warm
+        from ember.errors import EmberError
+
+        try:
+            n = warm(Path(args.model_dir), args.prompts, args.output, args.device, args.block_size)
+        except EmberError as e:
+            print(f"Error: {e.message}", file=sys.stderr)
+            return 1
+        print(f"saved {n} warm KV blocks")
+        return 0
     if args.command in ("build", "deploy", "tune", "simulate"):
         from ember.deploy import cli as deploy_cli
         from ember.sim import cli as sim_cli

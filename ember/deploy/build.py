@@ -83,6 +83,13 @@ def dockerfile(ctx: BuildContext, base_image: str, install_from: str, warm: bool
         "COPY ember-src /opt/ember-src",
         f"RUN pip install --no-cache-dir /opt/{install_from}",
     ]
+    if warm:
+        # The prompts' KV blocks, computed once here (on the CPU, in the serving dtype) and
+        # loaded into the prefix cache by `ember serve` at start.
+        lines.append(
+            f"RUN ember warm {ctx.model_path} --prompts {ctx.model_path}.warm_prompts.txt "
+            "--device cpu"
+        )
     lines += [f"ENV {k}={json.dumps(v)}" for k, v in ctx.env.items()]
     lines += [
         f"EXPOSE {CONTAINER_PORT}",

@@ -29,7 +29,8 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
         "--warm-prompts",
         type=Path,
         default=None,
-        help="prompts to pre-fill the prefix cache with (copied into the image; engine support is a follow-up)",
+        help='JSON lines ({"messages": [...]} or {"prompt": "..."}): their KV blocks are computed '
+        "in the image (ember warm) and loaded into the prefix cache at start",
     )
     p.add_argument(
         "--wheel",
@@ -88,12 +89,6 @@ def run_build(args: argparse.Namespace) -> int:
         f"wrote {ctx.directory}: model {ctx.model_name} ({ctx.model_bytes / 1e9:.2f} GB) at {ctx.model_path}"
     )
     print(f"next: docker build -t IMAGE {ctx.directory} && docker push IMAGE")
-    if args.warm_prompts is not None:
-        print(
-            "note: warm prompts are copied into the image; loading their KV blocks into the "
-            "prefix cache at start is not implemented yet",
-            file=sys.stderr,
-        )
     return 0
 
 

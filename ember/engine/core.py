@@ -21,6 +21,7 @@ from ember.engine.runner import ModelRunner
 from ember.engine.scheduler import Scheduler
 from ember.engine.startup import StartupTimes, init_cuda, load_weights, report_phase
 from ember.engine.structured import StructuredDecoding
+from ember.engine.warm_kv import WARM_DIR, import_warm_kv
 from ember.errors import InvalidRequestError
 from ember.layers.metadata import AttentionMetadata, KVCache
 from ember.models.config import ModelConfig
@@ -159,6 +160,9 @@ class EngineCore:
         )
         self.graph_capture_s = self.startup.graph_capture_s = self.runner.capture()
         self.runner.sampler.structured = StructuredDecoding(model_dir, self.model_config.vocab_size)
+        self.warm_blocks = 0  # prefix blocks loaded from the model's warm_kv/ folder
+        if (model_dir / WARM_DIR).is_dir():
+            self.warm_blocks = import_warm_kv(self, model_dir / WARM_DIR)
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
         self.step_times = StepTimes()

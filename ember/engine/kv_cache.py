@@ -150,3 +150,33 @@ class KVCacheManager:
             block.block_hash = None
             block.token_ids = None
         self._cached = {b.block_hash: b for b in self.blocks if b.block_hash is not None}
+
+    def adopt(self, block_hash: int, tokens: tuple[int, ...]) -> Block | None:
+        """Take a free block for a prefix block computed elsewhere (warm KV loaded at start):
+        it gets the hash and tokens and waits in the free queue as a cached block, so requests
+        with that prefix hit it. None if no block is free or the hash is already cached."""
+        if block_hash in self._cached or not self._free:
+            return None
+        _, block = self._free.popitem(last=False)
+        if block.block_hash is not None and self._cached.get(block.block_hash) is block:
+            del self._cached[block.block_hash]
+        block.block_hash = block_hash
+        block.token_ids = tokens
+        self._cached[block_hash] = block
+        self._free[block.block_id] = block
+        return block
+
+    def cached_chain(self, token_ids: list[int]) -> list[Block]:
+        """The cached blocks holding the whole-block prefix of token_ids, in order, as far as
+        the chain is cached (stored tokens verified)."""
+        bs = self.block_size
+        chain: list[Block] = []
+        parent: int | None = None
+        for i in range(len(token_ids) // bs):
+            tokens = tuple(token_ids[i * bs : (i + 1) * bs])
+            parent = hash_block(parent, tokens)
+            block = self._cached.get(parent)
+            if block is None or block.token_ids != tokens:
+                break
+            chain.append(block)
+        return chain

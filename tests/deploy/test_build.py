@@ -27,7 +27,9 @@ def instructions(dockerfile: str) -> list[tuple[str, str]]:
 
 def test_context_contents_and_layer_order(tiny_dir: Path, tmp_path: Path) -> None:
     warm = tmp_path / "warm.txt"
-    warm.write_text("You are a helpful assistant.\n")
+    warm.write_text(
+        '{"messages": [{"role": "system", "content": "You are a helpful assistant."}]}\n'
+    )
     ctx = write_context(
         tiny_dir, tmp_path / "ctx", settings=[("EMBER_NUM_PARALLEL", "8")], warm_prompts=warm
     )
@@ -48,8 +50,12 @@ def test_context_contents_and_layer_order(tiny_dir: Path, tmp_path: Path) -> Non
     assert steps[1] == ("COPY", "model /models/tiny-llama")  # weights: the first layer
     code = ops.index("RUN")
     assert ops.index("COPY", 2) < code and all(op in ("ENV", "EXPOSE", "ENTRYPOINT", "CMD")
-                                               for op in ops[code + 1 :])  # fmt: skip
+                                               for op in ops[code + 2 :])  # fmt: skip
     assert "pip install" in steps[code][1]
+    assert steps[code + 1] == (
+        "RUN",
+        "ember warm /models/tiny-llama --prompts /models/tiny-llama.warm_prompts.txt --device cpu",
+    )
     env = {
         k: json.loads(v) for k, _, v in (rest.partition("=") for op, rest in steps if op == "ENV")
     }
