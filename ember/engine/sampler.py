@@ -149,11 +149,18 @@ class Sampler:
     def _truncate(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
         dev = logits.device
         vocab = logits.shape[1]
-        top_k = torch.tensor([r.params.top_k or vocab for r in reqs], device=dev)
+        ks = [min(r.params.top_k or vocab, vocab) for r in reqs]
+        top_k = torch.tensor(ks, device=dev)
         top_p = torch.tensor([r.params.top_p for r in reqs], device=dev)
         min_p = torch.tensor([r.params.min_p for r in reqs], device=dev)
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        ranks = torch.arange(vocab, device=dev).unsqueeze(0)
+        # Only the best max(top_k) candidates can survive: when every row sets top_k (Ollama
+        # sends 40 by default) a top-k of that width replaces sorting the whole vocabulary.
+        width = max(ks)
+        if width < vocab:
+            sorted_logits, order = logits.topk(width, dim=-1)
+        else:
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+        ranks = torch.arange(width, device=dev).unsqueeze(0)
         drop = ranks >= top_k.unsqueeze(1)
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         probs = torch.softmax(sorted_logits, dim=-1)
@@ -164,7 +171,7 @@ class Sampler:
         drop |= probs < min_p.unsqueeze(1) * probs[:, :1]
         drop[:, 0] = False
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        return torch.empty_like(logits).scatter_(1, order, sorted_logits)
+        return torch.full_like(logits, float("-inf")).scatter_(1, order, sorted_logits)
 
     @staticmethod
     def _gather_logprobs(

@@ -93,3 +93,24 @@ def test_logprobs_are_raw_and_sorted() -> None:
     assert row[0].token_id == out.token_ids[0]
     assert abs(row[0].logprob - expected[row[0].token_id].item()) < 1e-5
     assert [lp.token_id for lp in row[1:]] == expected.topk(3).indices.tolist()
+
+
+def test_truncation_by_top_k_width_equals_the_full_sort() -> None:
+    logits = logits_rows(6, seed=3) * 3
+    rows = [
+        req("a", top_k=5, top_p=0.9),
+        req("b", top_k=40, min_p=0.05),
+        req("c", top_k=1),
+        req("d", top_k=12, top_p=0.5, min_p=0.1),
+        req("e", top_k=7),
+        req("f", top_k=49),
+    ]
+    narrow = Sampler._truncate(logits.clone(), rows)
+    # The same rows with one row lifting the width to the whole vocabulary (full sort).
+    wide = Sampler._truncate(torch.cat([logits, logits[:1]]), [*rows, req("g", top_p=0.99)])[:6]
+    assert torch.equal(torch.isinf(narrow), torch.isinf(wide))
+    kept = ~torch.isinf(narrow)
+    assert torch.equal(narrow[kept], wide[kept])
+    assert kept.sum(-1).tolist()[2] == 1 and all(
+        n <= k for n, k in zip(kept.sum(-1).tolist(), [5, 40, 1, 12, 7, 49], strict=True)
+    )
