@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
+from ember.deploy.pyplot import load_pyplot
 from ember.sim.fleet import SimResult
 
 
 def plot_timeline(result: SimResult, path: Path, title: str = "ember simulate") -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(
-            "no plot: matplotlib is not installed (pip install 'ember-serve[deploy]')",
-            file=sys.stderr,
-        )
+    plt = load_pyplot()
+    if plt is None:
         return False
     t = [row[0] / 60.0 for row in result.timeline]
     fig, axes = plt.subplots(3, 1, figsize=(8, 6), sharex=True)

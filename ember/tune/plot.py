@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
+from ember.deploy.pyplot import load_pyplot
 from ember.tune.knee import LevelPoint, Recommendation
 
 
 def plot(points: list[LevelPoint], rec: Recommendation, path: Path) -> bool:
     """Write the PNG; False (with a message) when matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(
-            "no plot: matplotlib is not installed (pip install 'ember-serve[deploy]')",
-            file=sys.stderr,
-        )
+    plt = load_pyplot()
+    if plt is None:
         return False
     xs = [p.concurrency for p in points]
     fig, ax = plt.subplots(figsize=(7, 4))
