@@ -33,6 +33,7 @@ def _prompts() -> list[list[int]]:
 
 def section_engine(args: argparse.Namespace) -> bool:
     from ember import LLM, SamplingParams
+    from tests.engine.hf_models import hf_greedy_with_gaps
 
     ok = True
     steps = 24
@@ -44,8 +45,8 @@ def section_engine(args: argparse.Namespace) -> bool:
             # with transformers on CUDA is printed too.
             hf = _hf_model(arch, Path(tmp))
             prompts = _prompts()
-            expected, gaps = zip(*(hf_greedy(hf, p, steps) for p in prompts), strict=True)
-            hf_cuda = [hf_greedy(hf.to("cuda"), p, steps)[0] for p in prompts]
+            expected, gaps = zip(*(hf_greedy_with_gaps(hf, p, steps) for p in prompts), strict=True)
+            hf_cuda = [hf_greedy_with_gaps(hf.to("cuda"), p, steps)[0] for p in prompts]
             same_hf = sum(a == b for a, b in zip(hf_cuda, expected, strict=True))
             print(f"{arch:10} {'transformers cuda vs cpu':26} {same_hf}/{len(prompts)}")
             for mode, kwargs in (
@@ -86,24 +87,3 @@ def section_engine(args: argparse.Namespace) -> bool:
 def _diverges_at_tie(got: list[int], expected: list[int], gaps: list[float]) -> bool:
     first = next(i for i, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b)
     return gaps[first] < 1e-3
-
-
-def hf_greedy(model: Any, prompt_ids: list[int], n: int) -> tuple[list[int], list[float]]:
-    """Greedy tokens and, per step, the gap between the top two logits."""
-    ids = torch.tensor([prompt_ids], device=model.device)
-    with torch.no_grad():
-        out = model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=n,
-            min_new_tokens=n,
-            do_sample=False,
-            # ember runs with ignore_eos, which never masks EOS; HF's min_new_tokens would mask
-            # the config's eos_token_id (2 for Llama/Mistral configs) to -inf.
-            eos_token_id=None,
-            pad_token_id=0,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
-    gaps = [float(s[0].topk(2).values.diff().abs()) for s in out.logits]  # raw, unprocessed
-    return out.sequences[0, len(prompt_ids) :].tolist(), gaps

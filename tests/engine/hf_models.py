@@ -87,7 +87,13 @@ def make_hf_model(arch: str, tokenizer_dir: Path, out_dir: Path, seed: int = 0) 
 
 
 def hf_greedy(model: Any, prompt_ids: list[int], n: int) -> list[int]:
-    ids = torch.tensor([prompt_ids])
+    return hf_greedy_with_gaps(model, prompt_ids, n)[0]
+
+
+def hf_greedy_with_gaps(model: Any, prompt_ids: list[int], n: int) -> tuple[list[int], list[float]]:
+    """transformers' greedy tokens (on the model's device) and, per step, the gap between the
+    top two raw logits (a small gap is a near-tie that float rounding may flip)."""
+    ids = torch.tensor([prompt_ids], device=model.device)
     with torch.no_grad():
         out = model.generate(
             ids,
@@ -95,7 +101,12 @@ def hf_greedy(model: Any, prompt_ids: list[int], n: int) -> list[int]:
             max_new_tokens=n,
             min_new_tokens=n,
             do_sample=False,
+            # ember's ignore_eos never masks EOS; min_new_tokens would mask the config's
+            # eos_token_id to -inf unless it is None.
             eos_token_id=None,
             pad_token_id=0,
+            output_logits=True,
+            return_dict_in_generate=True,
         )
-    return out[0, len(prompt_ids) :].tolist()
+    gaps = [float(s[0].topk(2).values.diff().abs()) for s in out.logits]
+    return out.sequences[0, len(prompt_ids) :].tolist(), gaps
