@@ -2,9 +2,9 @@
 *.safetensors (dequantized to one dtype), tokenizer.json, tokenizer_config.json (with the file's
 chat template) and generation_config.json.
 
-Dequantizing is done once, on the CPU, when the folder is written (bf16 by default: 2 bytes a
-parameter on disk). Streaming quantized blocks to the GPU and dequantizing there would skip the
-copy; this is the simple first step.
+Dequantizing is done once, when the folder is written (bf16 by default: 2 bytes a parameter on
+disk): each tensor's quantized bytes go to the GPU (the CPU where there is none), are dequantized
+there to the folder's dtype, and only the result comes back to be saved.
 """
 
 from __future__ import annotations
@@ -40,17 +40,23 @@ _TOKENIZER_KEYS = (
 
 
 def write_model_dir(
-    gguf_path: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.bfloat16
+    gguf_path: str | Path,
+    out_dir: str | Path,
+    dtype: torch.dtype = torch.bfloat16,
+    device: torch.device | str | None = None,
 ) -> Path:
     """Write the folder for `gguf_path` into out_dir (replaced whole, atomically by rename) and
-    return it. Raises ModelLoadError for an architecture, tensor or tokenizer it cannot map."""
+    return it; tensors are dequantized on device (default: CUDA if available, else the CPU).
+    Raises ModelLoadError for an architecture, tensor or tokenizer it cannot map."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     model = GGUFModel.open(gguf_path)
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         config = model.hf_config()
-        _write_weights(model, config, tmp, dtype)
+        _write_weights(model, config, tmp, dtype, torch.device(device))
         config["torch_dtype"] = str(dtype).removeprefix("torch.")
         tok_meta = {k: model.meta(f"tokenizer.ggml.{k}") for k in _TOKENIZER_KEYS}
         tokenizer_from_gguf(tok_meta).save(str(tmp / "tokenizer.json"))
@@ -85,15 +91,18 @@ def _hf_names(config: dict[str, Any]) -> list[str]:
     return names
 
 
-def _write_weights(model: GGUFModel, config: dict[str, Any], out: Path, dtype: torch.dtype) -> None:
+def _write_weights(
+    model: GGUFModel, config: dict[str, Any], out: Path, dtype: torch.dtype, device: torch.device
+) -> None:
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
-    for name, tensor in model.tensors(_hf_names(config)):
-        nbytes = tensor.numel() * torch.finfo(dtype).bits // 8
+    for name, tensor in model.tensors(_hf_names(config), device, dtype):
+        nbytes = tensor.numel() * tensor.element_size()
         if shards[-1] and size + nbytes > SHARD_BYTES:
             shards.append({})
             size = 0
-        shards[-1][name] = tensor.to(dtype).contiguous()
+        # One tensor at a time on the device: the whole model never has to fit there.
+        shards[-1][name] = tensor.cpu().contiguous()
         size += nbytes
     if len(shards) == 1:
         save_file(shards[0], str(out / "model.safetensors"), metadata={"format": "pt"})

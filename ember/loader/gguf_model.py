@@ -1,6 +1,7 @@
 """A GGUF file (llama.cpp's format, what Ollama stores) as ember's models read a checkpoint:
 a Hugging Face config.json dict from the metadata, and (HF tensor name, tensor) pairs with every
-tensor dequantized by the `gguf` package (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K, ...).
+tensor's raw bytes copied to the target device once and dequantized there (gguf_dequant.py: F32,
+F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K in torch; other types through the `gguf` package).
 
 llama.cpp's converter changes some tensors on the way in, and this undoes it:
 - `llama` architecture: q/k projection rows are permuted for its interleaved rope; ember (like
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from ember.errors import ModelLoadError
+from ember.loader.gguf_dequant import dequantize_blocks
 
 # GGUF general.architecture -> (HF architecture, HF model_type, gguf's MODEL_ARCH).
 _ARCHS: dict[str, tuple[str, str, gguf.MODEL_ARCH]] = {
@@ -162,9 +164,16 @@ class GGUFModel:
             f"'{self.path}' holds rope frequency factors that match no known Llama 3 scaling"
         )
 
-    def tensors(self, hf_names: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
-        """(HF name, float32 tensor) for each tensor of the file, dequantized; hf_names are the
-        checkpoint names the model expects (used to map GGUF names back)."""
+    def tensors(
+        self,
+        hf_names: list[str],
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        """(HF name, tensor in dtype on device) for each tensor of the file, dequantized on
+        device; hf_names are the checkpoint names the model expects (used to map GGUF names
+        back)."""
+        device = torch.device(device)
         _, _, model_arch = _ARCHS[self.arch]
         layers = int(self.meta("block_count"))
         name_map = gguf.get_tensor_name_map(model_arch, layers)
@@ -184,25 +193,46 @@ class GGUFModel:
                     f"GGUF tensor '{t.name}' in '{self.path}' has no place in "
                     f"{_ARCHS[self.arch][0]}"
                 )
-            tensor = dequantize(t)
+            # 1 + weight is taken back to weight in float32: in bf16 the sum lost the low bits.
+            offset_norm = self.arch in _GEMMA and t.name.endswith("norm.weight")
+            tensor = dequantize(t, device, torch.float32 if offset_norm else dtype)
             if self.arch == "llama" and t.name.endswith(("attn_q.weight", "attn_k.weight")):
                 tensor = _unpermute(tensor, heads if "attn_q" in t.name else kv_heads)
-            if self.arch in _GEMMA and t.name.endswith("norm.weight"):
-                tensor = tensor - 1.0
+            if offset_norm:
+                tensor = (tensor - 1.0).to(dtype)
             yield hf_name, tensor
 
 
-def dequantize(t: gguf.ReaderTensor) -> torch.Tensor:
-    """A GGUF tensor as float32, in the row-major shape HF uses (GGUF lists dims reversed)."""
+def dequantize(
+    t: gguf.ReaderTensor,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """A GGUF tensor in dtype on device, in the row-major shape HF uses (GGUF lists dims
+    reversed). Its bytes cross to the device once; the values are computed there."""
     shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+    raw = _raw_bytes(t.data, torch.device(device))
     try:
-        values = gguf.quants.dequantize(t.data, t.tensor_type)
+        return dequantize_blocks(raw, t.tensor_type, shape, dtype)
     except NotImplementedError as exc:
         raise ModelLoadError(
             f"GGUF tensor '{t.name}' is {t.tensor_type.name}, which cannot be dequantized: {exc}"
         ) from exc
-    array = np.ascontiguousarray(values, dtype=np.float32).reshape(shape)
-    return torch.from_numpy(array.copy() if not array.flags.writeable else array)
+    except ValueError as exc:
+        raise ModelLoadError(f"GGUF tensor '{t.name}' is damaged: {exc}") from exc
+
+
+def _raw_bytes(data: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The bytes of `data` (a read-only view of the file) as a uint8 tensor of our own on
+    device: staged through pinned memory for CUDA, so the copy to the GPU is one DMA."""
+    array = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    if device.type != "cuda":
+        return torch.from_numpy(array.copy()).to(device)
+    staging = torch.empty(array.size, dtype=torch.uint8, pin_memory=True)
+    staging.numpy()[:] = array
+    # Safe to drop staging after this: the caching host allocator keeps the block until the
+    # copy, queued on the current stream before the dequantization that reads it, is done.
+    return staging.to(device, non_blocking=True)
 
 
 def _unpermute(weight: torch.Tensor, heads: int) -> torch.Tensor:

@@ -17,9 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .gguf_blocks import random_blocks
+
 Q = gguf.GGMLQuantizationType
-# Bytes of one 256-value block of the K-quants, and where their f16 scales sit in it.
-_K_BLOCKS = {Q.Q4_K: (144, (0, 2)), Q.Q5_K: (176, (0, 2)), Q.Q6_K: (210, (208,))}
+# Types gguf cannot quantize to: the file gets random blocks with small scales instead.
+_K_QUANTS = (Q.Q4_K, Q.Q5_K, Q.Q6_K)
 
 _ARCH = {"llama": "llama", "qwen2": "qwen2", "gemma2": "gemma2", "gemma3_text": "gemma3"}
 _MODEL_ARCH = {
@@ -43,17 +45,6 @@ def tiny_vocab(tokenizer_json: Path) -> dict[str, Any]:
         types[added["id"]] = 3
     merges = [m if isinstance(m, str) else " ".join(m) for m in raw["model"]["merges"]]
     return {"tokens": tokens, "types": types, "merges": merges}
-
-
-def _k_quant_blocks(rows: int, cols: int, qtype: Any, seed: int) -> np.ndarray:
-    """Random K-quant bytes with sane f16 scales: any bit pattern is a valid block."""
-    size, scale_at = _K_BLOCKS[qtype]
-    rng = np.random.default_rng(seed)
-    blocks = rng.integers(0, 256, (rows * cols // 256, size), dtype=np.uint8)
-    for at in scale_at:
-        scale = np.asarray(rng.uniform(0.0005, 0.002, blocks.shape[0]), dtype=np.float16)
-        blocks[:, at : at + 2] = scale.view(np.uint8).reshape(-1, 2)
-    return blocks.reshape(rows, cols // 256 * size)
 
 
 def _permute(w: np.ndarray, heads: int) -> np.ndarray:
@@ -119,8 +110,9 @@ def write_gguf(
         qtype = next((q for key, q in qtypes.items() if key in name), Q.F32)
         if data.ndim == 1 or qtype == Q.F32:
             stored, exact = data, data
-        elif qtype in _K_BLOCKS:
-            stored = _k_quant_blocks(data.shape[0], data.shape[1], qtype, seed)
+        elif qtype in _K_QUANTS:
+            rows, cols = data.shape
+            stored = random_blocks(qtype, rows, cols, seed, scale=(0.0005, 0.002))
             exact = gguf.quants.dequantize(stored, qtype).reshape(data.shape)
         else:
             stored = gguf.quants.quantize(data, qtype)
