@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from ember.engine.graph_capture import capture_graphs
 from ember.layers.metadata import AttentionMetadata, KVCache
 from ember.models import CausalLM
 
@@ -82,18 +83,7 @@ class CudaGraphDecoder:
     def capture(self) -> float:
         """Capture every size, largest first so smaller graphs reuse its pool. Returns seconds."""
         t0 = time.monotonic()
-        pool = torch.cuda.graph_pool_handle()
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for size in sorted(self.sizes, reverse=True):
-                self._forward(size)  # compiles kernels and settles allocations outside capture
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool, stream=stream):
-                    self.logits[size] = self._forward(size)
-                self.graphs[size] = graph
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        torch.cuda.synchronize(self.device)
+        self.graphs, self.logits = capture_graphs(self.sizes, self._forward, self.device)
         elapsed = time.monotonic() - t0
         log.info(
             "captured %d CUDA graphs (batch 1..%d) in %.2f s",

@@ -14,6 +14,7 @@ import logging
 
 import torch
 
+from ember.engine.graph_capture import capture_graphs
 from ember.layers.metadata import AttentionMetadata, KVCache
 from ember.models import CausalLM
 
@@ -75,18 +76,7 @@ class CudaGraphPrefiller:
         # Shapes valid for warm-up: one sequence of `size` tokens at positions 0.., writes skipped.
         self.query_start_loc.copy_(torch.tensor([0, 1], dtype=torch.int32))
         self.seq_lens.fill_(1)
-        pool = torch.cuda.graph_pool_handle()
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for size in sorted(self.sizes, reverse=True):
-                self._forward(size)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool, stream=stream):
-                    self.logits[size] = self._forward(size)
-                self.graphs[size] = graph
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        torch.cuda.synchronize(self.device)
+        self.graphs, self.logits = capture_graphs(self.sizes, self._forward, self.device)
 
     def fits(self, num_tokens: int) -> bool:
         return bool(self.graphs) and 1 < num_tokens <= self.sizes[-1]
