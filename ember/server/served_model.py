@@ -306,11 +306,33 @@ def process_age_s() -> float:
 
 
 async def _warm_up(engine: AsyncEngine) -> None:
-    """Generate one token so the first real request pays no first-call costs."""
+    """Run the step shapes a first user would meet, so that they pay no first-call costs (on
+    CUDA, Triton compiles each kernel variant the first time it runs, up to seconds each): one
+    token (a one-sequence prefill graph); on CUDA also a long prompt arriving while another
+    request decodes (a mixed eager step, then decode graphs) and the same long prompt again (a
+    prefix-cache hit: prefill over cached context)."""
     ids = (
         engine.tokenizer.encode("Hello", add_special_tokens=True)
         or list(engine.tokenizer.eos_token_ids)[:1]
     )
-    params = SamplingParams(max_tokens=1, temperature=0.0)
-    async for _ in engine.generate("warmup", ids, params):
+    await _drain(engine, "warmup", ids, SamplingParams(max_tokens=1, temperature=0.0))
+    long_len = min(600, engine.max_model_len - 16)  # past the largest prefill graph (512)
+    if not engine.info.device.startswith("cuda") or long_len < 32:
+        return
+    vocab = engine.info.vocab_size
+    long_ids = [(7 * i + 3) % vocab for i in range(long_len)]
+    decoding = asyncio.create_task(
+        _drain(engine, "warmup-decode", ids, SamplingParams(max_tokens=6, temperature=0.0))
+    )
+    await asyncio.sleep(0)  # let it be scheduled first
+    await _drain(engine, "warmup-mixed", long_ids, SamplingParams(max_tokens=2, temperature=0.0))
+    await decoding
+    again = long_ids + ids[:1] * 8
+    await _drain(engine, "warmup-cached", again, SamplingParams(max_tokens=2, temperature=0.0))
+
+
+async def _drain(
+    engine: AsyncEngine, request_id: str, ids: list[int], params: SamplingParams
+) -> None:
+    async for _ in engine.generate(request_id, ids, params):
         pass
