@@ -1,10 +1,15 @@
-"""`ember serve` on one GPU through HTTP: process start -> /health 200 -> first token, then
-`ember bench` (vLLM's result table) at high concurrency and at concurrency 1.
+"""`ember serve` on one GPU through HTTP: process start -> /health 200 -> first token (with the
+start-up phases /health reports), then `ember bench` (vLLM's result table) at high concurrency and
+at concurrency 1.
 
-Random weights of a real shape (--load-format dummy) and a word-level tokenizer over the whole
-vocabulary, so every token streams as text. Weight loading is measured by bench_load.py.
+Random weights of a real shape and a word-level tokenizer over the whole vocabulary, so every
+token streams as text. By default the weights are made on the GPU (--load-format dummy);
+--real-weights writes them as safetensors shards first and serves those (the first start reads
+them from the page cache the writing left warm). --starts N starts the server N times (the
+first may pay Triton's compiles; later ones find its cache).
 
     python benchmarks/bench_serve.py --shape llama-3.1-8b
+    python benchmarks/bench_serve.py --real-weights --starts 2 --start-only
 """
 
 from __future__ import annotations
@@ -45,6 +50,13 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float) -> float
     raise SystemExit("ember serve did not become ready in time")
 
 
+def startup_phases(url: str) -> str:
+    with urllib.request.urlopen(url + "/health", timeout=5) as r:
+        body = json.load(r)
+    phases = body.get("startup") or {}
+    return ", ".join(f"{k.removesuffix('_s')} {v}" for k, v in phases.items())
+
+
 def first_token(url: str, model: str) -> float:
     body = json.dumps({"model": model, "prompt": "w5 w6 w7", "max_tokens": 1}).encode()
     req = urllib.request.Request(
@@ -65,53 +77,71 @@ def main() -> None:
     ap.add_argument("--input-len", type=int, default=512)
     ap.add_argument("--output-len", type=int, default=256)
     ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    ap.add_argument("--real-weights", action="store_true", help="serve safetensors files")
+    ap.add_argument("--starts", type=int, default=1, help="times to start the server")
+    ap.add_argument("--start-only", action="store_true", help="measure start-up alone")
     args = ap.parse_args()
-
-    from ember.bench import BenchConfig, format_result, run_benchmark
-
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = dummy_model_dir(args.shape, Path(tmp))
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        cmd = [
-            sys.executable, "-m", "ember.cli", "serve", str(model_dir),
-            "--port", str(port), "--load-format", "dummy",
-            "--num-parallel", str(args.concurrency), "--max-queue", "100000",
-            "--context-length", "4096",
-            "--max-num-batched-tokens", str(args.max_num_batched_tokens),
-            "--served-model-name", args.shape,
-        ]  # fmt: skip
-        t_start = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        try:
-            t_ready = wait_ready(url, proc, timeout=300)
-            t_first = first_token(url, args.shape)
-            print(
-                f"process start -> /health 200: {t_ready - t_start:.2f} s; "
-                f"-> first token: {t_first - t_start:.2f} s",
-                flush=True,
+        if args.real_weights:
+            import torch
+
+            from benchmarks.bench_load import write_model
+
+            config = json.loads((model_dir / "config.json").read_text())
+            nbytes = write_model(model_dir, config, shards=4, device=torch.device("cuda"))
+            print(f"wrote {nbytes / 1e9:.2f} GB of safetensors", flush=True)
+        for start in range(1, args.starts + 1):
+            last = start == args.starts
+            serve(args, model_dir, benchmark=last and not args.start_only, label=f"start {start}")
+
+
+def serve(args: argparse.Namespace, model_dir: Path, benchmark: bool, label: str) -> None:
+    from ember.bench import BenchConfig, format_result, run_benchmark
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [
+        sys.executable, "-m", "ember.cli", "serve", str(model_dir),
+        "--port", str(port), "--load-format", "auto" if args.real_weights else "dummy",
+        "--num-parallel", str(args.concurrency), "--max-queue", "100000",
+        "--context-length", "4096",
+        "--max-num-batched-tokens", str(args.max_num_batched_tokens),
+        "--served-model-name", args.shape,
+    ]  # fmt: skip
+    t_start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        t_ready = wait_ready(url, proc, timeout=300)
+        t_first = first_token(url, args.shape)
+        print(
+            f"{label}: process start -> /health 200: {t_ready - t_start:.2f} s; "
+            f"-> first token: {t_first - t_start:.2f} s\n  phases: {startup_phases(url)}",
+            flush=True,
+        )
+        if not benchmark:
+            return
+        for concurrency, num, in_len, out_len in (
+            (1, 8, 128, 256),
+            (args.concurrency, args.num_prompts, args.input_len, args.output_len),
+        ):
+            config = BenchConfig(
+                base_url=url,
+                model=args.shape,
+                endpoint="/v1/completions",
+                input_len=in_len,
+                output_len=out_len,
+                num_prompts=num,
+                max_concurrency=concurrency,
+                ignore_eos=True,
+                tokenizer=str(model_dir),
+                progress=False,
             )
-            for concurrency, num, in_len, out_len in (
-                (1, 8, 128, 256),
-                (args.concurrency, args.num_prompts, args.input_len, args.output_len),
-            ):
-                config = BenchConfig(
-                    base_url=url,
-                    model=args.shape,
-                    endpoint="/v1/completions",
-                    input_len=in_len,
-                    output_len=out_len,
-                    num_prompts=num,
-                    max_concurrency=concurrency,
-                    ignore_eos=True,
-                    tokenizer=str(model_dir),
-                    progress=False,
-                )
-                result = asyncio.run(run_benchmark(config))
-                print(format_result(result), flush=True)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+            result = asyncio.run(run_benchmark(config))
+            print(format_result(result), flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 if __name__ == "__main__":
