@@ -7,7 +7,9 @@ Sections (add new ones to SECTIONS): correctness (write_kv_triton and paged_atte
 against attention_ref for many shapes; exits non-zero on any failure), decode (decode attention
 µs and achieved KV-read GB/s for Llama-3.1-8B heads, against the HBM copy bandwidth measured in
 the same run and torch SDPA on dense copies of the same data), prefill (TFLOP/s, against SDPA),
-tune (a sweep of tile shapes and split counts, for choosing defaults).
+tune (a sweep of tile shapes and split counts, for choosing defaults), shapes (Gemma 2 9B and
+Gemma 3 4B at real shapes against transformers; not in the default list: ~5 minutes), gguf
+(GGUF dequantization on CUDA against the gguf package's numpy code).
 
 The correctness section also runs on CPU under Triton's interpreter:
     TRITON_INTERPRET=1 python scripts/gpu_check.py --section correctness --device cpu --quick
@@ -30,6 +32,8 @@ from ember.ops.triton_attention import KernelConfig, kv_splits_for, paged_attent
 from ember.ops.triton_kv import write_kv_triton
 from scripts.gpu_engine_check import section_engine
 from scripts.gpu_fused_check import section_fused
+from scripts.gpu_gguf_check import section_gguf
+from scripts.gpu_shapes_check import SHAPES, section_shapes
 
 Fn = Callable[[], None]
 
@@ -574,6 +578,8 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], bool]] = {
     "tune": section_tune,
     "engine": section_engine,
     "fused": section_fused,
+    "shapes": section_shapes,
+    "gguf": section_gguf,
 }
 DEFAULT_SECTIONS = ["correctness", "fused", "decode", "prefill", "engine"]
 
@@ -592,6 +598,10 @@ def main() -> int:
         help="correctness only: cpu runs the kernels under TRITON_INTERPRET=1",
     )
     parser.add_argument("--quick", action="store_true", help="correctness: short sequences only")
+    parser.add_argument(
+        "--shapes", action="append", choices=sorted(SHAPES), help="shapes: models to check"
+    )
+    parser.add_argument("--tmp", help="shapes: folder for the saved random models")
     args = parser.parse_args()
     if args.device == "cuda":
         import triton
