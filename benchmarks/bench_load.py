@@ -77,9 +77,12 @@ def llama_8b_config(layers: int, vocab: int) -> dict[str, object]:
 
 
 def llama_shapes(cfg: dict[str, object]) -> dict[str, tuple[int, ...]]:
+    """Checkpoint tensors of a Llama-family config; Qwen2 adds q/k/v biases, and a tied config
+    has no lm_head."""
     h, inter = int(str(cfg["hidden_size"])), int(str(cfg["intermediate_size"]))
     vocab, layers = int(str(cfg["vocab_size"])), int(str(cfg["num_hidden_layers"]))
-    kv = int(str(cfg["num_key_value_heads"])) * int(str(cfg["head_dim"]))
+    head_dim = int(str(cfg.get("head_dim") or h // int(str(cfg["num_attention_heads"]))))
+    kv = int(str(cfg["num_key_value_heads"])) * head_dim
     shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, h)}
     for i in range(layers):
         p = f"model.layers.{i}."
@@ -94,7 +97,15 @@ def llama_shapes(cfg: dict[str, object]) -> dict[str, tuple[int, ...]]:
             p + "input_layernorm.weight": (h,),
             p + "post_attention_layernorm.weight": (h,),
         }
-    shapes |= {"model.norm.weight": (h,), "lm_head.weight": (vocab, h)}
+        if cfg.get("model_type") == "qwen2":
+            shapes |= {
+                p + "self_attn.q_proj.bias": (h,),
+                p + "self_attn.k_proj.bias": (kv,),
+                p + "self_attn.v_proj.bias": (kv,),
+            }
+    shapes["model.norm.weight"] = (h,)
+    if not cfg.get("tie_word_embeddings"):
+        shapes["lm_head.weight"] = (vocab, h)
     return shapes
 
 
