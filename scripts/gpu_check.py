@@ -32,7 +32,6 @@ from ember.ops.triton_attention import KernelConfig, kv_splits_for, paged_attent
 from ember.ops.triton_kv import write_kv_triton
 from scripts.gpu_engine_check import section_engine
 from scripts.gpu_fused_check import section_fused
-from scripts.gpu_gguf_check import section_gguf
 from scripts.gpu_shapes_check import SHAPES, section_shapes
 
 Fn = Callable[[], None]
@@ -569,6 +568,12 @@ def section_tune(args: argparse.Namespace) -> bool:
         ],
     )
     return True
+
+
+def section_gguf(args: argparse.Namespace) -> bool:
+    from scripts.gpu_gguf_check import section_gguf as run  # needs the gguf package
+
+    return run(args)
 
 
 SECTIONS: dict[str, Callable[[argparse.Namespace], bool]] = {
