@@ -18,13 +18,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ember.engine.args import EngineArgs
-from ember.engine.core import EngineStats, resolve_device
 from ember.engine.core_client import (
     CoreClient,
     EngineDeadError,
     InprocCoreClient,
     MPCoreClient,
 )
+from ember.engine.device_probe import expects_cuda
+from ember.engine.messages import EngineStats
 from ember.engine.output_processor import OutputProcessor
 from ember.engine.request import Request, build_request
 from ember.errors import InvalidRequestError
@@ -50,7 +51,7 @@ class AsyncEngine:
         t0 = time.monotonic()
         self.tokenizer = Tokenizer.from_dir(args.model)
         if multiprocess is None:
-            multiprocess = resolve_device(args.device).type == "cuda"
+            multiprocess = expects_cuda(args.device)
         self.client: CoreClient = MPCoreClient(args) if multiprocess else InprocCoreClient(args)
         self.info = self.client.info
         self.model_name = args.served_model_name or Path(args.model).name

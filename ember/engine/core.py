@@ -16,10 +16,11 @@ import torch
 from ember.engine.args import EngineArgs
 from ember.engine.faults import Faults
 from ember.engine.kv_cache import KVCacheManager
+from ember.engine.messages import CoreInfo, EngineCoreOutput, EngineStats, StartupTimes
 from ember.engine.request import Request, build_request
 from ember.engine.runner import ModelRunner
 from ember.engine.scheduler import Scheduler
-from ember.engine.startup import StartupTimes, init_cuda, load_weights, report_phase
+from ember.engine.startup import init_cuda, load_weights, report_phase
 from ember.engine.structured import StructuredDecoding
 from ember.engine.warm_kv import WARM_DIR, import_warm_kv
 from ember.errors import InvalidRequestError
@@ -27,7 +28,6 @@ from ember.layers.metadata import AttentionMetadata, KVCache
 from ember.models.config import ModelConfig
 from ember.models.loader import resolve_dtype
 from ember.ops import use_triton
-from ember.outputs import Logprob
 from ember.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -39,45 +39,6 @@ CPU_DEFAULT_MAX_MODEL_LEN = 4096
 MAX_OOM_RETRIES = 3
 # After an OOM the batch limits are halved; they double back after this many good steps.
 OOM_RELAX_STEPS = 64
-
-
-@dataclass(slots=True)
-class EngineCoreOutput:
-    request_id: str
-    new_token_ids: list[int]
-    new_logprobs: list[list[Logprob]] | None
-    finish_reason: str | None
-    stop_reason: int | str | None
-    num_cached_tokens: int
-    first_scheduled_time: float | None
-
-
-@dataclass(slots=True)
-class CoreInfo:
-    """What the API side needs to know about a loaded core."""
-
-    max_model_len: int
-    vocab_size: int
-    num_kv_blocks: int
-    block_size: int
-    load_weights_s: float
-    device: str
-    startup: StartupTimes
-
-
-@dataclass(slots=True)
-class EngineStats:
-    num_running: int
-    num_waiting: int
-    num_unfinished: int
-    kv_cache_usage: float  # 0..1, blocks referenced by requests
-    num_used_blocks: int
-    num_total_blocks: int
-    prefix_cache_queries: int  # tokens, cumulative
-    prefix_cache_hits: int  # tokens, cumulative
-    prompt_tokens_total: int
-    generation_tokens_total: int
-    num_preemptions_total: int
 
 
 @dataclass(slots=True)

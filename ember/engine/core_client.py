@@ -4,7 +4,8 @@ Both run the same loop (`core_loop`): take the messages that arrived (add / abor
 step while there is work, and emit one CoreStep (new tokens + stats) per step. The API side feeds
 requests in with `add`/`abort` and reads CoreSteps with the blocking `get`, from a thread of its own.
 On CUDA the core runs in its own process, so the API process's Python work (HTTP, tokenizing,
-detokenizing, streaming) never competes with the step loop for the GIL.
+detokenizing, streaming) never competes with the step loop for the GIL, and the API process
+never imports torch (the core's process does, while the API process starts).
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ember.engine.args import EngineArgs
-from ember.engine.core import CoreInfo, EngineCore, EngineCoreOutput, EngineStats
+from ember.engine.messages import CoreInfo, EngineCoreOutput, EngineStats
 from ember.errors import EmberError, ModelLoadError
+
+if TYPE_CHECKING:  # the core (and torch) is imported only where it runs
+    from ember.engine.core import EngineCore
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +91,8 @@ class _QueueInbox:
 
 class InprocCoreClient:
     def __init__(self, args: EngineArgs) -> None:
+        from ember.engine.core import EngineCore
+
         self.core = EngineCore(args)
         self.info = self.core.info
         self._inbox = _QueueInbox()
@@ -139,6 +145,8 @@ def _core_process_main(args: EngineArgs, inbox: Connection, outbox: Connection) 
     # Start-up progress crosses to the API process as messages before "ready".
     args.progress = lambda phase, done, total: outbox.send(("progress", (phase, done, total)))
     try:
+        from ember.engine.core import EngineCore
+
         core = EngineCore(args)
     except BaseException as e:
         outbox.send(("error", (type(e).__name__, str(e))))

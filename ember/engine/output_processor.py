@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from ember.engine.core import EngineCoreOutput
+from ember.engine.messages import EngineCoreOutput
 from ember.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from ember.sampling_params import OutputKind, SamplingParams
 from ember.tokenizer import IncrementalDetokenizer, Tokenizer

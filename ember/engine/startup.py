@@ -8,38 +8,16 @@ in StartupTimes, which the core hands to the API side with its CoreInfo.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ember.engine.args import EngineArgs
+from ember.engine.messages import StartupTimes
 from ember.errors import InvalidRequestError
 from ember.models.base import CausalLM
 from ember.models.dummy import dummy_model
 from ember.models.loader import load_model
-
-
-@dataclass(slots=True)
-class StartupTimes:
-    """The engine's start-up phases in seconds, and the weights it read."""
-
-    cuda_init_s: float = 0.0
-    load_weights_s: float = 0.0
-    weights_bytes: int = 0  # 0 for --load-format dummy
-    kv_cache_s: float = 0.0  # sizing (a profiling forward pass on CUDA) and allocation
-    graph_capture_s: float = 0.0
-
-    @property
-    def weights_gb_per_s(self) -> float:
-        return self.weights_bytes / self.load_weights_s / 1e9 if self.load_weights_s > 0 else 0.0
-
-    def summary(self) -> str:
-        return (
-            f"CUDA init {self.cuda_init_s:.2f} s, weights {self.weights_bytes / 1e9:.3f} GB in "
-            f"{self.load_weights_s:.2f} s ({self.weights_gb_per_s:.2f} GB/s), KV cache "
-            f"{self.kv_cache_s:.2f} s, graph capture {self.graph_capture_s:.2f} s"
-        )
 
 
 def report_phase(args: EngineArgs, phase: str, done: int = 0, total: int = 0) -> None:

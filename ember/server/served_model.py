@@ -44,7 +44,7 @@ _ENGINE_PHASES = {
 class Startup:
     """Seconds from process start to ready, by phase."""
 
-    imports_s: float = 0.0  # interpreter, server and engine imports (torch)
+    imports_s: float = 0.0  # interpreter, server and engine imports
     resolve_s: float = 0.0  # finding the model; for a URI, fetching its config and tokenizer
     engine: StartupTimes | None = None  # CUDA init, weights, KV cache, graph capture
     warmup_s: float = 0.0
@@ -255,7 +255,8 @@ class ServedModel:
 
 
 def import_engine() -> float:
-    """Import the engine (and torch) now; returns the seconds it took."""
+    """Import the engine's API side now (torch only where the core runs in this process, on
+    the CPU); returns the seconds it took."""
     t0 = time.monotonic()
     import ember.engine.async_engine  # noqa: F401
 
@@ -263,7 +264,7 @@ def import_engine() -> float:
 
 
 def make_engine(args: EngineArgs) -> AsyncEngine:
-    from ember.engine.async_engine import AsyncEngine  # torch is imported here, off the loop
+    from ember.engine.async_engine import AsyncEngine  # off the loop: it may import the core
 
     return AsyncEngine(args)
 
