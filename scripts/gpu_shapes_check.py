@@ -7,6 +7,12 @@ same sequence (teacher forcing, eager attention): at every step ember's token mu
 `tol` nats of transformers' best token, and ember's own logprob of it must agree with
 transformers'. Prompts run past the sliding windows (Gemma 2: 4096, Gemma 3: 1024), so the
 windowed layers are exercised.
+
+bf16 (the serving dtype) runs the whole model; float32 runs its first FP32_LAYERS layers (every
+layer kind, both rope bases), where the tolerance is tight. Through all 34-42 layers of a random
+model float32 rounding differences grow to ~1e-2 nats between any two implementations (seen on
+the H200: ember and transformers on CUDA both differ from transformers on the CPU by that much),
+while over two layers ember, transformers on CUDA and transformers on the CPU agree to ~1e-5.
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
 PROMPT_LENGTHS = (9, 300, 1500, 5000)
 STEPS = 16
 TOL = {torch.bfloat16: 0.25, torch.float32: 2e-3}
+FP32_LAYERS = 6
 
 
 def _prompts() -> list[list[int]]:
@@ -71,13 +78,15 @@ def _prompts() -> list[list[int]]:
     return [torch.randint(1, 990, (n,), generator=g).tolist() for n in PROMPT_LENGTHS]
 
 
-def _make(name: str, out: Path, device: str) -> Any:
+def _make(name: str, out: Path, device: str, layers: int | None = None) -> Any:
     import transformers as tf
 
     from ember.registry import ModelStore, default_home
     from tests.engine.hf_models import TOKENIZER_FILES
 
     cls_name, kwargs = SHAPES[name]
+    if layers is not None:
+        kwargs = {**kwargs, "num_hidden_layers": layers}
     config = getattr(tf, cls_name)(**kwargs, initializer_range=0.02)
     config._attn_implementation = "eager"  # softcap and window as the reference computes them
     torch.manual_seed(0)
@@ -154,13 +163,13 @@ def section_shapes(args: argparse.Namespace) -> bool:
     print(f"{'model':10} {'dtype':9} {'prompt':>6} {'top1':>6} {'deficit':>10} {'lp err':>10}")
     ok = True
     for name in names:
-        with tempfile.TemporaryDirectory(dir=getattr(args, "tmp", None)) as tmp:
-            t0 = time.perf_counter()
-            hf = _make(name, Path(tmp), args.device)
-            print(f"{name}: built and saved in {time.perf_counter() - t0:.1f} s")
-            ok &= _compare(name, torch.bfloat16, hf, Path(tmp), args.device)
-            hf.float()
-            ok &= _compare(name, torch.float32, hf, Path(tmp), args.device)
-            del hf
-            _free()
+        for dtype, layers in ((torch.bfloat16, None), (torch.float32, FP32_LAYERS)):
+            with tempfile.TemporaryDirectory(dir=getattr(args, "tmp", None)) as tmp:
+                t0 = time.perf_counter()
+                hf = _make(name, Path(tmp), args.device, layers).to(dtype)
+                depth = f"{layers} layers" if layers else "all layers"
+                print(f"{name}: {depth}, built and saved in {time.perf_counter() - t0:.1f} s")
+                ok &= _compare(name, dtype, hf, Path(tmp), args.device)
+                del hf
+                _free()
     return ok
