@@ -216,6 +216,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         parser.exit(2, f"ember: error: {e}\n")
     if args.command == "serve":
+        from ember.engine.device_probe import expects_cuda
+
+        if expects_cuda(config.device):
+            from ember.engine.core_client import prespawn_core
+
+            prespawn_core()  # the core imports torch while this process imports the server
         from ember.server.app import serve
 
         return serve(config)

@@ -10,6 +10,7 @@ never imports torch (the core's process does, while the API process starts).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import queue
@@ -141,6 +142,32 @@ class _ConnInbox:
         return msgs
 
 
+def _core_process_waiting(inbox: Connection, outbox: Connection) -> None:
+    """A prespawned core: import the engine now, then load the model the API side sends."""
+    import ember.engine.core  # noqa: F401  (torch loads here)
+
+    _import_triton_kernels()
+
+    try:
+        kind, args = inbox.recv()
+    except EOFError:
+        return
+    if kind == "load":
+        _core_process_main(args, inbox, outbox)
+
+
+def _import_triton_kernels() -> None:
+    import importlib
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    for name in ("ember.ops.triton_attention", "ember.ops.triton_kv", "ember.ops.triton_fused"):
+        with contextlib.suppress(ImportError):  # no Triton: the engine falls back by itself
+            importlib.import_module(name)
+
+
 def _core_process_main(args: EngineArgs, inbox: Connection, outbox: Connection) -> None:
     # Start-up progress crosses to the API process as messages before "ready".
     args.progress = lambda phase, done, total: outbox.send(("progress", (phase, done, total)))
@@ -160,25 +187,61 @@ def _core_process_main(args: EngineArgs, inbox: Connection, outbox: Connection) 
         outbox.send(("dead", f"{type(e).__name__}: {e}"))
 
 
+@dataclass(slots=True)
+class _CoreProcess:
+    process: mp.process.BaseProcess
+    to_core: Connection
+    from_core: Connection
+
+
+_prespawned: _CoreProcess | None = None
+
+
+def _spawn(target: Callable[..., None], *args: Any) -> _CoreProcess:
+    ctx = mp.get_context("spawn")
+    to_core_r, to_core = ctx.Pipe(duplex=False)
+    from_core, from_core_w = ctx.Pipe(duplex=False)
+    process = ctx.Process(
+        target=target, args=(*args, to_core_r, from_core_w), name="ember-core", daemon=True
+    )
+    process.start()
+    # Close our copies of the child's ends, so that its death reads as EOF here.
+    to_core_r.close()
+    from_core_w.close()
+    return _CoreProcess(process, to_core, from_core)
+
+
+def prespawn_core() -> None:
+    """Start the engine core's process now, before the model is known: it imports torch (and
+    Triton) while this process imports the server, and the next MPCoreClient takes it over.
+    `ember serve` calls this first thing on CUDA; it takes ~1 s off the start."""
+    global _prespawned
+    if _prespawned is None:
+        _prespawned = _spawn(_core_process_waiting)
+
+
+def _take_prespawned() -> _CoreProcess | None:
+    global _prespawned
+    taken, _prespawned = _prespawned, None
+    if taken is not None and not taken.process.is_alive():
+        return None
+    return taken
+
+
 class MPCoreClient:
     def __init__(self, args: EngineArgs) -> None:
-        """Start the core's process and wait until it has loaded; its start-up progress is
-        forwarded to args.progress (called on this thread)."""
+        """Start the core's process (or take the prespawned one) and wait until it has loaded;
+        its start-up progress is forwarded to args.progress (called on this thread)."""
         progress = args.progress
         args = replace(args, progress=None)  # a callable does not pickle; messages carry it
-        ctx = mp.get_context("spawn")
-        to_core_r, self._to_core = ctx.Pipe(duplex=False)
-        self._from_core, from_core_w = ctx.Pipe(duplex=False)
-        self.process = ctx.Process(
-            target=_core_process_main,
-            args=(args, to_core_r, from_core_w),
-            name="ember-core",
-            daemon=True,
-        )
-        self.process.start()
-        # Close our copies of the child's ends, so that its death reads as EOF here.
-        to_core_r.close()
-        from_core_w.close()
+        core = _take_prespawned()
+        if core is not None:
+            core.to_core.send(("load", args))
+        else:
+            core = _spawn(_core_process_main, args)
+        self.process = core.process
+        self._to_core = core.to_core
+        self._from_core = core.from_core
         try:
             kind, payload = self._from_core.recv()
             while kind == "progress":

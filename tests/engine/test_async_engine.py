@@ -97,3 +97,30 @@ def test_a_dead_core_fails_requests_and_health(tmp_path: Path) -> None:
         assert not eng.healthy
     finally:
         eng.shutdown()
+
+
+def test_a_prespawned_core_loads_the_model_it_is_sent() -> None:
+    """`ember serve` on CUDA starts the core's process before the model is known; the engine
+    takes that process over and serves from it."""
+    from ember.engine import core_client
+
+    core_client.prespawn_core()
+    prespawned = core_client._prespawned
+    assert prespawned is not None
+    path: Path = ModelStore(default_home()).resolve("tiny").path
+    eng = AsyncEngine(EngineArgs(model=str(path), device="cpu", dtype="float32"), multiprocess=True)
+    try:
+        assert isinstance(eng.client, MPCoreClient)
+        assert eng.client.process is prespawned.process
+        assert core_client._prespawned is None
+
+        async def main() -> list[int]:
+            ids = eng.tokenizer.encode("hello")
+            out: list[int] = []
+            async for o in eng.generate("p", ids, params(OutputKind.DELTA, n=5)):
+                out += o.outputs[0].token_ids
+            return out
+
+        assert len(asyncio.run(main())) == 5
+    finally:
+        eng.shutdown()
