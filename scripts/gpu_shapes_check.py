@@ -3,9 +3,9 @@ shapes of the models it serves (random weights) against transformers on the same
 
 Random weights at real shapes give near-flat distributions, so exact greedy parity over many
 steps is not a fair test in bf16. Instead ember generates greedily and transformers scores the
-same sequence (teacher forcing, eager attention): at every step ember's token must be within
-`tol` nats of transformers' best token, and ember's own logprob of it must agree with
-transformers'. Prompts run past the sliding windows (Gemma 2: 4096, Gemma 3: 1024), so the
+same sequence in float32 (teacher forcing, eager attention): at every step ember's token must be
+within TOL nats of transformers' best token, and ember's logprob of it must be as close to
+transformers' float32 value as transformers' own run in the same dtype is (or within TOL). Prompts run past the sliding windows (Gemma 2: 4096, Gemma 3: 1024), so the
 windowed layers are exercised.
 
 bf16 (the serving dtype) runs the whole model; float32 runs its first FP32_LAYERS layers (every
@@ -136,23 +136,29 @@ def _score(hf: Any, prompt: list[int], tokens: list[int]) -> torch.Tensor:
 
 
 def _compare(name: str, dtype: torch.dtype, hf: Any, path: Path, device: str) -> bool:
+    """ember in `dtype` against transformers in float32 on the same weights. In bf16, ember's
+    logprob error may be at most twice transformers' own bf16 error (or TOL): being as accurate
+    as the reference implementation is the bar, since random deep models amplify rounding."""
     prompts = _prompts()
     t0 = time.perf_counter()
     got = _ember(path, str(dtype).removeprefix("torch."), device, prompts)
     seconds = time.perf_counter() - t0
+    same_dtype = [_score(hf, p, tokens) for p, (tokens, _) in zip(prompts, got, strict=True)]
+    hf.float()
+    exact = [_score(hf, p, tokens) for p, (tokens, _) in zip(prompts, got, strict=True)]
     ok = True
-    for prompt, (tokens, lps) in zip(prompts, got, strict=True):
-        ref = _score(hf, prompt, tokens)
-        idx = torch.tensor(tokens, device=ref.device)
-        ref_chosen = ref.gather(1, idx[:, None])[:, 0]
-        deficit = (ref.max(dim=1).values - ref_chosen).max().item()
-        same_top = (ref.argmax(dim=1) == idx).sum().item()
-        lp_err = (ref_chosen.cpu() - torch.tensor(lps)).abs().max().item()
-        passed = deficit <= TOL[dtype] and lp_err <= 2 * TOL[dtype]
+    for prompt, (tokens, lps), ref, ref32 in zip(prompts, got, same_dtype, exact, strict=True):
+        idx = torch.tensor(tokens, device=ref32.device)
+        chosen32 = ref32.gather(1, idx[:, None])[:, 0].cpu()
+        deficit = (ref32.max(dim=1).values.cpu() - chosen32).max().item()
+        same_top = (ref32.argmax(dim=1) == idx).sum().item()
+        ember_err = (torch.tensor(lps) - chosen32).abs().max().item()
+        hf_err = (ref.gather(1, idx[:, None])[:, 0].cpu() - chosen32).abs().max().item()
+        passed = deficit <= TOL[dtype] and ember_err <= max(2 * hf_err, TOL[dtype])
         ok &= passed
         print(
             f"{name:10} {str(dtype)[6:]:9} {len(prompt):6} {same_top:>3}/{STEPS} "
-            f"{deficit:10.2e} {lp_err:10.2e} {'PASS' if passed else 'FAIL'}"
+            f"{deficit:10.2e} {ember_err:10.2e} {hf_err:10.2e} {'PASS' if passed else 'FAIL'}"
         )
     print(f"{name:10} {str(dtype)[6:]:9} ember load+generate {seconds:.1f} s")
     return ok
@@ -160,7 +166,10 @@ def _compare(name: str, dtype: torch.dtype, hf: Any, path: Path, device: str) ->
 
 def section_shapes(args: argparse.Namespace) -> bool:
     names = getattr(args, "shapes", None) or list(SHAPES)
-    print(f"{'model':10} {'dtype':9} {'prompt':>6} {'top1':>6} {'deficit':>10} {'lp err':>10}")
+    print(
+        f"{'model':10} {'dtype':9} {'prompt':>6} {'top1':>6} {'deficit':>10} {'ember err':>10} "
+        f"{'hf err':>10}   (against transformers in float32; hf err: transformers in the dtype)"
+    )
     ok = True
     for name in names:
         for dtype, layers in ((torch.bfloat16, None), (torch.float32, FP32_LAYERS)):
