@@ -175,7 +175,11 @@ def section_shapes(args: argparse.Namespace) -> bool:
         for dtype, layers in ((torch.bfloat16, None), (torch.float32, FP32_LAYERS)):
             with tempfile.TemporaryDirectory(dir=getattr(args, "tmp", None)) as tmp:
                 t0 = time.perf_counter()
-                hf = _make(name, Path(tmp), args.device, layers).to(dtype)
+                hf = _make(name, Path(tmp), args.device, layers)
+                if dtype != torch.bfloat16:
+                    # Never .to(bf16) a built model: that rounds transformers' float32 rope
+                    # inv_freq buffer too, and its float32 reference then drifts with position.
+                    hf = hf.to(dtype)
                 depth = f"{layers} layers" if layers else "all layers"
                 print(f"{name}: {depth}, built and saved in {time.perf_counter() - t0:.1f} s")
                 ok &= _compare(name, dtype, hf, Path(tmp), args.device)
