@@ -217,7 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(2, f"ember: error: {e}\n")
     if args.command == "serve":
         from ember.engine.device_probe import expects_cuda
+        from ember.kernel_cache import use_kernel_cache
 
+        use_kernel_cache(config.home)
         if expects_cuda(config.device):
             from ember.engine.core_client import prespawn_core
 

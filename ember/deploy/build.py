@@ -15,9 +15,11 @@ from pathlib import Path
 
 import ember
 from ember.deploy.spec import DeployError
+from ember.kernel_cache import KERNEL_CACHE_SUBDIR
 
 DEFAULT_BASE_IMAGE = "pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime"
 CONTAINER_PORT = 8080  # Cloud Run's default $PORT; the platform may set another
+IMAGE_HOME = "/var/lib/ember"
 _SOURCE_FILES = ("pyproject.toml", "README.md")
 _DOCKERIGNORE = """\
 **/__pycache__
@@ -71,7 +73,9 @@ def _copy_source(dest: Path, wheel: Path | None) -> str:
     return "ember-src"
 
 
-def dockerfile(ctx: BuildContext, base_image: str, install_from: str, warm: bool) -> str:
+def dockerfile(
+    ctx: BuildContext, base_image: str, install_from: str, warm: bool, kernels: bool = False
+) -> str:
     lines = [
         f"FROM {base_image}",
         "# Weights first: their layer stays cached and pushed when ember or its settings change.",
@@ -90,6 +94,10 @@ def dockerfile(ctx: BuildContext, base_image: str, install_from: str, warm: bool
             f"RUN ember warm {ctx.model_path} --prompts {ctx.model_path}.warm_prompts.txt "
             "--device cpu"
         )
+    if kernels:
+        # Compiled Triton kernels from a run on the target GPU type: without them the first
+        # start on every new instance compiles for ~9 s (H200) before it is ready.
+        lines.append(f"COPY kernel-cache {IMAGE_HOME}/{KERNEL_CACHE_SUBDIR}")
     lines += [f"ENV {k}={json.dumps(v)}" for k, v in ctx.env.items()]
     lines += [
         f"EXPOSE {CONTAINER_PORT}",
@@ -108,18 +116,25 @@ def write_context(
     warm_prompts: Path | None = None,
     wheel: Path | None = None,
     name: str | None = None,
+    kernel_cache: Path | None = None,
 ) -> BuildContext:
     if not (model_dir / "config.json").is_file():
         raise DeployError(f"{model_dir} is not a model directory (no config.json)")
     if out.exists() and any(out.iterdir()):
         raise DeployError(f"{out} exists and is not empty; pass -o to a new folder")
+    if kernel_cache is not None and not (kernel_cache.is_dir() and any(kernel_cache.iterdir())):
+        raise DeployError(
+            f"kernel cache {kernel_cache} is not a folder with compiled kernels; run "
+            f"'ember serve' once on the target GPU type and pass its {KERNEL_CACHE_SUBDIR} "
+            "folder (under ember's home, or $TRITON_CACHE_DIR if set)"
+        )
     for key, _ in settings:
         if not key.startswith(("EMBER_", "OLLAMA_")):
             raise DeployError(f"setting {key!r} is not an EMBER_* or OLLAMA_* variable")
     out.mkdir(parents=True, exist_ok=True)
     name = image_model_name(Path(name) if name else model_dir)
     model_path = f"/models/{name}"
-    env = {"PORT": str(CONTAINER_PORT), "EMBER_HOME": "/var/lib/ember"}
+    env = {"PORT": str(CONTAINER_PORT), "EMBER_HOME": IMAGE_HOME}
     env |= {"EMBER_SERVED_MODEL_NAME": name} | dict(settings)
     ctx = BuildContext(
         directory=out,
@@ -132,9 +147,13 @@ def write_context(
     shutil.copytree(model_dir, out / "model", ignore=shutil.ignore_patterns(".*"))
     if warm_prompts is not None:
         shutil.copy2(warm_prompts, out / "warm_prompts.txt")
+    if kernel_cache is not None:
+        shutil.copytree(kernel_cache, out / "kernel-cache")
     install_from = _copy_source(out / "ember-src", wheel)
     (out / "Dockerfile").write_text(
-        dockerfile(ctx, base_image, install_from, warm_prompts is not None)
+        dockerfile(
+            ctx, base_image, install_from, warm_prompts is not None, kernel_cache is not None
+        )
     )
     (out / ".dockerignore").write_text(_DOCKERIGNORE)
     return ctx

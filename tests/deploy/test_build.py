@@ -69,6 +69,24 @@ def test_rejects_what_cannot_work(tiny_dir: Path, tmp_path: Path) -> None:
         write_context(tiny_dir, tmp_path / "b", settings=[("HOME", "/x")])
 
 
+def test_kernel_cache_is_baked_where_serve_looks(tiny_dir: Path, tmp_path: Path) -> None:
+    """`--kernel-cache`: compiled kernels land in the image under EMBER_HOME/kernels/triton,
+    the folder `ember serve` points Triton's cache at."""
+    cache = tmp_path / "triton"
+    (cache / "abc123").mkdir(parents=True)
+    (cache / "abc123" / "kernel.cubin").write_bytes(b"\x7fELF")
+    ctx = write_context(tiny_dir, tmp_path / "ctx", kernel_cache=cache)
+    root = ctx.directory
+    assert (root / "kernel-cache" / "abc123" / "kernel.cubin").read_bytes() == b"\x7fELF"
+    steps = instructions((root / "Dockerfile").read_text())
+    env = {
+        k: json.loads(v) for k, _, v in (rest.partition("=") for op, rest in steps if op == "ENV")
+    }
+    assert ("COPY", f"kernel-cache {env['EMBER_HOME']}/kernels/triton") in steps
+    with pytest.raises(DeployError, match="ember serve"):
+        write_context(tiny_dir, tmp_path / "ctx2", kernel_cache=tmp_path / "missing")
+
+
 def test_entrypoint_serves_on_port(tiny_dir: Path, tmp_path: Path) -> None:
     """Run the image's ENTRYPOINT + CMD as written, with its ENV and a $PORT as Cloud Run sets
     it; the model path maps to the context's model folder, the host to loopback."""
