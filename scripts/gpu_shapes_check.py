@@ -13,9 +13,10 @@ layer kind, both rope bases), where the tolerance is tight. Through all 34-42 la
 model float32 rounding differences grow to ~1e-2 nats between implementations, while over a few
 layers ember, transformers on CUDA and transformers on the CPU agree to ~1e-5 (seen on the H200).
 
-The reference is built in float32 (weights rounded to bf16 values, saved as bf16): a model built
-in bf16, or cast to it, also rounds transformers' float32 rope frequencies, and that reference
-then drifts with position (seen on the H200: ~0.6 nats at 1,500 tokens on Gemma 2).
+The reference is built in float32 (weights rounded to bf16 values, saved as bf16). A model built
+in bf16 keeps bf16 buffers after .float() (Gemma 3's embed_scale becomes 50.5 for sqrt(2560) =
+50.596: ~1e-2 nats off in float32, seen on the H200), and casting a built model to bf16 also
+rounds the float32 rope frequencies (~0.6 nats at 1,500 tokens on Gemma 2, seen on the H200).
 """
 
 from __future__ import annotations
