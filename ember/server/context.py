@@ -4,6 +4,7 @@ request."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -98,7 +99,7 @@ class ServerContext:
             lease = await race_disconnect(request, self._acquire(request))
             slot.lease = lease
             load_wait = time.monotonic() - t0
-            prepared = prepare(lease.engine)
+            prepared = await prepare_request(request, prepare, lease.engine)
             gen = Generation(
                 lease.engine,
                 request_id,
@@ -113,6 +114,19 @@ class ServerContext:
             raise
         await gen.start(request)  # on failure it has closed itself and released the slot
         return gen, prepared, load_wait
+
+
+# Request bodies above this many bytes are templated and tokenized on a worker thread, so that a
+# long prompt never holds the event loop (and every stream it serves) while it is encoded.
+PREPARE_INLINE_BYTES = 64 * 1024
+
+
+async def prepare_request(
+    request: Request, prepare: Callable[[AsyncEngine], Prepared], engine: AsyncEngine
+) -> Prepared:
+    if len(await request.body()) <= PREPARE_INLINE_BYTES:
+        return prepare(engine)
+    return await asyncio.to_thread(prepare, engine)
 
 
 class LeasedSlot(Slot):
