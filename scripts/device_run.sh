@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The GPU machine's one entry point: installs the wheels carried in .whl/ (fastapi, uvicorn, pyjwt,
+# gguf, moto, Run:ai, obstore, ...; see docs/benchmarks.md), then runs the named stages, each
+# under its own time limit, with every log kept under $OUT. Pick stages that fit one call (10 min):
+#
+#   bash scripts/device_run.sh check shapes     # kernels, engine parity, GGUF, Gemma shapes (~8 min)
+#   bash scripts/device_run.sh start serve      # start -> first token, HTTP serving (~6 min)
+#   bash scripts/device_run.sh engine           # engine vs transformers (~5 min)
+#   bash scripts/device_run.sh load s3          # cold start: disk/page cache, then S3 (~9 min)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/ember-out}
+mkdir -p "$OUT"
+if [ -z "${EMBER_SKIP_WHEELS:-}" ] && compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+        --target /tmp/site .whl/*.whl || exit 1
+fi
+export PYTHONPATH=$PWD:/tmp/site EMBER_HOME=${EMBER_HOME:-/tmp/eh} PYTHONUNBUFFERED=1
+status=0
+
+run() {
+    local name=$1 limit=$2
+    shift 2
+    echo "=== $name: $*"
+    timeout "$limit" "$@" 2>&1 | grep --line-buffered -v " INFO \|INFO: \|Writing model" \
+        | tee "$OUT/$name.log"
+    local rc=${PIPESTATUS[0]}
+    if [ "$rc" != 0 ]; then
+        echo "=== $name: exit $rc"
+        status=1
+    fi
+}
+
+for stage in "$@"; do
+    case $stage in
+        check) run check 300 python3 scripts/gpu_check.py --section correctness --section fused \
+            --section engine --section gguf ;;
+        shapes) run shapes 420 python3 scripts/gpu_check.py --section shapes --tmp /tmp ;;
+        engine) run engine 300 python3 benchmarks/bench_engine.py ;;
+        serve) run serve 300 python3 benchmarks/bench_serve.py ;;
+        start) run start 200 python3 benchmarks/bench_serve.py --real-weights --starts 3 --start-only ;;
+        load) run load 480 python3 benchmarks/bench_load.py ;;
+        s3) run s3 240 python3 benchmarks/bench_s3.py ;;
+        *)
+            echo "unknown stage '$stage': check shapes engine serve start load s3"
+            status=2
+            ;;
+    esac
+done
+exit $status
