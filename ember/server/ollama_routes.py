@@ -4,6 +4,7 @@ ollama_generate.py, /api/tags, /api/ps and the store routes from store_routes.py
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -19,10 +20,11 @@ from ember.server.context import get_context, read_json
 from ember.server.embeddings import router as embeddings_router
 from ember.server.ollama_generate import router as generate_router
 from ember.server.protocol_ollama import ShowRequest, rfc3339
-from ember.server.show import capabilities, model_info
+from ember.server.show import capabilities, model_info, trained_context_length
+from ember.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
-    from ember.registry import LocalModel
+    from ember.registry import LocalModel, ModelStore
 
 log = logging.getLogger("ember.server")
 router = APIRouter()
@@ -59,34 +61,66 @@ def _model_entry(m: LocalModel) -> dict[str, Any]:
 
 @router.post("/api/show")
 async def show(request: Request) -> dict[str, Any]:
+    """A model's Modelfile, parameters, template, details and model_info. A model that is not
+    loaded is described from the store, as Ollama does, without loading it. model_info's
+    context_length is the trained one, as in Ollama (/api/ps shows the served one)."""
     ctx = get_context(request)
     body = await read_json(request, ShowRequest)
     model = body.model or body.name
     if not model:
         raise InvalidRequestError("model is required", param="model")
-    ctx.served.require(model)
+    key = ctx.served.require(model)
+    residency = ctx.served.residency
+    if key not in residency.residents and key not in residency.preloaded:
+        return await asyncio.to_thread(_describe_stored, residency.store, key)
     engine, _ = await ctx.wait_ready(request)
     served = ctx.served
     assert served.local_model is not None
-    entry = _model_entry(served.local_model)
-    params = served.default_options
+    return _show_body(
+        served.local_model,
+        served.default_options,
+        served.default_system,
+        engine.tokenizer,
+        trained_context_length(Path(served.local_model.path)) or engine.max_model_len,
+    )
+
+
+def _describe_stored(store: ModelStore, key: str) -> dict[str, Any]:
+    local = store.resolve(key)
+    path = Path(local.path)
+    return _show_body(
+        local,
+        dict(store.params(local)),
+        store.system(local),
+        Tokenizer.from_dir(path),
+        trained_context_length(path),
+    )
+
+
+def _show_body(
+    local: LocalModel,
+    params: dict[str, Any],
+    system: str | None,
+    tokenizer: Tokenizer,
+    context_length: int,
+) -> dict[str, Any]:
+    entry = _model_entry(local)
     parameters = "\n".join(f"{k:<30} {json.dumps(v)}" for k, v in params.items())
-    template = engine.tokenizer.chat_template or ""
     family = entry["details"].get("family", "")
-    modelfile = f"FROM {served.local_model.path}\n" + "".join(
+    modelfile = f"FROM {local.path}\n" + "".join(
         f"PARAMETER {k} {json.dumps(v)}\n" for k, v in params.items()
     )
     out: dict[str, Any] = {
         "modelfile": modelfile,
         "parameters": parameters,
-        "template": template,
+        "template": tokenizer.chat_template or "",
         "details": entry["details"],
-        "model_info": model_info(Path(served.local_model.path), family, engine.max_model_len),
-        "capabilities": capabilities(engine.tokenizer),
+        "model_info": model_info(Path(local.path), family, context_length),
+        "capabilities": capabilities(tokenizer),
         "modified_at": entry["modified_at"],
     }
-    if served.default_system:
-        out["system"] = served.default_system
+    if system:
+        out["system"] = system
     return out
 
 

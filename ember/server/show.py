@@ -25,12 +25,22 @@ _INFO_KEYS = (
 _FIM = ("<|fim_prefix|>", "<fim_prefix>", "<|fim_begin|>")
 
 
-def model_info(model_dir: Path, architecture: str, context_length: int) -> dict[str, Any]:
+def _config(model_dir: Path) -> dict[str, Any]:
     try:
         config = json.loads((model_dir / "config.json").read_text())
     except (OSError, ValueError):
         config = {}
-    config = {**config, **(config.get("text_config") or {})}  # Gemma 3 nests the LM's fields
+    return {**config, **(config.get("text_config") or {})}  # Gemma 3 nests the LM's fields
+
+
+def trained_context_length(model_dir: Path) -> int:
+    """The context the model was trained for (config.json), for a model that is not loaded."""
+    value = _config(model_dir).get("max_position_embeddings")
+    return value if isinstance(value, int) else 0
+
+
+def model_info(model_dir: Path, architecture: str, context_length: int) -> dict[str, Any]:
+    config = _config(model_dir)
     arch = architecture or str(config.get("model_type", ""))
     info: dict[str, Any] = {"general.architecture": arch, f"{arch}.context_length": context_length}
     for theirs, ours in _INFO_KEYS:

@@ -167,5 +167,5 @@ def test_show_fields_and_name_alias(base_url: str) -> None:
     assert {"template", "parameters", "details", "model_info", "capabilities"} <= set(body)
     info = body["model_info"]
     arch = info["general.architecture"]
-    assert info[f"{arch}.context_length"] == 512 and info[f"{arch}.block_count"] == 2
+    assert info[f"{arch}.context_length"] == 4096 and info[f"{arch}.block_count"] == 2
     assert "completion" in body["capabilities"]

@@ -134,7 +134,9 @@ def test_tags_and_ps(client: ollama.Client, base_url: str) -> None:
 def test_show(client: ollama.Client) -> None:
     r = client.show("tiny")
     assert r.details is not None and r.details.family == "llama"
-    assert r.modelinfo is not None and r.modelinfo["llama.context_length"] == 512
+    assert (
+        r.modelinfo is not None and r.modelinfo["llama.context_length"] == 4096
+    )  # trained; ps: served
     assert r.capabilities is not None and "completion" in r.capabilities
     assert r.parameters is not None and "num_predict" in r.parameters
     assert isinstance(r.template, str) and r.template

@@ -153,6 +153,22 @@ def test_a_model_created_while_serving_is_served(server: Server, tmp_path: Path)
     assert r.done and r.eval_count
 
 
+def test_show_describes_a_model_without_loading_it(server: Server) -> None:
+    """Ollama's /api/show reads the store: asking about a model must not load it (nor unload
+    another to make room)."""
+    client = ollama.Client(host=server.url, timeout=60)
+    client.copy("tiny", "delta")
+    before = sorted(loaded(client))
+    shown = client.show("delta")
+    assert shown.details is not None and shown.details.family == "llama"
+    assert shown.template and shown.modelinfo
+    assert shown.modelinfo["llama.context_length"] == 4096  # trained, as in Ollama
+    assert "completion" in (shown.capabilities or [])
+    assert sorted(loaded(client)) == before and "delta:latest" not in before
+    loaded_name = before[0].removesuffix(":latest")
+    assert client.show(loaded_name).modelinfo  # a loaded model is described too
+
+
 class FakeServed:
     """A model that loads at once and takes a while to unload, standing in for ServedModel."""
 
