@@ -45,6 +45,7 @@ def ember_runs(
         max_num_batched_tokens=args.max_num_batched_tokens,
         gpu_memory_utilization=args.gpu_memory_utilization,
         enforce_eager=args.enforce_eager,
+        async_scheduling=args.async_scheduling,
     )
     startup = time.perf_counter() - t0
     core = llm.engine.core
@@ -165,6 +166,7 @@ def main() -> None:
     ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.6)
     ap.add_argument("--enforce-eager", action="store_true")
+    ap.add_argument("--async-scheduling", action="store_true", help="pipelined decode steps")
     ap.add_argument("--skip-transformers", action="store_true")
     ap.add_argument("--save", type=Path)
     args = ap.parse_args()

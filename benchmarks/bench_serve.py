@@ -80,6 +80,7 @@ def main() -> None:
     ap.add_argument("--real-weights", action="store_true", help="serve safetensors files")
     ap.add_argument("--starts", type=int, default=1, help="times to start the server")
     ap.add_argument("--start-only", action="store_true", help="measure start-up alone")
+    ap.add_argument("--async-scheduling", action="store_true", help="serve with it")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = dummy_model_dir(args.shape, Path(tmp))
@@ -108,6 +109,7 @@ def serve(args: argparse.Namespace, model_dir: Path, benchmark: bool, label: str
         "--context-length", "4096",
         "--max-num-batched-tokens", str(args.max_num_batched_tokens),
         "--served-model-name", args.shape,
+        *(["--async-scheduling"] if args.async_scheduling else []),
     ]  # fmt: skip
     t_start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONUNBUFFERED="1"))

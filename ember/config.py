@@ -359,6 +359,14 @@ class ServeConfig:
         "never run decode under CUDA graphs (a switch; the variable takes true/false)",
         _bool,
     )
+    async_scheduling: bool = _opt(
+        False,
+        "--async-scheduling",
+        "EMBER_ASYNC_SCHEDULING",
+        "schedule and launch each decode step before the previous one's tokens reach the CPU, "
+        "hiding host time behind the GPU (a switch; the variable takes true/false)",
+        _bool,
+    )
     api_key: tuple[str, ...] = _opt(
         (),
         "--api-key",
@@ -489,6 +497,7 @@ class ServeConfig:
             gpu_memory_utilization=self.gpu_memory_utilization,
             load_format=self.load_format,
             enforce_eager=self.enforce_eager,
+            async_scheduling=self.async_scheduling,
         )
 
 

@@ -7,6 +7,7 @@
 #   bash scripts/device_run.sh start serve      # start -> first token, HTTP serving (~6 min)
 #   bash scripts/device_run.sh engine           # engine vs transformers (~5 min)
 #   bash scripts/device_run.sh load s3          # cold start: disk/page cache, then S3 (~9 min)
+#   bash scripts/device_run.sh async            # engine and HTTP with async scheduling (~8 min)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/ember-out}
@@ -41,8 +42,13 @@ for stage in "$@"; do
         start) run start 200 python3 benchmarks/bench_serve.py --real-weights --starts 3 --start-only ;;
         load) run load 480 python3 benchmarks/bench_load.py ;;
         s3) run s3 240 python3 benchmarks/bench_s3.py ;;
+        async)
+            run async-engine 240 python3 benchmarks/bench_engine.py --skip-transformers \
+                --batches 64 256 --async-scheduling
+            run async-serve 240 python3 benchmarks/bench_serve.py --async-scheduling
+            ;;
         *)
-            echo "unknown stage '$stage': check shapes engine serve start load s3"
+            echo "unknown stage '$stage': check shapes engine serve start load s3 async"
             status=2
             ;;
     esac

@@ -152,6 +152,14 @@ def test_ollama_env_vars() -> None:
     assert engine.max_model_len == 4096 and engine.max_num_seqs == 4
 
 
+def test_async_scheduling_reaches_the_engine() -> None:
+    assert not ServeConfig.from_sources({}, {}).engine_args("/m", "m").async_scheduling
+    flag = ServeConfig.from_sources({"async_scheduling": "true"}, {})
+    env = ServeConfig.from_sources({}, {"EMBER_ASYNC_SCHEDULING": "true"})
+    assert flag.engine_args("/m", "m").async_scheduling
+    assert env.engine_args("/m", "m").async_scheduling
+
+
 @pytest.mark.parametrize(
     ("env", "host", "port"),
     [

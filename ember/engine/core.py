@@ -17,9 +17,11 @@ from ember.engine.args import EngineArgs
 from ember.engine.faults import Faults
 from ember.engine.kv_cache import KVCacheManager
 from ember.engine.messages import CoreInfo, EngineCoreOutput, EngineStats, StartupTimes
+from ember.engine.pipeline import DecodePipeline
 from ember.engine.request import Request, build_request
 from ember.engine.runner import ModelRunner
-from ember.engine.scheduler import Scheduler
+from ember.engine.sampler import SamplerOutput
+from ember.engine.scheduler import Scheduler, SchedulerOutput
 from ember.engine.startup import init_cuda, load_weights, report_phase
 from ember.engine.structured import StructuredDecoding
 from ember.engine.warm_kv import WARM_DIR, import_warm_kv
@@ -131,6 +133,7 @@ class EngineCore:
         self.consecutive_ooms = 0
         self._oom_capped = False  # the scheduler's limits are lowered after an OOM
         self._ok_steps = 0  # good steps since the last OOM or relaxation
+        self.pipeline = DecodePipeline(self) if args.async_scheduling else None
         log.info("engine start-up: %s", self.startup.summary())
         log.info(
             "engine ready: %s on %s (%s), max_model_len=%d, kv blocks=%d x %d tokens",
@@ -322,10 +325,16 @@ class EngineCore:
         return self.scheduler.has_unfinished()
 
     def step(self) -> list[EngineCoreOutput]:
+        if self.pipeline is not None:
+            return self.pipeline.step()
         t0 = time.perf_counter()
         sched = self.scheduler.schedule()
         if not sched:
             return []
+        return self.run_step(sched, time.perf_counter() - t0)
+
+    def run_step(self, sched: SchedulerOutput, schedule_s: float) -> list[EngineCoreOutput]:
+        """Run a scheduled step to its end: the model, sampling, and the scheduler's update."""
         t1 = time.perf_counter()
         try:
             self.faults.before_step()
@@ -333,9 +342,22 @@ class EngineCore:
         except torch.cuda.OutOfMemoryError as e:
             self._recover_from_oom(e)
             return []
+        self.after_good_step()
+        t2 = time.perf_counter()
+        outputs = self.finish_step(sched, reqs, sampled)
+        self.step_times.add(
+            schedule_s, t2 - t1, time.perf_counter() - t2, self.runner.last_step_graph
+        )
+        return outputs
+
+    def after_good_step(self) -> None:
         if self.consecutive_ooms or self._oom_capped:
             self._relax_after_oom()
-        t2 = time.perf_counter()
+
+    def finish_step(
+        self, sched: SchedulerOutput, reqs: list[Request], sampled: SamplerOutput | None
+    ) -> list[EngineCoreOutput]:
+        """Advance the scheduler by a step's sampled tokens; the outputs for the API side."""
         tokens = (
             {r.request_id: t for r, t in zip(reqs, sampled.token_ids, strict=True)}
             if sampled
@@ -368,7 +390,6 @@ class EngineCore:
                     first_scheduled_time=req.first_scheduled_time,
                 )
             )
-        self.step_times.add(t1 - t0, t2 - t1, time.perf_counter() - t2, self.runner.last_step_graph)
         return outputs
 
     def _recover_from_oom(self, error: torch.cuda.OutOfMemoryError) -> None:

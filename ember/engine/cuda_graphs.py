@@ -56,10 +56,10 @@ class CudaGraphDecoder:
         self.block_tables = torch.zeros((n, max_blocks_per_seq), dtype=torch.int32, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}
-        # Host staging, pinned so the per-step uploads are async.
-        self._host = torch.zeros((3, n), dtype=torch.int64, pin_memory=True)
-        self._host_lens = torch.zeros(n, dtype=torch.int32, pin_memory=True)
-        self._host_tables = torch.zeros((n, max_blocks_per_seq), dtype=torch.int32, pin_memory=True)
+        # Host staging, pinned so the per-step uploads are async. Two sets, used in turn: with
+        # async scheduling a step's uploads may still be pending when the next step is staged.
+        self._staging = [_Staging(n, max_blocks_per_seq) for _ in range(2)]
+        self._turn = 0
 
     def _metadata(self, size: int) -> AttentionMetadata:
         return AttentionMetadata(
@@ -98,29 +98,45 @@ class CudaGraphDecoder:
 
     def run(
         self,
-        input_ids: list[int],
+        input_ids: list[int] | torch.Tensor,
         positions: list[int],
         slots: list[int],
         seq_lens: list[int],
         tables: list[list[int]],
     ) -> torch.Tensor:
-        """Replay the decode graph for these B sequences; returns logits [B, vocab]."""
-        batch = len(input_ids)
+        """Replay the decode graph for these B sequences; returns logits [B, vocab]. The input
+        tokens come from the host, or are a device tensor (the previous step's samples)."""
+        batch = len(positions)
         size = next(s for s in self.sizes if s >= batch)
         pad = size - batch
-        host = self._host
-        host[0, :size] = torch.tensor(input_ids + [0] * pad)
+        st = self._staging[self._turn]
+        self._turn ^= 1
+        host = st.ids
+        if not isinstance(input_ids, torch.Tensor):
+            host[0, :size] = torch.tensor(input_ids + [0] * pad)
         host[1, :size] = torch.tensor(positions + [0] * pad)
         host[2, :size] = torch.tensor(slots + [-1] * pad)
-        self._host_lens[:size] = torch.tensor(seq_lens + [1] * pad, dtype=torch.int32)
+        st.lens[:size] = torch.tensor(seq_lens + [1] * pad, dtype=torch.int32)
         width = max(len(t) for t in tables)
         rows = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32)
-        self._host_tables[:batch, :width] = rows
-        self._host_tables[batch:size, :width] = 0
-        self.input_ids[:size].copy_(host[0, :size], non_blocking=True)
+        st.tables[:batch, :width] = rows
+        st.tables[batch:size, :width] = 0
+        if isinstance(input_ids, torch.Tensor):
+            self.input_ids[:batch].copy_(input_ids)  # on the device, ordered after its producer
+        else:
+            self.input_ids[:size].copy_(host[0, :size], non_blocking=True)
         self.positions[:size].copy_(host[1, :size], non_blocking=True)
         self.slot_mapping[:size].copy_(host[2, :size], non_blocking=True)
-        self.seq_lens[:size].copy_(self._host_lens[:size], non_blocking=True)
-        self.block_tables[:size, :width].copy_(self._host_tables[:size, :width], non_blocking=True)
+        self.seq_lens[:size].copy_(st.lens[:size], non_blocking=True)
+        self.block_tables[:size, :width].copy_(st.tables[:size, :width], non_blocking=True)
         self.graphs[size].replay()
         return self.logits[size][:batch]
+
+
+class _Staging:
+    """Pinned host buffers for one step's graph inputs."""
+
+    def __init__(self, n: int, max_blocks_per_seq: int) -> None:
+        self.ids = torch.zeros((3, n), dtype=torch.int64, pin_memory=True)
+        self.lens = torch.zeros(n, dtype=torch.int32, pin_memory=True)
+        self.tables = torch.zeros((n, max_blocks_per_seq), dtype=torch.int32, pin_memory=True)

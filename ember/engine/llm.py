@@ -54,6 +54,7 @@ class LLM:
         gpu_memory_utilization: float = 0.9,
         load_format: str = "auto",
         enforce_eager: bool = False,
+        async_scheduling: bool = False,
     ) -> None:
         args = EngineArgs(
             model=resolve_model_dir(model),
@@ -70,6 +71,7 @@ class LLM:
             gpu_memory_utilization=gpu_memory_utilization,
             load_format=load_format,
             enforce_eager=enforce_eager,
+            async_scheduling=async_scheduling,
         )
         self.engine = LLMEngine(args)
         self._ids = itertools.count()

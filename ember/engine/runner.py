@@ -11,6 +11,7 @@ from ember.engine.prefill_graphs import CudaGraphPrefiller
 from ember.engine.request import Request
 from ember.engine.sampler import Sampler, SamplerOutput
 from ember.engine.scheduler import SchedulerOutput
+from ember.engine.upload import upload
 from ember.layers.metadata import AttentionMetadata, KVCache
 from ember.models import CausalLM
 from ember.ops import use_triton
@@ -95,10 +96,7 @@ class ModelRunner:
         return reqs, self.sampler(logits, reqs)
 
     def _to_device(self, values: list[int], dtype: torch.dtype) -> torch.Tensor:
-        t = torch.tensor(values, dtype=dtype)
-        if self.device.type == "cuda":
-            return t.pin_memory().to(self.device, non_blocking=True)
-        return t.to(self.device)
+        return upload(values, dtype, self.device)
 
     def prepare(
         self, sched: SchedulerOutput
@@ -111,7 +109,6 @@ class ModelRunner:
         seq_lens: list[int] = []
         logit_rows: list[int] = []
         sampling_reqs: list[Request] = []
-        max_blocks = 0
         for req, n in sched.scheduled:
             start = req.num_computed_tokens
             end = start + n
@@ -121,28 +118,66 @@ class ModelRunner:
             slots += [blocks[p // bs] * bs + p % bs for p in range(start, end)]
             query_start.append(query_start[-1] + n)
             seq_lens.append(end)
-            max_blocks = max(max_blocks, len(blocks))
             if end == req.num_tokens:
                 logit_rows.append(query_start[-1] - 1)
                 sampling_reqs.append(req)
-        tables = [
-            req.block_ids + [0] * (max_blocks - len(req.block_ids)) for req, _ in sched.scheduled
-        ]
-        meta = AttentionMetadata(
-            query_start_loc=self._to_device(query_start, torch.int32),
-            seq_lens=self._to_device(seq_lens, torch.int32),
-            block_tables=self._to_device([b for row in tables for b in row], torch.int32).view(
-                len(tables), max_blocks
-            ),
-            slot_mapping=self._to_device(slots, torch.int64),
-            max_query_len=max(n for _, n in sched.scheduled),
-            max_seq_len=max(seq_lens),
-            query_start_loc_cpu=query_start,
-            seq_lens_cpu=seq_lens,
+        meta = self._metadata(
+            [req.block_ids for req, _ in sched.scheduled],
+            slots,
+            query_start,
+            seq_lens,
+            max(n for _, n in sched.scheduled),
         )
         ids_t = self._to_device(input_ids, torch.int64)
         pos_t = self._to_device(positions, torch.int64)
         return ids_t, pos_t, meta, logit_rows, sampling_reqs
+
+    def _metadata(
+        self,
+        tables: list[list[int]],
+        slots: list[int],
+        query_start: list[int],
+        seq_lens: list[int],
+        max_query_len: int,
+    ) -> AttentionMetadata:
+        width = max(len(t) for t in tables)
+        flat = [b for t in tables for b in (*t, *[0] * (width - len(t)))]
+        return AttentionMetadata(
+            query_start_loc=self._to_device(query_start, torch.int32),
+            seq_lens=self._to_device(seq_lens, torch.int32),
+            block_tables=self._to_device(flat, torch.int32).view(len(tables), width),
+            slot_mapping=self._to_device(slots, torch.int64),
+            max_query_len=max_query_len,
+            max_seq_len=max(seq_lens),
+            query_start_loc_cpu=query_start,
+            seq_lens_cpu=seq_lens,
+        )
+
+    @torch.inference_mode()
+    def launch_decode(
+        self, reqs: list[Request], positions: list[int], input_ids: list[int] | torch.Tensor
+    ) -> torch.Tensor:
+        """One decode step of `reqs` (one new token each, at `positions`) whose input tokens
+        are given, or are still on the device (the previous step's samples, one per row).
+        Returns the sampled tokens on the device without waiting for them (async scheduling);
+        no row may need the host between steps (Sampler.needs_host)."""
+        bs = self.block_size
+        slots = [r.block_ids[p // bs] * bs + p % bs for r, p in zip(reqs, positions, strict=True)]
+        seq_lens = [p + 1 for p in positions]
+        tables = [r.block_ids for r in reqs]
+        self.last_step_graph = self.graphs is not None and self.graphs.fits(len(reqs))
+        if self.graphs is not None and self.last_step_graph:
+            logits = self.graphs.run(input_ids, positions, slots, seq_lens, tables)
+        else:
+            ids = (
+                input_ids
+                if isinstance(input_ids, torch.Tensor)
+                else self._to_device(input_ids, torch.int64)
+            )
+            meta = self._metadata(tables, slots, list(range(len(reqs) + 1)), seq_lens, 1)
+            hidden = self.model(ids, self._to_device(positions, torch.int64), self.kv_caches, meta)
+            logits = self.model.compute_logits(hidden)
+        return self.sampler.sample_tokens(logits, reqs)
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> tuple[list[Request], SamplerOutput | None]:

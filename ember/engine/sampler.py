@@ -13,6 +13,7 @@ import torch
 
 from ember.engine.request import Request
 from ember.engine.structured import GrammarMatcher, StructuredDecoding, apply_bitmask
+from ember.engine.upload import upload
 from ember.outputs import Logprob
 
 
@@ -61,6 +62,26 @@ class Sampler:
         if raw_logprobs is not None:
             logprobs = self._gather_logprobs(raw_logprobs, tokens, want_logprobs)
         return SamplerOutput(token_list, logprobs)
+
+    def sample_tokens(self, logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
+        """The sampled tokens, left on the device (no sync), for rows that need no penalties,
+        grammar, min_tokens masking or logprobs (see `needs_host`)."""
+        return self._sample(logits.float(), reqs)
+
+    @staticmethod
+    def needs_host(req: Request) -> bool:
+        """Whether sampling `req`'s next token needs its latest token on the CPU first
+        (penalties and min_tokens read its output so far, grammars advance on it) or sends
+        logprobs back, so it cannot be sampled a step ahead."""
+        p = req.params
+        return (
+            p.logprobs is not None
+            or p.structured is not None
+            or p.repetition_penalty != 1.0
+            or p.presence_penalty != 0.0
+            or p.frequency_penalty != 0.0
+            or len(req.output_token_ids) < p.min_tokens
+        )
 
     def _apply_grammars(self, logits: torch.Tensor, reqs: list[Request], rows: list[int]) -> None:
         if self.structured is None:
@@ -129,9 +150,10 @@ class Sampler:
         if all(greedy):
             return argmax
         dev = logits.device
-        temps = torch.tensor(
+        temps = upload(
             [1.0 if g else r.params.temperature for g, r in zip(greedy, reqs, strict=True)],
-            device=dev,
+            torch.float32,
+            dev,
         )
         logits = logits / temps.unsqueeze(1)
         if any(r.params.top_k > 0 or r.params.top_p < 1.0 or r.params.min_p > 0 for r in reqs):
@@ -142,7 +164,7 @@ class Sampler:
             if r.params.seed is not None and not greedy[i]:
                 noise[i].exponential_(generator=self._generator(r))
         sampled = (probs / noise).argmax(dim=-1)
-        is_greedy = torch.tensor(greedy, device=dev)
+        is_greedy = upload(greedy, torch.bool, dev)
         return torch.where(is_greedy, argmax, sampled)
 
     @staticmethod
@@ -150,9 +172,9 @@ class Sampler:
         dev = logits.device
         vocab = logits.shape[1]
         ks = [min(r.params.top_k or vocab, vocab) for r in reqs]
-        top_k = torch.tensor(ks, device=dev)
-        top_p = torch.tensor([r.params.top_p for r in reqs], device=dev)
-        min_p = torch.tensor([r.params.min_p for r in reqs], device=dev)
+        top_k = upload(ks, torch.int64, dev)
+        top_p = upload([r.params.top_p for r in reqs], torch.float32, dev)
+        min_p = upload([r.params.min_p for r in reqs], torch.float32, dev)
         # Only the best max(top_k) candidates can survive: when every row sets top_k (Ollama
         # sends 40 by default) a top-k of that width replaces sorting the whole vocabulary.
         width = max(ks)
