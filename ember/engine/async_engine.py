@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from ember.engine.args import EngineArgs
 from ember.engine.core_client import (
@@ -136,13 +137,20 @@ class AsyncEngine:
         self._thread.join(timeout=10)
 
     def _deliver(self, out: RequestOutput | BaseException, last: bool, rid: str = "") -> None:
-        rid = rid or getattr(out, "request_id", "")
+        self._deliver_all([(out, last, rid or getattr(out, "request_id", ""))])
+
+    def _deliver_all(self, items: list[tuple[RequestOutput | BaseException, bool, str]]) -> None:
+        """Hand outputs to their streams: one wake-up of each event loop per call, not one per
+        output (a step at 256 concurrent requests would otherwise wake the loop 256 times)."""
+        puts: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Any], Any]]] = {}
         with self._lock:
-            stream = self._streams.pop(rid, None) if last else self._streams.get(rid)
-        if stream is None:
-            return
-        with contextlib.suppress(RuntimeError):  # the client's event loop is gone
-            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, out)
+            for out, last, rid in items:
+                stream = self._streams.pop(rid, None) if last else self._streams.get(rid)
+                if stream is not None:
+                    puts.setdefault(stream.loop, []).append((stream.queue, out))
+        for loop, batch in puts.items():
+            with contextlib.suppress(RuntimeError):  # the client's event loop is gone
+                loop.call_soon_threadsafe(_put_all, batch)
 
     def _run(self) -> None:
         try:
@@ -152,8 +160,7 @@ class AsyncEngine:
                 self._stats = step.stats
                 if to_abort:
                     self.client.abort(to_abort)
-                for out in outputs:
-                    self._deliver(out, last=out.finished)
+                self._deliver_all([(o, o.finished, o.request_id) for o in outputs])
         except BaseException as e:  # the core is gone: fail every live request
             log.error("engine failed: %s", e)
             self.error = e
@@ -161,3 +168,8 @@ class AsyncEngine:
                 ids = list(self._streams)
             for rid in ids:
                 self._deliver(EngineDeadError(f"the engine failed: {e}"), last=True, rid=rid)
+
+
+def _put_all(batch: list[tuple[asyncio.Queue[Any], Any]]) -> None:
+    for queue, item in batch:
+        queue.put_nowait(item)
