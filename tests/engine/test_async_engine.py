@@ -124,3 +124,18 @@ def test_a_prespawned_core_loads_the_model_it_is_sent() -> None:
         assert len(asyncio.run(main())) == 5
     finally:
         eng.shutdown()
+
+
+def test_core_steps_cross_the_process_boundary_intact() -> None:
+    """CoreStep pickles as columns (fast for 256 outputs a step); nothing may change on the way."""
+    import pickle
+
+    from ember.engine.core_client import CoreStep
+    from ember.engine.messages import EngineCoreOutput, EngineStats
+    from ember.outputs import Logprob
+
+    outs = [EngineCoreOutput(f"r{i}", [i], None, None, None, 0, 1.5) for i in range(5)]
+    outs.append(EngineCoreOutput("s", [7], [[Logprob(7, -0.5, "a")]], "stop", 7, 16, None))
+    stats = EngineStats(1, 2, 3, 0.5, 4, 5, 6, 7, 8, 9, 10)
+    for step in (CoreStep(outs, stats), CoreStep([], stats)):
+        assert pickle.loads(pickle.dumps(step, protocol=pickle.HIGHEST_PROTOCOL)) == step
