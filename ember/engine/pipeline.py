@@ -1,26 +1,33 @@
-"""Async scheduling: decode step N+1 is scheduled and launched before step N's tokens reach the
-CPU, so the host's work between steps (scheduling, staging inputs, the scheduler's update,
-building outputs) runs while the GPU computes instead of leaving it idle.
+"""Async scheduling: step N+1 is scheduled and launched before step N's tokens reach the CPU,
+so the host's work between steps (scheduling, staging inputs, the scheduler's update, building
+outputs) runs while the GPU computes instead of leaving it idle.
 
-While decode steps follow each other with the same requests, one step is always in flight:
-`step()` launches the next one, whose input tokens are the in-flight step's samples, still on the
-device, and only then waits for the in-flight step's tokens and reports them. A request that
-finishes on those tokens (EOS, a stop token) has had one extra token computed for it, which is
-dropped; its KV blocks are freed at once, since every later GPU write to them is ordered after
-that step on the same stream. Anything else (a request waiting to start, a prefill chunk, a
-request that needs its latest token on the host: penalties, grammars, logprobs, min_tokens)
-ends the pipeline: the in-flight step is finished and the next step runs synchronously.
+While it runs, one step is always in flight: `step()` schedules and launches the next one, then
+waits for the in-flight step's tokens and reports them. The next step is scheduled from the
+scheduler's state plus what is in flight: a request that samples in the in-flight step has one
+more token than the scheduler knows (its next input, still on the device, is copied there), and
+one whose prompt chunk is in flight has that many more tokens computed. Waiting requests are
+admitted as usual. A request that finishes on the in-flight tokens (EOS, a stop token) has had
+one extra token computed, which is dropped; its KV blocks are freed at once, since every later
+GPU write to them is ordered after that step on the same stream.
+
+A request that needs its latest token on the host before the next step (penalties, grammars,
+logprobs, min_tokens), running out of KV blocks (preemption), and a lone prompt that a prefill
+CUDA graph serves best all end the pipeline: the in-flight step is finished and the next step
+runs synchronously.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from itertools import islice
 from typing import TYPE_CHECKING
 
 import torch
 
 from ember.engine.request import Request, RequestStatus
+from ember.engine.runner import StepRow
 from ember.engine.sampler import Sampler, SamplerOutput
 from ember.engine.scheduler import SchedulerOutput
 from ember.engine.upload import upload
@@ -32,9 +39,9 @@ if TYPE_CHECKING:
 
 @dataclass(slots=True)
 class _InFlight:
-    sched: SchedulerOutput
-    reqs: list[Request]  # in row order
-    tokens: torch.Tensor  # sampled, on the device, one per row
+    sched: SchedulerOutput  # (request, new tokens) per row, for the scheduler's update
+    sampling: list[Request]  # the rows that sample, in the order of `tokens`
+    tokens: torch.Tensor  # sampled, on the device
 
 
 class DecodePipeline:
@@ -51,71 +58,114 @@ class DecodePipeline:
             sched = core.scheduler.schedule()
             if not sched:
                 return []
-            if not _decode_only(sched):
+            if not self._may_launch(sched):
                 return core.run_step(sched, time.perf_counter() - t0)
-            reqs = [r for r, _ in sched.scheduled]
-            positions = [r.num_computed_tokens for r in reqs]
-            ids = [r.token_at(p) for r, p in zip(reqs, positions, strict=True)]
+            rows = [
+                StepRow(
+                    r,
+                    r.num_computed_tokens,
+                    n,
+                    r.tokens(r.num_computed_tokens, r.num_computed_tokens + n),
+                    None,
+                    r.num_computed_tokens + n == r.num_tokens,
+                )
+                for r, n in sched.scheduled
+            ]
             try:
                 core.faults.before_step()
-                tokens = core.runner.launch_decode(reqs, positions, ids)
+                self.inflight = self._launch(sched, rows, None)
             except torch.cuda.OutOfMemoryError as e:
                 core._recover_from_oom(e)
-                return []
-            self.inflight = _InFlight(sched, reqs, tokens)
             return []
         self.inflight = self._continue(prev)
         t1 = time.perf_counter()
         token_ids = prev.tokens.tolist()  # the one wait for the GPU, one step behind
         core.after_good_step()
         t2 = time.perf_counter()
-        outputs = core.finish_step(prev.sched, prev.reqs, SamplerOutput(token_ids, None))
-        if self.inflight is not None and not any(r.status == RequestStatus.RUNNING
-                                                 for r in self.inflight.reqs):  # fmt: skip
+        sampled = SamplerOutput(token_ids, None) if prev.sampling else None
+        outputs = core.finish_step(prev.sched, prev.sampling, sampled)
+        if self.inflight is not None and not any(
+            r.status == RequestStatus.RUNNING for r, _ in self.inflight.sched.scheduled
+        ):
             self.inflight = None  # every request it computes for has just finished
         core.step_times.add(t1 - t0, t2 - t1, time.perf_counter() - t2, core.runner.last_step_graph)
         return outputs
 
+    def _may_launch(self, sched: SchedulerOutput) -> bool:
+        runner = self.core.runner
+        if runner.is_prefill_graph_step(sched):
+            return False  # faster as a graph, synchronously
+        return not any(Sampler.needs_host(r) for r, _ in sched.scheduled)
+
+    def _launch(
+        self, sched: SchedulerOutput, rows: list[StepRow], prev_tokens: torch.Tensor | None
+    ) -> _InFlight:
+        runner = self.core.runner
+        sampling = [row.req for row in rows if row.samples]
+        decode = all(row.n == 1 and row.samples for row in rows)
+        if decode and runner.graphs is not None and runner.graphs.fits(len(rows)):
+            picks = [row.device_row for row in rows]
+            if all(p is None for p in picks):
+                ids: list[int] | torch.Tensor = [row.ids[0] for row in rows]
+                tokens = runner.launch_decode(sampling, [row.start for row in rows], ids)
+                return _InFlight(sched, sampling, tokens)
+            if prev_tokens is not None and None not in picks:
+                rows_on_device = [p for p in picks if p is not None]
+                ids = prev_tokens
+                if rows_on_device != list(range(len(prev_tokens))):
+                    ids = prev_tokens[upload(rows_on_device, torch.int64, prev_tokens.device)]
+                tokens = runner.launch_decode(sampling, [row.start for row in rows], ids)
+                return _InFlight(sched, sampling, tokens)
+        return _InFlight(sched, sampling, runner.launch_rows(rows, prev_tokens))
+
     def _continue(self, prev: _InFlight) -> _InFlight | None:
-        """Launch the step after `prev` for the requests that go on, or None to end the
-        pipeline. Runs before prev's tokens are known: each of its requests is one token
-        further than the scheduler says."""
+        """Schedule and launch the step after `prev` from the scheduler's state plus what
+        prev computes, or return None to end the pipeline."""
         core = self.core
         sch = core.scheduler
-        if sch.waiting:
-            return None  # admit them with a synchronous step
-        in_prev = {r.request_id: i for i, r in enumerate(prev.reqs)}
-        if any(r.request_id not in in_prev for r in sch.running):
-            return None
         if any(Sampler.needs_host(r) for r in sch.running):
             return None
-        # A request whose token in flight is its last (max_tokens) has no next step.
-        reqs = [
-            r
-            for r in prev.reqs
-            if r.status == RequestStatus.RUNNING and len(r.output_token_ids) + 1 < r.max_tokens
-        ]
-        if not reqs:
+        if any(Sampler.needs_host(r) for r in islice(sch.waiting, sch.max_num_seqs)):
             return None
-        for r in reqs:  # blocks for the in-flight position and the next one
-            if not core.kv.allocate_slots(r, 2):
-                return None  # out of blocks: the synchronous step preempts
-        rows = [in_prev[r.request_id] for r in reqs]
-        ids = prev.tokens
-        if rows != list(range(len(prev.reqs))):
-            ids = prev.tokens[upload(rows, torch.int64, prev.tokens.device)]
-        positions = [r.num_computed_tokens + 1 for r in reqs]
+        lag = {r.request_id: n for r, n in prev.sched.scheduled}
+        sampled_row = {r.request_id: i for i, r in enumerate(prev.sampling)}
+        budget = sch.max_num_batched_tokens
+        sched = SchedulerOutput()
+        rows: list[StepRow] = []
+        for r in sch.running:
+            if budget <= 0:
+                break
+            if r.status != RequestStatus.RUNNING:
+                continue
+            row = sampled_row.get(r.request_id)
+            if row is not None and len(r.output_token_ids) + 1 >= r.max_tokens:
+                continue  # its token in flight is its last
+            start = r.num_computed_tokens + lag.get(r.request_id, 0)
+            known = r.num_tokens + (row is not None)
+            n = min(known - start, budget)
+            if n <= 0:
+                continue
+            # Blocks for what is in flight and for this step.
+            if not core.kv.allocate_slots(r, lag.get(r.request_id, 0) + n):
+                return None  # out of blocks: a synchronous step preempts
+            ids = [0] if row is not None else r.tokens(start, start + n)
+            rows.append(StepRow(r, start, n, ids, row, start + n == known))
+            sched.scheduled.append((r, n))
+            budget -= n
+        first_new = len(sched.scheduled)
+        if budget > 0:
+            sch.admit_waiting(sched, budget)
+        for r, n in sched.scheduled[first_new:]:
+            start = r.num_computed_tokens
+            rows.append(
+                StepRow(r, start, n, r.tokens(start, start + n), None, start + n == r.num_tokens)
+            )
+        if not rows:
+            return None
         try:
             core.faults.before_step()
-            tokens = core.runner.launch_decode(reqs, positions, ids)
+            launched = self._launch(sched, rows, prev.tokens)
         except torch.cuda.OutOfMemoryError:
             return None  # the synchronous path handles it on its own step
         self.launched_ahead += 1
-        return _InFlight(SchedulerOutput(scheduled=[(r, 1) for r in reqs]), reqs, tokens)
-
-
-def _decode_only(sched: SchedulerOutput) -> bool:
-    return all(
-        n == 1 and r.num_computed_tokens + 1 == r.num_tokens and not Sampler.needs_host(r)
-        for r, n in sched.scheduled
-    )
+        return launched

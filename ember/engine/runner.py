@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -15,6 +16,20 @@ from ember.engine.upload import upload
 from ember.layers.metadata import AttentionMetadata, KVCache
 from ember.models import CausalLM
 from ember.ops import use_triton
+
+
+@dataclass(slots=True)
+class StepRow:
+    """One sequence's part of a step launched ahead (async scheduling): `n` tokens from
+    position `start`, given in `ids`, or, for a one-token row whose token is still on the
+    device, row `device_row` of the previous step's samples."""
+
+    req: Request
+    start: int
+    n: int
+    ids: list[int]
+    device_row: int | None
+    samples: bool  # its last token's logits are sampled
 
 
 class ModelRunner:
@@ -57,7 +72,7 @@ class ModelRunner:
             self.prefill_graphs.capture()
         return time.monotonic() - t0
 
-    def _is_prefill_graph_step(self, sched: SchedulerOutput) -> bool:
+    def is_prefill_graph_step(self, sched: SchedulerOutput) -> bool:
         if self.prefill_graphs is None or len(sched.scheduled) != 1:
             return False
         req, n = sched.scheduled[0]
@@ -180,13 +195,57 @@ class ModelRunner:
         return self.sampler.sample_tokens(logits, reqs)
 
     @torch.inference_mode()
+    def launch_rows(self, rows: list[StepRow], prev_tokens: torch.Tensor | None) -> torch.Tensor:
+        """A general step launched ahead: prefill chunks and decode rows, some of whose input
+        tokens are `prev_tokens` rows on the device. Returns the sampled tokens of the rows
+        that sample, in row order, on the device (no sync)."""
+        bs = self.block_size
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        query_start = [0]
+        seq_lens: list[int] = []
+        logit_rows: list[int] = []
+        from_device: list[int] = []  # flat positions filled from prev_tokens
+        device_rows: list[int] = []
+        for row in rows:
+            blocks = row.req.block_ids
+            if row.device_row is not None:
+                from_device.append(len(input_ids))
+                device_rows.append(row.device_row)
+            input_ids += row.ids
+            span = range(row.start, row.start + row.n)
+            positions += span
+            slots += [blocks[p // bs] * bs + p % bs for p in span]
+            query_start.append(query_start[-1] + row.n)
+            seq_lens.append(row.start + row.n)
+            if row.samples:
+                logit_rows.append(query_start[-1] - 1)
+        self.last_step_graph = False
+        ids_t = self._to_device(input_ids, torch.int64)
+        if from_device:
+            assert prev_tokens is not None
+            index = self._to_device(from_device, torch.int64)
+            ids_t.index_copy_(0, index, prev_tokens[self._to_device(device_rows, torch.int64)])
+        meta = self._metadata(
+            [row.req.block_ids for row in rows],
+            slots,
+            query_start,
+            seq_lens,
+            max(row.n for row in rows),
+        )
+        hidden = self.model(ids_t, self._to_device(positions, torch.int64), self.kv_caches, meta)
+        logits = self.model.compute_logits(hidden[self._to_device(logit_rows, torch.int64)])
+        return self.sampler.sample_tokens(logits, [row.req for row in rows if row.samples])
+
+    @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> tuple[list[Request], SamplerOutput | None]:
         """Run one step. Returns the requests that get a token this step, in row order, and the
         sampler's result for them (None if every scheduled request was a mid-prompt chunk)."""
         self.last_step_graph = self._is_graph_step(sched)
         if self.last_step_graph:
             return self._execute_graph(sched)
-        if self._is_prefill_graph_step(sched):
+        if self.is_prefill_graph_step(sched):
             self.last_step_graph = True
             return self._execute_prefill_graph(sched)
         input_ids, positions, meta, rows, reqs = self.prepare(sched)

@@ -67,12 +67,14 @@ class Scheduler:
             budget -= n
             i += 1
 
-        while (
-            not out.preempted
-            and self.waiting
-            and budget > 0
-            and len(self.running) < self.max_num_seqs
-        ):
+        if not out.preempted:
+            self.admit_waiting(out, budget)
+        return out
+
+    def admit_waiting(self, out: SchedulerOutput, budget: int) -> int:
+        """Start waiting requests, oldest first, while the token budget, the sequence limit and
+        the free blocks allow; appends them to `out`. Returns the budget left."""
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             req = self.waiting[0]
             computed = self.kv.get_computed_blocks(req)
             num_computed = len(computed) * self.kv.block_size
@@ -89,7 +91,7 @@ class Scheduler:
             self.running.append(req)
             out.scheduled.append((req, n))
             budget -= n
-        return out
+        return budget
 
     def preempt_newest(self, n: int) -> list[Request]:
         """Preempt the `n` newest running requests (their blocks freed, to be recomputed)."""

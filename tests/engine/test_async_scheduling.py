@@ -102,9 +102,10 @@ def drive(core: EngineCore, steps: list[tuple[str, Any]]) -> dict[str, list[int]
 
 
 def test_arrivals_and_aborts_while_a_step_is_in_flight(tiny_dir: Path) -> None:
-    """A request that arrives ends the pipeline (it needs a prefill); an abort frees the request
-    at once. Same tokens as without the pipeline (the aborted one: a prefix of them), and
-    nothing left allocated."""
+    """A request that arrives is admitted into the next step launched ahead (its prompt from
+    the host, the others' tokens from the device); an abort frees the request at once. Same
+    tokens as without the pipeline (the aborted one: a prefix of them), nothing left
+    allocated, and nearly every step launched ahead."""
     greedy = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)
     script: list[tuple[str, Any]] = [
         ("add", ("a", PROMPTS[0], greedy)),
@@ -127,7 +128,7 @@ def test_arrivals_and_aborts_while_a_step_is_in_flight(tiny_dir: Path) -> None:
         results.append(drive(core, script))
         assert core.kv.num_used_blocks == 0 and not core.scheduler.has_unfinished()
         if core.pipeline is not None:
-            assert core.pipeline.launched_ahead > 10
+            assert core.pipeline.launched_ahead >= core.step_times.steps - 3
     sync, pipelined = results
     for rid in ("a", "c", "d"):
         assert pipelined[rid] == sync[rid] and len(sync[rid]) == 20
