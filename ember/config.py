@@ -363,8 +363,8 @@ class ServeConfig:
         False,
         "--async-scheduling",
         "EMBER_ASYNC_SCHEDULING",
-        "schedule and launch each decode step before the previous one's tokens reach the CPU, "
-        "hiding host time behind the GPU (a switch; the variable takes true/false)",
+        "schedule and launch each step before the previous one's tokens reach the CPU, hiding "
+        "host time behind the GPU (experimental; a switch; the variable takes true/false)",
         _bool,
     )
     api_key: tuple[str, ...] = _opt(

@@ -31,7 +31,7 @@ class EngineArgs:
     seed: int = 0
     load_format: str = "auto"  # "auto": the checkpoint's safetensors; "dummy": random weights
     enforce_eager: bool = False  # no CUDA graphs
-    # Launch decode step N+1 before step N's tokens reach the CPU (see core.py); off by default
+    # Launch step N+1 before step N's tokens reach the CPU (see pipeline.py); off by default
     # until measured on the GPU.
     async_scheduling: bool = False
     # Where the weights stream from when that is not `model`: the URI whose small files `model`
