@@ -17,7 +17,7 @@ from ember.engine.args import EngineArgs
 from ember.engine.faults import Faults
 from ember.engine.kv_cache import KVCacheManager
 from ember.engine.messages import CoreInfo, EngineCoreOutput, EngineStats, StartupTimes
-from ember.engine.pipeline import DecodePipeline
+from ember.engine.pipeline import StepPipeline
 from ember.engine.request import Request, build_request
 from ember.engine.runner import ModelRunner
 from ember.engine.sampler import SamplerOutput
@@ -133,7 +133,7 @@ class EngineCore:
         self.consecutive_ooms = 0
         self._oom_capped = False  # the scheduler's limits are lowered after an OOM
         self._ok_steps = 0  # good steps since the last OOM or relaxation
-        self.pipeline = DecodePipeline(self) if args.async_scheduling else None
+        self.pipeline = StepPipeline(self) if args.async_scheduling else None
         log.info("engine start-up: %s", self.startup.summary())
         log.info(
             "engine ready: %s on %s (%s), max_model_len=%d, kv blocks=%d x %d tokens",
@@ -340,7 +340,7 @@ class EngineCore:
             self.faults.before_step()
             reqs, sampled = self.runner.execute(sched)
         except torch.cuda.OutOfMemoryError as e:
-            self._recover_from_oom(e)
+            self.recover_from_oom(e)
             return []
         self.after_good_step()
         t2 = time.perf_counter()
@@ -392,7 +392,7 @@ class EngineCore:
             )
         return outputs
 
-    def _recover_from_oom(self, error: torch.cuda.OutOfMemoryError) -> None:
+    def recover_from_oom(self, error: torch.cuda.OutOfMemoryError) -> None:
         """The model step ran out of GPU memory, so nothing of it counts: preempt the newest half
         of the running requests (recomputed later, as when KV blocks run out) and let the next
         step retry with a smaller batch. A request alone that keeps failing re-raises: the engine

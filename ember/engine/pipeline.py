@@ -44,7 +44,7 @@ class _InFlight:
     tokens: torch.Tensor  # sampled, on the device
 
 
-class DecodePipeline:
+class StepPipeline:
     def __init__(self, core: EngineCore) -> None:
         self.core = core
         self.inflight: _InFlight | None = None
@@ -75,7 +75,7 @@ class DecodePipeline:
                 core.faults.before_step()
                 self.inflight = self._launch(sched, rows, None)
             except torch.cuda.OutOfMemoryError as e:
-                core._recover_from_oom(e)
+                core.recover_from_oom(e)
             return []
         self.inflight = self._continue(prev)
         t1 = time.perf_counter()
