@@ -104,6 +104,7 @@ class Sampler:
 
     def _apply_penalties(self, logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
         vocab = logits.shape[1]
+        dev = logits.device
         rows_rep = [i for i, r in enumerate(reqs) if r.params.repetition_penalty != 1.0]
         rows_pf = [
             i
@@ -115,8 +116,8 @@ class Sampler:
             for i in rows_rep:
                 r = reqs[i]
                 window = r.all_token_ids[-r.params.penalty_window :]
-                seen = torch.tensor(sorted(set(window)), device=logits.device)
-                seen = seen[seen < vocab]
+                # Filtered on the host: a boolean mask on the device would sync with it.
+                seen = upload(sorted(t for t in set(window) if t < vocab), torch.int64, dev)
                 vals = logits[i, seen]
                 pen = r.params.repetition_penalty
                 logits[i, seen] = torch.where(vals > 0, vals / pen, vals * pen)
@@ -125,11 +126,9 @@ class Sampler:
                 r = reqs[i]
                 if not r.output_token_ids:
                     continue
-                out = torch.tensor(
-                    r.output_token_ids[-r.params.penalty_window :], device=logits.device
-                )
-                out = out[out < vocab]
-                counts = torch.zeros(vocab, device=logits.device)
+                recent = r.output_token_ids[-r.params.penalty_window :]
+                out = upload([t for t in recent if t < vocab], torch.int64, dev)
+                counts = torch.zeros(vocab, device=dev)
                 counts.scatter_add_(0, out, torch.ones_like(out, dtype=counts.dtype))
                 logits[i] -= r.params.frequency_penalty * counts
                 logits[i] -= r.params.presence_penalty * (counts > 0).float()
@@ -141,7 +140,7 @@ class Sampler:
                     banned |= r.eos_token_ids
                 ids = [t for t in banned if t < vocab]
                 if ids:
-                    logits[i, ids] = float("-inf")
+                    logits[i, upload(ids, torch.int64, dev)] = float("-inf")
         return logits
 
     def _sample(self, logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
