@@ -198,21 +198,21 @@ class Sampler:
     def _gather_logprobs(
         logprobs: torch.Tensor, tokens: torch.Tensor, want: list[int | None]
     ) -> list[list[Logprob]]:
+        """Each row's sampled token and logprob, then its top `want` alternatives, read back in
+        one transfer (as float64: token ids are exact there)."""
         k = max((w or 0) for w in want)
-        chosen = logprobs.gather(1, tokens.unsqueeze(1)).squeeze(1).tolist()
-        top_vals: list[list[float]] = []
-        top_ids: list[list[int]] = []
+        parts = [tokens.unsqueeze(1), logprobs.gather(1, tokens.unsqueeze(1))]
         if k > 0:
             vals, ids = logprobs.topk(k, dim=-1)
-            top_vals, top_ids = vals.tolist(), ids.tolist()
-        token_list = tokens.tolist()
+            parts += [ids, vals]
+        table = torch.cat([p.double() for p in parts], dim=1).tolist()
         result: list[list[Logprob]] = []
-        for i, w in enumerate(want):
+        for row, w in zip(table, want, strict=True):
             if w is None:
                 result.append([])
                 continue
-            row = [Logprob(token_list[i], chosen[i])]
-            if w > 0:
-                row += [Logprob(t, v) for t, v in zip(top_ids[i][:w], top_vals[i][:w], strict=True)]
-            result.append(row)
+            out = [Logprob(int(row[0]), row[1])]
+            top = zip(row[2 : 2 + w], row[2 + k : 2 + k + w], strict=True)
+            out += [Logprob(int(t), v) for t, v in top]
+            result.append(out)
         return result
