@@ -227,7 +227,7 @@ def _spawn(target: Callable[..., None], *args: Any) -> _CoreProcess:
 def prespawn_core() -> None:
     """Start the engine core's process now, before the model is known: it imports torch (and
     Triton) while this process imports the server, and the next MPCoreClient takes it over.
-    `ember serve` calls this first thing on CUDA; it takes ~1 s off the start."""
+    `ember serve` calls this first thing on CUDA, so the two imports overlap."""
     global _prespawned
     if _prespawned is None:
         _prespawned = _spawn(_core_process_waiting)
