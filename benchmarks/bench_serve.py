@@ -81,6 +81,11 @@ def main() -> None:
     ap.add_argument("--starts", type=int, default=1, help="times to start the server")
     ap.add_argument("--start-only", action="store_true", help="measure start-up alone")
     ap.add_argument("--async-scheduling", action="store_true", help="serve with it")
+    ap.add_argument(
+        "--ollama-sampling",
+        action="store_true",
+        help="sample as Ollama's defaults do (temperature 0.8, top_k 40, top_p 0.9), not greedily",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = dummy_model_dir(args.shape, Path(tmp))
@@ -137,6 +142,7 @@ def serve(args: argparse.Namespace, model_dir: Path, benchmark: bool, label: str
                 max_concurrency=concurrency,
                 ignore_eos=True,
                 tokenizer=str(model_dir),
+                **({"temperature": 0.8, "top_k": 40, "top_p": 0.9} if args.ollama_sampling else {}),
                 progress=False,
             )
             result = asyncio.run(run_benchmark(config))

@@ -10,6 +10,7 @@
 #   bash scripts/device_run.sh engine           # engine vs transformers (~5 min)
 #   bash scripts/device_run.sh load s3          # cold start: disk/page cache, then S3 (~9 min)
 #   bash scripts/device_run.sh async            # engine and HTTP with async scheduling (~8 min)
+#   bash scripts/device_run.sh sampled          # HTTP with Ollama's default sampling (~4 min)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/ember-out}
@@ -51,8 +52,9 @@ for stage in "$@"; do
                 --batches 64 256 --async-scheduling
             run async-serve 240 python3 benchmarks/bench_serve.py --async-scheduling
             ;;
+        sampled) run sampled 240 python3 benchmarks/bench_serve.py --ollama-sampling ;;
         *)
-            echo "unknown stage '$stage': check shapes engine serve start load s3 async"
+            echo "unknown stage '$stage': check shapes engine serve start load s3 async sampled"
             status=2
             ;;
     esac

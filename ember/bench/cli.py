@@ -77,6 +77,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--ignore-eos", action="store_true", help="generate exactly max_tokens (vLLM extra)"
     )
     p.add_argument("--temperature", type=float, default=d.temperature, help="default: 0 (greedy)")
+    p.add_argument("--top-k", type=int, default=None, help="sent when set (a vLLM extra)")
+    p.add_argument("--top-p", type=float, default=None, help="sent when set")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of prompts and arrivals")
     p.add_argument(
         "--api-key",
@@ -135,6 +137,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         burstiness=args.burstiness,
         ignore_eos=args.ignore_eos,
         temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
         seed=args.seed,
         api_key=args.api_key,
         tokenizer=args.tokenizer,

@@ -31,6 +31,8 @@ class BenchConfig:
     burstiness: float = 1.0  # gamma shape of inter-arrival times; 1 is a Poisson process
     ignore_eos: bool = False
     temperature: float = 0.0
+    top_k: int | None = None  # sent only when set (vLLM's sampling extras)
+    top_p: float | None = None
     seed: int = 0
     api_key: str | None = None
     tokenizer: str | None = None  # dir with tokenizer.json (or the file): vocab for random ids

@@ -61,6 +61,10 @@ def request_body(config: BenchConfig, model: str, prompt: Prompt) -> bytes:
         body["max_tokens"] = prompt.output_len
     if config.ignore_eos:
         body["ignore_eos"] = True  # a vLLM extra; ember honours it, other servers ignore it
+    if config.top_k is not None:
+        body["top_k"] = config.top_k  # a vLLM extra, as above
+    if config.top_p is not None:
+        body["top_p"] = config.top_p
     return _dumps(body)
 
 

@@ -144,7 +144,10 @@ def test_request_bodies() -> None:
     body = json.loads(request_body(BenchConfig(ignore_eos=True), "m", prompt))
     assert body["prompt"] == [5, 6, 7] and body["max_tokens"] == 9 and body["ignore_eos"] is True
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
-    assert body["temperature"] == 0.0
+    assert body["temperature"] == 0.0 and "top_k" not in body and "top_p" not in body
+    sampled = BenchConfig(temperature=0.8, top_k=40, top_p=0.9)
+    body = json.loads(request_body(sampled, "m", prompt))
+    assert (body["temperature"], body["top_k"], body["top_p"]) == (0.8, 40, 0.9)
     chat = BenchConfig(endpoint="/v1/chat/completions")
     body = json.loads(request_body(chat, "m", Prompt("hi there", 2, 4)))
     assert body["messages"] == [{"role": "user", "content": "hi there"}]
