@@ -60,17 +60,7 @@ class StepPipeline:
                 return []
             if not self._may_launch(sched):
                 return core.run_step(sched, time.perf_counter() - t0)
-            rows = [
-                StepRow(
-                    r,
-                    r.num_computed_tokens,
-                    n,
-                    r.tokens(r.num_computed_tokens, r.num_computed_tokens + n),
-                    None,
-                    r.num_computed_tokens + n == r.num_tokens,
-                )
-                for r, n in sched.scheduled
-            ]
+            rows = [StepRow.scheduled(r, n) for r, n in sched.scheduled]
             try:
                 core.faults.before_step()
                 self.inflight = self._launch(sched, rows, None)
@@ -105,17 +95,17 @@ class StepPipeline:
         decode = all(row.n == 1 and row.samples for row in rows)
         if decode and runner.graphs is not None and runner.graphs.fits(len(rows)):
             picks = [row.device_row for row in rows]
+            ids: list[int] | torch.Tensor | None = None
             if all(p is None for p in picks):
-                ids: list[int] | torch.Tensor = [row.ids[0] for row in rows]
-                tokens = runner.launch_decode(sampling, [row.start for row in rows], ids)
-                return _InFlight(sched, sampling, tokens)
-            if prev_tokens is not None and None not in picks:
-                rows_on_device = [p for p in picks if p is not None]
+                ids = [row.ids[0] for row in rows]
+            elif prev_tokens is not None and None not in picks:
+                on_device = [p for p in picks if p is not None]
                 ids = prev_tokens
-                if rows_on_device != list(range(len(prev_tokens))):
-                    ids = prev_tokens[upload(rows_on_device, torch.int64, prev_tokens.device)]
-                tokens = runner.launch_decode(sampling, [row.start for row in rows], ids)
-                return _InFlight(sched, sampling, tokens)
+                if on_device != list(range(len(prev_tokens))):
+                    ids = prev_tokens[upload(on_device, torch.int64, prev_tokens.device)]
+            if ids is not None:  # else mixed sources: the general path below
+                positions = [row.start for row in rows]
+                return _InFlight(sched, sampling, runner.launch_decode(sampling, positions, ids))
         return _InFlight(sched, sampling, runner.launch_rows(rows, prev_tokens))
 
     def _continue(self, prev: _InFlight) -> _InFlight | None:
@@ -155,11 +145,7 @@ class StepPipeline:
         first_new = len(sched.scheduled)
         if budget > 0:
             sch.admit_waiting(sched, budget)
-        for r, n in sched.scheduled[first_new:]:
-            start = r.num_computed_tokens
-            rows.append(
-                StepRow(r, start, n, r.tokens(start, start + n), None, start + n == r.num_tokens)
-            )
+        rows += [StepRow.scheduled(r, n) for r, n in sched.scheduled[first_new:]]
         if not rows:
             return None
         try:

@@ -20,9 +20,9 @@ from ember.ops import use_triton
 
 @dataclass(slots=True)
 class StepRow:
-    """One sequence's part of a step launched ahead (async scheduling): `n` tokens from
-    position `start`, given in `ids`, or, for a one-token row whose token is still on the
-    device, row `device_row` of the previous step's samples."""
+    """One sequence's part of a step: `n` tokens from position `start`, given in `ids`, or, for
+    a one-token row launched ahead (async scheduling) whose token is still on the device, row
+    `device_row` of the previous step's samples."""
 
     req: Request
     start: int
@@ -30,6 +30,13 @@ class StepRow:
     ids: list[int]
     device_row: int | None
     samples: bool  # its last token's logits are sampled
+
+    @classmethod
+    def scheduled(cls, req: Request, n: int) -> StepRow:
+        """A scheduler entry as the scheduler sees it: `n` tokens after the computed ones, all
+        on the host, sampling if they reach the end of the request's tokens."""
+        start = req.num_computed_tokens
+        return cls(req, start, n, req.tokens(start, start + n), None, start + n == req.num_tokens)
 
 
 class ModelRunner:
@@ -95,20 +102,27 @@ class ModelRunner:
         )
 
     def _execute_graph(self, sched: SchedulerOutput) -> tuple[list[Request], SamplerOutput]:
-        assert self.graphs is not None
-        bs = self.block_size
         reqs = [req for req, _ in sched.scheduled]
         positions = [req.num_computed_tokens for req in reqs]
-        logits = self.graphs.run(
-            input_ids=[req.token_at(p) for req, p in zip(reqs, positions, strict=True)],
+        ids = [req.token_at(p) for req, p in zip(reqs, positions, strict=True)]
+        return reqs, self.sampler(self._replay_decode(reqs, positions, ids), reqs)
+
+    def _replay_decode(
+        self, reqs: list[Request], positions: list[int], input_ids: list[int] | torch.Tensor
+    ) -> torch.Tensor:
+        """Logits of one decode step (one token per request, at `positions`) from the decode
+        graphs; the input tokens come from the host or are a device tensor."""
+        assert self.graphs is not None
+        bs = self.block_size
+        return self.graphs.run(
+            input_ids=input_ids,
             positions=positions,
             slots=[
-                req.block_ids[p // bs] * bs + p % bs for req, p in zip(reqs, positions, strict=True)
+                r.block_ids[p // bs] * bs + p % bs for r, p in zip(reqs, positions, strict=True)
             ],
             seq_lens=[p + 1 for p in positions],
             tables=[req.block_ids for req in reqs],
         )
-        return reqs, self.sampler(logits, reqs)
 
     def _to_device(self, values: list[int], dtype: torch.dtype) -> torch.Tensor:
         return upload(values, dtype, self.device)
@@ -116,6 +130,16 @@ class ModelRunner:
     def prepare(
         self, sched: SchedulerOutput
     ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int], list[Request]]:
+        rows = [StepRow.scheduled(req, n) for req, n in sched.scheduled]
+        ids_t, pos_t, meta, logit_rows = self._inputs(rows, None)
+        return ids_t, pos_t, meta, logit_rows, [row.req for row in rows if row.samples]
+
+    def _inputs(
+        self, rows: list[StepRow], prev_tokens: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
+        """The flattened batch of `rows` on the device: input ids (rows on the device filled
+        from `prev_tokens`), positions, attention metadata, and the flat index of each sampling
+        row's last token."""
         bs = self.block_size
         input_ids: list[int] = []
         positions: list[int] = []
@@ -123,29 +147,34 @@ class ModelRunner:
         query_start = [0]
         seq_lens: list[int] = []
         logit_rows: list[int] = []
-        sampling_reqs: list[Request] = []
-        for req, n in sched.scheduled:
-            start = req.num_computed_tokens
-            end = start + n
-            input_ids += req.tokens(start, end)
-            positions += range(start, end)
-            blocks = req.block_ids
-            slots += [blocks[p // bs] * bs + p % bs for p in range(start, end)]
-            query_start.append(query_start[-1] + n)
-            seq_lens.append(end)
-            if end == req.num_tokens:
+        from_device: list[int] = []  # flat positions filled from prev_tokens
+        device_rows: list[int] = []
+        for row in rows:
+            blocks = row.req.block_ids
+            if row.device_row is not None:
+                from_device.append(len(input_ids))
+                device_rows.append(row.device_row)
+            input_ids += row.ids
+            span = range(row.start, row.start + row.n)
+            positions += span
+            slots += [blocks[p // bs] * bs + p % bs for p in span]
+            query_start.append(query_start[-1] + row.n)
+            seq_lens.append(row.start + row.n)
+            if row.samples:
                 logit_rows.append(query_start[-1] - 1)
-                sampling_reqs.append(req)
+        ids_t = self._to_device(input_ids, torch.int64)
+        if from_device:
+            assert prev_tokens is not None
+            index = self._to_device(from_device, torch.int64)
+            ids_t.index_copy_(0, index, prev_tokens[self._to_device(device_rows, torch.int64)])
         meta = self._metadata(
-            [req.block_ids for req, _ in sched.scheduled],
+            [row.req.block_ids for row in rows],
             slots,
             query_start,
             seq_lens,
-            max(n for _, n in sched.scheduled),
+            max(row.n for row in rows),
         )
-        ids_t = self._to_device(input_ids, torch.int64)
-        pos_t = self._to_device(positions, torch.int64)
-        return ids_t, pos_t, meta, logit_rows, sampling_reqs
+        return ids_t, self._to_device(positions, torch.int64), meta, logit_rows
 
     def _metadata(
         self,
@@ -172,69 +201,21 @@ class ModelRunner:
     def launch_decode(
         self, reqs: list[Request], positions: list[int], input_ids: list[int] | torch.Tensor
     ) -> torch.Tensor:
-        """One decode step of `reqs` (one new token each, at `positions`) whose input tokens
-        are given, or are still on the device (the previous step's samples, one per row).
+        """One decode step of `reqs` under the decode graphs (they must fit), whose input
+        tokens are given or are still on the device (the previous step's samples, one per row).
         Returns the sampled tokens on the device without waiting for them (async scheduling);
         no row may need the host between steps (Sampler.needs_host)."""
-        bs = self.block_size
-        slots = [r.block_ids[p // bs] * bs + p % bs for r, p in zip(reqs, positions, strict=True)]
-        seq_lens = [p + 1 for p in positions]
-        tables = [r.block_ids for r in reqs]
-        self.last_step_graph = self.graphs is not None and self.graphs.fits(len(reqs))
-        if self.graphs is not None and self.last_step_graph:
-            logits = self.graphs.run(input_ids, positions, slots, seq_lens, tables)
-        else:
-            ids = (
-                input_ids
-                if isinstance(input_ids, torch.Tensor)
-                else self._to_device(input_ids, torch.int64)
-            )
-            meta = self._metadata(tables, slots, list(range(len(reqs) + 1)), seq_lens, 1)
-            hidden = self.model(ids, self._to_device(positions, torch.int64), self.kv_caches, meta)
-            logits = self.model.compute_logits(hidden)
-        return self.sampler.sample_tokens(logits, reqs)
+        self.last_step_graph = True
+        return self.sampler.sample_tokens(self._replay_decode(reqs, positions, input_ids), reqs)
 
     @torch.inference_mode()
     def launch_rows(self, rows: list[StepRow], prev_tokens: torch.Tensor | None) -> torch.Tensor:
-        """A general step launched ahead: prefill chunks and decode rows, some of whose input
-        tokens are `prev_tokens` rows on the device. Returns the sampled tokens of the rows
-        that sample, in row order, on the device (no sync)."""
-        bs = self.block_size
-        input_ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        query_start = [0]
-        seq_lens: list[int] = []
-        logit_rows: list[int] = []
-        from_device: list[int] = []  # flat positions filled from prev_tokens
-        device_rows: list[int] = []
-        for row in rows:
-            blocks = row.req.block_ids
-            if row.device_row is not None:
-                from_device.append(len(input_ids))
-                device_rows.append(row.device_row)
-            input_ids += row.ids
-            span = range(row.start, row.start + row.n)
-            positions += span
-            slots += [blocks[p // bs] * bs + p % bs for p in span]
-            query_start.append(query_start[-1] + row.n)
-            seq_lens.append(row.start + row.n)
-            if row.samples:
-                logit_rows.append(query_start[-1] - 1)
+        """A general step launched ahead, eagerly: prefill chunks and decode rows, some of whose
+        input tokens are `prev_tokens` rows on the device. Returns the sampled tokens of the
+        rows that sample, in row order, on the device (no sync)."""
         self.last_step_graph = False
-        ids_t = self._to_device(input_ids, torch.int64)
-        if from_device:
-            assert prev_tokens is not None
-            index = self._to_device(from_device, torch.int64)
-            ids_t.index_copy_(0, index, prev_tokens[self._to_device(device_rows, torch.int64)])
-        meta = self._metadata(
-            [row.req.block_ids for row in rows],
-            slots,
-            query_start,
-            seq_lens,
-            max(row.n for row in rows),
-        )
-        hidden = self.model(ids_t, self._to_device(positions, torch.int64), self.kv_caches, meta)
+        ids_t, pos_t, meta, logit_rows = self._inputs(rows, prev_tokens)
+        hidden = self.model(ids_t, pos_t, self.kv_caches, meta)
         logits = self.model.compute_logits(hidden[self._to_device(logit_rows, torch.int64)])
         return self.sampler.sample_tokens(logits, [row.req for row in rows if row.samples])
 
