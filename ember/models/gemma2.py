@@ -22,7 +22,7 @@ from ember.layers.norm import GemmaRMSNorm
 from ember.layers.rotary import RotaryEmbedding
 from ember.models.base import CausalLM
 from ember.models.config import ModelConfig
-from ember.models.llama import LlamaAttention, LlamaMLP
+from ember.models.llama import LlamaAttention, LlamaMLP, run_layers
 from ember.models.weights import checkpoint_slots, load_into_slots, raise_if_missing
 
 _GELU_TANH = frozenset({"gelu_pytorch_tanh", "gelu_tanh"})
@@ -97,14 +97,9 @@ class GemmaModel(nn.Module):
         # capture it as a constant.
         normalizer = torch.tensor(self.hidden_size**0.5, dtype=hidden_states.dtype).item()
         hidden_states = hidden_states * normalizer
-        residual: torch.Tensor | None = None
-        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
-            hidden_states, residual = layer(
-                positions, hidden_states, residual, kv_cache, attn_metadata
-            )
-        assert residual is not None
-        hidden_states, _ = self.norm(hidden_states, residual)
-        return hidden_states
+        return run_layers(
+            self.layers, self.norm, hidden_states, positions, kv_caches, attn_metadata
+        )
 
 
 def rotary_per_layer(config: ModelConfig) -> list[RotaryEmbedding]:

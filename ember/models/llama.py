@@ -154,14 +154,27 @@ class LlamaModel(nn.Module):
         attn_metadata: AttentionMetadata,
     ) -> torch.Tensor:
         hidden_states = self.embed_tokens(input_ids)
-        residual: torch.Tensor | None = None
-        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
-            hidden_states, residual = layer(
-                positions, hidden_states, residual, kv_cache, attn_metadata
-            )
-        assert residual is not None
-        hidden_states, _ = self.norm(hidden_states, residual)
-        return hidden_states
+        return run_layers(
+            self.layers, self.norm, hidden_states, positions, kv_caches, attn_metadata
+        )
+
+
+def run_layers(
+    layers: nn.ModuleList,
+    norm: nn.Module,
+    hidden_states: torch.Tensor,
+    positions: torch.Tensor,
+    kv_caches: list[KVCache],
+    attn_metadata: AttentionMetadata,
+) -> torch.Tensor:
+    """A decoder stack and its final norm: the residual stream rides beside hidden_states
+    (each layer's first norm fuses the add) until the final norm."""
+    residual: torch.Tensor | None = None
+    for layer, kv_cache in zip(layers, kv_caches, strict=True):
+        hidden_states, residual = layer(positions, hidden_states, residual, kv_cache, attn_metadata)
+    assert residual is not None
+    hidden_states, _ = norm(hidden_states, residual)
+    return hidden_states
 
 
 class LlamaForCausalLM(CausalLM):
