@@ -91,8 +91,9 @@ class Server:
         return self.proc.returncode
 
 
-def start(tmp: Path, name: str, *args: str) -> Server:
-    server = Server(tmp / f"{name}.log", *args)
+def start(tmp: Path, name: str, *args: str, env: dict[str, str] | None = None) -> Server:
+    """A started server, healthy; stopped again if it never gets there."""
+    server = Server(tmp / f"{name}.log", *args, env=env)
     try:
         server.wait_healthy()
     except BaseException:

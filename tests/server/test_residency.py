@@ -14,7 +14,7 @@ from typing import ClassVar
 import httpx
 import ollama
 import pytest
-from serverproc import COMMON_ARGS, Server
+from serverproc import COMMON_ARGS, Server, start
 
 from ember.registry import ModelStore
 
@@ -28,14 +28,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     store = ModelStore(home)
     store.copy("tiny", "alpha")
     store.copy("tiny", "beta")
-    s = Server(
-        home / "server.log", "tiny", "--preload", "alpha", *ARGS, env={"EMBER_HOME": str(home)}
-    )
-    try:
-        s.wait_healthy()
-        yield s
-    finally:
-        s.stop()
+    s = start(home, "server", "tiny", "--preload", "alpha", *ARGS, env={"EMBER_HOME": str(home)})
+    yield s
+    s.stop()
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import ollama
 import pytest
-from serverproc import COMMON_ARGS, Server
+from serverproc import COMMON_ARGS, Server, start
 
 from ember.registry import ModelStore
 
@@ -28,12 +28,9 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(home: Path) -> Iterator[Server]:
-    s = Server(home / "server.log", "tiny", *ARGS, env={"EMBER_HOME": str(home)})
-    try:
-        s.wait_healthy()
-        yield s
-    finally:
-        s.stop()
+    s = start(home, "server", "tiny", *ARGS, env={"EMBER_HOME": str(home)})
+    yield s
+    s.stop()
 
 
 @pytest.fixture(scope="module")
