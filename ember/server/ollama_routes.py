@@ -70,7 +70,7 @@ async def show(request: Request) -> dict[str, Any]:
     if not model:
         raise InvalidRequestError("model is required", param="model")
     key = ctx.served.require(model)
-    residency = ctx.served.residency
+    residency = ctx.residency
     if key not in residency.residents and key not in residency.preloaded:
         return await asyncio.to_thread(_describe_stored, residency.store, key)
     engine, _ = await ctx.wait_ready(request)
