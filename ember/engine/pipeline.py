@@ -130,13 +130,14 @@ class StepPipeline:
             row = sampled_row.get(r.request_id)
             if row is not None and len(r.output_token_ids) + 1 >= r.max_tokens:
                 continue  # its token in flight is its last
-            start = r.num_computed_tokens + lag.get(r.request_id, 0)
+            in_flight = lag.get(r.request_id, 0)
+            start = r.num_computed_tokens + in_flight
             known = r.num_tokens + (row is not None)
             n = min(known - start, budget)
             if n <= 0:
                 continue
             # Blocks for what is in flight and for this step.
-            if not core.kv.allocate_slots(r, lag.get(r.request_id, 0) + n):
+            if not core.kv.allocate_slots(r, in_flight + n):
                 return None  # out of blocks: a synchronous step preempts
             ids = [0] if row is not None else r.tokens(start, start + n)
             rows.append(StepRow(r, start, n, ids, row, start + n == known))
