@@ -46,6 +46,7 @@ def ember_runs(
         gpu_memory_utilization=args.gpu_memory_utilization,
         enforce_eager=args.enforce_eager,
         async_scheduling=args.async_scheduling,
+        capture_all_graphs=True,  # steady-state throughput: no capture inside a timed run
     )
     startup = time.perf_counter() - t0
     core = llm.engine.core

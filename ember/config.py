@@ -359,6 +359,15 @@ class ServeConfig:
         "never run decode under CUDA graphs (a switch; the variable takes true/false)",
         _bool,
     )
+    capture_all_graphs: bool = _opt(
+        False,
+        "--capture-all-graphs",
+        "EMBER_CAPTURE_ALL_GRAPHS",
+        "capture every decode and prefill CUDA graph before /health says ready, instead of the "
+        "few a first request uses, with the rest captured while idle (a switch; the variable "
+        "takes true/false)",
+        _bool,
+    )
     async_scheduling: bool = _opt(
         False,
         "--async-scheduling",
@@ -497,6 +506,7 @@ class ServeConfig:
             gpu_memory_utilization=self.gpu_memory_utilization,
             load_format=self.load_format,
             enforce_eager=self.enforce_eager,
+            capture_all_graphs=self.capture_all_graphs,
             async_scheduling=self.async_scheduling,
         )
 

@@ -31,6 +31,9 @@ class EngineArgs:
     seed: int = 0
     load_format: str = "auto"  # "auto": the checkpoint's safetensors; "dummy": random weights
     enforce_eager: bool = False  # no CUDA graphs
+    # Capture every CUDA graph size before ready; by default only the few a first request uses
+    # (and the largest), the rest while idle or when a batch first needs one (graph_capture.py).
+    capture_all_graphs: bool = False
     # Launch step N+1 before step N's tokens reach the CPU (see pipeline.py); off by default
     # until measured on the GPU.
     async_scheduling: bool = False

@@ -121,7 +121,9 @@ class EngineCore:
             max_num_batched_tokens=args.max_num_batched_tokens,
             enforce_eager=args.enforce_eager,
         )
-        self.graph_capture_s = self.startup.graph_capture_s = self.runner.capture()
+        self.graph_capture_s = self.startup.graph_capture_s = self.runner.capture(
+            args.capture_all_graphs
+        )
         self.runner.sampler.structured = StructuredDecoding(model_dir, self.model_config.vocab_size)
         self.warm_blocks = 0  # prefix blocks loaded from the model's warm_kv/ folder
         if (model_dir / WARM_DIR).is_dir():
@@ -326,12 +328,26 @@ class EngineCore:
 
     def step(self) -> list[EngineCoreOutput]:
         if self.pipeline is not None:
-            return self.pipeline.step()
-        t0 = time.perf_counter()
-        sched = self.scheduler.schedule()
-        if not sched:
-            return []
-        return self.run_step(sched, time.perf_counter() - t0)
+            outputs = self.pipeline.step()
+        else:
+            t0 = time.perf_counter()
+            sched = self.scheduler.schedule()
+            outputs = self.run_step(sched, time.perf_counter() - t0) if sched else []
+        if self.runner.wants_capture():
+            self.capture_graph(idle=False)
+        return outputs
+
+    def has_pending_graphs(self) -> bool:
+        return self.runner.has_pending_graphs()
+
+    def capture_graph(self, idle: bool) -> bool:
+        """Capture one CUDA graph left from start-up: after a step, one that a batch wanted;
+        when idle, any. Never while a step is in flight. Returns whether one was captured."""
+        if self.pipeline is not None and self.pipeline.inflight is not None:
+            return False
+        if not (self.runner.wants_capture() or (idle and self.runner.has_pending_graphs())):
+            return False
+        return self.runner.capture_next()
 
     def run_step(self, sched: SchedulerOutput, schedule_s: float) -> list[EngineCoreOutput]:
         """Run a scheduled step to its end: the model, sampling, and the scheduler's update."""

@@ -60,9 +60,11 @@ class Inbox(Protocol):
 
 
 def core_loop(core: EngineCore, inbox: Inbox, emit: Callable[[CoreStep], None]) -> None:
-    """Run until a shutdown message. Blocks on the inbox only while there is nothing to step."""
+    """Run until a shutdown message. Blocks on the inbox only while there is nothing to step
+    and no CUDA graph left to capture."""
     while True:
-        for kind, payload in inbox.take(block=not core.has_unfinished()):
+        busy = core.has_unfinished() or core.has_pending_graphs()
+        for kind, payload in inbox.take(block=not busy):
             if kind == "add":
                 for req in payload:
                     core.add_request(req)
@@ -72,7 +74,7 @@ def core_loop(core: EngineCore, inbox: Inbox, emit: Callable[[CoreStep], None]) 
                 return
         if core.has_unfinished():
             emit(CoreStep(core.step(), core.stats()))
-        else:
+        elif not core.capture_graph(idle=True):  # idle: capture what start-up left, one a turn
             emit(CoreStep([], core.stats()))
 
 

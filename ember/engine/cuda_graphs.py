@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from ember.engine.graph_capture import capture_graphs
+from ember.engine.graph_capture import GraphFamily, startup_sizes
 from ember.layers.metadata import AttentionMetadata, KVCache
 from ember.models import CausalLM
 
@@ -54,8 +54,7 @@ class CudaGraphDecoder:
         self.seq_lens = torch.ones(n, dtype=torch.int32, device=device)
         self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=device)
         self.block_tables = torch.zeros((n, max_blocks_per_seq), dtype=torch.int32, device=device)
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.logits: dict[int, torch.Tensor] = {}
+        self.family = GraphFamily("decode", self.sizes, self._forward, device, self._reset)
         # Host staging, pinned so the per-step uploads are async. Two sets, used in turn: with
         # async scheduling a step's uploads may still be pending when the next step is staged.
         self._staging = [_Staging(n, max_blocks_per_seq) for _ in range(2)]
@@ -79,22 +78,26 @@ class CudaGraphDecoder:
         )
         return self.model.compute_logits(hidden)
 
-    @torch.inference_mode()
-    def capture(self) -> float:
-        """Capture every size, largest first so smaller graphs reuse its pool. Returns seconds."""
+    def _reset(self) -> None:
+        self.slot_mapping.fill_(-1)  # a capture's eager run writes no cache
+
+    def capture(self, everything: bool = False) -> float:
+        """Capture the sizes wanted before ready (or all of them); returns seconds."""
         t0 = time.monotonic()
-        self.graphs, self.logits = capture_graphs(self.sizes, self._forward, self.device)
+        sizes = self.sizes if everything else startup_sizes(self.sizes)
+        self.family.capture(sizes)
         elapsed = time.monotonic() - t0
         log.info(
-            "captured %d CUDA graphs (batch 1..%d) in %.2f s",
+            "captured %d of %d decode CUDA graphs (batch %s) in %.2f s; the rest follow when idle",
+            len(sizes),
             len(self.sizes),
-            max(self.sizes),
+            ",".join(map(str, sizes)),
             elapsed,
         )
         return elapsed
 
     def fits(self, batch: int) -> bool:
-        return bool(self.graphs) and batch <= self.sizes[-1]
+        return self.family.bucket(batch) is not None
 
     def run(
         self,
@@ -107,7 +110,9 @@ class CudaGraphDecoder:
         """Replay the decode graph for these B sequences; returns logits [B, vocab]. The input
         tokens come from the host, or are a device tensor (the previous step's samples)."""
         batch = len(positions)
-        size = next(s for s in self.sizes if s >= batch)
+        size = self.family.bucket(batch)
+        assert size is not None, "run() of a batch that fits() no graph"
+        self.family.want(batch)
         pad = size - batch
         st = self._staging[self._turn]
         self._turn ^= 1
@@ -129,8 +134,8 @@ class CudaGraphDecoder:
         self.slot_mapping[:size].copy_(host[2, :size], non_blocking=True)
         self.seq_lens[:size].copy_(st.lens[:size], non_blocking=True)
         self.block_tables[:size, :width].copy_(st.tables[:size, :width], non_blocking=True)
-        self.graphs[size].replay()
-        return self.logits[size][:batch]
+        self.family.graphs[size].replay()
+        return self.family.outputs[size][:batch]
 
 
 class _Staging:

@@ -55,6 +55,7 @@ class LLM:
         load_format: str = "auto",
         enforce_eager: bool = False,
         async_scheduling: bool = False,
+        capture_all_graphs: bool = False,
     ) -> None:
         args = EngineArgs(
             model=resolve_model_dir(model),
@@ -72,6 +73,7 @@ class LLM:
             load_format=load_format,
             enforce_eager=enforce_eager,
             async_scheduling=async_scheduling,
+            capture_all_graphs=capture_all_graphs,
         )
         self.engine = LLMEngine(args)
         self._ids = itertools.count()

@@ -14,7 +14,7 @@ import logging
 
 import torch
 
-from ember.engine.graph_capture import capture_graphs
+from ember.engine.graph_capture import GraphFamily
 from ember.layers.metadata import AttentionMetadata, KVCache
 from ember.models import CausalLM
 
@@ -46,8 +46,7 @@ class CudaGraphPrefiller:
         self.seq_lens = torch.ones(1, dtype=torch.int32, device=device)
         self.block_tables = torch.zeros((1, max_blocks_per_seq), dtype=torch.int32, device=device)
         self.last_index = torch.zeros(1, dtype=torch.int64, device=device)
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.logits: dict[int, torch.Tensor] = {}
+        self.family = GraphFamily("prefill", self.sizes, self._forward, device, self._reset)
         self._host = torch.zeros((3, max(n, 1)), dtype=torch.int64, pin_memory=True)
         self._host_small = torch.zeros(4, dtype=torch.int32, pin_memory=True)
         self._host_last = torch.zeros(1, dtype=torch.int64, pin_memory=True)
@@ -71,15 +70,23 @@ class CudaGraphPrefiller:
         )
         return self.model.compute_logits(hidden.index_select(0, self.last_index))
 
-    @torch.inference_mode()
-    def capture(self) -> None:
-        # Shapes valid for warm-up: one sequence of `size` tokens at positions 0.., writes skipped.
-        self.query_start_loc.copy_(torch.tensor([0, 1], dtype=torch.int32))
+    def _reset(self) -> None:
+        # Shapes valid for a capture's eager run: one sequence of `size` tokens at positions
+        # 0.., writes skipped.
+        self.slot_mapping.fill_(-1)
+        self.positions.zero_()
+        self.query_start_loc.copy_(torch.tensor([0, 1], dtype=torch.int32), non_blocking=True)
         self.seq_lens.fill_(1)
-        self.graphs, self.logits = capture_graphs(self.sizes, self._forward, self.device)
+        self.last_index.zero_()
+
+    def capture(self, everything: bool = False) -> None:
+        """Capture every bucket, if asked; otherwise none before ready: a first prompt runs
+        eagerly (~8 ms more for 128 tokens of an 8B model) and the buckets follow when idle."""
+        if everything:
+            self.family.capture(self.sizes)
 
     def fits(self, num_tokens: int) -> bool:
-        return bool(self.graphs) and 1 < num_tokens <= self.sizes[-1]
+        return num_tokens > 1 and self.family.bucket(num_tokens) is not None
 
     def run(
         self, token_ids: list[int], start: int, slots: list[int], table: list[int]
@@ -87,7 +94,9 @@ class CudaGraphPrefiller:
         """Prefill `token_ids` at positions start.. of one sequence whose blocks are `table`;
         returns the logits of its last token, [1, vocab]."""
         n = len(token_ids)
-        size = next(s for s in self.sizes if s >= n)
+        size = self.family.bucket(n)
+        assert size is not None, "run() of a prompt that fits() no graph"
+        self.family.want(n)
         pad = size - n
         host = self._host
         host[0, :size] = torch.tensor(token_ids + [0] * pad)
@@ -103,5 +112,5 @@ class CudaGraphPrefiller:
         self.seq_lens.copy_(self._host_small[2:3], non_blocking=True)
         self.last_index.copy_(self._host_last, non_blocking=True)
         self.block_tables[0, : len(table)].copy_(self._host_table[: len(table)], non_blocking=True)
-        self.graphs[size].replay()
-        return self.logits[size]
+        self.family.graphs[size].replay()
+        return self.family.outputs[size]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
 import torch
 
 from ember.engine.cuda_graphs import CudaGraphDecoder
+from ember.engine.graph_capture import GraphFamily
 from ember.engine.prefill_graphs import CudaGraphPrefiller
 from ember.engine.request import Request
 from ember.engine.sampler import Sampler, SamplerOutput
@@ -16,6 +18,8 @@ from ember.engine.upload import upload
 from ember.layers.metadata import AttentionMetadata, KVCache
 from ember.models import CausalLM
 from ember.ops import use_triton
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -68,22 +72,70 @@ class ModelRunner:
                 model, kv_caches, device, max_blocks, max_model_len, max_num_batched_tokens
             )
 
-    def capture(self) -> float:
-        """Capture the decode and one-sequence prefill CUDA graphs (if enabled); returns the
-        seconds it took."""
+    def capture(self, everything: bool = False) -> float:
+        """Capture the CUDA graphs wanted before ready (if enabled), or all of them; returns
+        the seconds it took."""
         if self.graphs is None:
             return 0.0
         t0 = time.monotonic()
-        self.graphs.capture()
+        self.graphs.capture(everything)
         if self.prefill_graphs is not None:
-            self.prefill_graphs.capture()
+            self.prefill_graphs.capture(everything)
         return time.monotonic() - t0
+
+    def _families(self) -> list[GraphFamily]:
+        families = [self.graphs.family] if self.graphs is not None else []
+        if self.prefill_graphs is not None:
+            families.append(self.prefill_graphs.family)
+        return families
+
+    def wants_capture(self) -> bool:
+        """A batch padded past a size that is not captured yet: capture it before the next
+        step (~35 ms once) rather than pad every step."""
+        return any(f.wanted for f in self._families())
+
+    def has_pending_graphs(self) -> bool:
+        return any(f.pending for f in self._families())
+
+    def capture_next(self) -> bool:
+        """Capture one pending graph, a wanted one first; False if none is left."""
+        families = self._families()
+        for family in sorted(families, key=lambda f: not f.wanted):
+            size = family.next_pending()
+            if size is not None:
+                t0 = time.monotonic()
+                try:
+                    family.capture([size])
+                except torch.cuda.OutOfMemoryError:
+                    torch.cuda.empty_cache()
+                    log.warning(
+                        "out of GPU memory capturing the %s CUDA graph of size %d; batches of "
+                        "that size pad to a larger graph or run eagerly",
+                        family.name,
+                        size,
+                    )
+                    family.give_up()
+                    return True
+                log.info(
+                    "captured the %s CUDA graph of size %d in %.0f ms (%d pending)",
+                    family.name,
+                    size,
+                    1000 * (time.monotonic() - t0),
+                    sum(len(f.pending) for f in families),
+                )
+                return True
+        return False
 
     def is_prefill_graph_step(self, sched: SchedulerOutput) -> bool:
         if self.prefill_graphs is None or len(sched.scheduled) != 1:
             return False
         req, n = sched.scheduled[0]
-        return req.num_computed_tokens + n == req.num_tokens and self.prefill_graphs.fits(n)
+        if req.num_computed_tokens + n != req.num_tokens:
+            return False
+        if self.prefill_graphs.fits(n):
+            return True
+        self.prefill_graphs.family.want(n)  # captured after this step, for the next prompt
+        return False
 
     def _execute_prefill_graph(self, sched: SchedulerOutput) -> tuple[list[Request], SamplerOutput]:
         assert self.prefill_graphs is not None
