@@ -82,6 +82,12 @@ def main() -> None:
     ap.add_argument("--start-only", action="store_true", help="measure start-up alone")
     ap.add_argument("--async-scheduling", action="store_true", help="serve with it")
     ap.add_argument(
+        "--capture-all-graphs",
+        action="store_true",
+        help="serve with it: every CUDA graph before ready (steady-state throughput; by default "
+        "the sizes start-up leaves are captured during the first benchmark)",
+    )
+    ap.add_argument(
         "--ollama-sampling",
         action="store_true",
         help="sample as Ollama's defaults do (temperature 0.8, top_k 40, top_p 0.9), not greedily",
@@ -115,6 +121,7 @@ def serve(args: argparse.Namespace, model_dir: Path, benchmark: bool, label: str
         "--max-num-batched-tokens", str(args.max_num_batched_tokens),
         "--served-model-name", args.shape,
         *(["--async-scheduling"] if args.async_scheduling else []),
+        *(["--capture-all-graphs"] if args.capture_all_graphs else []),
     ]  # fmt: skip
     t_start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONUNBUFFERED="1"))

@@ -152,12 +152,19 @@ def test_ollama_env_vars() -> None:
     assert engine.max_model_len == 4096 and engine.max_num_seqs == 4
 
 
-def test_async_scheduling_reaches_the_engine() -> None:
-    assert not ServeConfig.from_sources({}, {}).engine_args("/m", "m").async_scheduling
-    flag = ServeConfig.from_sources({"async_scheduling": "true"}, {})
-    env = ServeConfig.from_sources({}, {"EMBER_ASYNC_SCHEDULING": "true"})
-    assert flag.engine_args("/m", "m").async_scheduling
-    assert env.engine_args("/m", "m").async_scheduling
+@pytest.mark.parametrize(
+    ("field", "variable"),
+    [
+        ("async_scheduling", "EMBER_ASYNC_SCHEDULING"),
+        ("capture_all_graphs", "EMBER_CAPTURE_ALL_GRAPHS"),
+    ],
+)
+def test_engine_switches_reach_the_engine(field: str, variable: str) -> None:
+    assert not getattr(ServeConfig.from_sources({}, {}).engine_args("/m", "m"), field)
+    flag = ServeConfig.from_sources({field: "true"}, {})
+    env = ServeConfig.from_sources({}, {variable: "true"})
+    assert getattr(flag.engine_args("/m", "m"), field)
+    assert getattr(env.engine_args("/m", "m"), field)
 
 
 @pytest.mark.parametrize(

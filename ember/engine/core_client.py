@@ -56,15 +56,26 @@ def _core_step(columns: tuple[list[Any], ...], stats: EngineStats) -> CoreStep:
 
 
 class Inbox(Protocol):
-    def take(self, block: bool) -> list[Message]: ...
+    def take(self, wait: float | None) -> list[Message]:
+        """The messages there are, after waiting up to `wait` seconds (None: until one comes)
+        for a first one."""
+        ...
+
+
+# Quiet time before the core captures a CUDA graph left from start-up: a capture holds the
+# core for ~40 ms, so it waits for a pause longer than the gaps between one client's requests.
+IDLE_BEFORE_CAPTURE_S = 0.5
 
 
 def core_loop(core: EngineCore, inbox: Inbox, emit: Callable[[CoreStep], None]) -> None:
-    """Run until a shutdown message. Blocks on the inbox only while there is nothing to step
-    and no CUDA graph left to capture."""
+    """Run until a shutdown message. Waits on the inbox only while there is nothing to step;
+    after IDLE_BEFORE_CAPTURE_S without messages it captures a CUDA graph start-up left."""
     while True:
-        busy = core.has_unfinished() or core.has_pending_graphs()
-        for kind, payload in inbox.take(block=not busy):
+        wait: float | None = 0.0
+        if not core.has_unfinished():
+            wait = IDLE_BEFORE_CAPTURE_S if core.has_pending_graphs() else None
+        msgs = inbox.take(wait)
+        for kind, payload in msgs:
             if kind == "add":
                 for req in payload:
                     core.add_request(req)
@@ -74,7 +85,7 @@ def core_loop(core: EngineCore, inbox: Inbox, emit: Callable[[CoreStep], None]) 
                 return
         if core.has_unfinished():
             emit(CoreStep(core.step(), core.stats()))
-        elif not core.capture_graph(idle=True):  # idle: capture what start-up left, one a turn
+        elif msgs or not core.capture_graph(idle=True):
             emit(CoreStep([], core.stats()))
 
 
@@ -94,10 +105,13 @@ class _QueueInbox:
     def __init__(self) -> None:
         self.queue: queue.SimpleQueue[Message] = queue.SimpleQueue()
 
-    def take(self, block: bool) -> list[Message]:
+    def take(self, wait: float | None) -> list[Message]:
         msgs: list[Message] = []
-        if block:
-            msgs.append(self.queue.get())
+        if wait is None or wait > 0:
+            try:
+                msgs.append(self.queue.get(timeout=wait))
+            except queue.Empty:
+                return msgs
         while True:
             try:
                 msgs.append(self.queue.get_nowait())
@@ -148,10 +162,12 @@ class _ConnInbox:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
-    def take(self, block: bool) -> list[Message]:
+    def take(self, wait: float | None) -> list[Message]:
         msgs: list[Message] = []
-        if block:
+        if wait is None:
             msgs.append(self.conn.recv())
+        elif wait > 0 and not self.conn.poll(wait):
+            return msgs
         while self.conn.poll():
             msgs.append(self.conn.recv())
         return msgs

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from ember.engine.core_client import CoreStep, core_loop
+from ember.engine.core_client import IDLE_BEFORE_CAPTURE_S, CoreStep, core_loop
 from ember.engine.cuda_graphs import capture_sizes
 from ember.engine.graph_capture import GraphFamily, startup_sizes
 
@@ -100,12 +100,12 @@ def test_give_up_keeps_the_captured_sizes() -> None:
 class _Inbox:
     def __init__(self, batches: list[list[tuple[str, Any]]]) -> None:
         self.batches = batches
-        self.blocked: list[bool] = []
+        self.waits: list[float | None] = []
 
-    def take(self, block: bool) -> list[tuple[str, Any]]:
-        self.blocked.append(block)
-        if block and not self.batches:
-            raise AssertionError("blocked with nothing left to arrive")
+    def take(self, wait: float | None) -> list[tuple[str, Any]]:
+        self.waits.append(wait)
+        if wait is None and not self.batches:
+            raise AssertionError("waiting forever with nothing left to arrive")
         return self.batches.pop(0) if self.batches else []
 
 
@@ -146,16 +146,18 @@ class _Core:
         pass
 
 
-def test_core_loop_captures_while_idle_and_serves_requests_between_captures() -> None:
+def test_core_loop_captures_after_a_quiet_pause_and_never_delays_a_step() -> None:
     core = _Core()
-    inbox = _Inbox([[("add", ["req"])], [], [], [], [], [("shutdown", None)]])
+    # A request (two steps), a pause with no messages (a capture), a message that is only an
+    # abort (no capture on that turn), another pause (the last capture), then shutdown.
+    inbox = _Inbox([[("add", ["req"])], [], [], [("abort", ["x"])], [], [("shutdown", None)]])
     emitted: list[CoreStep] = []
     core_loop(core, inbox, emitted.append)  # type: ignore[arg-type]
-    # The request is stepped at once; the graphs are captured once nothing is left to step,
-    # without blocking on the inbox; then the loop blocks until the next message.
     assert core.log == ["step", "step", "capture", "capture"]
-    assert inbox.blocked[:4] == [False, False, False, False]
-    assert inbox.blocked[-1] is True
+    quiet = IDLE_BEFORE_CAPTURE_S
+    # While a request runs the inbox is only polled; while graphs are pending the core waits
+    # a quiet pause for messages; with none left it waits as long as it takes.
+    assert inbox.waits == [quiet, 0.0, quiet, quiet, quiet, None]
 
 
 @pytest.mark.parametrize("max_num_seqs", [1, 3, 64, 256, 1000])
