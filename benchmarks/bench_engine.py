@@ -14,6 +14,7 @@ import gc
 import json
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,11 @@ def ember_runs(
     )
     startup = time.perf_counter() - t0
     core = llm.engine.core
+    if args.sync_debug:
+        # Every operation that waits for the GPU from here on warns once per source line: a
+        # step should wait once (reading its tokens), async scheduling one step behind.
+        warnings.simplefilter("default")
+        torch.cuda.set_sync_debug_mode("warn")
     print(
         f"ember start-up {startup:.1f} s (graph capture {core.graph_capture_s:.1f} s, "
         f"KV blocks {core.kv.num_blocks})",
@@ -169,6 +175,11 @@ def main() -> None:
     ap.add_argument("--enforce-eager", action="store_true")
     ap.add_argument("--async-scheduling", action="store_true", help="pipelined decode steps")
     ap.add_argument("--skip-transformers", action="store_true")
+    ap.add_argument(
+        "--sync-debug",
+        action="store_true",
+        help="warn at each source line that waits for the GPU during the measured runs",
+    )
     ap.add_argument("--save", type=Path)
     args = ap.parse_args()
 

@@ -9,7 +9,10 @@
 #   bash scripts/device_run.sh start serve      # start -> first token, HTTP serving (~6 min)
 #   bash scripts/device_run.sh engine           # engine vs transformers (~5 min)
 #   bash scripts/device_run.sh load s3          # cold start: disk/page cache, then S3 (~9 min)
-#   bash scripts/device_run.sh async            # engine and HTTP with async scheduling (~8 min)
+#   bash scripts/device_run.sh async            # engine with and without async scheduling, then
+#                                               # HTTP with it (~8 min)
+#   bash scripts/device_run.sh syncs            # where steps wait for the GPU, both schedulers
+#                                               # (torch's sync debug mode; ~3 min)
 #   bash scripts/device_run.sh sampled          # HTTP with Ollama's default sampling (~4 min)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -48,13 +51,21 @@ for stage in "$@"; do
         load) run load 480 python3 benchmarks/bench_load.py ;;
         s3) run s3 240 python3 benchmarks/bench_s3.py ;;
         async)
-            run async-engine 240 python3 benchmarks/bench_engine.py --skip-transformers \
+            run sync-engine 150 python3 benchmarks/bench_engine.py --skip-transformers \
+                --batches 64 256
+            run async-engine 150 python3 benchmarks/bench_engine.py --skip-transformers \
                 --batches 64 256 --async-scheduling
             run async-serve 240 python3 benchmarks/bench_serve.py --async-scheduling
             ;;
+        syncs)
+            for mode in "" --async-scheduling; do
+                run "syncs${mode:+-async}" 120 python3 -W default benchmarks/bench_engine.py \
+                    --skip-transformers --batches 256 --sync-debug $mode
+            done
+            ;;
         sampled) run sampled 240 python3 benchmarks/bench_serve.py --ollama-sampling ;;
         *)
-            echo "unknown stage '$stage': check shapes engine serve start load s3 async sampled"
+            echo "unknown stage '$stage': check shapes engine serve start load s3 async syncs sampled"
             status=2
             ;;
     esac
