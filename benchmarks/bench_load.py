@@ -224,10 +224,13 @@ def h2d_bandwidth(device: torch.device, nbytes: int = 1 << 30, reps: int = 10) -
 # --- loaders, each timed in a fresh process ---------------------------------------------------
 
 
+_OPTIONS: StreamOptions | None = None  # a child's --chunk-mib / --load-threads, else defaults
+
+
 def load_ember(root: Path, device: torch.device, direct: bool | None) -> object:
     source = LocalSource(root, direct=direct)
     try:
-        return load_model(source, torch.bfloat16, device)
+        return load_model(source, torch.bfloat16, device, options=_OPTIONS)
     finally:
         source.close()
 
@@ -293,11 +296,20 @@ def child(key: str, root: Path, layers: int, device: torch.device) -> None:
     print(json.dumps({"seconds": seconds}))
 
 
-def timed(key: str, cache: str, nbytes: int, args: argparse.Namespace) -> Result | None:
+def timed(
+    key: str,
+    cache: str,
+    nbytes: int,
+    args: argparse.Namespace,
+    setting: tuple[int, int] | None = None,
+) -> Result | None:
     cmd = [sys.executable, __file__, "--child", key, "--dir", str(args.dir)]
     cmd += ["--layers", str(args.layers), "--vocab", str(args.vocab), "--device", args.device]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     label = LOADERS[key][0]
+    if setting is not None:
+        cmd += ["--chunk-mib", str(setting[0]), "--load-threads", str(setting[1])]
+        label = f"ember, {setting[0]} MiB x {setting[1]} threads"
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     if proc.returncode != 0:
         print(f"  {label:<34} {cache:<5} FAILED: {proc.stderr.strip()[-2000:]}", flush=True)
         return None
@@ -402,9 +414,21 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--threads", type=int, default=16, help="threads of the disk measurement")
     ap.add_argument("--child", choices=list(LOADERS), help=argparse.SUPPRESS)
+    ap.add_argument("--chunk-mib", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--load-threads", type=int, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--sweep",
+        action="store_true",
+        help="also load warm with other chunk sizes and thread counts, each in a fresh process",
+    )
     args = ap.parse_args()
     device = torch.device(args.device)
     if args.child:
+        if args.chunk_mib or args.load_threads:
+            global _OPTIONS
+            _OPTIONS = StreamOptions(
+                chunk_bytes=(args.chunk_mib or 16) * MiB, threads=args.load_threads
+            )
         child(args.child, args.dir, args.layers, device)
         return
     cuda = device.type == "cuda"
@@ -445,6 +469,10 @@ def main() -> None:
     print(f"    ({cached_share(paths):.0%} cached)")
     for key in keys:
         results.append(timed(key, "warm", nbytes, args))
+    if args.sweep:
+        print("warm, ember (auto mode) with other settings, each in a fresh process:")
+        for setting in ((4, 16), (8, 16), (8, 24), (16, 8), (16, 24), (32, 16)):
+            timed("ember", "sweep", nbytes, args, setting)
 
     summarize([r for r in results if r is not None], disk, h2d)
 

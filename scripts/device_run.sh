@@ -48,7 +48,7 @@ for stage in "$@"; do
         engine) run engine 300 python3 benchmarks/bench_engine.py ;;
         serve) run serve 300 python3 benchmarks/bench_serve.py ;;
         start) run start 200 python3 benchmarks/bench_serve.py --real-weights --starts 3 --start-only ;;
-        load) run load 480 python3 benchmarks/bench_load.py ;;
+        load) run load 540 python3 benchmarks/bench_load.py --sweep ;;
         s3) run s3 240 python3 benchmarks/bench_s3.py ;;
         async)
             run sync-engine 150 python3 benchmarks/bench_engine.py --skip-transformers \
