@@ -54,6 +54,7 @@ class StepTimes:
     update_s: float = 0.0
     graph_steps: int = 0  # steps replayed from a CUDA graph
     graph_execute_s: float = 0.0
+    graph_schedule_s: float = 0.0  # async scheduling: launching the next step, when a graph
 
     def add(self, schedule: float, execute: float, update: float, graph: bool) -> None:
         self.steps += 1
@@ -63,15 +64,19 @@ class StepTimes:
         if graph:
             self.graph_steps += 1
             self.graph_execute_s += execute
+            self.graph_schedule_s += schedule
 
     def summary(self) -> str:
         n = max(self.steps, 1)
+        graphs = max(self.graph_steps, 1)
         eager = max(self.steps - self.graph_steps, 1)
         return (
             f"{self.steps} steps, per step: schedule {1e3 * self.schedule_s / n:.2f} ms, "
             f"execute {1e3 * self.execute_s / n:.2f} ms, update {1e3 * self.update_s / n:.2f} ms; "
-            f"{self.graph_steps} graph steps at {1e3 * self.graph_execute_s / max(self.graph_steps, 1):.2f} ms, "
-            f"eager at {1e3 * (self.execute_s - self.graph_execute_s) / eager:.2f} ms"
+            f"{self.graph_steps} graph steps at {1e3 * self.graph_execute_s / graphs:.2f} ms "
+            f"(schedule {1e3 * self.graph_schedule_s / graphs:.2f} ms), "
+            f"eager at {1e3 * (self.execute_s - self.graph_execute_s) / eager:.2f} ms "
+            f"(schedule {1e3 * (self.schedule_s - self.graph_schedule_s) / eager:.2f} ms)"
         )
 
 

@@ -185,3 +185,16 @@ def test_random_scripts_match_synchronous_scheduling(tiny_dir: Path, seed: int) 
             assert longer[: len(shorter)] == shorter
         else:
             assert a == b, rid
+
+
+def test_step_times_split_graph_and_eager_steps() -> None:
+    from ember.engine.core import StepTimes
+
+    times = StepTimes()
+    times.add(0.001, 0.010, 0.0005, graph=True)
+    times.add(0.003, 0.012, 0.0005, graph=True)
+    times.add(0.100, 0.200, 0.0010, graph=False)
+    summary = times.summary()
+    assert summary.startswith("3 steps, per step: schedule 34.67 ms, execute 74.00 ms")
+    assert "2 graph steps at 11.00 ms (schedule 2.00 ms)" in summary
+    assert "eager at 200.00 ms (schedule 100.00 ms)" in summary
