@@ -4,7 +4,7 @@
            --(copy stream: async H2D)--> destination bytes on the device
 
 Python only plans ranges and enqueues copies; bytes are moved by the kernel, obstore and the
-copy engine. A tensor whose destination is known (a model parameter, or rows of a fused one)
+copy engine. Onto the CPU from local files there is no ring: reads land in the tensors directly. A tensor whose destination is known (a model parameter, or rows of a fused one)
 is written in place; when the checkpoint's dtype differs it lands in a device staging tensor
 and is cast there. Tensors without a destination are materialised on the device for the
 caller to place.
@@ -123,6 +123,9 @@ class SafetensorsStreamer:
         return dest
 
     def _move(self, targets: list[_Target]) -> Iterator[tuple[str, torch.Tensor]]:
+        if self.device.type != "cuda" and self.source.local_dir() is not None:
+            yield from self._move_direct(targets)
+            return
         opts = self.options
         threads = opts.threads or self.source.concurrency
         chunks = plan_chunks(self.tensors, opts.chunk_bytes, self.source.alignment)
@@ -164,15 +167,64 @@ class SafetensorsStreamer:
             if stream is not None:
                 stream.synchronize()  # no copy may still read the ring when it is freed
 
+    def _move_direct(self, targets: list[_Target]) -> Iterator[tuple[str, torch.Tensor]]:
+        """Into host memory from local files: each tensor's bytes are read by the reader threads
+        straight into where they land (no ring, no second copy), in reads of at most
+        chunk_bytes. Tensors get their landing as their first read is queued, and at most two
+        reads a thread are queued, so a dtype cast holds staging for few tensors at a time."""
+        opts = self.options
+        reads = deque(
+            (target, offset, min(opts.chunk_bytes, target.remaining - offset))
+            for target in targets
+            for offset in range(0, target.remaining, opts.chunk_bytes)
+        )
+        threads = max(1, min(opts.threads or self.source.concurrency, len(reads)))
+        pending: dict[Future[None], tuple[_Target, int]] = {}
+        done_bytes = 0
+        self._report(0)
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="ember-load")
+        try:
+            while reads or pending:
+                while reads and len(pending) < 2 * threads:
+                    target, offset, nbytes = reads.popleft()
+                    if target.bytes is None:
+                        target.bytes = self._landing(target)
+                    future = pool.submit(self._read_direct, target, offset, nbytes)
+                    pending[future] = (target, nbytes)
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    target, nbytes = pending.pop(future)
+                    future.result()
+                    target.remaining -= nbytes
+                    done_bytes += nbytes
+                    self._report(done_bytes)
+                    if target.remaining == 0:
+                        yield target.meta.name, self._finish(target, None)
+        finally:
+            for future in pending:
+                future.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _read_direct(self, target: _Target, offset: int, nbytes: int) -> None:
+        assert target.bytes is not None
+        view = target.bytes[offset : offset + nbytes].numpy().data
+        start = target.meta.start + offset
+        got = self.source.read_into(target.meta.file, start, view)
+        if got < nbytes:
+            raise self._truncated(target.meta.file, start + got, start + nbytes)
+
     def _read(self, ring: HostRing, chunk: Chunk, slot: int) -> None:
         view = ring.acquire(slot)
         got = self.source.read_into(chunk.file, chunk.offset, view[: chunk.length])
         if got < chunk.needed:
-            raise ModelLoadError(
-                f"cannot read weights from '{self.source.location(chunk.file)}': it ended at "
-                f"byte {chunk.offset + got}, before byte {chunk.offset + chunk.needed} that its "
-                "header promises; the file is truncated, fetch it again"
-            )
+            raise self._truncated(chunk.file, chunk.offset + got, chunk.offset + chunk.needed)
+
+    def _truncated(self, file: str, ended: int, wanted: int) -> ModelLoadError:
+        return ModelLoadError(
+            f"cannot read weights from '{self.source.location(file)}': it ended at byte "
+            f"{ended}, before byte {wanted} that its header promises; the file is truncated, "
+            "fetch it again"
+        )
 
     def _copy(
         self,

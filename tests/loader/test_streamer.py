@@ -120,6 +120,26 @@ def test_reads_are_large_not_per_tensor(tmp_path: Path) -> None:
     assert source.data_reads == 4  # 200 KiB of tensors in 64 KiB reads, not 200
 
 
+def test_local_files_land_in_host_tensors_without_the_ring(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Onto the CPU from a local directory, reads go straight into the tensors (the ring's
+    second copy would halve the speed), split into reads of at most chunk_bytes."""
+    import ember.loader.streamer as streamer_module
+
+    def no_ring(*args: object) -> None:
+        raise AssertionError("a CPU load from local files used the ring")
+
+    monkeypatch.setattr(streamer_module, "HostRing", no_ring)
+    save_file(random_tensors(7), str(tmp_path / "model.safetensors"))
+    expected = load_file(str(tmp_path / "model.safetensors"))
+    for options in OPTIONS.values():
+        source = LocalSource(tmp_path)
+        got = dict(SafetensorsStreamer(source, CPU, options=options).stream())
+        source.close()
+        _assert_same(got, expected)
+
+
 def test_progress_rises_to_total_while_loading(tmp_path: Path) -> None:
     save_file(random_tensors(5), str(tmp_path / "model.safetensors"))
     seen: list[tuple[int, int, float]] = []
