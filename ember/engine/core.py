@@ -338,8 +338,7 @@ class EngineCore:
             t0 = time.perf_counter()
             sched = self.scheduler.schedule()
             outputs = self.run_step(sched, time.perf_counter() - t0) if sched else []
-        if self.runner.wants_capture():
-            self.capture_graph(idle=False)
+        self.capture_graph(idle=False)  # a size a batch of this step wanted, if any
         return outputs
 
     def has_pending_graphs(self) -> bool:

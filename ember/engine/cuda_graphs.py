@@ -88,11 +88,12 @@ class CudaGraphDecoder:
         self.family.capture(sizes)
         elapsed = time.monotonic() - t0
         log.info(
-            "captured %d of %d decode CUDA graphs (batch %s) in %.2f s; the rest follow when idle",
+            "captured %d of %d decode CUDA graphs (batch %s) in %.2f s%s",
             len(sizes),
             len(self.sizes),
             ",".join(map(str, sizes)),
             elapsed,
+            "" if everything else "; the rest follow when idle or first needed",
         )
         return elapsed
 

@@ -43,7 +43,6 @@ class GraphFamily:
         self.reset = reset
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
-        self._captured: list[int] = []  # sorted
         self._wanted: set[int] = set()
         self._pool: Any = None  # torch's pool handle (its type's name differs across versions)
 
@@ -57,8 +56,7 @@ class GraphFamily:
 
     def bucket(self, n: int) -> int | None:
         """The smallest captured size that holds `n` rows, or None."""
-        i = bisect.bisect_left(self._captured, n)
-        return self._captured[i] if i < len(self._captured) else None
+        return min((size for size in self.graphs if size >= n), default=None)
 
     def want(self, n: int) -> None:
         """Note that a batch of `n` rows ran; if its own size is not captured yet, it is next."""
@@ -76,8 +74,13 @@ class GraphFamily:
 
     def give_up(self) -> None:
         """Capture no more sizes (out of memory): batches use the captured ones."""
-        self.sizes = list(self._captured)
+        self.sizes = sorted(self.graphs)
         self._wanted.clear()
+
+    def _record(self, size: int, graph: torch.cuda.CUDAGraph, output: torch.Tensor) -> None:
+        self.graphs[size] = graph
+        self.outputs[size] = output
+        self._wanted.discard(size)
 
     @torch.inference_mode()
     def capture(self, sizes: Iterable[int]) -> None:
@@ -98,9 +101,7 @@ class GraphFamily:
                 self.forward(size)
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, pool=self._pool, stream=stream):
-                    self.outputs[size] = self.forward(size)
-                self.graphs[size] = graph
-                bisect.insort(self._captured, size)
-                self._wanted.discard(size)
+                    output = self.forward(size)
+                self._record(size, graph, output)
         current.wait_stream(stream)
         torch.cuda.synchronize(self.device)

@@ -24,10 +24,8 @@ class _FakeFamily(GraphFamily):
     def capture(self, sizes: Any) -> None:
         for size in sorted(set(sizes), reverse=True):
             if size not in self.graphs:
-                self.graphs[size] = None  # type: ignore[assignment]
+                self._record(size, None, torch.empty(size))  # type: ignore[arg-type]
                 self.order.append(size)
-                self._captured = sorted(self.graphs)
-                self._wanted.discard(size)
 
 
 def _noop() -> None:
