@@ -224,13 +224,12 @@ def h2d_bandwidth(device: torch.device, nbytes: int = 1 << 30, reps: int = 10) -
 # --- loaders, each timed in a fresh process ---------------------------------------------------
 
 
-_OPTIONS: StreamOptions | None = None  # a child's --chunk-mib / --load-threads, else defaults
-
-
-def load_ember(root: Path, device: torch.device, direct: bool | None) -> object:
+def load_ember(
+    root: Path, device: torch.device, direct: bool | None, options: StreamOptions | None = None
+) -> object:
     source = LocalSource(root, direct=direct)
     try:
-        return load_model(source, torch.bfloat16, device, options=_OPTIONS)
+        return load_model(source, torch.bfloat16, device, options=options)
     finally:
         source.close()
 
@@ -280,14 +279,17 @@ class Result:
     gbps: float
 
 
-def child(key: str, root: Path, layers: int, device: torch.device) -> None:
+def child(
+    key: str, root: Path, layers: int, device: torch.device, options: StreamOptions | None
+) -> None:
     """One load in this (fresh) process: timed from after CUDA init to the last byte on the
     device, so per-process costs (pinning buffers, allocating) count, CUDA init does not."""
+    load = LOADERS[key][1] if options is None else partial(load_ember, direct=None, options=options)
     if device.type == "cuda":
         torch.empty(1, device=device)
         torch.cuda.synchronize()
     start = time.perf_counter()
-    loaded = LOADERS[key][1](root, device)
+    loaded = load(root, device)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -424,12 +426,12 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device(args.device)
     if args.child:
-        if args.chunk_mib or args.load_threads:
-            global _OPTIONS
-            _OPTIONS = StreamOptions(
+        options = None
+        if args.chunk_mib or args.load_threads:  # a sweep's setting, for ember's loader
+            options = StreamOptions(
                 chunk_bytes=(args.chunk_mib or 16) * MiB, threads=args.load_threads
             )
-        child(args.child, args.dir, args.layers, device)
+        child(args.child, args.dir, args.layers, device, options)
         return
     cuda = device.type == "cuda"
     if cuda:

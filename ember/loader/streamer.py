@@ -4,10 +4,11 @@
            --(copy stream: async H2D)--> destination bytes on the device
 
 Python only plans ranges and enqueues copies; bytes are moved by the kernel, obstore and the
-copy engine. Onto the CPU from local files there is no ring: reads land in the tensors directly. A tensor whose destination is known (a model parameter, or rows of a fused one)
-is written in place; when the checkpoint's dtype differs it lands in a device staging tensor
-and is cast there. Tensors without a destination are materialised on the device for the
-caller to place.
+copy engine. Onto the CPU from local files there is no ring: reads land in the tensors
+directly. A tensor whose destination is known (a model parameter, or rows of a fused one) is
+written in place; when the checkpoint's dtype differs it lands in a device staging tensor and
+is cast there. Tensors without a destination are materialised on the device for the caller to
+place.
 """
 
 from __future__ import annotations
