@@ -7,7 +7,8 @@ Sections (add new ones to SECTIONS): correctness (write_kv_triton and paged_atte
 against attention_ref for many shapes; exits non-zero on any failure), decode (decode attention
 µs and achieved KV-read GB/s for Llama-3.1-8B heads, against the HBM copy bandwidth measured in
 the same run and torch SDPA on dense copies of the same data), prefill (TFLOP/s, against SDPA),
-tune (a sweep of tile shapes and split counts, for choosing defaults), shapes (Gemma 2 9B and
+tune (a sweep of decode tile shapes and split counts, for choosing defaults), tune-prefill (the
+same for prefill tiles), shapes (Gemma 2 9B and
 Gemma 3 4B at real shapes against transformers; not in the default list: ~5 minutes), gguf
 (GGUF dequantization on CUDA against the gguf package's numpy code).
 
@@ -529,9 +530,16 @@ def section_tune(args: argparse.Namespace) -> bool:
         KernelConfig(16, 128, 4, 2),
         KernelConfig(16, 128, 4, 3),
         KernelConfig(16, 32, 4, 2),
+        KernelConfig(16, 64, 4, 2),
+        KernelConfig(16, 64, 2, 3),
+        KernelConfig(16, 128, 8, 2),
+        KernelConfig(16, 128, 4, 4),
+        KernelConfig(16, 256, 8, 2),
     ]
     rows = []
     for batch, ctx, split_choices in (
+        (256, 640, (1, 2)),
+        (128, 640, (1, 2)),
         (1, 512, (1, 4, 8, 16)),
         (1, 8192, (16, 32, 64)),
         (16, 8192, (1, 4, 8)),
@@ -554,8 +562,12 @@ def section_tune(args: argparse.Namespace) -> bool:
     print("\ndecode tuning")
     print(f"{'batch':>5} {'ctx':>6} {'config':<18} {'splits':>6} {'us':>9} {'GB/s':>8}")
     print("\n".join(rows))
-    print("\nprefill tuning")
-    section_prefill(
+    return True
+
+
+def section_tune_prefill(args: argparse.Namespace) -> bool:
+    print("prefill tuning")
+    return section_prefill(
         args,
         [
             None,
@@ -581,6 +593,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], bool]] = {
     "decode": section_decode,
     "prefill": section_prefill,
     "tune": section_tune,
+    "tune-prefill": section_tune_prefill,
     "engine": section_engine,
     "fused": section_fused,
     "shapes": section_shapes,

@@ -12,8 +12,9 @@ one extra token computed, which is dropped; its KV blocks are freed at once, sin
 GPU write to them is ordered after that step on the same stream.
 
 A request that needs its latest token on the host before the next step (penalties, grammars,
-logprobs, min_tokens), running out of KV blocks (preemption), and a lone prompt that a prefill
-CUDA graph serves best all end the pipeline: the in-flight step is finished and the next step
+logprobs, min_tokens), running out of KV blocks (preemption), a lone prompt that a prefill
+CUDA graph serves best, and a batch that wants a CUDA graph not yet captured (it is captured
+between the two steps) all end the pipeline: the in-flight step is finished and the next step
 runs synchronously.
 """
 
@@ -42,6 +43,28 @@ class _InFlight:
     sched: SchedulerOutput  # (request, new tokens) per row, for the scheduler's update
     sampling: list[Request]  # the rows that sample, in the order of `tokens`
     tokens: torch.Tensor  # sampled, on the device
+    host: torch.Tensor  # their copy on the host, valid once `copied` has completed
+    copied: torch.cuda.Event | None  # None on the CPU (the copy is the tensor itself)
+
+    @classmethod
+    def launched(
+        cls, sched: SchedulerOutput, sampling: list[Request], tokens: torch.Tensor
+    ) -> _InFlight:
+        """Start the tokens' copy to the host now, ordered right after the step that samples
+        them: reading them later must wait for this step only, not for the step launched after
+        it on the same stream (a plain .tolist() then would queue behind that one)."""
+        if tokens.device.type != "cuda":
+            return cls(sched, sampling, tokens, tokens, None)
+        host = tokens.to("cpu", non_blocking=True)  # into pinned memory
+        copied = torch.cuda.Event()
+        copied.record(torch.cuda.current_stream(tokens.device))
+        return cls(sched, sampling, tokens, host, copied)
+
+    def token_ids(self) -> list[int]:
+        """The sampled tokens; waits for this step's GPU work, and nothing launched after it."""
+        if self.copied is not None:
+            self.copied.synchronize()
+        return self.host.tolist()
 
 
 class StepPipeline:
@@ -69,7 +92,7 @@ class StepPipeline:
             return []
         self.inflight = self._continue(prev)
         t1 = time.perf_counter()
-        token_ids = prev.tokens.tolist()  # the one wait for the GPU, one step behind
+        token_ids = prev.token_ids()  # the one wait for the GPU, one step behind
         core.after_good_step()
         t2 = time.perf_counter()
         sampled = SamplerOutput(token_ids, None) if prev.sampling else None
@@ -105,14 +128,17 @@ class StepPipeline:
                     ids = prev_tokens[upload(on_device, torch.int64, prev_tokens.device)]
             if ids is not None:  # else mixed sources: the general path below
                 positions = [row.start for row in rows]
-                return _InFlight(sched, sampling, runner.launch_decode(sampling, positions, ids))
-        return _InFlight(sched, sampling, runner.launch_rows(rows, prev_tokens))
+                tokens = runner.launch_decode(sampling, positions, ids)
+                return _InFlight.launched(sched, sampling, tokens)
+        return _InFlight.launched(sched, sampling, runner.launch_rows(rows, prev_tokens))
 
     def _continue(self, prev: _InFlight) -> _InFlight | None:
         """Schedule and launch the step after `prev` from the scheduler's state plus what
         prev computes, or return None to end the pipeline."""
         core = self.core
         sch = core.scheduler
+        if core.runner.wants_capture():
+            return None  # a batch padded to a bigger graph: drain, and capture its own
         if any(Sampler.needs_host(r) for r in sch.running):
             return None
         if any(Sampler.needs_host(r) for r in islice(sch.waiting, sch.max_num_seqs)):
