@@ -173,7 +173,12 @@ def main() -> None:
     ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.6)
     ap.add_argument("--enforce-eager", action="store_true")
-    ap.add_argument("--async-scheduling", action="store_true", help="pipelined decode steps")
+    ap.add_argument(
+        "--no-async-scheduling",
+        dest="async_scheduling",
+        action="store_false",
+        help="run steps one after another (async scheduling is the default)",
+    )
     ap.add_argument("--skip-transformers", action="store_true")
     ap.add_argument(
         "--sync-debug",

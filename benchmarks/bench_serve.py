@@ -80,7 +80,12 @@ def main() -> None:
     ap.add_argument("--real-weights", action="store_true", help="serve safetensors files")
     ap.add_argument("--starts", type=int, default=1, help="times to start the server")
     ap.add_argument("--start-only", action="store_true", help="measure start-up alone")
-    ap.add_argument("--async-scheduling", action="store_true", help="serve with it")
+    ap.add_argument(
+        "--no-async-scheduling",
+        dest="async_scheduling",
+        action="store_false",
+        help="serve without async scheduling (on by default)",
+    )
     ap.add_argument(
         "--capture-all-graphs",
         action="store_true",
@@ -120,7 +125,7 @@ def serve(args: argparse.Namespace, model_dir: Path, benchmark: bool, label: str
         "--context-length", "4096",
         "--max-num-batched-tokens", str(args.max_num_batched_tokens),
         "--served-model-name", args.shape,
-        *(["--async-scheduling"] if args.async_scheduling else []),
+        *([] if args.async_scheduling else ["--no-async-scheduling"]),
         *(["--capture-all-graphs"] if args.capture_all_graphs else []),
     ]  # fmt: skip
     t_start = time.perf_counter()

@@ -369,11 +369,12 @@ class ServeConfig:
         _bool,
     )
     async_scheduling: bool = _opt(
-        False,
+        True,
         "--async-scheduling",
         "EMBER_ASYNC_SCHEDULING",
         "schedule and launch each step before the previous one's tokens reach the CPU, hiding "
-        "host time behind the GPU (experimental; a switch; the variable takes true/false)",
+        "host time behind the GPU (on by default; --no-async-scheduling or the variable set "
+        "to false runs steps one after another)",
         _bool,
     )
     api_key: tuple[str, ...] = _opt(
@@ -580,6 +581,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, groups: tuple[str, ...
                 action="store_const",
                 const="true",
                 help=help_text,
+            )
+            parser.add_argument(
+                *(f"--no-{flag[2:]}" for flag in meta["flags"] if flag.startswith("--")),
+                dest=f.name,
+                action="store_const",
+                const="false",
+                help=f"turn {meta['flags'][0]} off",
             )
             continue
         parser.add_argument(

@@ -10,7 +10,7 @@
 #   bash scripts/device_run.sh engine           # engine vs transformers (~5 min)
 #   bash scripts/device_run.sh load s3          # cold start: disk/page cache, then S3 (~9 min)
 #   bash scripts/device_run.sh async            # engine with and without async scheduling, then
-#                                               # HTTP with it (~8 min)
+#                                               # HTTP without it (~8 min; `serve` is with it)
 #   bash scripts/device_run.sh syncs            # where steps wait for the GPU, both schedulers
 #                                               # (torch's sync debug mode; ~3 min)
 #   bash scripts/device_run.sh sampled          # HTTP with Ollama's default sampling (~4 min)
@@ -52,14 +52,14 @@ for stage in "$@"; do
         s3) run s3 240 python3 benchmarks/bench_s3.py ;;
         async)
             run sync-engine 150 python3 benchmarks/bench_engine.py --skip-transformers \
-                --batches 64 256
+                --batches 64 256 --no-async-scheduling
             run async-engine 150 python3 benchmarks/bench_engine.py --skip-transformers \
-                --batches 64 256 --async-scheduling
-            run async-serve 240 python3 benchmarks/bench_serve.py --async-scheduling
+                --batches 64 256
+            run sync-serve 240 python3 benchmarks/bench_serve.py --no-async-scheduling
             ;;
         syncs)
-            for mode in "" --async-scheduling; do
-                run "syncs${mode:+-async}" 120 python3 -W default benchmarks/bench_engine.py \
+            for mode in --no-async-scheduling ""; do
+                run "syncs${mode:+-sync}" 120 python3 -W default benchmarks/bench_engine.py \
                     --skip-transformers --batches 256 --sync-debug $mode
             done
             ;;

@@ -58,6 +58,16 @@ def section_engine(args: argparse.Namespace) -> bool:
                 # 16-row graph captured after it.
                 ("fp32 graphs 12 rows", {}),
                 ("fp32 eager chunked(32)", {"enforce_eager": True, "max_num_batched_tokens": 32}),
+                # The modes above run with async scheduling (the default); these without it.
+                ("fp32 graphs sync", {"capture_all_graphs": True, "async_scheduling": False}),
+                (
+                    "fp32 eager sync chunked(32)",
+                    {
+                        "enforce_eager": True,
+                        "max_num_batched_tokens": 32,
+                        "async_scheduling": False,
+                    },
+                ),
             ):
                 llm = LLM(tmp, dtype="float32", device="cuda", max_model_len=512, **kwargs)
                 batches = [[p] for p in prompts] if "one at a time" in mode else [prompts]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ember import __version__
-from ember.config import ConfigError, ServeConfig, parse_duration, parse_ollama_host
+from ember.config import ConfigError, ServeConfig, config_flags, parse_duration, parse_ollama_host
 
 
 def ember(
@@ -153,18 +153,31 @@ def test_ollama_env_vars() -> None:
 
 
 @pytest.mark.parametrize(
-    ("field", "variable"),
+    ("field", "variable", "default"),
     [
-        ("async_scheduling", "EMBER_ASYNC_SCHEDULING"),
-        ("capture_all_graphs", "EMBER_CAPTURE_ALL_GRAPHS"),
+        ("async_scheduling", "EMBER_ASYNC_SCHEDULING", True),
+        ("capture_all_graphs", "EMBER_CAPTURE_ALL_GRAPHS", False),
     ],
 )
-def test_engine_switches_reach_the_engine(field: str, variable: str) -> None:
-    assert not getattr(ServeConfig.from_sources({}, {}).engine_args("/m", "m"), field)
-    flag = ServeConfig.from_sources({field: "true"}, {})
-    env = ServeConfig.from_sources({}, {variable: "true"})
-    assert getattr(flag.engine_args("/m", "m"), field)
-    assert getattr(env.engine_args("/m", "m"), field)
+def test_engine_switches_reach_the_engine(field: str, variable: str, default: bool) -> None:
+    assert getattr(ServeConfig.from_sources({}, {}).engine_args("/m", "m"), field) is default
+    for raw, value in (("true", True), ("false", False)):
+        flag = ServeConfig.from_sources({field: raw}, {})
+        env = ServeConfig.from_sources({}, {variable: raw})
+        assert getattr(flag.engine_args("/m", "m"), field) is value
+        assert getattr(env.engine_args("/m", "m"), field) is value
+
+
+def test_every_switch_has_a_no_form_on_the_command_line() -> None:
+    from ember.cli import build_parser
+
+    parser = build_parser()
+    on = config_flags(parser.parse_args(["serve", "--capture-all-graphs"]))
+    off = config_flags(parser.parse_args(["serve", "--no-async-scheduling"]))
+    assert on["capture_all_graphs"] == "true" and on["async_scheduling"] is None
+    assert off["async_scheduling"] == "false"
+    config = ServeConfig.from_sources(off, {"EMBER_ASYNC_SCHEDULING": "true"})
+    assert not config.engine_args("/m", "m").async_scheduling  # the flag beats the variable
 
 
 @pytest.mark.parametrize(

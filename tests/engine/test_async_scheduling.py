@@ -198,3 +198,43 @@ def test_step_times_split_graph_and_eager_steps() -> None:
     assert summary.startswith("3 steps, per step: schedule 34.67 ms, execute 74.00 ms")
     assert "2 graph steps at 11.00 ms (schedule 2.00 ms)" in summary
     assert "eager at 200.00 ms (schedule 100.00 ms)" in summary
+
+
+def test_a_batch_that_wants_a_graph_drains_the_pipeline_for_its_capture(
+    tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch padded to a bigger CUDA graph wants its own size captured; capture waits for a
+    step with nothing in flight, so the pipeline ends there instead of padding every step of
+    a batch that never drains. The tokens are unchanged."""
+    params = [SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)] * len(PROMPTS)
+    llm = LLM(str(tiny_dir), dtype="float32", device="cpu", max_num_seqs=8)
+    core = llm.engine.core
+    assert core.pipeline is not None  # async scheduling is the default
+    looks = 0
+    wanted = False  # as GraphFamily.wanted: set by a padded batch, cleared by its capture
+    drained_at_want: list[bool] = []
+    captures: list[tuple[bool, bool]] = []
+
+    def wants_capture() -> bool:
+        nonlocal looks, wanted
+        looks += 1
+        if looks == 5:
+            wanted = True
+            drained_at_want.append(True)
+        return wanted
+
+    def capture_next() -> bool:
+        nonlocal wanted
+        assert core.pipeline is not None
+        captures.append((core.pipeline.inflight is None, core.scheduler.has_unfinished()))
+        wanted = False
+        return True
+
+    monkeypatch.setattr(core.runner, "wants_capture", wants_capture)
+    monkeypatch.setattr(core.runner, "capture_next", capture_next)
+    outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], params)
+    sync, _ = generate(tiny_dir, False, params)
+    assert [(o.outputs[0].token_ids, o.outputs[0].finish_reason) for o in outs] == sync
+    assert drained_at_want == [True]
+    # Captured once, mid-run (requests still unfinished), with no step in flight.
+    assert captures == [(True, True)]
