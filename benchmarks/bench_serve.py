@@ -97,6 +97,12 @@ def main() -> None:
         action="store_true",
         help="sample as Ollama's defaults do (temperature 0.8, top_k 40, top_p 0.9), not greedily",
     )
+    ap.add_argument(
+        "--py-spy",
+        metavar="FILE",
+        help="sample the server's processes with py-spy (raw stacks to FILE) during the run at "
+        "full concurrency; summarize with benchmarks/stacks.py",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = dummy_model_dir(args.shape, Path(tmp))
@@ -157,11 +163,28 @@ def serve(args: argparse.Namespace, model_dir: Path, benchmark: bool, label: str
                 **({"temperature": 0.8, "top_k": 40, "top_p": 0.9} if args.ollama_sampling else {}),
                 progress=False,
             )
+            spy = start_py_spy(args.py_spy, proc.pid) if args.py_spy and concurrency > 1 else None
+            cpu0, wall0 = time.process_time(), time.perf_counter()
             result = asyncio.run(run_benchmark(config))
+            cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
             print(format_result(result), flush=True)
+            print(
+                f"benchmark client: {cpu:.1f} s of CPU in {wall:.1f} s ({cpu / wall:.0%} of a core)"
+            )
+            if spy is not None:
+                spy.wait(timeout=120)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def start_py_spy(path: str, pid: int, seconds: int = 20) -> subprocess.Popen[bytes]:
+    """py-spy recording `pid` and its children (the engine core's process) for `seconds`."""
+    cmd = [
+        "py-spy", "record", "--pid", str(pid), "--subprocesses", "--duration", str(seconds),
+        "--rate", "200", "--format", "raw", "--output", path, "--nonblocking",
+    ]  # fmt: skip
+    return subprocess.Popen(cmd)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@
 #   bash scripts/device_run.sh syncs            # where steps wait for the GPU, both schedulers
 #                                               # (torch's sync debug mode; ~3 min)
 #   bash scripts/device_run.sh sampled          # HTTP with Ollama's default sampling (~4 min)
+#   bash scripts/device_run.sh spy              # HTTP at 256 with every graph up front, the
+#                                               # server's processes sampled by py-spy (~2 min)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/ember-out}
@@ -22,7 +24,7 @@ if [ -z "${EMBER_SKIP_WHEELS:-}" ] && compgen -G ".whl/*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
         --target /tmp/site .whl/*.whl || exit 1
 fi
-export PYTHONPATH=$PWD:/tmp/site EMBER_HOME=${EMBER_HOME:-/tmp/eh} PYTHONUNBUFFERED=1
+export PATH=/tmp/site/bin:$PATH PYTHONPATH=$PWD:/tmp/site EMBER_HOME=${EMBER_HOME:-/tmp/eh} PYTHONUNBUFFERED=1
 status=0
 
 run() {
@@ -64,8 +66,13 @@ for stage in "$@"; do
             done
             ;;
         sampled) run sampled 240 python3 benchmarks/bench_serve.py --ollama-sampling ;;
+        spy)
+            run spy 240 python3 benchmarks/bench_serve.py --capture-all-graphs \
+                --py-spy "$OUT/serve-stacks.txt"
+            run spy-summary 60 python3 benchmarks/stacks.py "$OUT/serve-stacks.txt" --top 30
+            ;;
         *)
-            echo "unknown stage '$stage': check shapes engine serve start load s3 async syncs sampled"
+            echo "unknown stage '$stage': check shapes engine serve start load s3 async syncs sampled spy"
             status=2
             ;;
     esac

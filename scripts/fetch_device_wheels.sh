@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Download into .whl/ (git-ignored) the wheels the GPU machine lacks (CPython 3.12, x86-64):
 # the server's (fastapi, uvicorn, pydantic, pyjwt, cryptography), gguf, obstore, moto's S3 server
-# with boto3 (bench_s3.py) and Run:ai Model Streamer with its S3 package (the baselines).
+# with boto3 (bench_s3.py), Run:ai Model Streamer with its S3 package (the baselines) and py-spy
+# (bench_serve.py --py-spy).
 # scripts/device_run.sh installs them there; carry ".whl" in the device call. ~42 MiB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,7 @@ PACKAGES=(
     werkzeug==3.1.8 flask==3.1.3 flask_cors==6.0.2 blinker==1.9.0 click==8.5.1
     itsdangerous==2.2.0 xmltodict==1.0.4 responses==0.26.0 python_dateutil==2.9.0.post0
     six==1.17.0 humanize==4.17.0 runai_model_streamer==0.16.1 runai_model_streamer_s3==0.16.1
+    py_spy==0.4.3
 )
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
