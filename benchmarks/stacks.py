@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 _LINE = re.compile(r"^(?P<stack>.*) (?P<count>\d+)$")
-_PROCESS = re.compile(r'^process (?P<pid>\d+):"(?P<cmd>[^"]*)"$')
+_PROCESS = re.compile(r'^process (?P<pid>\d+):"(?P<cmd>.*)"$', re.DOTALL)
 
 
 def _short(frame: str) -> str:
@@ -23,17 +23,32 @@ def _short(frame: str) -> str:
     return f"{name} ({where.rsplit(':', 1)[0].rsplit('/', 1)[-1]})" if where else name
 
 
+def _join_markers(parts: list[str]) -> list[str]:
+    """Rejoin a process marker whose quoted command line held ';' (the frame separator)."""
+    frames: list[str] = []
+    for part in parts:
+        if frames and frames[-1].startswith("process ") and not _PROCESS.match(frames[-1]):
+            frames[-1] += ";" + part
+        else:
+            frames.append(part)
+    return frames
+
+
 def summarize(text: str, top: int) -> str:
     per_process: dict[str, list[tuple[list[str], int]]] = defaultdict(list)
     for line in text.splitlines():
         m = _LINE.match(line.strip())
         if not m:
             continue
-        frames = m["stack"].split(";")
+        frames = _join_markers(m["stack"].split(";"))
         process = "?"
-        if frames and (p := _PROCESS.match(frames[0])):
+        # --subprocesses nests a child's stacks under its parent's marker: the last one is it.
+        marks = [i for i, f in enumerate(frames) if _PROCESS.match(f)]
+        if marks:
+            p = _PROCESS.match(frames[marks[-1]])
+            assert p is not None
             process = f"pid {p['pid']} {p['cmd'][-70:]}"
-            frames = frames[1:]
+            frames = frames[marks[-1] + 1 :]
         per_process[process].append(([_short(f) for f in frames], int(m["count"])))
     out: list[str] = []
     for process, stacks in sorted(per_process.items(), key=lambda kv: -sum(c for _, c in kv[1])):

@@ -31,10 +31,10 @@ class RequestState:
     sent_logprobs: int = 0
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    max_stop_len: int = field(init=False)  # read per token: computed once
 
-    @property
-    def max_stop_len(self) -> int:
-        return max((len(s) for s in self.params.stop), default=0)
+    def __post_init__(self) -> None:
+        self.max_stop_len = max((len(s) for s in self.params.stop), default=0)
 
 
 class OutputProcessor:
