@@ -368,14 +368,16 @@ class ServeConfig:
         "takes true/false)",
         _bool,
     )
-    async_scheduling: bool = _opt(
-        True,
+    async_scheduling: bool | None = _opt(
+        None,
         "--async-scheduling",
         "EMBER_ASYNC_SCHEDULING",
         "schedule and launch each step before the previous one's tokens reach the CPU, hiding "
-        "host time behind the GPU (on by default; --no-async-scheduling or the variable set "
-        "to false runs steps one after another)",
+        "host time behind the GPU (by default on CUDA only: on the CPU a step launched ahead is "
+        "a step computed ahead, which only delays each token; --no-async-scheduling or the "
+        "variable set to false runs steps one after another)",
         _bool,
+        shown="on for CUDA",
     )
     api_key: tuple[str, ...] = _opt(
         (),

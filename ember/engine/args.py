@@ -35,8 +35,9 @@ class EngineArgs:
     # (and the largest), the rest while idle or when a batch first needs one (graph_capture.py).
     capture_all_graphs: bool = False
     # Launch step N+1 before step N's tokens reach the CPU (see pipeline.py). On the H200 it
-    # beats one-step-at-a-time at batch 1, 64 and 256 (docs/benchmarks.md, 2026-12-03).
-    async_scheduling: bool = True
+    # beats one-step-at-a-time at batch 1, 64 and 256 (docs/benchmarks.md, 2026-12-03). None:
+    # on CUDA only (on the CPU, launching a step ahead computes it, so it only adds latency).
+    async_scheduling: bool | None = None
     # Where the weights stream from when that is not `model`: the URI whose small files `model`
     # holds (set by resolved(), or by a caller that fetched them itself).
     weights: str | None = None

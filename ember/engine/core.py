@@ -140,7 +140,10 @@ class EngineCore:
         self.consecutive_ooms = 0
         self._oom_capped = False  # the scheduler's limits are lowered after an OOM
         self._ok_steps = 0  # good steps since the last OOM or relaxation
-        self.pipeline = StepPipeline(self) if args.async_scheduling else None
+        pipelined = args.async_scheduling
+        if pipelined is None:
+            pipelined = self.device.type == "cuda"
+        self.pipeline = StepPipeline(self) if pipelined else None
         log.info("engine start-up: %s", self.startup.summary())
         log.info(
             "engine ready: %s on %s (%s), max_model_len=%d, kv blocks=%d x %d tokens",

@@ -54,7 +54,7 @@ class LLM:
         gpu_memory_utilization: float = 0.9,
         load_format: str = "auto",
         enforce_eager: bool = False,
-        async_scheduling: bool = True,
+        async_scheduling: bool | None = None,
         capture_all_graphs: bool = False,
     ) -> None:
         args = EngineArgs(

@@ -207,9 +207,9 @@ def test_a_batch_that_wants_a_graph_drains_the_pipeline_for_its_capture(
     step with nothing in flight, so the pipeline ends there instead of padding every step of
     a batch that never drains. The tokens are unchanged."""
     params = [SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)] * len(PROMPTS)
-    llm = LLM(str(tiny_dir), dtype="float32", device="cpu", max_num_seqs=8)
+    llm = LLM(str(tiny_dir), dtype="float32", device="cpu", max_num_seqs=8, async_scheduling=True)
     core = llm.engine.core
-    assert core.pipeline is not None  # async scheduling is the default
+    assert core.pipeline is not None
     looks = 0
     wanted = False  # as GraphFamily.wanted: set by a padded batch, cleared by its capture
     drained_at_want: list[bool] = []
@@ -238,3 +238,13 @@ def test_a_batch_that_wants_a_graph_drains_the_pipeline_for_its_capture(
     assert drained_at_want == [True]
     # Captured once, mid-run (requests still unfinished), with no step in flight.
     assert captures == [(True, True)]
+
+
+def test_on_by_default_for_cuda_only(tiny_dir: Path) -> None:
+    """On the CPU a step launched ahead is computed ahead: it would only delay each token."""
+    llm = LLM(str(tiny_dir), dtype="float32", device="cpu", max_num_seqs=2)
+    assert llm.engine.core.pipeline is None
+    forced = LLM(
+        str(tiny_dir), dtype="float32", device="cpu", max_num_seqs=2, async_scheduling=True
+    )
+    assert forced.engine.core.pipeline is not None
