@@ -223,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if expects_cuda(config.device):
             from ember.engine.core_client import prespawn_core
 
-            prespawn_core()  # the core imports torch while this process imports the server
+            prespawn_core(config.device)  # it imports torch while this process imports the server
         from ember.server.app import serve
 
         return serve(config)

@@ -173,9 +173,18 @@ class _ConnInbox:
         return msgs
 
 
-def _core_process_waiting(inbox: Connection, outbox: Connection) -> None:
-    """A prespawned core: import the engine now, then load the model the API side sends."""
-    import ember.engine.core  # noqa: F401  (torch loads here)
+def _core_process_waiting(device: str, inbox: Connection, outbox: Connection) -> None:
+    """A prespawned core: import the engine now, then load the model the API side sends. The
+    weight loader's ring slots are pinned on a thread meanwhile (prepin.py)."""
+    import torch  # noqa: F401
+
+    from ember.loader import prepin
+    from ember.loader.source import Source
+    from ember.loader.streamer import StreamOptions
+
+    # The ring of a default load: a reader per unit of the source's concurrency, plus 4.
+    prepin.start(device, Source.concurrency + 4, StreamOptions().chunk_bytes)
+    import ember.engine.core  # noqa: F401
 
     _import_triton_kernels()
 
@@ -242,13 +251,13 @@ def _spawn(target: Callable[..., None], *args: Any) -> _CoreProcess:
     return _CoreProcess(process, to_core, from_core)
 
 
-def prespawn_core() -> None:
+def prespawn_core(device: str = "auto") -> None:
     """Start the engine core's process now, before the model is known: it imports torch (and
     Triton) while this process imports the server, and the next MPCoreClient takes it over.
     `ember serve` calls this first thing on CUDA, so the two imports overlap."""
     global _prespawned
     if _prespawned is None:
-        _prespawned = _spawn(_core_process_waiting)
+        _prespawned = _spawn(_core_process_waiting, device)
 
 
 def _take_prespawned() -> _CoreProcess | None:

@@ -15,6 +15,7 @@ import torch
 from ember.engine.args import EngineArgs
 from ember.engine.messages import StartupTimes
 from ember.errors import InvalidRequestError
+from ember.loader import prepin
 from ember.models.base import CausalLM
 from ember.models.dummy import dummy_model
 from ember.models.loader import load_model
@@ -47,6 +48,19 @@ def load_weights(
     """The model with its weights: streamed from args.weights (a URI) or model_dir, written
     through to the cache when args say so; random ones for load_format 'dummy'."""
     report_phase(args, "weights")
+    try:
+        return _load(args, model_dir, dtype, device, startup)
+    finally:
+        prepin.release()  # slots pinned ahead and not used: back to torch's pinned cache
+
+
+def _load(
+    args: EngineArgs,
+    model_dir: Path,
+    dtype: torch.dtype,
+    device: torch.device,
+    startup: StartupTimes,
+) -> CausalLM:
     if args.load_format == "dummy":
         return dummy_model(model_dir, dtype, device, args.seed)
     if args.load_format != "auto":

@@ -5,14 +5,16 @@ carries an event recorded after its last copy, and a reader waits on that event 
 the slot. On the CPU the slots are plain memory and copies finish before a slot is handed back.
 
 Slots are allocated by the reader that first uses them: pinning costs ~1 ms per MiB, and this
-way it is spread over the readers and overlaps the first reads instead of delaying them all.
+way it is spread over the readers and overlaps the first reads instead of delaying them all. On
+CUDA a slot pinned ahead (prepin.py) is taken first.
 """
 
 from __future__ import annotations
 
 import torch
 
-ALIGNMENT = 4096  # bytes; slots start page-aligned so O_DIRECT can read into them
+from ember.loader import prepin
+from ember.loader.prepin import ALIGNMENT, page_aligned
 
 
 class HostRing:
@@ -54,13 +56,10 @@ class HostRing:
             self._events[slot].record(stream)
 
     def _allocate(self) -> torch.Tensor:
-        # Pinned blocks come page-aligned; plain CPU memory may not, and is then padded.
-        if self.cuda:
-            with torch.cuda.device(self.device):
-                raw = torch.empty(self.slot_bytes, dtype=torch.uint8, pin_memory=True)
-        else:
-            raw = torch.empty(self.slot_bytes, dtype=torch.uint8)
-        if raw.data_ptr() % ALIGNMENT:
-            raw = torch.empty(self.slot_bytes + ALIGNMENT, dtype=torch.uint8, pin_memory=self.cuda)
-        skip = -raw.data_ptr() % ALIGNMENT
-        return raw[skip : skip + self.slot_bytes]
+        if not self.cuda:
+            return page_aligned(self.slot_bytes, pinned=False)
+        ready = prepin.take(self.slot_bytes)
+        if ready is not None:
+            return ready
+        with torch.cuda.device(self.device):
+            return page_aligned(self.slot_bytes, pinned=True)
