@@ -7,6 +7,7 @@ outputs are plain records so that it can move to a process of its own.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,7 +108,8 @@ class EngineCore:
         t0 = time.monotonic()
         # The profiling run's first pass pays for loading Triton's kernels and cuBLAS's first
         # calls; made beside the load, the measured run after it is the fast second pass.
-        warm = self._warm_kernels if use_triton(self.device) else None
+        beside = os.environ.get("EMBER_WARM_BESIDE_LOAD", "1") != "0"  # to measure both ways
+        warm = self._warm_kernels if beside and use_triton(self.device) else None
         self.model = load_weights(args, model_dir, self.dtype, self.device, self.startup, warm)
         self.load_weights_s = self.startup.load_weights_s = time.monotonic() - t0
         report_phase(args, "kv_cache")
