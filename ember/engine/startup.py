@@ -8,6 +8,7 @@ in StartupTimes, which the core hands to the API side with its CoreInfo.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -44,9 +45,11 @@ def load_weights(
     dtype: torch.dtype,
     device: torch.device,
     startup: StartupTimes,
+    alongside: Callable[[CausalLM], None] | None = None,
 ) -> CausalLM:
     """The model with its weights: streamed from args.weights (a URI) or model_dir, written
-    through to the cache when args say so; random ones for load_format 'dummy'."""
+    through to the cache when args say so; random ones for load_format 'dummy'. `alongside`
+    runs on a thread while real weights stream (load_model)."""
     report_phase(args, "weights")
     try:
         return _load(args, model_dir, dtype, device, startup)
@@ -73,5 +76,10 @@ def _load(
         report_phase(args, "weights", done, total)
 
     return load_model(
-        args.weights or model_dir, dtype, device, progress, cache_dir=args.weights_cache_dir
+        args.weights or model_dir,
+        dtype,
+        device,
+        progress,
+        cache_dir=args.weights_cache_dir,
+        alongside=alongside,
     )

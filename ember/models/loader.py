@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
@@ -89,6 +90,29 @@ def load_config(model: str | Path | Source) -> ModelConfig:
     return ModelConfig.from_dict(raw, source=where)
 
 
+class _Alongside:
+    """A function of the model run on a thread beside the load; its exception is kept."""
+
+    def __init__(self, fn: Callable[[CausalLM], None], model: CausalLM) -> None:
+        self.error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                fn(model)
+            except BaseException as e:
+                self.error = e
+
+        self.thread = threading.Thread(target=run, name="ember-alongside-load", daemon=True)
+        self.thread.start()
+
+    def join(self) -> None:
+        self.thread.join()
+
+    def raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
 def load_model(
     model_dir: str | Path | Source,
     dtype: torch.dtype,
@@ -97,6 +121,7 @@ def load_model(
     *,
     cache_dir: str | Path | None = None,
     options: StreamOptions | None = None,
+    alongside: Callable[[CausalLM], None] | None = None,
 ) -> CausalLM:
     """Build the model of `model_dir` on `device` in `dtype`, stream its safetensors weights into
     the parameters in place and return it in eval mode.
@@ -106,6 +131,10 @@ def load_model(
     is called as weights arrive. With `cache_dir`, a remote model is written through to a local
     copy there and read from it next time. Raises ModelLoadError for anything the user must fix;
     nothing half-loaded is returned.
+
+    `alongside(model)` runs on a thread while the weights stream, once the parameters exist
+    (their values are not final until the load returns): the engine warms its kernels there.
+    It is joined before this returns, and what it raised is raised after a good load.
     """
     owned = not isinstance(model_dir, Source)
     source = model_dir if isinstance(model_dir, Source) else resolve_source(model_dir, cache_dir)
@@ -117,12 +146,19 @@ def load_model(
         # Parameters are allocated once, uninitialised, directly on the device in the final dtype.
         with _default_dtype(dtype), torch.device(device):
             model = model_class(config)
+        helper = _Alongside(alongside, model) if alongside is not None else None
         rename = getattr(model, "checkpoint_name", None)
-        with closing(streamer.stream(in_place(checkpoint_slots(model), rename))) as weights:
-            model.load_weights(weights)
+        try:
+            with closing(streamer.stream(in_place(checkpoint_slots(model), rename))) as weights:
+                model.load_weights(weights)
+        finally:
+            if helper is not None:
+                helper.join()  # joined even when the load fails: nothing outlives the call
     finally:
         if owned:
             source.close()
+    if helper is not None:
+        helper.raise_if_failed()
     stats = streamer.stats
     log.info(
         "weights: %.2f GB in %d files from %s in %.2f s (%.2f GB/s)",

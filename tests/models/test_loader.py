@@ -173,3 +173,48 @@ def test_resolve_dtype(saved: Path) -> None:
     assert resolve_dtype("auto", config, cuda) == torch.bfloat16
     with pytest.raises(ModelLoadError, match="dtype 'int8' is not supported"):
         resolve_dtype("int8", config, CPU)
+
+
+def test_a_function_runs_beside_the_load_on_the_allocated_model(saved: Path) -> None:
+    """`alongside` sees the model being loaded (its parameters allocated) on another thread,
+    and has finished by the time load_model returns the loaded weights."""
+    import threading
+
+    seen: list[tuple[object, str, int]] = []
+
+    def beside(model: torch.nn.Module) -> None:
+        params = sum(p.numel() for p in model.parameters())
+        seen.append((model, threading.current_thread().name, params))
+
+    model = load_model(saved, torch.float32, CPU, alongside=beside)
+    assert len(seen) == 1
+    assert seen[0][0] is model and seen[0][1] != threading.current_thread().name
+    assert seen[0][2] == sum(p.numel() for p in model.parameters())
+    expected = load_file(str(saved / "model.safetensors"))["model.embed_tokens.weight"]
+    assert torch.equal(model.state_dict()["model.embed_tokens.weight"], expected)
+
+
+def test_what_runs_beside_the_load_is_joined_and_its_error_raised(
+    saved: Path, model_dir: Path
+) -> None:
+    import threading
+
+    done = threading.Event()
+
+    def fails(model: torch.nn.Module) -> None:
+        done.set()
+        raise RuntimeError("kernel warm-up failed")
+
+    with pytest.raises(RuntimeError, match="kernel warm-up failed"):
+        load_model(saved, torch.float32, CPU, alongside=fails)
+    # A failing load still waits for it, and raises the load's own error.
+    _edit_weights(model_dir, {"model.layers.1.self_attn.k_proj.weight": None})
+    finished: list[bool] = []
+
+    def slow(model: torch.nn.Module) -> None:
+        done.wait(timeout=5)
+        finished.append(True)
+
+    with pytest.raises(ModelLoadError, match="missing tensor"):
+        load_model(model_dir, torch.float32, CPU, alongside=slow)
+    assert finished == [True]
