@@ -52,7 +52,7 @@ def load_weights(
     runs on a thread while real weights stream (load_model)."""
     report_phase(args, "weights")
     try:
-        return _load(args, model_dir, dtype, device, startup)
+        return _load(args, model_dir, dtype, device, startup, alongside)
     finally:
         prepin.release()  # slots pinned ahead and not used: back to torch's pinned cache
 
@@ -63,6 +63,7 @@ def _load(
     dtype: torch.dtype,
     device: torch.device,
     startup: StartupTimes,
+    alongside: Callable[[CausalLM], None] | None,
 ) -> CausalLM:
     if args.load_format == "dummy":
         return dummy_model(model_dir, dtype, device, args.seed)

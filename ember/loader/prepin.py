@@ -7,6 +7,9 @@ engine core's process before it knows the model; that process calls `start()` as
 imported, and a background thread pins the slots (torch releases the GIL while it allocates)
 while the main thread imports the engine and its Triton kernels. The loader's ring then `take()`s
 the slots that are ready and pins any others itself, as before.
+
+Opt-in with EMBER_PREPIN=1 until it has been measured on a GPU (bench_serve.py --real-weights
+--start-only, with and without).
 """
 
 from __future__ import annotations
@@ -97,7 +100,7 @@ def start(device: str, count: int, nbytes: int) -> None:
     CUDA context on the way, which the engine would do next anyway)."""
     if not device.startswith("cuda") and device != "auto":
         return
-    if os.environ.get("EMBER_PREPIN", "1") == "0":  # for measuring with and without
+    if os.environ.get("EMBER_PREPIN", "0") != "1":  # opt-in until measured on a GPU
         return
     if not torch.cuda.is_available():
         return

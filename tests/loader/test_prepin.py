@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 import torch
 
 from ember.loader import prepin
@@ -68,7 +69,8 @@ def test_a_failing_allocation_leaves_the_pool_empty_not_broken() -> None:
     assert pool.take(MiB) is None and pool.count == 0
 
 
-def test_nothing_is_pinned_for_the_cpu_or_without_cuda() -> None:
+def test_nothing_is_pinned_for_the_cpu_or_without_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMBER_PREPIN", "1")
     prepin.start("cpu", 4, MiB)
     if not torch.cuda.is_available():
         prepin.start("cuda", 4, MiB)
