@@ -98,6 +98,14 @@ def main() -> None:
         help="sample as Ollama's defaults do (temperature 0.8, top_k 40, top_p 0.9), not greedily",
     )
     ap.add_argument(
+        "--start-env",
+        action="append",
+        metavar="SPEC",
+        help="environment of a start: space-separated VAR=VALUE (or 'base' for none); "
+        "repeatable, starts take them in turn (e.g. --starts 6 --start-env base "
+        "--start-env EMBER_PREPIN=1: the first start also compiles Triton's kernels)",
+    )
+    ap.add_argument(
         "--py-spy",
         metavar="FILE",
         help="sample the server's processes with py-spy (raw stacks to FILE) during the run at "
@@ -114,12 +122,22 @@ def main() -> None:
             config = json.loads((model_dir / "config.json").read_text())
             nbytes = write_model(model_dir, config, shards=4, device=torch.device("cuda"))
             print(f"wrote {nbytes / 1e9:.2f} GB of safetensors", flush=True)
+        specs = args.start_env or ["base"]
         for start in range(1, args.starts + 1):
             last = start == args.starts
-            serve(args, model_dir, benchmark=last and not args.start_only, label=f"start {start}")
+            spec = specs[(start - 1) % len(specs)]
+            env = dict(kv.split("=", 1) for kv in spec.split() if kv != "base")
+            label = f"start {start}" + (f" [{spec}]" if args.start_env else "")
+            serve(args, model_dir, benchmark=last and not args.start_only, label=label, env=env)
 
 
-def serve(args: argparse.Namespace, model_dir: Path, benchmark: bool, label: str) -> None:
+def serve(
+    args: argparse.Namespace,
+    model_dir: Path,
+    benchmark: bool,
+    label: str,
+    env: dict[str, str] | None = None,
+) -> None:
     from ember.bench import BenchConfig, format_result, run_benchmark
 
     port = free_port()
@@ -135,7 +153,7 @@ def serve(args: argparse.Namespace, model_dir: Path, benchmark: bool, label: str
         *(["--capture-all-graphs"] if args.capture_all_graphs else []),
     ]  # fmt: skip
     t_start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
     try:
         t_ready = wait_ready(url, proc, timeout=300)
         t_first = first_token(url, args.shape)

@@ -16,6 +16,8 @@
 #   bash scripts/device_run.sh sampled          # HTTP with Ollama's default sampling (~4 min)
 #   bash scripts/device_run.sh spy              # HTTP at 256 with every graph up front, the
 #                                               # server's processes sampled by py-spy (~2 min)
+#   bash scripts/device_run.sh startexp         # start -> first token, with and without the
+#                                               # opt-in start-up experiments, in turn (~4 min)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/ember-out}
@@ -66,13 +68,18 @@ for stage in "$@"; do
             done
             ;;
         sampled) run sampled 240 python3 benchmarks/bench_serve.py --ollama-sampling ;;
+        startexp)
+            run startexp 400 python3 benchmarks/bench_serve.py --real-weights --starts 9 \
+                --start-only --start-env base --start-env EMBER_PREPIN=1 \
+                --start-env "EMBER_PREPIN=1 EMBER_WARM_BESIDE_LOAD=1"
+            ;;
         spy)
             run spy 240 python3 benchmarks/bench_serve.py --capture-all-graphs \
                 --py-spy "$OUT/serve-stacks.txt"
             run spy-summary 60 python3 benchmarks/stacks.py "$OUT/serve-stacks.txt" --top 30
             ;;
         *)
-            echo "unknown stage '$stage': check shapes engine serve start load s3 async syncs sampled spy"
+            echo "unknown stage '$stage': check shapes engine serve start load s3 async syncs sampled spy startexp"
             status=2
             ;;
     esac
