@@ -178,7 +178,9 @@ def serve(
                 max_concurrency=concurrency,
                 ignore_eos=True,
                 tokenizer=str(model_dir),
-                **({"temperature": 0.8, "top_k": 40, "top_p": 0.9} if args.ollama_sampling else {}),
+                temperature=0.8 if args.ollama_sampling else 0.0,
+                top_k=40 if args.ollama_sampling else None,
+                top_p=0.9 if args.ollama_sampling else None,
                 progress=False,
             )
             spy = start_py_spy(args.py_spy, proc.pid) if args.py_spy and concurrency > 1 else None
