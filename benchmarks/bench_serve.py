@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,27 +26,7 @@ import urllib.request
 from pathlib import Path
 
 from benchmarks.common import SHAPES, dummy_model_dir
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float) -> float:
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < timeout:
-        if proc.poll() is not None:
-            raise SystemExit(f"ember serve exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=1) as r:
-                if r.status == 200:
-                    return time.perf_counter()
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise SystemExit("ember serve did not become ready in time")
+from benchmarks.http_server import free_port, wait_ready
 
 
 def startup_phases(url: str) -> str:
