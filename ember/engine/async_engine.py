@@ -30,8 +30,8 @@ from ember.engine.messages import EngineStats
 from ember.engine.output_processor import OutputProcessor
 from ember.engine.request import Request, build_request
 from ember.errors import InvalidRequestError
-from ember.outputs import RequestOutput
-from ember.sampling_params import SamplingParams
+from ember.outputs import CompletionOutput, RequestOutput
+from ember.sampling_params import OutputKind, SamplingParams
 from ember.tokenizer import Tokenizer
 
 __all__ = ["AsyncEngine", "EngineDeadError"]
@@ -101,13 +101,25 @@ class AsyncEngine:
             self._streams[rid] = _Stream(asyncio.get_running_loop(), queue)
             self._processor.add(rid, prompt, req.prompt_token_ids, req.params, req.arrival_time)
         self.client.add([req])
+        delta = req.params.output_kind == OutputKind.DELTA
         finished = False
+        held: RequestOutput | BaseException | None = None
         try:
             while True:
-                item = await queue.get()
+                item = held if held is not None else await queue.get()
+                held = None
                 if isinstance(item, BaseException):
                     finished = True
                     raise item
+                # A consumer behind the engine finds several steps queued: one output for all
+                # of them (as the text would have come in one larger piece), not one each.
+                while delta and not item.finished and not queue.empty():
+                    nxt = queue.get_nowait()
+                    merged = None if isinstance(nxt, BaseException) else merge_deltas(item, nxt)
+                    if merged is None:
+                        held = nxt
+                        break
+                    item = merged
                 finished = item.finished
                 yield item
                 if finished:
@@ -168,6 +180,28 @@ class AsyncEngine:
                 ids = list(self._streams)
             for rid in ids:
                 self._deliver(EngineDeadError(f"the engine failed: {e}"), last=True, rid=rid)
+
+
+def merge_deltas(first: RequestOutput, then: RequestOutput) -> RequestOutput | None:
+    """Two consecutive DELTA outputs of one request as one, or None where they do not merge
+    (several sequences per request)."""
+    if len(first.outputs) != 1 or len(then.outputs) != 1:
+        return None
+    a, b = first.outputs[0], then.outputs[0]
+    if a.index != b.index:
+        return None
+    logprobs = None
+    if a.logprobs is not None or b.logprobs is not None:
+        logprobs = (a.logprobs or []) + (b.logprobs or [])
+    out = CompletionOutput(
+        b.index,
+        a.text + b.text,
+        a.token_ids + b.token_ids,
+        b.finish_reason,
+        b.stop_reason,
+        logprobs,
+    )
+    return replace(then, outputs=[out])
 
 
 def _put_all(batch: list[tuple[asyncio.Queue[Any], Any]]) -> None:
