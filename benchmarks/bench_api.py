@@ -14,7 +14,6 @@ tokenizer's vocabulary, so detokenization does real work.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import random
 import subprocess
@@ -23,7 +22,7 @@ import threading
 import time
 from typing import Any
 
-from benchmarks.http_server import free_port, wait_ready
+from benchmarks.http_server import free_port, run_bench, wait_ready
 
 MAIN = "benchmarks.bench_api"
 
@@ -36,7 +35,6 @@ class FakeCore:
         from ember.tokenizer import Tokenizer
 
         vocab = Tokenizer.from_dir(args.model).vocab_size
-        self.vocab = vocab
         self.info = CoreInfo(
             max_model_len=args.max_model_len or 4096,
             vocab_size=vocab,
@@ -120,7 +118,7 @@ def serve_with_fake_core(port: int, step_s: float) -> None:
 
 
 def run(args: argparse.Namespace, step_ms: float) -> None:
-    from ember.bench import BenchConfig, format_result, run_benchmark
+    from ember.bench import BenchConfig, format_result
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -140,9 +138,7 @@ def run(args: argparse.Namespace, step_ms: float) -> None:
             progress=False,
         )
         server_cpu0 = _cpu_seconds(proc.pid)
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        result = asyncio.run(run_benchmark(config))
-        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        result, cpu, wall = run_bench(config)
         server_cpu = _cpu_seconds(proc.pid) - server_cpu0
         print(f"--- fake core, step {step_ms:g} ms, {args.concurrency} streams, {args.endpoint}")
         print(format_result(result), flush=True)

@@ -15,7 +15,6 @@ first may pay Triton's compiles; later ones find its cache).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import subprocess
@@ -26,7 +25,7 @@ import urllib.request
 from pathlib import Path
 
 from benchmarks.common import SHAPES, dummy_model_dir
-from benchmarks.http_server import free_port, wait_ready
+from benchmarks.http_server import free_port, run_bench, wait_ready
 
 
 def startup_phases(url: str) -> str:
@@ -117,7 +116,7 @@ def serve(
     label: str,
     env: dict[str, str] | None = None,
 ) -> None:
-    from ember.bench import BenchConfig, format_result, run_benchmark
+    from ember.bench import BenchConfig, format_result
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -163,9 +162,7 @@ def serve(
                 progress=False,
             )
             spy = start_py_spy(args.py_spy, proc.pid) if args.py_spy and concurrency > 1 else None
-            cpu0, wall0 = time.process_time(), time.perf_counter()
-            result = asyncio.run(run_benchmark(config))
-            cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+            result, cpu, wall = run_bench(config)
             print(format_result(result), flush=True)
             print(
                 f"benchmark client: {cpu:.1f} s of CPU in {wall:.1f} s ({cpu / wall:.0%} of a core)"

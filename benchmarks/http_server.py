@@ -1,12 +1,18 @@
-"""Starting `ember serve` for a benchmark: a free loopback port and waiting for /health (no torch
-imported here, so a server process that imports this stays as light as the real one)."""
+"""Starting `ember serve` for a benchmark and driving it: a free loopback port, waiting for
+/health, and `ember bench` timed with its own CPU use (no torch imported here, so a server process
+that imports this stays as light as the real one)."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import time
 import urllib.request
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ember.bench import BenchConfig, BenchResult
 
 
 def free_port() -> int:
@@ -29,3 +35,13 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float) -> float
             pass
         time.sleep(0.05)
     raise SystemExit("ember serve did not become ready in time")
+
+
+def run_bench(config: BenchConfig) -> tuple[BenchResult, float, float]:
+    """`ember bench` in this process: its result, then the CPU seconds this process (the
+    client) used and the wall seconds it took."""
+    from ember.bench import run_benchmark
+
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    result = asyncio.run(run_benchmark(config))
+    return result, time.process_time() - cpu0, time.perf_counter() - wall0

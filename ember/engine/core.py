@@ -252,7 +252,7 @@ class EngineCore:
     def _profile_run(self, model: CausalLM | None = None) -> None:
         """One forward pass over max_num_batched_tokens prompt tokens against a one-block cache:
         writes are skipped (slot -1) and reads see block 0, so it touches no real cache."""
-        model = model or self.model
+        model = self.model if model is None else model
         c = self.model_config
         tokens = self.args.max_num_batched_tokens
         num_seqs = max(1, min(self.args.max_num_seqs, tokens // 256 or 1))
