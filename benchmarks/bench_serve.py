@@ -6,7 +6,9 @@ Random weights of a real shape and a word-level tokenizer over the whole vocabul
 token streams as text. By default the weights are made on the GPU (--load-format dummy);
 --real-weights writes them as safetensors shards first and serves those (the first start reads
 them from the page cache the writing left warm). --starts N starts the server N times (the
-first may pay Triton's compiles; later ones find its cache).
+first may pay Triton's compiles; later ones find its cache); --cold evicts the weight files from
+the page cache before each start. EMBER_STARTUP_TRACE=1 in a --start-env prints each start's
+timeline (ember/startup_trace.py).
 
     python benchmarks/bench_serve.py --shape llama-3.1-8b
     python benchmarks/bench_serve.py --real-weights --starts 2 --start-only
@@ -59,6 +61,12 @@ def main() -> None:
     ap.add_argument("--starts", type=int, default=1, help="times to start the server")
     ap.add_argument("--start-only", action="store_true", help="measure start-up alone")
     ap.add_argument(
+        "--cold",
+        action="store_true",
+        help="with --real-weights: evict the weight files from the page cache before each start "
+        "(fadvise DONTNEED; Python's and torch's libraries stay cached)",
+    )
+    ap.add_argument(
         "--no-async-scheduling",
         dest="async_scheduling",
         action="store_false",
@@ -106,7 +114,20 @@ def main() -> None:
             spec = specs[(start - 1) % len(specs)]
             env = dict(kv.split("=", 1) for kv in spec.split() if kv != "base")
             label = f"start {start}" + (f" [{spec}]" if args.start_env else "")
+            if args.cold and args.real_weights:
+                label += f" (cold weights: {evict_weights(model_dir):.0%} cached)"
             serve(args, model_dir, benchmark=last and not args.start_only, label=label, env=env)
+
+
+def evict_weights(model_dir: Path) -> float:
+    """Drop the model's safetensors files from the page cache; the share still cached."""
+    from benchmarks.bench_load import cached_share
+    from ember.loader.pagecache import evict
+
+    paths = sorted(model_dir.glob("*.safetensors"))
+    for path in paths:
+        evict(str(path))
+    return cached_share(paths)
 
 
 def serve(

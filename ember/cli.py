@@ -217,6 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(2, f"ember: error: {e}\n")
     if args.command == "serve":
         from ember.engine.device_probe import expects_cuda
+        from ember.startup_trace import trace
+
+        trace("arguments parsed")
         from ember.kernel_cache import use_kernel_cache
 
         use_kernel_cache(config.home)
@@ -224,8 +227,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ember.engine.core_client import prespawn_core
 
             prespawn_core(config.device)  # it imports torch while this process imports the server
+            trace("engine core process spawned")
+        from ember.loader.prefetch import prefetch_weights
+
+        if prefetch_weights(config.model):  # a local directory: its weights read ahead now
+            trace("weights' read-ahead started")
         from ember.server.app import serve
 
+        trace("server imported")
         return serve(config)
     if args.command == "run":
         options = {

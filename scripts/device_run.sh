@@ -18,6 +18,9 @@
 #                                               # server's processes sampled by py-spy (~2 min)
 #   bash scripts/device_run.sh startexp         # start -> first token, with and without the
 #                                               # opt-in start-up experiments, in turn (~4 min)
+#   bash scripts/device_run.sh cold             # start -> first token with the weights evicted
+#                                               # from the page cache, without and with their
+#                                               # read-ahead, in turn, traced (~4 min)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/ember-out}
@@ -72,6 +75,11 @@ for stage in "$@"; do
             run startexp 400 python3 benchmarks/bench_serve.py --real-weights --starts 9 \
                 --start-only --start-env base --start-env EMBER_PREPIN=1 \
                 --start-env "EMBER_PREPIN=1 EMBER_WARM_BESIDE_LOAD=1"
+            ;;
+        cold)
+            run cold 400 python3 benchmarks/bench_serve.py --real-weights --starts 7 \
+                --start-only --cold --start-env "EMBER_STARTUP_TRACE=1 EMBER_PREFETCH_WEIGHTS=0" \
+                --start-env EMBER_STARTUP_TRACE=1
             ;;
         spy)
             run spy 240 python3 benchmarks/bench_serve.py --capture-all-graphs \

@@ -43,6 +43,9 @@ class EngineArgs:
     weights: str | None = None
     cache_dir: str | None = None  # remote models' local files; default $EMBER_HOME/cache
     cache_weights: bool = True  # write remote weights through to cache_dir while they stream
+    # The local weights are being read ahead into the page cache (loader/prefetch.py): read
+    # them buffered, not with O_DIRECT, which would go back to the disk for what is cached.
+    weights_prefetched: bool = False
     # In-process only: a callable does not cross to the core's process, whose client forwards
     # the core's progress messages to it instead (core_client.py).
     progress: StartupProgress | None = None

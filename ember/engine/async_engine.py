@@ -32,6 +32,7 @@ from ember.engine.request import Request, build_request
 from ember.errors import InvalidRequestError
 from ember.outputs import CompletionOutput, RequestOutput
 from ember.sampling_params import OutputKind, SamplingParams
+from ember.startup_trace import trace
 from ember.tokenizer import Tokenizer
 
 __all__ = ["AsyncEngine", "EngineDeadError"]
@@ -51,6 +52,7 @@ class AsyncEngine:
         own process; by default it does on CUDA and not on the CPU."""
         t0 = time.monotonic()
         self.tokenizer = Tokenizer.from_dir(args.model)
+        trace("tokenizer loaded")
         if multiprocess is None:
             multiprocess = expects_cuda(args.device)
         self.client: CoreClient = MPCoreClient(args) if multiprocess else InprocCoreClient(args)

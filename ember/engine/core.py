@@ -33,6 +33,7 @@ from ember.models.config import ModelConfig
 from ember.models.loader import resolve_dtype
 from ember.ops import use_triton
 from ember.sampling_params import SamplingParams
+from ember.startup_trace import trace
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +96,13 @@ def resolve_device(name: str) -> torch.device:
 
 class EngineCore:
     def __init__(self, args: EngineArgs) -> None:
+        began_at = time.monotonic()
         args = args.resolved()  # a URI: config and tokenizer files fetched, weights to stream
         self.args = args
-        self.startup = StartupTimes()
+        self.startup = StartupTimes(began_at=began_at)
         self.device = resolve_device(args.device)
         self.startup.cuda_init_s = init_cuda(args, self.device)
+        trace("CUDA initialised")
         model_dir = Path(args.model)
         self.model_config = ModelConfig.from_dir(model_dir)
         self.dtype = resolve_dtype(args.dtype, self.model_config, self.device)
@@ -113,6 +116,7 @@ class EngineCore:
         warm = self._warm_kernels if beside and use_triton(self.device) else None
         self.model = load_weights(args, model_dir, self.dtype, self.device, self.startup, warm)
         self.load_weights_s = self.startup.load_weights_s = time.monotonic() - t0
+        trace("weights loaded")
         report_phase(args, "kv_cache")
         t0 = time.monotonic()
         self.max_model_len = self._resolve_max_model_len()
@@ -122,6 +126,7 @@ class EngineCore:
         self.kv = KVCacheManager(num_blocks, self.block_size, args.enable_prefix_caching)
         self.scheduler = Scheduler(self.kv, args.max_num_seqs, args.max_num_batched_tokens)
         self.startup.kv_cache_s = time.monotonic() - t0
+        trace("KV cache allocated")
         report_phase(args, "graph_capture")
         self.runner = ModelRunner(
             self.model,
@@ -136,7 +141,9 @@ class EngineCore:
         self.graph_capture_s = self.startup.graph_capture_s = self.runner.capture(
             args.capture_all_graphs
         )
+        trace("CUDA graphs captured")
         self.runner.sampler.structured = StructuredDecoding(model_dir, self.model_config.vocab_size)
+        trace("structured decoding ready")
         self.warm_blocks = 0  # prefix blocks loaded from the model's warm_kv/ folder
         if (model_dir / WARM_DIR).is_dir():
             self.warm_blocks = import_warm_kv(self, model_dir / WARM_DIR)
@@ -151,6 +158,7 @@ class EngineCore:
         if pipelined is None:
             pipelined = self.device.type == "cuda"
         self.pipeline = StepPipeline(self) if pipelined else None
+        trace("engine ready")
         log.info("engine start-up: %s", self.startup.summary())
         log.info(
             "engine ready: %s on %s (%s), max_model_len=%d, kv blocks=%d x %d tokens",

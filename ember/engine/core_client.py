@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ember.engine.args import EngineArgs
 from ember.engine.messages import CoreInfo, EngineCoreOutput, EngineStats
 from ember.errors import EmberError, ModelLoadError
+from ember.startup_trace import server_started_at, set_server_started_at, trace
 
 if TYPE_CHECKING:  # the core (and torch) is imported only where it runs
     from ember.engine.core import EngineCore
@@ -123,6 +124,7 @@ class InprocCoreClient:
     def __init__(self, args: EngineArgs) -> None:
         from ember.engine.core import EngineCore
 
+        trace("engine core imported")
         self.core = EngineCore(args)
         self.info = self.core.info
         self._inbox = _QueueInbox()
@@ -176,8 +178,10 @@ class _ConnInbox:
 def _core_process_waiting(device: str, inbox: Connection, outbox: Connection) -> None:
     """A prespawned core: import the engine now, then load the model the API side sends. The
     weight loader's ring slots are pinned on a thread meanwhile (prepin.py)."""
+    trace("core process started")
     import torch  # noqa: F401
 
+    trace("torch imported")
     from ember.loader import prepin
     from ember.loader.source import Source
     from ember.loader.streamer import StreamOptions
@@ -186,12 +190,14 @@ def _core_process_waiting(device: str, inbox: Connection, outbox: Connection) ->
     prepin.start(device, Source.concurrency + 4, StreamOptions().chunk_bytes)
     import ember.engine.core  # noqa: F401
 
+    trace("engine imported")
     _import_triton_kernels()
-
+    trace("Triton kernels imported; waiting for the model")
     try:
         kind, args = inbox.recv()
     except EOFError:
         return
+    trace("model to load received")
     if kind == "load":
         _core_process_main(args, inbox, outbox)
 
@@ -237,12 +243,21 @@ class _CoreProcess:
 _prespawned: _CoreProcess | None = None
 
 
+def _enter(started_at: float, target: Callable[..., None], *args: Any) -> None:
+    """The core process's entry: the server's start time (for start-up traces), then `target`."""
+    set_server_started_at(started_at)
+    target(*args)
+
+
 def _spawn(target: Callable[..., None], *args: Any) -> _CoreProcess:
     ctx = mp.get_context("spawn")
     to_core_r, to_core = ctx.Pipe(duplex=False)
     from_core, from_core_w = ctx.Pipe(duplex=False)
     process = ctx.Process(
-        target=target, args=(*args, to_core_r, from_core_w), name="ember-core", daemon=True
+        target=_enter,
+        args=(server_started_at(), target, *args, to_core_r, from_core_w),
+        name="ember-core",
+        daemon=True,
     )
     process.start()
     # Close our copies of the child's ends, so that its death reads as EOF here.
@@ -277,6 +292,7 @@ class MPCoreClient:
         core = _take_prespawned()
         if core is not None:
             core.to_core.send(("load", args))
+            trace("model sent to the prespawned core")
         else:
             core = _spawn(_core_process_main, args)
         self.process = core.process
@@ -296,6 +312,7 @@ class MPCoreClient:
             name, message = payload
             raise ModelLoadError(f"{message} ({name})")
         self.info: CoreInfo = payload
+        trace("core ready")
         # Sends go through a thread: a pipe that is full while the core is mid-step must never
         # block the caller (the event loop).
         self._sendq: queue.SimpleQueue[Message | None] = queue.SimpleQueue()

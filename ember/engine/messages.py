@@ -20,6 +20,9 @@ class StartupTimes:
     weights_bytes: int = 0  # 0 for --load-format dummy
     kv_cache_s: float = 0.0  # sizing (a profiling forward pass on CUDA) and allocation
     graph_capture_s: float = 0.0
+    # When the core began (time.monotonic(), one clock for both processes): its imports (torch)
+    # are done by then, and the API side counts the wait for them as import time.
+    began_at: float = 0.0
 
     @property
     def weights_gb_per_s(self) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from ember.engine.args import EngineArgs
 from ember.engine.messages import StartupTimes
 from ember.errors import InvalidRequestError
 from ember.loader import prepin
+from ember.loader.local import LocalSource
 from ember.models.base import CausalLM
 from ember.models.dummy import dummy_model
 from ember.models.loader import load_model
@@ -76,6 +78,9 @@ def _load(
         startup.weights_bytes = total
         report_phase(args, "weights", done, total)
 
+    if args.weights is None and args.weights_prefetched:
+        with closing(LocalSource(model_dir, direct=False)) as source:
+            return load_model(source, dtype, device, progress, alongside=alongside)
     return load_model(
         args.weights or model_dir,
         dtype,

@@ -24,6 +24,7 @@ from ember.server.context import ServerContext
 from ember.server.drain import Drain, DrainGuard, DrainingServer
 from ember.server.errors import install_error_handlers
 from ember.server.limits import BodyLimit
+from ember.startup_trace import trace
 
 log = logging.getLogger("ember.server")
 
@@ -48,6 +49,7 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        trace("lifespan: model load started")
         load = asyncio.create_task(ctx.served.load(), name="ember-model-load")
         try:
             yield

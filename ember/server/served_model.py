@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ember.config import ServeConfig
 from ember.errors import InvalidRequestError, ModelLoadError, ModelNotFoundError
+from ember.loader.prefetch import prefetch_weights
 from ember.sampling_params import SamplingParams
+from ember.startup_trace import server_started_at, trace
 
 if TYPE_CHECKING:
     from ember.engine.args import EngineArgs, StartupProgress
@@ -106,7 +106,7 @@ class ServedModel:
         self.default_options: dict[str, Any] = {}  # Ollama-style options from params.json
         self.default_system: str | None = None  # the model's `system` file, as Ollama's SYSTEM
         self.started_at = time.monotonic()
-        self.process_started_at = self.started_at - process_age_s()
+        self.process_started_at = server_started_at()
         self.ready_at: float | None = None
         self.bytes_done = 0  # weight bytes read so far, of bytes_total (0 until known)
         self.bytes_total = 0
@@ -162,6 +162,7 @@ class ServedModel:
             self.phase = "importing the engine"
             startup.imports_s = t0 - self.process_started_at
             startup.imports_s += await asyncio.to_thread(import_engine)
+            trace("engine's API side imported")
             t0 = time.monotonic()
             self.phase = "fetching model files" if is_uri(self.model) else "resolving model"
             store = self.store()
@@ -171,17 +172,25 @@ class ServedModel:
             self.default_options = dict(await asyncio.to_thread(store.params, local))
             self.default_system = await asyncio.to_thread(store.system, local)
             startup.resolve_s = time.monotonic() - t0
+            trace("model resolved")
             self.phase = "loading weights"
             args = engine_args(self.config, local, self.name, store, self._on_progress)
+            if not is_uri(self.model) and prefetch_weights(local.path):
+                args = replace(args, weights_prefetched=True)  # read while the core imports
             if self.gpu_share is not None:
                 args = replace(args, gpu_memory_utilization=gpu_utilization(self.gpu_share, args))
+            resolved_at = time.monotonic()
             engine = await asyncio.to_thread(make_engine, args)
             self.engine = engine
             startup.engine = engine.info.startup
+            # The engine's own imports (torch: seconds) ran meanwhile, in the core's process or
+            # on the CPU in this one; what the core's start waited for them is import time.
+            startup.imports_s += max(0.0, startup.engine.began_at - resolved_at)
             self.phase = "warming up"
             t0 = time.monotonic()
             await _warm_up(engine)
             startup.warmup_s = time.monotonic() - t0
+            trace("warmed up: ready")
             self.status = "ok"
             self.phase = "ready"
             self.ready_at = time.monotonic()
@@ -293,17 +302,6 @@ def gpu_utilization(share: float, args: EngineArgs) -> float:
         return args.gpu_memory_utilization
     free, total = torch.cuda.mem_get_info()
     return min(args.gpu_memory_utilization, (total - free) / total + share)
-
-
-def process_age_s() -> float:
-    """Seconds since this process started (from /proc on Linux; 0 where that is unknown)."""
-    try:
-        stat = Path("/proc/self/stat").read_text()
-        start_ticks = int(stat.rsplit(")", 1)[1].split()[19])
-        uptime_s = float(Path("/proc/uptime").read_text().split()[0])
-        return max(0.0, uptime_s - start_ticks / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
-        return 0.0
 
 
 async def _warm_up(engine: AsyncEngine) -> None:

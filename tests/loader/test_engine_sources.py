@@ -3,6 +3,7 @@ weights stream from the source; start-up progress reaches the caller from the co
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,24 @@ def test_store_resolves_uris_to_their_fetched_files(
 
     local = store.resolve(f"file://{tiny_dir}")
     assert local.path == tiny_dir and local.source is None
+
+
+def test_prefetched_weights_are_read_buffered(
+    tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Weights being read ahead into the page cache are read through it, never with O_DIRECT
+    (which would go back to the disk), and load the same model."""
+    from ember.engine import startup
+    from ember.loader.local import LocalSource
+
+    opened: list[bool | None] = []
+
+    def local_source(root: Path, direct: bool | None = None) -> LocalSource:
+        opened.append(direct)
+        return LocalSource(root, direct=direct)
+
+    monkeypatch.setattr(startup, "LocalSource", local_source)
+    args = EngineArgs(model=str(tiny_dir), device="cpu", dtype="float32")
+    prefetched = completion(replace(args, weights_prefetched=True))
+    assert opened == [False]
+    assert prefetched == completion(args)

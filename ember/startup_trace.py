@@ -1,0 +1,55 @@
+"""A start-up timeline for diagnosis: with EMBER_STARTUP_TRACE=1, each start-up step of the
+server process and of the engine core's process is printed to stderr as seconds since the
+server process started (the clock both share: CLOCK_MONOTONIC, with the start from /proc).
+
+    EMBER_STARTUP_TRACE=1 ember serve ...   # [ember start +1.234 s api] server imported
+
+Torch-free, so that the server's first lines can use it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import time
+from pathlib import Path
+
+_started_at: float | None = None  # the server process's start, on time.monotonic()'s clock
+
+
+def process_age_s() -> float:
+    """Seconds since this process started (from /proc on Linux; 0 where that is unknown)."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        start_ticks = int(stat.rsplit(")", 1)[1].split()[19])
+        uptime_s = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime_s - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def server_started_at() -> float:
+    """When the server process started, on time.monotonic()'s clock (the engine's process is
+    told it: set_server_started_at)."""
+    global _started_at
+    if _started_at is None:
+        _started_at = time.monotonic() - process_age_s()
+    return _started_at
+
+
+def set_server_started_at(t0: float) -> None:
+    global _started_at
+    _started_at = t0
+
+
+def enabled() -> bool:
+    return os.environ.get("EMBER_STARTUP_TRACE", "").lower() in ("1", "true", "yes", "on")
+
+
+def trace(step: str) -> None:
+    """Print `step` with the seconds since the server process started, when tracing is on."""
+    if enabled():
+        at = time.monotonic() - server_started_at()
+        where = "core" if multiprocessing.parent_process() is not None else "api"
+        print(f"[ember start +{at:.3f} s {where}] {step}", file=sys.stderr, flush=True)
