@@ -220,8 +220,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ember.startup_trace import trace
 
         trace("arguments parsed")
+        from ember.bytecode_cache import use_bytecode_cache
         from ember.kernel_cache import use_kernel_cache
 
+        use_bytecode_cache(config.home)  # before the heavy imports, here and in the core's process
         use_kernel_cache(config.home)
         if expects_cuda(config.device):
             from ember.engine.core_client import prespawn_core

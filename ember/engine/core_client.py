@@ -20,6 +20,7 @@ from dataclasses import dataclass, fields, replace
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ember.bytecode_cache import enter_child
 from ember.engine.args import EngineArgs
 from ember.engine.messages import CoreInfo, EngineCoreOutput, EngineStats
 from ember.errors import EmberError, ModelLoadError
@@ -246,6 +247,7 @@ _prespawned: _CoreProcess | None = None
 def _enter(started_at: float, target: Callable[..., None], *args: Any) -> None:
     """The core process's entry: the server's start time (for start-up traces), then `target`."""
     set_server_started_at(started_at)
+    enter_child()
     target(*args)
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import httpx
@@ -50,9 +52,10 @@ def test_context_contents_and_layer_order(tiny_dir: Path, tmp_path: Path) -> Non
     assert steps[1] == ("COPY", "model /models/tiny-llama")  # weights: the first layer
     code = ops.index("RUN")
     assert ops.index("COPY", 2) < code and all(op in ("ENV", "EXPOSE", "ENTRYPOINT", "CMD")
-                                               for op in ops[code + 2 :])  # fmt: skip
+                                               for op in ops[code + 3 :])  # fmt: skip
     assert "pip install" in steps[code][1]
-    assert steps[code + 1] == (
+    assert "compileall" in steps[code + 1][1]
+    assert steps[code + 2] == (
         "RUN",
         "ember warm /models/tiny-llama --prompts /models/tiny-llama.warm_prompts.txt --device cpu",
     )
@@ -60,6 +63,23 @@ def test_context_contents_and_layer_order(tiny_dir: Path, tmp_path: Path) -> Non
         k: json.loads(v) for k, _, v in (rest.partition("=") for op, rest in steps if op == "ENV")
     }
     assert env["EMBER_NUM_PARALLEL"] == "8" and env["PORT"] == "8080"
+
+
+def test_image_packages_get_bytecode(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The build's compile step, as the image's shell would run it, compiles site-packages."""
+    ctx = write_context(tiny_dir, tmp_path / "ctx")
+    steps = instructions((ctx.directory / "Dockerfile").read_text())
+    run = next(rest for op, rest in steps if op == "RUN" and "compileall" in rest)
+    python, flag, code = shlex.split(run)
+    assert (python, flag) == ("python", "-c")
+    site = tmp_path / "site-packages"
+    (site / "pkg").mkdir(parents=True)
+    (site / "pkg" / "mod.py").write_text("X = 1\n")
+    monkeypatch.setattr(sysconfig, "get_paths", lambda: {"purelib": str(site)})
+    exec(code, {})
+    assert [p.name.split(".")[0] for p in site.rglob("*.pyc")] == ["mod"]
 
 
 def test_rejects_what_cannot_work(tiny_dir: Path, tmp_path: Path) -> None:
