@@ -20,6 +20,8 @@ import os
 import sys
 from pathlib import Path
 
+from ember.envflags import env_flag
+
 BYTECODE_CACHE_SUBDIR = "pycache"
 _OURS = "EMBER_BYTECODE_CACHE_DIR"  # set when ember chose the prefix: its processes may write
 
@@ -42,7 +44,7 @@ def use_bytecode_cache(home: Path, probe: str = "torch") -> Path | None:
     """Point the bytecode cache at home/pycache when `probe` ships without bytecode (call it
     before the heavy imports, and before the engine core's process is spawned: it inherits
     the setting). Returns the folder, or None where nothing was changed."""
-    if os.environ.get("EMBER_BYTECODE_CACHE", "1").strip().lower() in ("0", "false", "no", "off"):
+    if not env_flag("EMBER_BYTECODE_CACHE", True):
         return None
     if os.environ.get("PYTHONPYCACHEPREFIX") or sys.pycache_prefix:
         return None  # the user's choice

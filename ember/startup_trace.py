@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from ember.envflags import env_flag
+
 _started_at: float | None = None  # the server process's start, on time.monotonic()'s clock
 
 
@@ -44,7 +46,7 @@ def set_server_started_at(t0: float) -> None:
 
 
 def enabled() -> bool:
-    return os.environ.get("EMBER_STARTUP_TRACE", "").lower() in ("1", "true", "yes", "on")
+    return env_flag("EMBER_STARTUP_TRACE", False)
 
 
 def trace(step: str) -> None:

@@ -16,8 +16,9 @@
 #   bash scripts/device_run.sh sampled          # HTTP with Ollama's default sampling (~4 min)
 #   bash scripts/device_run.sh spy              # HTTP at 256 with every graph up front, the
 #                                               # server's processes sampled by py-spy (~2 min)
-#   bash scripts/device_run.sh startexp         # start -> first token, with and without the
-#                                               # opt-in start-up experiments, in turn (~4 min)
+#   bash scripts/device_run.sh startexp         # start -> first token, traced, with and without
+#                                               # the ring pinned early and the kernels warmed
+#                                               # beside the load, in turn (~3 min)
 #   bash scripts/device_run.sh cold             # start -> first token with the weights evicted
 #                                               # from the page cache, without and with their
 #                                               # read-ahead, in turn, traced (~4 min)
@@ -72,9 +73,9 @@ for stage in "$@"; do
             ;;
         sampled) run sampled 240 python3 benchmarks/bench_serve.py --ollama-sampling ;;
         startexp)
-            run startexp 400 python3 benchmarks/bench_serve.py --real-weights --starts 9 \
-                --start-only --start-env base --start-env EMBER_PREPIN=1 \
-                --start-env "EMBER_PREPIN=1 EMBER_WARM_BESIDE_LOAD=1"
+            run startexp 400 python3 benchmarks/bench_serve.py --real-weights --starts 7 \
+                --start-only --start-env EMBER_STARTUP_TRACE=1 \
+                --start-env "EMBER_STARTUP_TRACE=1 EMBER_PREPIN=0 EMBER_WARM_BESIDE_LOAD=0"
             ;;
         cold)
             run cold 400 python3 benchmarks/bench_serve.py --real-weights --starts 7 \

@@ -7,7 +7,6 @@ outputs are plain records so that it can move to a process of its own.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from ember.engine.scheduler import Scheduler, SchedulerOutput
 from ember.engine.startup import init_cuda, load_weights, report_phase
 from ember.engine.structured import StructuredDecoding
 from ember.engine.warm_kv import WARM_DIR, import_warm_kv
+from ember.envflags import env_flag
 from ember.errors import InvalidRequestError
 from ember.layers.metadata import AttentionMetadata, KVCache
 from ember.models.base import CausalLM
@@ -111,8 +111,10 @@ class EngineCore:
         t0 = time.monotonic()
         # The profiling run's first pass pays for loading Triton's kernels and cuBLAS's first
         # calls; made beside the load, the measured run after it is the fast second pass.
-        # Opt-in (EMBER_WARM_BESIDE_LOAD=1) until measured on a GPU.
-        beside = os.environ.get("EMBER_WARM_BESIDE_LOAD", "0") == "1"
+        # On the H200, torch imported -> KV cache sized took 1.78-2.03 s with it and the ring
+        # pinned early, 2.05-2.19 s without (docs/benchmarks.md, 2026-12-03); the weights phase
+        # itself gets longer, as the kernels' first calls share it. EMBER_WARM_BESIDE_LOAD=0: off.
+        beside = env_flag("EMBER_WARM_BESIDE_LOAD", True)
         warm = self._warm_kernels if beside and use_triton(self.device) else None
         self.model = load_weights(args, model_dir, self.dtype, self.device, self.startup, warm)
         self.load_weights_s = self.startup.load_weights_s = time.monotonic() - t0

@@ -20,6 +20,7 @@ import sys
 import threading
 from pathlib import Path
 
+from ember.envflags import env_flag
 from ember.errors import EmberError
 from ember.loader.files import weight_files
 from ember.loader.local import LocalSource
@@ -38,8 +39,7 @@ _started: dict[str, threading.Thread] = {}
 
 
 def enabled() -> bool:
-    flag = os.environ.get("EMBER_PREFETCH_WEIGHTS", "1").strip().lower()
-    return flag not in ("0", "false", "no", "off") and sys.platform.startswith("linux")
+    return env_flag("EMBER_PREFETCH_WEIGHTS", True) and sys.platform.startswith("linux")
 
 
 def _files(model_dir: Path) -> list[Path]:

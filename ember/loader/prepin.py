@@ -8,19 +8,21 @@ imported, and a background thread pins the slots (torch releases the GIL while i
 while the main thread imports the engine and its Triton kernels. The loader's ring then `take()`s
 the slots that are ready and pins any others itself, as before.
 
-Opt-in with EMBER_PREPIN=1 until it has been measured on a GPU (bench_serve.py --real-weights
---start-only, with and without).
+On by default: on the H200 it takes CUDA's initialisation off the start's path (the cuda_init
+phase 0.15-0.20 s without, 0.00-0.07 s with, in every start measured; docs/benchmarks.md,
+2026-12-03). EMBER_PREPIN=0 turns it off.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 
 import torch
+
+from ember.envflags import env_flag
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +102,7 @@ def start(device: str, count: int, nbytes: int) -> None:
     CUDA context on the way, which the engine would do next anyway)."""
     if not device.startswith("cuda") and device != "auto":
         return
-    if os.environ.get("EMBER_PREPIN", "0") != "1":  # opt-in until measured on a GPU
+    if not env_flag("EMBER_PREPIN", True):
         return
     if not torch.cuda.is_available():
         return

@@ -1,0 +1,19 @@
+"""On/off switches read from the environment (the start-up levers: EMBER_PREFETCH_WEIGHTS,
+EMBER_BYTECODE_CACHE, EMBER_PREPIN, EMBER_WARM_BESIDE_LOAD, EMBER_STARTUP_TRACE). Torch-free."""
+
+from __future__ import annotations
+
+import os
+
+_ON = ("1", "true", "yes", "on")
+_OFF = ("0", "false", "no", "off")
+
+
+def env_flag(name: str, default: bool) -> bool:
+    """`name`'s value as a switch; `default` when it is unset, empty or neither on nor off."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in _ON:
+        return True
+    if value in _OFF:
+        return False
+    return default
