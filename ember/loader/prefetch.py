@@ -75,12 +75,6 @@ def prefetch_weights(model_dir: str | Path) -> bool:
     return True
 
 
-def prefetching(model_dir: str | Path) -> bool:
-    """Whether prefetch_weights started for `model_dir` in this process."""
-    with _lock:
-        return str(Path(model_dir).expanduser().resolve()) in _started
-
-
 def wait(model_dir: str | Path, timeout: float | None = None) -> bool:
     """Wait for `model_dir`'s read-ahead to finish; False if there is none or it goes on."""
     with _lock:

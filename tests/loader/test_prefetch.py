@@ -34,7 +34,6 @@ def test_a_cold_shard_ends_up_in_the_page_cache(tmp_path: Path) -> None:
     if cold is None or cold > 0.5:
         pytest.skip("this filesystem keeps the file cached (tmpfs?)")
     assert prefetch.prefetch_weights(tmp_path)
-    assert prefetch.prefetching(tmp_path)
     assert prefetch.wait(tmp_path, timeout=30)
     deadline = time.monotonic() + 30
     while (_resident(shard) or 0.0) < 0.95 and time.monotonic() < deadline:
@@ -95,7 +94,6 @@ def test_nothing_to_read_ahead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     _write(tmp_path / "model.safetensors", 100)
     monkeypatch.setenv("EMBER_PREFETCH_WEIGHTS", "0")
     assert not prefetch.prefetch_weights(tmp_path)
-    assert not prefetch.prefetching(tmp_path)
     assert not prefetch.wait(tmp_path, timeout=0)
 
 
