@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     warm.add_argument("-o", "--output", type=Path, default=None, help="default: MODEL_DIR/warm_kv")
     warm.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     warm.add_argument("--block-size", type=int, default=16, help="KV block size of the server")
+    warm.add_argument(
+        "--kv-cache-dtype",
+        default=os.environ.get("EMBER_KV_CACHE_DTYPE", "auto"),
+        choices=("auto", "fp8", "fp8_e4m3", "fp8_e5m2"),
+        help="the server's --kv-cache-dtype (default: $EMBER_KV_CACHE_DTYPE, else auto)",
+    )
 
     from ember.deploy import cli as deploy_cli
     from ember.sim import cli as sim_cli
@@ -186,7 +192,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ember.errors import EmberError
 
         try:
-            n = warm(Path(args.model_dir), args.prompts, args.output, args.device, args.block_size)
+            n = warm(
+                Path(args.model_dir),
+                args.prompts,
+                args.output,
+                args.device,
+                args.block_size,
+                args.kv_cache_dtype,
+            )
         except EmberError as e:
             print(f"Error: {e.message}", file=sys.stderr)
             return 1

@@ -338,6 +338,15 @@ class ServeConfig:
         "KV cache size in GB on CPU (GPUs size it from --gpu-memory-utilization)",
         _positive_float,
     )
+    kv_cache_dtype: str = _opt(
+        "auto",
+        "--kv-cache-dtype",
+        "EMBER_KV_CACHE_DTYPE",
+        "KV cache element type: auto (the model's dtype), fp8 (= fp8_e4m3) or fp8_e5m2; fp8 "
+        "halves the cache's memory and the bytes decode reads, unscaled (as vLLM without "
+        "calibrated scales)",
+        _choice("auto", "fp8", "fp8_e4m3", "fp8_e5m2"),
+    )
     gpu_memory_utilization: float = _opt(
         0.9,
         "--gpu-memory-utilization",
@@ -506,6 +515,7 @@ class ServeConfig:
             max_num_batched_tokens=self.max_num_batched_tokens,
             block_size=self.block_size,
             kv_cache_memory_gb=self.kv_cache_memory_gb,
+            kv_cache_dtype=self.kv_cache_dtype,
             gpu_memory_utilization=self.gpu_memory_utilization,
             load_format=self.load_format,
             enforce_eager=self.enforce_eager,

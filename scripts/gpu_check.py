@@ -63,6 +63,7 @@ class Case:
     window: int | None = None
     softcap: float | None = None
     splits: int | None = None  # decode-only steps: split-KV pieces; None = automatic
+    kv_dtype: torch.dtype | None = None  # the cache's dtype (fp8 caches); None = dtype
 
 
 @dataclass(slots=True)
@@ -134,7 +135,8 @@ def make_batch(case: Case, device: torch.device, gen: torch.Generator) -> Batch:
     k_new = qkv[:, hq * d : (hq + hkv) * d].view(num_tokens, hkv, d)
     v_new = qkv[:, (hq + hkv) * d :].view(num_tokens, hkv, d)
     # Unwritten slots hold NaN: reading one the reference does not read poisons the output.
-    k_cache = torch.full((num_blocks, bs, hkv, d), float("nan"), dtype=case.dtype, device=device)
+    kv_dtype = case.kv_dtype or case.dtype
+    k_cache = torch.full((num_blocks, bs, hkv, d), float("nan"), dtype=kv_dtype, device=device)
     v_cache = torch.full_like(k_cache, float("nan"))
     old_slots = []
     for i, (q_len, seq_len) in enumerate(seqs):
@@ -153,6 +155,7 @@ def make_batch(case: Case, device: torch.device, gen: torch.Generator) -> Batch:
 
 def correctness_cases(quick: bool) -> list[Case]:
     bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
+    e4m3, e5m2 = torch.float8_e4m3fn, torch.float8_e5m2
     prefill = ((37, 37), (128, 128), (300, 300))
     decode = ((1, 1), (1, 17), (0, 9), (1, 500), (1, 1000), (1, 80), (1, 333))
     mixed = ((1, 100), (57, 200), (1, 33), (128, 128), (0, 5), (200, 1000), (3, 3), (1, 2049))
@@ -182,6 +185,12 @@ def correctness_cases(quick: bool) -> list[Case]:
         Case("mixed fp32 d64", fp32, 8, 8, 64, 16, mixed),
         Case("mixed fp32 d16 window+cap", fp32, 4, 2, 16, 16, mixed, window=20, softcap=5.0),
         Case("decode fp32 d128 split 4", fp32, 32, 8, 128, 16, decode, splits=4),
+        # fp8 caches (--kv-cache-dtype): the reference reads the same fp8 cache, so the bf16
+        # tolerance applies; write_kv_triton must store the same bytes (saturated, RNE).
+        Case("mixed llama fp8", bf16, 32, 8, 128, 16, mixed, kv_dtype=e4m3),
+        Case("decode llama fp8 split 8", bf16, 32, 8, 128, 16, decode, splits=8, kv_dtype=e4m3),
+        Case("gemma2 win+cap fp8", bf16, 16, 8, 256, 16, mixed, 64, 5.0, kv_dtype=e4m3),
+        Case("mixed gqa7 d64 fp8_e5m2", bf16, 14, 2, 64, 16, mixed, kv_dtype=e5m2),
     ]
     if quick:
         # The CPU interpreter: short sequences only, and float16 for bfloat16, which numpy
@@ -201,6 +210,7 @@ def correctness_cases(quick: bool) -> list[Case]:
                 c.splits,
             )
             for c in cases
+            if c.kv_dtype is None  # the interpreter rounds some fp8 casts a power of two off
         ]
         cases.append(
             Case(
@@ -231,6 +241,14 @@ def check_write_kv(batch: Batch) -> str | None:
     for got, want in ((batch.k_cache, k_ref), (batch.v_cache, v_ref)):
         if not torch.equal(got.view(torch.uint8), want.view(torch.uint8)):
             return "cache differs from write_kv"
+    if batch.k_cache.element_size() == 1:  # fp8: values past its range saturate in both
+        big = batch.k_new * 1000
+        caches = [batch.k_cache.clone() for _ in range(4)]
+        write_kv(caches[0], caches[1], big, -big, batch.md.slot_mapping)
+        write_kv_triton(caches[2], caches[3], big, -big, batch.md.slot_mapping)
+        if not all(torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+                   for a, b in ((caches[0], caches[2]), (caches[1], caches[3]))):  # fmt: skip
+            return "saturated fp8 stores differ from write_kv"
     return None
 
 
@@ -260,6 +278,8 @@ def run_case(case: Case, device: torch.device, seed: int) -> tuple[bool, str]:
     atol, rtol = TOLERANCE[case.dtype]
     ok = write_error is None and not math.isnan(max_abs) and max_abs <= atol and rel <= rtol
     dtype = str(case.dtype).removeprefix("torch.")
+    if case.kv_dtype is not None:
+        dtype = str(case.kv_dtype).removeprefix("torch.float8_")
     shape = f"{case.num_q_heads}/{case.num_kv_heads}x{case.head_dim} bs{case.block_size}"
     note = write_error or ""
     line = f"{case.name:<28} {dtype:<9} {shape:<16} {max_abs:>10.2e} {rel:>10.2e}  "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -94,9 +95,18 @@ def dockerfile(
     if warm:
         # The prompts' KV blocks, computed once here (on the CPU, in the serving dtype) and
         # loaded into the prefix cache by `ember serve` at start.
+        # Made for the server's block size and KV cache dtype, or it would skip them.
+        serving = [
+            f" {flag} {shlex.quote(ctx.env[var])}"
+            for var, flag in (
+                ("EMBER_BLOCK_SIZE", "--block-size"),
+                ("EMBER_KV_CACHE_DTYPE", "--kv-cache-dtype"),
+            )
+            if var in ctx.env
+        ]
         lines.append(
             f"RUN ember warm {ctx.model_path} --prompts {ctx.model_path}.warm_prompts.txt "
-            "--device cpu"
+            "--device cpu" + "".join(serving)
         )
     if kernels:
         # Compiled Triton kernels from a run on the target GPU type: without them the first

@@ -94,6 +94,31 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+_KV_CACHE_DTYPES = {
+    "fp8": torch.float8_e4m3fn,
+    "fp8_e4m3": torch.float8_e4m3fn,
+    "fp8_e5m2": torch.float8_e5m2,
+}
+
+
+def resolve_kv_cache_dtype(name: str, dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The KV cache's element type for --kv-cache-dtype `name` ("auto": the model's `dtype`)."""
+    if name == "auto":
+        return dtype
+    kv_dtype = _KV_CACHE_DTYPES.get(name)
+    if kv_dtype is None:
+        raise InvalidRequestError(
+            f"kv_cache_dtype must be auto, fp8, fp8_e4m3 or fp8_e5m2, got {name!r}"
+        )
+    if use_triton(device) and torch.cuda.get_device_capability(device) < (8, 9):
+        major, minor = torch.cuda.get_device_capability(device)
+        raise InvalidRequestError(
+            f"--kv-cache-dtype {name} needs a GPU of compute capability 8.9 or newer (Ada, "
+            f"Hopper); this one is {major}.{minor}: use --kv-cache-dtype auto"
+        )
+    return kv_dtype
+
+
 class EngineCore:
     def __init__(self, args: EngineArgs) -> None:
         began_at = time.monotonic()
@@ -106,6 +131,7 @@ class EngineCore:
         model_dir = Path(args.model)
         self.model_config = ModelConfig.from_dir(model_dir)
         self.dtype = resolve_dtype(args.dtype, self.model_config, self.device)
+        self.kv_dtype = resolve_kv_cache_dtype(args.kv_cache_dtype, self.dtype, self.device)
         torch.manual_seed(args.seed)
         self.block_size = args.block_size
         t0 = time.monotonic()
@@ -163,13 +189,14 @@ class EngineCore:
         trace("engine ready")
         log.info("engine start-up: %s", self.startup.summary())
         log.info(
-            "engine ready: %s on %s (%s), max_model_len=%d, kv blocks=%d x %d tokens",
+            "engine ready: %s on %s (%s), max_model_len=%d, kv blocks=%d x %d tokens (%s)",
             args.weights or model_dir,
             self.device,
             self.dtype,
             self.max_model_len,
             num_blocks,
             self.block_size,
+            self.kv_dtype,
         )
 
     # --- sizing -------------------------------------------------------------------------------
@@ -198,7 +225,7 @@ class EngineCore:
 
     def _kv_bytes_per_block(self) -> int:
         c = self.model_config
-        elem = torch.empty((), dtype=self.dtype).element_size()
+        elem = torch.empty((), dtype=self.kv_dtype).element_size()
         return 2 * c.num_hidden_layers * self.block_size * c.num_key_value_heads * c.head_dim * elem
 
     def _num_blocks(self) -> int:
@@ -286,8 +313,8 @@ class EngineCore:
         shape = (1, self.block_size, c.num_key_value_heads, c.head_dim)
         caches = [
             (
-                torch.zeros(shape, dtype=self.dtype, device=dev),
-                torch.zeros(shape, dtype=self.dtype, device=dev),
+                torch.zeros(shape, dtype=self.kv_dtype, device=dev),
+                torch.zeros(shape, dtype=self.kv_dtype, device=dev),
             )
             for _ in range(c.num_hidden_layers)
         ]
@@ -310,8 +337,8 @@ class EngineCore:
         shape = (num_blocks, self.block_size, c.num_key_value_heads, c.head_dim)
         return [
             (
-                torch.zeros(shape, dtype=self.dtype, device=self.device),
-                torch.zeros(shape, dtype=self.dtype, device=self.device),
+                torch.zeros(shape, dtype=self.kv_dtype, device=self.device),
+                torch.zeros(shape, dtype=self.kv_dtype, device=self.device),
             )
             for _ in range(c.num_hidden_layers)
         ]

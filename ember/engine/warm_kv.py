@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from ember.engine.kv_cache import hash_block
 from ember.errors import ModelLoadError
+from ember.ops.attention_ref import copy_rows
 from ember.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ def _fingerprint(core: EngineCore) -> dict[str, Any]:
     c = core.model_config
     return {
         "block_size": core.block_size,
-        "dtype": str(core.dtype).removeprefix("torch."),
+        "dtype": str(core.kv_dtype).removeprefix("torch."),  # the cache's: fp8 or the model's
         "num_layers": c.num_hidden_layers,
         "num_kv_heads": c.num_key_value_heads,
         "head_dim": c.head_dim,
@@ -113,8 +114,8 @@ def import_warm_kv(core: EngineCore, src: Path) -> int:
         src_idx = torch.tensor(sources, dtype=torch.int64)
         dst_idx = torch.tensor(targets, dtype=torch.int64, device=core.device)
         for layer, (k, v) in enumerate(core.kv_caches):
-            k.index_copy_(0, dst_idx, tensors[f"k.{layer}"][src_idx].to(core.device))
-            v.index_copy_(0, dst_idx, tensors[f"v.{layer}"][src_idx].to(core.device))
+            copy_rows(k, dst_idx, tensors[f"k.{layer}"][src_idx].to(core.device))
+            copy_rows(v, dst_idx, tensors[f"v.{layer}"][src_idx].to(core.device))
     log.info("warm KV: %d prefix blocks loaded from %s", len(targets), src)
     return len(targets)
 
@@ -140,10 +141,16 @@ def read_prompts(path: Path) -> list[dict[str, Any]]:
 
 
 def warm(
-    model_dir: Path, prompts_file: Path, out: Path | None, device: str, block_size: int
+    model_dir: Path,
+    prompts_file: Path,
+    out: Path | None,
+    device: str,
+    block_size: int,
+    kv_cache_dtype: str = "auto",
 ) -> int:
     """`ember warm`: compute and save the warm KV blocks of the prompts for this model, in the
-    dtype it will be served with on a GPU. Returns the number of blocks saved."""
+    dtype it will be served with on a GPU (and the server's --kv-cache-dtype). Returns the
+    number of blocks saved."""
     from ember.engine.args import EngineArgs
     from ember.engine.core import EngineCore
     from ember.models.config import ModelConfig
@@ -164,6 +171,7 @@ def warm(
         dtype=str(dtype).removeprefix("torch."),
         device=device,
         block_size=block_size,
+        kv_cache_dtype=kv_cache_dtype,
         max_num_seqs=1,
         max_model_len=max(len(t) for t in token_lists) + 1 if token_lists else None,
         enforce_eager=True,

@@ -25,12 +25,34 @@ def write_kv(
     """Store k, v [T, Hkv, D] at the flat slots [T] of caches [num_blocks, block_size, Hkv, D].
 
     The caches must be contiguous (a view, never a copy, is written); every slot must be >= 0.
+    An fp8 cache stores the values saturated at its largest finite value (as the Triton writer
+    does), with no scale.
     """
     num_kv_heads, head_dim = k_cache.shape[-2:]
     k_flat = k_cache.view(-1, num_kv_heads, head_dim)
     v_flat = v_cache.view(-1, num_kv_heads, head_dim)
-    k_flat.index_copy_(0, slot_mapping, k.to(k_cache.dtype))
-    v_flat.index_copy_(0, slot_mapping, v.to(v_cache.dtype))
+    copy_rows(k_flat, slot_mapping, to_cache_dtype(k, k_cache.dtype))
+    copy_rows(v_flat, slot_mapping, to_cache_dtype(v, v_cache.dtype))
+
+
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+def to_cache_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x in the cache's dtype; for fp8, saturated at its largest finite value first (a plain
+    cast may give NaN out of range, depending on the torch version)."""
+    if dtype in FP8_DTYPES:
+        limit = torch.finfo(dtype).max
+        return x.float().clamp(-limit, limit).to(dtype)
+    return x.to(dtype)
+
+
+def copy_rows(dst: torch.Tensor, index: torch.Tensor, src: torch.Tensor) -> None:
+    """dst[index] = src along dim 0 (index_copy_), also for fp8 tensors, which index_copy_ does
+    not take on the CPU: one-byte dtypes are copied as bytes."""
+    if dst.element_size() == 1 and dst.dtype != torch.uint8:
+        dst, src = dst.view(torch.uint8), src.view(torch.uint8)
+    dst.index_copy_(0, index, src)
 
 
 def paged_attention_ref(

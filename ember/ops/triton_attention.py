@@ -15,6 +15,8 @@ How work is cut:
 - Split-KV (flash-decoding) in single mode: the key range of each sequence is cut into
   `num_kv_splits` pieces on a third grid axis; each writes an unnormalised partial (acc, max, sum)
   in fp32 and a second kernel merges them. Chosen when S * Hkv programs cannot fill the GPU.
+- fp8 caches (--kv-cache-dtype fp8): K/V tiles are loaded as fp8 (half the bytes) and widened
+  to q's dtype for the dot products; no scale, as the writer stores values unscaled.
 - Scores and softmax in fp32 with exp2 (online softmax); the sliding window starts the key loop
   at the first tile that any row of the tile can see, so whole blocks outside it are never read.
   Only the tiles on the causal diagonal and the window's edge are masked; the rest run unmasked.
@@ -132,6 +134,7 @@ def _attend_tiles(
     USE_WINDOW: tl.constexpr,
     USE_SOFTCAP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    KV_FP8: tl.constexpr,
 ):
     """Online softmax over the key tiles starting at start_lo, start_lo + BLOCK_N, .. < start_hi.
 
@@ -151,6 +154,8 @@ def _attend_tiles(
         k_ptrs = k_base + (page * stride_k_block + slot * stride_k_slot)[None, :] + dims[:, None]
         v_ptrs = v_base + (page * stride_v_block + slot * stride_v_slot)[:, None] + dims[None, :]
         k = tl.load(k_ptrs, mask=k_load[None, :], other=0.0) if MASKED else tl.load(k_ptrs)
+        if KV_FP8:
+            k = k.to(q.dtype)
         s = tl.dot(q, k, input_precision=DOT_PRECISION)
         if USE_SOFTCAP:
             # softcap * tanh(s / softcap), tanh(x) = 1 - 2 / (exp(2x) + 1): exact at +-inf.
@@ -174,6 +179,8 @@ def _attend_tiles(
         alpha = tl.math.exp2(m_i - m_sub)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_ptrs, mask=k_load[:, None], other=0.0) if MASKED else tl.load(v_ptrs)
+        if KV_FP8:
+            v = v.to(q.dtype)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
     return acc, l_i, m_i
@@ -220,6 +227,7 @@ def _paged_attention_kernel(
     USE_WINDOW: tl.constexpr,
     USE_SOFTCAP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 caches (exact tests), else "tf32" (unused)
+    KV_FP8: tl.constexpr,  # the cache holds fp8: compute in q's dtype
 ):
     kv_head = tl.program_id(1)
     if SINGLE_TOKEN:
@@ -263,7 +271,9 @@ def _paged_attention_kernel(
         q_ptr + tok[:, None] * stride_q_tok + q_head[:, None] * stride_q_head + dims[None, :],
         mask=row_valid[:, None],
         other=0.0,
-    ).to(k_cache_ptr.dtype.element_ty)
+    )
+    if not KV_FP8:  # else q keeps its own dtype and each K/V tile is widened to it after loading
+        q = q.to(k_cache_ptr.dtype.element_ty)
 
     # Keys this tile can see: [max(0, first query pos - window + 1), last query pos + 1).
     last_tok = tl.minimum(q_first + tokens_per_tile, q_len)
@@ -297,19 +307,19 @@ def _paged_attention_kernel(
             acc, l_i, m_i, q, q_pos, kv_begin, full_lo, kv_lo, kv_end, window, block_row,
             k_base, v_base, scale, softcap, stride_k_block, stride_k_slot, stride_v_block,
             stride_v_slot, HEAD_DIM, BLOCK_N, PAGE_SIZE, True, USE_WINDOW, USE_SOFTCAP,
-            DOT_PRECISION,
+            DOT_PRECISION, KV_FP8,
         )  # fmt: skip
     acc, l_i, m_i = _attend_tiles(
         acc, l_i, m_i, q, q_pos, full_lo, full_hi, kv_lo, kv_end, window, block_row,
         k_base, v_base, scale, softcap, stride_k_block, stride_k_slot, stride_v_block,
         stride_v_slot, HEAD_DIM, BLOCK_N, PAGE_SIZE, False, USE_WINDOW, USE_SOFTCAP,
-        DOT_PRECISION,
+        DOT_PRECISION, KV_FP8,
     )  # fmt: skip
     acc, l_i, m_i = _attend_tiles(
         acc, l_i, m_i, q, q_pos, full_hi, kv_end, kv_lo, kv_end, window, block_row,
         k_base, v_base, scale, softcap, stride_k_block, stride_k_slot, stride_v_block,
         stride_v_slot, HEAD_DIM, BLOCK_N, PAGE_SIZE, True, USE_WINDOW, USE_SOFTCAP,
-        DOT_PRECISION,
+        DOT_PRECISION, KV_FP8,
     )  # fmt: skip
 
     if SPLIT_KV:
@@ -510,6 +520,7 @@ def _launch(
         USE_WINDOW=window is not None,
         USE_SOFTCAP=softcap is not None,
         DOT_PRECISION="ieee" if k_cache.dtype == torch.float32 else "tf32",
+        KV_FP8=k_cache.element_size() == 1,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )

@@ -1,7 +1,7 @@
 """Triton KV cache write: the CUDA twin of `attention_ref.write_kv`, one launch per layer and step.
 
 One program per new token copies its k and v rows (all KV heads) into the token's cache slot,
-casting to the cache dtype. A slot of -1 marks a padding token (a CUDA-graph batch padded to its
+casting to the cache dtype (fp8 caches: saturated at the format's largest value, no scale). A slot of -1 marks a padding token (a CUDA-graph batch padded to its
 captured size) and is skipped, so padded steps never touch the cache.
 
 On a CPU-only install (no Triton) importing this module still works: `available()` says False and
@@ -70,6 +70,7 @@ def _write_kv_kernel(
     stride_vc_head,
     BLOCK_H: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    SATURATE: tl.constexpr,  # fp8 caches: their largest finite value; 0.0: no clamp
 ):
     tok = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_ptr + tok).to(tl.int64)
@@ -84,6 +85,8 @@ def _write_kv_kernel(
     k = tl.load(
         k_ptr + tok * stride_k_tok + heads[:, None] * stride_k_head + dims[None, :], mask=mask
     )
+    if SATURATE > 0.0:
+        k = tl.minimum(tl.maximum(k.to(tl.float32), -SATURATE), SATURATE)
     k_dst = k_cache_ptr + block * stride_kc_block + offset * stride_kc_slot
     tl.store(
         k_dst + heads[:, None] * stride_kc_head + dims[None, :],
@@ -93,12 +96,21 @@ def _write_kv_kernel(
     v = tl.load(
         v_ptr + tok * stride_v_tok + heads[:, None] * stride_v_head + dims[None, :], mask=mask
     )
+    if SATURATE > 0.0:
+        v = tl.minimum(tl.maximum(v.to(tl.float32), -SATURATE), SATURATE)
     v_dst = v_cache_ptr + block * stride_vc_block + offset * stride_vc_slot
     tl.store(
         v_dst + heads[:, None] * stride_vc_head + dims[None, :],
         v.to(v_cache_ptr.dtype.element_ty),
         mask=mask,
     )
+
+
+def _saturation(dtype: torch.dtype) -> float:
+    """The largest finite value of an fp8 cache dtype (stores clamp to it); 0.0 for others."""
+    if dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+        return float(torch.finfo(dtype).max)
+    return 0.0
 
 
 def write_kv_triton(
@@ -146,5 +158,6 @@ def write_kv_triton(
         v_cache.stride(2),
         BLOCK_H=block_h,
         BLOCK_D=block_d,
+        SATURATE=_saturation(k_cache.dtype),
         num_warps=4 if block_h * block_d <= 4096 else 8,
     )

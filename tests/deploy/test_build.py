@@ -89,6 +89,21 @@ def test_rejects_what_cannot_work(tiny_dir: Path, tmp_path: Path) -> None:
         write_context(tiny_dir, tmp_path / "b", settings=[("HOME", "/x")])
 
 
+def test_warm_blocks_are_made_for_the_servers_cache(tiny_dir: Path, tmp_path: Path) -> None:
+    """The image's `ember warm` step uses the server's block size and KV cache dtype (from the
+    settings), or the server would skip the blocks it made."""
+    warm = tmp_path / "warm.txt"
+    warm.write_text('{"prompt": "You are a helpful assistant."}\n')
+    settings = [("EMBER_KV_CACHE_DTYPE", "fp8"), ("EMBER_BLOCK_SIZE", "32")]
+    ctx = write_context(tiny_dir, tmp_path / "ctx", settings=settings, warm_prompts=warm)
+    steps = instructions((ctx.directory / "Dockerfile").read_text())
+    run = next(rest for op, rest in steps if op == "RUN" and rest.startswith("ember warm"))
+    from ember.cli import build_parser
+
+    args = build_parser().parse_args(shlex.split(run)[1:])
+    assert (args.kv_cache_dtype, args.block_size, args.device) == ("fp8", 32, "cpu")
+
+
 def test_kernel_cache_is_baked_where_serve_looks(tiny_dir: Path, tmp_path: Path) -> None:
     """`--kernel-cache`: compiled kernels land in the image under EMBER_HOME/kernels/triton,
     the folder `ember serve` points Triton's cache at."""

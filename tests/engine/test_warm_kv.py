@@ -62,6 +62,27 @@ def test_blocks_for_another_dtype_are_skipped_not_fatal(model_dir: Path, tmp_pat
     assert len(llm.generate(SYSTEM, GREEDY)[0].outputs[0].token_ids) == 8
 
 
+def test_warm_blocks_for_an_fp8_cache(model_dir: Path, tmp_path: Path) -> None:
+    """`ember warm --kv-cache-dtype fp8` makes blocks an fp8 server loads (byte copies, which
+    index_copy_ cannot do for fp8 on the CPU); a full-precision server skips them."""
+    prompts = tmp_path / "warm.jsonl"
+    prompts.write_text(json.dumps({"messages": [{"role": "system", "content": SYSTEM}]}) + "\n")
+    argv = ["warm", str(model_dir), "--prompts", str(prompts), "--device", "cpu"]
+    assert cli_main([*argv, "--kv-cache-dtype", "fp8"]) == 0
+    cold = LLM(
+        str(model_dir), device="cpu", dtype="bfloat16", kv_cache_dtype="fp8",
+        enable_prefix_caching=False,
+    )  # fmt: skip
+    ids = chat_ids(cold)
+    expected = cold.generate({"prompt_token_ids": ids}, GREEDY)[0]
+    warm = LLM(str(model_dir), device="cpu", dtype="bfloat16", kv_cache_dtype="fp8")
+    assert warm.engine.core.warm_blocks >= 8
+    got = warm.generate({"prompt_token_ids": ids}, GREEDY)[0]
+    assert got.num_cached_tokens >= 8 * 16
+    assert got.outputs[0].token_ids == expected.outputs[0].token_ids
+    assert LLM(str(model_dir), device="cpu", dtype="bfloat16").engine.core.warm_blocks == 0
+
+
 def test_bad_prompts_file_is_a_clear_error(
     model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

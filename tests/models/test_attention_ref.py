@@ -154,3 +154,24 @@ def test_bfloat16_output_dtype() -> None:
     torch.testing.assert_close(
         out.float(), _dense(q.float(), k.float(), v.float()), atol=2e-2, rtol=2e-2
     )
+
+
+def test_fp8_cache_writes_saturate_and_read_back() -> None:
+    """An fp8 cache stores values past its range as its largest finite value (never NaN), the
+    rest as torch rounds them; reading it back widens to the query's dtype."""
+    for dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+        limit = torch.finfo(dtype).max
+        k_cache = torch.zeros(3, 4, 2, 8, dtype=dtype)
+        v_cache = torch.zeros_like(k_cache)
+        k = torch.randn(5, 2, 8)
+        k[0] = 4 * limit
+        k[1] = -4 * limit
+        v = torch.randn(5, 2, 8)
+        slots = torch.tensor([0, 5, 6, 9, 11])
+        write_kv(k_cache, v_cache, k, v, slots)
+        stored = k_cache.view(-1, 2, 8)[slots].float()
+        assert not stored.isnan().any()
+        assert (stored[0] == limit).all() and (stored[1] == -limit).all()
+        assert torch.equal(stored[2:], k[2:].to(dtype).float())
+        assert torch.equal(v_cache.view(-1, 2, 8)[slots].float(), v.to(dtype).float())
+        assert k_cache.view(-1, 2, 8)[1].float().abs().sum() == 0  # other slots untouched
