@@ -46,6 +46,7 @@ def ember_runs(
         max_num_batched_tokens=args.max_num_batched_tokens,
         gpu_memory_utilization=args.gpu_memory_utilization,
         enforce_eager=args.enforce_eager,
+        kv_cache_dtype=args.kv_cache_dtype,
         async_scheduling=args.async_scheduling,
         capture_all_graphs=True,  # steady-state throughput: no capture inside a timed run
     )
@@ -173,6 +174,7 @@ def main() -> None:
     ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.6)
     ap.add_argument("--enforce-eager", action="store_true")
+    ap.add_argument("--kv-cache-dtype", default="auto", help="auto, fp8 or fp8_e5m2")
     ap.add_argument(
         "--no-async-scheduling",
         dest="async_scheduling",

@@ -78,6 +78,7 @@ def main() -> None:
         help="serve with it: every CUDA graph before ready (steady-state throughput; by default "
         "the sizes start-up leaves are captured during the first benchmark)",
     )
+    ap.add_argument("--kv-cache-dtype", default="auto", help="auto, fp8 or fp8_e5m2")
     ap.add_argument(
         "--ollama-sampling",
         action="store_true",
@@ -150,6 +151,7 @@ def serve(
         "--served-model-name", args.shape,
         *([] if args.async_scheduling else ["--no-async-scheduling"]),
         *(["--capture-all-graphs"] if args.capture_all_graphs else []),
+        "--kv-cache-dtype", args.kv_cache_dtype,
     ]  # fmt: skip
     t_start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))

@@ -19,6 +19,9 @@
 #   bash scripts/device_run.sh startexp         # start -> first token, traced, with and without
 #                                               # the ring pinned early and the kernels warmed
 #                                               # beside the load, in turn (~3 min)
+#   bash scripts/device_run.sh fp8              # --kv-cache-dtype fp8: kernel checks (with the
+#                                               # fp8 cases), engine at 1/64/256 without and
+#                                               # with it, then HTTP with it (~10 min)
 #   bash scripts/device_run.sh cold             # start -> first token with the weights evicted
 #                                               # from the page cache, without and with their
 #                                               # read-ahead, in turn, traced (~4 min)
@@ -76,6 +79,14 @@ for stage in "$@"; do
             run startexp 400 python3 benchmarks/bench_serve.py --real-weights --starts 7 \
                 --start-only --start-env EMBER_STARTUP_TRACE=1 \
                 --start-env "EMBER_STARTUP_TRACE=1 EMBER_PREPIN=0 EMBER_WARM_BESIDE_LOAD=0"
+            ;;
+        fp8)
+            run fp8-check 150 python3 scripts/gpu_check.py --section correctness
+            run fp8-base-engine 150 python3 benchmarks/bench_engine.py --skip-transformers \
+                --batches 64 256
+            run fp8-engine 150 python3 benchmarks/bench_engine.py --skip-transformers \
+                --batches 64 256 --kv-cache-dtype fp8
+            run fp8-serve 240 python3 benchmarks/bench_serve.py --kv-cache-dtype fp8
             ;;
         cold)
             run cold 400 python3 benchmarks/bench_serve.py --real-weights --starts 7 \
