@@ -35,6 +35,7 @@ from ember.ops.triton_attention import KernelConfig, kv_splits_for, paged_attent
 from ember.ops.triton_kv import write_kv_triton
 from scripts.gpu_engine_check import section_engine
 from scripts.gpu_fused_check import section_fused
+from scripts.gpu_gemv_check import section_gemv
 from scripts.gpu_shapes_check import SHAPES, section_shapes
 
 Fn = Callable[[], None]
@@ -622,6 +623,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], bool]] = {
     "fused": section_fused,
     "shapes": section_shapes,
     "gguf": section_gguf,
+    "gemv": section_gemv,
 }
 DEFAULT_SECTIONS = ["correctness", "fused", "decode", "prefill", "engine"]
 

@@ -19,3 +19,20 @@ def test_signatures_match_the_reference() -> None:
     ref = inspect.signature(attention_ref.paged_attention_ref)
     assert inspect.signature(triton_attention.paged_attention_triton) == ref
     assert inspect.signature(triton_kv.write_kv_triton) == inspect.signature(attention_ref.write_kv)
+
+
+def test_gemv_reference_applies_the_pre_ops() -> None:
+    """The experimental GEMV module imports without Triton, and its reference (the oracle of
+    gpu_check --section gemv) is RMSNorm / SiLU-and-multiply, then the projection."""
+    from ember.layers.norm import RMSNorm
+    from ember.ops.triton_gemv import PRE_RMSNORM, PRE_SILU_MUL, gemv_reference
+
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(2, 64, generator=g), torch.randn(8, 64, generator=g)
+    norm = RMSNorm(64, eps=1e-5)
+    norm.weight.data = torch.rand(64, generator=g) + 0.5
+    got = gemv_reference(x, w, pre=PRE_RMSNORM, norm_weight=norm.weight, eps=1e-5)
+    torch.testing.assert_close(got, norm(x) @ w.T)
+    gate, up = x[:, :32], x[:, 32:]
+    silu = gemv_reference(x, w[:, :32], pre=PRE_SILU_MUL)
+    torch.testing.assert_close(silu, (torch.nn.functional.silu(gate) * up) @ w[:, :32].T)
