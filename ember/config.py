@@ -368,6 +368,15 @@ class ServeConfig:
         "never run decode under CUDA graphs (a switch; the variable takes true/false)",
         _bool,
     )
+    cache_weights: bool = _opt(
+        True,
+        "--cache-weights",
+        "EMBER_CACHE_WEIGHTS",
+        "write weights streamed from gs://, s3://, http(s):// or hf:// through to EMBER_HOME/cache "
+        "so the next start reads them locally; turn it off where the disk is memory (Cloud Run) "
+        "or every start is on a fresh machine (a switch; the variable takes true/false)",
+        _bool,
+    )
     capture_all_graphs: bool = _opt(
         False,
         "--capture-all-graphs",
@@ -521,6 +530,7 @@ class ServeConfig:
             enforce_eager=self.enforce_eager,
             capture_all_graphs=self.capture_all_graphs,
             async_scheduling=self.async_scheduling,
+            cache_weights=self.cache_weights,
         )
 
 

@@ -157,6 +157,7 @@ def test_ollama_env_vars() -> None:
     [
         ("async_scheduling", "EMBER_ASYNC_SCHEDULING", None),  # None: on for CUDA only
         ("capture_all_graphs", "EMBER_CAPTURE_ALL_GRAPHS", False),
+        ("cache_weights", "EMBER_CACHE_WEIGHTS", True),
     ],
 )
 def test_engine_switches_reach_the_engine(field: str, variable: str, default: bool | None) -> None:

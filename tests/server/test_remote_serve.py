@@ -121,6 +121,22 @@ def test_health_reports_load_progress_then_startup_phases(tiny_dir: Path, tmp_pa
     assert metrics["ember:startup_phase_seconds"] > 0
 
 
+def test_no_cache_weights_streams_without_a_local_copy(tiny_dir: Path, tmp_path: Path) -> None:
+    """--no-cache-weights (EMBER_CACHE_WEIGHTS=false): the weights stream into the model and
+    nothing of them is written to disk (on Cloud Run the disk is the instance's memory)."""
+    with serve_http(RangeServer(tiny_dir, prefix="/models/tiny-nocache")) as web:
+        uri = f"http://127.0.0.1:{web.port}/models/tiny-nocache"
+        server = serve(tmp_path, "nocache", uri, {"EMBER_CACHE_WEIGHTS": "false"})
+        try:
+            server.wait_healthy()
+            assert generate(server, "tiny-nocache")["eval_count"] == 4
+        finally:
+            server.stop()
+    cache = tmp_path / "home" / "cache"
+    assert not list(cache.rglob("*.safetensors")), list(cache.rglob("*"))
+    assert list(cache.rglob("config.json"))  # the small files are still fetched there
+
+
 @pytest.mark.parametrize(
     ("bucket", "credentials", "message"),
     [
