@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ember.ops.triton_fused import rms_norm_triton, silu_and_mul_triton
 from ember.ops.triton_gemv import (
+    PRE_ADD_RMSNORM,
     PRE_NONE,
     PRE_RMSNORM,
     PRE_SILU_MUL,
@@ -26,6 +27,7 @@ from ember.ops.triton_gemv import (
 
 # (name, N = output features, K = input features, pre-op): one Llama-3.1-8B layer, and the head.
 LLAMA_8B_GEMVS = [
+    ("qkv + add + norm", 6144, 4096, PRE_ADD_RMSNORM),
     ("qkv + norm", 6144, 4096, PRE_RMSNORM),
     ("o", 4096, 4096, PRE_NONE),
     ("gate_up + norm", 28672, 4096, PRE_RMSNORM),
@@ -34,6 +36,7 @@ LLAMA_8B_GEMVS = [
 ]
 QUICK_GEMVS = [("small", 40, 96, PRE_NONE), ("small norm", 33, 64, PRE_RMSNORM)]
 QUICK_GEMVS += [("small silu", 24, 80, PRE_SILU_MUL), ("long k norm", 50, 1000, PRE_RMSNORM)]
+QUICK_GEMVS += [("add + norm", 40, 1000, PRE_ADD_RMSNORM)]
 CONFIGS = [  # (block_n, block_k, num_warps, num_stages); the first is gemv_triton's default
     (16, 512, 4, 3),
     (8, 512, 4, 3),
@@ -41,6 +44,7 @@ CONFIGS = [  # (block_n, block_k, num_warps, num_stages); the first is gemv_trit
     (16, 1024, 8, 3),
     (8, 1024, 4, 4),
 ]
+CUDA = torch.device("cuda")
 ROTATE_BYTES = 256 * 2**20  # weights cycled per timed call: past the L2 cache
 REL_TOL = {torch.bfloat16: 8e-3, torch.float16: 2e-3, torch.float32: 1e-5}
 
@@ -59,15 +63,26 @@ def _check(name: str, n: int, k: int, pre: int, dtype: torch.dtype, dev: torch.d
     ok = True
     for rows in (1, 3):
         x, w, norm = _inputs(n, k, pre, rows, dtype, dev, g)
-        nw = norm if pre == PRE_RMSNORM else None
-        want = gemv_reference(x, w, pre=pre, norm_weight=nw).float()
+        nw = norm if pre in (PRE_RMSNORM, PRE_ADD_RMSNORM) else None
+        res = (
+            torch.randn(rows, k, generator=g, device=dev).to(dtype)
+            if pre == PRE_ADD_RMSNORM
+            else None
+        )
+        res_ref, res_got = (torch.empty_like(res), torch.empty_like(res)) if res is not None else (
+            None, None)  # fmt: skip
+        want = gemv_reference(
+            x, w, pre=pre, norm_weight=nw, residual=res, residual_out=res_ref
+        ).float()
         for block_n, block_k, warps, stages in CONFIGS[:2]:
             got = gemv_triton(
-                x, w, pre=pre, norm_weight=nw, block_n=block_n, block_k=block_k,
-                num_warps=warps, num_stages=stages,
+                x, w, pre=pre, norm_weight=nw, residual=res, residual_out=res_got,
+                block_n=block_n, block_k=block_k, num_warps=warps, num_stages=stages,
             ).float()  # fmt: skip
             rel = ((got - want).norm() / want.norm().clamp_min(1e-30)).item()
             good = rel <= REL_TOL[dtype]
+            if res_ref is not None and res_got is not None:
+                good &= torch.equal(res_ref, res_got)  # the residual stream, exactly
             ok &= good
             print(
                 f"{name:16} M={rows} {n}x{k} n{block_n} k{block_k}  rel l2 {rel:9.2e}  "
@@ -78,19 +93,29 @@ def _check(name: str, n: int, k: int, pre: int, dtype: torch.dtype, dev: torch.d
 
 
 def _timings(
-    name: str, n: int, k: int, pre: int, hbm_gbps: float, time_us: Callable[..., float]
+    name: str,
+    n: int,
+    k: int,
+    pre: int,
+    hbm_gbps: float,
+    time_us: Callable[..., float],
+    dev: torch.device = CUDA,
 ) -> None:
-    dev, dtype = torch.device("cuda"), torch.bfloat16
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float16
     g = torch.Generator(device=dev).manual_seed(1)
     copies = max(1, min(16, -(-ROTATE_BYTES // (n * k * 2))))
     sets = [_inputs(n, k, pre, 1, dtype, dev, g) for _ in range(copies)]
     nbytes = n * k * 2
+    res = torch.randn(1, k, generator=g, device=dev).to(dtype)
+    res_out = res.clone()  # "today" adds into it in place
 
     def today(x: torch.Tensor, w: torch.Tensor, norm: torch.Tensor) -> Callable[[], None]:
         def fn() -> None:
             xin = x
             if pre == PRE_RMSNORM:
                 xin = rms_norm_triton(x, norm, 1e-6)
+            elif pre == PRE_ADD_RMSNORM:
+                xin = rms_norm_triton(x, norm, 1e-6, res_out)  # adds into res_out in place
             elif pre == PRE_SILU_MUL:
                 xin = silu_and_mul_triton(x)
             F.linear(xin, w)
@@ -110,10 +135,13 @@ def _timings(
     ) -> Callable[[], None]:
         block_n, block_k, warps, stages = cfg
 
+        adds = pre == PRE_ADD_RMSNORM
+
         def fn() -> None:
             gemv_triton(
                 x, w, pre=pre, norm_weight=norm, block_n=block_n, block_k=block_k,
-                num_warps=warps, num_stages=stages,
+                num_warps=warps, num_stages=stages, residual=res if adds else None,
+                residual_out=res_out if adds else None,
             )  # fmt: skip
 
         return fn
@@ -150,4 +178,66 @@ def section_gemv(args: argparse.Namespace) -> bool:
     print(f"\nM = 1, bf16; HBM copy bandwidth this run: {hbm:.0f} GB/s (read + write)")
     for name, n, k, pre in LLAMA_8B_GEMVS:
         _timings(name, n, k, pre, hbm, time_us)
+    _layer_chain(hbm, time_us)
     return ok
+
+
+def _layer_chain(
+    hbm_gbps: float,
+    time_us: Callable[..., float],
+    dev: torch.device = CUDA,
+    dims: tuple[int, int, int] = (4096, 14336, 6144),  # hidden, intermediate, q + k + v
+) -> None:
+    """One Llama-8B decoder layer's projections at batch 1 (attention itself left out), as the
+    engine runs them today (7 kernels: add+norm, qkv, o, add+norm, gate_up, silu-mul, down)
+    and fused (4 GEMVs), over 8 layers' weights in turn."""
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float16
+    g = torch.Generator(device=dev).manual_seed(2)
+    hidden, inter, qkv = dims
+
+    def rand(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return (torch.randn(*shape, generator=g, device=dev) * scale).to(dtype)
+
+    layers = [
+        {
+            "qkv": rand(qkv, hidden, scale=hidden**-0.5),
+            "o": rand(hidden, hidden, scale=hidden**-0.5),
+            "gate_up": rand(2 * inter, hidden, scale=hidden**-0.5),
+            "down": rand(hidden, inter, scale=inter**-0.5),
+            "norm1": 1.0 + rand(hidden, scale=0.1),
+            "norm2": 1.0 + rand(hidden, scale=0.1),
+        }
+        for _ in range(8)
+    ]
+    x, attn = rand(1, hidden), rand(1, hidden)
+    res_a, res_b = rand(1, hidden), rand(1, hidden)
+
+    def today(w: dict[str, torch.Tensor]) -> Callable[[], None]:
+        def fn() -> None:
+            h = rms_norm_triton(x, w["norm1"], 1e-5, res_a)
+            F.linear(h, w["qkv"])
+            o = F.linear(attn, w["o"])
+            h = rms_norm_triton(o, w["norm2"], 1e-5, res_a)
+            F.linear(silu_and_mul_triton(F.linear(h, w["gate_up"])), w["down"])
+
+        return fn
+
+    def fused(w: dict[str, torch.Tensor]) -> Callable[[], None]:
+        def fn() -> None:
+            gemv_triton(x, w["qkv"], pre=PRE_ADD_RMSNORM, norm_weight=w["norm1"], eps=1e-5,
+                        residual=res_a, residual_out=res_b)  # fmt: skip
+            o = gemv_triton(attn, w["o"])
+            gu = gemv_triton(o, w["gate_up"], pre=PRE_ADD_RMSNORM, norm_weight=w["norm2"],
+                             eps=1e-5, residual=res_b, residual_out=res_a)  # fmt: skip
+            gemv_triton(gu, w["down"], pre=PRE_SILU_MUL)
+
+        return fn
+
+    nbytes = sum(t.numel() * 2 for t in layers[0].values())
+    base = time_us([today(w) for w in layers])
+    ours = time_us([fused(w) for w in layers])
+    print(f"\none decoder layer's projections, batch 1 ({nbytes / 1e6:.0f} MB of weights):")
+    for label, us in (("today (7 kernels)", base), ("fused GEMVs (4 kernels)", ours)):
+        gbps = nbytes / us / 1e3
+        print(f"  {label:26} {us:8.1f} us  {gbps:6.0f} GB/s  {gbps / hbm_gbps:5.0%} of HBM")
+    print(f"  x 32 layers: {32 * (base - ours) / 1e3:+.2f} ms per decode step with the fused ones")

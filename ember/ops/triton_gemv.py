@@ -11,6 +11,9 @@ These kernels take both on: y = pre(x) @ w.T with `pre` one of
   norm before the qkv and gate/up projections needs no kernel of its own,
 - SiLU-and-multiply of x = [gate | up] (rounded as `silu_and_mul_triton`), so the down
   projection takes the gate/up output directly,
+- the residual add, then RMSNorm, of a decoder layer (s = x + residual): the first program
+  also writes s to `residual_out` (out of place, as the other programs are still reading
+  `residual`), so a layer's norms need no kernels at all,
 
 each program computing `pre` for its own use (x is a few KiB, read from L2) and BLOCK_N rows of
 y. scripts/gpu_check.py --section gemv checks them against `gemv_reference` and times them next
@@ -24,10 +27,18 @@ import torch.nn.functional as F
 
 from ember.ops.triton_kv import jit, next_power_of_2, tl
 
-__all__ = ["MAX_ROWS", "PRE_NONE", "PRE_RMSNORM", "PRE_SILU_MUL", "gemv_reference", "gemv_triton"]
+__all__ = [
+    "MAX_ROWS",
+    "PRE_ADD_RMSNORM",
+    "PRE_NONE",
+    "PRE_RMSNORM",
+    "PRE_SILU_MUL",
+    "gemv_reference",
+    "gemv_triton",
+]
 
 MAX_ROWS = 4  # rows of x these kernels take; larger batches belong to cuBLAS
-PRE_NONE, PRE_RMSNORM, PRE_SILU_MUL = 0, 1, 2
+PRE_NONE, PRE_RMSNORM, PRE_SILU_MUL, PRE_ADD_RMSNORM = 0, 1, 2, 3
 
 
 @jit
@@ -36,12 +47,16 @@ def _gemv_kernel(
     w_ptr,
     y_ptr,
     norm_ptr,
+    res_ptr,
+    res_out_ptr,
     m_rows,
     n_cols,
     k_dim,
     stride_xm,
     stride_wn,
     stride_ym,
+    stride_rm,
+    stride_rom,
     eps,
     norm_offset,
     M_PAD: tl.constexpr,
@@ -55,15 +70,19 @@ def _gemv_kernel(
     rows = tl.arange(0, M_PAD)
     row_ok = rows < m_rows
     dtype = x_ptr.dtype.element_ty
-    if PRE == 1:  # RMSNorm: the sum of squares of each row first
+    if PRE == 1 or PRE == 3:  # RMSNorm: the sum of squares of each row first
         sq = tl.zeros([M_PAD], tl.float32)
         for k0 in range(0, k_dim, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
-            xv = tl.load(
-                x_ptr + rows[:, None] * stride_xm + ks[None, :],
-                mask=row_ok[:, None] & (ks < k_dim)[None, :],
-                other=0.0,
-            ).to(tl.float32)
+            x_mask = row_ok[:, None] & (ks < k_dim)[None, :]
+            xv = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :], mask=x_mask, other=0.0)
+            if PRE == 3:
+                r_at = res_ptr + rows[:, None] * stride_rm + ks[None, :]
+                rv = tl.load(r_at, mask=x_mask, other=0.0)
+                xv = (xv.to(tl.float32) + rv.to(tl.float32)).to(dtype)
+                if pid == 0:
+                    tl.store(res_out_ptr + rows[:, None] * stride_rom + ks[None, :], xv, x_mask)
+            xv = xv.to(tl.float32)
             sq += tl.sum(xv * xv, 1)
         rstd = tl.math.rsqrt(sq / k_dim + eps)
     acc = tl.zeros([M_PAD, BLOCK_N], tl.float32)
@@ -78,9 +97,13 @@ def _gemv_kernel(
             u = tl.load(x_at + k_dim, mask=x_mask, other=0.0).to(tl.float32)
             act = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)
             xv = (act * u).to(dtype).to(tl.float32)
+        elif PRE == 3:
+            xv = tl.load(x_at, mask=x_mask, other=0.0).to(tl.float32)
+            rv = tl.load(res_ptr + rows[:, None] * stride_rm + ks[None, :], mask=x_mask, other=0.0)
+            xv = (xv + rv.to(tl.float32)).to(dtype).to(tl.float32)
         else:
             xv = tl.load(x_at, mask=x_mask, other=0.0).to(tl.float32)
-        if PRE == 1:
+        if PRE == 1 or PRE == 3:
             nw = tl.load(norm_ptr + ks, mask=k_ok, other=0.0).to(tl.float32) + norm_offset
             xv = (xv * rstd[:, None]).to(dtype).to(tl.float32)
             xv = (xv * nw[None, :]).to(dtype).to(tl.float32)
@@ -99,6 +122,8 @@ def gemv_triton(
     *,
     pre: int = PRE_NONE,
     norm_weight: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    residual_out: torch.Tensor | None = None,
     eps: float = 1e-6,
     norm_offset: float = 0.0,
     block_n: int = 16,
@@ -107,15 +132,24 @@ def gemv_triton(
     num_stages: int = 3,
 ) -> torch.Tensor:
     """pre(x) @ weight.T for x [M <= 4, K] (PRE_SILU_MUL: [M, 2K]) and weight [N, K], both
-    with a contiguous last dim; returns [M, N] in x's dtype. See the module docstring."""
+    with a contiguous last dim; returns [M, N] in x's dtype. PRE_ADD_RMSNORM also takes
+    `residual` [M, K] and writes x + residual to `residual_out` [M, K] (another buffer).
+    See the module docstring."""
     m_rows = x.shape[0]
     n_cols, k_dim = weight.shape
     if m_rows > MAX_ROWS:
         raise ValueError(f"gemv_triton takes at most {MAX_ROWS} rows, got {m_rows}")
     if x.shape[1] != (2 * k_dim if pre == PRE_SILU_MUL else k_dim):
         raise ValueError(f"x {tuple(x.shape)} does not fit weight {tuple(weight.shape)}")
-    if pre == PRE_RMSNORM and norm_weight is None:
-        raise ValueError("PRE_RMSNORM needs norm_weight")
+    if pre in (PRE_RMSNORM, PRE_ADD_RMSNORM) and norm_weight is None:
+        raise ValueError("RMSNorm needs norm_weight")
+    if pre == PRE_ADD_RMSNORM and (residual is None or residual_out is None):
+        raise ValueError("PRE_ADD_RMSNORM needs residual and residual_out")
+    if residual is not None and residual_out is not None:
+        if residual_out.data_ptr() == residual.data_ptr():
+            raise ValueError("residual_out must not be residual: other programs still read it")
+        if residual.stride(-1) != 1 or residual_out.stride(-1) != 1:
+            raise ValueError("residual and residual_out need a contiguous last dim")
     if x.stride(-1) != 1:
         x = x.contiguous()
     if weight.stride(-1) != 1:
@@ -128,12 +162,16 @@ def gemv_triton(
         weight,
         y,
         norm_weight if norm_weight is not None else x,
+        residual if residual is not None else x,
+        residual_out if residual_out is not None else x,
         m_rows,
         n_cols,
         k_dim,
         x.stride(0),
         weight.stride(0),
         y.stride(0),
+        residual.stride(0) if residual is not None else 0,
+        residual_out.stride(0) if residual_out is not None else 0,
         eps,
         norm_offset,
         M_PAD=next_power_of_2(m_rows),
@@ -152,11 +190,17 @@ def gemv_reference(
     *,
     pre: int = PRE_NONE,
     norm_weight: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    residual_out: torch.Tensor | None = None,
     eps: float = 1e-6,
     norm_offset: float = 0.0,
 ) -> torch.Tensor:
     """What gemv_triton computes, in PyTorch (the pre-op rounded as the Triton kernels round)."""
-    if pre == PRE_RMSNORM:
+    if pre == PRE_ADD_RMSNORM:
+        assert residual is not None and residual_out is not None
+        x = (x.float() + residual.float()).to(x.dtype)
+        residual_out.copy_(x)
+    if pre in (PRE_RMSNORM, PRE_ADD_RMSNORM):
         assert norm_weight is not None
         xf = x.float()
         normed = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
