@@ -22,8 +22,10 @@
 #   bash scripts/device_run.sh fp8              # --kv-cache-dtype fp8: kernel checks (with the
 #                                               # fp8 cases), engine at 1/64/256 without and
 #                                               # with it, then HTTP with it (~10 min)
-#   bash scripts/device_run.sh gemv             # the experimental fused small-batch GEMV vs
-#                                               # today's pre-op kernel + cuBLAS (~3 min)
+#   bash scripts/device_run.sh gemv             # the fused small-batch GEMVs vs today's pre-op
+#                                               # kernels + cuBLAS, then the engine's batch-1
+#                                               # decode without and with EMBER_FUSED_GEMV=1
+#                                               # (~7 min)
 #   bash scripts/device_run.sh cold             # start -> first token with the weights evicted
 #                                               # from the page cache, without and with their
 #                                               # read-ahead, in turn, traced (~4 min)
@@ -82,7 +84,13 @@ for stage in "$@"; do
                 --start-only --start-env EMBER_STARTUP_TRACE=1 \
                 --start-env "EMBER_STARTUP_TRACE=1 EMBER_PREPIN=0 EMBER_WARM_BESIDE_LOAD=0"
             ;;
-        gemv) run gemv 200 python3 scripts/gpu_check.py --section gemv ;;
+        gemv)
+            run gemv 200 python3 scripts/gpu_check.py --section gemv
+            run gemv-base-engine 150 python3 benchmarks/bench_engine.py --skip-transformers \
+                --batches 4
+            run gemv-engine 150 env EMBER_FUSED_GEMV=1 python3 benchmarks/bench_engine.py \
+                --skip-transformers --batches 4
+            ;;
         fp8)
             run fp8-check 150 python3 scripts/gpu_check.py --section correctness
             run fp8-base-engine 150 python3 benchmarks/bench_engine.py --skip-transformers \

@@ -33,6 +33,7 @@ def _prompts() -> list[list[int]]:
 
 def section_engine(args: argparse.Namespace) -> bool:
     from ember import LLM, SamplingParams
+    from ember.layers import small_batch
     from tests.engine.hf_models import hf_greedy_with_gaps
 
     ok = True
@@ -68,7 +69,11 @@ def section_engine(args: argparse.Namespace) -> bool:
                         "async_scheduling": False,
                     },
                 ),
+                # EMBER_FUSED_GEMV (Llama-family layers without biases): decode steps of one
+                # row through the fused GEMVs, under graphs.
+                ("fp32 fused gemv one at a time", {}),
             ):
+                small_batch.ENABLED = "fused gemv" in mode
                 llm = LLM(tmp, dtype="float32", device="cuda", max_model_len=512, **kwargs)
                 batches = [[p] for p in prompts] if "one at a time" in mode else [prompts]
                 if "12 rows" in mode:
@@ -104,6 +109,7 @@ def section_engine(args: argparse.Namespace) -> bool:
                 print(
                     f"{arch:10} {mode:26} {same}/{len(prompts)}{note} {'PASS' if passed else 'FAIL'}"
                 )
+                small_batch.ENABLED = False
                 del llm
             del hf
             torch.cuda.empty_cache()

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ember.errors import ModelLoadError
+from ember.layers import small_batch
 from ember.layers.activation import SiluAndMul
 from ember.layers.attention import Attention
 from ember.layers.linear import Embedding, Linear, MergedLinear
@@ -22,6 +23,7 @@ from ember.layers.rotary import RotaryEmbedding
 from ember.models.base import CausalLM
 from ember.models.config import ModelConfig
 from ember.models.weights import checkpoint_slots, load_into_slots, raise_if_missing
+from ember.ops.triton_gemv import PRE_ADD_RMSNORM, PRE_RMSNORM, PRE_SILU_MUL, gemv_triton
 
 _QK_NORM_MODEL_TYPES = frozenset({"qwen3"})
 
@@ -78,8 +80,19 @@ class LlamaAttention(nn.Module):
         kv_cache: KVCache,
         attn_metadata: AttentionMetadata,
     ) -> torch.Tensor:
-        num_tokens = hidden_states.shape[0]
-        q, k, v = self.qkv_proj(hidden_states).split(self.split_sizes, dim=-1)
+        out = self.attend(positions, self.qkv_proj(hidden_states), kv_cache, attn_metadata)
+        return self.o_proj(out)
+
+    def attend(
+        self,
+        positions: torch.Tensor,
+        qkv: torch.Tensor,
+        kv_cache: KVCache,
+        attn_metadata: AttentionMetadata,
+    ) -> torch.Tensor:
+        """From the q/k/v projection's output [T, (Hq + 2 Hkv) D] to attention's [T, Hq D]."""
+        num_tokens = qkv.shape[0]
+        q, k, v = qkv.split(self.split_sizes, dim=-1)
         q = q.view(num_tokens, self.num_heads, self.head_dim)
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
@@ -88,7 +101,7 @@ class LlamaAttention(nn.Module):
             k = self.k_norm(k)
         q, k = self.rotary(positions, q, k)
         out = self.attn(q, k, v, kv_cache, attn_metadata)
-        return self.o_proj(out.view(num_tokens, -1))
+        return out.view(num_tokens, -1)
 
 
 class LlamaMLP(nn.Module):
@@ -114,6 +127,8 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = LlamaMLP(config)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        # Fused small-batch GEMVs (layers/small_batch.py) take no biases.
+        self.fusable = not (config.attention_bias or config.attention_out_bias or config.mlp_bias)
 
     def forward(
         self,
@@ -123,6 +138,8 @@ class LlamaDecoderLayer(nn.Module):
         kv_cache: KVCache,
         attn_metadata: AttentionMetadata,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.fusable and small_batch.applies(hidden_states):
+            return self._forward_fused(positions, hidden_states, residual, kv_cache, attn_metadata)
         # The residual stream is carried separately so each norm can fuse the preceding add.
         if residual is None:
             residual = hidden_states
@@ -132,6 +149,39 @@ class LlamaDecoderLayer(nn.Module):
         hidden_states = self.self_attn(positions, hidden_states, kv_cache, attn_metadata)
         hidden_states, residual = self.post_attention_layernorm(hidden_states, residual)
         return self.mlp(hidden_states), residual
+
+    def _forward_fused(
+        self,
+        positions: torch.Tensor,
+        hidden_states: torch.Tensor,
+        residual: torch.Tensor | None,
+        kv_cache: KVCache,
+        attn_metadata: AttentionMetadata,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward() as four GEMVs with the norms, residual adds and SiLU-mul fused in; the
+        residual stream is written out of place (the GEMV's other programs still read it)."""
+        attn, mlp = self.self_attn, self.mlp
+        norm1, norm2 = self.input_layernorm, self.post_attention_layernorm
+        if residual is None:
+            residual = hidden_states
+            qkv = gemv_triton(
+                hidden_states, attn.qkv_proj.weight, pre=PRE_RMSNORM,
+                norm_weight=norm1.weight, eps=norm1.eps,
+            )  # fmt: skip
+        else:
+            summed = torch.empty_like(residual)
+            qkv = gemv_triton(
+                hidden_states, attn.qkv_proj.weight, pre=PRE_ADD_RMSNORM,
+                norm_weight=norm1.weight, eps=norm1.eps, residual=residual, residual_out=summed,
+            )  # fmt: skip
+            residual = summed
+        out = gemv_triton(attn.attend(positions, qkv, kv_cache, attn_metadata), attn.o_proj.weight)
+        summed = torch.empty_like(residual)
+        gate_up = gemv_triton(
+            out, mlp.gate_up_proj.weight, pre=PRE_ADD_RMSNORM, norm_weight=norm2.weight,
+            eps=norm2.eps, residual=residual, residual_out=summed,
+        )  # fmt: skip
+        return gemv_triton(gate_up, mlp.down_proj.weight, pre=PRE_SILU_MUL), summed
 
 
 class LlamaModel(nn.Module):

@@ -1,0 +1,40 @@
+"""The fused small-batch GEMV path of the Llama-family layers (EMBER_FUSED_GEMV, layers/
+small_batch.py) generates what the usual path generates: the tiny Llama on CPU, its decode steps
+through the Triton GEMVs under Triton's interpreter. Skipped where Triton is not installed (CI)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.ops.test_triton_interpreter import pytestmark  # noqa: F401 (the same skips)
+
+_CHECK = r"""
+from ember import LLM, SamplingParams
+from ember.layers import small_batch
+from ember.registry import ModelStore, default_home
+
+tiny = str(ModelStore(default_home()).resolve("tiny").path)
+prompts = [{"prompt_token_ids": p} for p in ([5, 17, 42, 99, 7, 3, 250, 11], [300, 12, 8])]
+greedy = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
+llm = LLM(tiny, dtype="float32", device="cpu", block_size=4)
+want = [o.outputs[0].token_ids for o in llm.generate(prompts, greedy)]
+rows = []
+small_batch.applies = lambda x: rows.append(x.shape[0]) or x.shape[0] <= 4
+got = [o.outputs[0].token_ids for o in llm.generate(prompts, greedy)]
+assert got == want, (got, want)
+assert any(r <= 4 for r in rows) and any(r > 4 for r in rows), rows
+print("ok")
+"""
+
+
+def test_fused_layers_generate_the_same_tokens() -> None:
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHECK], env=env, capture_output=True, text=True, timeout=280
+    )
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-4000:]
