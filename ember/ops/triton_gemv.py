@@ -157,6 +157,7 @@ def gemv_triton(
     y = torch.empty((m_rows, n_cols), dtype=x.dtype, device=x.device)
     if m_rows == 0:
         return y
+    m_pad = next_power_of_2(m_rows)
     _gemv_kernel[(-(-n_cols // block_n),)](
         x,
         weight,
@@ -174,9 +175,10 @@ def gemv_triton(
         residual_out.stride(0) if residual_out is not None else 0,
         eps,
         norm_offset,
-        M_PAD=next_power_of_2(m_rows),
+        M_PAD=m_pad,
         BLOCK_N=block_n,
-        BLOCK_K=min(block_k, next_power_of_2(k_dim)),
+        # The product tile is M_PAD x BLOCK_N x BLOCK_K in registers: fewer K per extra row.
+        BLOCK_K=max(16, min(block_k // m_pad, next_power_of_2(k_dim))),
         PRE=pre,
         num_warps=num_warps,
         num_stages=num_stages,
