@@ -19,6 +19,14 @@ if TYPE_CHECKING:
     from ember.engine.async_engine import AsyncEngine
 
 _STORE_COMMANDS = ("list", "ps", "show", "rm", "cp", "create")
+_STARTUP_SWITCHES = (
+    "Start-up switches, environment only: EMBER_STARTUP_TRACE=1 prints each start-up step of "
+    "both processes; EMBER_PREFETCH_WEIGHTS=0 (no read-ahead of a local model's weights), "
+    "EMBER_BYTECODE_CACHE=0 (no bytecode cache in EMBER_HOME where torch ships none), "
+    "EMBER_PREPIN=0 (no early pinning of the loader's ring) and EMBER_WARM_BESIDE_LOAD=0 (no "
+    "kernel warm-up beside the weights' load) turn those off; EMBER_FUSED_GEMV=1 runs decode "
+    "steps of up to 4 rows through fused Triton GEMVs (experimental)."
+)
 _EPILOG = (
     "Every option can also be set by its environment variable (EMBER_*, or Ollama's OLLAMA_* "
     "where one exists); flags win over EMBER_*, which win over OLLAMA_*."
@@ -38,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve a model over Ollama's and OpenAI's (vLLM's) HTTP APIs",
         description="Serve a model over Ollama's (/api/*) and OpenAI's (/v1/*) HTTP APIs, with "
         "/health, /live and /metrics.",
-        epilog=_EPILOG,
+        epilog=_EPILOG + " " + _STARTUP_SWITCHES,
     )
     serve.add_argument(
         "model_arg",

@@ -57,6 +57,14 @@ def test_serve_help_documents_every_option_and_its_env_vars() -> None:
         "PORT",
         "--kv-cache-memory-gb",
         "--served-model-name",
+        "--kv-cache-dtype",
+        "--no-cache-weights",
+        "EMBER_STARTUP_TRACE",
+        "EMBER_PREFETCH_WEIGHTS",
+        "EMBER_BYTECODE_CACHE",
+        "EMBER_PREPIN",
+        "EMBER_WARM_BESIDE_LOAD",
+        "EMBER_FUSED_GEMV",
     ):
         assert text in out, text
 
