@@ -44,8 +44,11 @@ run() {
     local name=$1 limit=$2
     shift 2
     echo "=== $name: $*"
-    timeout "$limit" "$@" 2>&1 | grep --line-buffered -v " INFO \|INFO: \|Writing model" \
-        | tee "$OUT/$name.log"
+    # INFO lines are dropped except the engine core's, the loader's and the early pinning's
+    # (the weights phase also holds building the model and, by default, the kernels' warm-up).
+    timeout "$limit" "$@" 2>&1 \
+        | grep --line-buffered -v -P " INFO (?!ember\.models\.loader|ember\.loader\.prepin|ember\.engine\.core)" \
+        | grep --line-buffered -v "INFO: \|Writing model" | tee "$OUT/$name.log"
     local rc=${PIPESTATUS[0]}
     if [ "$rc" != 0 ]; then
         echo "=== $name: exit $rc"
