@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -144,8 +145,10 @@ def load_model(
         # Headers are read and checked now: a bad file fails before anything is allocated.
         streamer = SafetensorsStreamer(source, device, options=options, progress=progress)
         # Parameters are allocated once, uninitialised, directly on the device in the final dtype.
+        t_build = time.monotonic()
         with _default_dtype(dtype), torch.device(device):
             model = model_class(config)
+        build_s = time.monotonic() - t_build
         helper = _Alongside(alongside, model) if alongside is not None else None
         rename = getattr(model, "checkpoint_name", None)
         try:
@@ -161,11 +164,13 @@ def load_model(
         helper.raise_if_failed()
     stats = streamer.stats
     log.info(
-        "weights: %.2f GB in %d files from %s in %.2f s (%.2f GB/s)",
+        "weights: %.2f GB in %d files from %s in %.2f s (%.2f GB/s); parameters allocated in "
+        "%.3f s before",
         stats.bytes / 1e9,
         stats.files,
         source.uri,
         stats.seconds,
         stats.gb_per_s,
+        build_s,
     )
     return model.eval()
