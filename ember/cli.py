@@ -25,7 +25,8 @@ _STARTUP_SWITCHES = (
     "EMBER_BYTECODE_CACHE=0 (no bytecode cache in EMBER_HOME where torch ships none), "
     "EMBER_PREPIN=0 (no early pinning of the loader's ring) and EMBER_WARM_BESIDE_LOAD=0 (no "
     "kernel warm-up beside the weights' load) turn those off; EMBER_FUSED_GEMV=1 runs decode "
-    "steps of up to 4 rows through fused Triton GEMVs (experimental)."
+    "steps of up to 4 rows through fused Triton GEMVs and EMBER_RESERVE_PARAMS=1 allocates the "
+    "parameters from one reserved block (both experimental)."
 )
 _EPILOG = (
     "Every option can also be set by its environment variable (EMBER_*, or Ollama's OLLAMA_* "

@@ -26,6 +26,9 @@
 #                                               # kernels + cuBLAS, then the engine's batch-1
 #                                               # decode without and with EMBER_FUSED_GEMV=1
 #                                               # (~7 min)
+#   bash scripts/device_run.sh reserve          # start -> first token without and with the
+#                                               # parameters carved from one reserved block
+#                                               # (EMBER_RESERVE_PARAMS=1), in turn (~3 min)
 #   bash scripts/device_run.sh cold             # start -> first token with the weights evicted
 #                                               # from the page cache, without and with their
 #                                               # read-ahead, in turn, traced (~4 min)
@@ -86,6 +89,11 @@ for stage in "$@"; do
             run startexp 400 python3 benchmarks/bench_serve.py --real-weights --starts 7 \
                 --start-only --start-env EMBER_STARTUP_TRACE=1 \
                 --start-env "EMBER_STARTUP_TRACE=1 EMBER_PREPIN=0 EMBER_WARM_BESIDE_LOAD=0"
+            ;;
+        reserve)
+            run reserve 300 python3 benchmarks/bench_serve.py --real-weights --starts 7 \
+                --start-only --start-env EMBER_STARTUP_TRACE=1 \
+                --start-env "EMBER_STARTUP_TRACE=1 EMBER_RESERVE_PARAMS=1"
             ;;
         gemv)
             run gemv 200 python3 scripts/gpu_check.py --section gemv
