@@ -1,5 +1,5 @@
 """Read a local model's weights ahead into the page cache while the engine's process imports
-torch (3 s on the H200 host, the longest step of a warm start), so that a cold disk is already
+torch (2-4.5 s on the H200 host, the longest step of a start), so that a cold disk is already
 busy before the loader can run: a daemon thread reads the shards in the loader's order, skipping
 those already cached.
 
@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 import threading
+from contextlib import closing
 from pathlib import Path
 
 from ember.envflags import env_flag
@@ -46,7 +47,8 @@ def _files(model_dir: Path) -> list[Path]:
     """The directory's safetensors shards, in the order the loader reads them; [] where it has
     none (or they cannot be listed: the loader reports that)."""
     try:
-        names, _ = weight_files(LocalSource(model_dir))
+        with closing(LocalSource(model_dir)) as source:  # reading the index opens a file
+            names, _ = weight_files(source)
     except EmberError:
         return []
     return [model_dir / name for name in names]

@@ -73,6 +73,12 @@ def test_shards_go_in_the_loaders_order_within_the_budget(
     ]
     assert prefetch.prefetch_weights(tmp_path)  # once per directory
     assert len(read) == 2
+    index = str(tmp_path / "model.safetensors.index.json")
+    assert not any(  # no file left open
+        os.readlink(f"/proc/self/fd/{fd}") == index
+        for fd in map(int, os.listdir("/proc/self/fd"))
+        if os.path.exists(f"/proc/self/fd/{fd}")
+    )
 
 
 def test_cached_shards_are_not_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
