@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ember import __version__
 from ember.config import ConfigError, ServeConfig, add_config_arguments, config_flags
+from ember.engine.args import KV_CACHE_DTYPES
 
 if TYPE_CHECKING:
     from ember.engine.async_engine import AsyncEngine
@@ -109,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     warm.add_argument(
         "--kv-cache-dtype",
         default=os.environ.get("EMBER_KV_CACHE_DTYPE", "auto"),
-        choices=("auto", "fp8", "fp8_e4m3", "fp8_e5m2"),
+        choices=KV_CACHE_DTYPES,
         help="the server's --kv-cache-dtype (default: $EMBER_KV_CACHE_DTYPE, else auto)",
     )
 

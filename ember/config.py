@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ember.engine.args import KV_CACHE_DTYPES
+
 if TYPE_CHECKING:
     from ember.engine.args import EngineArgs
     from ember.registry import ModelStore
@@ -345,7 +347,7 @@ class ServeConfig:
         "KV cache element type: auto (the model's dtype), fp8 (= fp8_e4m3) or fp8_e5m2; fp8 "
         "halves the cache's memory and the bytes decode reads, unscaled (as vLLM without "
         "calibrated scales)",
-        _choice("auto", "fp8", "fp8_e4m3", "fp8_e5m2"),
+        _choice(*KV_CACHE_DTYPES),
     )
     gpu_memory_utilization: float = _opt(
         0.9,

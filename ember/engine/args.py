@@ -11,6 +11,9 @@ from pathlib import Path
 # "weights". Called from the thread that builds the engine.
 StartupProgress = Callable[[str, int, int], None]
 
+# --kv-cache-dtype: "auto" is the model's dtype; "fp8" is "fp8_e4m3" (vLLM's names).
+KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
+
 
 @dataclass(slots=True)
 class EngineArgs:
@@ -26,7 +29,7 @@ class EngineArgs:
     block_size: int = 16  # tokens per KV cache block
     num_kv_blocks: int | None = None  # default: sized from kv_cache_memory_gb / GPU memory
     kv_cache_memory_gb: float = 1.0  # CPU only: KV cache budget
-    kv_cache_dtype: str = "auto"  # "auto" (the model's dtype) | "fp8" / "fp8_e4m3" | "fp8_e5m2"
+    kv_cache_dtype: str = "auto"  # one of KV_CACHE_DTYPES
     gpu_memory_utilization: float = 0.9
     enable_prefix_caching: bool = True
     seed: int = 0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ember.engine.args import EngineArgs
+from ember.engine.args import KV_CACHE_DTYPES, EngineArgs
 from ember.engine.faults import Faults
 from ember.engine.kv_cache import KVCacheManager
 from ember.engine.messages import CoreInfo, EngineCoreOutput, EngineStats, StartupTimes
@@ -108,14 +108,15 @@ def resolve_kv_cache_dtype(name: str, dtype: torch.dtype, device: torch.device) 
     kv_dtype = _KV_CACHE_DTYPES.get(name)
     if kv_dtype is None:
         raise InvalidRequestError(
-            f"kv_cache_dtype must be auto, fp8, fp8_e4m3 or fp8_e5m2, got {name!r}"
+            f"kv_cache_dtype must be {', '.join(KV_CACHE_DTYPES)}, got {name!r}"
         )
-    if use_triton(device) and torch.cuda.get_device_capability(device) < (8, 9):
+    if use_triton(device):  # the Triton kernels' fp8 conversions need Ada or Hopper
         major, minor = torch.cuda.get_device_capability(device)
-        raise InvalidRequestError(
-            f"--kv-cache-dtype {name} needs a GPU of compute capability 8.9 or newer (Ada, "
-            f"Hopper); this one is {major}.{minor}: use --kv-cache-dtype auto"
-        )
+        if (major, minor) < (8, 9):
+            raise InvalidRequestError(
+                f"--kv-cache-dtype {name} needs a GPU of compute capability 8.9 or newer (Ada, "
+                f"Hopper); this one is {major}.{minor}: use --kv-cache-dtype auto"
+            )
     return kv_dtype
 
 
@@ -290,7 +291,6 @@ class EngineCore:
         """One forward pass over max_num_batched_tokens prompt tokens against a one-block cache:
         writes are skipped (slot -1) and reads see block 0, so it touches no real cache."""
         model = self.model if model is None else model
-        c = self.model_config
         tokens = self.args.max_num_batched_tokens
         num_seqs = max(1, min(self.args.max_num_seqs, tokens // 256 or 1))
         lens = [tokens // num_seqs] * num_seqs
@@ -310,14 +310,7 @@ class EngineCore:
             query_start_loc_cpu=starts,
             seq_lens_cpu=lens,
         )
-        shape = (1, self.block_size, c.num_key_value_heads, c.head_dim)
-        caches = [
-            (
-                torch.zeros(shape, dtype=self.kv_dtype, device=dev),
-                torch.zeros(shape, dtype=self.kv_dtype, device=dev),
-            )
-            for _ in range(c.num_hidden_layers)
-        ]
+        caches = self._allocate_kv(1)
         ids = torch.zeros(tokens, dtype=torch.int64, device=dev)
         positions = torch.cat([torch.arange(n, device=dev) for n in lens])
         hidden = model(ids, positions, caches, meta)

@@ -1,8 +1,9 @@
 """Triton KV cache write: the CUDA twin of `attention_ref.write_kv`, one launch per layer and step.
 
 One program per new token copies its k and v rows (all KV heads) into the token's cache slot,
-casting to the cache dtype (fp8 caches: saturated at the format's largest value, no scale). A slot of -1 marks a padding token (a CUDA-graph batch padded to its
-captured size) and is skipped, so padded steps never touch the cache.
+casting to the cache dtype (fp8 caches: saturated at the format's largest value, no scale). A
+slot of -1 marks a padding token (a CUDA-graph batch padded to its captured size) and is
+skipped, so padded steps never touch the cache.
 
 On a CPU-only install (no Triton) importing this module still works: `available()` says False and
 the kernel below stays a plain function that is never launched.
@@ -13,6 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+from ember.ops.attention_ref import FP8_DTYPES
 
 try:
     import triton
@@ -108,9 +111,7 @@ def _write_kv_kernel(
 
 def _saturation(dtype: torch.dtype) -> float:
     """The largest finite value of an fp8 cache dtype (stores clamp to it); 0.0 for others."""
-    if dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
-        return float(torch.finfo(dtype).max)
-    return 0.0
+    return float(torch.finfo(dtype).max) if dtype in FP8_DTYPES else 0.0
 
 
 def write_kv_triton(

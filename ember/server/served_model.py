@@ -175,7 +175,7 @@ class ServedModel:
             trace("model resolved")
             self.phase = "loading weights"
             args = engine_args(self.config, local, self.name, store, self._on_progress)
-            if not is_uri(self.model) and prefetch_weights(local.path):
+            if not is_uri(self.model) and await asyncio.to_thread(prefetch_weights, local.path):
                 args = replace(args, weights_prefetched=True)  # read while the core imports
             if self.gpu_share is not None:
                 args = replace(args, gpu_memory_utilization=gpu_utilization(self.gpu_share, args))
