@@ -4,12 +4,10 @@ through the Triton GEMVs under Triton's interpreter. Skipped where Triton is not
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-from tests.ops.test_triton_interpreter import pytestmark  # noqa: F401 (the same skips)
+from tests.ops.test_triton_interpreter import (  # noqa: F401 (pytestmark: the same skips)
+    pytestmark,
+    run_interpreted,
+)
 
 _CHECK = r"""
 from ember import LLM, SamplingParams
@@ -31,10 +29,4 @@ print("ok")
 
 
 def test_fused_layers_generate_the_same_tokens() -> None:
-    root = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
-    proc = subprocess.run(
-        [sys.executable, "-c", _CHECK], env=env, capture_output=True, text=True, timeout=280
-    )
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-4000:]
+    run_interpreted(_CHECK)

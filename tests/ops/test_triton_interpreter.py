@@ -98,11 +98,16 @@ print("ok")
 """
 
 
-def test_attention_kernels_match_reference_under_interpreter() -> None:
+def run_interpreted(script: str) -> None:
+    """Run `script` in a fresh process under Triton's interpreter; it must print "ok" last."""
     root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, TRITON_INTERPRET="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
     proc = subprocess.run(
-        [sys.executable, "-c", _CHECK], env=env, capture_output=True, text=True, timeout=280
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=280
     )
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-4000:]
+
+
+def test_attention_kernels_match_reference_under_interpreter() -> None:
+    run_interpreted(_CHECK)
