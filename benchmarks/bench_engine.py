@@ -27,6 +27,7 @@ from benchmarks.common import (
     param_bytes,
     random_prompts,
 )
+from ember.engine.args import KV_CACHE_DTYPES
 
 
 def ember_runs(
@@ -174,7 +175,7 @@ def main() -> None:
     ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.6)
     ap.add_argument("--enforce-eager", action="store_true")
-    ap.add_argument("--kv-cache-dtype", default="auto", help="auto, fp8 or fp8_e5m2")
+    ap.add_argument("--kv-cache-dtype", default="auto", choices=KV_CACHE_DTYPES)
     ap.add_argument(
         "--no-async-scheduling",
         dest="async_scheduling",

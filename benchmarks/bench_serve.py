@@ -28,6 +28,7 @@ from pathlib import Path
 
 from benchmarks.common import SHAPES, dummy_model_dir
 from benchmarks.http_server import free_port, run_bench, wait_ready
+from ember.engine.args import KV_CACHE_DTYPES
 
 
 def startup_phases(url: str) -> str:
@@ -78,7 +79,7 @@ def main() -> None:
         help="serve with it: every CUDA graph before ready (steady-state throughput; by default "
         "the sizes start-up leaves are captured during the first benchmark)",
     )
-    ap.add_argument("--kv-cache-dtype", default="auto", help="auto, fp8 or fp8_e5m2")
+    ap.add_argument("--kv-cache-dtype", default="auto", choices=KV_CACHE_DTYPES)
     ap.add_argument(
         "--ollama-sampling",
         action="store_true",
@@ -122,10 +123,10 @@ def main() -> None:
 
 def evict_weights(model_dir: Path) -> float:
     """Drop the model's safetensors files from the page cache; the share still cached."""
-    from benchmarks.bench_load import cached_share
+    from benchmarks.bench_load import cached_share, weight_paths
     from ember.loader.pagecache import evict
 
-    paths = sorted(model_dir.glob("*.safetensors"))
+    paths = weight_paths(model_dir)
     for path in paths:
         evict(str(path))
     return cached_share(paths)
