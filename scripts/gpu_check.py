@@ -8,11 +8,12 @@ against attention_ref for many shapes; exits non-zero on any failure), decode (d
 µs and achieved KV-read GB/s for Llama-3.1-8B heads, against the HBM copy bandwidth measured in
 the same run and torch SDPA on dense copies of the same data), prefill (TFLOP/s, against SDPA),
 tune (a sweep of decode tile shapes and split counts, for choosing defaults), tune-prefill (the
-same for prefill tiles), shapes (Gemma 2 9B and
-Gemma 3 4B at real shapes against transformers; not in the default list: ~5 minutes), gguf
-(GGUF dequantization on CUDA against the gguf package's numpy code).
+same for prefill tiles), shapes (Gemma 2 9B and Gemma 3 4B at real shapes against
+transformers; not in the default list: ~5 minutes), gguf (GGUF dequantization on CUDA against the
+gguf package's numpy code), gemv (the experimental fused small-batch GEMVs against their
+reference, then timed against today's kernels; scripts/gpu_gemv_check.py).
 
-The correctness section also runs on CPU under Triton's interpreter (with numpy < 2.4, which
+The correctness and gemv sections also run on CPU under Triton's interpreter (with numpy < 2.4, which
 Triton 3.6's interpreter needs: e.g. `pip install --target /tmp/np22 numpy==2.2.6` and put that
 first on PYTHONPATH, next to a Triton wheel):
     TRITON_INTERPRET=1 python scripts/gpu_check.py --section correctness --device cpu --quick
