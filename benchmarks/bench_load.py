@@ -304,6 +304,7 @@ def timed(
     nbytes: int,
     args: argparse.Namespace,
     setting: tuple[int, int] | None = None,
+    env: str = "",
 ) -> Result | None:
     cmd = [sys.executable, __file__, "--child", key, "--dir", str(args.dir)]
     cmd += ["--layers", str(args.layers), "--vocab", str(args.vocab), "--device", args.device]
@@ -311,7 +312,12 @@ def timed(
     if setting is not None:
         cmd += ["--chunk-mib", str(setting[0]), "--load-threads", str(setting[1])]
         label = f"ember, {setting[0]} MiB x {setting[1]} threads"
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    if env:
+        label = f"{label}, {env}"
+    child_env = os.environ | dict(kv.split("=", 1) for kv in env.split())
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, check=False, env=child_env
+    )
     if proc.returncode != 0:
         print(f"  {label:<34} {cache:<5} FAILED: {proc.stderr.strip()[-2000:]}", flush=True)
         return None
@@ -423,6 +429,15 @@ def main() -> None:
         action="store_true",
         help="also load warm with other chunk sizes and thread counts, each in a fresh process",
     )
+    ap.add_argument(
+        "--warm-env",
+        action="append",
+        default=[],
+        metavar="'VAR=VALUE ...'",
+        help="only warm loads by ember (buffered), each in a fresh process, alternating the plain "
+        "environment with each of these (repeatable), --repeats times",
+    )
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of --warm-env's loads")
     args = ap.parse_args()
     device = torch.device(args.device)
     if args.child:
@@ -444,6 +459,13 @@ def main() -> None:
     nbytes = write_model(args.dir, cfg, args.shards, device)
     paths = weight_paths(args.dir)
     print(f"model: {nbytes / 1e9:.2f} GB in {len(paths)} shards ({time.perf_counter() - t0:.1f} s)")
+    if args.warm_env:
+        parallel_read(paths, args.threads, direct=False)
+        print(f"warm page cache ({cached_share(paths):.0%} cached), each load in a fresh process:")
+        for _ in range(args.repeats):
+            for env in ["", *args.warm_env]:
+                timed("ember-buffered", "warm", nbytes, args, env=env)
+        return
     if cuda:
         check_streamer(device, args.dir.parent / "check")
 

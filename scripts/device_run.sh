@@ -19,16 +19,19 @@
 #   bash scripts/device_run.sh startexp         # start -> first token, traced, with and without
 #                                               # the ring pinned early and the kernels warmed
 #                                               # beside the load, in turn (~3 min)
-#   bash scripts/device_run.sh fp8              # --kv-cache-dtype fp8: kernel checks (with the
-#                                               # fp8 cases), engine at 1/64/256 without and
-#                                               # with it, then HTTP with it (~10 min)
+#   bash scripts/device_run.sh fp8              # --kv-cache-dtype fp8: engine at 1/64/256
+#                                               # without and with it, then HTTP with it
+#                                               # (~8 min; its kernel cases are in `check`)
 #   bash scripts/device_run.sh gemv             # the fused small-batch GEMVs vs today's pre-op
 #                                               # kernels + cuBLAS, then the engine's batch-1
 #                                               # decode without and with EMBER_FUSED_GEMV=1
 #                                               # (~7 min)
-#   bash scripts/device_run.sh reserve          # start -> first token without and with the
-#                                               # parameters carved from one reserved block
-#                                               # (EMBER_RESERVE_PARAMS=1), in turn (~3 min)
+#   bash scripts/device_run.sh reserve          # pinning and parameter allocation timed apart
+#                                               # (bench_pin.py), warm loads and then
+#                                               # start -> first token
+#                                               # without and with the parameters carved from
+#                                               # one reserved block (EMBER_RESERVE_PARAMS=1),
+#                                               # in turn (~4 min)
 #   bash scripts/device_run.sh cold             # start -> first token with the weights evicted
 #                                               # from the page cache, without and with their
 #                                               # read-ahead, in turn, traced (~4 min)
@@ -91,7 +94,10 @@ for stage in "$@"; do
                 --start-env "EMBER_STARTUP_TRACE=1 EMBER_PREPIN=0 EMBER_WARM_BESIDE_LOAD=0"
             ;;
         reserve)
-            run reserve 300 python3 benchmarks/bench_serve.py --real-weights --starts 7 \
+            run pin 120 python3 benchmarks/bench_pin.py
+            run reserve-load 200 python3 benchmarks/bench_load.py \
+                --warm-env EMBER_RESERVE_PARAMS=1 --repeats 3
+            run reserve 300 python3 benchmarks/bench_serve.py --real-weights --starts 6 \
                 --start-only --start-env EMBER_STARTUP_TRACE=1 \
                 --start-env "EMBER_STARTUP_TRACE=1 EMBER_RESERVE_PARAMS=1"
             ;;
@@ -103,7 +109,6 @@ for stage in "$@"; do
                 --skip-transformers --batches 4
             ;;
         fp8)
-            run fp8-check 150 python3 scripts/gpu_check.py --section correctness
             run fp8-base-engine 150 python3 benchmarks/bench_engine.py --skip-transformers \
                 --batches 64 256
             run fp8-engine 150 python3 benchmarks/bench_engine.py --skip-transformers \

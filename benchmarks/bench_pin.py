@@ -1,0 +1,158 @@
+"""Per-process costs of a load, measured apart: pinning the host ring and allocating parameters.
+
+A fresh process loads the 8B shape at 25-29 GB/s where one that has pinned its ring and warmed
+torch's caching allocator reaches ~41 GB/s (docs/benchmarks.md). This times, in one fresh
+process on the GPU machine (~20 s):
+
+  - pinning 20 x 16 MiB ring slots with cudaHostAlloc (torch's pin_memory), one thread and four;
+  - the same slots as anonymous memory (transparent huge pages asked for, touched by threads),
+    then registered with cudaHostRegister, one thread and four;
+  - host -> device copy rate out of each kind of slot (both must be real DMA);
+  - allocating the Llama-3.1-8B shape's parameters (291 tensors) one cudaMalloc each, against
+    one reserved block that torch's caching allocator carves them from.
+
+    python benchmarks/bench_pin.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import mmap
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+import torch
+
+MiB = 1 << 20
+MADV_HUGEPAGE = 14
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def pin_alloc(count: int, nbytes: int, threads: int) -> list[torch.Tensor]:
+    def one(_: int) -> torch.Tensor:
+        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(one, range(count)))
+
+
+class Registered:
+    """Anonymous memory registered with CUDA (kept alive with its mapping)."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.map = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self.map.madvise(MADV_HUGEPAGE)
+        self.tensor = torch.frombuffer(self.map, dtype=torch.uint8)
+        self.tensor.fill_(0)  # fault every page in before registering
+        rc = torch.cuda.cudart().cudaHostRegister(self.tensor.data_ptr(), nbytes, 0)
+        if int(rc) != 0:
+            raise RuntimeError(f"cudaHostRegister failed: {rc}")
+
+    def close(self) -> None:
+        torch.cuda.cudart().cudaHostUnregister(self.tensor.data_ptr())
+
+
+def pin_register(count: int, nbytes: int, threads: int) -> list[Registered]:
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(lambda _: Registered(nbytes), range(count)))
+
+
+def h2d_rate(sources: list[torch.Tensor], device: torch.device) -> float:
+    dest = torch.empty(sources[0].numel(), dtype=torch.uint8, device=device)
+    for s in sources[:2]:
+        dest.copy_(s, non_blocking=True)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(4):
+        for s in sources:
+            dest.copy_(s, non_blocking=True)
+    torch.cuda.synchronize()
+    return 4 * sum(s.numel() for s in sources) / (time.perf_counter() - t0) / 1e9
+
+
+def llama_8b_shapes() -> list[tuple[int, ...]]:
+    """The parameters ember builds for Llama-3.1-8B (fused qkv and gate_up)."""
+    shapes: list[tuple[int, ...]] = [(128256, 4096)]
+    for _ in range(32):
+        shapes += [(4096,), (6144, 4096), (4096, 4096), (4096,), (28672, 4096), (4096, 14336)]
+    return [*shapes, (4096,), (128256, 4096)]
+
+
+def allocate_each(shapes: list[tuple[int, ...]], device: torch.device) -> list[torch.Tensor]:
+    out = [torch.empty(s, dtype=torch.bfloat16, device=device) for s in shapes]
+    torch.cuda.synchronize()
+    return out
+
+
+def allocate_reserved(shapes: list[tuple[int, ...]], device: torch.device) -> list[torch.Tensor]:
+    step = 2 * MiB
+    total = sum(-(-2 * int(torch.Size(s).numel()) // step) * step for s in shapes)
+    block = torch.empty(total + step, dtype=torch.uint8, device=device)
+    del block
+    return allocate_each(shapes, device)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--slots", type=int, default=20)
+    ap.add_argument("--slot-mib", type=int, default=16)
+    args = ap.parse_args()
+    device = torch.device("cuda")
+    t_init, _ = timed(lambda: torch.empty(1, device=device))
+    print(
+        f"GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}; CUDA init {t_init:.3f} s"
+    )
+    n, size = args.slots, args.slot_mib * MiB
+    total_mib = n * args.slot_mib
+    print(f"ring: {n} x {args.slot_mib} MiB = {total_mib} MiB")
+
+    for threads in (1, 4):
+        s, bufs = timed(partial(pin_alloc, n, size, threads))
+        assert isinstance(bufs, list)
+        rate = h2d_rate(bufs, device)
+        print(
+            f"  cudaHostAlloc, {threads} thread(s): {s:.3f} s ({s * 1e3 / total_mib:.2f} ms/MiB); "
+            f"H2D out of it {rate:.1f} GB/s"
+        )
+        del bufs
+        torch.cuda.empty_cache()
+    for threads in (1, 4):
+        try:
+            s, regs = timed(partial(pin_register, n, size, threads))
+        except Exception as e:  # report and go on: this is the experiment
+            print(f"  huge pages + cudaHostRegister, {threads} thread(s): FAILED {e}")
+            continue
+        assert isinstance(regs, list)
+        rate = h2d_rate([r.tensor for r in regs], device)
+        print(
+            f"  huge pages + cudaHostRegister, {threads} thread(s): {s:.3f} s "
+            f"({s * 1e3 / total_mib:.2f} ms/MiB); H2D out of it {rate:.1f} GB/s"
+        )
+        for r in regs:
+            r.close()
+
+    shapes = llama_8b_shapes()
+    gb = sum(2 * torch.Size(s).numel() for s in shapes) / 1e9
+    print(f"parameters: {len(shapes)} tensors, {gb:.2f} GB bf16")
+    for label, fn in (
+        ("one cudaMalloc each", allocate_each),
+        ("carved from one reserved block", allocate_reserved),
+        ("one cudaMalloc each (again)", allocate_each),
+        ("carved from one reserved block (again)", allocate_reserved),
+    ):
+        torch.cuda.synchronize()
+        s, params = timed(partial(fn, shapes, device))
+        print(f"  {label}: {s:.3f} s")
+        del params
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
