@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import mmap
 import os
@@ -285,6 +286,8 @@ def child(
     """One load in this (fresh) process: timed from after CUDA init to the last byte on the
     device, so per-process costs (pinning buffers, allocating) count, CUDA init does not."""
     load = LOADERS[key][1] if options is None else partial(load_ember, direct=None, options=options)
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("ember.models.loader").setLevel(logging.INFO)
     if device.type == "cuda":
         torch.empty(1, device=device)
         torch.cuda.synchronize()
@@ -324,6 +327,9 @@ def timed(
     seconds = float(json.loads(proc.stdout.strip().splitlines()[-1])["seconds"])
     result = Result(label, cache, seconds, nbytes / seconds / 1e9)
     print(f"  {label:<34} {cache:<5} {seconds:7.2f} s {result.gbps:7.2f} GB/s", flush=True)
+    for line in proc.stderr.splitlines():  # ember's own account of the load (its log line)
+        if line.startswith("weights: "):
+            print(f"      {line}", flush=True)
     return result
 
 
@@ -459,6 +465,8 @@ def main() -> None:
     nbytes = write_model(args.dir, cfg, args.shards, device)
     paths = weight_paths(args.dir)
     print(f"model: {nbytes / 1e9:.2f} GB in {len(paths)} shards ({time.perf_counter() - t0:.1f} s)")
+    if cuda:
+        check_streamer(device, args.dir.parent / "check")
     if args.warm_env:
         parallel_read(paths, args.threads, direct=False)
         print(f"warm page cache ({cached_share(paths):.0%} cached), each load in a fresh process:")
@@ -466,8 +474,6 @@ def main() -> None:
             for env in ["", *args.warm_env]:
                 timed("ember-buffered", "warm", nbytes, args, env=env)
         return
-    if cuda:
-        check_streamer(device, args.dir.parent / "check")
 
     print("limits:")
     print(f"  cold cache: {drop_caches(paths)}")

@@ -26,12 +26,12 @@
 #                                               # kernels + cuBLAS, then the engine's batch-1
 #                                               # decode without and with EMBER_FUSED_GEMV=1
 #                                               # (~7 min)
-#   bash scripts/device_run.sh reserve          # pinning and parameter allocation timed apart
-#                                               # (bench_pin.py), warm loads and then
-#                                               # start -> first token
-#                                               # without and with the parameters carved from
-#                                               # one reserved block (EMBER_RESERVE_PARAMS=1),
-#                                               # in turn (~4 min)
+#   bash scripts/device_run.sh pin              # pinning and parameter allocation timed apart
+#                                               # (bench_pin.py); warm loads with the ring
+#                                               # registered (default), pinned by cudaHostAlloc,
+#                                               # and the parameters carved from one reserved
+#                                               # block; three starts; decode attention over
+#                                               # bf16 against fp8 caches (~5 min)
 #   bash scripts/device_run.sh cold             # start -> first token with the weights evicted
 #                                               # from the page cache, without and with their
 #                                               # read-ahead, in turn, traced (~4 min)
@@ -93,13 +93,13 @@ for stage in "$@"; do
                 --start-only --start-env EMBER_STARTUP_TRACE=1 \
                 --start-env "EMBER_STARTUP_TRACE=1 EMBER_PREPIN=0 EMBER_WARM_BESIDE_LOAD=0"
             ;;
-        reserve)
+        pin)
             run pin 120 python3 benchmarks/bench_pin.py
-            run reserve-load 200 python3 benchmarks/bench_load.py \
+            run pin-load 240 python3 benchmarks/bench_load.py --warm-env EMBER_PIN_REGISTER=0 \
                 --warm-env EMBER_RESERVE_PARAMS=1 --repeats 3
-            run reserve 300 python3 benchmarks/bench_serve.py --real-weights --starts 6 \
-                --start-only --start-env EMBER_STARTUP_TRACE=1 \
-                --start-env "EMBER_STARTUP_TRACE=1 EMBER_RESERVE_PARAMS=1"
+            run pin-start 200 python3 benchmarks/bench_serve.py --real-weights --starts 3 \
+                --start-only --start-env EMBER_STARTUP_TRACE=1
+            run decode-fp8 120 python3 scripts/gpu_check.py --section decode-fp8
             ;;
         gemv)
             run gemv 200 python3 scripts/gpu_check.py --section gemv
@@ -126,7 +126,7 @@ for stage in "$@"; do
             run spy-summary 60 python3 benchmarks/stacks.py "$OUT/serve-stacks.txt" --top 30
             ;;
         *)
-            echo "unknown stage '$stage': check shapes engine serve start load s3 async syncs sampled spy startexp"
+            echo "unknown stage '$stage': check shapes engine serve start load s3 async syncs sampled spy startexp fp8 gemv pin cold"
             status=2
             ;;
     esac

@@ -484,6 +484,24 @@ def section_decode(args: argparse.Namespace) -> bool:
     return True
 
 
+def section_decode_fp8(args: argparse.Namespace) -> bool:
+    """Decode attention over a bf16 cache against the same cache in fp8 (--kv-cache-dtype
+    fp8), one layer, Llama-3.1-8B heads: whether reading half the bytes makes it faster."""
+    hq, _, d = LLAMA_8B
+    print(f"{'batch':>5} {'ctx':>6} {'bf16 us':>9} {'fp8 us':>9} {'fp8 speed-up':>13}")
+    for batch, ctx in ((1, 512), (1, 8192), (64, 640), (256, 640), (256, 2048), (16, 8192)):
+        setup = decode_setup(batch, ctx)
+        out = torch.empty(batch, hq, d, device="cuda", dtype=torch.bfloat16)
+        bf16_us = time_us(decode_calls(setup, out, None, None))
+        setup.k_cache = setup.k_cache.to(torch.float8_e4m3fn)
+        setup.v_cache = setup.v_cache.to(torch.float8_e4m3fn)
+        fp8_us = time_us(decode_calls(setup, out, None, None))
+        print(f"{batch:>5} {ctx:>6} {bf16_us:>9.1f} {fp8_us:>9.1f} {bf16_us / fp8_us:>12.2f}x")
+        del setup, out
+        torch.cuda.empty_cache()
+    return True
+
+
 def prefill_setup(batch: int, length: int) -> tuple[Batch, int]:
     hq, hkv, d = LLAMA_8B
     case = Case("prefill", torch.bfloat16, hq, hkv, d, 16, tuple([(length, length)] * batch))
@@ -617,6 +635,7 @@ def section_gguf(args: argparse.Namespace) -> bool:
 SECTIONS: dict[str, Callable[[argparse.Namespace], bool]] = {
     "correctness": section_correctness,
     "decode": section_decode,
+    "decode-fp8": section_decode_fp8,
     "prefill": section_prefill,
     "tune": section_tune,
     "tune-prefill": section_tune_prefill,

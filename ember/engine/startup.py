@@ -56,7 +56,7 @@ def load_weights(
     try:
         return _load(args, model_dir, dtype, device, startup, alongside)
     finally:
-        prepin.release()  # slots pinned ahead and not used: back to torch's pinned cache
+        prepin.release()  # slots pinned ahead and not used are freed
 
 
 def _load(

@@ -1,10 +1,10 @@
 """Ring slots pinned before the load that needs them.
 
-Pinning host memory costs ~1 ms per MiB (the driver faults in and locks every page), so the
-default ring of 20 x 16 MiB takes ~0.3 s to pin: at 16 GB and ~40 GB/s that is most of the gap
-between a load into a fresh process and one into pre-pinned slots. `ember serve` starts the
+Pinning host memory costs time (cudaHostAlloc ~0.5-1 ms per MiB, registered huge pages ~0.1 ms
+per MiB; pinned.py): the default ring of 20 x 16 MiB took 0.16-0.3 s to pin with cudaHostAlloc,
+against ~0.4 s for a whole 16 GB load into pre-pinned slots. `ember serve` starts the
 engine core's process before it knows the model; that process calls `start()` as soon as torch is
-imported, and a background thread pins the slots (torch releases the GIL while it allocates)
+imported, and a background thread pins the slots (the GIL is released while it pins)
 while the main thread imports the engine and its Triton kernels. The loader's ring then `take()`s
 the slots that are ready and pins any others itself, as before.
 
@@ -23,6 +23,7 @@ from collections.abc import Callable
 import torch
 
 from ember.envflags import env_flag
+from ember.loader.pinned import pinned_host
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +31,13 @@ ALIGNMENT = 4096  # bytes; slots start page-aligned so O_DIRECT can read into th
 
 
 def page_aligned(nbytes: int, pinned: bool) -> torch.Tensor:
-    """A uint8 host tensor of nbytes starting on a page boundary, pinned or not. Pinned blocks
-    come page-aligned; plain CPU memory may not, and is then padded."""
-    raw = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pinned)
+    """A uint8 host tensor of nbytes starting on a page boundary, pinned (pinned.py) or not.
+    Pinned blocks come page-aligned; plain CPU memory may not, and is then padded."""
+    if pinned:
+        return pinned_host(nbytes)
+    raw = torch.empty(nbytes, dtype=torch.uint8)
     if raw.data_ptr() % ALIGNMENT:
-        raw = torch.empty(nbytes + ALIGNMENT, dtype=torch.uint8, pin_memory=pinned)
+        raw = torch.empty(nbytes + ALIGNMENT, dtype=torch.uint8)
     skip = -raw.data_ptr() % ALIGNMENT
     return raw[skip : skip + nbytes]
 
@@ -120,7 +123,7 @@ def take(nbytes: int) -> torch.Tensor | None:
 
 
 def release() -> None:
-    """After the load: the slots left unused go back to torch's pinned-memory cache."""
+    """After the load: the slots left unused are freed."""
     dropped = _pool.release()
     if _pool.thread is not None:
         log.info(

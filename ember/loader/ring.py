@@ -4,12 +4,16 @@ On CUDA each slot is pinned memory, so host-to-device copies are true async DMA;
 carries an event recorded after its last copy, and a reader waits on that event before it reuses
 the slot. On the CPU the slots are plain memory and copies finish before a slot is handed back.
 
-Slots are allocated by the reader that first uses them: pinning costs ~1 ms per MiB, and this
+Slots are allocated by the reader that first uses them: pinning takes time (pinned.py), and this
 way it is spread over the readers and overlaps the first reads instead of delaying them all. On
-CUDA a slot pinned ahead (prepin.py) is taken first.
+CUDA a slot pinned ahead (prepin.py) is taken first. `pin_seconds` sums the readers' time spent
+pinning (for the loader's log line).
 """
 
 from __future__ import annotations
+
+import threading
+import time
 
 import torch
 
@@ -28,6 +32,9 @@ class HostRing:
         self._views: list[memoryview | None] = [None] * slots
         # CUDA creates an event at its first record; waiting on one never recorded returns at once.
         self._events = [torch.cuda.Event() for _ in range(slots)] if self.cuda else []
+        self._lock = threading.Lock()
+        self.pin_seconds = 0.0
+        self.pinned_here = 0  # slots this ring pinned itself (not taken from prepin)
 
     def __len__(self) -> int:
         return len(self._tensors)
@@ -61,5 +68,10 @@ class HostRing:
         ready = prepin.take(self.slot_bytes)
         if ready is not None:
             return ready
+        t0 = time.perf_counter()
         with torch.cuda.device(self.device):
-            return page_aligned(self.slot_bytes, pinned=True)
+            block = page_aligned(self.slot_bytes, pinned=True)
+        with self._lock:
+            self.pin_seconds += time.perf_counter() - t0
+            self.pinned_here += 1
+        return block

@@ -48,6 +48,8 @@ class LoadStats:
     seconds: float = 0.0
     tensors: int = 0
     files: int = 0
+    pinned_slots: int = 0  # ring slots the load pinned itself (not pinned ahead)
+    pin_seconds: float = 0.0  # the readers' time spent pinning them, summed
 
     @property
     def gb_per_s(self) -> float:
@@ -161,6 +163,8 @@ class SafetensorsStreamer:
                         yield target.meta.name, self._finish(target, stream)
             if stream is not None:
                 stream.synchronize()
+            self.stats.pinned_slots = ring.pinned_here
+            self.stats.pin_seconds = ring.pin_seconds
         finally:
             for future in pending:
                 future.cancel()

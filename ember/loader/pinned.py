@@ -1,0 +1,103 @@
+"""Pinned host memory for the loader's ring, pinned the fast way.
+
+cudaHostAlloc (torch's `pin_memory=True`) pinned the ring's 20 x 16 MiB at ~0.49 ms per MiB on
+the H200 host, one slot at a time under the driver's lock. Anonymous memory with transparent huge
+pages asked for, touched, then registered with cudaHostRegister pinned the same 320 MiB at ~0.10
+ms per MiB, and host-to-device copies out of either ran at the same 54.7 GB/s
+(`benchmarks/bench_pin.py`, docs/benchmarks.md). A fresh process's load waits on its first slots
+being pinned, so this is time off every cold start that pins its own ring.
+
+Where registering fails (no THP, a platform whose driver refuses it, a memlock limit), the block
+comes from cudaHostAlloc as before, with one warning. EMBER_PIN_REGISTER=0 always uses
+cudaHostAlloc.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import mmap
+import threading
+from collections.abc import Callable
+
+import torch
+
+from ember.envflags import env_flag
+
+log = logging.getLogger(__name__)
+
+HUGE_PAGE = 2 << 20
+_MADV_HUGEPAGE = getattr(mmap, "MADV_HUGEPAGE", 14)
+
+_warned = threading.Event()
+
+
+class _Mapping(mmap.mmap):
+    """Anonymous memory that unregisters itself from CUDA before it is unmapped: torch's storage
+    holds the mapping's buffer, so that happens once no tensor or view of it is left."""
+
+    registered = 0  # the address registered with CUDA, if any
+
+    def __del__(self) -> None:
+        if self.registered:
+            try:  # noqa: SIM105 (at interpreter exit, contextlib may already be gone)
+                unregister(self.registered)
+            except Exception:  # CUDA torn down at exit: the process is ending anyway
+                pass
+
+
+def _host_mapping(nbytes: int) -> tuple[torch.Tensor, _Mapping]:
+    mapping = _Mapping(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    with contextlib.suppress(OSError, AttributeError):  # no THP: 4 KiB pages, slower to pin
+        mapping.madvise(_MADV_HUGEPAGE)
+    whole = torch.frombuffer(mapping, dtype=torch.uint8)  # holds the mapping's buffer
+    skip = -whole.data_ptr() % HUGE_PAGE
+    block = whole[skip : skip + nbytes]
+    block.fill_(0)  # fault the pages in here, where it is fast, not inside the registration
+    return block, mapping
+
+
+def host_block(nbytes: int) -> torch.Tensor:
+    """nbytes of zeroed anonymous host memory starting on a 2 MiB boundary (so the kernel can
+    back it with huge pages, which it is asked to), every page already faulted in. The tensor
+    and its views keep the mapping alive."""
+    return _host_mapping(nbytes)[0]
+
+
+def _cuda_register(ptr: int, nbytes: int) -> None:
+    rc = torch.cuda.cudart().cudaHostRegister(ptr, nbytes, 0)
+    if int(rc) != 0:
+        raise RuntimeError(f"cudaHostRegister returned {rc}")
+
+
+def _cuda_unregister(ptr: int) -> None:
+    torch.cuda.cudart().cudaHostUnregister(ptr)
+
+
+def _cuda_host_alloc(nbytes: int) -> torch.Tensor:
+    return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+
+
+# Indirections the tests replace (there is no CUDA in CI).
+register: Callable[[int, int], None] = _cuda_register
+unregister: Callable[[int], None] = _cuda_unregister
+host_alloc: Callable[[int], torch.Tensor] = _cuda_host_alloc
+
+
+def pinned_host(nbytes: int) -> torch.Tensor:
+    """A uint8 tensor of nbytes of pinned host memory starting on a page boundary (on the
+    current CUDA device's context). Registered memory is unregistered once neither the tensor
+    nor any view of it is left; copies still reading from it must have finished by then, as
+    with any pinned buffer."""
+    if env_flag("EMBER_PIN_REGISTER", True):
+        try:
+            block, mapping = _host_mapping(nbytes)
+            register(block.data_ptr(), nbytes)
+        except (OSError, RuntimeError, ValueError) as e:
+            if not _warned.is_set():
+                _warned.set()
+                log.warning("registering host memory failed (%s); pinning with cudaHostAlloc", e)
+        else:
+            mapping.registered = block.data_ptr()
+            return block
+    return host_alloc(nbytes)
