@@ -280,6 +280,26 @@ class Result:
     gbps: float
 
 
+def preimport(key: str, root: Path) -> None:
+    """What a loader imports, imported before the clock starts: `ember serve`'s engine process
+    has imported the engine, its Triton kernels and the model's class by the time the model
+    arrives (and imports are not weights moving); the other loaders' packages likewise."""
+    if key.startswith("ember"):
+        import ember.engine.core  # noqa: F401
+        from ember.engine.core_client import import_triton_kernels
+        from ember.models.loader import load_config
+        from ember.models.registry import get_model_class
+
+        import_triton_kernels()
+        source = LocalSource(root)
+        get_model_class(load_config(source))
+        source.close()
+    elif key == "safetensors":
+        import safetensors.torch  # noqa: F401
+    elif key == "runai":
+        import runai_model_streamer  # noqa: F401
+
+
 def child(
     key: str, root: Path, layers: int, device: torch.device, options: StreamOptions | None
 ) -> None:
@@ -288,6 +308,7 @@ def child(
     load = LOADERS[key][1] if options is None else partial(load_ember, direct=None, options=options)
     logging.basicConfig(format="%(message)s")
     logging.getLogger("ember.models.loader").setLevel(logging.INFO)
+    preimport(key, root)
     if device.type == "cuda":
         torch.empty(1, device=device)
         torch.cuda.synchronize()

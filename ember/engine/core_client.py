@@ -192,7 +192,7 @@ def _core_process_waiting(device: str, inbox: Connection, outbox: Connection) ->
     import ember.engine.core  # noqa: F401
 
     trace("engine imported")
-    _import_triton_kernels()
+    import_triton_kernels()
     trace("Triton kernels imported; waiting for the model")
     try:
         kind, args = inbox.recv()
@@ -203,7 +203,8 @@ def _core_process_waiting(device: str, inbox: Connection, outbox: Connection) ->
         _core_process_main(args, inbox, outbox)
 
 
-def _import_triton_kernels() -> None:
+def import_triton_kernels() -> None:
+    """The Triton kernels' modules (importing triton takes a while), ahead of the model."""
     import importlib
 
     import torch
