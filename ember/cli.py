@@ -24,10 +24,9 @@ _STARTUP_SWITCHES = (
     "Start-up switches, environment only: EMBER_STARTUP_TRACE=1 prints each start-up step of "
     "both processes; EMBER_PREFETCH_WEIGHTS=0 (no read-ahead of a local model's weights), "
     "EMBER_BYTECODE_CACHE=0 (no bytecode cache in EMBER_HOME where torch ships none), "
-    "EMBER_PREPIN=0 (no early pinning of the loader's ring) and EMBER_WARM_BESIDE_LOAD=0 (no "
-    "kernel warm-up beside the weights' load) turn those off; EMBER_FUSED_GEMV=1 runs decode "
-    "steps of up to 4 rows through fused Triton GEMVs and EMBER_RESERVE_PARAMS=1 allocates the "
-    "parameters from one reserved block (both experimental)."
+    "EMBER_PREPIN=0 (no early pinning of the loader's ring), EMBER_PIN_REGISTER=0 (pin the ring "
+    "with cudaHostAlloc instead of registering huge pages) and EMBER_WARM_BESIDE_LOAD=0 (no "
+    "kernel warm-up beside the weights' load) turn those off."
 )
 _EPILOG = (
     "Every option can also be set by its environment variable (EMBER_*, or Ollama's OLLAMA_* "

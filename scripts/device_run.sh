@@ -27,11 +27,11 @@
 #                                               # decode without and with EMBER_FUSED_GEMV=1
 #                                               # (~7 min)
 #   bash scripts/device_run.sh pin              # pinning and parameter allocation timed apart
+#                                               # and zero-copy from the page cache timed
 #                                               # (bench_pin.py); warm loads with the ring
-#                                               # registered (default), pinned by cudaHostAlloc,
-#                                               # and the parameters carved from one reserved
-#                                               # block; three starts; decode attention over
-#                                               # bf16 against fp8 caches (~5 min)
+#                                               # registered (default) and pinned by
+#                                               # cudaHostAlloc; three starts; decode attention
+#                                               # over bf16 against fp8 caches (~5 min)
 #   bash scripts/device_run.sh cold             # start -> first token with the weights evicted
 #                                               # from the page cache, without and with their
 #                                               # read-ahead, in turn, traced (~4 min)
@@ -96,7 +96,7 @@ for stage in "$@"; do
         pin)
             run pin 120 python3 benchmarks/bench_pin.py
             run pin-load 240 python3 benchmarks/bench_load.py --warm-env EMBER_PIN_REGISTER=0 \
-                --warm-env EMBER_RESERVE_PARAMS=1 --repeats 3
+                --repeats 3
             run pin-start 200 python3 benchmarks/bench_serve.py --real-weights --starts 3 \
                 --start-only --start-env EMBER_STARTUP_TRACE=1
             run decode-fp8 120 python3 scripts/gpu_check.py --section decode-fp8

@@ -64,8 +64,7 @@ def test_serve_help_documents_every_option_and_its_env_vars() -> None:
         "EMBER_BYTECODE_CACHE",
         "EMBER_PREPIN",
         "EMBER_WARM_BESIDE_LOAD",
-        "EMBER_FUSED_GEMV",
-        "EMBER_RESERVE_PARAMS",
+        "EMBER_PIN_REGISTER",
     ):
         assert text in out, text
 

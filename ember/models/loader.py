@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,7 +12,6 @@ from pathlib import Path
 
 import torch
 
-from ember.envflags import env_flag
 from ember.errors import ModelLoadError
 from ember.loader import Progress, SafetensorsStreamer, Source, StreamOptions, resolve_source
 from ember.models.base import CausalLM
@@ -116,22 +114,6 @@ class _Alongside:
             raise self.error
 
 
-def _reserve_for_parameters(
-    streamer: SafetensorsStreamer, dtype: torch.dtype, device: torch.device
-) -> None:
-    """EMBER_RESERVE_PARAMS=1, an experiment: one cudaMalloc of the checkpoint's size in the
-    parameters' dtype, freed at once into torch's caching allocator, which then carves every
-    parameter out of it instead of calling cudaMalloc once per parameter (~290 for an 8B model)
-    in a fresh process."""
-    if device.type != "cuda" or not env_flag("EMBER_RESERVE_PARAMS", False):
-        return
-    elem = torch.empty((), dtype=dtype).element_size()
-    step = 2 << 20  # the caching allocator rounds large blocks up to 2 MiB
-    total = sum(-(-math.prod(t.shape) * elem // step) * step for t in streamer.tensors)
-    block = torch.empty(total + step, dtype=torch.uint8, device=device)
-    del block
-
-
 def load_model(
     model_dir: str | Path | Source,
     dtype: torch.dtype,
@@ -164,7 +146,6 @@ def load_model(
         streamer = SafetensorsStreamer(source, device, options=options, progress=progress)
         # Parameters are allocated once, uninitialised, directly on the device in the final dtype.
         t_build = time.monotonic()
-        _reserve_for_parameters(streamer, dtype, torch.device(device))
         with _default_dtype(dtype), torch.device(device):
             model = model_class(config)
         build_s = time.monotonic() - t_build
