@@ -32,9 +32,6 @@
 #                                               # registered (default) and pinned by
 #                                               # cudaHostAlloc; three starts; decode attention
 #                                               # over bf16 against fp8 caches (~5 min)
-#   bash scripts/device_run.sh zerocopy         # bench_pin.py, then warm loads through the ring
-#                                               # and straight out of the page cache
-#                                               # (EMBER_ZERO_COPY=1), alternating (~3 min)
 #   bash scripts/device_run.sh cold             # start -> first token with the weights evicted
 #                                               # from the page cache, without and with their
 #                                               # read-ahead, in turn, traced (~4 min)
@@ -104,11 +101,6 @@ for stage in "$@"; do
                 --start-only --start-env EMBER_STARTUP_TRACE=1
             run decode-fp8 120 python3 scripts/gpu_check.py --section decode-fp8
             ;;
-        zerocopy)
-            run pin 120 python3 benchmarks/bench_pin.py
-            run zerocopy-load 200 python3 benchmarks/bench_load.py --warm-env EMBER_ZERO_COPY=1 \
-                --repeats 3
-            ;;
         gemv)
             run gemv 200 python3 scripts/gpu_check.py --section gemv
             run gemv-base-engine 150 python3 benchmarks/bench_engine.py --skip-transformers \
@@ -134,7 +126,7 @@ for stage in "$@"; do
             run spy-summary 60 python3 benchmarks/stacks.py "$OUT/serve-stacks.txt" --top 30
             ;;
         *)
-            echo "unknown stage '$stage': check shapes engine serve start load s3 async syncs sampled spy startexp fp8 gemv pin zerocopy cold"
+            echo "unknown stage '$stage': check shapes engine serve start load s3 async syncs sampled spy startexp fp8 gemv pin cold"
             status=2
             ;;
     esac

@@ -13,7 +13,6 @@ place.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
@@ -26,7 +25,6 @@ import torch
 from ember.errors import ModelLoadError
 from ember.loader.files import INDEX_FILE, weight_files
 from ember.loader.header import TensorMeta, read_header
-from ember.loader.mapped import MappedFiles
 from ember.loader.plan import Chunk, plan_chunks
 from ember.loader.ring import HostRing
 from ember.loader.source import Source
@@ -52,7 +50,6 @@ class LoadStats:
     files: int = 0
     pinned_slots: int = 0  # ring slots the load pinned itself (not pinned ahead)
     pin_seconds: float = 0.0  # the readers' time spent pinning them, summed
-    zero_copy: bool = False  # copied straight out of the page cache (mapped.py)
 
     @property
     def gb_per_s(self) -> float:
@@ -138,14 +135,13 @@ class SafetensorsStreamer:
         if not chunks:
             return
         slots = min(opts.slots or threads + 4, len(chunks))
-        mapped = MappedFiles.for_load(self.source.local_dir(), self.files, self.device)
-        ring = HostRing(slots if mapped is None else 0, opts.chunk_bytes, self.device)
-        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        ring = HostRing(slots, opts.chunk_bytes, self.device)
+        stream = torch.cuda.Stream(self.device) if ring.cuda else None
         if stream is not None:
             stream.wait_stream(torch.cuda.current_stream(self.device))
         todo = deque(chunks)
         free = deque(range(slots))
-        pending: dict[Future[torch.Tensor], tuple[Chunk, int]] = {}
+        pending: dict[Future[None], tuple[Chunk, int]] = {}
         done_bytes = 0
         self._report(0)
         pool = ThreadPoolExecutor(max(1, min(threads, slots)), thread_name_prefix="ember-load")
@@ -153,18 +149,13 @@ class SafetensorsStreamer:
             while todo or pending:
                 while todo and free:
                     chunk, slot = todo.popleft(), free.popleft()
-                    if mapped is not None:
-                        future = pool.submit(self._window, mapped, chunk)
-                    else:
-                        future = pool.submit(self._read, ring, chunk, slot)
-                    pending[future] = (chunk, slot)
+                    pending[pool.submit(self._read, ring, chunk, slot)] = (chunk, slot)
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
                     chunk, slot = pending.pop(future)
-                    src = future.result()
-                    complete = self._copy(src, chunk, targets, stream)
-                    if mapped is None:
-                        ring.mark_copied(slot, stream)
+                    future.result()
+                    complete = self._copy(ring, chunk, slot, targets, stream)
+                    ring.mark_copied(slot, stream)
                     free.append(slot)
                     done_bytes += chunk.payload
                     self._report(done_bytes)
@@ -173,7 +164,6 @@ class SafetensorsStreamer:
             if stream is not None:
                 stream.synchronize()
             self.stats.pinned_slots = ring.pinned_here
-            self.stats.zero_copy = mapped is not None
             self.stats.pin_seconds = ring.pin_seconds
         finally:
             for future in pending:
@@ -181,8 +171,6 @@ class SafetensorsStreamer:
             pool.shutdown(wait=True, cancel_futures=True)
             if stream is not None:
                 stream.synchronize()  # no copy may still read the ring when it is freed
-            if mapped is not None:  # unregistering takes a while: off the load's path
-                threading.Thread(target=mapped.close, name="ember-unmap", daemon=True).start()
 
     def _move_direct(self, targets: list[_Target]) -> Iterator[tuple[str, torch.Tensor]]:
         """Into host memory from local files: each tensor's bytes are read by the reader threads
@@ -230,20 +218,11 @@ class SafetensorsStreamer:
         if got < nbytes:
             raise self._truncated(target.meta.file, start + got, start + nbytes)
 
-    def _read(self, ring: HostRing, chunk: Chunk, slot: int) -> torch.Tensor:
+    def _read(self, ring: HostRing, chunk: Chunk, slot: int) -> None:
         view = ring.acquire(slot)
         got = self.source.read_into(chunk.file, chunk.offset, view[: chunk.length])
         if got < chunk.needed:
             raise self._truncated(chunk.file, chunk.offset + got, chunk.offset + chunk.needed)
-        return ring.tensor(slot)
-
-    def _window(self, mapped: MappedFiles, chunk: Chunk) -> torch.Tensor:
-        window = mapped.window(chunk.file, chunk.offset, chunk.length)
-        if window.numel() < chunk.needed:
-            raise self._truncated(
-                chunk.file, chunk.offset + window.numel(), chunk.offset + chunk.needed
-            )
-        return window
 
     def _truncated(self, file: str, ended: int, wanted: int) -> ModelLoadError:
         return ModelLoadError(
@@ -254,13 +233,14 @@ class SafetensorsStreamer:
 
     def _copy(
         self,
-        src: torch.Tensor,
+        ring: HostRing,
         chunk: Chunk,
+        slot: int,
         targets: list[_Target],
         stream: torch.cuda.Stream | None,
     ) -> list[_Target]:
-        """Enqueue the chunk's pieces (its bytes are `src`) into their tensors; returns the
-        tensors now complete."""
+        """Enqueue the chunk's pieces into their tensors; returns the tensors now complete."""
+        src = ring.tensor(slot)
         complete: list[_Target] = []
         with torch.cuda.stream(stream) if stream is not None else nullcontext():
             for piece in chunk.pieces:

@@ -165,7 +165,7 @@ def load_model(
     stats = streamer.stats
     log.info(
         "weights: %.2f GB in %d files from %s in %.2f s (%.2f GB/s); parameters allocated in "
-        "%.3f s before; %d ring slots pinned during the load (%.3f s of the readers' time)%s",
+        "%.3f s before; %d ring slots pinned during the load (%.3f s of the readers' time)",
         stats.bytes / 1e9,
         stats.files,
         source.uri,
@@ -174,6 +174,5 @@ def load_model(
         build_s,
         stats.pinned_slots,
         stats.pin_seconds,
-        "; zero-copy from the page cache" if stats.zero_copy else "",
     )
     return model.eval()
