@@ -1,15 +1,14 @@
 """Pinned host memory for the loader's ring, pinned the fast way.
 
-cudaHostAlloc (torch's `pin_memory=True`) pinned the ring's 20 x 16 MiB at ~0.49 ms per MiB on
-the H200 host, one slot at a time under the driver's lock. Anonymous memory with transparent huge
-pages asked for, touched, then registered with cudaHostRegister pinned the same 320 MiB at ~0.10
-ms per MiB, and host-to-device copies out of either ran at the same 54.7 GB/s
-(`benchmarks/bench_pin.py`, docs/benchmarks.md). A fresh process's load waits on its first slots
-being pinned, so this is time off every cold start that pins its own ring.
+cudaHostAlloc (torch's `pin_memory=True`) pinned the ring's 20 x 16 MiB at 0.49-0.67 ms per MiB
+on the H200 host, one thread. Anonymous memory on a 2 MiB boundary with transparent huge pages
+asked for, touched, then registered with cudaHostRegister pinned the same 320 MiB at 0.10-0.25 ms
+per MiB, and host-to-device copies out of either ran at the same ~54.7 GB/s
+(`benchmarks/bench_pin.py`, docs/benchmarks.md). In a fresh process's load the readers spent
+0.21-0.24 s pinning their slots this way against 0.89-0.94 s with cudaHostAlloc.
 
-Where registering fails (no THP, a platform whose driver refuses it, a memlock limit), the block
-comes from cudaHostAlloc as before, with one warning. EMBER_PIN_REGISTER=0 always uses
-cudaHostAlloc.
+Where registering fails (a driver or sandbox that refuses it), the block comes from
+cudaHostAlloc instead, with one warning. EMBER_PIN_REGISTER=0 always uses cudaHostAlloc.
 """
 
 from __future__ import annotations
@@ -55,13 +54,6 @@ def _host_mapping(nbytes: int) -> tuple[torch.Tensor, _Mapping]:
     block = whole[skip : skip + nbytes]
     block.fill_(0)  # fault the pages in here, where it is fast, not inside the registration
     return block, mapping
-
-
-def host_block(nbytes: int) -> torch.Tensor:
-    """nbytes of zeroed anonymous host memory starting on a 2 MiB boundary (so the kernel can
-    back it with huge pages, which it is asked to), every page already faulted in. The tensor
-    and its views keep the mapping alive."""
-    return _host_mapping(nbytes)[0]
 
 
 def _cuda_register(ptr: int, nbytes: int) -> None:

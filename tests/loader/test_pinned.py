@@ -36,10 +36,13 @@ def cuda_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[object]]:
     return calls
 
 
-def test_a_host_block_is_huge_page_aligned_zeroed_and_writable() -> None:
-    block = pinned.host_block(3 * MiB + 4096)
+def test_a_registered_block_is_huge_page_aligned_zeroed_and_writable(
+    cuda_calls: dict[str, list[object]],
+) -> None:
+    block = pinned.pinned_host(3 * MiB + 4096)
     assert block.dtype == torch.uint8 and block.numel() == 3 * MiB + 4096
     assert block.data_ptr() % pinned.HUGE_PAGE == 0
+    assert cuda_calls["register"] == [(block.data_ptr(), 3 * MiB + 4096)]
     assert int(block.count_nonzero()) == 0
     block[-1] = 7
     assert int(block[-1]) == 7
