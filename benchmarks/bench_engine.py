@@ -23,18 +23,22 @@ import torch
 from benchmarks.common import (
     SHAPES,
     dummy_model_dir,
+    gemm_peak_tflops,
     hbm_bandwidth_gbs,
     param_bytes,
+    prefill_flops_per_token,
     random_prompts,
 )
 from ember.engine.args import KV_CACHE_DTYPES
 
 
 def ember_runs(
-    model_dir: Path, args: argparse.Namespace, hbm: float, weights: int
+    model_dir: Path, args: argparse.Namespace, hbm: float, weights: int, gemm_tflops: float
 ) -> dict[str, Any]:
     from ember import LLM, SamplingParams
     from ember.engine.core import StepTimes
+
+    flops_per_token = prefill_flops_per_token(SHAPES[args.shape], args.input_len)
 
     t0 = time.perf_counter()
     llm = LLM(
@@ -100,10 +104,13 @@ def ember_runs(
         t = run(random_prompts(b, args.input_len, vocab, seed=b), args.output_len)
         results[f"b{b}_out_tok_s"] = b * args.output_len / t
         step = (t - t_prefill) / (args.output_len - 1)  # the decode steps, roughly
+        prefill_tflops = b * args.input_len * flops_per_token / t_prefill / 1e12
         print(
             f"ember batch {b}: {args.input_len} in / {args.output_len} out: {t:.2f} s, "
             f"{b * args.output_len / t:.0f} output tok/s (prefill alone {t_prefill:.2f} s = "
-            f"{b * args.input_len / t_prefill:.0f} tok/s; then {1e3 * step:.1f} ms per step)",
+            f"{b * args.input_len / t_prefill:.0f} tok/s, {prefill_tflops:.0f} TFLOP/s = "
+            f"{100 * prefill_tflops / gemm_tflops:.0f}% of the GEMM peak; then "
+            f"{1e3 * step:.1f} ms per step)",
             flush=True,
         )
     llm.engine.core.abort([])
@@ -195,14 +202,16 @@ def main() -> None:
     print(f"GPU: {torch.cuda.get_device_name(device)}, torch {torch.__version__}", flush=True)
     hbm = hbm_bandwidth_gbs(device)
     weights = param_bytes(SHAPES[args.shape])
+    gemm_tflops = gemm_peak_tflops(device)
     print(
         f"HBM copy bandwidth {hbm:.0f} GB/s; weights {weights / 1e9:.2f} GB "
-        f"-> batch-1 roofline {hbm * 1e9 / weights:.0f} tok/s",
+        f"-> batch-1 roofline {hbm * 1e9 / weights:.0f} tok/s; bf16 GEMM "
+        f"(8192x4096 @ 4096x14336) {gemm_tflops:.0f} TFLOP/s",
         flush=True,
     )
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = dummy_model_dir(args.shape, Path(tmp))
-        ember = ember_runs(model_dir, args, hbm, weights)
+        ember = ember_runs(model_dir, args, hbm, weights, gemm_tflops)
     gc.collect()  # the engine is unreachable now: give its memory back before transformers
     torch.cuda.empty_cache()
     result: dict[str, Any] = {

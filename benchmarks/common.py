@@ -102,6 +102,35 @@ def param_bytes(config: dict[str, Any], elem: int = 2) -> int:
     return (n * per_layer + embed + h) * elem
 
 
+def prefill_flops_per_token(config: dict[str, Any], context: int) -> float:
+    """Matmul FLOPs of one prompt token: the layers' weights (2 per parameter) and causal
+    attention at a prompt of `context` tokens (QK^T and PV over context/2 keys on average);
+    the LM head runs for the last token only and is left out."""
+    h, i, n = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    heads, kv = config["num_attention_heads"], config["num_key_value_heads"]
+    d = config.get("head_dim", h // heads)
+    weights = h * d * (heads + 2 * kv) + heads * d * h + 3 * h * i
+    attention = 4 * heads * d * (context / 2)
+    return float(n * (2 * weights + attention))
+
+
+def gemm_peak_tflops(device: torch.device, m: int = 8192, k: int = 4096, n: int = 14336) -> float:
+    """bf16 matmul TFLOP/s on a prefill-sized GEMM (a Llama-8B MLP projection), best of 10:
+    the compute ceiling measured in the same run."""
+    a = torch.randn(m, k, device=device, dtype=torch.bfloat16)
+    b = torch.randn(k, n, device=device, dtype=torch.bfloat16)
+    best = float("inf")
+    for _ in range(12):
+        torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(5):
+            torch.mm(a, b)
+        torch.cuda.synchronize(device)
+        best = min(best, (time.perf_counter() - t0) / 5)
+    del a, b
+    return 2 * m * k * n / best / 1e12
+
+
 def hbm_bandwidth_gbs(device: torch.device, nbytes: int = 4 << 30) -> float:
     """Device-to-device copy: bytes read + bytes written per second, best of 10."""
     src = torch.empty(nbytes // 2, dtype=torch.uint8, device=device)
