@@ -19,7 +19,8 @@
 #   bash scripts/device_run.sh startexp         # start -> first token, traced, with and without
 #                                               # the ring pinned early and the kernels warmed
 #                                               # beside the load, in turn (~3 min)
-#   bash scripts/device_run.sh fp8              # --kv-cache-dtype fp8: engine at 1/64/256
+#   bash scripts/device_run.sh fp8              # --kv-cache-dtype fp8: decode attention over
+#                                               # bf16 and fp8 caches, the engine at 1/64/256
 #                                               # without and with it, then HTTP with it
 #                                               # (~8 min; its kernel cases are in `check`)
 #   bash scripts/device_run.sh gemv             # the fused small-batch GEMVs vs today's pre-op
@@ -109,6 +110,7 @@ for stage in "$@"; do
                 --skip-transformers --batches 4
             ;;
         fp8)
+            run decode-fp8 120 python3 scripts/gpu_check.py --section decode-fp8
             run fp8-base-engine 150 python3 benchmarks/bench_engine.py --skip-transformers \
                 --batches 64 256
             run fp8-engine 150 python3 benchmarks/bench_engine.py --skip-transformers \
