@@ -37,6 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import env_spec
 from ember.loader import StreamOptions
 from ember.loader.local import LocalSource
 from ember.loader.pagecache import evict, resident_fraction
@@ -338,7 +339,7 @@ def timed(
         label = f"ember, {setting[0]} MiB x {setting[1]} threads"
     if env:
         label = f"{label}, {env}"
-    child_env = os.environ | dict(kv.split("=", 1) for kv in env.split())
+    child_env = os.environ | env_spec(env)
     proc = subprocess.run(
         cmd, capture_output=True, text=True, timeout=300, check=False, env=child_env
     )

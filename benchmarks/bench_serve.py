@@ -26,7 +26,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from benchmarks.common import SHAPES, dummy_model_dir
+from benchmarks.common import SHAPES, dummy_model_dir, env_spec
 from benchmarks.http_server import free_port, run_bench, wait_ready
 from ember.engine.args import KV_CACHE_DTYPES
 
@@ -114,7 +114,7 @@ def main() -> None:
         for start in range(1, args.starts + 1):
             last = start == args.starts
             spec = specs[(start - 1) % len(specs)]
-            env = dict(kv.split("=", 1) for kv in spec.split() if kv != "base")
+            env = env_spec(spec)
             label = f"start {start}" + (f" [{spec}]" if args.start_env else "")
             if args.cold and args.real_weights:
                 label += f" (cold weights: {evict_weights(model_dir):.0%} cached)"

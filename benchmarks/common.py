@@ -102,6 +102,12 @@ def param_bytes(config: dict[str, Any], elem: int = 2) -> int:
     return (n * per_layer + embed + h) * elem
 
 
+def env_spec(spec: str) -> dict[str, str]:
+    """The variables of a benchmark's environment setting, "VAR=VALUE VAR2=VALUE2" ("base" or
+    "": none), for the processes it starts."""
+    return dict(kv.split("=", 1) for kv in spec.split() if kv != "base")
+
+
 def prefill_flops_per_token(config: dict[str, Any], context: int) -> float:
     """Matmul FLOPs of one prompt token: the layers' weights (2 per parameter) and causal
     attention at a prompt of `context` tokens (QK^T and PV over context/2 keys on average);
