@@ -7,9 +7,9 @@ Sections (add new ones to SECTIONS): correctness (write_kv_triton and paged_atte
 against attention_ref for many shapes; exits non-zero on any failure), decode (decode attention
 µs and achieved KV-read GB/s for Llama-3.1-8B heads, against the HBM copy bandwidth measured in
 the same run and torch SDPA on dense copies of the same data), prefill (TFLOP/s, against SDPA),
-tune (a sweep of decode tile shapes and split counts, for choosing defaults), tune-prefill (the
-same for prefill tiles), shapes (Gemma 2 9B and Gemma 3 4B at real shapes against
-transformers; not in the default list: ~5 minutes), gguf (GGUF dequantization on CUDA against the
+tune (a sweep of decode tile shapes and split counts, for choosing defaults), tune-fp8 (the
+same over an fp8 cache), tune-prefill (the same for prefill tiles), shapes (Gemma 2 9B and
+Gemma 3 4B at real shapes against transformers; not in the default list: ~5 minutes), gguf (GGUF dequantization on CUDA against the
 gguf package's numpy code), gemv (the experimental fused small-batch GEMVs against their
 reference, then timed against today's kernels; scripts/gpu_gemv_check.py).
 
@@ -567,32 +567,74 @@ def cfg_name(cfg: KernelConfig | None) -> str:
 
 
 def section_tune(args: argparse.Namespace) -> bool:
+    return decode_sweep(
+        [
+            None,
+            KernelConfig(16, 64, 4, 3),
+            KernelConfig(16, 128, 4, 2),
+            KernelConfig(16, 128, 4, 3),
+            KernelConfig(16, 32, 4, 2),
+            KernelConfig(16, 64, 4, 2),
+            KernelConfig(16, 64, 2, 3),
+            KernelConfig(16, 128, 8, 2),
+            KernelConfig(16, 128, 4, 4),
+            KernelConfig(16, 256, 8, 2),
+        ],
+        (
+            (256, 640, (1, 2)),
+            (128, 640, (1, 2)),
+            (1, 512, (1, 4, 8, 16)),
+            (1, 8192, (16, 32, 64)),
+            (16, 8192, (1, 4, 8)),
+            (64, 8192, (1, 2)),
+            (256, 2048, (1,)),
+        ),
+        torch.bfloat16,
+    )
+
+
+def section_tune_fp8(args: argparse.Namespace) -> bool:
+    """The decode sweep over an fp8 (e4m3) cache: a tile holds half the bytes of a bf16 one,
+    so fewer bytes are in flight per program with the bf16 defaults."""
+    return decode_sweep(
+        [
+            None,
+            KernelConfig(16, 128, 4, 3),
+            KernelConfig(16, 128, 4, 4),
+            KernelConfig(16, 128, 8, 3),
+            KernelConfig(16, 256, 4, 2),
+            KernelConfig(16, 256, 4, 3),
+            KernelConfig(16, 256, 8, 2),
+            KernelConfig(16, 256, 8, 3),
+            KernelConfig(16, 512, 8, 2),
+            KernelConfig(16, 64, 4, 4),
+        ],
+        (
+            (256, 640, (1, 2)),
+            (64, 640, (1, 2)),
+            (1, 8192, (16, 32)),
+            (16, 8192, (1, 4)),
+            (256, 2048, (1,)),
+        ),
+        torch.float8_e4m3fn,
+    )
+
+
+def decode_sweep(
+    configs: list[KernelConfig | None],
+    shapes: tuple[tuple[int, int, tuple[int, ...]], ...],
+    kv_dtype: torch.dtype,
+) -> bool:
+    """Decode attention µs and KV-read GB/s for each (batch, ctx) x config x split count."""
     hq, hkv, d = LLAMA_8B
-    configs = [
-        None,
-        KernelConfig(16, 64, 4, 3),
-        KernelConfig(16, 128, 4, 2),
-        KernelConfig(16, 128, 4, 3),
-        KernelConfig(16, 32, 4, 2),
-        KernelConfig(16, 64, 4, 2),
-        KernelConfig(16, 64, 2, 3),
-        KernelConfig(16, 128, 8, 2),
-        KernelConfig(16, 128, 4, 4),
-        KernelConfig(16, 256, 8, 2),
-    ]
+    elem = torch.empty((), dtype=kv_dtype).element_size()
     rows = []
-    for batch, ctx, split_choices in (
-        (256, 640, (1, 2)),
-        (128, 640, (1, 2)),
-        (1, 512, (1, 4, 8, 16)),
-        (1, 8192, (16, 32, 64)),
-        (16, 8192, (1, 4, 8)),
-        (64, 8192, (1, 2)),
-        (256, 2048, (1,)),
-    ):
+    for batch, ctx, split_choices in shapes:
         setup = decode_setup(batch, ctx)
+        setup.k_cache = setup.k_cache.to(kv_dtype)
+        setup.v_cache = setup.v_cache.to(kv_dtype)
         out = torch.empty(batch, hq, d, device="cuda", dtype=torch.bfloat16)
-        kv_gb = batch * ctx * hkv * d * 2 * 2 / 1e9
+        kv_gb = batch * ctx * hkv * d * 2 * elem / 1e9
         for cfg in configs:
             for splits in split_choices:
                 us = time_us(decode_calls(setup, out, splits, cfg))
@@ -603,7 +645,7 @@ def section_tune(args: argparse.Namespace) -> bool:
                 print(rows[-1], flush=True)
         del setup, out
         torch.cuda.empty_cache()
-    print("\ndecode tuning")
+    print(f"\ndecode tuning, {kv_dtype} cache")
     print(f"{'batch':>5} {'ctx':>6} {'config':<18} {'splits':>6} {'us':>9} {'GB/s':>8}")
     print("\n".join(rows))
     return True
@@ -638,6 +680,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], bool]] = {
     "decode-fp8": section_decode_fp8,
     "prefill": section_prefill,
     "tune": section_tune,
+    "tune-fp8": section_tune_fp8,
     "tune-prefill": section_tune_prefill,
     "engine": section_engine,
     "fused": section_fused,
