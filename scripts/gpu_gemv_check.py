@@ -49,8 +49,6 @@ CONFIGS = [  # (block_n, block_k, num_warps, num_stages); the first is gemv_trit
     (4, 2048, 4, 2),
     (8, 2048, 8, 2),
 ]
-# Timed again with programmatic dependent launch (gemv_triton(pdl=True)).
-PDL_CONFIGS = [CONFIGS[2], CONFIGS[3], CONFIGS[5], CONFIGS[6]]
 # Per projection of _layer_chain: the best shapes of the 2026-12-03 (fifth session) sweep.
 LAYER_CONFIGS = {
     "qkv": CONFIGS[3],
@@ -88,13 +86,10 @@ def _check(name: str, n: int, k: int, pre: int, dtype: torch.dtype, dev: torch.d
         want = gemv_reference(
             x, w, pre=pre, norm_weight=nw, residual=res, residual_out=res_ref
         ).float()
-        variants = [(CONFIGS[0], False), (CONFIGS[1], False), (CONFIGS[3], False)]
-        if dev.type == "cuda":  # the interpreter cannot run griddepcontrol
-            variants += [(CONFIGS[3], True), (CONFIGS[6], True)]
-        for (block_n, block_k, warps, stages), pdl in variants:
+        for block_n, block_k, warps, stages in (CONFIGS[0], CONFIGS[1], CONFIGS[3]):
             got = gemv_triton(
                 x, w, pre=pre, norm_weight=nw, residual=res, residual_out=res_got,
-                block_n=block_n, block_k=block_k, num_warps=warps, num_stages=stages, pdl=pdl,
+                block_n=block_n, block_k=block_k, num_warps=warps, num_stages=stages,
             ).float()  # fmt: skip
             rel = ((got - want).norm() / want.norm().clamp_min(1e-30)).item()
             good = rel <= REL_TOL[dtype]
@@ -102,8 +97,7 @@ def _check(name: str, n: int, k: int, pre: int, dtype: torch.dtype, dev: torch.d
                 good &= torch.equal(res_ref, res_got)  # the residual stream, exactly
             ok &= good
             print(
-                f"{name:16} M={rows} {n}x{k} n{block_n} k{block_k}{' pdl' if pdl else ''}"
-                f"  rel l2 {rel:9.2e}  "
+                f"{name:16} M={rows} {n}x{k} n{block_n} k{block_k}  rel l2 {rel:9.2e}  "
                 f"{'PASS' if good else 'FAIL'}",
                 flush=True,
             )
@@ -149,11 +143,7 @@ def _timings(
         return fn
 
     def fused(
-        x: torch.Tensor,
-        w: torch.Tensor,
-        norm: torch.Tensor,
-        cfg: tuple[int, int, int, int],
-        pdl: bool = False,
+        x: torch.Tensor, w: torch.Tensor, norm: torch.Tensor, cfg: tuple[int, int, int, int]
     ) -> Callable[[], None]:
         block_n, block_k, warps, stages = cfg
 
@@ -163,7 +153,7 @@ def _timings(
             gemv_triton(
                 x, w, pre=pre, norm_weight=norm, block_n=block_n, block_k=block_k,
                 num_warps=warps, num_stages=stages, residual=res if adds else None,
-                residual_out=res_out if adds else None, pdl=pdl,
+                residual_out=res_out if adds else None,
             )  # fmt: skip
 
         return fn
@@ -175,9 +165,6 @@ def _timings(
     for cfg in CONFIGS:
         label = "Triton fused n{} k{} w{} s{}".format(*cfg)
         rows.append((label, time_us([fused(x, w, nm, cfg) for x, w, nm in sets])))
-    for cfg in PDL_CONFIGS:  # each call's kernel overlaps the previous call's tail
-        label = "Triton fused n{} k{} w{} s{} PDL".format(*cfg)
-        rows.append((label, time_us([fused(x, w, nm, cfg, True) for x, w, nm in sets])))
     base = rows[1][1]
     for label, us in rows:
         gbps = nbytes / us / 1e3
@@ -247,16 +234,14 @@ def _layer_chain(
 
         return fn
 
-    def fused(
-        w: dict[str, torch.Tensor], tuned: bool = False, pdl: bool = False
-    ) -> Callable[[], None]:
+    def fused(w: dict[str, torch.Tensor], tuned: bool = False) -> Callable[[], None]:
         default = CONFIGS[0]
 
         def gemv(name: str, x: torch.Tensor, pre: int = PRE_NONE, **kw: Any) -> torch.Tensor:
             block_n, block_k, warps, stages = LAYER_CONFIGS[name] if tuned else default
             return gemv_triton(
                 x, w[name], pre=pre, block_n=block_n, block_k=block_k, num_warps=warps,
-                num_stages=stages, pdl=pdl, eps=1e-5, **kw,
+                num_stages=stages, eps=1e-5, **kw,
             )  # fmt: skip
 
         def fn() -> None:
@@ -269,30 +254,12 @@ def _layer_chain(
 
         return fn
 
-    def hybrid(w: dict[str, torch.Tensor]) -> Callable[[], None]:
-        """qkv and o (where cuBLAS reads at 62-72% of HBM) as tuned PDL GEMVs, the MLP as today."""
-        qkv_cfg, o_cfg = LAYER_CONFIGS["qkv"], LAYER_CONFIGS["o"]
-
-        def fn() -> None:
-            gemv_triton(x, w["qkv"], pre=PRE_ADD_RMSNORM, norm_weight=w["norm1"], eps=1e-5,
-                        residual=res_a, residual_out=res_b, block_n=qkv_cfg[0],
-                        block_k=qkv_cfg[1], num_warps=qkv_cfg[2], num_stages=qkv_cfg[3],
-                        pdl=True)  # fmt: skip
-            o = gemv_triton(attn, w["o"], block_n=o_cfg[0], block_k=o_cfg[1],
-                            num_warps=o_cfg[2], num_stages=o_cfg[3], pdl=True)  # fmt: skip
-            h = rms_norm_triton(o, w["norm2"], 1e-5, res_b)
-            F.linear(silu_and_mul_triton(F.linear(h, w["gate_up"])), w["down"])
-
-        return fn
-
     nbytes = sum(t.numel() * 2 for t in layers[0].values())
     base = time_us([today(w) for w in layers])
     variants = [
         ("today (7 kernels)", base),
         ("fused GEMVs (4 kernels)", time_us([fused(w) for w in layers])),
         ("fused GEMVs, tuned", time_us([fused(w, tuned=True) for w in layers])),
-        ("fused GEMVs, tuned, PDL", time_us([fused(w, tuned=True, pdl=True) for w in layers])),
-        ("qkv + o PDL GEMVs, MLP today", time_us([hybrid(w) for w in layers])),
     ]
     print(f"\none decoder layer's projections, batch 1 ({nbytes / 1e6:.0f} MB of weights):")
     for label, us in variants:

@@ -30,11 +30,6 @@ import torch.nn.functional as F
 
 from ember.ops.triton_kv import jit, next_power_of_2, tl
 
-try:
-    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
-except ImportError:  # CPU-only install or an older Triton: PDL=False never reaches them
-    gdc_launch_dependents = gdc_wait = None
-
 __all__ = [
     "MAX_ROWS",
     "PRE_ADD_RMSNORM",
@@ -47,35 +42,6 @@ __all__ = [
 
 MAX_ROWS = 4  # rows of x these kernels take; larger batches belong to cuBLAS
 PRE_NONE, PRE_RMSNORM, PRE_SILU_MUL, PRE_ADD_RMSNORM = 0, 1, 2, 3
-
-
-@jit
-def _x_block(
-    x_ptr, res_ptr, norm_ptr, rows, row_ok, k0, k_dim, stride_xm, stride_rm, rstd, norm_offset,
-    BLOCK_K: tl.constexpr, PRE: tl.constexpr,
-):  # fmt: skip
-    """pre(x)[:, k0 : k0 + BLOCK_K] in fp32, rounded as the separate pre-op kernels round."""
-    dtype = x_ptr.dtype.element_ty
-    ks = k0 + tl.arange(0, BLOCK_K)
-    k_ok = ks < k_dim
-    x_mask = row_ok[:, None] & k_ok[None, :]
-    x_at = x_ptr + rows[:, None] * stride_xm + ks[None, :]
-    if PRE == 2:  # x = [gate | up]: silu(gate) rounded, times up, rounded
-        g = tl.load(x_at, mask=x_mask, other=0.0).to(tl.float32)
-        u = tl.load(x_at + k_dim, mask=x_mask, other=0.0).to(tl.float32)
-        act = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)
-        xv = (act * u).to(dtype).to(tl.float32)
-    elif PRE == 3:
-        xv = tl.load(x_at, mask=x_mask, other=0.0).to(tl.float32)
-        rv = tl.load(res_ptr + rows[:, None] * stride_rm + ks[None, :], mask=x_mask, other=0.0)
-        xv = (xv + rv.to(tl.float32)).to(dtype).to(tl.float32)
-    else:
-        xv = tl.load(x_at, mask=x_mask, other=0.0).to(tl.float32)
-    if PRE == 1 or PRE == 3:
-        nw = tl.load(norm_ptr + ks, mask=k_ok, other=0.0).to(tl.float32) + norm_offset
-        xv = (xv * rstd[:, None]).to(dtype).to(tl.float32)
-        xv = (xv * nw[None, :]).to(dtype).to(tl.float32)
-    return xv
 
 
 @jit
@@ -100,7 +66,6 @@ def _gemv_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     PRE: tl.constexpr,
-    PDL: tl.constexpr,  # launched with programmatic dependent launch (see gemv_triton)
 ):
     pid = tl.program_id(0)
     cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -108,15 +73,6 @@ def _gemv_kernel(
     rows = tl.arange(0, M_PAD)
     row_ok = rows < m_rows
     dtype = x_ptr.dtype.element_ty
-    w_rows = w_ptr + cols.to(tl.int64)[:, None] * stride_wn
-    # The first weight block depends on no earlier kernel: under PDL it is read while the
-    # kernel before this one finishes; everything that reads x or writes waits for it.
-    ks0 = tl.arange(0, BLOCK_K)
-    w = tl.load(w_rows + ks0[None, :], mask=col_ok[:, None] & (ks0 < k_dim)[None, :], other=0.0)
-    if PDL:
-        gdc_launch_dependents()
-        gdc_wait()
-    rstd = tl.zeros([M_PAD], tl.float32)
     if PRE == 1 or PRE == 3:  # RMSNorm: the sum of squares of each row first
         sq = tl.zeros([M_PAD], tl.float32)
         for k0 in range(0, k_dim, BLOCK_K):
@@ -132,18 +88,29 @@ def _gemv_kernel(
             xv = xv.to(tl.float32)
             sq += tl.sum(xv * xv, 1)
         rstd = tl.math.rsqrt(sq / k_dim + eps)
-    xv = _x_block(
-        x_ptr, res_ptr, norm_ptr, rows, row_ok, 0, k_dim, stride_xm, stride_rm, rstd,
-        norm_offset, BLOCK_K, PRE,
-    )  # fmt: skip
-    acc = tl.sum(xv[:, None, :] * w.to(tl.float32)[None, :, :], 2)
-    for k0 in range(BLOCK_K, k_dim, BLOCK_K):
+    acc = tl.zeros([M_PAD, BLOCK_N], tl.float32)
+    w_rows = w_ptr + cols.to(tl.int64)[:, None] * stride_wn
+    for k0 in range(0, k_dim, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
-        w = tl.load(w_rows + ks[None, :], mask=col_ok[:, None] & (ks < k_dim)[None, :], other=0.0)
-        xv = _x_block(
-            x_ptr, res_ptr, norm_ptr, rows, row_ok, k0, k_dim, stride_xm, stride_rm, rstd,
-            norm_offset, BLOCK_K, PRE,
-        )  # fmt: skip
+        k_ok = ks < k_dim
+        x_mask = row_ok[:, None] & k_ok[None, :]
+        x_at = x_ptr + rows[:, None] * stride_xm + ks[None, :]
+        if PRE == 2:  # x = [gate | up]: silu(gate) rounded, times up, rounded
+            g = tl.load(x_at, mask=x_mask, other=0.0).to(tl.float32)
+            u = tl.load(x_at + k_dim, mask=x_mask, other=0.0).to(tl.float32)
+            act = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)
+            xv = (act * u).to(dtype).to(tl.float32)
+        elif PRE == 3:
+            xv = tl.load(x_at, mask=x_mask, other=0.0).to(tl.float32)
+            rv = tl.load(res_ptr + rows[:, None] * stride_rm + ks[None, :], mask=x_mask, other=0.0)
+            xv = (xv + rv.to(tl.float32)).to(dtype).to(tl.float32)
+        else:
+            xv = tl.load(x_at, mask=x_mask, other=0.0).to(tl.float32)
+        if PRE == 1 or PRE == 3:
+            nw = tl.load(norm_ptr + ks, mask=k_ok, other=0.0).to(tl.float32) + norm_offset
+            xv = (xv * rstd[:, None]).to(dtype).to(tl.float32)
+            xv = (xv * nw[None, :]).to(dtype).to(tl.float32)
+        w = tl.load(w_rows + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
         acc += tl.sum(xv[:, None, :] * w.to(tl.float32)[None, :, :], 2)
     tl.store(
         y_ptr + rows[:, None] * stride_ym + cols[None, :],
@@ -166,14 +133,11 @@ def gemv_triton(
     block_k: int = 512,
     num_warps: int = 4,
     num_stages: int = 3,
-    pdl: bool = False,
 ) -> torch.Tensor:
     """pre(x) @ weight.T for x [M <= 4, K] (PRE_SILU_MUL: [M, 2K]) and weight [N, K], both
     with a contiguous last dim; returns [M, N] in x's dtype. PRE_ADD_RMSNORM also takes
     `residual` [M, K] and writes x + residual to `residual_out` [M, K] (another buffer).
-    `pdl` launches it with programmatic dependent launch (Hopper and later): it may start while
-    the kernel before it finishes, reading its first weight block, and waits for that kernel
-    before touching x; it lets the kernel after it start early too. See the module docstring."""
+    See the module docstring."""
     m_rows = x.shape[0]
     n_cols, k_dim = weight.shape
     if m_rows > MAX_ROWS:
@@ -219,10 +183,8 @@ def gemv_triton(
         # The product tile is M_PAD x BLOCK_N x BLOCK_K in registers: fewer K per extra row.
         BLOCK_K=max(16, min(block_k // m_pad, next_power_of_2(k_dim))),
         PRE=pre,
-        PDL=pdl,
         num_warps=num_warps,
         num_stages=num_stages,
-        **({"launch_pdl": True} if pdl else {}),
     )
     return y
 
