@@ -1,6 +1,7 @@
 """The `fused` section of gpu_check.py: the Triton RMSNorm (plain and Gemma's 1 + weight) /
 rotary / SiLU-mul kernels against the PyTorch layers they replace, on CUDA, for each activation
-dtype."""
+dtype; and the rotary kernel storing k and v in the cache (same dtype, fp8) byte for byte as the
+reference writer."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import argparse
 import torch
 import torch.nn.functional as F
 
+from ember.layers.metadata import KVStore
 from ember.layers.norm import GemmaRMSNorm
 from ember.layers.rotary import RotaryEmbedding, _rotate
+from ember.ops.attention_ref import write_kv
 from ember.ops.triton_fused import rms_norm_triton, rotary_triton, silu_and_mul_triton
 
 # Allowed max abs error: one rounding of the dtype on values of magnitude ~4.
@@ -29,6 +32,45 @@ def _row(name: str, dtype: torch.dtype, err: float) -> bool:
         f"{name:34} {str(dtype).removeprefix('torch.'):9} {err:10.2e}  {'PASS' if ok else 'FAIL'}"
     )
     return ok
+
+
+def _rotary_store(
+    rope: RotaryEmbedding,
+    pos: torch.Tensor,
+    qkv: torch.Tensor,
+    heads: tuple[int, int, int],
+    cache_dtype: torch.dtype,
+    g: torch.Generator,
+) -> bool:
+    """rotary_triton with a KVStore: q and k rotated as without one, and the cache holding
+    exactly what the reference writer stores from that k and v (padding slot -1 untouched)."""
+    hq, hkv, d = heads
+    tokens = qkv.shape[0]
+    qkv = qkv.clone()
+    q = qkv[:, : hq * d].view(tokens, hq, d)
+    k = qkv[:, hq * d : (hq + hkv) * d].view(tokens, hkv, d)
+    v = qkv[:, (hq + hkv) * d :].view(tokens, hkv, d)
+    q_plain, k_plain = q.clone(), k.clone()
+    rotary_triton(pos, q_plain, k_plain, rope.cos_cache, rope.sin_cache)
+    bs = 16
+    blocks = -(-tokens // bs) + 2
+    slots = torch.randperm(blocks * bs, device=qkv.device, generator=g)[:tokens]
+    slots[tokens // 2] = -1
+    keep = slots >= 0
+    shape = (blocks, bs, hkv, d)
+    caches = [torch.zeros(shape, device=qkv.device).to(cache_dtype) for _ in range(4)]
+    rotary_triton(
+        pos, q, k, rope.cos_cache, rope.sin_cache, KVStore(v, (caches[0], caches[1]), slots)
+    )
+    write_kv(caches[2], caches[3], k[keep], v[keep], slots[keep])
+    same = all(
+        torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+        for a, b in ((caches[0], caches[2]), (caches[1], caches[3]))
+    )
+    err = 0.0 if same else float("inf")
+    err = max(err, (q - q_plain).abs().max().item(), (k - k_plain).abs().max().item())
+    name = f"rotary+store {tokens}t {hkv}x{d} {str(cache_dtype).removeprefix('torch.')}"
+    return _row(name[:34], qkv.dtype, err)
 
 
 def section_fused(args: argparse.Namespace) -> bool:
@@ -68,6 +110,8 @@ def section_fused(args: argparse.Namespace) -> bool:
             rotary_triton(pos, q, k, rope.cos_cache, rope.sin_cache)
             err = max((q - q_ref).abs().max().item(), (k - k_ref).abs().max().item())
             ok &= _row(f"rotary {tokens}t {hq}/{hkv}x{d}", dtype, err)
+            for cache_dtype in (dtype, torch.float8_e4m3fn):
+                ok &= _rotary_store(rope, pos, qkv, (hq, hkv, d), cache_dtype, g)
         for tokens, d in ((1, 14336), (33, 4864), (257, 128)):
             x = torch.randn(tokens, 2 * d, device=dev, generator=g).to(dtype)
             gate, up = x.chunk(2, dim=-1)

@@ -36,18 +36,21 @@ class Attention(nn.Module):
         v: torch.Tensor,
         kv_cache: KVCache,
         attn_metadata: AttentionMetadata,
+        kv_stored: bool = False,
     ) -> torch.Tensor:
         """q [T, Hq, D], k/v [T, Hkv, D] -> [T, Hq, D].
 
         An empty cache (numel 0, as in a profiling run before the cache is allocated) means
-        attention within the new tokens only.
+        attention within the new tokens only. `kv_stored`: k and v are in the cache already
+        (stored by the rotary embedding's kernel), so only attend.
         """
         k_cache, v_cache = kv_cache
         if k_cache.numel() == 0:
             return varlen_attention_ref(
                 q, k, v, attn_metadata, self.scale, self.sliding_window, self.logit_softcap
             )
-        get_write_kv(q.device)(k_cache, v_cache, k, v, attn_metadata.slot_mapping)
+        if not kv_stored:
+            get_write_kv(q.device)(k_cache, v_cache, k, v, attn_metadata.slot_mapping)
         return get_paged_attention(q.device)(
             q, k_cache, v_cache, attn_metadata, self.scale, self.sliding_window, self.logit_softcap
         )

@@ -35,3 +35,13 @@ class AttentionMetadata:
     @property
     def num_seqs(self) -> int:
         return len(self.seq_lens_cpu)
+
+
+@dataclass(frozen=True, slots=True)
+class KVStore:
+    """Where a rotary embedding also stores a step's keys and values: v [T, Hkv, D], the layer's
+    (k_cache, v_cache) [num_blocks, block_size, Hkv, D], and each token's flat slot [T]."""
+
+    v: torch.Tensor
+    cache: tuple[torch.Tensor, torch.Tensor]
+    slot_mapping: torch.Tensor

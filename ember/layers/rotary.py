@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from ember.errors import ModelLoadError
-from ember.ops import use_triton
+from ember.layers.metadata import KVStore
+from ember.ops import get_write_kv, use_triton
 from ember.ops.triton_fused import rotary_triton
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
@@ -73,15 +74,25 @@ class RotaryEmbedding(nn.Module):
         self.sin_cache = nn.Buffer(freqs.sin(), persistent=False)
 
     def forward(
-        self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
+        self,
+        positions: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        kv_store: KVStore | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotate q [T, Hq, D] and k [T, Hkv, D] at positions [T]. Returns new tensors, or on
-        CUDA the same ones rotated in place by one Triton kernel."""
+        CUDA the same ones rotated in place by one Triton kernel. With `kv_store`, also store
+        the rotated k and kv_store.v in the cache at each token's slot (on CUDA in that same
+        kernel)."""
         if q.is_cuda and use_triton(q.device):
-            return rotary_triton(positions, q, k, self.cos_cache, self.sin_cache)
+            return rotary_triton(positions, q, k, self.cos_cache, self.sin_cache, kv_store)
         cos = self.cos_cache[positions].unsqueeze(1)  # [T, 1, D/2]
         sin = self.sin_cache[positions].unsqueeze(1)
-        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        if kv_store is not None:
+            k_cache, v_cache = kv_store.cache
+            get_write_kv(q.device)(k_cache, v_cache, k, kv_store.v, kv_store.slot_mapping)
+        return q, k
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, max_position={self.max_position}"

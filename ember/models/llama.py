@@ -17,7 +17,7 @@ from ember.layers import small_batch
 from ember.layers.activation import SiluAndMul
 from ember.layers.attention import Attention
 from ember.layers.linear import Embedding, Linear, MergedLinear
-from ember.layers.metadata import AttentionMetadata, KVCache
+from ember.layers.metadata import AttentionMetadata, KVCache, KVStore
 from ember.layers.norm import RMSNorm
 from ember.layers.rotary import RotaryEmbedding
 from ember.models.base import CausalLM
@@ -99,8 +99,12 @@ class LlamaAttention(nn.Module):
         if self.q_norm is not None and self.k_norm is not None:
             q = self.q_norm(q)
             k = self.k_norm(k)
-        q, k = self.rotary(positions, q, k)
-        out = self.attn(q, k, v, kv_cache, attn_metadata)
+        if kv_cache[0].numel() == 0:  # the profiling run: attention within the new tokens
+            q, k = self.rotary(positions, q, k)
+            out = self.attn(q, k, v, kv_cache, attn_metadata)
+        else:  # the rotary kernel also stores k and v in the cache: one launch fewer a layer
+            q, k = self.rotary(positions, q, k, KVStore(v, kv_cache, attn_metadata.slot_mapping))
+            out = self.attn(q, k, v, kv_cache, attn_metadata, kv_stored=True)
         return out.view(num_tokens, -1)
 
 

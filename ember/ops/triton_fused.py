@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from ember.ops.triton_kv import jit, next_power_of_2, tl
+from ember.layers.metadata import KVStore
+from ember.ops.triton_kv import jit, next_power_of_2, saturation, tl
 
 
 @jit
@@ -91,8 +92,12 @@ def _rotate_heads(
     sin,
     d,
     dmask,
+    dst,  # the cache row of this token's slot (STORE only)
+    stride_dst_h,
     HALF: tl.constexpr,
     BLOCK_H: tl.constexpr,
+    STORE: tl.constexpr,  # also store the rotated heads at dst, in dst's dtype
+    SATURATE: tl.constexpr,  # fp8 caches: their largest finite value; 0.0: no clamp
 ):
     heads = tl.arange(0, BLOCK_H)
     for h0 in range(0, n_heads, BLOCK_H):
@@ -107,10 +112,22 @@ def _rotate_heads(
         s = sin.to(dt).to(tl.float32)[None, :]
         f1 = x1.to(tl.float32)
         f2 = x2.to(tl.float32)
-        a = (f1 * c).to(dt).to(tl.float32) - (f2 * s).to(dt).to(tl.float32)
-        b = (f2 * c).to(dt).to(tl.float32) + (f1 * s).to(dt).to(tl.float32)
-        tl.store(p1, a.to(dt), mask=mask)
-        tl.store(p1 + HALF, b.to(dt), mask=mask)
+        a = ((f1 * c).to(dt).to(tl.float32) - (f2 * s).to(dt).to(tl.float32)).to(dt)
+        b = ((f2 * c).to(dt).to(tl.float32) + (f1 * s).to(dt).to(tl.float32)).to(dt)
+        tl.store(p1, a, mask=mask)
+        tl.store(p1 + HALF, b, mask=mask)
+        if STORE:
+            at = dst + h[:, None] * stride_dst_h + d[None, :]
+            _store_cache(at, a, mask, SATURATE)
+            _store_cache(at + HALF, b, mask, SATURATE)
+
+
+@jit
+def _store_cache(at, x, mask, SATURATE: tl.constexpr):
+    """x stored at `at` in the cache's dtype, saturated first for fp8 (as write_kv_triton)."""
+    if SATURATE > 0.0:
+        x = tl.minimum(tl.maximum(x.to(tl.float32), -SATURATE), SATURATE)
+    tl.store(at, x.to(at.dtype.element_ty), mask=mask)
 
 
 @jit
@@ -120,6 +137,10 @@ def _rotary_kernel(
     pos_ptr,
     cos_ptr,
     sin_ptr,
+    v_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    slot_ptr,
     n_q_heads,
     n_k_heads,
     stride_q_tok,
@@ -127,9 +148,20 @@ def _rotary_kernel(
     stride_k_tok,
     stride_k_head,
     stride_cache,
+    stride_v_tok,
+    stride_v_head,
+    block_size,
+    stride_kc_block,
+    stride_kc_slot,
+    stride_kc_head,
+    stride_vc_block,
+    stride_vc_slot,
+    stride_vc_head,
     HALF: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    WRITE_KV: tl.constexpr,  # also store the rotated k and v at the token's cache slot
+    SATURATE: tl.constexpr,
 ):
     tok = tl.program_id(0).to(tl.int64)
     pos = tl.load(pos_ptr + tok).to(tl.int64)
@@ -138,11 +170,34 @@ def _rotary_kernel(
     cos = tl.load(cos_ptr + pos * stride_cache + d, mask=dmask, other=0.0)
     sin = tl.load(sin_ptr + pos * stride_cache + d, mask=dmask, other=0.0)
     _rotate_heads(
-        q_ptr + tok * stride_q_tok, n_q_heads, stride_q_head, cos, sin, d, dmask, HALF, BLOCK_H
-    )
-    _rotate_heads(
-        k_ptr + tok * stride_k_tok, n_k_heads, stride_k_head, cos, sin, d, dmask, HALF, BLOCK_H
-    )
+        q_ptr + tok * stride_q_tok, n_q_heads, stride_q_head, cos, sin, d, dmask,
+        q_ptr, 0, HALF, BLOCK_H, False, SATURATE,
+    )  # fmt: skip
+    slot = tok * 0 - 1  # a slot of -1: rotated, never stored (also a padding token's)
+    if WRITE_KV:
+        slot = tl.load(slot_ptr + tok).to(tl.int64)
+    if slot >= 0:
+        block = slot // block_size
+        offset = slot % block_size
+        k_dst = k_cache_ptr + block * stride_kc_block + offset * stride_kc_slot
+        _rotate_heads(
+            k_ptr + tok * stride_k_tok, n_k_heads, stride_k_head, cos, sin, d, dmask,
+            k_dst, stride_kc_head, HALF, BLOCK_H, True, SATURATE,
+        )  # fmt: skip
+        v_dst = v_cache_ptr + block * stride_vc_block + offset * stride_vc_slot
+        heads = tl.arange(0, BLOCK_H)
+        for h0 in range(0, n_k_heads, BLOCK_H):
+            h = h0 + heads
+            mask = (h < n_k_heads)[:, None] & dmask[None, :]
+            src = v_ptr + tok * stride_v_tok + h[:, None] * stride_v_head + d[None, :]
+            at = v_dst + h[:, None] * stride_vc_head + d[None, :]
+            _store_cache(at, tl.load(src, mask=mask, other=0.0), mask, SATURATE)
+            _store_cache(at + HALF, tl.load(src + HALF, mask=mask, other=0.0), mask, SATURATE)
+    else:
+        _rotate_heads(
+            k_ptr + tok * stride_k_tok, n_k_heads, stride_k_head, cos, sin, d, dmask,
+            k_ptr, 0, HALF, BLOCK_H, False, SATURATE,
+        )  # fmt: skip
 
 
 def rotary_triton(
@@ -151,21 +206,42 @@ def rotary_triton(
     k: torch.Tensor,
     cos_cache: torch.Tensor,
     sin_cache: torch.Tensor,
+    kv_store: KVStore | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Neox-style rotary on q [T, Hq, D] and k [T, Hkv, D], in place (strided views allowed
-    when the last dim is contiguous). cos/sin caches are [max_position, D // 2] float32."""
+    when the last dim is contiguous). cos/sin caches are [max_position, D // 2] float32.
+
+    With `kv_store`, the same launch also stores the rotated k and the step's v at each token's
+    cache slot, as `write_kv_triton` would (slot -1: skipped; fp8 caches: saturated), so the
+    layer needs no KV-write kernel of its own."""
     num_tokens, n_q, head_dim = q.shape
     if num_tokens == 0:
         return q, k
     if q.stride(-1) != 1 or k.stride(-1) != 1:
         raise ValueError("rotary_triton needs q and k with a contiguous last dimension")
     half = head_dim // 2
+    if kv_store is not None:
+        v, (k_cache, v_cache), slots = kv_store.v, kv_store.cache, kv_store.slot_mapping
+        if v.stride(-1) != 1:
+            v = v.contiguous()
+        if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
+            raise ValueError("KV cache tensors must have a contiguous last (head_dim) dimension")
+        block_size = k_cache.shape[1]
+        kc_strides, vc_strides = k_cache.stride()[:3], v_cache.stride()[:3]
+        v_strides = (v.stride(0), v.stride(1))
+    else:
+        v, k_cache, v_cache, slots = k, k, k, positions  # placeholders, never read
+        block_size, kc_strides, vc_strides, v_strides = 1, (0, 0, 0), (0, 0, 0), (0, 0)
     _rotary_kernel[(num_tokens,)](
         q,
         k,
         positions,
         cos_cache,
         sin_cache,
+        v,
+        k_cache,
+        v_cache,
+        slots,
         n_q,
         k.shape[1],
         q.stride(0),
@@ -173,9 +249,15 @@ def rotary_triton(
         k.stride(0),
         k.stride(1),
         cos_cache.stride(0),
+        *v_strides,
+        block_size,
+        *kc_strides,
+        *vc_strides,
         HALF=half,
         BLOCK_H=min(next_power_of_2(n_q), max(1, 4096 // next_power_of_2(half))),
         BLOCK_D=next_power_of_2(half),
+        WRITE_KV=kv_store is not None,
+        SATURATE=saturation(k_cache.dtype) if kv_store is not None else 0.0,
         num_warps=4,
     )
     return q, k

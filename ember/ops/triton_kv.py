@@ -109,7 +109,7 @@ def _write_kv_kernel(
     )
 
 
-def _saturation(dtype: torch.dtype) -> float:
+def saturation(dtype: torch.dtype) -> float:
     """The largest finite value of an fp8 cache dtype (stores clamp to it); 0.0 for others."""
     return float(torch.finfo(dtype).max) if dtype in FP8_DTYPES else 0.0
 
@@ -159,6 +159,6 @@ def write_kv_triton(
         v_cache.stride(2),
         BLOCK_H=block_h,
         BLOCK_D=block_d,
-        SATURATE=_saturation(k_cache.dtype),
+        SATURATE=saturation(k_cache.dtype),
         num_warps=4 if block_h * block_d <= 4096 else 8,
     )
