@@ -9,9 +9,11 @@ against attention_ref for many shapes; exits non-zero on any failure), decode (d
 the same run and torch SDPA on dense copies of the same data), prefill (TFLOP/s, against SDPA),
 tune (a sweep of decode tile shapes and split counts, for choosing defaults), tune-fp8 (the
 same over an fp8 cache), tune-prefill (the same for prefill tiles), shapes (Gemma 2 9B and
-Gemma 3 4B at real shapes against transformers; not in the default list: ~5 minutes), gguf (GGUF dequantization on CUDA against the
-gguf package's numpy code), gemv (the experimental fused small-batch GEMVs against their
-reference, then timed against today's kernels; scripts/gpu_gemv_check.py).
+Gemma 3 4B at real shapes against transformers; not in the default list: ~5 minutes), gguf
+(GGUF dequantization on CUDA against the gguf package's numpy code), rotary-store (the rotary
+kernel that also stores k and v, timed against rotary + KV write), gemv (the experimental fused
+small-batch GEMVs against their reference, then timed against today's kernels;
+scripts/gpu_gemv_check.py).
 
 The correctness and gemv sections also run on CPU under Triton's interpreter (with numpy < 2.4, which
 Triton 3.6's interpreter needs: e.g. `pip install --target /tmp/np22 numpy==2.2.6` and put that
@@ -35,7 +37,7 @@ from ember.ops.attention_ref import paged_attention_ref, write_kv
 from ember.ops.triton_attention import KernelConfig, kv_splits_for, paged_attention_into
 from ember.ops.triton_kv import write_kv_triton
 from scripts.gpu_engine_check import section_engine
-from scripts.gpu_fused_check import section_fused
+from scripts.gpu_fused_check import section_fused, section_rotary_store
 from scripts.gpu_gemv_check import section_gemv
 from scripts.gpu_shapes_check import SHAPES, section_shapes
 
@@ -684,6 +686,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], bool]] = {
     "tune-prefill": section_tune_prefill,
     "engine": section_engine,
     "fused": section_fused,
+    "rotary-store": section_rotary_store,
     "shapes": section_shapes,
     "gguf": section_gguf,
     "gemv": section_gemv,

@@ -118,3 +118,43 @@ def section_fused(args: argparse.Namespace) -> bool:
             err = (silu_and_mul_triton(x) - F.silu(gate) * up).abs().max().item()
             ok &= _row(f"silu_and_mul {tokens}x{d}", dtype, err)
     return ok
+
+
+def section_rotary_store(args: argparse.Namespace) -> bool:
+    """µs per layer, graph-replayed, Llama-3.1-8B heads, bf16 cache: rotary then the KV write
+    (two launches) against the rotary kernel storing k and v itself (one)."""
+    print(f"{'tokens':>6} {'rotary + write us':>18} {'rotary+store us':>16} {'saved':>7}")
+    for tokens in (1, 16, 64, 256, 8192):
+        us_two, us_one = _rotary_store_us(tokens)
+        print(f"{tokens:>6} {us_two:>18.2f} {us_one:>16.2f} {us_two - us_one:>+7.2f}", flush=True)
+    return True
+
+
+def _rotary_store_us(tokens: int) -> tuple[float, float]:
+    from ember.ops.triton_kv import write_kv_triton
+    from scripts.gpu_check import time_us
+
+    dev = torch.device("cuda")
+    hq, hkv, d, bs = 32, 8, 128, 16
+    rope = RotaryEmbedding(d, 8192, 500000.0).to(dev)
+    qkv = torch.randn(tokens, (hq + 2 * hkv) * d, device=dev, dtype=torch.bfloat16)
+    q = qkv[:, : hq * d].view(tokens, hq, d)
+    k = qkv[:, hq * d : (hq + hkv) * d].view(tokens, hkv, d)
+    v = qkv[:, (hq + hkv) * d :].view(tokens, hkv, d)
+    pos = torch.arange(tokens, device=dev)
+    blocks = -(-tokens // bs) + 1
+    k_cache = torch.zeros(blocks, bs, hkv, d, device=dev, dtype=torch.bfloat16)
+    v_cache = torch.zeros_like(k_cache)
+    slots = torch.arange(tokens, device=dev)
+    store = KVStore(v, (k_cache, v_cache), slots)
+
+    def two() -> None:
+        rotary_triton(pos, q, k, rope.cos_cache, rope.sin_cache)
+        write_kv_triton(k_cache, v_cache, k, v, slots)
+
+    def one() -> None:
+        rotary_triton(pos, q, k, rope.cos_cache, rope.sin_cache, store)
+
+    # Eight layers' worth per replay, as in a step (same buffers: launch-bound either way);
+    # time_us gives µs per call.
+    return time_us([two] * 8), time_us([one] * 8)

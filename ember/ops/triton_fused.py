@@ -163,27 +163,26 @@ def _rotary_kernel(
     WRITE_KV: tl.constexpr,  # also store the rotated k and v at the token's cache slot
     SATURATE: tl.constexpr,
 ):
+    # Two programs per token, side by side: q's heads (part 0); k's heads, with the cache
+    # stores (part 1).
     tok = tl.program_id(0).to(tl.int64)
+    part = tl.program_id(1)
     pos = tl.load(pos_ptr + tok).to(tl.int64)
     d = tl.arange(0, BLOCK_D)
     dmask = d < HALF
     cos = tl.load(cos_ptr + pos * stride_cache + d, mask=dmask, other=0.0)
     sin = tl.load(sin_ptr + pos * stride_cache + d, mask=dmask, other=0.0)
-    _rotate_heads(
-        q_ptr + tok * stride_q_tok, n_q_heads, stride_q_head, cos, sin, d, dmask,
-        q_ptr, 0, HALF, BLOCK_H, False, SATURATE,
-    )  # fmt: skip
     slot = tok * 0 - 1  # a slot of -1: rotated, never stored (also a padding token's)
     if WRITE_KV:
         slot = tl.load(slot_ptr + tok).to(tl.int64)
-    if slot >= 0:
+    if part == 0:
+        _rotate_heads(
+            q_ptr + tok * stride_q_tok, n_q_heads, stride_q_head, cos, sin, d, dmask,
+            q_ptr, 0, HALF, BLOCK_H, False, SATURATE,
+        )  # fmt: skip
+    elif slot >= 0:
         block = slot // block_size
         offset = slot % block_size
-        k_dst = k_cache_ptr + block * stride_kc_block + offset * stride_kc_slot
-        _rotate_heads(
-            k_ptr + tok * stride_k_tok, n_k_heads, stride_k_head, cos, sin, d, dmask,
-            k_dst, stride_kc_head, HALF, BLOCK_H, True, SATURATE,
-        )  # fmt: skip
         v_dst = v_cache_ptr + block * stride_vc_block + offset * stride_vc_slot
         heads = tl.arange(0, BLOCK_H)
         for h0 in range(0, n_k_heads, BLOCK_H):
@@ -193,6 +192,11 @@ def _rotary_kernel(
             at = v_dst + h[:, None] * stride_vc_head + d[None, :]
             _store_cache(at, tl.load(src, mask=mask, other=0.0), mask, SATURATE)
             _store_cache(at + HALF, tl.load(src + HALF, mask=mask, other=0.0), mask, SATURATE)
+        k_dst = k_cache_ptr + block * stride_kc_block + offset * stride_kc_slot
+        _rotate_heads(
+            k_ptr + tok * stride_k_tok, n_k_heads, stride_k_head, cos, sin, d, dmask,
+            k_dst, stride_kc_head, HALF, BLOCK_H, True, SATURATE,
+        )  # fmt: skip
     else:
         _rotate_heads(
             k_ptr + tok * stride_k_tok, n_k_heads, stride_k_head, cos, sin, d, dmask,
@@ -232,7 +236,7 @@ def rotary_triton(
     else:
         v, k_cache, v_cache, slots = k, k, k, positions  # placeholders, never read
         block_size, kc_strides, vc_strides, v_strides = 1, (0, 0, 0), (0, 0, 0), (0, 0)
-    _rotary_kernel[(num_tokens,)](
+    _rotary_kernel[(num_tokens, 2)](
         q,
         k,
         positions,
