@@ -33,6 +33,8 @@
 #                                               # registered (default) and pinned by
 #                                               # cudaHostAlloc; three starts; decode attention
 #                                               # over bf16 against fp8 caches (~5 min)
+#   bash scripts/device_run.sh tune             # decode tile sweeps over bf16 and fp8 caches,
+#                                               # rotary + KV write against the fused store (~3 min)
 #   bash scripts/device_run.sh cold             # start -> first token with the weights evicted
 #                                               # from the page cache, without and with their
 #                                               # read-ahead, in turn, traced (~4 min)
@@ -117,6 +119,11 @@ for stage in "$@"; do
                 --batches 64 256 --kv-cache-dtype fp8
             run fp8-serve 240 python3 benchmarks/bench_serve.py --kv-cache-dtype fp8
             ;;
+        tune)
+            run tune 150 python3 scripts/gpu_check.py --section tune
+            run tune-fp8 150 python3 scripts/gpu_check.py --section tune-fp8
+            run rotary-store 60 python3 scripts/gpu_check.py --section rotary-store
+            ;;
         cold)
             run cold 400 python3 benchmarks/bench_serve.py --real-weights --starts 7 \
                 --start-only --cold --start-env "EMBER_STARTUP_TRACE=1 EMBER_PREFETCH_WEIGHTS=0" \
@@ -128,7 +135,7 @@ for stage in "$@"; do
             run spy-summary 60 python3 benchmarks/stacks.py "$OUT/serve-stacks.txt" --top 30
             ;;
         *)
-            echo "unknown stage '$stage': check shapes engine serve start load s3 async syncs sampled spy startexp fp8 gemv pin cold"
+            echo "unknown stage '$stage': check shapes engine serve start load s3 async syncs sampled spy startexp fp8 gemv pin tune cold"
             status=2
             ;;
     esac
