@@ -16,9 +16,9 @@ How work is cut:
   `num_kv_splits` pieces on a third grid axis; each writes an unnormalised partial (acc, max, sum)
   in fp32 and a second kernel merges them. Chosen when S * Hkv programs cannot fill the GPU.
 - fp8 caches (--kv-cache-dtype fp8): K/V tiles are loaded as fp8 (half the bytes) and widened
-  to fp16 for the dot products (one packed conversion on sm_89+; widening to bf16 made the
-  kernel slower than over a bf16 cache on the H200), q saturated to fp16's range; no scale, as
-  the writer stores values unscaled.
+  to fp16 for the dot products (one packed conversion on sm_89+), q saturated to fp16's range;
+  no scale, as the writer stores values unscaled. H200, Llama-8B heads: 1.22x a bf16 cache's
+  speed at 256 x 640 keys, 1.29x at 256 x 2048 (widening to bf16 had been 0.9x).
 - Scores and softmax in fp32 with exp2 (online softmax); the sliding window starts the key loop
   at the first tile that any row of the tile can see, so whole blocks outside it are never read.
   Only the tiles on the causal diagonal and the window's edge are masked; the rest run unmasked.
