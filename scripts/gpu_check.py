@@ -581,6 +581,9 @@ def section_tune(args: argparse.Namespace) -> bool:
             KernelConfig(16, 128, 8, 2),
             KernelConfig(16, 128, 4, 4),
             KernelConfig(16, 256, 8, 2),
+            # Two shared buffers per K/V tile (the pipeliner gives them only from 5 stages: the
+            # page-index load comes first) at 3 CTAs an SM (168 registers); scripts/kernel_ir.py.
+            KernelConfig(16, 64, 4, 5),
         ],
         (
             (256, 640, (1, 2)),
@@ -610,6 +613,10 @@ def section_tune_fp8(args: argparse.Namespace) -> bool:
             KernelConfig(16, 256, 8, 3),
             KernelConfig(16, 512, 8, 2),
             KernelConfig(16, 64, 4, 4),
+            # Two shared buffers per K/V tile (from 5 stages), still 2 CTAs an SM: twice the
+            # bytes in flight of the 3-stage default (scripts/kernel_ir.py).
+            KernelConfig(16, 128, 4, 5),
+            KernelConfig(16, 128, 4, 6),
         ],
         (
             (256, 640, (1, 2)),
