@@ -10,8 +10,9 @@ the interpreter's sake):
     PYTHONPATH=/tmp/tritonlib:$PWD python scripts/kernel_ir.py --kv fp8 --block-n 128 \\
         --stages 3 5 --dump /tmp/kir                                              # + IR and SASS
 
-Specialisation follows the launch on the GPU (16-aligned pointers and strides, Llama-3.1-8B
-heads, block size 16, decode: one token per sequence), so the counts match what the GPU runs.
+Specialisation follows a decode launch on the GPU (16-aligned pointers and strides, ints equal to
+1 as constants, Llama-3.1-8B heads, block size 16, one token per sequence), so the counts should
+match what the GPU runs; check one against the GPU's own (CompiledKernel.n_regs) when in doubt.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def compile_decode(kv: str, block_n: int, warps: int, stages: int, arch: int, sp
         HEAD_DIM=128, BLOCK_M=16, BLOCK_N=block_n, PAGE_SIZE=16, SINGLE_TOKEN=True,
         SKIP_SINGLE_TOKEN=False, SPLIT_KV=split, USE_WINDOW=False, USE_SOFTCAP=False,
         DOT_PRECISION="tf32", KV_FP8=kv == "fp8",
+        tokens_per_tile=1,  # Triton turns an int argument equal to 1 into a constant
     )  # fmt: skip
     signature = {
         name: "constexpr" if name in constants else types.get(name, "i32") for name in k.arg_names
