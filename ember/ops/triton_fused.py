@@ -1,5 +1,6 @@
 """Triton kernels that fold the small per-layer ops into one launch each: RMSNorm (with the
-residual add), rotary embedding (q and k in place), and SiLU-and-mul.
+residual add), rotary embedding (q and k in place, and with a KVStore the cache write of k and v
+too), and SiLU-and-mul.
 
 Decode at small batch is launch- and latency-bound: in eager PyTorch these ops are ~30 tiny
 kernels per layer; here they are 4. Each matches the PyTorch layer it replaces (ember/layers)
