@@ -68,6 +68,7 @@ class Case:
     softcap: float | None = None
     splits: int | None = None  # decode-only steps: split-KV pieces; None = automatic
     kv_dtype: torch.dtype | None = None  # the cache's dtype (fp8 caches); None = dtype
+    decode_cfg: KernelConfig | None = None  # the single-token launch's config; None = default
 
 
 @dataclass(slots=True)
@@ -157,6 +158,10 @@ def make_batch(case: Case, device: torch.device, gen: torch.Generator) -> Batch:
 # ----------------------------------------------------------------------------- correctness
 
 
+ONE_LOOP = KernelConfig(16, 128, 4, 2, one_loop=True)
+ONE_LOOP32 = KernelConfig(16, 32, 4, 2, one_loop=True)  # fp32 caches: small tiles
+
+
 def correctness_cases(quick: bool) -> list[Case]:
     bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
     e4m3, e5m2 = torch.float8_e4m3fn, torch.float8_e5m2
@@ -195,6 +200,14 @@ def correctness_cases(quick: bool) -> list[Case]:
         Case("decode llama fp8 split 8", bf16, 32, 8, 128, 16, decode, splits=8, kv_dtype=e4m3),
         Case("gemma2 win+cap fp8", bf16, 16, 8, 256, 16, mixed, 64, 5.0, kv_dtype=e4m3),
         Case("mixed gqa7 d64 fp8_e5m2", bf16, 14, 2, 64, 16, mixed, kv_dtype=e5m2),
+        # KernelConfig.one_loop: decode's one key loop masked at the end only (keys past it
+        # read from block 0, NaN-filled here, and dropped); with a window, the usual loops.
+        Case("decode llama 1loop", bf16, 32, 8, 128, 16, decode, splits=1, decode_cfg=ONE_LOOP),
+        Case("decode 1loop split 8", bf16, 32, 8, 128, 16, decode, splits=8, decode_cfg=ONE_LOOP),
+        Case("mixed gqa7 d64 1loop", bf16, 14, 2, 64, 16, mixed, decode_cfg=ONE_LOOP),
+        Case("decode window 1loop", bf16, 32, 8, 128, 16, decode, 100, decode_cfg=ONE_LOOP),
+        Case("decode fp32 1loop", fp32, 32, 8, 128, 16, decode, splits=4, decode_cfg=ONE_LOOP32),
+        Case("decode fp8 1loop", bf16, 32, 8, 128, 16, decode, None, None, 8, e4m3, ONE_LOOP),
     ]
     if quick:
         # The CPU interpreter: short sequences only, and float16 for bfloat16, which numpy
@@ -212,6 +225,7 @@ def correctness_cases(quick: bool) -> list[Case]:
                 c.window and 8,
                 c.softcap,
                 c.splits,
+                decode_cfg=c.decode_cfg,
             )
             for c in cases
             if c.kv_dtype is None  # the interpreter rounds some fp8 casts a power of two off
@@ -275,6 +289,7 @@ def run_case(case: Case, device: torch.device, seed: int) -> tuple[bool, str]:
         case.window,
         case.softcap,
         num_kv_splits=case.splits,
+        decode_config=case.decode_cfg,
     )
     diff = (out.float() - ref.float()).abs()
     max_abs = diff.max().item()
@@ -565,7 +580,8 @@ def section_prefill(
 def cfg_name(cfg: KernelConfig | None) -> str:
     if cfg is None:
         return "default"
-    return f"m{cfg.block_m} n{cfg.block_n} w{cfg.num_warps} s{cfg.num_stages}"
+    name = f"m{cfg.block_m} n{cfg.block_n} w{cfg.num_warps} s{cfg.num_stages}"
+    return name + (" 1loop" if cfg.one_loop else "")
 
 
 def section_tune(args: argparse.Namespace) -> bool:
@@ -584,6 +600,13 @@ def section_tune(args: argparse.Namespace) -> bool:
             # Two shared buffers per K/V tile (the pipeliner gives them only from 5 stages: the
             # page-index load comes first) at 3 CTAs an SM (168 registers); scripts/kernel_ir.py.
             KernelConfig(16, 64, 4, 5),
+            # One key loop (KernelConfig.one_loop): 144-152 registers at 128 keys (3 programs
+            # an SM), 104-128 at 64 keys (4), against 216.
+            KernelConfig(16, 128, 4, 2, one_loop=True),
+            KernelConfig(16, 128, 4, 3, one_loop=True),
+            KernelConfig(16, 64, 4, 2, one_loop=True),
+            KernelConfig(16, 64, 4, 3, one_loop=True),
+            KernelConfig(16, 64, 4, 5, one_loop=True),
         ],
         (
             (256, 640, (1, 2)),
@@ -617,6 +640,11 @@ def section_tune_fp8(args: argparse.Namespace) -> bool:
             # bytes in flight of the 3-stage default (scripts/kernel_ir.py).
             KernelConfig(16, 128, 4, 5),
             KernelConfig(16, 128, 4, 6),
+            # One key loop: 3 programs an SM at 64 keys (148-154 registers), 2 at 128.
+            KernelConfig(16, 64, 4, 3, one_loop=True),
+            KernelConfig(16, 64, 4, 5, one_loop=True),
+            KernelConfig(16, 128, 4, 3, one_loop=True),
+            KernelConfig(16, 128, 4, 5, one_loop=True),
         ],
         (
             (256, 640, (1, 2)),
@@ -648,14 +676,14 @@ def decode_sweep(
             for splits in split_choices:
                 us = time_us(decode_calls(setup, out, splits, cfg))
                 rows.append(
-                    f"{batch:>5} {ctx:>6} {cfg_name(cfg):<18} {splits:>6} {us:>9.1f} "
+                    f"{batch:>5} {ctx:>6} {cfg_name(cfg):<21} {splits:>6} {us:>9.1f} "
                     f"{kv_gb * 1e6 / us:>8,.0f}"
                 )
                 print(rows[-1], flush=True)
         del setup, out
         torch.cuda.empty_cache()
     print(f"\ndecode tuning, {kv_dtype} cache")
-    print(f"{'batch':>5} {'ctx':>6} {'config':<18} {'splits':>6} {'us':>9} {'GB/s':>8}")
+    print(f"{'batch':>5} {'ctx':>6} {'config':<21} {'splits':>6} {'us':>9} {'GB/s':>8}")
     print("\n".join(rows))
     return True
 

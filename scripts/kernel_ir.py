@@ -41,7 +41,9 @@ ALIGNED_INTS = ("num_q_heads", "stride_q_tok", "stride_q_head", "stride_o_tok", 
                 "stride_v_slot", "stride_v_head", "stride_bt_seq")  # fmt: skip
 
 
-def compile_decode(kv: str, block_n: int, warps: int, stages: int, arch: int, split: bool) -> Any:
+def compile_decode(
+    kv: str, block_n: int, warps: int, stages: int, arch: int, split: bool, one_loop: bool = False
+) -> Any:
     """The decode kernel (SINGLE_TOKEN) compiled for sm_<arch>, as a Triton CompiledKernel."""
     k = _paged_attention_kernel
     types = {
@@ -53,7 +55,7 @@ def compile_decode(kv: str, block_n: int, warps: int, stages: int, arch: int, sp
     constants = dict(
         HEAD_DIM=128, BLOCK_M=16, BLOCK_N=block_n, PAGE_SIZE=16, SINGLE_TOKEN=True,
         SKIP_SINGLE_TOKEN=False, SPLIT_KV=split, USE_WINDOW=False, USE_SOFTCAP=False,
-        DOT_PRECISION="tf32", KV_FP8=kv == "fp8",
+        DOT_PRECISION="tf32", KV_FP8=kv == "fp8", ONE_LOOP=one_loop,
         tokens_per_tile=1,  # Triton turns an int argument equal to 1 into a constant
     )  # fmt: skip
     signature = {
@@ -114,6 +116,7 @@ def main() -> None:
     ap.add_argument("--warps", nargs="+", type=int, default=[4])
     ap.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90, 89")
     ap.add_argument("--split", action="store_true", help="the split-KV variant")
+    ap.add_argument("--one-loop", action="store_true", help="KernelConfig.one_loop")
     ap.add_argument("--dump", type=Path, help="write TTGIR, PTX and SASS here")
     args = ap.parse_args()
     print(
@@ -125,8 +128,12 @@ def main() -> None:
         for block_n in args.block_n:
             for warps in args.warps:
                 for stages in args.stages:
-                    ck = compile_decode(kv, block_n, warps, stages, args.arch, args.split)
-                    name = f"{kv}_n{block_n}_w{warps}_s{stages}"
+                    ck = compile_decode(
+                        kv, block_n, warps, stages, args.arch, args.split, args.one_loop
+                    )
+                    name = f"{kv}_n{block_n}_w{warps}_s{stages}" + (
+                        "_1loop" if args.one_loop else ""
+                    )
                     print(summary(ck, warps, args.dump, name), flush=True)
 
 

@@ -1,8 +1,9 @@
 """The Triton attention kernels on CPU under Triton's interpreter (TRITON_INTERPRET=1), against the
 reference, for the tiny test models' shapes (4 query heads, 2 KV heads, head_dim 16, fp32):
 decode with split-KV counts frozen from a longer max length than the batch has (as under CUDA
-graphs, so many pieces see no keys), chunked prefill over a cached context mixed with decodes, and
-large score magnitudes. Skipped where Triton is not installed.
+graphs, so many pieces see no keys), chunked prefill over a cached context mixed with decodes,
+large score magnitudes, and decode's one-loop variant (KernelConfig.one_loop). Skipped where
+Triton is not installed.
 
 The interpreter is chosen when the kernels are decorated, so the check runs in a fresh process.
 """
@@ -35,13 +36,16 @@ _CHECK = r"""
 import torch
 from ember.layers.metadata import AttentionMetadata
 from ember.ops.attention_ref import paged_attention_ref, write_kv
-from ember.ops.triton_attention import kv_splits_for, paged_attention_into
+from ember.ops.triton_attention import KernelConfig, kv_splits_for, paged_attention_into
 from ember.ops.triton_kv import write_kv_triton
 
 HQ, HKV, D, BS = 4, 2, 16, 16
 
 
-def check(seqs, splits, mag, seed):
+ONE_LOOP = KernelConfig(16, 32, 4, 2, one_loop=True)
+
+
+def check(seqs, splits, mag, seed, cfg=None):
     g = torch.Generator().manual_seed(seed)
     needed = [-(-n // BS) for _, n in seqs]
     pool = torch.randperm(sum(needed) + 3, generator=g)
@@ -80,9 +84,11 @@ def check(seqs, splits, mag, seed):
     write_kv_triton(k_cache, v_cache, k, v, md.slot_mapping)
     ref = paged_attention_ref(q, k_cache, v_cache, md, D**-0.5)
     out = torch.full_like(q, float("nan"))
-    paged_attention_into(out, q, k_cache, v_cache, md, D**-0.5, num_kv_splits=splits)
+    paged_attention_into(
+        out, q, k_cache, v_cache, md, D**-0.5, num_kv_splits=splits, decode_config=cfg
+    )
     err = (out - ref).abs().max().item()
-    assert err <= 1e-4 * mag, (seqs, splits, mag, err)
+    assert err <= 1e-4 * mag, (seqs, splits, mag, cfg, err)
 
 
 graph_splits = kv_splits_for(8, HKV, 512, torch.device("cpu"))  # 6 seqs padded to 8, max len 512
@@ -94,6 +100,10 @@ for step, mag in ((0, 1.0), (21, 1.0), (21, 20.0)):
 for ctx, chunk in ((0, 32), (32, 32), (96, 32), (113, 17), (40, 1)):
     check([(1, 60), (chunk, ctx + chunk), (1, 9)], None, 1.0, seed=ctx)
     check([(chunk, ctx + chunk), (1, 150)], None, 20.0, seed=ctx + 1)
+# Decode's one key loop: keys past each sequence's end come from block 0 (NaN here) and drop.
+for splits in (1, 3, graph_splits):
+    check([(1, n + 1) for n in lens], splits, 20.0, seed=splits, cfg=ONE_LOOP)
+check([(1, 60), (32, 64), (1, 9)], None, 1.0, seed=5, cfg=ONE_LOOP)
 print("ok")
 """
 
