@@ -329,27 +329,24 @@ def _paged_attention_kernel(
     block_row = block_tables_ptr + seq.to(tl.int64) * stride_bt_seq
     k_base = k_cache_ptr + kv_head * stride_k_head
     v_base = v_cache_ptr + kv_head * stride_v_head
-    if SINGLE_TOKEN and ONE_LOOP and not USE_WINDOW:
+    # KernelConfig.one_loop: one loop over every key, masked at kv_end only.
+    bounds_only: tl.constexpr = SINGLE_TOKEN and ONE_LOOP and not USE_WINDOW
+    if bounds_only:
+        full_hi = kv_end
+    if USE_WINDOW:
         acc, l_i, m_i = _attend_tiles(
-            acc, l_i, m_i, q, q_pos, kv_begin, kv_end, kv_lo, kv_end, window, block_row,
+            acc, l_i, m_i, q, q_pos, kv_begin, full_lo, kv_lo, kv_end, window, block_row,
             k_base, v_base, scale, softcap, stride_k_block, stride_k_slot, stride_v_block,
-            stride_v_slot, HEAD_DIM, BLOCK_N, PAGE_SIZE, False, USE_WINDOW, USE_SOFTCAP,
-            DOT_PRECISION, KV_FP8, True,
-        )  # fmt: skip
-    else:
-        if USE_WINDOW:
-            acc, l_i, m_i = _attend_tiles(
-                acc, l_i, m_i, q, q_pos, kv_begin, full_lo, kv_lo, kv_end, window, block_row,
-                k_base, v_base, scale, softcap, stride_k_block, stride_k_slot, stride_v_block,
-                stride_v_slot, HEAD_DIM, BLOCK_N, PAGE_SIZE, True, USE_WINDOW, USE_SOFTCAP,
-                DOT_PRECISION, KV_FP8, False,
-            )  # fmt: skip
-        acc, l_i, m_i = _attend_tiles(
-            acc, l_i, m_i, q, q_pos, full_lo, full_hi, kv_lo, kv_end, window, block_row,
-            k_base, v_base, scale, softcap, stride_k_block, stride_k_slot, stride_v_block,
-            stride_v_slot, HEAD_DIM, BLOCK_N, PAGE_SIZE, False, USE_WINDOW, USE_SOFTCAP,
+            stride_v_slot, HEAD_DIM, BLOCK_N, PAGE_SIZE, True, USE_WINDOW, USE_SOFTCAP,
             DOT_PRECISION, KV_FP8, False,
         )  # fmt: skip
+    acc, l_i, m_i = _attend_tiles(
+        acc, l_i, m_i, q, q_pos, full_lo, full_hi, kv_lo, kv_end, window, block_row,
+        k_base, v_base, scale, softcap, stride_k_block, stride_k_slot, stride_v_block,
+        stride_v_slot, HEAD_DIM, BLOCK_N, PAGE_SIZE, False, USE_WINDOW, USE_SOFTCAP,
+        DOT_PRECISION, KV_FP8, bounds_only,
+    )  # fmt: skip
+    if not bounds_only:
         acc, l_i, m_i = _attend_tiles(
             acc, l_i, m_i, q, q_pos, full_hi, kv_end, kv_lo, kv_end, window, block_row,
             k_base, v_base, scale, softcap, stride_k_block, stride_k_slot, stride_v_block,
