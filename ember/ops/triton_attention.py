@@ -35,7 +35,14 @@ from functools import cache
 import torch
 
 from ember.layers.metadata import AttentionMetadata
-from ember.ops.triton_kv import available, jit, jit_varying, next_power_of_2, tl
+from ember.ops.triton_kv import (
+    available,
+    check_cache_layout,
+    jit,
+    jit_varying,
+    next_power_of_2,
+    tl,
+)
 
 __all__ = [
     "KernelConfig",
@@ -452,8 +459,7 @@ def paged_attention_into(
         raise ValueError(f"head_dim {head_dim} is not supported: use a power of two >= 16")
     if num_q_heads % num_kv_heads != 0:
         raise ValueError(f"{num_q_heads} query heads do not divide into {num_kv_heads} KV heads")
-    if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
-        raise ValueError("KV cache tensors must have a contiguous last (head_dim) dimension")
+    check_cache_layout(k_cache, v_cache)
     if q.stride(-1) != 1:
         q = q.contiguous()
     if out.stride(-1) != 1:

@@ -13,7 +13,14 @@ from __future__ import annotations
 import torch
 
 from ember.layers.metadata import KVStore
-from ember.ops.triton_kv import jit, next_power_of_2, saturation, tl
+from ember.ops.triton_kv import (
+    check_cache_layout,
+    jit,
+    next_power_of_2,
+    saturation,
+    store_cache,
+    tl,
+)
 
 
 @jit
@@ -119,16 +126,8 @@ def _rotate_heads(
         tl.store(p1 + HALF, b, mask=mask)
         if STORE:
             at = dst + h[:, None] * stride_dst_h + d[None, :]
-            _store_cache(at, a, mask, SATURATE)
-            _store_cache(at + HALF, b, mask, SATURATE)
-
-
-@jit
-def _store_cache(at, x, mask, SATURATE: tl.constexpr):
-    """x stored at `at` in the cache's dtype, saturated first for fp8 (as write_kv_triton)."""
-    if SATURATE > 0.0:
-        x = tl.minimum(tl.maximum(x.to(tl.float32), -SATURATE), SATURATE)
-    tl.store(at, x.to(at.dtype.element_ty), mask=mask)
+            store_cache(at, a, mask, SATURATE)
+            store_cache(at + HALF, b, mask, SATURATE)
 
 
 @jit
@@ -191,8 +190,8 @@ def _rotary_kernel(
             mask = (h < n_k_heads)[:, None] & dmask[None, :]
             src = v_ptr + tok * stride_v_tok + h[:, None] * stride_v_head + d[None, :]
             at = v_dst + h[:, None] * stride_vc_head + d[None, :]
-            _store_cache(at, tl.load(src, mask=mask, other=0.0), mask, SATURATE)
-            _store_cache(at + HALF, tl.load(src + HALF, mask=mask, other=0.0), mask, SATURATE)
+            store_cache(at, tl.load(src, mask=mask, other=0.0), mask, SATURATE)
+            store_cache(at + HALF, tl.load(src + HALF, mask=mask, other=0.0), mask, SATURATE)
         k_dst = k_cache_ptr + block * stride_kc_block + offset * stride_kc_slot
         _rotate_heads(
             k_ptr + tok * stride_k_tok, n_k_heads, stride_k_head, cos, sin, d, dmask,
@@ -229,8 +228,7 @@ def rotary_triton(
         v, (k_cache, v_cache), slots = kv_store.v, kv_store.cache, kv_store.slot_mapping
         if v.stride(-1) != 1:
             v = v.contiguous()
-        if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
-            raise ValueError("KV cache tensors must have a contiguous last (head_dim) dimension")
+        check_cache_layout(k_cache, v_cache)
         block_size = k_cache.shape[1]
         kc_strides, vc_strides = k_cache.stride()[:3], v_cache.stride()[:3]
         v_strides = (v.stride(0), v.stride(1))

@@ -52,6 +52,15 @@ def next_power_of_2(n: int) -> int:
 
 
 @jit
+def store_cache(at, x, mask, SATURATE: tl.constexpr):
+    """x stored at `at` in the cache's dtype; fp8 caches (SATURATE > 0, their largest finite
+    value) get x clamped to +-SATURATE first, so a cast never gives NaN."""
+    if SATURATE > 0.0:
+        x = tl.minimum(tl.maximum(x.to(tl.float32), -SATURATE), SATURATE)
+    tl.store(at, x.to(at.dtype.element_ty), mask=mask)
+
+
+@jit
 def _write_kv_kernel(
     k_ptr,
     v_ptr,
@@ -88,25 +97,18 @@ def _write_kv_kernel(
     k = tl.load(
         k_ptr + tok * stride_k_tok + heads[:, None] * stride_k_head + dims[None, :], mask=mask
     )
-    if SATURATE > 0.0:
-        k = tl.minimum(tl.maximum(k.to(tl.float32), -SATURATE), SATURATE)
     k_dst = k_cache_ptr + block * stride_kc_block + offset * stride_kc_slot
-    tl.store(
-        k_dst + heads[:, None] * stride_kc_head + dims[None, :],
-        k.to(k_cache_ptr.dtype.element_ty),
-        mask=mask,
-    )
+    store_cache(k_dst + heads[:, None] * stride_kc_head + dims[None, :], k, mask, SATURATE)
     v = tl.load(
         v_ptr + tok * stride_v_tok + heads[:, None] * stride_v_head + dims[None, :], mask=mask
     )
-    if SATURATE > 0.0:
-        v = tl.minimum(tl.maximum(v.to(tl.float32), -SATURATE), SATURATE)
     v_dst = v_cache_ptr + block * stride_vc_block + offset * stride_vc_slot
-    tl.store(
-        v_dst + heads[:, None] * stride_vc_head + dims[None, :],
-        v.to(v_cache_ptr.dtype.element_ty),
-        mask=mask,
-    )
+    store_cache(v_dst + heads[:, None] * stride_vc_head + dims[None, :], v, mask, SATURATE)
+
+
+def check_cache_layout(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
+    if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
+        raise ValueError("KV cache tensors must have a contiguous last (head_dim) dimension")
 
 
 def saturation(dtype: torch.dtype) -> float:
@@ -134,8 +136,7 @@ def write_kv_triton(
         k = k.contiguous()
     if v.stride(-1) != 1:
         v = v.contiguous()
-    if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
-        raise ValueError("KV cache tensors must have a contiguous last (head_dim) dimension")
+    check_cache_layout(k_cache, v_cache)
     block_h = next_power_of_2(num_kv_heads)
     block_d = next_power_of_2(head_dim)
     _write_kv_kernel[(num_tokens,)](
