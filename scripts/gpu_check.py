@@ -13,7 +13,8 @@ Gemma 3 4B at real shapes against transformers; not in the default list: ~5 minu
 (GGUF dequantization on CUDA against the gguf package's numpy code), rotary-store (the rotary
 kernel that also stores k and v, timed against rotary + KV write), gemv (the experimental fused
 small-batch GEMVs against their reference, then timed against today's kernels;
-scripts/gpu_gemv_check.py).
+scripts/gpu_gemv_check.py), l2 (a projection's weight pulled into L2 beside attention before its
+matmul, scripts/gpu_l2_check.py).
 
 The correctness and gemv sections also run on CPU under Triton's interpreter (with numpy < 2.4, which
 Triton 3.6's interpreter needs: e.g. `pip install --target /tmp/np22 numpy==2.2.6` and put that
@@ -39,6 +40,7 @@ from ember.ops.triton_kv import write_kv_triton
 from scripts.gpu_engine_check import section_engine
 from scripts.gpu_fused_check import section_fused, section_rotary_store
 from scripts.gpu_gemv_check import section_gemv
+from scripts.gpu_l2_check import section_l2
 from scripts.gpu_shapes_check import SHAPES, section_shapes
 
 Fn = Callable[[], None]
@@ -725,6 +727,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], bool]] = {
     "shapes": section_shapes,
     "gguf": section_gguf,
     "gemv": section_gemv,
+    "l2": section_l2,
 }
 DEFAULT_SECTIONS = ["correctness", "fused", "decode", "prefill", "engine"]
 

@@ -81,18 +81,30 @@ def _prefill_config(head_dim: int, group: int, elem_bytes: int) -> KernelConfig:
     return _fit_group(cfg, group)
 
 
-def _decode_config(head_dim: int, group: int, elem_bytes: int) -> KernelConfig:
-    # Memory-bound. H200 sweep, Llama-8B heads, batch 64 x 8192 keys: 128-key tiles with two
-    # stages read 4.3 TB/s; 64-key tiles 3.4 TB/s.
-    block_n = 128 if head_dim <= 128 else 64
+def _decode_config(head_dim: int, group: int, elem_bytes: int, split: bool) -> KernelConfig:
+    # Memory-bound. H200 sweeps, Llama-8B heads (gpu_check --section tune / tune-fp8, 2026-12-03,
+    # docs/benchmarks.md):
+    # - bf16, unsplit (batches that fill the GPU): 64-key tiles on 2 warps, 3 stages: 168.8 us
+    #   against 180.0 for 128-key tiles on 4 warps at 256 x 640 keys, 90.6 vs 95.8 at 128 x 640,
+    #   489.8 vs 501.4 at 64 x 8192, 503.9 vs 511.2 at 256 x 2048.
+    # - bf16, split (few sequences): 128-key tiles on 4 warps, 2 stages (batch 1 x 8192 keys in
+    #   32 pieces: 18.2 against 20.7 us for the 64-key tiles).
+    # - fp8: 128-key tiles in one loop with 5 stages (two shared buffers a K/V tile): 141.5 vs
+    #   143.6 us at 256 x 640, 370.6 vs 391.5 at 256 x 2048, 105.5 vs 117.7 at 16 x 8192 in 4
+    #   pieces, 15.8 vs 16.2 at 1 x 8192 in 32. A sliding window falls back to two loops.
     if elem_bytes > 2:  # fp32 caches (tests)
-        block_n = 32
-    # fp8 caches: a third stage (same sweep over e4m3, gpu_check --section tune-fp8: 143 vs
-    # 151 µs at 256 x 640 keys, 391 vs 423 at 256 x 2048; wider or 8-warp tiles were slower).
-    stages = 3 if elem_bytes == 1 else 2
-    return _fit_group(
-        KernelConfig(block_m=16, block_n=block_n, num_warps=4, num_stages=stages), group
-    )
+        cfg = KernelConfig(block_m=16, block_n=32, num_warps=4, num_stages=2)
+    elif head_dim > 128:  # Gemma's 256: 64-key tiles, the fp8 cache with a third stage
+        cfg = KernelConfig(
+            block_m=16, block_n=64, num_warps=4, num_stages=3 if elem_bytes == 1 else 2
+        )
+    elif elem_bytes == 1:
+        cfg = KernelConfig(block_m=16, block_n=128, num_warps=4, num_stages=5, one_loop=True)
+    elif split:
+        cfg = KernelConfig(block_m=16, block_n=128, num_warps=4, num_stages=2)
+    else:
+        cfg = KernelConfig(block_m=16, block_n=64, num_warps=2, num_stages=3)
+    return _fit_group(cfg, group)
 
 
 def _fit_group(cfg: KernelConfig, group: int) -> KernelConfig:
@@ -468,15 +480,16 @@ def paged_attention_into(
     elem_bytes = k_cache.element_size()
     args = (q, k_cache, v_cache, out, attn_metadata, group, scale, logit_softcap, sliding_window)
     if attn_metadata.max_query_len <= 1:
-        cfg = _fit_group(decode_config or _decode_config(head_dim, group, elem_bytes), group)
         splits = num_kv_splits
         if splits is None:
             splits = kv_splits_for(num_seqs, num_kv_heads, attn_metadata.max_seq_len, q.device)
+        cfg = decode_config or _decode_config(head_dim, group, elem_bytes, splits > 1)
+        cfg = _fit_group(cfg, group)
         _launch(*args, cfg, single=True, skip_single=False, splits=splits)
         return
     cfg = _fit_group(prefill_config or _prefill_config(head_dim, group, elem_bytes), group)
     _launch(*args, cfg, single=False, skip_single=True, splits=1)
-    cfg = _fit_group(decode_config or _decode_config(head_dim, group, elem_bytes), group)
+    cfg = _fit_group(decode_config or _decode_config(head_dim, group, elem_bytes, False), group)
     _launch(*args, cfg, single=True, skip_single=False, splits=1)
 
 
