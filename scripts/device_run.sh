@@ -39,6 +39,9 @@
 #                                               # attention (gpu_check --section l2), then the
 #                                               # engine at 1/8/64/256 rows, then at 1/8 rows
 #                                               # with EMBER_L2_PREFETCH=bulk and =line (~7 min)
+#   bash scripts/device_run.sh blas             # small-batch projections under cuBLAS, cuBLASLt
+#                                               # and torch.mv; the engine at 1/8/64 rows with
+#                                               # EMBER_BLAS_LIBRARY=cublaslt (~4 min)
 #   bash scripts/device_run.sh cold             # start -> first token with the weights evicted
 #                                               # from the page cache, without and with their
 #                                               # read-ahead, in turn, traced (~4 min)
@@ -136,6 +139,11 @@ for stage in "$@"; do
                 run engine-l2-$mode 200 env EMBER_L2_PREFETCH=$mode \
                     python3 benchmarks/bench_engine.py --skip-transformers --batches 8
             done
+            ;;
+        blas)
+            run blas 150 python3 scripts/gpu_check.py --section blas
+            run engine-cublaslt 200 env EMBER_BLAS_LIBRARY=cublaslt \
+                python3 benchmarks/bench_engine.py --skip-transformers --batches 8 64
             ;;
         cold)
             run cold 400 python3 benchmarks/bench_serve.py --real-weights --starts 7 \

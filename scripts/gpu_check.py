@@ -14,7 +14,8 @@ Gemma 3 4B at real shapes against transformers; not in the default list: ~5 minu
 kernel that also stores k and v, timed against rotary + KV write), gemv (the experimental fused
 small-batch GEMVs against their reference, then timed against today's kernels;
 scripts/gpu_gemv_check.py), l2 (a projection's weight pulled into L2 beside attention before its
-matmul, scripts/gpu_l2_check.py).
+matmul, scripts/gpu_l2_check.py), blas (the small-batch projections under cuBLAS, cuBLASLt and
+torch.mv, scripts/gpu_blas_check.py).
 
 The correctness and gemv sections also run on CPU under Triton's interpreter (with numpy < 2.4, which
 Triton 3.6's interpreter needs: e.g. `pip install --target /tmp/np22 numpy==2.2.6` and put that
@@ -37,6 +38,7 @@ from ember.layers.metadata import AttentionMetadata
 from ember.ops.attention_ref import paged_attention_ref, write_kv
 from ember.ops.triton_attention import KernelConfig, kv_splits_for, paged_attention_into
 from ember.ops.triton_kv import write_kv_triton
+from scripts.gpu_blas_check import section_blas
 from scripts.gpu_engine_check import section_engine
 from scripts.gpu_fused_check import section_fused, section_rotary_store
 from scripts.gpu_gemv_check import section_gemv
@@ -728,6 +730,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], bool]] = {
     "gguf": section_gguf,
     "gemv": section_gemv,
     "l2": section_l2,
+    "blas": section_blas,
 }
 DEFAULT_SECTIONS = ["correctness", "fused", "decode", "prefill", "engine"]
 
