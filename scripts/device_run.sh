@@ -42,11 +42,6 @@
 #   bash scripts/device_run.sh blas             # small-batch projections under cuBLAS, cuBLASLt
 #                                               # and torch.mv; the engine at 1/8/64 rows with
 #                                               # EMBER_BLAS_LIBRARY=cublaslt (~4 min)
-#   bash scripts/device_run.sh decode           # the one-launch decode kernel against the
-#                                               # reference and timed against three launches,
-#                                               # attention correctness, engine parity, the
-#                                               # engine at 1/8/64/256 rows, and at 1/8 with
-#                                               # EMBER_FUSED_DECODE=0 (~8 min)
 #   bash scripts/device_run.sh cold             # start -> first token with the weights evicted
 #                                               # from the page cache, without and with their
 #                                               # read-ahead, in turn, traced (~4 min)
@@ -149,14 +144,6 @@ for stage in "$@"; do
             run blas 150 python3 scripts/gpu_check.py --section blas
             run engine-cublaslt 200 env EMBER_BLAS_LIBRARY=cublaslt \
                 python3 benchmarks/bench_engine.py --skip-transformers --batches 8 64
-            ;;
-        decode)
-            run decode-fused 300 python3 scripts/gpu_check.py --section decode-fused \
-                --section correctness --section decode-fused-time
-            run engine-check 200 python3 scripts/gpu_check.py --section engine
-            run engine 300 python3 benchmarks/bench_engine.py --skip-transformers --batches 8 64 256
-            run engine-unfused 200 env EMBER_FUSED_DECODE=0 \
-                python3 benchmarks/bench_engine.py --skip-transformers --batches 8
             ;;
         cold)
             run cold 400 python3 benchmarks/bench_serve.py --real-weights --starts 7 \

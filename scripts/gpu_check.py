@@ -15,9 +15,7 @@ kernel that also stores k and v, timed against rotary + KV write), gemv (the exp
 small-batch GEMVs against their reference, then timed against today's kernels;
 scripts/gpu_gemv_check.py), l2 (a projection's weight pulled into L2 beside attention before its
 matmul, scripts/gpu_l2_check.py), blas (the small-batch projections under cuBLAS, cuBLASLt and
-torch.mv, scripts/gpu_blas_check.py), decode-fused and decode-fused-time (the one-launch decode
-kernel against the reference, then timed against the three launches it replaces,
-scripts/gpu_decode_check.py).
+torch.mv, scripts/gpu_blas_check.py).
 
 The correctness and gemv sections also run on CPU under Triton's interpreter (with numpy < 2.4, which
 Triton 3.6's interpreter needs: e.g. `pip install --target /tmp/np22 numpy==2.2.6` and put that
@@ -41,7 +39,6 @@ from ember.ops.attention_ref import paged_attention_ref, write_kv
 from ember.ops.triton_attention import KernelConfig, kv_splits_for, paged_attention_into
 from ember.ops.triton_kv import write_kv_triton
 from scripts.gpu_blas_check import section_blas
-from scripts.gpu_decode_check import section_decode_fused, section_decode_fused_time
 from scripts.gpu_engine_check import section_engine
 from scripts.gpu_fused_check import section_fused, section_rotary_store
 from scripts.gpu_gemv_check import section_gemv
@@ -734,8 +731,6 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], bool]] = {
     "gemv": section_gemv,
     "l2": section_l2,
     "blas": section_blas,
-    "decode-fused": section_decode_fused,
-    "decode-fused-time": section_decode_fused_time,
 }
 DEFAULT_SECTIONS = ["correctness", "fused", "decode", "prefill", "engine"]
 

@@ -12,7 +12,6 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ember.envflags import env_flag
 from ember.errors import ModelLoadError
 from ember.layers import l2_prefetch, small_batch
 from ember.layers.activation import SiluAndMul
@@ -24,12 +23,9 @@ from ember.layers.rotary import RotaryEmbedding
 from ember.models.base import CausalLM
 from ember.models.config import ModelConfig
 from ember.models.weights import checkpoint_slots, load_into_slots, raise_if_missing
-from ember.ops import use_triton
-from ember.ops.triton_decode import decode_applies, decode_attention_triton
 from ember.ops.triton_gemv import PRE_ADD_RMSNORM, PRE_RMSNORM, PRE_SILU_MUL, gemv_triton
 
 _QK_NORM_MODEL_TYPES = frozenset({"qwen3"})
-FUSED_DECODE = env_flag("EMBER_FUSED_DECODE", True)
 
 
 class LlamaAttention(nn.Module):
@@ -109,26 +105,10 @@ class LlamaAttention(nn.Module):
         if kv_cache[0].numel() == 0:  # the profiling run: attention within the new tokens
             q, k = self.rotary(positions, q, k)
             out = self.attn(q, k, v, kv_cache, attn_metadata)
-        elif self._one_launch_decode(q, attn_metadata):  # rotary + store + attention + merge
-            rotary, attn = self.rotary, self.attn
-            out = decode_attention_triton(
-                positions, q, k, v, rotary.cos_cache, rotary.sin_cache, kv_cache,
-                attn_metadata, attn.scale, attn.logit_softcap,
-            )  # fmt: skip
         else:  # the rotary kernel also stores k and v in the cache: one launch fewer a layer
             q, k = self.rotary(positions, q, k, KVStore(v, kv_cache, attn_metadata.slot_mapping))
             out = self.attn(q, k, v, kv_cache, attn_metadata, kv_stored=True)
         return out.view(num_tokens, -1)
-
-    def _one_launch_decode(self, q: torch.Tensor, attn_metadata: AttentionMetadata) -> bool:
-        """Decode-only steps on CUDA without a sliding window take ops.triton_decode's kernel
-        (EMBER_FUSED_DECODE=0 keeps the three kernels: rotary + store, attention, merge)."""
-        return (
-            FUSED_DECODE
-            and q.is_cuda
-            and use_triton(q.device)
-            and decode_applies(attn_metadata, q.shape[0], self.attn.sliding_window)
-        )
 
 
 class LlamaMLP(nn.Module):
