@@ -35,13 +35,9 @@
 #                                               # over bf16 against fp8 caches (~5 min)
 #   bash scripts/device_run.sh tune             # decode tile sweeps over bf16 and fp8 caches,
 #                                               # rotary + KV write against the fused store (~3 min)
-#   bash scripts/device_run.sh l2               # a projection's weight pulled into L2 beside
-#                                               # attention (gpu_check --section l2), then the
-#                                               # engine at 1/8/64/256 rows, then at 1/8 rows
-#                                               # with EMBER_L2_PREFETCH=bulk and =line (~7 min)
-#   bash scripts/device_run.sh blas             # small-batch projections under cuBLAS, cuBLASLt
-#                                               # and torch.mv; the engine at 1/8/64 rows with
-#                                               # EMBER_BLAS_LIBRARY=cublaslt (~4 min)
+#   bash scripts/device_run.sh l2 blas          # batch-1 projections: a weight pulled into L2
+#                                               # beside attention; cuBLAS, cuBLASLt and
+#                                               # torch.mv at 1-16 rows (~2 min)
 #   bash scripts/device_run.sh cold             # start -> first token with the weights evicted
 #                                               # from the page cache, without and with their
 #                                               # read-ahead, in turn, traced (~4 min)
@@ -131,20 +127,8 @@ for stage in "$@"; do
             run tune-fp8 150 python3 scripts/gpu_check.py --section tune-fp8
             run rotary-store 60 python3 scripts/gpu_check.py --section rotary-store
             ;;
-        l2)
-            run l2 120 python3 scripts/gpu_check.py --section l2
-            run engine-l2-off 300 python3 benchmarks/bench_engine.py --skip-transformers \
-                --batches 8 64 256
-            for mode in bulk line; do
-                run engine-l2-$mode 200 env EMBER_L2_PREFETCH=$mode \
-                    python3 benchmarks/bench_engine.py --skip-transformers --batches 8
-            done
-            ;;
-        blas)
-            run blas 150 python3 scripts/gpu_check.py --section blas
-            run engine-cublaslt 200 env EMBER_BLAS_LIBRARY=cublaslt \
-                python3 benchmarks/bench_engine.py --skip-transformers --batches 8 64
-            ;;
+        l2) run l2 120 python3 scripts/gpu_check.py --section l2 ;;
+        blas) run blas 150 python3 scripts/gpu_check.py --section blas ;;
         cold)
             run cold 400 python3 benchmarks/bench_serve.py --real-weights --starts 7 \
                 --start-only --cold --start-env "EMBER_STARTUP_TRACE=1 EMBER_PREFETCH_WEIGHTS=0" \

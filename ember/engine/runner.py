@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 
@@ -64,11 +63,6 @@ class ModelRunner:
         self.graphs: CudaGraphDecoder | None = None
         self.prefill_graphs: CudaGraphPrefiller | None = None
         self.last_step_graph = False
-        blas = os.environ.get("EMBER_BLAS_LIBRARY", "").strip().lower()
-        if device.type == "cuda" and blas:  # a development switch: gpu_check --section blas
-            if blas not in ("cublas", "cublaslt"):
-                raise ValueError(f"EMBER_BLAS_LIBRARY={blas!r}: use cublas or cublaslt")
-            torch.backends.cuda.preferred_blas_library(blas)
         if device.type == "cuda" and not enforce_eager and use_triton(device):
             max_blocks = -(-max_model_len // block_size)
             self.graphs = CudaGraphDecoder(

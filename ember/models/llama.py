@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ember.errors import ModelLoadError
-from ember.layers import l2_prefetch, small_batch
+from ember.layers import small_batch
 from ember.layers.activation import SiluAndMul
 from ember.layers.attention import Attention
 from ember.layers.linear import Embedding, Linear, MergedLinear
@@ -80,10 +80,7 @@ class LlamaAttention(nn.Module):
         kv_cache: KVCache,
         attn_metadata: AttentionMetadata,
     ) -> torch.Tensor:
-        qkv = self.qkv_proj(hidden_states)
-        side = l2_prefetch.start(self.o_proj.weight, qkv)  # few rows: o's weight into L2
-        out = self.attend(positions, qkv, kv_cache, attn_metadata)
-        l2_prefetch.join(side)
+        out = self.attend(positions, self.qkv_proj(hidden_states), kv_cache, attn_metadata)
         return self.o_proj(out)
 
     def attend(
