@@ -15,7 +15,8 @@ kernel that also stores k and v, timed against rotary + KV write), gemv (the exp
 small-batch GEMVs against their reference, then timed against today's kernels;
 scripts/gpu_gemv_check.py), l2 (a projection's weight pulled into L2 beside attention before its
 matmul, scripts/gpu_l2_check.py), blas (the small-batch projections under cuBLAS, cuBLASLt and
-torch.mv, scripts/gpu_blas_check.py).
+torch.mv, scripts/gpu_blas_check.py), gemm (the decode step's matmuls at 64-512 rows under cuBLAS
+and Triton tiles, scripts/gpu_gemm_check.py).
 
 The correctness and gemv sections also run on CPU under Triton's interpreter (with numpy < 2.4, which
 Triton 3.6's interpreter needs: e.g. `pip install --target /tmp/np22 numpy==2.2.6` and put that
@@ -41,6 +42,7 @@ from ember.ops.triton_kv import write_kv_triton
 from scripts.gpu_blas_check import section_blas
 from scripts.gpu_engine_check import section_engine
 from scripts.gpu_fused_check import section_fused, section_rotary_store
+from scripts.gpu_gemm_check import section_gemm
 from scripts.gpu_gemv_check import section_gemv
 from scripts.gpu_l2_check import section_l2
 from scripts.gpu_shapes_check import SHAPES, section_shapes
@@ -731,6 +733,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], bool]] = {
     "gemv": section_gemv,
     "l2": section_l2,
     "blas": section_blas,
+    "gemm": section_gemm,
 }
 DEFAULT_SECTIONS = ["correctness", "fused", "decode", "prefill", "engine"]
 
