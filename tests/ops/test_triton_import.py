@@ -36,3 +36,19 @@ def test_gemv_reference_applies_the_pre_ops() -> None:
     gate, up = x[:, :32], x[:, 32:]
     silu = gemv_reference(x, w[:, :32], pre=PRE_SILU_MUL)
     torch.testing.assert_close(silu, (torch.nn.functional.silu(gate) * up) @ w[:, :32].T)
+
+
+def test_decode_tiles_follow_the_sweeps() -> None:
+    """The decode launch's tiles (H200 sweeps, docs/benchmarks.md, sixth session): bf16 without a
+    split on 64-key tiles and 2 warps; split bf16 on 128-key tiles; fp8 in one loop with 5
+    stages; Gemma's head_dim 256 on 64-key tiles; a group wider than 16 rows widens BLOCK_M."""
+    cfg = triton_attention._decode_config
+    kc = triton_attention.KernelConfig
+    assert cfg(128, 4, 2, split=False) == kc(16, 64, 2, 3)
+    assert cfg(128, 4, 2, split=True) == kc(16, 128, 4, 2)
+    assert cfg(128, 4, 1, split=False) == kc(16, 128, 4, 5, one_loop=True)
+    assert cfg(128, 4, 1, split=True) == kc(16, 128, 4, 5, one_loop=True)
+    assert cfg(256, 2, 2, split=False) == kc(16, 64, 4, 2)
+    assert cfg(256, 2, 1, split=True) == kc(16, 64, 4, 3)
+    assert cfg(64, 7, 4, split=False) == kc(16, 32, 4, 2)  # fp32 caches (tests)
+    assert cfg(128, 32, 2, split=False).block_m == 32
