@@ -38,6 +38,10 @@
 #   bash scripts/device_run.sh l2 blas          # batch-1 projections: a weight pulled into L2
 #                                               # beside attention; cuBLAS, cuBLASLt and
 #                                               # torch.mv at 1-16 rows (~2 min)
+#   bash scripts/device_run.sh overlap          # a 256-row decode layer against two 128-row
+#                                               # halves, attention beside matmuls on two
+#                                               # streams; the step's matmuls at 64-512 rows,
+#                                               # cuBLAS against Triton tiles (~2 min)
 #   bash scripts/device_run.sh cold             # start -> first token with the weights evicted
 #                                               # from the page cache, without and with their
 #                                               # read-ahead, in turn, traced (~4 min)
@@ -129,6 +133,7 @@ for stage in "$@"; do
             ;;
         l2) run l2 120 python3 scripts/gpu_check.py --section l2 ;;
         blas) run blas 150 python3 scripts/gpu_check.py --section blas ;;
+        overlap) run overlap 200 python3 scripts/gpu_check.py --section overlap --section gemm ;;
         cold)
             run cold 400 python3 benchmarks/bench_serve.py --real-weights --starts 7 \
                 --start-only --cold --start-env "EMBER_STARTUP_TRACE=1 EMBER_PREFETCH_WEIGHTS=0" \

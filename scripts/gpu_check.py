@@ -16,7 +16,8 @@ small-batch GEMVs against their reference, then timed against today's kernels;
 scripts/gpu_gemv_check.py), l2 (a projection's weight pulled into L2 beside attention before its
 matmul, scripts/gpu_l2_check.py), blas (the small-batch projections under cuBLAS, cuBLASLt and
 torch.mv, scripts/gpu_blas_check.py), gemm (the decode step's matmuls at 64-512 rows under cuBLAS
-and Triton tiles, scripts/gpu_gemm_check.py).
+and Triton tiles, scripts/gpu_gemm_check.py), overlap (a 256-row decode layer against two
+128-row halves whose attention and matmuls run side by side, scripts/gpu_overlap_check.py).
 
 The correctness and gemv sections also run on CPU under Triton's interpreter (with numpy < 2.4, which
 Triton 3.6's interpreter needs: e.g. `pip install --target /tmp/np22 numpy==2.2.6` and put that
@@ -45,6 +46,7 @@ from scripts.gpu_fused_check import section_fused, section_rotary_store
 from scripts.gpu_gemm_check import section_gemm
 from scripts.gpu_gemv_check import section_gemv
 from scripts.gpu_l2_check import section_l2
+from scripts.gpu_overlap_check import section_overlap
 from scripts.gpu_shapes_check import SHAPES, section_shapes
 
 Fn = Callable[[], None]
@@ -734,6 +736,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], bool]] = {
     "l2": section_l2,
     "blas": section_blas,
     "gemm": section_gemm,
+    "overlap": section_overlap,
 }
 DEFAULT_SECTIONS = ["correctness", "fused", "decode", "prefill", "engine"]
 
