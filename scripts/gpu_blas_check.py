@@ -17,13 +17,23 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-SHAPES = [("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 28672, 4096), ("down", 4096, 14336)]
-SHAPES += [("lm_head", 128256, 4096)]
+# (name, N = output features, K = input features): one Llama-3.1-8B layer's projections.
+LAYER_SHAPES = [
+    ("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 28672, 4096), ("down", 4096, 14336),
+]  # fmt: skip
+SHAPES = [*LAYER_SHAPES, ("lm_head", 128256, 4096)]
 ROWS = (1, 4, 8, 16)
 ROTATE_BYTES = 256 * 2**20
 
 
-def _linear(x: torch.Tensor, w: torch.Tensor) -> Callable[[], None]:
+def rotated_weights(n: int, k: int, scale: float = 1.0) -> list[torch.Tensor]:
+    """Random bf16 [n, k] weights on the GPU, as many copies (up to 8) as it takes to pass
+    ROTATE_BYTES, so timed calls cycling through them read HBM, not L2."""
+    copies = max(1, min(8, -(-ROTATE_BYTES // (n * k * 2))))
+    return [torch.randn(n, k, dtype=torch.bfloat16, device="cuda") * scale for _ in range(copies)]
+
+
+def linear_call(x: torch.Tensor, w: torch.Tensor) -> Callable[[], None]:
     def call() -> None:
         F.linear(x, w)
 
@@ -48,14 +58,13 @@ def section_blas(args: argparse.Namespace) -> bool:
     default = torch.backends.cuda.preferred_blas_library()
     try:
         for name, n, k in SHAPES:
-            copies = max(1, min(8, -(-ROTATE_BYTES // (n * k * 2))))
-            ws = [torch.randn(n, k, dtype=torch.bfloat16, device="cuda") for _ in range(copies)]
+            ws = rotated_weights(n, k)
             gb = n * k * 2 / 1e9
             for rows in ROWS:
                 x = torch.randn(rows, k, dtype=torch.bfloat16, device="cuda")
                 variants: list[tuple[str, str, Callable]] = [
-                    ("cublas", "cublas", _linear),
-                    ("cublaslt", "cublaslt", _linear),
+                    ("cublas", "cublas", linear_call),
+                    ("cublaslt", "cublaslt", linear_call),
                 ]
                 if rows == 1:
                     variants.append(("mv", "cublas", _mv))

@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 
 from ember.ops.triton_kv import jit, tl, triton
+from scripts.gpu_blas_check import LAYER_SHAPES, linear_call, rotated_weights
 
-SHAPES = [("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 28672, 4096), ("down", 4096, 14336)]
 ROWS = (64, 128, 256, 512)
-# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)
-CONFIGS = [
+Config = tuple[int, int, int, int, int]  # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)
+CONFIGS: list[Config] = [
     (64, 128, 64, 4, 4),
     (128, 64, 64, 4, 4),
     (64, 64, 128, 4, 4),
@@ -30,7 +30,6 @@ CONFIGS = [
     (128, 256, 64, 8, 3),
     (64, 128, 128, 4, 3),
 ]
-ROTATE_BYTES = 256 * 2**20
 
 
 @jit
@@ -73,9 +72,7 @@ def _mm_kernel(
     tl.store(c, acc.to(c_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
 
 
-def matmul_triton(
-    x: torch.Tensor, w: torch.Tensor, cfg: tuple[int, int, int, int, int]
-) -> torch.Tensor:
+def matmul_triton(x: torch.Tensor, w: torch.Tensor, cfg: Config) -> torch.Tensor:
     """x [M, K] @ w.T with w [N, K] (K a multiple of BLOCK_K), bf16 out."""
     bm, bn, bk, warps, stages = cfg
     m, k = x.shape
@@ -87,16 +84,6 @@ def matmul_triton(
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return out
-
-
-Config = tuple[int, int, int, int, int]
-
-
-def _torch_call(x: torch.Tensor, w: torch.Tensor) -> Callable[[], None]:
-    def call() -> None:
-        F.linear(x, w)
-
-    return call
 
 
 def _triton_call(x: torch.Tensor, w: torch.Tensor, cfg: Config) -> Callable[[], None]:
@@ -111,13 +98,12 @@ def section_gemm(args: argparse.Namespace) -> bool:
 
     ok = True
     print(f"{'projection':<9} {'rows':>4} {'kernel':<22} {'us':>8} {'TFLOP/s':>8} {'vs torch':>8}")
-    for name, n, k in SHAPES:
-        copies = max(1, min(8, -(-ROTATE_BYTES // (n * k * 2))))
-        ws = [torch.randn(n, k, dtype=torch.bfloat16, device="cuda") / 64 for _ in range(copies)]
+    for name, n, k in LAYER_SHAPES:
+        ws = rotated_weights(n, k, 1 / 64)
         for rows in ROWS:
             x = torch.randn(rows, k, dtype=torch.bfloat16, device="cuda")
             flop = 2 * rows * n * k
-            base = time_us([_torch_call(x, w) for w in ws])
+            base = time_us([linear_call(x, w) for w in ws])
             print(
                 f"{name:<9} {rows:>4} {'torch (cuBLAS)':<22} {base:>8.1f} {flop / base / 1e6:>8.0f}"
             )

@@ -24,38 +24,29 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from scripts.gpu_blas_check import LAYER_SHAPES, rotated_weights
+
 Fn = Callable[[], None]
-HIDDEN, QKV, INTER = 4096, 6144, 14336
 CTX = 640
-COPIES = 2  # weight sets rotated: 2 x 436 MB, past L2
 
 
 def _matmuls(rows: int) -> list[Fn]:
-    """One layer's four projections at `rows` rows, one call per weight set."""
-    x = torch.randn(rows, HIDDEN, dtype=torch.bfloat16, device="cuda")
-    h = torch.randn(rows, INTER, dtype=torch.bfloat16, device="cuda")
-
-    def weights(n: int, k: int) -> torch.Tensor:
-        return torch.randn(n, k, dtype=torch.bfloat16, device="cuda") / 64
-
-    sets = [
-        (weights(QKV, HIDDEN), weights(HIDDEN, HIDDEN), weights(2 * INTER, HIDDEN),
-         weights(HIDDEN, INTER))
-        for _ in range(COPIES)
-    ]  # fmt: skip
+    """One layer's four projections at `rows` rows, one call per set of weights (each
+    projection's copies cycled, past L2)."""
+    ws = [rotated_weights(n, k, 1 / 64) for _, n, k in LAYER_SHAPES]
+    inputs = {
+        k: torch.randn(rows, k, dtype=torch.bfloat16, device="cuda") for _, _, k in LAYER_SHAPES
+    }
+    pairs = [(inputs[k], copies) for (_, _, k), copies in zip(LAYER_SHAPES, ws, strict=True)]
 
     def call(i: int) -> Fn:
-        qkv, o, gate_up, down = sets[i]
-
         def run() -> None:
-            F.linear(x, qkv)
-            F.linear(x, o)
-            F.linear(x, gate_up)
-            F.linear(h, down)
+            for x, copies in pairs:
+                F.linear(x, copies[i % len(copies)])
 
         return run
 
-    return [call(i) for i in range(COPIES)]
+    return [call(i) for i in range(max(len(c) for c in ws))]
 
 
 def _attention(batch: int) -> list[Fn]:
