@@ -28,6 +28,7 @@ from benchmarks.common import (
     param_bytes,
     prefill_flops_per_token,
     random_prompts,
+    workload_bound,
 )
 from ember.engine.args import KV_CACHE_DTYPES
 
@@ -116,6 +117,24 @@ def ember_runs(
             f"{b * args.input_len / t_prefill:.0f} tok/s, {prefill_tflops:.0f} TFLOP/s = "
             f"{100 * prefill_tflops / gemm_tflops:.0f}% of the GEMM peak; then "
             f"{1e3 * step:.1f} ms per step)",
+            flush=True,
+        )
+        bound = workload_bound(
+            SHAPES[args.shape],
+            b,
+            args.input_len,
+            args.output_len,
+            gemm_tflops,
+            hbm,
+            kv_elem=1 if args.kv_cache_dtype.startswith("fp8") else 2,
+        )
+        out = b * args.output_len
+        print(
+            f"  bounds at this run's GEMM peak and HBM rate: {out / bound.serial_s:.0f} tok/s with "
+            f"each step's KV reads after its matmuls ({100 * bound.serial_s / t:.0f}% reached), "
+            f"{out / bound.roofline_s:.0f} at each step's roofline "
+            f"({100 * bound.roofline_s / t:.0f}%), {out / bound.compute_s:.0f} with every FLOP "
+            f"at the peak and all reads hidden ({100 * bound.compute_s / t:.0f}%)",
             flush=True,
         )
     llm.engine.core.abort([])

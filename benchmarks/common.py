@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,50 @@ def prefill_flops_per_token(config: dict[str, Any], context: int) -> float:
     weights = h * d * (heads + 2 * kv) + heads * d * h + 3 * h * i
     attention = 4 * heads * d * (context / 2)
     return float(n * (2 * weights + attention))
+
+
+def _layer_dims(config: dict[str, Any]) -> tuple[int, int, int, int, int]:
+    """(hidden, layers, query heads, KV heads, head_dim) of a shape."""
+    h, heads = config["hidden_size"], config["num_attention_heads"]
+    d = config.get("head_dim", h // heads)
+    return h, config["num_hidden_layers"], heads, config["num_key_value_heads"], d
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadBound:
+    """Lower bounds on the GPU time of `batch` requests that start together, each `input_len`
+    prompt tokens then `output_len` generated ones (the first by the prefill, the rest by
+    `output_len - 1` decode steps), from the GEMM peak and HBM copy rate of the same run."""
+
+    compute_s: float  # every FLOP at the GEMM peak, all memory traffic hidden beneath it
+    roofline_s: float  # the prefill at the peak, then each decode step at max(FLOPs, bytes)
+    serial_s: float  # the same, with each step's KV reads after its matmuls (as engines run)
+
+
+def workload_bound(
+    config: dict[str, Any],
+    batch: int,
+    input_len: int,
+    output_len: int,
+    gemm_tflops: float,
+    hbm_gbs: float,
+    kv_elem: int = 2,
+) -> WorkloadBound:
+    h, n, heads, kv, d = _layer_dims(config)
+    weights = h * d * (heads + 2 * kv) + heads * d * h + 3 * h * config["intermediate_size"]
+    lm_head = 2 * config["vocab_size"] * h  # FLOPs of one row's logits
+    flops_s, bytes_s = 1 / (gemm_tflops * 1e12), 1 / (hbm_gbs * 1e9)
+    prefill = batch * (input_len * prefill_flops_per_token(config, input_len) + lm_head)
+    step_weight_bytes = 2 * (n * weights + config["vocab_size"] * h)
+    compute, roofline, serial = prefill * flops_s, prefill * flops_s, prefill * flops_s
+    for ctx in range(input_len + 1, input_len + output_len):  # the keys each decode step reads
+        matmul = batch * (2 * n * weights + lm_head) * flops_s
+        attention = batch * n * 4 * heads * d * ctx * flops_s
+        kv_read = batch * ctx * n * 2 * kv * d * kv_elem * bytes_s
+        compute += matmul + attention
+        roofline += max(matmul + attention, step_weight_bytes * bytes_s + kv_read)
+        serial += max(matmul, step_weight_bytes * bytes_s) + kv_read
+    return WorkloadBound(compute, roofline, serial)
 
 
 def gemm_peak_tflops(device: torch.device, m: int = 8192, k: int = 4096, n: int = 14336) -> float:
