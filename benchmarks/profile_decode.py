@@ -6,6 +6,10 @@ name, at a given batch size, and how much of each step's wall time the GPU sat i
 
 Eager by default (every kernel named); --graphs replays the captured decode graphs as serving
 does, so the idle share measures the host gap between steps that the graphs leave.
+--prefill profiles the prompt steps instead: `batch` prompts of 512 tokens, chunked by the
+engine's token budget (8192 by default), with the matmuls' share of the GEMM peak.
+
+    python benchmarks/profile_decode.py --batch 256 --prefill
 """
 
 from __future__ import annotations
@@ -19,9 +23,16 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.common import SHAPES, dummy_model_dir, random_prompts
+from benchmarks.common import (
+    SHAPES,
+    dummy_model_dir,
+    gemm_peak_tflops,
+    prefill_flops_per_token,
+    random_prompts,
+)
 from ember import LLM, SamplingParams
 from ember.engine.llm import TokensPrompt
+from ember.engine.llm_engine import LLMEngine
 
 
 def main() -> None:
@@ -33,6 +44,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--graphs", action="store_true", help="replay CUDA graphs (as serving does)")
     ap.add_argument("--no-async-scheduling", dest="async_scheduling", action="store_false")
+    ap.add_argument("--prefill", action="store_true", help="profile the prompt steps instead")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -57,10 +69,11 @@ def main() -> None:
             )
             llm.generate(prompts, params)  # warm-up
             engine = llm.engine
-            for i, p in enumerate(prompts):
+            # Fresh prompts: the prefix cache must not serve the warm-up's again.
+            for i, ids in enumerate(random_prompts(batch, 512, vocab, 10_000 + batch)):
                 engine.add_request(
                     f"p{batch}-{i}",
-                    p["prompt_token_ids"],
+                    ids,
                     SamplingParams(
                         temperature=0.0,
                         max_tokens=2 * args.steps + 2,
@@ -68,6 +81,11 @@ def main() -> None:
                         detokenize=False,
                     ),
                 )
+            if args.prefill:
+                profile_prefill(engine, args.shape, batch)
+                while engine.has_unfinished():
+                    engine.step()
+                continue
             engine.step()  # prefill (and any chunks): not profiled
             while engine.core.scheduler.waiting or any(
                 r.num_computed_tokens < r.num_prompt_tokens for r in engine.core.scheduler.running
@@ -87,15 +105,8 @@ def main() -> None:
             plain_ms = (time.perf_counter() - began) * 1000 / args.steps
             while engine.has_unfinished():
                 engine.step()
-            totals: dict[str, float] = defaultdict(float)
-            counts: dict[str, int] = defaultdict(int)
-            for evt in prof.events():
-                if evt.device_type == torch.autograd.DeviceType.CUDA:
-                    name = evt.name[:60]
-                    totals[name] += evt.device_time
-                    counts[name] += 1
-            total = sum(totals.values()) / args.steps
-            busy_ms = total / 1000
+            totals, counts = kernel_totals(prof)
+            busy_ms = sum(totals.values()) / args.steps / 1000
             print(
                 f"batch {batch}: GPU kernel time per decode step {busy_ms:.2f} ms, "
                 f"{sum(counts.values()) / args.steps:.0f} kernels per step; wall {wall_ms:.2f} ms "
@@ -106,10 +117,59 @@ def main() -> None:
                 print(
                     f"  the decode graph alone, replayed back to back: {replay_ms(llm, batch):.2f} ms"
                 )
-            for name, t in sorted(totals.items(), key=lambda kv: -kv[1])[:14]:
-                print(
-                    f"  {t / args.steps / 1000:7.3f} ms  {counts[name] / args.steps:5.0f}x  {name}"
-                )
+            print_kernels(totals, counts, args.steps)
+
+
+def kernel_totals(prof: profile) -> tuple[dict[str, float], dict[str, int]]:
+    """GPU µs and launches of each kernel name (first 60 characters) in a profile."""
+    totals: dict[str, float] = defaultdict(float)
+    counts: dict[str, int] = defaultdict(int)
+    for evt in prof.events():
+        if evt.device_type == torch.autograd.DeviceType.CUDA:
+            name = evt.name[:60]
+            totals[name] += evt.device_time
+            counts[name] += 1
+    return totals, counts
+
+
+def print_kernels(
+    totals: dict[str, float], counts: dict[str, int], steps: int, top: int = 14
+) -> None:
+    for name, t in sorted(totals.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"  {t / steps / 1000:7.3f} ms  {counts[name] / steps:5.0f}x  {name}")
+
+
+def profile_prefill(engine: LLMEngine, shape: str, batch: int) -> None:
+    """Profile the steps that run the requests' prompts (the requests are added, not stepped);
+    the matmuls (cuBLAS/CUTLASS kernels: names with gemm, sm90 or cutlass) against the GEMM peak."""
+    torch.cuda.synchronize()
+    prompt_tokens = sum(r.num_prompt_tokens for r in engine.core.scheduler.waiting)
+    steps = 0
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        began = time.perf_counter()
+        while engine.core.scheduler.waiting or any(
+            r.num_computed_tokens < r.num_prompt_tokens for r in engine.core.scheduler.running
+        ):
+            engine.step()
+            steps += 1
+        torch.cuda.synchronize()
+        wall_s = time.perf_counter() - began
+    totals, counts = kernel_totals(prof)
+    busy_s = sum(totals.values()) / 1e6
+    matmul_s = sum(t for n, t in totals.items() if _is_matmul(n)) / 1e6
+    flops = prompt_tokens * prefill_flops_per_token(SHAPES[shape], 512)
+    peak = gemm_peak_tflops(torch.device("cuda"))
+    print(
+        f"prefill of {batch} x 512 tokens: {steps} steps, wall {wall_s:.3f} s (profiled), GPU "
+        f"kernels {busy_s:.3f} s, matmul kernels {matmul_s:.3f} s; {flops / busy_s / 1e12:.0f} "
+        f"TFLOP/s over the kernels' time, GEMM peak {peak:.0f} TFLOP/s in this run"
+    )
+    print_kernels(totals, counts, steps, top=20)
+
+
+def _is_matmul(name: str) -> bool:
+    low = name.lower()
+    return "gemm" in low or "sm90" in low or "cutlass" in low
 
 
 def replay_ms(llm: LLM, batch: int, reps: int = 20) -> float:
