@@ -76,7 +76,9 @@ def main() -> None:
                     ids,
                     SamplingParams(
                         temperature=0.0,
-                        max_tokens=2 * args.steps + 2,
+                        # Chunked prefill lets the first requests decode while the last
+                        # prefill: room for those steps too, so none finishes early.
+                        max_tokens=2 * args.steps + 4 + -(-batch * 512 // 8192),
                         ignore_eos=True,
                         detokenize=False,
                     ),
