@@ -75,14 +75,18 @@ def ember_runs(
             temperature=0.0, max_tokens=out_len, ignore_eos=True, detokenize=False
         )
         torch.cuda.synchronize()
-        llm.engine.core.step_times = StepTimes()
+        core.step_times = StepTimes()
+        ahead = core.pipeline.launched_ahead if core.pipeline is not None else 0
         t = time.perf_counter()
         outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
         torch.cuda.synchronize()
         assert all(len(o.outputs[0].token_ids) == out_len for o in outs)
         elapsed = time.perf_counter() - t
+        if core.pipeline is not None:
+            ahead = core.pipeline.launched_ahead - ahead
         print(
-            f"  [{len(prompts)} x {out_len}] {elapsed:.3f} s; {llm.engine.core.step_times.summary()}"
+            f"  [{len(prompts)} x {out_len}] {elapsed:.3f} s; {core.step_times.summary()}; "
+            f"{ahead} launched ahead"
         )
         return elapsed
 

@@ -31,8 +31,11 @@ from benchmarks.common import (
     random_prompts,
 )
 from ember import LLM, SamplingParams
+from ember.engine.core import StepTimes
 from ember.engine.llm import TokensPrompt
 from ember.engine.llm_engine import LLMEngine
+
+CHUNK = 8192  # prompt tokens a step (max_num_batched_tokens)
 
 
 def main() -> None:
@@ -55,6 +58,7 @@ def main() -> None:
             load_format="dummy",
             max_model_len=4096,
             max_num_seqs=max(args.batch),
+            max_num_batched_tokens=CHUNK,  # as bench_engine.py
             enforce_eager=not args.graphs,
             capture_all_graphs=args.graphs,
             async_scheduling=args.async_scheduling,
@@ -77,14 +81,16 @@ def main() -> None:
                     SamplingParams(
                         temperature=0.0,
                         # Chunked prefill lets the first requests decode while the last
-                        # prefill: room for those steps too, so none finishes early.
-                        max_tokens=2 * args.steps + 4 + -(-batch * 512 // 8192),
+                        # prefill (the async pipeline adds a step or two): ample room, so
+                        # every row runs through both measured stretches; aborted after.
+                        max_tokens=2 * args.steps + 16 + 2 * -(-batch * 512 // CHUNK),
                         ignore_eos=True,
                         detokenize=False,
                     ),
                 )
             if args.prefill:
                 profile_prefill(engine, args.shape, batch)
+                engine.abort([f"p{batch}-{i}" for i in range(batch)])
                 while engine.has_unfinished():
                     engine.step()
                 continue
@@ -100,11 +106,22 @@ def main() -> None:
                     engine.step()
                 torch.cuda.synchronize()
                 wall_ms = (time.perf_counter() - began) * 1000 / args.steps
+            core = engine.core
+            core.step_times = StepTimes()
+            ahead = core.pipeline.launched_ahead if core.pipeline is not None else 0
+            rows_before = len(core.scheduler.running)
             began = time.perf_counter()
             for _ in range(args.steps):  # the same steps, unprofiled
                 engine.step()
             torch.cuda.synchronize()
             plain_ms = (time.perf_counter() - began) * 1000 / args.steps
+            if core.pipeline is not None:
+                ahead = core.pipeline.launched_ahead - ahead
+            times = core.step_times.summary()
+            rows_after = len(core.scheduler.running)
+            # The graph of this batch, with the last step's inputs (every row still running).
+            replayed = replay_ms(llm, batch) if args.graphs else None
+            engine.abort([f"p{batch}-{i}" for i in range(batch)])
             while engine.has_unfinished():
                 engine.step()
             totals, counts = kernel_totals(prof)
@@ -114,11 +131,13 @@ def main() -> None:
                 f"{sum(counts.values()) / args.steps:.0f} kernels per step; wall {wall_ms:.2f} ms "
                 f"per step (profiled), GPU idle {max(0.0, 1 - busy_ms / wall_ms):.0%}"
             )
-            print(f"  unprofiled: {plain_ms:.2f} ms per step")
-            if args.graphs:
-                print(
-                    f"  the decode graph alone, replayed back to back: {replay_ms(llm, batch):.2f} ms"
-                )
+            print(
+                f"  unprofiled: {plain_ms:.2f} ms per step ({rows_before} -> {rows_after} rows "
+                f"running), {ahead} of {args.steps} launched before the previous step's tokens "
+                f"were read; {times}"
+            )
+            if replayed is not None:
+                print(f"  the decode graph alone, replayed back to back: {replayed:.2f} ms")
             print_kernels(totals, counts, args.steps)
 
 
