@@ -94,11 +94,22 @@ def write_word_tokenizer(out: Path, vocab_size: int, bos_id: int, eos_id: int) -
     (out / "generation_config.json").write_text(json.dumps({"eos_token_id": eos_id}))
 
 
-def param_bytes(config: dict[str, Any], elem: int = 2) -> int:
-    h, i, n = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
-    heads, kv = config["num_attention_heads"], config["num_key_value_heads"]
+def _layer_dims(config: dict[str, Any]) -> tuple[int, int, int, int, int]:
+    """(hidden, layers, query heads, KV heads, head_dim) of a shape."""
+    h, heads = config["hidden_size"], config["num_attention_heads"]
     d = config.get("head_dim", h // heads)
-    per_layer = h * d * (heads + 2 * kv) + heads * d * h + 3 * h * i + 2 * h
+    return h, config["num_hidden_layers"], heads, config["num_key_value_heads"], d
+
+
+def _layer_matmul_params(config: dict[str, Any]) -> int:
+    """Parameters of one decoder layer's projections (q, k, v, o, gate, up, down)."""
+    h, _, heads, kv, d = _layer_dims(config)
+    return h * d * (heads + 2 * kv) + heads * d * h + 3 * h * config["intermediate_size"]
+
+
+def param_bytes(config: dict[str, Any], elem: int = 2) -> int:
+    h, n = config["hidden_size"], config["num_hidden_layers"]
+    per_layer = _layer_matmul_params(config) + 2 * h  # + the two norms
     embed = config["vocab_size"] * h * (1 if config["tie_word_embeddings"] else 2)
     return (n * per_layer + embed + h) * elem
 
@@ -113,19 +124,9 @@ def prefill_flops_per_token(config: dict[str, Any], context: int) -> float:
     """Matmul FLOPs of one prompt token: the layers' weights (2 per parameter) and causal
     attention at a prompt of `context` tokens (QK^T and PV over context/2 keys on average);
     the LM head runs for the last token only and is left out."""
-    h, i, n = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
-    heads, kv = config["num_attention_heads"], config["num_key_value_heads"]
-    d = config.get("head_dim", h // heads)
-    weights = h * d * (heads + 2 * kv) + heads * d * h + 3 * h * i
+    _, n, heads, _, d = _layer_dims(config)
     attention = 4 * heads * d * (context / 2)
-    return float(n * (2 * weights + attention))
-
-
-def _layer_dims(config: dict[str, Any]) -> tuple[int, int, int, int, int]:
-    """(hidden, layers, query heads, KV heads, head_dim) of a shape."""
-    h, heads = config["hidden_size"], config["num_attention_heads"]
-    d = config.get("head_dim", h // heads)
-    return h, config["num_hidden_layers"], heads, config["num_key_value_heads"], d
+    return float(n * (2 * _layer_matmul_params(config) + attention))
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +150,7 @@ def workload_bound(
     kv_elem: int = 2,
 ) -> WorkloadBound:
     h, n, heads, kv, d = _layer_dims(config)
-    weights = h * d * (heads + 2 * kv) + heads * d * h + 3 * h * config["intermediate_size"]
+    weights = _layer_matmul_params(config)
     lm_head = 2 * config["vocab_size"] * h  # FLOPs of one row's logits
     flops_s, bytes_s = 1 / (gemm_tflops * 1e12), 1 / (hbm_gbs * 1e9)
     prefill = batch * (input_len * prefill_flops_per_token(config, input_len) + lm_head)
