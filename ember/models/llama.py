@@ -99,12 +99,11 @@ class LlamaAttention(nn.Module):
         if self.q_norm is not None and self.k_norm is not None:
             q = self.q_norm(q)
             k = self.k_norm(k)
-        if kv_cache[0].numel() == 0:  # the profiling run: attention within the new tokens
-            q, k = self.rotary(positions, q, k)
-            out = self.attn(q, k, v, kv_cache, attn_metadata)
-        else:  # the rotary kernel also stores k and v in the cache: one launch fewer a layer
-            q, k = self.rotary(positions, q, k, KVStore(v, kv_cache, attn_metadata.slot_mapping))
-            out = self.attn(q, k, v, kv_cache, attn_metadata, kv_stored=True)
+        # The rotary kernel also stores k and v in the cache: one launch fewer a layer. Not in
+        # the profiling run, whose empty cache means attention within the new tokens.
+        store = KVStore(v, kv_cache, attn_metadata.slot_mapping) if kv_cache[0].numel() else None
+        q, k = self.rotary(positions, q, k, store)
+        out = self.attn(q, k, v, kv_cache, attn_metadata, kv_stored=store is not None)
         return out.view(num_tokens, -1)
 
 

@@ -29,7 +29,7 @@ How work is cut:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 
 import torch
@@ -109,8 +109,7 @@ def _decode_config(head_dim: int, group: int, elem_bytes: int, split: bool) -> K
 
 
 def _fit_group(cfg: KernelConfig, group: int) -> KernelConfig:
-    block_m = max(cfg.block_m, next_power_of_2(group))
-    return KernelConfig(block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, cfg.one_loop)
+    return replace(cfg, block_m=max(cfg.block_m, next_power_of_2(group)))
 
 
 @cache
