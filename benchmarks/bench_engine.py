@@ -25,6 +25,7 @@ from benchmarks.common import (
     dummy_model_dir,
     gemm_peak_tflops,
     hbm_bandwidth_gbs,
+    launched_ahead,
     param_bytes,
     prefill_flops_per_token,
     random_prompts,
@@ -76,17 +77,15 @@ def ember_runs(
         )
         torch.cuda.synchronize()
         core.step_times = StepTimes()
-        ahead = core.pipeline.launched_ahead if core.pipeline is not None else 0
+        ahead = launched_ahead(core)
         t = time.perf_counter()
         outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
         torch.cuda.synchronize()
         assert all(len(o.outputs[0].token_ids) == out_len for o in outs)
         elapsed = time.perf_counter() - t
-        if core.pipeline is not None:
-            ahead = core.pipeline.launched_ahead - ahead
         print(
             f"  [{len(prompts)} x {out_len}] {elapsed:.3f} s; {core.step_times.summary()}; "
-            f"{ahead} launched ahead"
+            f"{launched_ahead(core) - ahead} launched ahead"
         )
         return elapsed
 

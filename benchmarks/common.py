@@ -6,9 +6,12 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from ember.engine.core import EngineCore
 
 LLAMA_8B: dict[str, Any] = {
     "architectures": ["LlamaForCausalLM"],
@@ -154,16 +157,23 @@ def workload_bound(
     lm_head = 2 * config["vocab_size"] * h  # FLOPs of one row's logits
     flops_s, bytes_s = 1 / (gemm_tflops * 1e12), 1 / (hbm_gbs * 1e9)
     prefill = batch * (input_len * prefill_flops_per_token(config, input_len) + lm_head)
-    step_weight_bytes = 2 * (n * weights + config["vocab_size"] * h)
+    matmul = batch * (2 * n * weights + lm_head) * flops_s  # each decode step's
+    weight_read = 2 * (n * weights + config["vocab_size"] * h) * bytes_s
     compute, roofline, serial = prefill * flops_s, prefill * flops_s, prefill * flops_s
     for ctx in range(input_len + 1, input_len + output_len):  # the keys each decode step reads
-        matmul = batch * (2 * n * weights + lm_head) * flops_s
         attention = batch * n * 4 * heads * d * ctx * flops_s
         kv_read = batch * ctx * n * 2 * kv * d * kv_elem * bytes_s
         compute += matmul + attention
-        roofline += max(matmul + attention, step_weight_bytes * bytes_s + kv_read)
-        serial += max(matmul, step_weight_bytes * bytes_s) + kv_read
+        roofline += max(matmul + attention, weight_read + kv_read)
+        serial += max(matmul, weight_read) + kv_read
     return WorkloadBound(compute, roofline, serial)
+
+
+def launched_ahead(core: EngineCore) -> int:
+    """Steps the engine has launched before the previous step's tokens were read (async
+    scheduling's count; 0 without it): read before and after a run, the difference says how
+    many of its steps overlapped the host's work."""
+    return core.pipeline.launched_ahead if core.pipeline is not None else 0
 
 
 def gemm_peak_tflops(device: torch.device, m: int = 8192, k: int = 4096, n: int = 14336) -> float:

@@ -27,6 +27,7 @@ from benchmarks.common import (
     SHAPES,
     dummy_model_dir,
     gemm_peak_tflops,
+    launched_ahead,
     prefill_flops_per_token,
     random_prompts,
 )
@@ -73,11 +74,14 @@ def main() -> None:
             )
             llm.generate(prompts, params)  # warm-up
             engine = llm.engine
+            ids = [f"p{batch}-{i}" for i in range(batch)]
             # Fresh prompts: the prefix cache must not serve the warm-up's again.
-            for i, ids in enumerate(random_prompts(batch, 512, vocab, 10_000 + batch)):
+            for rid, tokens in zip(
+                ids, random_prompts(batch, 512, vocab, 10_000 + batch), strict=True
+            ):
                 engine.add_request(
-                    f"p{batch}-{i}",
-                    ids,
+                    rid,
+                    tokens,
                     SamplingParams(
                         temperature=0.0,
                         # Chunked prefill lets the first requests decode while the last
@@ -90,14 +94,10 @@ def main() -> None:
                 )
             if args.prefill:
                 profile_prefill(engine, args.shape, batch)
-                engine.abort([f"p{batch}-{i}" for i in range(batch)])
-                while engine.has_unfinished():
-                    engine.step()
+                finish(engine, ids)
                 continue
             engine.step()  # prefill (and any chunks): not profiled
-            while engine.core.scheduler.waiting or any(
-                r.num_computed_tokens < r.num_prompt_tokens for r in engine.core.scheduler.running
-            ):
+            while prefilling(engine):
                 engine.step()
             torch.cuda.synchronize()
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -108,22 +108,19 @@ def main() -> None:
                 wall_ms = (time.perf_counter() - began) * 1000 / args.steps
             core = engine.core
             core.step_times = StepTimes()
-            ahead = core.pipeline.launched_ahead if core.pipeline is not None else 0
+            ahead = launched_ahead(core)
             rows_before = len(core.scheduler.running)
             began = time.perf_counter()
             for _ in range(args.steps):  # the same steps, unprofiled
                 engine.step()
             torch.cuda.synchronize()
             plain_ms = (time.perf_counter() - began) * 1000 / args.steps
-            if core.pipeline is not None:
-                ahead = core.pipeline.launched_ahead - ahead
+            ahead = launched_ahead(core) - ahead
             times = core.step_times.summary()
             rows_after = len(core.scheduler.running)
             # The graph of this batch, with the last step's inputs (every row still running).
             replayed = replay_ms(llm, batch) if args.graphs else None
-            engine.abort([f"p{batch}-{i}" for i in range(batch)])
-            while engine.has_unfinished():
-                engine.step()
+            finish(engine, ids)
             totals, counts = kernel_totals(prof)
             busy_ms = sum(totals.values()) / args.steps / 1000
             print(
@@ -139,6 +136,21 @@ def main() -> None:
             if replayed is not None:
                 print(f"  the decode graph alone, replayed back to back: {replayed:.2f} ms")
             print_kernels(totals, counts, args.steps)
+
+
+def prefilling(engine: LLMEngine) -> bool:
+    """Whether a request still waits or has prompt tokens left to compute."""
+    sched = engine.core.scheduler
+    return bool(sched.waiting) or any(
+        r.num_computed_tokens < r.num_prompt_tokens for r in sched.running
+    )
+
+
+def finish(engine: LLMEngine, request_ids: list[str]) -> None:
+    """Abort the measured requests and step until the engine is idle."""
+    engine.abort(request_ids)
+    while engine.has_unfinished():
+        engine.step()
 
 
 def kernel_totals(prof: profile) -> tuple[dict[str, float], dict[str, int]]:
@@ -168,9 +180,7 @@ def profile_prefill(engine: LLMEngine, shape: str, batch: int) -> None:
     steps = 0
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         began = time.perf_counter()
-        while engine.core.scheduler.waiting or any(
-            r.num_computed_tokens < r.num_prompt_tokens for r in engine.core.scheduler.running
-        ):
+        while prefilling(engine):
             engine.step()
             steps += 1
         torch.cuda.synchronize()
