@@ -145,7 +145,7 @@ for stage in "$@"; do
             run spy-summary 60 python3 benchmarks/stacks.py "$OUT/serve-stacks.txt" --top 30
             ;;
         *)
-            echo "unknown stage '$stage': check shapes engine serve start load s3 async syncs sampled spy startexp fp8 gemv pin tune cold"
+            echo "unknown stage '$stage': check shapes engine serve start load s3 async syncs sampled spy startexp fp8 gemv pin tune l2 blas overlap cold"
             status=2
             ;;
     esac
