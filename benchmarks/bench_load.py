@@ -6,7 +6,8 @@ One run on the GPU machine (< 8 minutes):
      -> pinned host memory with threads (warm), and pinned host -> device copies;
   3. loads the model, each in a fresh process (timed from after CUDA init, so pinning buffers
      and allocating count) from a cold page cache (caches dropped before every run) and from a
-     warm one: ember's load_model (O_DIRECT auto, and buffered), safetensors
+     warm one: ember's load_model (O_DIRECT auto; buffered; buffered with the ring pinned
+     while CUDA initialises, as `ember serve` does), safetensors
      load_file(device="cuda"), and Run:ai Model Streamer when it is importable (CPU tensors, then
      .to(cuda), as vLLM's runai_streamer load format does); every load is spot-checked against
      the files;
@@ -14,6 +15,7 @@ One run on the GPU machine (< 8 minutes):
 
     python benchmarks/bench_load.py                   # the full 8B shape on CUDA
     python benchmarks/bench_load.py --layers 2 --vocab 4096 --device cpu   # a smoke test
+    python benchmarks/bench_load.py --warm-only --repeats 2   # warm loads only, two rounds
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from benchmarks.common import env_spec
 from ember.loader import StreamOptions
 from ember.loader.local import LocalSource
 from ember.loader.pagecache import evict, resident_fraction
+from ember.loader.source import Source
 from ember.models import load_model
 
 MiB = 1024 * 1024
@@ -259,6 +262,9 @@ def load_runai(root: Path, device: torch.device) -> object:
 LOADERS: dict[str, tuple[str, Callable[[Path, torch.device], object]]] = {
     "ember": ("ember (O_DIRECT when cold)", partial(load_ember, direct=None)),
     "ember-buffered": ("ember (buffered reads)", partial(load_ember, direct=False)),
+    # As `ember serve`'s engine process starts: the ring's slots are pinned on a thread
+    # (ember.loader.prepin) while CUDA initialises, so the load itself pins nothing.
+    "ember-prepinned": ("ember (ring pinned ahead)", partial(load_ember, direct=False)),
     "safetensors": ("safetensors load_file", load_safetensors),
     "runai": ("Run:ai Model Streamer", load_runai),
 }
@@ -309,7 +315,12 @@ def child(
     load = LOADERS[key][1] if options is None else partial(load_ember, direct=None, options=options)
     logging.basicConfig(format="%(message)s")
     logging.getLogger("ember.models.loader").setLevel(logging.INFO)
+    logging.getLogger("ember.loader.prepin").setLevel(logging.INFO)
     preimport(key, root)
+    if key == "ember-prepinned":
+        from ember.loader import prepin
+
+        prepin.start(str(device), Source.concurrency + 4, StreamOptions().chunk_bytes)
     if device.type == "cuda":
         torch.empty(1, device=device)
         torch.cuda.synchronize()
@@ -320,6 +331,10 @@ def child(
     seconds = time.perf_counter() - start
     reference(root, layers)
     check(loaded)
+    if key == "ember-prepinned":
+        from ember.loader import prepin
+
+        prepin.release()  # logs how many slots were pinned ahead, and in how long
     print(json.dumps({"seconds": seconds}))
 
 
@@ -350,7 +365,7 @@ def timed(
     result = Result(label, cache, seconds, nbytes / seconds / 1e9)
     print(f"  {label:<34} {cache:<5} {seconds:7.2f} s {result.gbps:7.2f} GB/s", flush=True)
     for line in proc.stderr.splitlines():  # ember's own account of the load (its log line)
-        if line.startswith("weights: "):
+        if line.startswith(("weights: ", "ring slots pinned ahead")):
             print(f"      {line}", flush=True)
     return result
 
@@ -465,7 +480,14 @@ def main() -> None:
         help="only warm loads by ember (buffered), each in a fresh process, alternating the plain "
         "environment with each of these (repeatable), --repeats times",
     )
-    ap.add_argument("--repeats", type=int, default=3, help="rounds of --warm-env's loads")
+    ap.add_argument(
+        "--warm-only",
+        action="store_true",
+        help="no disk measurement and no cold loads: every loader warm, --repeats rounds",
+    )
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="rounds of --warm-env's or --warm-only's loads"
+    )
     args = ap.parse_args()
     device = torch.device(args.device)
     if args.child:
@@ -498,29 +520,33 @@ def main() -> None:
         return
 
     print("limits:")
-    print(f"  cold cache: {drop_caches(paths)}")
-    disk = parallel_read(paths, args.threads, direct=True)
-    print(f"  disk, cold, {args.threads} threads, O_DIRECT, 16 MiB reads: {disk:.2f} GB/s")
+    disk = float("nan")
+    if not args.warm_only:
+        print(f"  cold cache: {drop_caches(paths)}")
+        disk = parallel_read(paths, args.threads, direct=True)
+        print(f"  disk, cold, {args.threads} threads, O_DIRECT, 16 MiB reads: {disk:.2f} GB/s")
     parallel_read(paths, args.threads, direct=False)  # warms the cache
     cache_bw = parallel_read(paths, args.threads, direct=False)
     print(f"  page cache -> host memory, {args.threads} threads: {cache_bw:.2f} GB/s")
     h2d = h2d_bandwidth(device) if cuda else float("nan")
     print(f"  pinned host -> device, 1 GiB copies: {h2d:.2f} GB/s")
 
-    keys = ["ember", "ember-buffered", "safetensors"]
+    keys = ["ember", "ember-buffered", "ember-prepinned", "safetensors"]
     if cuda and runai_available():
         keys.append("runai")
     results: list[Result | None] = []
-    print("cold page cache (dropped before each run), each load in a fresh process:")
-    for key in keys:
-        state = drop_caches(paths)
-        results.append(timed(key, "cold", nbytes, args))
-        print(f"    ({state})")
+    if not args.warm_only:
+        print("cold page cache (dropped before each run), each load in a fresh process:")
+        for key in keys:
+            state = drop_caches(paths)
+            results.append(timed(key, "cold", nbytes, args))
+            print(f"    ({state})")
     print("warm page cache, each load in a fresh process:")
     parallel_read(paths, args.threads, direct=False)
     print(f"    ({cached_share(paths):.0%} cached)")
-    for key in keys:
-        results.append(timed(key, "warm", nbytes, args))
+    for _ in range(args.repeats if args.warm_only else 1):
+        for key in keys:
+            results.append(timed(key, "warm", nbytes, args))
     if args.sweep:
         print("warm, ember (auto mode) with other settings, each in a fresh process:")
         for setting in ((4, 16), (8, 16), (8, 24), (16, 8), (16, 24), (32, 16)):

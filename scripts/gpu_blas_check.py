@@ -7,6 +7,11 @@ weight read rate as a share of the HBM copy rate measured in the same run.
 
 H200, 2026-12-03 (docs/benchmarks.md): the three run the same kernels (within 1%); the engine at
 batch 1 with cuBLASLt was 210.2 tok/s against 212.5 with the default.
+
+gpu_check --section layout: the same projections with the weight stored [K, N] (input features
+major, `x @ w_t`, cuBLAS's other operand order) against today's [N, K] (`F.linear`), at 1-256
+rows. At one row cuBLAS's qkv and o read HBM at only 62-73% with [N, K]; this asks whether the
+other layout's kernels read faster, and what it costs the 256-row decode GEMMs.
 """
 
 from __future__ import annotations
@@ -79,4 +84,45 @@ def section_blas(args: argparse.Namespace) -> bool:
             del ws
     finally:
         torch.backends.cuda.preferred_blas_library(default)
+    return True
+
+
+LAYOUT_ROWS = (1, 2, 4, 64, 256)
+
+
+def _matmul_kn(x: torch.Tensor, w_t: torch.Tensor) -> Callable[[], None]:
+    def call() -> None:
+        torch.matmul(x, w_t)
+
+    return call
+
+
+def section_layout(args: argparse.Namespace) -> bool:
+    from scripts.gpu_check import hbm_copy_gbps, time_us
+
+    hbm = hbm_copy_gbps()
+    print(f"HBM copy rate: {hbm:.0f} GB/s")
+    print(
+        f"{'projection':<9} {'rows':>4} {'[N,K] us':>8} {'of HBM':>6} {'[K,N] us':>8} "
+        f"{'of HBM':>6} {'[K,N] speed':>11}"
+    )
+    for name, n, k in SHAPES:
+        ws = rotated_weights(n, k)
+        gb = n * k * 2 / 1e9
+        for rows in LAYOUT_ROWS:
+            x = torch.randn(rows, k, dtype=torch.bfloat16, device="cuda")
+            nk = time_us([linear_call(x, w) for w in ws])
+            kn_ws = [w.t().contiguous() for w in ws]
+            kn_calls = [_matmul_kn(x, w_t) for w_t in kn_ws]
+            kn = time_us(kn_calls)
+            torch.testing.assert_close(
+                torch.matmul(x, kn_ws[0]), F.linear(x, ws[0]), rtol=2e-2, atol=2e-1
+            )
+            del kn_ws, kn_calls
+            print(
+                f"{name:<9} {rows:>4} {nk:>8.1f} {gb / nk * 1e6 / hbm:>6.0%} {kn:>8.1f} "
+                f"{gb / kn * 1e6 / hbm:>6.0%} {nk / kn:>10.2f}x",
+                flush=True,
+            )
+        del ws
     return True

@@ -15,7 +15,8 @@ kernel that also stores k and v, timed against rotary + KV write), gemv (the exp
 small-batch GEMVs against their reference, then timed against today's kernels;
 scripts/gpu_gemv_check.py), l2 (a projection's weight pulled into L2 beside attention before its
 matmul, scripts/gpu_l2_check.py), blas (the small-batch projections under cuBLAS, cuBLASLt and
-torch.mv, scripts/gpu_blas_check.py), gemm (the decode step's matmuls at 64-512 rows under cuBLAS
+torch.mv, scripts/gpu_blas_check.py), layout (the same projections with weights stored [K, N]
+against [N, K], 1-256 rows, same file), gemm (the decode step's matmuls at 64-512 rows under cuBLAS
 and Triton tiles, scripts/gpu_gemm_check.py), overlap (a 256-row decode layer against two
 128-row halves whose attention and matmuls run side by side, scripts/gpu_overlap_check.py).
 
@@ -40,7 +41,7 @@ from ember.layers.metadata import AttentionMetadata
 from ember.ops.attention_ref import paged_attention_ref, write_kv
 from ember.ops.triton_attention import KernelConfig, kv_splits_for, paged_attention_into
 from ember.ops.triton_kv import write_kv_triton
-from scripts.gpu_blas_check import section_blas
+from scripts.gpu_blas_check import section_blas, section_layout
 from scripts.gpu_engine_check import section_engine
 from scripts.gpu_fused_check import section_fused, section_rotary_store
 from scripts.gpu_gemm_check import section_gemm
@@ -739,6 +740,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], bool]] = {
     "gemv": section_gemv,
     "l2": section_l2,
     "blas": section_blas,
+    "layout": section_layout,
     "gemm": section_gemm,
     "overlap": section_overlap,
 }
