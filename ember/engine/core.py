@@ -27,6 +27,7 @@ from ember.engine.structured import StructuredDecoding
 from ember.engine.warm_kv import WARM_DIR, import_warm_kv
 from ember.envflags import env_flag
 from ember.errors import InvalidRequestError
+from ember.kernel_cache import hash_triton_ahead, wait_triton_hash
 from ember.layers.metadata import AttentionMetadata, KVCache
 from ember.models.base import CausalLM
 from ember.models.config import ModelConfig
@@ -127,6 +128,8 @@ class EngineCore:
         self.args = args
         self.startup = StartupTimes(began_at=began_at)
         self.device = resolve_device(args.device)
+        if use_triton(self.device):
+            hash_triton_ahead()  # off the first profiling pass's path (kernel_cache.py)
         self.startup.cuda_init_s = init_cuda(args, self.device)
         trace("CUDA initialised")
         model_dir = Path(args.model)
@@ -290,6 +293,7 @@ class EngineCore:
     def _profile_run(self, model: CausalLM | None = None) -> None:
         """One forward pass over max_num_batched_tokens prompt tokens against a one-block cache:
         writes are skipped (slot -1) and reads see block 0, so it touches no real cache."""
+        wait_triton_hash()
         model = self.model if model is None else model
         tokens = self.args.max_num_batched_tokens
         num_seqs = max(1, min(self.args.max_num_seqs, tokens // 256 or 1))

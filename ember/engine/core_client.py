@@ -180,6 +180,9 @@ def _core_process_waiting(device: str, inbox: Connection, outbox: Connection) ->
     """A prespawned core: import the engine now, then load the model the API side sends. The
     weight loader's ring slots are pinned on a thread meanwhile (prepin.py)."""
     trace("core process started")
+    from ember.kernel_cache import hash_triton_ahead
+
+    hash_triton_ahead()  # Triton's cache key, hashed while torch imports
     import torch  # noqa: F401
 
     trace("torch imported")
