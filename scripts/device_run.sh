@@ -35,6 +35,8 @@
 #                                               # over bf16 against fp8 caches (~5 min)
 #   bash scripts/device_run.sh tune             # decode tile sweeps over bf16 and fp8 caches,
 #                                               # rotary + KV write against the fused store (~3 min)
+#   bash scripts/device_run.sh startprof        # an EngineCore's start under cProfile, the
+#                                               # kernels' first profiling pass included (~1 min)
 #   bash scripts/device_run.sh layout           # the projections with weights stored [K, N]
 #                                               # against [N, K], 1-256 rows (~1 min)
 #   bash scripts/device_run.sh l2 blas          # batch-1 projections: a weight pulled into L2
@@ -136,6 +138,7 @@ for stage in "$@"; do
         l2) run l2 120 python3 scripts/gpu_check.py --section l2 ;;
         blas) run blas 150 python3 scripts/gpu_check.py --section blas ;;
         layout) run layout 120 python3 scripts/gpu_check.py --section layout ;;
+        startprof) run startprof 150 python3 benchmarks/profile_start.py --runs 2 ;;
         overlap) run overlap 200 python3 scripts/gpu_check.py --section overlap --section gemm ;;
         cold)
             run cold 400 python3 benchmarks/bench_serve.py --real-weights --starts 7 \
@@ -148,7 +151,7 @@ for stage in "$@"; do
             run spy-summary 60 python3 benchmarks/stacks.py "$OUT/serve-stacks.txt" --top 30
             ;;
         *)
-            echo "unknown stage '$stage': check shapes engine serve start load s3 async syncs sampled spy startexp fp8 gemv pin tune l2 blas layout overlap cold"
+            echo "unknown stage '$stage': check shapes engine serve start load s3 async syncs sampled spy startexp fp8 gemv pin tune l2 blas layout overlap cold startprof"
             status=2
             ;;
     esac
