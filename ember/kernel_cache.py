@@ -52,9 +52,11 @@ def _triton_key() -> Callable[[], object] | None:
 
 
 def _hash_triton() -> None:
-    key = _triton_key()
-    if key is not None:
-        with contextlib.suppress(Exception):  # only a head start: the first kernel call retries
+    # Only a head start: whatever fails here (even importing Triton) the first kernel call
+    # meets again and reports.
+    with contextlib.suppress(Exception):
+        key = _triton_key()
+        if key is not None:
             key()
 
 
