@@ -33,7 +33,7 @@ def use_kernel_cache(home: Path) -> Path:
 # Triton keys its on-disk cache by a hash of its own compiler: every Python file of it and its
 # 416 MB shared library (`triton_key()`, computed once a process, at the first kernel call that
 # misses the in-memory cache). On the H200 host that took 0.37 s of the 0.77 s first profiling
-# pass, the pass that bounds `ember serve`'s weights phase (benchmarks/profile_start.py,
+# pass, the pass that bounded `ember serve`'s weights phase (benchmarks/profile_start.py,
 # docs/benchmarks.md, eighth session). hashlib and file reads release the GIL, so a thread
 # started as soon as Triton is imported takes it off the start's path.
 _hash_thread: threading.Thread | None = None
