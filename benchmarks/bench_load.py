@@ -40,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import env_spec
-from ember.loader import StreamOptions
+from ember.loader import StreamOptions, prepin
 from ember.loader.local import LocalSource
 from ember.loader.pagecache import evict, resident_fraction
 from ember.loader.source import Source
@@ -318,8 +318,6 @@ def child(
     logging.getLogger("ember.loader.prepin").setLevel(logging.INFO)
     preimport(key, root)
     if key == "ember-prepinned":
-        from ember.loader import prepin
-
         prepin.start(str(device), Source.concurrency + 4, StreamOptions().chunk_bytes)
     if device.type == "cuda":
         torch.empty(1, device=device)
@@ -332,8 +330,6 @@ def child(
     reference(root, layers)
     check(loaded)
     if key == "ember-prepinned":
-        from ember.loader import prepin
-
         prepin.release()  # logs how many slots were pinned ahead, and in how long
     print(json.dumps({"seconds": seconds}))
 

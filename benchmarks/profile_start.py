@@ -1,8 +1,9 @@
 """Where the engine's start-up goes after `import torch`, function by function (cProfile).
 
-`ember serve`'s weights phase is bounded by the kernels' first calls, made beside the load
-(EMBER_WARM_BESIDE_LOAD): on the H200 the load itself takes ~0.55 s of a 0.93-1.12 s phase
-(docs/benchmarks.md, eighth session). This builds an EngineCore for the Llama-3.1-8B shape with
+`ember serve` makes the kernels' first calls beside the weights' load (EMBER_WARM_BESIDE_LOAD);
+on the H200 they bounded its weights phase (0.93-1.12 s against ~0.55 s for the load itself)
+until this script showed Triton's cache-key hash in them, now computed on a thread
+(ember.kernel_cache; docs/benchmarks.md, eighth session). This builds an EngineCore for the Llama-3.1-8B shape with
 random weights (no files) in this process, with the warm-up pass in the main thread
 (EMBER_WARM_BESIDE_LOAD=0) so that cProfile sees it, and prints the phases, then the functions
 that took the longest. The first run on a machine compiles Triton's kernels: pass --runs 2 and
