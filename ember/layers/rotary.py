@@ -65,13 +65,28 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         self.head_dim = head_dim
         self.max_position = max_position
+        self.base = base
+        self.scaling = scaling
         # Built on the default device, so that a model constructed under `with torch.device(...)`
-        # gets its caches there.
-        inv_freq = rope_inv_freq(head_dim, base, scaling).to(torch.get_default_device())
-        positions = torch.arange(max_position, dtype=torch.float32, device=inv_freq.device)
-        freqs = positions[:, None] * inv_freq[None, :]  # [max_position, head_dim // 2]
-        self.cos_cache = nn.Buffer(freqs.cos(), persistent=False)
-        self.sin_cache = nn.Buffer(freqs.sin(), persistent=False)
+        # gets its caches there; on the meta device they wait for materialize_buffers.
+        cos, sin = self._tables(torch.get_default_device())
+        self.cos_cache = nn.Buffer(cos, persistent=False)
+        self.sin_cache = nn.Buffer(sin, persistent=False)
+
+    def _tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin [max_position, head_dim // 2], float32, on `device`."""
+        inv_freq = rope_inv_freq(self.head_dim, self.base, self.scaling).to(device)
+        positions = torch.arange(self.max_position, dtype=torch.float32, device=device)
+        freqs = positions[:, None] * inv_freq[None, :]
+        return freqs.cos(), freqs.sin()
+
+    def materialize_buffers(self, device: torch.device) -> None:
+        """The tables computed on `device` (for a module built on the meta device)."""
+        cos, sin = self._tables(device)
+        self.cos_cache, self.sin_cache = (
+            nn.Buffer(cos, persistent=False),
+            nn.Buffer(sin, persistent=False),
+        )
 
     def forward(
         self,

@@ -32,6 +32,11 @@ class CausalLM(nn.Module, ABC):
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """hidden states [N, hidden_size] -> float32 logits [N, vocab_size]."""
 
+    def droppable_parameters(self) -> tuple[str, ...]:
+        """Names of parameters that load_weights may replace (an untied head that a checkpoint
+        without one ties to the embeddings): allocated apart, so that dropping one frees it."""
+        return ()
+
     @abstractmethod
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Fill the parameters from (Hugging Face tensor name, tensor) pairs.

@@ -12,8 +12,8 @@ import torch
 
 from ember.layers.norm import GemmaRMSNorm
 from ember.models.base import CausalLM
+from ember.models.build import build_model, materialize_buffers
 from ember.models.config import ModelConfig
-from ember.models.registry import get_model_class
 
 
 @torch.no_grad()
@@ -21,14 +21,8 @@ def dummy_model(
     model_dir: str | Path, dtype: torch.dtype, device: torch.device, seed: int = 0
 ) -> CausalLM:
     config = ModelConfig.from_dir(model_dir)
-    model_class = get_model_class(config)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = model_class(config)
-    finally:
-        torch.set_default_dtype(previous)
+    model = build_model(config, dtype, device)
+    materialize_buffers(model, device)
     gen = torch.Generator(device=device).manual_seed(seed)
     # Gemma's norms scale by (1 + weight): 0 is their unit scale.
     offset_norms = {

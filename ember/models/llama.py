@@ -260,6 +260,9 @@ class LlamaForCausalLM(CausalLM):
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden_states).float()
 
+    def droppable_parameters(self) -> tuple[str, ...]:
+        return () if self.config.tie_word_embeddings else ("lm_head.weight",)
+
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         slots = checkpoint_slots(self)
         tied = self.config.tie_word_embeddings

@@ -6,8 +6,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import torch
@@ -15,6 +15,7 @@ import torch
 from ember.errors import ModelLoadError
 from ember.loader import Progress, SafetensorsStreamer, Source, StreamOptions, resolve_source
 from ember.models.base import CausalLM
+from ember.models.build import build_model, materialize_buffers
 from ember.models.config import ModelConfig
 from ember.models.registry import get_model_class
 from ember.models.weights import checkpoint_slots, in_place
@@ -52,16 +53,6 @@ def resolve_dtype(name: str, config: ModelConfig, device: torch.device) -> torch
             f"dtype '{name}' is not supported; use auto, float32, bfloat16 or float16"
         )
     return dtype
-
-
-@contextmanager
-def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def load_config(model: str | Path | Source) -> ModelConfig:
@@ -141,25 +132,38 @@ def load_model(
     source = model_dir if isinstance(model_dir, Source) else resolve_source(model_dir, cache_dir)
     try:
         config = load_config(source)
-        model_class = get_model_class(config)
+        get_model_class(config)  # an unsupported architecture fails before the headers are read
         # Headers are read and checked now: a bad file fails before anything is allocated.
         streamer = SafetensorsStreamer(source, device, options=options, progress=progress)
         # Parameters are allocated once, uninitialised, directly on the device in the final dtype.
         t_build = time.monotonic()
-        with _default_dtype(dtype), torch.device(device):
-            model = model_class(config)
+        model = build_model(config, dtype, device)
         build_s = time.monotonic() - t_build
-        helper = _Alongside(alongside, model) if alongside is not None else None
+        # The rotary tables are computed beside the stream, which only writes parameters; the
+        # kernels' warm-up (which runs the model) waits for them.
+        buffers = _Alongside(lambda m: materialize_buffers(m, device), model)
+        helper = None
+        if alongside is not None:
+            warm = alongside
+
+            def after_buffers(m: CausalLM) -> None:
+                buffers.join()
+                if buffers.error is None:
+                    warm(m)
+
+            helper = _Alongside(after_buffers, model)
         rename = getattr(model, "checkpoint_name", None)
         try:
             with closing(streamer.stream(in_place(checkpoint_slots(model), rename))) as weights:
                 model.load_weights(weights)
         finally:
+            buffers.join()  # joined even when the load fails: nothing outlives the call
             if helper is not None:
-                helper.join()  # joined even when the load fails: nothing outlives the call
+                helper.join()
     finally:
         if owned:
             source.close()
+    buffers.raise_if_failed()
     if helper is not None:
         helper.raise_if_failed()
     stats = streamer.stats
