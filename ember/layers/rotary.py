@@ -68,8 +68,16 @@ class RotaryEmbedding(nn.Module):
         self.base = base
         self.scaling = scaling
         # Built on the default device, so that a model constructed under `with torch.device(...)`
-        # gets its caches there; on the meta device they wait for materialize_buffers.
-        cos, sin = self._tables(torch.get_default_device())
+        # gets its caches there. On the meta device they are left empty for materialize_buffers:
+        # arange, cos and the like have Python meta kernels, whose first use imports sympy and
+        # torch's decompositions (1-5 s).
+        device = torch.get_default_device()
+        if device.type == "meta":
+            shape = (max_position, head_dim // 2)
+            cos = torch.empty(shape, dtype=torch.float32, device=device)
+            sin = torch.empty(shape, dtype=torch.float32, device=device)
+        else:
+            cos, sin = self._tables(device)
         self.cos_cache = nn.Buffer(cos, persistent=False)
         self.sin_cache = nn.Buffer(sin, persistent=False)
 
