@@ -1,10 +1,13 @@
 """What building a model and allocating the KV cache cost on the GPU, each in a fresh process.
 
 `load_model` builds the model (its parameters allocated, uninitialised, on the device) before its
-weights stream in; on the H200 that took 0.07-0.13 s of a ~0.55 s warm 8B load
-(docs/benchmarks.md, eighth session). This times, for a shape of benchmarks.common.SHAPES:
+weights stream in; built on the H200 directly that took 0.07-0.13 s of a ~0.55 s warm 8B load
+(docs/benchmarks.md, eighth and ninth sessions). This times, for a shape of
+benchmarks.common.SHAPES:
 
-- the build as load_model does it, and the same modules on the meta device (Python alone);
+- the modules built on the device (as load_model did before the ninth session), on the meta
+  device (Python alone), and as load_model builds them now (ember.models.build: meta, then one
+  allocation), each as its process's first build;
 - the parameters' bytes as one allocation, and as one allocation each;
 - host-to-device copies from pinned memory alone, then while another thread allocates the
   parameters (does allocating stall the copy engine?);
@@ -28,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-MODES = ("build", "meta", "flat", "each", "copy", "kv")
+MODES = ("build", "meta", "ember", "flat", "each", "copy", "kv")
 
 
 def _model_class_and_config(model_dir: Path):  # type: ignore[no-untyped-def]
@@ -65,16 +68,26 @@ def child(mode: str, model_dir: Path, kv_gb: float) -> None:
     torch.cuda.init()
     torch.empty(1, device="cuda")
     torch.cuda.synchronize()
+    keep: list[object] = []  # what was built or allocated stays alive until the process ends
+    if mode in ("build", "meta", "ember"):
+        # Timed first: the process's first build pays what any first use of an op costs.
+        model_class, config = _model_class_and_config(model_dir)
+        if mode == "ember":
+            from ember.models.build import build_model
+
+            ms = _sync_ms(
+                lambda: keep.append(build_model(config, torch.bfloat16, torch.device("cuda")))
+            )
+        else:
+            torch.set_default_dtype(torch.bfloat16)
+            with torch.device("cuda" if mode == "build" else "meta"):
+                ms = _sync_ms(lambda: keep.append(model_class(config)))
+        sizes = _param_sizes(model_dir)
+        print(f"{mode}: {ms:.1f} ms ({len(sizes)} parameters, {sum(sizes) / 1e9:.2f} GB)")
+        return
     sizes = _param_sizes(model_dir)
     total = sum(sizes)
-    keep: list[torch.Tensor] = []
-    if mode in ("build", "meta"):
-        model_class, config = _model_class_and_config(model_dir)
-        torch.set_default_dtype(torch.bfloat16)
-        with torch.device("cuda" if mode == "build" else "meta"):
-            ms = _sync_ms(lambda: keep.append(model_class(config)))  # type: ignore[arg-type]
-        print(f"{mode}: {ms:.1f} ms ({len(sizes)} parameters, {total / 1e9:.2f} GB)")
-    elif mode == "flat":
+    if mode == "flat":
         ms = _sync_ms(lambda: keep.append(torch.empty(total, dtype=torch.uint8, device="cuda")))
         print(f"flat: one allocation of {total / 1e9:.2f} GB in {ms:.1f} ms")
     elif mode == "each":
@@ -149,6 +162,13 @@ def main() -> None:
     ap.add_argument("--shape", default="llama-3.1-8b", help="a shape of benchmarks.common.SHAPES")
     ap.add_argument("--kv-gb", type=float, default=96.0)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    ap.add_argument(
+        "--allocator-confs",
+        nargs="+",
+        default=["", "expandable_segments:True"],
+        help="PYTORCH_CUDA_ALLOC_CONF values to run under ('' for unset)",
+    )
     ap.add_argument("--child", nargs=2, metavar=("MODE", "DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -158,13 +178,13 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = dummy_model_dir(args.shape, Path(tmp))
-        for conf in ("", "expandable_segments:True"):
+        for conf in args.allocator_confs:
             env = dict(os.environ)
             env.pop("PYTORCH_CUDA_ALLOC_CONF", None)
             if conf:
                 env["PYTORCH_CUDA_ALLOC_CONF"] = conf
             print(f"=== PYTORCH_CUDA_ALLOC_CONF={conf or '(unset)'}", flush=True)
-            for mode in MODES:
+            for mode in args.modes:
                 if conf and mode == "meta":
                     continue
                 for _ in range(args.repeats):
