@@ -37,6 +37,9 @@
 #                                               # rotary + KV write against the fused store (~3 min)
 #   bash scripts/device_run.sh startprof        # an EngineCore's start under cProfile, the
 #                                               # kernels' first profiling pass included (~1 min)
+#   bash scripts/device_run.sh build            # the model's build (on the GPU, on meta, as
+#                                               # load_model does it), allocations, KV zeroing,
+#                                               # each in a fresh process (~4 min)
 #   bash scripts/device_run.sh layout           # the projections with weights stored [K, N]
 #                                               # against [N, K], 1-256 rows (~1 min)
 #   bash scripts/device_run.sh l2 blas          # batch-1 projections: a weight pulled into L2
@@ -139,6 +142,7 @@ for stage in "$@"; do
         blas) run blas 150 python3 scripts/gpu_check.py --section blas ;;
         layout) run layout 120 python3 scripts/gpu_check.py --section layout ;;
         startprof) run startprof 150 python3 benchmarks/profile_start.py --runs 2 ;;
+        build) run build 300 python3 benchmarks/profile_build.py ;;
         overlap) run overlap 200 python3 scripts/gpu_check.py --section overlap --section gemm ;;
         cold)
             run cold 400 python3 benchmarks/bench_serve.py --real-weights --starts 7 \
