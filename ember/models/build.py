@@ -1,12 +1,13 @@
 """Building a model for its weights to stream into: modules on the meta device, then every
 parameter placed in one uninitialised allocation on the target device.
 
-Built directly on a GPU, the Llama-3.1-8B shape took 60-136 ms (each parameter its own
+Built directly on the H200, the Llama-3.1-8B shape took 52-168 ms (each parameter its own
 allocation, the rotary tables computed by the first kernels the process launches) before a byte
-could stream; on the meta device it takes 8-16 ms, and one 16 GB allocation ~1 ms
+could stream; built here, 13-26 ms, of which one 16 GB allocation takes ~1 ms
 (`benchmarks/profile_build.py`, docs/benchmarks.md, ninth session). Buffers that modules compute
-(the rotary tables) stay on the meta device until `materialize_buffers`, which the loader runs on
-a thread beside the stream.
+(the rotary tables) are left empty on the meta device, never computed there (ops such as arange
+and cos have Python meta kernels whose first use imports sympy: seconds), until
+`materialize_buffers`, which the loader runs on a thread beside the stream.
 """
 
 from __future__ import annotations
