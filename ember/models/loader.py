@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 import time
-from collections.abc import Callable
-from contextlib import closing
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import torch
@@ -53,6 +54,25 @@ def resolve_dtype(name: str, config: ModelConfig, device: torch.device) -> torch
             f"dtype '{name}' is not supported; use auto, float32, bfloat16 or float16"
         )
     return dtype
+
+
+LOAD_SWITCH_INTERVAL = 0.0005  # seconds; Python's default is 0.005
+
+
+@contextmanager
+def _prompt_gil_handoff() -> Iterator[None]:
+    """While the weights stream beside other Python threads (the kernels' warm-up, the rotary
+    tables), a thread waiting for the GIL gets it within LOAD_SWITCH_INTERVAL instead of Python's
+    5 ms: each chunk's read and copy needs it briefly, and a busy thread would otherwise keep it
+    a whole interval while ring slots sit idle. On the 2-core development machine a 0.22 s load
+    took 0.36-0.48 s beside a busy Python thread at 5 ms and 0.26-0.27 s at 0.5 ms
+    (benchmarks/bench_load_beside.py). The interval is process-wide; it is restored after."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(min(previous, LOAD_SWITCH_INTERVAL))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
 
 
 def load_config(model: str | Path | Source) -> ModelConfig:
@@ -105,6 +125,41 @@ class _Alongside:
             raise self.error
 
 
+def _stream_beside(
+    model: CausalLM,
+    streamer: SafetensorsStreamer,
+    device: torch.device,
+    alongside: Callable[[CausalLM], None] | None,
+) -> None:
+    """Stream the weights into `model` while, each on a thread, its rotary tables are computed
+    (the stream only writes parameters) and `alongside` runs once they are (the kernels' warm-up
+    runs the model). Both are joined even when the load fails; their errors are raised after a
+    good load."""
+    with _prompt_gil_handoff():
+        buffers = _Alongside(lambda m: materialize_buffers(m, device), model)
+        helper = None
+        if alongside is not None:
+            warm = alongside
+
+            def after_buffers(m: CausalLM) -> None:
+                buffers.join()
+                if buffers.error is None:
+                    warm(m)
+
+            helper = _Alongside(after_buffers, model)
+        rename = getattr(model, "checkpoint_name", None)
+        try:
+            with closing(streamer.stream(in_place(checkpoint_slots(model), rename))) as weights:
+                model.load_weights(weights)
+        finally:
+            buffers.join()  # nothing outlives the call
+            if helper is not None:
+                helper.join()
+    buffers.raise_if_failed()
+    if helper is not None:
+        helper.raise_if_failed()
+
+
 def load_model(
     model_dir: str | Path | Source,
     dtype: torch.dtype,
@@ -139,33 +194,10 @@ def load_model(
         t_build = time.monotonic()
         model = build_model(config, dtype, device)
         build_s = time.monotonic() - t_build
-        # The rotary tables are computed beside the stream, which only writes parameters; the
-        # kernels' warm-up (which runs the model) waits for them.
-        buffers = _Alongside(lambda m: materialize_buffers(m, device), model)
-        helper = None
-        if alongside is not None:
-            warm = alongside
-
-            def after_buffers(m: CausalLM) -> None:
-                buffers.join()
-                if buffers.error is None:
-                    warm(m)
-
-            helper = _Alongside(after_buffers, model)
-        rename = getattr(model, "checkpoint_name", None)
-        try:
-            with closing(streamer.stream(in_place(checkpoint_slots(model), rename))) as weights:
-                model.load_weights(weights)
-        finally:
-            buffers.join()  # joined even when the load fails: nothing outlives the call
-            if helper is not None:
-                helper.join()
+        _stream_beside(model, streamer, device, alongside)
     finally:
         if owned:
             source.close()
-    buffers.raise_if_failed()
-    if helper is not None:
-        helper.raise_if_failed()
     stats = streamer.stats
     log.info(
         "weights: %.2f GB in %d files from %s in %.2f s (%.2f GB/s); parameters allocated in "

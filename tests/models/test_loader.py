@@ -218,3 +218,24 @@ def test_what_runs_beside_the_load_is_joined_and_its_error_raised(
     with pytest.raises(ModelLoadError, match="missing tensor"):
         load_model(model_dir, torch.float32, CPU, alongside=slow)
     assert finished == [True]
+
+
+def test_the_gil_changes_hands_quickly_while_the_weights_stream(
+    saved: Path, model_dir: Path
+) -> None:
+    """The kernels' warm-up runs Python beside the stream, whose reads and copies each need the
+    GIL briefly: during the load a waiting thread gets it within LOAD_SWITCH_INTERVAL, and
+    Python's own interval is back afterwards, after a failed load too."""
+    import sys
+
+    from ember.models.loader import LOAD_SWITCH_INTERVAL
+
+    before = sys.getswitchinterval()
+    seen: list[float] = []
+    load_model(saved, torch.float32, CPU, alongside=lambda m: seen.append(sys.getswitchinterval()))
+    assert seen == [pytest.approx(min(before, LOAD_SWITCH_INTERVAL))]
+    assert sys.getswitchinterval() == before
+    _edit_weights(model_dir, {"model.layers.1.self_attn.k_proj.weight": None})
+    with pytest.raises(ModelLoadError, match="missing tensor"):
+        load_model(model_dir, torch.float32, CPU)
+    assert sys.getswitchinterval() == before
