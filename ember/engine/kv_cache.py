@@ -28,6 +28,54 @@ class Block:
     token_ids: tuple[int, ...] | None = None  # kept for verification on a hit
 
 
+class FreeQueue:
+    """The free blocks, head first: the next to hand out is the head.
+
+    Freed blocks holding nothing reusable go to the head, cached ones to the tail (LRU). Blocks
+    never handed out sit between the two, in id order; they exist as Block objects only once
+    handed out, so a cache of tens of thousands of blocks costs nothing to set up (a Block each
+    took 26 ms for 34k blocks, 44 ms for 68k, on the start path)."""
+
+    def __init__(self, num_blocks: int, blocks: list[Block | None]) -> None:
+        self._blocks = blocks
+        self._front: OrderedDict[int, Block] = OrderedDict()  # head first
+        self._fresh = 0  # ids fresh..num_blocks-1 were never handed out
+        self._num_blocks = num_blocks
+        self._tail: OrderedDict[int, Block] = OrderedDict()  # least recently freed first
+
+    def __len__(self) -> int:
+        return len(self._front) + self._num_blocks - self._fresh + len(self._tail)
+
+    def __bool__(self) -> bool:
+        return len(self) > 0
+
+    def pop_head(self) -> Block:
+        if self._front:
+            return self._front.popitem(last=False)[1]
+        if self._fresh < self._num_blocks:
+            block = Block(self._fresh)
+            self._blocks[self._fresh] = block
+            self._fresh += 1
+            return block
+        return self._tail.popitem(last=False)[1]
+
+    def push_head(self, block: Block) -> None:
+        self._front[block.block_id] = block
+        self._front.move_to_end(block.block_id, last=False)
+
+    def push_tail(self, block: Block) -> None:
+        self._tail[block.block_id] = block
+
+    def remove(self, block: Block) -> None:
+        """Take a free block out of the queue (a cached block that a request reuses)."""
+        if self._tail.pop(block.block_id, None) is None:
+            del self._front[block.block_id]
+
+    def handed_out(self) -> list[Block]:
+        """The free blocks that were ever handed out (the others hold nothing)."""
+        return [*self._front.values(), *self._tail.values()]
+
+
 class KVCacheManager:
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool) -> None:
         if num_blocks < 1:
@@ -35,9 +83,9 @@ class KVCacheManager:
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
-        self.blocks = [Block(i) for i in range(num_blocks)]
-        # block_id -> Block, head = least recently freed = next to be reused
-        self._free: OrderedDict[int, Block] = OrderedDict((b.block_id, b) for b in self.blocks)
+        # block_id -> Block, None until the block is first handed out
+        self.blocks: list[Block | None] = [None] * num_blocks
+        self._free = FreeQueue(num_blocks, self.blocks)
         self._cached: dict[int, Block] = {}
         # request_id -> number of its leading blocks already registered in the cache
         self._num_registered: dict[str, int] = {}
@@ -55,6 +103,11 @@ class KVCacheManager:
     @property
     def usage(self) -> float:
         return self.num_used_blocks / self.num_blocks
+
+    def _block(self, block_id: int) -> Block:
+        block = self.blocks[block_id]
+        assert block is not None, f"block {block_id} was never handed out"
+        return block
 
     def _update_hashes(self, req: Request) -> None:
         bs = self.block_size
@@ -96,13 +149,13 @@ class KVCacheManager:
             return False
         for block in computed:
             if block.ref_cnt == 0:
-                del self._free[block.block_id]
+                self._free.remove(block)
             block.ref_cnt += 1
             req.block_ids.append(block.block_id)
         if computed:
             self._num_registered[req.request_id] = len(req.block_ids)
         for _ in range(max(num_new_blocks, 0)):
-            _, block = self._free.popitem(last=False)
+            block = self._free.pop_head()
             if block.block_hash is not None:
                 if self._cached.get(block.block_hash) is block:
                     del self._cached[block.block_hash]
@@ -124,7 +177,7 @@ class KVCacheManager:
             return
         self._update_hashes(req)
         for i in range(start, num_full):
-            block = self.blocks[req.block_ids[i]]
+            block = self._block(req.block_ids[i])
             if block.block_hash is None:
                 block.block_hash = req.block_hashes[i]
                 block.token_ids = tuple(req.tokens(i * bs, (i + 1) * bs))
@@ -135,21 +188,24 @@ class KVCacheManager:
         """Drop the request's references. Tail blocks are freed first, so they are evicted before
         the shared prefix blocks that other requests are more likely to reuse."""
         for block_id in reversed(req.block_ids):
-            block = self.blocks[block_id]
+            block = self._block(block_id)
             block.ref_cnt -= 1
             if block.ref_cnt == 0:
-                self._free[block_id] = block
                 if block.block_hash is None:
                     # Holds nothing reusable: hand it out before any cached block.
-                    self._free.move_to_end(block_id, last=False)
+                    self._free.push_head(block)
+                else:
+                    self._free.push_tail(block)
         req.block_ids = []
         self._num_registered.pop(req.request_id, None)
 
     def reset_prefix_cache(self) -> None:
-        for block in self._free.values():
+        for block in self._free.handed_out():
             block.block_hash = None
             block.token_ids = None
-        self._cached = {b.block_hash: b for b in self.blocks if b.block_hash is not None}
+        self._cached = {
+            b.block_hash: b for b in self.blocks if b is not None and b.block_hash is not None
+        }
 
     def adopt(self, block_hash: int, tokens: tuple[int, ...]) -> Block | None:
         """Take a free block for a prefix block computed elsewhere (warm KV loaded at start):
@@ -157,13 +213,13 @@ class KVCacheManager:
         with that prefix hit it. None if no block is free or the hash is already cached."""
         if block_hash in self._cached or not self._free:
             return None
-        _, block = self._free.popitem(last=False)
+        block = self._free.pop_head()
         if block.block_hash is not None and self._cached.get(block.block_hash) is block:
             del self._cached[block.block_hash]
         block.block_hash = block_hash
         block.token_ids = tokens
         self._cached[block_hash] = block
-        self._free[block.block_id] = block
+        self._free.push_tail(block)
         return block
 
     def cached_chain(self, token_ids: list[int]) -> list[Block]:

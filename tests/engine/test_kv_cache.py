@@ -98,3 +98,52 @@ def test_no_prefix_caching() -> None:
     a.num_computed_tokens = 8
     kv.cache_full_blocks(a)
     assert kv.get_computed_blocks(make_req("b", list(range(9)))) == []
+
+
+def test_the_free_queue_hands_out_blocks_in_the_order_of_one_lru_list() -> None:
+    """FreeQueue keeps never-used blocks as a counter, not objects; it must hand blocks out in
+    exactly the order of one list of every block (fresh ones in id order at first, freed blocks
+    holding nothing at the head, cached ones at the tail, reused cached ones taken out)."""
+    import random
+    from collections import OrderedDict
+
+    from ember.engine.kv_cache import Block, FreeQueue
+
+    rng = random.Random(0)
+    for trial in range(20):
+        n = rng.randint(1, 40)
+        blocks: list[Block | None] = [None] * n
+        queue = FreeQueue(n, blocks)
+        reference: OrderedDict[int, None] = OrderedDict.fromkeys(range(n))
+        held: list[Block] = []
+        for _ in range(300):
+            op = rng.random()
+            if op < 0.45 and reference:
+                block = queue.pop_head()
+                assert block.block_id == reference.popitem(last=False)[0], trial
+                assert blocks[block.block_id] is block
+                held.append(block)
+            elif op < 0.8 and held:
+                block = held.pop(rng.randrange(len(held)))
+                reference[block.block_id] = None
+                if rng.random() < 0.5:
+                    queue.push_head(block)
+                    reference.move_to_end(block.block_id, last=False)
+                else:
+                    queue.push_tail(block)
+            elif queue.handed_out():
+                block = rng.choice(queue.handed_out())
+                queue.remove(block)
+                del reference[block.block_id]
+                held.append(block)
+            assert len(queue) == len(reference)
+            assert {b.block_id for b in queue.handed_out()} <= set(reference)
+
+
+def test_a_new_cache_creates_no_block_objects() -> None:
+    kv = KVCacheManager(num_blocks=100_000, block_size=16, enable_prefix_caching=True)
+    assert kv.num_free_blocks == 100_000 and kv.blocks.count(None) == 100_000
+    req = make_req("a", list(range(40)))
+    assert kv.allocate_slots(req, 40)
+    assert req.block_ids == [0, 1, 2]
+    assert kv.blocks.count(None) == 100_000 - 3
