@@ -8,7 +8,8 @@ model of random bf16 weights (--layers of the 8B shape, written once under --dir
 the page cache), loaded by ember.models.load_model.
 
     python benchmarks/bench_load_beside.py --device cpu --layers 2       # the development machine
-    python benchmarks/bench_load_beside.py --device cuda --layers 32      # the GPU machine
+    python benchmarks/bench_load_beside.py --device cuda --layers 32 --vocab 128256 --shards 4 \
+        --dir .bench/llama-3.1-8b-random                                   # bench_load.py's model
 """
 
 from __future__ import annotations
@@ -61,13 +62,16 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=Path(".bench/llama-beside"))
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--shards", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.empty(1, device=device)
-    nbytes = write_model(args.dir, llama_8b_config(args.layers, args.vocab), 1, torch.device("cpu"))
+    nbytes = write_model(
+        args.dir, llama_8b_config(args.layers, args.vocab), args.shards, torch.device("cpu")
+    )
     print(f"model: {nbytes / 1e9:.2f} GB in {args.dir}; device {device}; best of {args.repeats}")
     timed_load(args.dir, device, busy=False)  # warm: page cache, first calls
     chosen = loader.LOAD_SWITCH_INTERVAL

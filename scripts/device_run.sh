@@ -40,6 +40,9 @@
 #   bash scripts/device_run.sh build            # the model's build (on the GPU, on meta, as
 #                                               # load_model does it), allocations, KV zeroing,
 #                                               # each in a fresh process (~4 min)
+#   bash scripts/device_run.sh beside           # the 8B load alone and beside a busy Python
+#                                               # thread, at 5 ms and load_model's GIL switch
+#                                               # interval (~3 min with the model written)
 #   bash scripts/device_run.sh layout           # the projections with weights stored [K, N]
 #                                               # against [N, K], 1-256 rows (~1 min)
 #   bash scripts/device_run.sh l2 blas          # batch-1 projections: a weight pulled into L2
@@ -143,6 +146,10 @@ for stage in "$@"; do
         layout) run layout 120 python3 scripts/gpu_check.py --section layout ;;
         startprof) run startprof 150 python3 benchmarks/profile_start.py --runs 2 ;;
         build) run build 300 python3 benchmarks/profile_build.py ;;
+        beside)
+            run beside 400 python3 benchmarks/bench_load_beside.py --device cuda --layers 32 \
+                --vocab 128256 --shards 4 --dir .bench/llama-3.1-8b-random --repeats 2
+            ;;
         overlap) run overlap 200 python3 scripts/gpu_check.py --section overlap --section gemm ;;
         cold)
             run cold 400 python3 benchmarks/bench_serve.py --real-weights --starts 7 \
