@@ -160,7 +160,9 @@ def write_model(root: Path, cfg: dict[str, object], shards: int, device: torch.d
 
 
 def weight_paths(root: Path) -> list[Path]:
-    return sorted(root.glob("*.safetensors"))
+    """The shards the index names (files of an earlier run with another --shards are not)."""
+    index = json.loads((root / "model.safetensors.index.json").read_text())
+    return sorted(root / f for f in set(index["weight_map"].values()))
 
 
 # --- page cache -------------------------------------------------------------------------------
@@ -308,17 +310,25 @@ def preimport(key: str, root: Path) -> None:
 
 
 def child(
-    key: str, root: Path, layers: int, device: torch.device, options: StreamOptions | None
+    key: str,
+    root: Path,
+    layers: int,
+    device: torch.device,
+    options: StreamOptions | None,
+    slots: int | None = None,
 ) -> None:
     """One load in this (fresh) process: timed from after CUDA init to the last byte on the
     device, so per-process costs (pinning buffers, allocating) count, CUDA init does not."""
-    load = LOADERS[key][1] if options is None else partial(load_ember, direct=None, options=options)
+    load = LOADERS[key][1]
+    if options is not None:  # a sweep's setting: ember's loader, in the key's read mode
+        load = partial(load_ember, direct=None if key == "ember" else False, options=options)
     logging.basicConfig(format="%(message)s")
     logging.getLogger("ember.models.loader").setLevel(logging.INFO)
     logging.getLogger("ember.loader.prepin").setLevel(logging.INFO)
     preimport(key, root)
     if key == "ember-prepinned":
-        prepin.start(str(device), Source.concurrency + 4, StreamOptions().chunk_bytes)
+        ahead = slots or Source.concurrency + 4
+        prepin.start(str(device), ahead, StreamOptions().chunk_bytes)
     if device.type == "cuda":
         torch.empty(1, device=device)
         torch.cuda.synchronize()
@@ -341,6 +351,7 @@ def timed(
     args: argparse.Namespace,
     setting: tuple[int, int] | None = None,
     env: str = "",
+    slots: int | None = None,
 ) -> Result | None:
     cmd = [sys.executable, __file__, "--child", key, "--dir", str(args.dir)]
     cmd += ["--layers", str(args.layers), "--vocab", str(args.vocab), "--device", args.device]
@@ -348,6 +359,9 @@ def timed(
     if setting is not None:
         cmd += ["--chunk-mib", str(setting[0]), "--load-threads", str(setting[1])]
         label = f"ember, {setting[0]} MiB x {setting[1]} threads"
+    if slots is not None:
+        cmd += ["--ring-slots", str(slots)]
+        label = f"{label}, {slots} slots"
     if env:
         label = f"{label}, {env}"
     child_env = os.environ | env_spec(env)
@@ -463,6 +477,15 @@ def main() -> None:
     ap.add_argument("--child", choices=list(LOADERS), help=argparse.SUPPRESS)
     ap.add_argument("--chunk-mib", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--load-threads", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--ring-slots", type=int, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--slots-sweep",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="only warm loads with the ring pinned ahead (as `ember serve` loads), with N ring "
+        "slots each (the default is the readers + 4 = 20), --repeats rounds",
+    )
     ap.add_argument(
         "--sweep",
         action="store_true",
@@ -488,11 +511,13 @@ def main() -> None:
     device = torch.device(args.device)
     if args.child:
         options = None
-        if args.chunk_mib or args.load_threads:  # a sweep's setting, for ember's loader
+        if args.chunk_mib or args.load_threads or args.ring_slots:  # a sweep's setting
             options = StreamOptions(
-                chunk_bytes=(args.chunk_mib or 16) * MiB, threads=args.load_threads
+                chunk_bytes=(args.chunk_mib or 16) * MiB,
+                threads=args.load_threads,
+                slots=args.ring_slots,
             )
-        child(args.child, args.dir, args.layers, device, options)
+        child(args.child, args.dir, args.layers, device, options, args.ring_slots)
         return
     cuda = device.type == "cuda"
     if cuda:
@@ -507,6 +532,15 @@ def main() -> None:
     print(f"model: {nbytes / 1e9:.2f} GB in {len(paths)} shards ({time.perf_counter() - t0:.1f} s)")
     if cuda:
         check_streamer(device, args.dir.parent / "check")
+    if args.slots_sweep:
+        parallel_read(paths, args.threads, direct=False)
+        cache_bw = parallel_read(paths, args.threads, direct=False)
+        print(f"page cache -> host memory, {args.threads} threads: {cache_bw:.2f} GB/s")
+        print(f"warm page cache ({cached_share(paths):.0%} cached), each load in a fresh process:")
+        for _ in range(args.repeats):
+            for slots in args.slots_sweep:
+                timed("ember-prepinned", "warm", nbytes, args, slots=slots)
+        return
     if args.warm_env:
         parallel_read(paths, args.threads, direct=False)
         print(f"warm page cache ({cached_share(paths):.0%} cached), each load in a fresh process:")

@@ -43,6 +43,8 @@
 #   bash scripts/device_run.sh beside           # the 8B load alone and beside a busy Python
 #                                               # thread, at 5 ms and load_model's GIL switch
 #                                               # interval (~3 min with the model written)
+#   bash scripts/device_run.sh slots            # warm 8B loads with the ring pinned ahead, at
+#                                               # 16/20/24/32 ring slots, twice (~4 min)
 #   bash scripts/device_run.sh layout           # the projections with weights stored [K, N]
 #                                               # against [N, K], 1-256 rows (~1 min)
 #   bash scripts/device_run.sh l2 blas          # batch-1 projections: a weight pulled into L2
@@ -146,6 +148,7 @@ for stage in "$@"; do
         layout) run layout 120 python3 scripts/gpu_check.py --section layout ;;
         startprof) run startprof 150 python3 benchmarks/profile_start.py --runs 2 ;;
         build) run build 300 python3 benchmarks/profile_build.py ;;
+        slots) run slots 400 python3 benchmarks/bench_load.py --slots-sweep 16 20 24 32 --repeats 2 ;;
         beside)
             run beside 400 python3 benchmarks/bench_load_beside.py --device cuda --layers 32 \
                 --vocab 128256 --shards 4 --dir .bench/llama-3.1-8b-random --repeats 2
