@@ -113,7 +113,7 @@ def test_the_free_queue_hands_out_blocks_in_the_order_of_one_lru_list() -> None:
     for trial in range(20):
         n = rng.randint(1, 40)
         blocks: list[Block | None] = [None] * n
-        queue = FreeQueue(n, blocks)
+        queue = FreeQueue(blocks)
         reference: OrderedDict[int, None] = OrderedDict.fromkeys(range(n))
         held: list[Block] = []
         for _ in range(300):
