@@ -64,9 +64,10 @@ def _prompt_gil_handoff() -> Iterator[None]:
     """While the weights stream beside other Python threads (the kernels' warm-up, the rotary
     tables), a thread waiting for the GIL gets it within LOAD_SWITCH_INTERVAL instead of Python's
     5 ms: each chunk's read and copy needs it briefly, and a busy thread would otherwise keep it
-    a whole interval while ring slots sit idle. On the 2-core development machine a 0.22 s load
-    took 0.36-0.48 s beside a busy Python thread at 5 ms and 0.26-0.27 s at 0.5 ms
-    (benchmarks/bench_load_beside.py). The interval is process-wide; it is restored after."""
+    a whole interval while ring slots sit idle. On the 2-core development machine a 1.40 GB load
+    beside a busy Python thread took 0.91-1.26 s at 5 ms and 0.60-0.93 s at 0.5 ms, 0.43-0.49 s
+    alone at either (benchmarks/bench_load_beside.py). The interval is process-wide; it is
+    restored after."""
     previous = sys.getswitchinterval()
     sys.setswitchinterval(min(previous, LOAD_SWITCH_INTERVAL))
     try:
