@@ -12,6 +12,17 @@ from torch import nn
 from ember.layers.metadata import AttentionMetadata, KVCache
 from ember.models.config import ModelConfig
 
+# The sizes of the tiny Llama that the loader and build tests construct.
+TINY_LLAMA: dict[str, int] = {
+    "hidden_size": 32,
+    "intermediate_size": 48,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 64,
+    "max_position_embeddings": 32,
+}
+
 
 def randomize_(model: nn.Module, seed: int) -> None:
     """Give every parameter random values (norm weights around 1), so that a mapping mistake in

@@ -15,19 +15,16 @@ from torch import nn
 from ember.layers.rotary import RotaryEmbedding
 from ember.models import ModelConfig, load_model
 from ember.models.build import ALIGNMENT, build_model, materialize_buffers, place_parameters
+from tests.loader.helpers import tiny_llama
+
+from .helpers import TINY_LLAMA
 
 CPU = torch.device("cpu")
 
 
 def _config(**changes: Any) -> ModelConfig:
     raw = transformers.LlamaConfig(
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=64,
-        max_position_embeddings=32,
+        **TINY_LLAMA,
         rope_scaling={
             "rope_type": "llama3",
             "factor": 8.0,
@@ -103,16 +100,7 @@ def test_place_parameters_leaves_real_parameters_alone() -> None:
 def test_a_failing_buffer_fill_fails_the_load_and_skips_the_warm_up(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cfg = transformers.LlamaConfig(
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=64,
-        max_position_embeddings=32,
-    )
-    transformers.LlamaForCausalLM(cfg).save_pretrained(str(tmp_path))
+    tiny_llama(tmp_path)
 
     def broken(self: RotaryEmbedding, device: torch.device) -> None:
         raise RuntimeError("no tables today")
@@ -125,7 +113,7 @@ def test_a_failing_buffer_fill_fails_the_load_and_skips_the_warm_up(
 
 
 _BUILD_EACH = """
-import json, sys, time
+import json, sys
 import torch
 from ember.models.build import build_model
 from ember.models.config import ModelConfig
@@ -146,8 +134,7 @@ def test_building_on_meta_runs_no_python_meta_kernels() -> None:
     import subprocess
     import sys
 
-    common = {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2}
-    common |= {"num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 64}
+    common = TINY_LLAMA
     configs = [
         transformers.LlamaConfig(**common).to_dict() | {"architectures": ["LlamaForCausalLM"]},
         transformers.Qwen2Config(**common).to_dict() | {"architectures": ["Qwen2ForCausalLM"]},

@@ -15,21 +15,15 @@ from ember.errors import ModelLoadError
 from ember.loader import iter_safetensors, safetensors_files
 from ember.models import ModelConfig, load_model, resolve_dtype
 
+from .helpers import TINY_LLAMA
+
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny untied Llama saved with transformers (single model.safetensors)."""
-    cfg = transformers.LlamaConfig(
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=64,
-        max_position_embeddings=32,
-    )
+    cfg = transformers.LlamaConfig(**TINY_LLAMA)
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("tiny-llama")
     transformers.LlamaForCausalLM(cfg).save_pretrained(str(path))
