@@ -45,6 +45,10 @@
 #                                               # interval (~3 min with the model written)
 #   bash scripts/device_run.sh slots            # warm 8B loads with the ring pinned ahead, at
 #                                               # 16/20/24/32 ring slots, twice (~4 min)
+#   bash scripts/device_run.sh paths            # warm 8B files to one GPU buffer, alternating: the
+#                                               # page cache alone, threads that read and copy
+#                                               # themselves, the loader's streamer (~2 min with
+#                                               # the model written)
 #   bash scripts/device_run.sh layout           # the projections with weights stored [K, N]
 #                                               # against [N, K], 1-256 rows (~1 min)
 #   bash scripts/device_run.sh l2 blas          # batch-1 projections: a weight pulled into L2
@@ -145,6 +149,7 @@ for stage in "$@"; do
             ;;
         l2) run l2 120 python3 scripts/gpu_check.py --section l2 ;;
         blas) run blas 150 python3 scripts/gpu_check.py --section blas ;;
+        paths) run paths 400 python3 benchmarks/bench_stream_paths.py ;;
         layout) run layout 120 python3 scripts/gpu_check.py --section layout ;;
         startprof) run startprof 150 python3 benchmarks/profile_start.py --runs 2 ;;
         build) run build 300 python3 benchmarks/profile_build.py ;;
