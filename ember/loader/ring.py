@@ -1,8 +1,10 @@
 """A fixed ring of host buffers that reads land in and device copies leave from.
 
 On CUDA each slot is pinned memory, so host-to-device copies are true async DMA; each slot
-carries an event recorded after its last copy, and a reader waits on that event before it reuses
+carries an event recorded after its last copies, and a reader waits on that event before it reuses
 the slot. On the CPU the slots are plain memory and copies finish before a slot is handed back.
+Readers `take` a free slot (the one given back longest ago, whose copies are the likeliest to be
+done) and `give` it back once its copies are enqueued.
 
 Slots are allocated by the reader that first uses them: pinning takes time (pinned.py), and this
 way it is spread over the readers and overlaps the first reads instead of delaying them all. On
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 
 import torch
 
@@ -30,8 +33,8 @@ class HostRing:
         self.cuda = device.type == "cuda"
         self._tensors: list[torch.Tensor | None] = [None] * slots
         self._views: list[memoryview | None] = [None] * slots
-        # CUDA creates an event at its first record; waiting on one never recorded returns at once.
-        self._events = [torch.cuda.Event() for _ in range(slots)] if self.cuda else []
+        self._events: list[torch.cuda.Event | None] = [None] * slots
+        self._free = deque(range(slots))
         self._lock = threading.Lock()
         self.pin_seconds = 0.0
         self.pinned_here = 0  # slots this ring pinned itself (not taken from prepin)
@@ -39,11 +42,22 @@ class HostRing:
     def __len__(self) -> int:
         return len(self._tensors)
 
+    def take(self) -> int:
+        """A free slot, for one reader until it gives it back. A ring has at least as many
+        slots as readers, so one is always free."""
+        with self._lock:
+            return self._free.popleft()
+
+    def give(self, slot: int) -> None:
+        with self._lock:
+            self._free.append(slot)
+
     def acquire(self, slot: int) -> memoryview:
         """The slot's memory for a reader, once every copy out of it has finished (blocks the
-        calling reader thread with the GIL released). One reader holds a slot at a time."""
-        if self.cuda:
-            self._events[slot].synchronize()
+        calling reader thread with the GIL released)."""
+        event = self._events[slot]
+        if event is not None:
+            event.synchronize()
         view = self._views[slot]
         if view is None:
             tensor = self._allocate()
@@ -57,10 +71,15 @@ class HostRing:
         assert tensor is not None, "slot read before it was acquired"
         return tensor
 
-    def mark_copied(self, slot: int, stream: torch.cuda.Stream | None) -> None:
-        """Record that every copy out of `slot` so far has been enqueued on `stream`."""
-        if stream is not None:
-            self._events[slot].record(stream)
+    def mark_copied(self, slot: int, stream: torch.cuda.Stream | None) -> torch.cuda.Event | None:
+        """Record that every copy out of `slot` so far has been enqueued on `stream`; returns
+        the event that completes with them (None off CUDA, where copies are done already)."""
+        if stream is None:
+            return None
+        event = torch.cuda.Event()
+        event.record(stream)
+        self._events[slot] = event
+        return event
 
     def _allocate(self) -> torch.Tensor:
         if not self.cuda:

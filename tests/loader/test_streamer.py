@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from ember.errors import ModelLoadError
 from ember.loader import SafetensorsStreamer, Source, StreamOptions, TensorMeta
 from ember.loader.local import LocalSource
 
@@ -84,7 +85,10 @@ def test_unindexed_shards_are_all_read(tmp_path: Path) -> None:
     _assert_same(got, tensors)
 
 
-def test_in_place_destinations_and_device_casts(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ring", [False, True], ids=["local", "ring"])
+def test_in_place_destinations_and_device_casts(tmp_path: Path, ring: bool) -> None:
+    """Through the ring (a source with no local directory) several readers copy pieces of one
+    tensor each, and the one that completes it hands it over."""
     tensors = random_tensors(3)
     save_file(tensors, str(tmp_path / "model.safetensors"))
     dests: dict[str, torch.Tensor] = {}
@@ -98,7 +102,11 @@ def test_in_place_destinations_and_device_casts(tmp_path: Path) -> None:
         return dests[meta.name]
 
     options = OPTIONS["small-chunks"]
-    got = dict(SafetensorsStreamer(LocalSource(tmp_path), CPU, options=options).stream(resolve))
+    source: Source = LocalSource(tmp_path)
+    if ring:
+        source = CountingSource(LocalSource(tmp_path))
+        options = StreamOptions(chunk_bytes=8 * KiB, threads=4, slots=5)
+    got = dict(SafetensorsStreamer(source, CPU, options=options).stream(resolve))
     assert got.keys() == tensors.keys()
     for name, want in tensors.items():
         if name == "mid.f16":
@@ -107,6 +115,21 @@ def test_in_place_destinations_and_device_casts(tmp_path: Path) -> None:
             continue
         assert got[name] is dests[name], name  # filled in place, not copied again
         assert torch.equal(got[name], want.to(got[name].dtype)), name
+
+
+def test_a_failed_read_ends_the_load_and_its_readers(tmp_path: Path) -> None:
+    """A reader's error reaches the caller as itself, the other readers stop, and the ring
+    gives every slot back."""
+    save_file(random_tensors(8), str(tmp_path / "model.safetensors"))
+    source = CountingSource(LocalSource(tmp_path), fail_at=5)
+    streamer = SafetensorsStreamer(
+        source, CPU, options=StreamOptions(chunk_bytes=8 * KiB, threads=3)
+    )
+    with pytest.raises(ModelLoadError, match="disk on fire"):
+        for _ in streamer.stream():
+            pass
+    assert not _readers()
+    assert source.data_reads < 40  # the readers stopped instead of reading on
 
 
 def test_reads_are_large_not_per_tensor(tmp_path: Path) -> None:
@@ -175,8 +198,9 @@ def test_threads_end_with_the_load(tmp_path: Path) -> None:
 class CountingSource(Source):
     """Counts large reads and optionally slows each one down."""
 
-    def __init__(self, inner: LocalSource, delay_s: float = 0.0) -> None:
+    def __init__(self, inner: LocalSource, delay_s: float = 0.0, fail_at: int = 0) -> None:
         self.inner = inner
+        self.fail_at = fail_at  # this data read (1-based) raises
         self.uri = inner.uri
         self.alignment = inner.alignment
         self.delay_s = delay_s
@@ -193,6 +217,9 @@ class CountingSource(Source):
         if offset >= 4096:  # past the header
             with self._lock:
                 self.data_reads += 1
+                fail = self.data_reads == self.fail_at
+            if fail:
+                raise ModelLoadError("cannot read: disk on fire")
             time.sleep(self.delay_s)
         return self.inner.read_into(name, offset, out)
 
