@@ -288,6 +288,7 @@ class EngineCore:
         with torch.cuda.device(self.device):
             self._profile_run(model)
         log.info("kernels warmed beside the weights' load in %.2f s", time.monotonic() - t0)
+        trace("kernels warmed beside the weights' load")
 
     @torch.inference_mode()
     def _profile_run(self, model: CausalLM | None = None) -> None:

@@ -20,6 +20,7 @@ from ember.models.build import build_model, materialize_buffers
 from ember.models.config import ModelConfig
 from ember.models.registry import get_model_class
 from ember.models.weights import checkpoint_slots, in_place
+from ember.startup_trace import trace
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,7 @@ def _stream_beside(
         try:
             with closing(streamer.stream(in_place(checkpoint_slots(model), rename))) as weights:
                 model.load_weights(weights)
+            trace("weights streamed")
         finally:
             buffers.join()  # nothing outlives the call
             if helper is not None:
