@@ -41,7 +41,9 @@ Resolve = Callable[[TensorMeta], "torch.Tensor | None"]
 class StreamOptions:
     chunk_bytes: int = 32 * MiB
     threads: int | None = None  # None: the source's concurrency
-    slots: int | None = None  # ring slots; None: threads + 4, so reads go on while copies drain
+    # ring slots, at least one a reader (each holds one while it reads and copies); None:
+    # threads + 4, so a reader rarely finds the oldest free slot still being copied from
+    slots: int | None = None
 
 
 @dataclass(slots=True)
