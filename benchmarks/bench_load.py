@@ -487,6 +487,11 @@ def main() -> None:
         "slots each (the default is the readers + 4 = 20), --repeats rounds",
     )
     ap.add_argument(
+        "--sweep-readers-pin",
+        action="store_true",
+        help="in --slots-sweep, the ring pinned by the readers during the load instead",
+    )
+    ap.add_argument(
         "--sweep",
         action="store_true",
         help="also load warm with other chunk sizes and thread counts, each in a fresh process",
@@ -513,7 +518,7 @@ def main() -> None:
         options = None
         if args.chunk_mib or args.load_threads or args.ring_slots:  # a sweep's setting
             options = StreamOptions(
-                chunk_bytes=(args.chunk_mib or 16) * MiB,
+                chunk_bytes=args.chunk_mib * MiB if args.chunk_mib else StreamOptions().chunk_bytes,
                 threads=args.load_threads,
                 slots=args.ring_slots,
             )
@@ -539,7 +544,8 @@ def main() -> None:
         print(f"warm page cache ({cached_share(paths):.0%} cached), each load in a fresh process:")
         for _ in range(args.repeats):
             for slots in args.slots_sweep:
-                timed("ember-prepinned", "warm", nbytes, args, slots=slots)
+                key = "ember-buffered" if args.sweep_readers_pin else "ember-prepinned"
+                timed(key, "warm", nbytes, args, slots=slots)
         return
     if args.warm_env:
         parallel_read(paths, args.threads, direct=False)
@@ -579,7 +585,7 @@ def main() -> None:
             results.append(timed(key, "warm", nbytes, args))
     if args.sweep:
         print("warm, ember (auto mode) with other settings, each in a fresh process:")
-        for setting in ((4, 16), (8, 16), (8, 24), (16, 8), (16, 24), (32, 16)):
+        for setting in ((8, 16), (16, 16), (16, 24), (32, 8), (32, 24), (64, 16)):
             timed("ember", "sweep", nbytes, args, setting)
 
     summarize([r for r in results if r is not None], disk, h2d)
