@@ -171,19 +171,32 @@ def test_hostile_json_is_400_never_500(limited: Server, raw: bytes) -> None:
     assert httpx.get(limited.url + "/health").status_code == 200
 
 
-def test_request_timeout_ends_requests_with_an_error(limited: Server) -> None:
+@pytest.fixture(scope="module")
+def hurried(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server whose requests time out long before 500 tiny-model tokens can be generated
+    (they take ~1 s on a fast CPU; at `limited`'s 0.5 s a fast quiet machine could finish)."""
+    s = start(
+        tmp_path_factory.mktemp("hurried"),
+        "hurried",
+        "tiny",
+        *COMMON_ARGS,
+        "--request-timeout",
+        "0.05",
+    )
+    yield s
+    s.stop()
+
+
+def test_request_timeout_ends_requests_with_an_error(hurried: Server) -> None:
     body = {"model": "tiny", "prompt": "go", "max_tokens": 500, "ignore_eos": True}
     slow = {"min_tokens": 500}  # at least as long as the context allows
-    r = post(limited, "/v1/completions", {**body, **slow})
-    if r.status_code == 200:  # the machine generated 500 tokens in time: nothing to check
-        pytest.skip("too fast for the timeout")
+    r = post(hurried, "/v1/completions", {**body, **slow})
     assert r.status_code == 504 and "--request-timeout" in openai_error(r)
 
     stream = {"model": "tiny", "prompt": "go", "options": {"num_predict": 500, "temperature": 0}}
-    with httpx.stream("POST", limited.url + "/api/generate", json=stream, timeout=60) as resp:
+    with httpx.stream("POST", hurried.url + "/api/generate", json=stream, timeout=60) as resp:
         lines = [json.loads(line) for line in resp.iter_lines() if line]
-    if lines[-1].get("done"):
-        pytest.skip("too fast for the timeout")
+    assert not lines[-1].get("done"), "500 tokens finished inside a 0.05 s request timeout"
     assert "--request-timeout" in lines[-1]["error"]
 
 
