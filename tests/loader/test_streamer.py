@@ -226,3 +226,24 @@ class CountingSource(Source):
 
 def _readers() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("ember-load")]
+
+
+def test_ring_hands_out_the_slot_given_back_longest_ago() -> None:
+    """A reader gets the slot whose copies were enqueued earliest (the likeliest to be done),
+    and a slot's memory stays the same across uses."""
+    from ember.loader.ring import HostRing
+
+    ring = HostRing(3, 8 * KiB, CPU)
+    first = [ring.take() for _ in range(3)]
+    assert sorted(first) == [0, 1, 2]
+    for slot in first:
+        ring.acquire(slot)
+    memory = {slot: ring.tensor(slot).data_ptr() for slot in first}
+    for slot in (2, 0, 1):
+        assert ring.mark_copied(slot, None) is None  # off CUDA copies are done already
+        ring.give(slot)
+    assert [ring.take() for _ in range(3)] == [2, 0, 1]
+    for slot in first:
+        ring.acquire(slot)
+        assert ring.tensor(slot).data_ptr() == memory[slot]  # allocated once, then reused
+        assert ring.tensor(slot).numel() == 8 * KiB
