@@ -1,8 +1,8 @@
 """Ring slots pinned before the load that needs them.
 
 Pinning host memory costs time (cudaHostAlloc ~0.5-1 ms per MiB, registered huge pages 0.1-0.25 ms
-per MiB; pinned.py): a ring of 20 x 16 MiB (the default then) took 0.16-0.3 s to pin with cudaHostAlloc,
-against ~0.4 s for a whole 16 GB load into pre-pinned slots. `ember serve` starts the
+per MiB; pinned.py): a ring of 20 x 16 MiB (the default then) took 0.16-0.3 s to pin with
+cudaHostAlloc, against ~0.4 s for a whole 16 GB load into pre-pinned slots. `ember serve` starts the
 engine core's process before it knows the model; that process calls `start()` as soon as torch is
 imported, and a background thread pins the slots (the GIL is released while it pins)
 while the main thread imports the engine and its Triton kernels. The loader's ring then `take()`s

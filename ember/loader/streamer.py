@@ -4,11 +4,11 @@
            --(the same reader: async H2D on its own stream)--> destination bytes on the device
 
 Python only plans ranges and enqueues copies; bytes are moved by the kernel, obstore and the
-copy engine. The loading thread receives finished tensors and orders them before later work. Onto the CPU from local files there is no ring: reads land in the tensors
-directly. A tensor whose destination is known (a model parameter, or rows of a fused one) is
-written in place; when the checkpoint's dtype differs it lands in a device staging tensor and
-is cast there. Tensors without a destination are materialised on the device for the caller to
-place.
+copy engine. The loading thread receives finished tensors and orders them before later work.
+Onto the CPU from local files there is no ring: reads land in the tensors directly. A tensor
+whose destination is known (a model parameter, or rows of a fused one) is written in place; when
+the checkpoint's dtype differs it lands in a device staging tensor and is cast there. Tensors
+without a destination are materialised on the device for the caller to place.
 """
 
 from __future__ import annotations
@@ -300,9 +300,10 @@ class _Readers:
     """The reader threads of one load through the ring. Each takes the next chunk, reads it into
     a free slot and enqueues the slot's copies itself (on CUDA on a stream of its own), so no
     chunk waits for another thread to pass its bytes on; the loading thread only receives what
-    they finished. On the H200 this moved 16 GB from a warm page cache at 34.7 GB/s where
-    handing every chunk to the loading thread gave 31.3 (bench_stream_paths.py,
-    docs/benchmarks.md)."""
+    they finished. On the H200, threads that copied their own chunks moved 16 GB from a warm
+    page cache at 34.7 GB/s where handing every chunk to the loading thread gave 31.3; this
+    streamer then gave 37.6-44.6 GB/s, at 93-101% of such threads in the same run
+    (bench_stream_paths.py, docs/benchmarks.md)."""
 
     def __init__(
         self,
@@ -326,12 +327,13 @@ class _Readers:
 
     def start(self) -> None:
         device = self._streamer.device
+        # destinations were allocated on the current stream
+        current = torch.cuda.current_stream(device) if self._ring.cuda else None
         for _ in range(self._threads):
             stream = None
-            if self._ring.cuda:
+            if current is not None:
                 stream = torch.cuda.Stream(device)
-                # destinations were allocated on the current stream
-                stream.wait_stream(torch.cuda.current_stream(device))
+                stream.wait_stream(current)
                 self._streams.append(stream)
             self._pool.submit(self._run, stream)
 
