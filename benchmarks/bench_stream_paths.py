@@ -52,16 +52,22 @@ class Slot:
         self.event = torch.cuda.Event()
 
 
-def jobs_for(paths: list[Path], chunk: int) -> list[tuple[int, int, int, int]]:
+def jobs_for(fds: dict[Path, int], chunk: int) -> list[tuple[int, int, int, int]]:
     """(fd, file offset, length, destination offset) for every chunk of every file, in order."""
     out: list[tuple[int, int, int, int]] = []
     base = 0
-    for p in paths:
+    for p, fd in fds.items():
         size = p.stat().st_size
-        fd = os.open(p, os.O_RDONLY)
         out += [(fd, off, min(chunk, size - off), base + off) for off in range(0, size, chunk)]
         base += size
     return out
+
+
+def thread_slots(
+    pinned: list[torch.Tensor], threads: int, each: int, chunk: int
+) -> list[list[Slot]]:
+    """`each` slots of `chunk` bytes for every one of `threads` threads, from the pinned blocks."""
+    return [[Slot(pinned[k * each + s][:chunk]) for s in range(each)] for k in range(threads)]
 
 
 def self_copy(
@@ -190,32 +196,24 @@ def main() -> None:
     pinned = [pinned_host(biggest) for _ in range(most)]
     print(f"pinned {most} x {biggest // MiB} MiB in {time.perf_counter() - t0:.2f} s", flush=True)
 
+    fds = {p: os.open(p, os.O_RDONLY) for p in paths}
+    per = args.slots_per_thread
+    # one self-copy checked byte for byte before anything is timed
+    first = jobs_for(fds, args.chunk_mib[0] * MiB)
+    self_copy(first, dest, thread_slots(pinned, args.threads[0], per, args.chunk_mib[0] * MiB))
+    check_self_copy(first, dest)
+    print("self-copy checked against the files", flush=True)
+
     cases: list[tuple[str, Callable[[], float]]] = []
     for t in args.threads:
         cases.append((f"cache {t}", partial(cache_seconds, paths, t, file_bytes)))
     for t in args.threads:
         for c in args.chunk_mib:
-            jobs = jobs_for(paths, c * MiB)
-            slots = [
-                [
-                    Slot(pinned[k * args.slots_per_thread + s][: c * MiB])
-                    for s in range(args.slots_per_thread)
-                ]
-                for k in range(t)
-            ]
-            cases.append((f"self {t}/{c}", partial(self_copy, jobs, dest, slots)))
+            slots = thread_slots(pinned, t, per, c * MiB)
+            cases.append((f"self {t}/{c}", partial(self_copy, jobs_for(fds, c * MiB), dest, slots)))
             ring = pinned[: t + 4] if t + 4 <= most else pinned
             load = partial(streamer_load, args.dir, dest, t, c * MiB, ring)
             cases.append((f"streamer {t}/{c}", load))
-    # one self-copy checked byte for byte before anything is timed
-    first = jobs_for(paths, 16 * MiB)
-    self_copy(
-        first,
-        dest,
-        [[Slot(pinned[2 * k][: 16 * MiB]), Slot(pinned[2 * k + 1][: 16 * MiB])] for k in range(8)],
-    )
-    check_self_copy(first, dest)
-    print("self-copy checked against the files", flush=True)
 
     times: dict[str, list[float]] = {name: [] for name, _ in cases}
     for _ in range(args.repeats):
@@ -228,6 +226,8 @@ def main() -> None:
         print(
             f"{name:<18} {min(ts):7.3f} {statistics.median(ts):9.3f} {file_bytes / min(ts) / 1e9:10.2f}"
         )
+    for fd in fds.values():
+        os.close(fd)
 
 
 if __name__ == "__main__":
