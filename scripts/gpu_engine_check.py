@@ -1,7 +1,8 @@
 """The `engine` section of gpu_check.py: the whole engine on CUDA (Triton attention, CUDA graphs,
 chunked prefill) against transformers on the same random weights.
 
-float32: greedy tokens must equal transformers' exactly. bfloat16: the first generated token
+float32: greedy tokens must equal transformers' exactly, with every KV slot that no request
+wrote filled with NaN. bfloat16: the first generated token
 (one forward pass) must agree in most positions; later tokens drift, as bf16 does.
 """
 
@@ -35,6 +36,7 @@ def section_engine(args: argparse.Namespace) -> bool:
     from ember import LLM, SamplingParams
     from ember.layers import small_batch
     from tests.engine.hf_models import hf_greedy_with_gaps
+    from tests.engine.test_kv_unzeroed import poison_unwritten_kv
 
     ok = True
     steps = 24
@@ -75,6 +77,9 @@ def section_engine(args: argparse.Namespace) -> bool:
             ):
                 small_batch.ENABLED = "fused gemv" in mode
                 llm = LLM(tmp, dtype="float32", device="cuda", max_model_len=512, **kwargs)
+                # The cache is not zeroed on CUDA: NaN in every slot no request wrote must not
+                # reach the tokens (tests/engine/test_kv_unzeroed.py on the CPU).
+                poison_unwritten_kv(llm)
                 batches = [[p] for p in prompts] if "one at a time" in mode else [prompts]
                 if "12 rows" in mode:
                     batches = [prompts + prompts]

@@ -28,7 +28,7 @@ from ember.engine.warm_kv import WARM_DIR, import_warm_kv
 from ember.envflags import env_flag
 from ember.errors import InvalidRequestError
 from ember.kernel_cache import hash_triton_ahead, wait_triton_hash
-from ember.layers.metadata import AttentionMetadata, KVCache
+from ember.layers.metadata import AttentionMetadata, KVCache, allocate_kv_cache
 from ember.models.base import CausalLM
 from ember.models.config import ModelConfig
 from ember.models.loader import resolve_dtype
@@ -333,13 +333,9 @@ class EngineCore:
     def _allocate_kv(self, num_blocks: int) -> list[KVCache]:
         c = self.model_config
         shape = (num_blocks, self.block_size, c.num_key_value_heads, c.head_dim)
-        return [
-            (
-                torch.zeros(shape, dtype=self.kv_dtype, device=self.device),
-                torch.zeros(shape, dtype=self.kv_dtype, device=self.device),
-            )
-            for _ in range(c.num_hidden_layers)
-        ]
+        return allocate_kv_cache(
+            c.num_hidden_layers, shape, self.kv_dtype, self.device, zero=self.device.type != "cuda"
+        )
 
     # --- requests -----------------------------------------------------------------------------
 

@@ -45,3 +45,31 @@ class KVStore:
     v: torch.Tensor
     cache: tuple[torch.Tensor, torch.Tensor]
     slot_mapping: torch.Tensor
+
+
+def allocate_kv_cache(
+    num_layers: int,
+    shape: tuple[int, int, int, int],
+    dtype: torch.dtype,
+    device: torch.device,
+    *,
+    zero: bool,
+) -> list[KVCache]:
+    """One (k_cache, v_cache) pair a layer, each `shape` = [num_blocks, block_size, kv_heads,
+    head_dim]. With zero=False only block 0 is zeroed and the rest holds whatever the memory
+    held, NaN bit patterns included: zeroing a 96 GB cache took 100-114 ms of an H200's start,
+    `torch.empty` 8-10 ms (docs/benchmarks.md, ninth session). That is safe because no kernel
+    lets a slot that was never written reach an output: attention reads a sequence's keys below
+    its length, all written, and masks the rest (their V is not loaded); rows padded into a
+    captured graph read block 0's first slot, which is written or zero, so they stay finite.
+    """
+    alloc = torch.zeros if zero else torch.empty
+    caches = [
+        (alloc(shape, dtype=dtype, device=device), alloc(shape, dtype=dtype, device=device))
+        for _ in range(num_layers)
+    ]
+    if not zero:
+        for k_cache, v_cache in caches:
+            k_cache[0].zero_()
+            v_cache[0].zero_()
+    return caches
