@@ -18,7 +18,9 @@ matmul, scripts/gpu_l2_check.py), blas (the small-batch projections under cuBLAS
 torch.mv, scripts/gpu_blas_check.py), layout (the same projections with weights stored [K, N]
 against [N, K], 1-256 rows, same file), gemm (the decode step's matmuls at 64-512 rows under cuBLAS
 and Triton tiles, scripts/gpu_gemm_check.py), overlap (a 256-row decode layer against two
-128-row halves whose attention and matmuls run side by side, scripts/gpu_overlap_check.py).
+128-row halves whose attention and matmuls run side by side, scripts/gpu_overlap_check.py), peak
+(the KV budget's forward pass through a few layers against the whole stack: the same memory
+peak, and each one's time; scripts/gpu_peak_check.py).
 
 The correctness and gemv sections also run on CPU under Triton's interpreter (with numpy < 2.4, which
 Triton 3.6's interpreter needs: e.g. `pip install --target /tmp/np22 numpy==2.2.6` and put that
@@ -48,6 +50,7 @@ from scripts.gpu_gemm_check import section_gemm
 from scripts.gpu_gemv_check import section_gemv
 from scripts.gpu_l2_check import section_l2
 from scripts.gpu_overlap_check import section_overlap
+from scripts.gpu_peak_check import section_peak
 from scripts.gpu_shapes_check import SHAPES, section_shapes
 
 Fn = Callable[[], None]
@@ -743,6 +746,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], bool]] = {
     "layout": section_layout,
     "gemm": section_gemm,
     "overlap": section_overlap,
+    "peak": section_peak,
 }
 DEFAULT_SECTIONS = ["correctness", "fused", "decode", "prefill", "engine"]
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -31,6 +32,21 @@ class CausalLM(nn.Module, ABC):
     @abstractmethod
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """hidden states [N, hidden_size] -> float32 logits [N, vocab_size]."""
+
+    @contextmanager
+    def layers_subset(self, keep: Sequence[int]) -> Iterator[None]:
+        """Forward passes inside run through the decoder layers `keep` only, in that order (they
+        take one KV cache pair each). Every architecture here keeps its stack as
+        `self.model.layers`."""
+        stack = getattr(self, "model", None)
+        full = getattr(stack, "layers", None)
+        if stack is None or not isinstance(full, nn.ModuleList):
+            raise TypeError(f"{type(self).__name__} has no decoder stack at model.layers")
+        stack.layers = nn.ModuleList([full[i] for i in keep])
+        try:
+            yield
+        finally:
+            stack.layers = full
 
     def droppable_parameters(self) -> tuple[str, ...]:
         """Names of parameters that load_weights may replace (an untied head that a checkpoint

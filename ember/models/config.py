@@ -71,6 +71,18 @@ class ModelConfig:
             return None
         return self.sliding_window
 
+    def memory_sample_layers(self) -> list[int]:
+        """Layers whose forward pass allocates as much as any other's: the first two (the first
+        starts the residual stream, the second runs as every later one) and the first of each
+        attention kind. A forward pass through these has the whole stack's memory peak."""
+        keep = {0, 1}
+        kinds: set[str] = set()
+        for i, kind in enumerate(self.layer_types):
+            if kind not in kinds:
+                kinds.add(kind)
+                keep.add(i)
+        return sorted(i for i in keep if i < self.num_hidden_layers)
+
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> ModelConfig:
         path = Path(model_dir) / "config.json"
