@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 HUGE_PAGE = 2 << 20
 _MADV_HUGEPAGE = getattr(mmap, "MADV_HUGEPAGE", 14)
+_MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux 5.14+
 
 _warned = threading.Event()
 
@@ -52,7 +53,14 @@ def _host_mapping(nbytes: int) -> tuple[torch.Tensor, _Mapping]:
     whole = torch.frombuffer(mapping, dtype=torch.uint8)  # holds the mapping's buffer
     skip = -whole.data_ptr() % HUGE_PAGE
     block = whole[skip : skip + nbytes]
-    block.fill_(0)  # fault the pages in here, where it is fast, not inside the registration
+    # Fault the pages in here, where it is fast, not inside the registration: the kernel
+    # populates them in one call, or one byte a page is written. (torch's fill_ over the whole
+    # block took 6-8 ms for 32 MiB and ~96 ms on a thread's first call, its intra-op pool
+    # starting, against 1-3 ms for either of these on the development machine.)
+    try:
+        mapping.madvise(_MADV_POPULATE_WRITE, skip, nbytes)
+    except (OSError, ValueError):
+        block[::4096].fill_(0)
     return block, mapping
 
 

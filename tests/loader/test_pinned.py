@@ -36,9 +36,12 @@ def cuda_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[object]]:
     return calls
 
 
+@pytest.mark.parametrize("populate", ["madvise", "touch"])
 def test_a_registered_block_is_huge_page_aligned_zeroed_and_writable(
-    cuda_calls: dict[str, list[object]],
+    cuda_calls: dict[str, list[object]], populate: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    if populate == "touch":  # a kernel without MADV_POPULATE_WRITE: one byte a page is written
+        monkeypatch.setattr(pinned, "_MADV_POPULATE_WRITE", 0x7FFF)
     block = pinned.pinned_host(3 * MiB + 4096)
     assert block.dtype == torch.uint8 and block.numel() == 3 * MiB + 4096
     assert block.data_ptr() % pinned.HUGE_PAGE == 0
