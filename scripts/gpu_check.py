@@ -20,7 +20,8 @@ against [N, K], 1-256 rows, same file), gemm (the decode step's matmuls at 64-51
 and Triton tiles, scripts/gpu_gemm_check.py), overlap (a 256-row decode layer against two
 128-row halves whose attention and matmuls run side by side, scripts/gpu_overlap_check.py), peak
 (the KV budget's forward pass through a few layers against the whole stack: the same memory
-peak, and each one's time; scripts/gpu_peak_check.py).
+peak, and each one's time; scripts/gpu_peak_check.py), sdpa (long prompts' attention: the prefill
+kernel against torch's SDPA backends on K/V gathered from the cache, scripts/gpu_sdpa_check.py).
 
 The correctness and gemv sections also run on CPU under Triton's interpreter (with numpy < 2.4, which
 Triton 3.6's interpreter needs: e.g. `pip install --target /tmp/np22 numpy==2.2.6` and put that
@@ -51,6 +52,7 @@ from scripts.gpu_gemv_check import section_gemv
 from scripts.gpu_l2_check import section_l2
 from scripts.gpu_overlap_check import section_overlap
 from scripts.gpu_peak_check import section_peak
+from scripts.gpu_sdpa_check import section_sdpa
 from scripts.gpu_shapes_check import SHAPES, section_shapes
 
 Fn = Callable[[], None]
@@ -747,6 +749,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], bool]] = {
     "gemm": section_gemm,
     "overlap": section_overlap,
     "peak": section_peak,
+    "sdpa": section_sdpa,
 }
 DEFAULT_SECTIONS = ["correctness", "fused", "decode", "prefill", "engine"]
 
