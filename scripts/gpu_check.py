@@ -21,7 +21,8 @@ and Triton tiles, scripts/gpu_gemm_check.py), overlap (a 256-row decode layer ag
 128-row halves whose attention and matmuls run side by side, scripts/gpu_overlap_check.py), peak
 (the KV budget's forward pass through a few layers against the whole stack: the same memory
 peak, and each one's time; scripts/gpu_peak_check.py), sdpa (long prompts' attention: the prefill
-kernel against torch's SDPA backends on K/V gathered from the cache, scripts/gpu_sdpa_check.py).
+kernel against torch's SDPA backends on K/V gathered from the cache, scripts/gpu_sdpa_check.py),
+gemv2 (one-row GEMVs that reduce once, swept against cuBLAS, scripts/gpu_gemv2_check.py).
 
 The correctness and gemv sections also run on CPU under Triton's interpreter (with numpy < 2.4, which
 Triton 3.6's interpreter needs: e.g. `pip install --target /tmp/np22 numpy==2.2.6` and put that
@@ -48,6 +49,7 @@ from scripts.gpu_blas_check import section_blas, section_layout
 from scripts.gpu_engine_check import section_engine
 from scripts.gpu_fused_check import section_fused, section_rotary_store
 from scripts.gpu_gemm_check import section_gemm
+from scripts.gpu_gemv2_check import section_gemv2
 from scripts.gpu_gemv_check import section_gemv
 from scripts.gpu_l2_check import section_l2
 from scripts.gpu_overlap_check import section_overlap
@@ -750,6 +752,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], bool]] = {
     "overlap": section_overlap,
     "peak": section_peak,
     "sdpa": section_sdpa,
+    "gemv2": section_gemv2,
 }
 DEFAULT_SECTIONS = ["correctness", "fused", "decode", "prefill", "engine"]
 

@@ -1,0 +1,109 @@
+"""The `gemv2` section of gpu_check.py: an experiment for batch-1 decode. A plain one-row GEMV
+whose programs keep a [BLOCK_N, BLOCK_K] float32 accumulator across the K loop and reduce it once
+at the end (ops/triton_gemv.py reduces inside the loop, every tile), weights loaded evict-first,
+against cuBLAS (F.linear) on Llama-3.1-8B's projections, the weights rotated past L2 and every
+timing graph-replayed. Checked against F.linear first. Prints the best configurations of a
+sweep for each projection, and the share of the HBM copy rate measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ember.ops.triton_kv import jit, tl
+
+SHAPES = (("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 28672, 4096), ("down", 4096, 14336))
+ROTATE_BYTES = 256 * 2**20
+CONFIGS = list(itertools.product((4, 8, 16), (256, 512, 1024), (4, 8), (3, 4, 6)))
+
+
+@jit
+def _gemv_acc_kernel(
+    x_ptr,
+    w_ptr,
+    y_ptr,
+    k_dim,
+    stride_wn,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    ks = tl.arange(0, BLOCK_K)
+    w_ptrs = w_ptr + rows.to(tl.int64)[:, None] * stride_wn + ks[None, :]
+    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    for k0 in range(0, k_dim, BLOCK_K):  # N % BLOCK_N == 0 and K % BLOCK_K == 0 here
+        x = tl.load(x_ptr + k0 + ks).to(tl.float32)
+        w = tl.load(w_ptrs + k0, eviction_policy="evict_first").to(tl.float32)
+        acc += w * x[None, :]
+    tl.store(y_ptr + rows, tl.sum(acc, 1).to(y_ptr.dtype.element_ty))
+
+
+def gemv_acc(
+    x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, cfg: tuple[int, int, int, int]
+) -> None:
+    block_n, block_k, warps, stages = cfg
+    n, k = w.shape
+    _gemv_acc_kernel[(n // block_n,)](
+        x, w, y, k, w.stride(0), BLOCK_N=block_n, BLOCK_K=block_k,
+        num_warps=warps, num_stages=stages,
+    )  # fmt: skip
+
+
+def section_gemv2(args: argparse.Namespace) -> bool:
+    from scripts.gpu_check import hbm_copy_gbps
+
+    hbm = hbm_copy_gbps()
+    print(f"HBM copy {hbm:.0f} GB/s (read + write); M = 1, bf16")
+    g = torch.Generator(device="cuda").manual_seed(5)
+    ok = all([_shape(name, n, k, hbm, g) for name, n, k in SHAPES])
+    return ok
+
+
+def _shape(name: str, n: int, k: int, hbm: float, g: torch.Generator) -> bool:
+    from scripts.gpu_check import time_us
+
+    copies = max(1, min(16, -(-ROTATE_BYTES // (n * k * 2))))
+    ws = [
+        (torch.randn(n, k, generator=g, device="cuda") * k**-0.5).to(torch.bfloat16)
+        for _ in range(copies)
+    ]
+    x = torch.randn(1, k, generator=g, device="cuda").to(torch.bfloat16)
+    y = torch.empty(1, n, device="cuda", dtype=torch.bfloat16)
+    ref = F.linear(x, ws[0]).float()
+    gemv_acc(x, ws[0], y, CONFIGS[0])
+    err = ((y.float() - ref).norm() / ref.norm()).item()
+    print(f"{name}: relative error {err:.1e} {'PASS' if err < 1e-2 else 'FAIL'}", flush=True)
+
+    def cublas(w: torch.Tensor) -> Callable[[], None]:
+        def fn() -> None:
+            torch.mm(x, w.t(), out=y)
+
+        return fn
+
+    def ours(w: torch.Tensor, cfg: tuple[int, int, int, int]) -> Callable[[], None]:
+        return lambda: gemv_acc(x, w, y, cfg)
+
+    base = time_us([cublas(w) for w in ws]) / copies
+    rows = []
+    for cfg in CONFIGS:
+        if cfg[0] * cfg[1] > 16 * 1024 or k % cfg[1]:
+            continue
+        try:
+            us = time_us([ours(w, cfg) for w in ws]) / copies
+        except Exception as e:  # out of resources for a big tile: skip it
+            print(f"  {cfg}: {type(e).__name__}")
+            continue
+        rows.append((us, cfg))
+    rows.sort()
+    gbs = n * k * 2 / base / 1e3
+    print(f"  cuBLAS {base:6.1f} us {gbs:6.0f} GB/s ({gbs / hbm:.0%} of the copy rate)")
+    for us, cfg in rows[:4]:
+        gbs = n * k * 2 / us / 1e3
+        print(f"  n{cfg[0]} k{cfg[1]} w{cfg[2]} s{cfg[3]}: {us:6.1f} us {gbs:6.0f} GB/s "
+              f"({base / us:.2f}x cuBLAS)")  # fmt: skip
+    return err < 1e-2
