@@ -1,13 +1,11 @@
-"""Decode steps of a few rows on CUDA: a Llama-family layer's projections as four Triton GEMVs
+"""Decode steps of one row on CUDA: a Llama-family layer's projections as four Triton GEMVs
 with the norms, the residual adds and SiLU-and-multiply fused in (ops/triton_gemv.py), instead
-of seven kernels (two norms, four matmuls, one activation).
+of seven kernels (two norms, four matmuls, one activation) and cuBLAS's split-K reduces.
 
-Off unless EMBER_FUSED_GEMV=1, a development switch: on the H200 (2026-12-03) these GEMVs ran
-at 45-86% of HBM where cuBLAS reads at 63-96%, so batch-1 decode fell from 210.8 to 151.4 tok/s
-and 4-row steps took 36 ms (docs/benchmarks.md). They stay for tuning against
-`gpu_check.py --section gemv`; the layers are correct with them (engine parity, GPU and CPU).
-Steps of more than ops.triton_gemv.MAX_ROWS rows, the CPU, and layers with biases keep the
-usual path.
+Off unless EMBER_FUSED_GEMV=1 while it is measured against cuBLAS in the engine
+(docs/benchmarks.md). The layers are correct with it (engine parity on the GPU, and under
+Triton's interpreter on the CPU). Steps of more than one row, the CPU, and layers with biases keep
+the usual path.
 """
 
 from __future__ import annotations

@@ -1,26 +1,24 @@
-"""Triton GEMV for small-batch decode (M <= 4 rows), with the op before it fused in: an
-experiment, slower than cuBLAS so far and used only behind EMBER_FUSED_GEMV=1
+"""Triton GEMV for batch-1 decode, with the op before it fused in: behind EMBER_FUSED_GEMV=1
 (layers/small_batch.py).
 
-At batch 1 the H200 decode graph of the Llama-3.1-8B shape ran 4.85 ms against 3.77 ms for
-reading the weights once at the measured HBM bandwidth. About 320 kernels run per step (ten a
-layer), so part of the gap is each kernel's ramp-up and tail, part the GEMVs' own efficiency.
-These kernels take both on: y = pre(x) @ w.T with `pre` one of
+y = pre(x) @ w.T for one row x, with `pre` one of
 
 - nothing,
-- RMSNorm (x / rms(x) * (norm_weight + offset), rounded as `rms_norm_triton` rounds), so the
-  norm before the qkv and gate/up projections needs no kernel of its own,
-- SiLU-and-multiply of x = [gate | up] (rounded as `silu_and_mul_triton`), so the down
-  projection takes the gate/up output directly,
-- the residual add, then RMSNorm, of a decoder layer (s = x + residual): the first program
-  also writes s to `residual_out` (out of place, as the other programs are still reading
-  `residual`), so a layer's norms need no kernels at all,
+- RMSNorm, x / rms(x) * (norm_weight + offset): each program streams x beside its weight
+  rows, sums x^2 on the way, and scales its dot products by 1 / rms(x) at the end (RMSNorm's
+  factor is one scalar a row), so the norm costs no pass of its own;
+- SiLU-and-multiply of x = [gate | up] (rounded as `silu_and_mul_triton` rounds);
+- the residual add, then RMSNorm, of a decoder layer (s = x + residual, rounded to x's dtype):
+  the first program also writes s to `residual_out` (out of place, as the other programs are
+  still reading `residual`).
 
-each program computing `pre` for its own use (x is a few KiB, read from L2) and BLOCK_N rows of
-y. scripts/gpu_check.py --section gemv checks them against `gemv_reference` and times them next
-to cuBLAS. On the H200 the best block shapes (n8 k1024, 4 warps, 4 stages) came within 1-14%
-of today's pre-op kernel + cuBLAS per projection, the default (n16 k512) 21-43% slower, and
-the 4-row case far slower: the product tile M x BLOCK_N x BLOCK_K is too big for registers.
+Each program owns BLOCK_N output features and keeps a [BLOCK_N, BLOCK_K] float32 accumulator
+across the K loop, reduced once at the end (a reduction every tile, as the first version did, ran
+at 45-86% of HBM). Against cuBLAS on the H200 (`gpu_check.py --section gemv2`, 2026-12-04,
+weights rotated past L2): qkv 6144 x 4096 14.4 against 15.6 µs, o 4096 x 4096 11.3 against 12.8
+(cuBLAS adds a split-K reduce), gate_up 56.0 against 56.8, down 30.9 against 31.5.
+`gpu_check.py --section gemv` checks them against `gemv_reference` (which rounds the norm's
+output to x's dtype before the projection, as the unfused layers do: a bf16 difference).
 """
 
 from __future__ import annotations
@@ -28,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ember.ops.triton_kv import jit, next_power_of_2, tl
+from ember.ops.triton_kv import jit, tl
 
 __all__ = [
     "MAX_ROWS",
@@ -36,11 +34,12 @@ __all__ = [
     "PRE_NONE",
     "PRE_RMSNORM",
     "PRE_SILU_MUL",
+    "gemv_block_n",
     "gemv_reference",
     "gemv_triton",
 ]
 
-MAX_ROWS = 4  # rows of x these kernels take; larger batches belong to cuBLAS
+MAX_ROWS = 1  # rows of x these kernels take; larger batches belong to cuBLAS
 PRE_NONE, PRE_RMSNORM, PRE_SILU_MUL, PRE_ADD_RMSNORM = 0, 1, 2, 3
 
 
@@ -52,71 +51,61 @@ def _gemv_kernel(
     norm_ptr,
     res_ptr,
     res_out_ptr,
-    m_rows,
     n_cols,
     k_dim,
-    stride_xm,
     stride_wn,
-    stride_ym,
-    stride_rm,
-    stride_rom,
     eps,
     norm_offset,
-    M_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    EVEN: tl.constexpr,  # n_cols % BLOCK_N == 0 and k_dim % BLOCK_K == 0: no masks
     PRE: tl.constexpr,
 ):
     pid = tl.program_id(0)
     cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < n_cols
-    rows = tl.arange(0, M_PAD)
-    row_ok = rows < m_rows
     dtype = x_ptr.dtype.element_ty
-    if PRE == 1 or PRE == 3:  # RMSNorm: the sum of squares of each row first
-        sq = tl.zeros([M_PAD], tl.float32)
-        for k0 in range(0, k_dim, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            x_mask = row_ok[:, None] & (ks < k_dim)[None, :]
-            xv = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :], mask=x_mask, other=0.0)
-            if PRE == 3:
-                r_at = res_ptr + rows[:, None] * stride_rm + ks[None, :]
-                rv = tl.load(r_at, mask=x_mask, other=0.0)
-                xv = (xv.to(tl.float32) + rv.to(tl.float32)).to(dtype)
-                if pid == 0:
-                    tl.store(res_out_ptr + rows[:, None] * stride_rom + ks[None, :], xv, x_mask)
-            xv = xv.to(tl.float32)
-            sq += tl.sum(xv * xv, 1)
-        rstd = tl.math.rsqrt(sq / k_dim + eps)
-    acc = tl.zeros([M_PAD, BLOCK_N], tl.float32)
+    norm: tl.constexpr = PRE == 1 or PRE == 3
     w_rows = w_ptr + cols.to(tl.int64)[:, None] * stride_wn
+    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    sq = tl.zeros([BLOCK_K], tl.float32)
     for k0 in range(0, k_dim, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < k_dim
-        x_mask = row_ok[:, None] & k_ok[None, :]
-        x_at = x_ptr + rows[:, None] * stride_xm + ks[None, :]
         if PRE == 2:  # x = [gate | up]: silu(gate) rounded, times up, rounded
-            g = tl.load(x_at, mask=x_mask, other=0.0).to(tl.float32)
-            u = tl.load(x_at + k_dim, mask=x_mask, other=0.0).to(tl.float32)
+            g = tl.load(x_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
+            u = tl.load(x_ptr + k_dim + ks, mask=k_ok, other=0.0).to(tl.float32)
             act = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)
             xv = (act * u).to(dtype).to(tl.float32)
         elif PRE == 3:
-            xv = tl.load(x_at, mask=x_mask, other=0.0).to(tl.float32)
-            rv = tl.load(res_ptr + rows[:, None] * stride_rm + ks[None, :], mask=x_mask, other=0.0)
-            xv = (xv + rv.to(tl.float32)).to(dtype).to(tl.float32)
+            xs = tl.load(x_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
+            rs = tl.load(res_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
+            summed = (xs + rs).to(dtype)
+            if pid == 0:
+                tl.store(res_out_ptr + ks, summed, mask=k_ok)
+            xv = summed.to(tl.float32)
         else:
-            xv = tl.load(x_at, mask=x_mask, other=0.0).to(tl.float32)
-        if PRE == 1 or PRE == 3:
+            xv = tl.load(x_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
+        if norm:
+            sq += xv * xv
             nw = tl.load(norm_ptr + ks, mask=k_ok, other=0.0).to(tl.float32) + norm_offset
-            xv = (xv * rstd[:, None]).to(dtype).to(tl.float32)
-            xv = (xv * nw[None, :]).to(dtype).to(tl.float32)
-        w = tl.load(w_rows + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
-        acc += tl.sum(xv[:, None, :] * w.to(tl.float32)[None, :, :], 2)
-    tl.store(
-        y_ptr + rows[:, None] * stride_ym + cols[None, :],
-        acc.to(y_ptr.dtype.element_ty),
-        mask=row_ok[:, None] & col_ok[None, :],
-    )
+            xv = xv * nw
+        if EVEN:
+            w = tl.load(w_rows + ks[None, :], eviction_policy="evict_first")
+        else:
+            w_ok = col_ok[:, None] & k_ok[None, :]
+            w = tl.load(w_rows + ks[None, :], mask=w_ok, other=0.0, eviction_policy="evict_first")
+        acc += w.to(tl.float32) * xv[None, :]
+    y = tl.sum(acc, 1)
+    if norm:
+        y = y * tl.math.rsqrt(tl.sum(sq, 0) / k_dim + eps)
+    tl.store(y_ptr + cols, y.to(y_ptr.dtype.element_ty), mask=col_ok)
+
+
+def gemv_block_n(n_cols: int) -> int:
+    """Output features a program: the H200 sweep's best (gemv2) were 4 for qkv and gate_up
+    (6144 and 28672 features), 8 for o and down (4096)."""
+    return 8 if n_cols <= 4096 else 4
 
 
 def gemv_triton(
@@ -129,19 +118,19 @@ def gemv_triton(
     residual_out: torch.Tensor | None = None,
     eps: float = 1e-6,
     norm_offset: float = 0.0,
-    block_n: int = 16,
-    block_k: int = 512,
+    block_n: int | None = None,
+    block_k: int = 1024,
     num_warps: int = 4,
     num_stages: int = 3,
 ) -> torch.Tensor:
-    """pre(x) @ weight.T for x [M <= 4, K] (PRE_SILU_MUL: [M, 2K]) and weight [N, K], both
-    with a contiguous last dim; returns [M, N] in x's dtype. PRE_ADD_RMSNORM also takes
-    `residual` [M, K] and writes x + residual to `residual_out` [M, K] (another buffer).
-    See the module docstring."""
+    """pre(x) @ weight.T for x [1, K] (PRE_SILU_MUL: [1, 2K]) and weight [N, K], both with a
+    contiguous last dim; returns [1, N] in x's dtype. PRE_ADD_RMSNORM also takes `residual`
+    [1, K] and writes x + residual to `residual_out` [1, K] (another buffer). See the module
+    docstring; block_n None picks gemv_block_n(N)."""
     m_rows = x.shape[0]
     n_cols, k_dim = weight.shape
     if m_rows > MAX_ROWS:
-        raise ValueError(f"gemv_triton takes at most {MAX_ROWS} rows, got {m_rows}")
+        raise ValueError(f"gemv_triton takes at most {MAX_ROWS} row, got {m_rows}")
     if x.shape[1] != (2 * k_dim if pre == PRE_SILU_MUL else k_dim):
         raise ValueError(f"x {tuple(x.shape)} does not fit weight {tuple(weight.shape)}")
     if pre in (PRE_RMSNORM, PRE_ADD_RMSNORM) and norm_weight is None:
@@ -151,16 +140,17 @@ def gemv_triton(
     if residual is not None and residual_out is not None:
         if residual_out.data_ptr() == residual.data_ptr():
             raise ValueError("residual_out must not be residual: other programs still read it")
-        if residual.stride(-1) != 1 or residual_out.stride(-1) != 1:
-            raise ValueError("residual and residual_out need a contiguous last dim")
-    if x.stride(-1) != 1:
+        if not residual.is_contiguous() or not residual_out.is_contiguous():
+            raise ValueError("residual and residual_out must be contiguous")
+    if not x.is_contiguous():
         x = x.contiguous()
     if weight.stride(-1) != 1:
         raise ValueError("weight must have a contiguous last dim")
     y = torch.empty((m_rows, n_cols), dtype=x.dtype, device=x.device)
     if m_rows == 0:
         return y
-    m_pad = next_power_of_2(m_rows)
+    block_n = gemv_block_n(n_cols) if block_n is None else block_n
+    block_k = min(block_k, 1 << (k_dim - 1).bit_length())
     _gemv_kernel[(-(-n_cols // block_n),)](
         x,
         weight,
@@ -168,20 +158,14 @@ def gemv_triton(
         norm_weight if norm_weight is not None else x,
         residual if residual is not None else x,
         residual_out if residual_out is not None else x,
-        m_rows,
         n_cols,
         k_dim,
-        x.stride(0),
         weight.stride(0),
-        y.stride(0),
-        residual.stride(0) if residual is not None else 0,
-        residual_out.stride(0) if residual_out is not None else 0,
         eps,
         norm_offset,
-        M_PAD=m_pad,
         BLOCK_N=block_n,
-        # The product tile is M_PAD x BLOCK_N x BLOCK_K in registers: fewer K per extra row.
-        BLOCK_K=max(16, min(block_k // m_pad, next_power_of_2(k_dim))),
+        BLOCK_K=block_k,
+        EVEN=n_cols % block_n == 0 and k_dim % block_k == 0,
         PRE=pre,
         num_warps=num_warps,
         num_stages=num_stages,
