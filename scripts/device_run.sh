@@ -23,10 +23,10 @@
 #                                               # bf16 and fp8 caches, the engine at 1/64/256
 #                                               # without and with it, then HTTP with it
 #                                               # (~8 min; its kernel cases are in `check`)
-#   bash scripts/device_run.sh gemv             # the fused small-batch GEMVs vs today's pre-op
+#   bash scripts/device_run.sh gemv             # the fused batch-1 GEMVs vs today's pre-op
 #                                               # kernels + cuBLAS, then the engine's batch-1
 #                                               # decode without and with EMBER_FUSED_GEMV=1
-#                                               # (~7 min)
+#                                               # (~5 min)
 #   bash scripts/device_run.sh pin              # pinning and parameter allocation timed apart
 #                                               # and zero-copy from the page cache timed
 #                                               # (bench_pin.py); warm loads with the ring
@@ -130,9 +130,9 @@ for stage in "$@"; do
         gemv)
             run gemv 200 python3 scripts/gpu_check.py --section gemv
             run gemv-base-engine 150 python3 benchmarks/bench_engine.py --skip-transformers \
-                --batches 4
+                --batches 2
             run gemv-engine 150 env EMBER_FUSED_GEMV=1 python3 benchmarks/bench_engine.py \
-                --skip-transformers --batches 4
+                --skip-transformers --batches 2
             ;;
         fp8)
             run decode-fp8 120 python3 scripts/gpu_check.py --section decode-fp8
