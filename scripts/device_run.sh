@@ -25,7 +25,7 @@
 #                                               # (~8 min; its kernel cases are in `check`)
 #   bash scripts/device_run.sh gemv             # the fused batch-1 GEMVs vs today's pre-op
 #                                               # kernels + cuBLAS, then the engine's batch-1
-#                                               # decode without and with EMBER_FUSED_GEMV=1
+#                                               # decode with EMBER_FUSED_GEMV=0 and =1
 #                                               # (~5 min)
 #   bash scripts/device_run.sh pin              # pinning and parameter allocation timed apart
 #                                               # and zero-copy from the page cache timed
@@ -129,7 +129,7 @@ for stage in "$@"; do
             ;;
         gemv)
             run gemv 200 python3 scripts/gpu_check.py --section gemv
-            run gemv-base-engine 150 python3 benchmarks/bench_engine.py --skip-transformers \
+            run gemv-base-engine 150 env EMBER_FUSED_GEMV=0 python3 benchmarks/bench_engine.py --skip-transformers \
                 --batches 2
             run gemv-engine 150 env EMBER_FUSED_GEMV=1 python3 benchmarks/bench_engine.py \
                 --skip-transformers --batches 2

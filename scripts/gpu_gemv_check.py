@@ -38,13 +38,15 @@ LLAMA_8B_GEMVS = [
 QUICK_GEMVS = [("small", 40, 96, PRE_NONE), ("small norm", 33, 64, PRE_RMSNORM)]
 QUICK_GEMVS += [("small silu", 24, 80, PRE_SILU_MUL), ("long k norm", 50, 1000, PRE_RMSNORM)]
 QUICK_GEMVS += [("add + norm", 40, 1000, PRE_ADD_RMSNORM)]
-CONFIGS = [  # (block_n, block_k, num_warps, num_stages)
-    (4, 1024, 4, 3),  # gemv_triton's default for more than 4096 features (qkv, gate_up)
-    (8, 1024, 4, 3),  # and for 4096 (o, down): the gemv2 sweep's best on the H200, 2026-12-04
+CONFIGS = [  # (block_n, block_k, num_warps, num_stages); gemv_config picks among the first three
+    (4, 1024, 4, 3),
+    (8, 1024, 4, 3),
     (16, 512, 8, 3),
     (4, 512, 8, 3),
 ]
-LAYER_CONFIGS = {"qkv": CONFIGS[0], "o": CONFIGS[1], "gate_up": CONFIGS[0], "down": CONFIGS[1]}
+# Per projection of _layer_chain ("tuned"): the best of the 2026-12-04 sweep, which
+# gemv_config now picks too ("fused GEMVs" runs gemv_triton's own choice).
+LAYER_CONFIGS = {"qkv": CONFIGS[2], "o": CONFIGS[1], "gate_up": CONFIGS[2], "down": CONFIGS[1]}
 CUDA = torch.device("cuda")
 ROTATE_BYTES = 256 * 2**20  # weights cycled per timed call: past the L2 cache
 REL_TOL = {torch.bfloat16: 8e-3, torch.float16: 2e-3, torch.float32: 1e-5}
@@ -224,14 +226,11 @@ def _layer_chain(
         return fn
 
     def fused(w: dict[str, torch.Tensor], tuned: bool = False) -> Callable[[], None]:
-        default = CONFIGS[0]
-
         def gemv(name: str, x: torch.Tensor, pre: int = PRE_NONE, **kw: Any) -> torch.Tensor:
-            block_n, block_k, warps, stages = LAYER_CONFIGS[name] if tuned else default
-            return gemv_triton(
-                x, w[name], pre=pre, block_n=block_n, block_k=block_k, num_warps=warps,
-                num_stages=stages, eps=1e-5, **kw,
-            )  # fmt: skip
+            if tuned:
+                block_n, block_k, warps, stages = LAYER_CONFIGS[name]
+                kw.update(block_n=block_n, block_k=block_k, num_warps=warps, num_stages=stages)
+            return gemv_triton(x, w[name], pre=pre, eps=1e-5, **kw)
 
         def fn() -> None:
             gemv("qkv", x, PRE_ADD_RMSNORM, norm_weight=w["norm1"], residual=res_a,

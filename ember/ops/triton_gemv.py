@@ -1,5 +1,5 @@
-"""Triton GEMV for batch-1 decode, with the op before it fused in: behind EMBER_FUSED_GEMV=1
-(layers/small_batch.py).
+"""Triton GEMV for batch-1 decode, with the op before it fused in (layers/small_batch.py, on by
+default; EMBER_FUSED_GEMV=0 turns it off).
 
 y = pre(x) @ w.T for one row x, with `pre` one of
 
@@ -34,7 +34,7 @@ __all__ = [
     "PRE_NONE",
     "PRE_RMSNORM",
     "PRE_SILU_MUL",
-    "gemv_block_n",
+    "gemv_config",
     "gemv_reference",
     "gemv_triton",
 ]
@@ -102,10 +102,17 @@ def _gemv_kernel(
     tl.store(y_ptr + cols, y.to(y_ptr.dtype.element_ty), mask=col_ok)
 
 
-def gemv_block_n(n_cols: int) -> int:
-    """Output features a program: the H200 sweep's best (gemv2) were 4 for qkv and gate_up
-    (6144 and 28672 features), 8 for o and down (4096)."""
-    return 8 if n_cols <= 4096 else 4
+def gemv_config(pre: int, n_cols: int) -> tuple[int, int, int]:
+    """(BLOCK_N, BLOCK_K, num_warps) for a projection, from the H200 sweeps (2026-12-04,
+    `gpu_check.py --section gemv2` and `--section gemv`): with a norm in front, 16 x 512 tiles
+    on 8 warps (qkv + norm 15.5 against 17.2 µs for 4 x 1024 on 4, which reread x, the residual
+    and the norm's weight for every 4 rows); SiLU-mul in front or o-sized (4096 features),
+    8 x 1024 on 4 warps; otherwise 4 x 1024 on 4 warps."""
+    if pre in (PRE_RMSNORM, PRE_ADD_RMSNORM):
+        return 16, 512, 8
+    if pre == PRE_SILU_MUL or n_cols <= 4096:
+        return 8, 1024, 4
+    return 4, 1024, 4
 
 
 def gemv_triton(
@@ -119,14 +126,14 @@ def gemv_triton(
     eps: float = 1e-6,
     norm_offset: float = 0.0,
     block_n: int | None = None,
-    block_k: int = 1024,
-    num_warps: int = 4,
+    block_k: int | None = None,
+    num_warps: int | None = None,
     num_stages: int = 3,
 ) -> torch.Tensor:
     """pre(x) @ weight.T for x [1, K] (PRE_SILU_MUL: [1, 2K]) and weight [N, K], both with a
     contiguous last dim; returns [1, N] in x's dtype. PRE_ADD_RMSNORM also takes `residual`
     [1, K] and writes x + residual to `residual_out` [1, K] (another buffer). See the module
-    docstring; block_n None picks gemv_block_n(N)."""
+    docstring; block_n, block_k and num_warps left None come from gemv_config."""
     m_rows = x.shape[0]
     n_cols, k_dim = weight.shape
     if m_rows > MAX_ROWS:
@@ -149,8 +156,10 @@ def gemv_triton(
     y = torch.empty((m_rows, n_cols), dtype=x.dtype, device=x.device)
     if m_rows == 0:
         return y
-    block_n = gemv_block_n(n_cols) if block_n is None else block_n
-    block_k = min(block_k, 1 << (k_dim - 1).bit_length())
+    default_n, default_k, default_warps = gemv_config(pre, n_cols)
+    block_n = default_n if block_n is None else block_n
+    block_k = min(default_k if block_k is None else block_k, 1 << (k_dim - 1).bit_length())
+    num_warps = default_warps if num_warps is None else num_warps
     _gemv_kernel[(-(-n_cols // block_n),)](
         x,
         weight,
