@@ -88,13 +88,13 @@ def _shape(name: str, n: int, k: int, hbm: float, g: torch.Generator) -> bool:
     def ours(w: torch.Tensor, cfg: tuple[int, int, int, int]) -> Callable[[], None]:
         return lambda: gemv_acc(x, w, y, cfg)
 
-    base = time_us([cublas(w) for w in ws]) / copies
+    base = time_us([cublas(w) for w in ws])
     rows = []
     for cfg in CONFIGS:
         if cfg[0] * cfg[1] > 16 * 1024 or k % cfg[1]:
             continue
         try:
-            us = time_us([ours(w, cfg) for w in ws]) / copies
+            us = time_us([ours(w, cfg) for w in ws])
         except Exception as e:  # out of resources for a big tile: skip it
             print(f"  {cfg}: {type(e).__name__}")
             continue

@@ -15,8 +15,8 @@ y = pre(x) @ w.T for one row x, with `pre` one of
 Each program owns BLOCK_N output features and keeps a [BLOCK_N, BLOCK_K] float32 accumulator
 across the K loop, reduced once at the end (a reduction every tile, as the first version did, ran
 at 45-86% of HBM). Against cuBLAS on the H200 (`gpu_check.py --section gemv2`, 2026-12-04,
-weights rotated past L2): qkv 6144 x 4096 14.4 against 15.6 µs, o 4096 x 4096 11.3 against 12.8
-(cuBLAS adds a split-K reduce), gate_up 56.0 against 56.8, down 30.9 against 31.5.
+weights rotated past L2, no pre-op): qkv 6144 x 4096 14.3 against 15.9 µs, o 4096 x 4096 11.2
+against 12.6 (cuBLAS adds a split-K reduce), gate_up 56.0 against 56.9, down 30.8 against 31.5.
 `gpu_check.py --section gemv` checks them against `gemv_reference` (which rounds the norm's
 output to x's dtype before the projection, as the unfused layers do: a bf16 difference).
 """
