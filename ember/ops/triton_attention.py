@@ -38,9 +38,13 @@ from ember.layers.metadata import AttentionMetadata
 from ember.ops.triton_kv import (
     available,
     check_cache_layout,
+    gdc_launch_dependents,
+    gdc_wait,
     jit,
     jit_varying,
     next_power_of_2,
+    pdl_enabled,
+    pdl_launch,
     tl,
 )
 
@@ -272,7 +276,10 @@ def _paged_attention_kernel(
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 caches (exact tests), else "tf32" (unused)
     KV_FP8: tl.constexpr,  # the cache holds fp8: compute in fp16
     ONE_LOOP: tl.constexpr,  # KernelConfig.one_loop (single mode without a window only)
+    PDL: tl.constexpr,  # launched with programmatic dependent launch (triton_kv.pdl_enabled)
 ):
+    if PDL:
+        gdc_wait()
     kv_head = tl.program_id(1)
     if SINGLE_TOKEN:
         seq = tl.program_id(0)
@@ -373,6 +380,8 @@ def _paged_attention_kernel(
             DOT_PRECISION, KV_FP8, False,
         )  # fmt: skip
 
+    if PDL:
+        gdc_launch_dependents()
     if SPLIT_KV:
         part = (tok * num_q_heads + q_head) * num_splits + split
         tl.store(part_max_ptr + part, m_i, mask=row_valid)
@@ -401,7 +410,11 @@ def _merge_splits_kernel(
     stride_o_head,
     HEAD_DIM: tl.constexpr,
     BLOCK_S: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()  # a short kernel: the next one may be scheduled now
     tok = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     splits = tl.arange(0, BLOCK_S)
@@ -513,6 +526,7 @@ def _launch(
     page_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     num_seqs = md.seq_lens.shape[0]
     split = single and splits > 1
+    pdl = pdl_enabled(q.device)
     if single:
         tokens_per_tile = 1
         grid: tuple[int, ...] = (
@@ -573,8 +587,10 @@ def _launch(
         DOT_PRECISION="ieee" if k_cache.dtype == torch.float32 else "tf32",
         KV_FP8=k_cache.element_size() == 1,
         ONE_LOOP=cfg.one_loop,
+        PDL=pdl,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
+        **pdl_launch(pdl),
     )
     if split:
         _merge_splits_kernel[(num_tokens, num_q_heads)](
@@ -588,5 +604,7 @@ def _launch(
             out.stride(1),
             HEAD_DIM=head_dim,
             BLOCK_S=next_power_of_2(splits),
+            PDL=pdl,
             num_warps=4,
+            **pdl_launch(pdl),
         )

@@ -15,8 +15,12 @@ import torch
 from ember.layers.metadata import KVStore
 from ember.ops.triton_kv import (
     check_cache_layout,
+    gdc_launch_dependents,
+    gdc_wait,
     jit,
     next_power_of_2,
+    pdl_enabled,
+    pdl_launch,
     saturation,
     store_cache,
     tl,
@@ -162,7 +166,11 @@ def _rotary_kernel(
     BLOCK_D: tl.constexpr,
     WRITE_KV: tl.constexpr,  # also store the rotated k and v at the token's cache slot
     SATURATE: tl.constexpr,
+    PDL: tl.constexpr,  # launched with programmatic dependent launch (triton_kv.pdl_enabled)
 ):
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()  # a short kernel: the next one may be scheduled now
     # Two programs per token, side by side: q's heads (part 0); k's heads, with the cache
     # stores (part 1).
     tok = tl.program_id(0).to(tl.int64)
@@ -224,6 +232,7 @@ def rotary_triton(
     if q.stride(-1) != 1 or k.stride(-1) != 1:
         raise ValueError("rotary_triton needs q and k with a contiguous last dimension")
     half = head_dim // 2
+    pdl = pdl_enabled(q.device)
     if kv_store is not None:
         v, (k_cache, v_cache), slots = kv_store.v, kv_store.cache, kv_store.slot_mapping
         if v.stride(-1) != 1:
@@ -261,7 +270,9 @@ def rotary_triton(
         BLOCK_D=next_power_of_2(half),
         WRITE_KV=kv_store is not None,
         SATURATE=saturation(k_cache.dtype) if kv_store is not None else 0.0,
+        PDL=pdl,
         num_warps=4,
+        **pdl_launch(pdl),
     )
     return q, k
 

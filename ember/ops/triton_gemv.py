@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ember.ops.triton_kv import jit, tl
+from ember.ops.triton_kv import gdc_launch_dependents, gdc_wait, jit, pdl_enabled, pdl_launch, tl
 
 __all__ = [
     "MAX_ROWS",
@@ -60,7 +60,10 @@ def _gemv_kernel(
     BLOCK_K: tl.constexpr,
     EVEN: tl.constexpr,  # n_cols % BLOCK_N == 0 and k_dim % BLOCK_K == 0: no masks
     PRE: tl.constexpr,
+    PDL: tl.constexpr,  # launched with programmatic dependent launch (triton_kv.pdl_enabled)
 ):
+    if PDL:
+        gdc_wait()
     pid = tl.program_id(0)
     cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < n_cols
@@ -96,6 +99,8 @@ def _gemv_kernel(
             w_ok = col_ok[:, None] & k_ok[None, :]
             w = tl.load(w_rows + ks[None, :], mask=w_ok, other=0.0, eviction_policy="evict_first")
         acc += w.to(tl.float32) * xv[None, :]
+    if PDL:
+        gdc_launch_dependents()
     y = tl.sum(acc, 1)
     if norm:
         y = y * tl.math.rsqrt(tl.sum(sq, 0) / k_dim + eps)
@@ -157,6 +162,7 @@ def gemv_triton(
     if m_rows == 0:
         return y
     default_n, default_k, default_warps = gemv_config(pre, n_cols)
+    pdl = pdl_enabled(x.device)
     block_n = default_n if block_n is None else block_n
     block_k = min(default_k if block_k is None else block_k, 1 << (k_dim - 1).bit_length())
     num_warps = default_warps if num_warps is None else num_warps
@@ -176,8 +182,10 @@ def gemv_triton(
         BLOCK_K=block_k,
         EVEN=n_cols % block_n == 0 and k_dim % block_k == 0,
         PRE=pre,
+        PDL=pdl,
         num_warps=num_warps,
         num_stages=num_stages,
+        **pdl_launch(pdl),
     )
     return y
 

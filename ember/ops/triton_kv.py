@@ -11,10 +11,12 @@ the kernel below stays a plain function that is never launched.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 import torch
 
+from ember.envflags import env_flag
 from ember.ops.attention_ref import FP8_DTYPES
 
 try:
@@ -23,6 +25,10 @@ try:
 except ImportError:  # CPU-only install: nothing here may be launched, and `available()` says so
     triton = None  # type: ignore[assignment]
     tl = None  # type: ignore[assignment]
+try:  # programmatic dependent launch (Triton 3.3+): see pdl_launch
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:
+    gdc_launch_dependents = gdc_wait = None
 
 
 def _identity(fn: Any) -> Any:
@@ -45,6 +51,29 @@ def jit_varying(*names: str) -> Any:
 def available() -> bool:
     """True when the Triton kernels can run here: Triton is installed and a CUDA device is visible."""
     return triton is not None and torch.cuda.is_available()
+
+
+@cache
+def _pdl_capable(index: int) -> bool:
+    return torch.cuda.get_device_capability(index)[0] >= 9
+
+
+def pdl_enabled(device: torch.device) -> bool:
+    """Whether decode-path kernels on `device` launch with programmatic dependent launch
+    (EMBER_PDL=1, Hopper or later, a Triton that has it). Such a kernel may be scheduled before
+    the kernel ahead of it in the stream has finished; it waits (`gdc_wait`, its first
+    statement) until that kernel's writes are visible before it reads or writes anything, and
+    calls `gdc_launch_dependents` once its main loop is done, so the next one is launched
+    during its tail."""
+    if gdc_wait is None or device.type != "cuda" or not env_flag("EMBER_PDL", False):
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _pdl_capable(index)
+
+
+def pdl_launch(enabled: bool) -> dict[str, Any]:
+    """The launch option of a kernel that takes a PDL constexpr (pdl_enabled)."""
+    return {"launch_pdl": True} if enabled else {}
 
 
 def next_power_of_2(n: int) -> int:

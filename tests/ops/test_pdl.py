@@ -1,0 +1,35 @@
+"""When the decode-path kernels launch with programmatic dependent launch (triton_kv.pdl_enabled):
+only when asked for (EMBER_PDL=1), on a CUDA device of compute capability 9.0 or later, with a
+Triton that has it; never on the CPU (nor under Triton's interpreter)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ember.ops import triton_kv
+
+
+@pytest.fixture
+def capable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(triton_kv, "gdc_wait", object())
+    monkeypatch.setattr(triton_kv, "_pdl_capable", lambda index: index == 0)
+
+
+def test_pdl_only_when_asked_on_a_capable_cuda_device(
+    capable: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cuda0, cuda1 = torch.device("cuda", 0), torch.device("cuda", 1)
+    monkeypatch.delenv("EMBER_PDL", raising=False)
+    assert not triton_kv.pdl_enabled(cuda0)
+    monkeypatch.setenv("EMBER_PDL", "1")
+    assert triton_kv.pdl_enabled(cuda0)
+    assert not triton_kv.pdl_enabled(cuda1)  # before Hopper
+    assert not triton_kv.pdl_enabled(torch.device("cpu"))
+    monkeypatch.setattr(triton_kv, "gdc_wait", None)  # a Triton without it
+    assert not triton_kv.pdl_enabled(cuda0)
+
+
+def test_pdl_launch_option() -> None:
+    assert triton_kv.pdl_launch(True) == {"launch_pdl": True}
+    assert triton_kv.pdl_launch(False) == {}
