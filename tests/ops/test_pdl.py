@@ -1,6 +1,6 @@
 """When the decode-path kernels launch with programmatic dependent launch (triton_kv.pdl_enabled):
-only when asked for (EMBER_PDL=1), on a CUDA device of compute capability 9.0 or later, with a
-Triton that has it; never on the CPU (nor under Triton's interpreter)."""
+on a CUDA device of compute capability 9.0 or later, with a Triton that has it, unless
+EMBER_PDL=0; never on the CPU (nor under Triton's interpreter)."""
 
 from __future__ import annotations
 
@@ -16,13 +16,13 @@ def capable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(triton_kv, "_pdl_capable", lambda index: index == 0)
 
 
-def test_pdl_only_when_asked_on_a_capable_cuda_device(
+def test_pdl_on_a_capable_cuda_device_unless_turned_off(
     capable: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cuda0, cuda1 = torch.device("cuda", 0), torch.device("cuda", 1)
-    monkeypatch.delenv("EMBER_PDL", raising=False)
+    monkeypatch.setenv("EMBER_PDL", "0")
     assert not triton_kv.pdl_enabled(cuda0)
-    monkeypatch.setenv("EMBER_PDL", "1")
+    monkeypatch.delenv("EMBER_PDL", raising=False)
     assert triton_kv.pdl_enabled(cuda0)
     assert not triton_kv.pdl_enabled(cuda1)  # before Hopper
     assert not triton_kv.pdl_enabled(torch.device("cpu"))
