@@ -3,7 +3,8 @@
 # gguf, moto, Run:ai, obstore, ...; see docs/benchmarks.md), then runs the named stages, each
 # under its own time limit, with every log kept under $OUT. Pick stages that fit one call (10 min):
 #
-#   bash scripts/device_run.sh check            # kernels, engine parity, GGUF (~5 min)
+#   bash scripts/device_run.sh check            # kernels, engine parity, GGUF, the batch-1
+#                                               # GEMVs, the KV budget's sampled pass (~7 min)
 #   bash scripts/device_run.sh shapes           # Gemma 2 9B / Gemma 3 4B vs transformers (~8 min
 #                                               # on a fresh machine: float32 kernels compile slowly)
 #   bash scripts/device_run.sh start serve      # start -> first token, HTTP serving (~6 min)
@@ -93,6 +94,7 @@ for stage in "$@"; do
         check)
             run correctness 240 python3 scripts/gpu_check.py --section correctness --section fused
             run engine-check 200 python3 scripts/gpu_check.py --section engine --section gguf
+            run gemv-peak 200 python3 scripts/gpu_check.py --section gemv --section peak
             ;;
         shapes) run shapes 540 python3 scripts/gpu_check.py --section shapes --tmp /tmp ;;
         engine) run engine 300 python3 benchmarks/bench_engine.py ;;

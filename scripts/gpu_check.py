@@ -1,6 +1,6 @@
 """GPU checks: the Triton kernels against the PyTorch reference, then their speed, in one run.
 
-    python scripts/gpu_check.py                      # every section but `tune`
+    python scripts/gpu_check.py                      # the DEFAULT_SECTIONS below
     python scripts/gpu_check.py --section correctness --section decode
 
 Sections (add new ones to SECTIONS): correctness (write_kv_triton and paged_attention_triton
@@ -11,7 +11,7 @@ tune (a sweep of decode tile shapes and split counts, for choosing defaults), tu
 same over an fp8 cache), tune-prefill (the same for prefill tiles), shapes (Gemma 2 9B and
 Gemma 3 4B at real shapes against transformers; not in the default list: ~5 minutes), gguf
 (GGUF dequantization on CUDA against the gguf package's numpy code), rotary-store (the rotary
-kernel that also stores k and v, timed against rotary + KV write), gemv (the experimental fused
+kernel that also stores k and v, timed against rotary + KV write), gemv (the fused
 small-batch GEMVs against their reference, then timed against today's kernels;
 scripts/gpu_gemv_check.py), l2 (a projection's weight pulled into L2 beside attention before its
 matmul, scripts/gpu_l2_check.py), blas (the small-batch projections under cuBLAS, cuBLASLt and
@@ -754,7 +754,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], bool]] = {
     "sdpa": section_sdpa,
     "gemv2": section_gemv2,
 }
-DEFAULT_SECTIONS = ["correctness", "fused", "decode", "prefill", "engine"]
+DEFAULT_SECTIONS = ["correctness", "fused", "gemv", "decode", "prefill", "engine", "peak"]
 
 
 def main() -> int:
