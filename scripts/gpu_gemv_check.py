@@ -1,7 +1,8 @@
-"""The `gemv` section of gpu_check.py: the experimental small-batch Triton GEMV (with RMSNorm or
-SiLU-and-multiply fused in front, ember/ops/triton_gemv.py) against its PyTorch reference, then
-timed per Llama-3.1-8B projection next to what the engine runs today (the separate Triton pre-op
-and cuBLAS), with the weights rotated through more than the L2 cache holds, as in a decode step.
+"""The `gemv` section of gpu_check.py: the batch-1 Triton GEMV (with RMSNorm or SiLU-and-multiply
+fused in front, ember/ops/triton_gemv.py; the engine's default for one-row steps) against its
+PyTorch reference, then timed per Llama-3.1-8B projection next to the unfused path
+(EMBER_FUSED_GEMV=0: the separate Triton pre-op and cuBLAS), with the weights rotated through
+more than the L2 cache holds, as in a decode step.
 
     python scripts/gpu_check.py --section gemv                       # on the GPU
     TRITON_INTERPRET=1 python scripts/gpu_check.py --section gemv --device cpu --quick
@@ -110,9 +111,9 @@ def _timings(
     sets = [_inputs(n, k, pre, 1, dtype, dev, g) for _ in range(copies)]
     nbytes = n * k * 2
     res = torch.randn(1, k, generator=g, device=dev).to(dtype)
-    res_out = res.clone()  # "today" adds into it in place
+    res_out = res.clone()  # "unfused" adds into it in place
 
-    def today(x: torch.Tensor, w: torch.Tensor, norm: torch.Tensor) -> Callable[[], None]:
+    def unfused(x: torch.Tensor, w: torch.Tensor, norm: torch.Tensor) -> Callable[[], None]:
         def fn() -> None:
             xin = x
             if pre == PRE_RMSNORM:
@@ -151,7 +152,7 @@ def _timings(
 
     rows = [
         ("cuBLAS F.linear alone", time_us([cublas(x, w) for x, w, _ in sets])),
-        ("pre-op kernel + cuBLAS (today)", time_us([today(*s) for s in sets])),
+        ("pre-op kernel + cuBLAS (unfused)", time_us([unfused(*s) for s in sets])),
     ]
     for cfg in CONFIGS:
         label = "Triton fused n{} k{} w{} s{}".format(*cfg)
@@ -161,7 +162,7 @@ def _timings(
         gbps = nbytes / us / 1e3
         print(
             f"  {name:16} {label:32} {us:8.1f} us {gbps:7.0f} GB/s {gbps / hbm_gbps:5.0%} of HBM"
-            f"  x{base / us:4.2f} vs today",
+            f"  x{base / us:4.2f} vs unfused",
             flush=True,
         )
 
@@ -192,7 +193,7 @@ def _layer_chain(
     dims: tuple[int, int, int] = (4096, 14336, 6144),  # hidden, intermediate, q + k + v
 ) -> None:
     """One Llama-8B decoder layer's projections at batch 1 (attention itself left out), as the
-    engine runs them today (7 kernels: add+norm, qkv, o, add+norm, gate_up, silu-mul, down)
+    unfused path runs them (7 kernels: add+norm, qkv, o, add+norm, gate_up, silu-mul, down)
     and fused (4 GEMVs), over 8 layers' weights in turn."""
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float16
     g = torch.Generator(device=dev).manual_seed(2)
@@ -215,7 +216,7 @@ def _layer_chain(
     x, attn = rand(1, hidden), rand(1, hidden)
     res_a, res_b = rand(1, hidden), rand(1, hidden)
 
-    def today(w: dict[str, torch.Tensor]) -> Callable[[], None]:
+    def unfused(w: dict[str, torch.Tensor]) -> Callable[[], None]:
         def fn() -> None:
             h = rms_norm_triton(x, w["norm1"], 1e-5, res_a)
             F.linear(h, w["qkv"])
@@ -243,9 +244,9 @@ def _layer_chain(
         return fn
 
     nbytes = sum(t.numel() * 2 for t in layers[0].values())
-    base = time_us([today(w) for w in layers])
+    base = time_us([unfused(w) for w in layers])
     variants = [
-        ("today (7 kernels)", base),
+        ("unfused (7 kernels)", base),
         ("fused GEMVs (4 kernels)", time_us([fused(w) for w in layers])),
         ("fused GEMVs, tuned", time_us([fused(w, tuned=True) for w in layers])),
     ]
