@@ -40,6 +40,7 @@ def section_engine(args: argparse.Namespace) -> bool:
 
     ok = True
     steps = 24
+    fused_default = small_batch.ENABLED
     params = SamplingParams(temperature=0.0, max_tokens=steps, ignore_eos=True)
     print(f"{'arch':10} {'mode':26} {'result':>10}")
     for arch in ARCHS:
@@ -114,7 +115,7 @@ def section_engine(args: argparse.Namespace) -> bool:
                 print(
                     f"{arch:10} {mode:26} {same}/{len(prompts)}{note} {'PASS' if passed else 'FAIL'}"
                 )
-                small_batch.ENABLED = True
+                small_batch.ENABLED = fused_default
                 del llm
             del hf
             torch.cuda.empty_cache()

@@ -2,25 +2,32 @@
 with the norms, the residual adds and SiLU-and-multiply fused in (ops/triton_gemv.py), instead
 of seven kernels (two norms, four matmuls, one activation) and cuBLAS's split-K reduces.
 
-On by default: the engine's batch-1 decode of the Llama-3.1-8B shape went from 206.5 to 225.0
-tok/s with it on the H200 (docs/benchmarks.md, 2026-12-04). EMBER_FUSED_GEMV=0 turns it off.
-The layers are correct with it (engine parity on the GPU, and under Triton's interpreter on the
-CPU). Steps of more than one row, the CPU, and layers with biases keep the usual path.
+On by default where it was measured, Hopper and later: the engine's batch-1 decode of the
+Llama-3.1-8B shape went from 206.5 to 225.0 tok/s with it on the H200 (docs/benchmarks.md,
+2026-12-04). EMBER_FUSED_GEMV=1 turns it on for other GPUs too, =0 off everywhere. The layers are
+correct with it (engine parity on the GPU, and under Triton's interpreter on the CPU). Steps of
+more than one row, the CPU, and layers with biases keep the usual path.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
 from ember.envflags import env_flag
 from ember.ops import use_triton
 from ember.ops.triton_gemv import MAX_ROWS
+from ember.ops.triton_kv import hopper_or_later
 
-ENABLED = env_flag("EMBER_FUSED_GEMV", True)
+# None: on Hopper and later only; True / False: EMBER_FUSED_GEMV=1 / =0 (tests set it too).
+ENABLED: bool | None = (
+    env_flag("EMBER_FUSED_GEMV", True) if os.environ.get("EMBER_FUSED_GEMV", "").strip() else None
+)
 
 
 def applies(x: torch.Tensor) -> bool:
     """Whether a step's hidden states [T, H] take the fused GEMVs."""
-    return (
-        ENABLED and x.is_cuda and x.dim() == 2 and x.shape[0] <= MAX_ROWS and use_triton(x.device)
-    )
+    if not (x.is_cuda and x.dim() == 2 and x.shape[0] <= MAX_ROWS and use_triton(x.device)):
+        return False
+    return hopper_or_later(x.device) if ENABLED is None else ENABLED

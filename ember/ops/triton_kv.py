@@ -54,8 +54,16 @@ def available() -> bool:
 
 
 @cache
-def _pdl_capable(index: int) -> bool:
-    return torch.cuda.get_device_capability(index)[0] >= 9
+def _capability_major(index: int) -> int:
+    return torch.cuda.get_device_capability(index)[0]
+
+
+def hopper_or_later(device: torch.device) -> bool:
+    """Whether `device` is a CUDA GPU of compute capability 9.0 or later (H100, H200, B200)."""
+    if device.type != "cuda":
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _capability_major(index) >= 9
 
 
 def pdl_enabled(device: torch.device) -> bool:
@@ -69,8 +77,7 @@ def pdl_enabled(device: torch.device) -> bool:
     2026-12-04)."""
     if gdc_wait is None or device.type != "cuda" or not env_flag("EMBER_PDL", True):
         return False
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return _pdl_capable(index)
+    return hopper_or_later(device)
 
 
 def pdl_launch(enabled: bool) -> dict[str, Any]:

@@ -52,3 +52,32 @@ def test_tiles_follow_the_sweeps() -> None:
     assert gemv_config(PRE_RMSNORM, 6144) == gemv_config(PRE_ADD_RMSNORM, 28672) == (16, 512, 8)
     assert gemv_config(PRE_SILU_MUL, 4096) == gemv_config(PRE_NONE, 4096) == (8, 1024, 4)
     assert gemv_config(PRE_NONE, 6144) == (4, 1024, 4)
+
+
+class _Hidden:
+    """What small_batch.applies looks at in a step's hidden states, without a GPU."""
+
+    is_cuda = True
+    device = torch.device("cuda", 0)
+
+    def __init__(self, rows: int) -> None:
+        self.shape = (rows, 16)
+
+    def dim(self) -> int:
+        return 2
+
+
+@pytest.mark.parametrize(
+    ("setting", "hopper", "expected"),
+    [(None, True, True), (None, False, False), (True, False, True), (False, True, False)],
+)
+def test_fused_gemvs_by_default_on_hopper_only(
+    monkeypatch: pytest.MonkeyPatch, setting: bool | None, hopper: bool, expected: bool
+) -> None:
+    from ember.layers import small_batch
+
+    monkeypatch.setattr(small_batch, "ENABLED", setting)
+    monkeypatch.setattr(small_batch, "use_triton", lambda device: True)
+    monkeypatch.setattr(small_batch, "hopper_or_later", lambda device: hopper)
+    assert small_batch.applies(_Hidden(1)) is expected  # type: ignore[arg-type]
+    assert not small_batch.applies(_Hidden(2))  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ from ember.ops import triton_kv
 @pytest.fixture
 def capable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(triton_kv, "gdc_wait", object())
-    monkeypatch.setattr(triton_kv, "_pdl_capable", lambda index: index == 0)
+    monkeypatch.setattr(triton_kv, "_capability_major", lambda index: 9 if index == 0 else 8)
 
 
 def test_pdl_on_a_capable_cuda_device_unless_turned_off(
