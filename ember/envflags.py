@@ -9,11 +9,18 @@ _ON = ("1", "true", "yes", "on")
 _OFF = ("0", "false", "no", "off")
 
 
-def env_flag(name: str, default: bool) -> bool:
-    """`name`'s value as a switch; `default` when it is unset, empty or neither on nor off."""
+def env_switch(name: str) -> bool | None:
+    """`name`'s value as a switch; None when it is unset, empty or neither on nor off (for a
+    setting whose default depends on the machine)."""
     value = os.environ.get(name, "").strip().lower()
     if value in _ON:
         return True
     if value in _OFF:
         return False
-    return default
+    return None
+
+
+def env_flag(name: str, default: bool) -> bool:
+    """`name`'s value as a switch; `default` when it is unset, empty or neither on nor off."""
+    switch = env_switch(name)
+    return default if switch is None else switch

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ember.envflags import env_flag
+from ember.envflags import env_flag, env_switch
 
 
 @pytest.mark.parametrize(
@@ -31,3 +31,17 @@ def test_env_flag(
     else:
         monkeypatch.setenv("EMBER_TEST_FLAG", value)
     assert env_flag("EMBER_TEST_FLAG", default) is expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, None), ("", None), ("maybe", None), ("1", True), (" On ", True), ("off", False)],
+)
+def test_env_switch_leaves_the_default_to_the_caller(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, expected: bool | None
+) -> None:
+    if value is None:
+        monkeypatch.delenv("EMBER_TEST_FLAG", raising=False)
+    else:
+        monkeypatch.setenv("EMBER_TEST_FLAG", value)
+    assert env_switch("EMBER_TEST_FLAG") is expected

@@ -11,19 +11,15 @@ more than one row, the CPU, and layers with biases keep the usual path.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-from ember.envflags import env_flag
+from ember.envflags import env_switch
 from ember.ops import use_triton
 from ember.ops.triton_gemv import MAX_ROWS
 from ember.ops.triton_kv import hopper_or_later
 
 # None: on Hopper and later only; True / False: EMBER_FUSED_GEMV=1 / =0 (tests set it too).
-ENABLED: bool | None = (
-    env_flag("EMBER_FUSED_GEMV", True) if os.environ.get("EMBER_FUSED_GEMV", "").strip() else None
-)
+ENABLED: bool | None = env_switch("EMBER_FUSED_GEMV")
 
 
 def applies(x: torch.Tensor) -> bool:
