@@ -53,6 +53,10 @@ def available() -> bool:
     return triton is not None and torch.cuda.is_available()
 
 
+# Read once: pdl_enabled runs at every launch of the kernels that take it.
+PDL_SETTING = env_flag("EMBER_PDL", True)
+
+
 @cache
 def _capability_major(index: int) -> int:
     return torch.cuda.get_device_capability(index)[0]
@@ -75,9 +79,7 @@ def pdl_enabled(device: torch.device) -> bool:
     once), so the next one is launched during its tail. Batch-1 decode of the Llama-3.1-8B shape
     on the H200: 229.1-229.2 tok/s with it, 222.0-222.4 without (docs/benchmarks.md,
     2026-12-04)."""
-    if gdc_wait is None or device.type != "cuda" or not env_flag("EMBER_PDL", True):
-        return False
-    return hopper_or_later(device)
+    return gdc_wait is not None and PDL_SETTING and hopper_or_later(device)
 
 
 def pdl_launch(enabled: bool) -> dict[str, Any]:

@@ -20,9 +20,9 @@ def test_pdl_on_a_capable_cuda_device_unless_turned_off(
     capable: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cuda0, cuda1 = torch.device("cuda", 0), torch.device("cuda", 1)
-    monkeypatch.setenv("EMBER_PDL", "0")
+    monkeypatch.setattr(triton_kv, "PDL_SETTING", False)  # EMBER_PDL=0
     assert not triton_kv.pdl_enabled(cuda0)
-    monkeypatch.delenv("EMBER_PDL", raising=False)
+    monkeypatch.setattr(triton_kv, "PDL_SETTING", True)  # unset
     assert triton_kv.pdl_enabled(cuda0)
     assert not triton_kv.pdl_enabled(cuda1)  # before Hopper
     assert not triton_kv.pdl_enabled(torch.device("cpu"))
