@@ -26,7 +26,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ember.ops.triton_kv import gdc_launch_dependents, gdc_wait, jit, pdl_enabled, pdl_launch, tl
+from ember.ops.triton_kv import (
+    gdc_launch_dependents,
+    gdc_wait,
+    jit,
+    next_power_of_2,
+    pdl_enabled,
+    pdl_launch,
+    tl,
+)
 
 __all__ = [
     "MAX_ROWS",
@@ -164,7 +172,7 @@ def gemv_triton(
     default_n, default_k, default_warps = gemv_config(pre, n_cols)
     pdl = pdl_enabled(x.device)
     block_n = default_n if block_n is None else block_n
-    block_k = min(default_k if block_k is None else block_k, 1 << (k_dim - 1).bit_length())
+    block_k = min(default_k if block_k is None else block_k, next_power_of_2(k_dim))
     num_warps = default_warps if num_warps is None else num_warps
     _gemv_kernel[(-(-n_cols // block_n),)](
         x,
