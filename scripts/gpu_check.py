@@ -36,7 +36,7 @@ import argparse
 import math
 import statistics
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -339,7 +339,7 @@ def section_correctness(args: argparse.Namespace) -> bool:
 # ----------------------------------------------------------------------------- timing
 
 
-def time_us(calls: list[Fn], reps: int = 15, graph: bool = True) -> float:
+def time_us(calls: Sequence[Callable[[], object]], reps: int = 15, graph: bool = True) -> float:
     """Median µs per call. The calls (one per rotating input set) are captured once into a CUDA
     graph and replayed, so launch gaps are those of a graph-captured engine step."""
     for fn in calls:

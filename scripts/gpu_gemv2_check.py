@@ -1,9 +1,9 @@
-"""The `gemv2` section of gpu_check.py: an experiment for batch-1 decode. A plain one-row GEMV
-whose programs keep a [BLOCK_N, BLOCK_K] float32 accumulator across the K loop and reduce it once
-at the end (ops/triton_gemv.py reduces inside the loop, every tile), weights loaded evict-first,
-against cuBLAS (F.linear) on Llama-3.1-8B's projections, the weights rotated past L2 and every
-timing graph-replayed. Checked against F.linear first. Prints the best configurations of a
-sweep for each projection, and the share of the HBM copy rate measured in the same run.
+"""The `gemv2` section of gpu_check.py: the tile sweep behind ops/triton_gemv.gemv_config. The
+batch-1 GEMV with nothing fused in front (its programs keep a [BLOCK_N, BLOCK_K] float32
+accumulator across the K loop and reduce it once at the end) against cuBLAS on Llama-3.1-8B's
+projections, the weights rotated past L2 and every timing graph-replayed. Checked against F.linear
+first. Prints the best configurations of the sweep for each projection, and the share of the HBM
+copy rate measured in the same run.
 """
 
 from __future__ import annotations
@@ -15,43 +15,16 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ember.ops.triton_kv import jit, tl
+from ember.ops.triton_gemv import gemv_triton
+from scripts.gpu_gemv_check import ROTATE_BYTES
 
 SHAPES = (("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 28672, 4096), ("down", 4096, 14336))
-ROTATE_BYTES = 256 * 2**20
 CONFIGS = list(itertools.product((4, 8, 16), (256, 512, 1024), (4, 8), (3, 4, 6)))
 
 
-@jit
-def _gemv_acc_kernel(
-    x_ptr,
-    w_ptr,
-    y_ptr,
-    k_dim,
-    stride_wn,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    ks = tl.arange(0, BLOCK_K)
-    w_ptrs = w_ptr + rows.to(tl.int64)[:, None] * stride_wn + ks[None, :]
-    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-    for k0 in range(0, k_dim, BLOCK_K):  # N % BLOCK_N == 0 and K % BLOCK_K == 0 here
-        x = tl.load(x_ptr + k0 + ks).to(tl.float32)
-        w = tl.load(w_ptrs + k0, eviction_policy="evict_first").to(tl.float32)
-        acc += w * x[None, :]
-    tl.store(y_ptr + rows, tl.sum(acc, 1).to(y_ptr.dtype.element_ty))
-
-
-def gemv_acc(
-    x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, cfg: tuple[int, int, int, int]
-) -> None:
+def gemv_acc(x: torch.Tensor, w: torch.Tensor, cfg: tuple[int, int, int, int]) -> torch.Tensor:
     block_n, block_k, warps, stages = cfg
-    n, k = w.shape
-    _gemv_acc_kernel[(n // block_n,)](
-        x, w, y, k, w.stride(0), BLOCK_N=block_n, BLOCK_K=block_k,
-        num_warps=warps, num_stages=stages,
-    )  # fmt: skip
+    return gemv_triton(x, w, block_n=block_n, block_k=block_k, num_warps=warps, num_stages=stages)
 
 
 def section_gemv2(args: argparse.Namespace) -> bool:
@@ -75,8 +48,7 @@ def _shape(name: str, n: int, k: int, hbm: float, g: torch.Generator) -> bool:
     x = torch.randn(1, k, generator=g, device="cuda").to(torch.bfloat16)
     y = torch.empty(1, n, device="cuda", dtype=torch.bfloat16)
     ref = F.linear(x, ws[0]).float()
-    gemv_acc(x, ws[0], y, CONFIGS[0])
-    err = ((y.float() - ref).norm() / ref.norm()).item()
+    err = ((gemv_acc(x, ws[0], CONFIGS[0]).float() - ref).norm() / ref.norm()).item()
     print(f"{name}: relative error {err:.1e} {'PASS' if err < 1e-2 else 'FAIL'}", flush=True)
 
     def cublas(w: torch.Tensor) -> Callable[[], None]:
@@ -86,7 +58,10 @@ def _shape(name: str, n: int, k: int, hbm: float, g: torch.Generator) -> bool:
         return fn
 
     def ours(w: torch.Tensor, cfg: tuple[int, int, int, int]) -> Callable[[], None]:
-        return lambda: gemv_acc(x, w, y, cfg)
+        def fn() -> None:
+            gemv_acc(x, w, cfg)
+
+        return fn
 
     base = time_us([cublas(w) for w in ws])
     rows = []

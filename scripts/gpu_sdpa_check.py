@@ -8,26 +8,12 @@ backend's µs and TFLOP/s, and its largest difference from ember's output.
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 CASES = ((2048, 2048), (8192, 8192), (2048, 8192), (8192, 16384), (2048, 32768))
-
-
-def _time_us(fn: Callable[[], object], reps: int = 10) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        began = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - began)
-    return sorted(times)[len(times) // 2] * 1e6
 
 
 def section_sdpa(args: argparse.Namespace) -> bool:
@@ -43,7 +29,7 @@ def _case(q_len: int, seq_len: int) -> None:
 
     from ember.ops.triton_attention import paged_attention_into
     from ember.ops.triton_kv import write_kv_triton
-    from scripts.gpu_check import LLAMA_8B, Case, make_batch
+    from scripts.gpu_check import LLAMA_8B, Case, make_batch, time_us
 
     hq, hkv, d = LLAMA_8B
     scale = d**-0.5
@@ -57,7 +43,7 @@ def _case(q_len: int, seq_len: int) -> None:
     def run_ours() -> None:
         paged_attention_into(ours, b.q, b.k_cache, b.v_cache, b.md, scale)
 
-    us = _time_us(run_ours)
+    us = time_us([run_ours], graph=False)
     print(f"{label:<13} {'ember triton':<16} {us:>9.1f} {flops / us / 1e6:>8.1f}", flush=True)
     bs = b.k_cache.shape[1]
     pos = torch.arange(seq_len, device="cuda")
@@ -68,7 +54,7 @@ def _case(q_len: int, seq_len: int) -> None:
     def gather() -> tuple[torch.Tensor, torch.Tensor]:
         return flat_k.index_select(0, slots), flat_v.index_select(0, slots)
 
-    us = _time_us(gather)
+    us = time_us([gather], graph=False)
     print(f"{label:<13} {'gather K/V':<16} {us:>9.1f}", flush=True)
     k, v = gather()
     qd = b.q.transpose(0, 1).unsqueeze(0)
@@ -91,7 +77,7 @@ def _case(q_len: int, seq_len: int) -> None:
 
         try:
             got = run_sdpa()[0].transpose(0, 1)
-            us = _time_us(run_sdpa)
+            us = time_us([run_sdpa], graph=False)
         except Exception as e:  # a backend that refuses these inputs: say why
             print(f"{label:<13} {name:<16} unavailable: {type(e).__name__}: {e}")
             continue
