@@ -65,34 +65,27 @@ def _inputs(
 def _check(name: str, n: int, k: int, pre: int, dtype: torch.dtype, dev: torch.device) -> bool:
     g = torch.Generator(device=dev).manual_seed(n + k)
     ok = True
-    for rows in (1,):
-        x, w, norm = _inputs(n, k, pre, rows, dtype, dev, g)
-        nw = norm if pre in (PRE_RMSNORM, PRE_ADD_RMSNORM) else None
-        res = (
-            torch.randn(rows, k, generator=g, device=dev).to(dtype)
-            if pre == PRE_ADD_RMSNORM
-            else None
+    x, w, norm = _inputs(n, k, pre, 1, dtype, dev, g)
+    nw = norm if pre in (PRE_RMSNORM, PRE_ADD_RMSNORM) else None
+    res = torch.randn(1, k, generator=g, device=dev).to(dtype) if pre == PRE_ADD_RMSNORM else None
+    res_ref, res_got = (torch.empty_like(res), torch.empty_like(res)) if res is not None else (
+        None, None)  # fmt: skip
+    want = gemv_reference(x, w, pre=pre, norm_weight=nw, residual=res, residual_out=res_ref).float()
+    for block_n, block_k, warps, stages in CONFIGS:
+        got = gemv_triton(
+            x, w, pre=pre, norm_weight=nw, residual=res, residual_out=res_got,
+            block_n=block_n, block_k=block_k, num_warps=warps, num_stages=stages,
+        ).float()  # fmt: skip
+        rel = ((got - want).norm() / want.norm().clamp_min(1e-30)).item()
+        good = rel <= REL_TOL[dtype]
+        if res_ref is not None and res_got is not None:
+            good &= torch.equal(res_ref, res_got)  # the residual stream, exactly
+        ok &= good
+        print(
+            f"{name:16} {n}x{k} n{block_n} k{block_k}  rel l2 {rel:9.2e}  "
+            f"{'PASS' if good else 'FAIL'}",
+            flush=True,
         )
-        res_ref, res_got = (torch.empty_like(res), torch.empty_like(res)) if res is not None else (
-            None, None)  # fmt: skip
-        want = gemv_reference(
-            x, w, pre=pre, norm_weight=nw, residual=res, residual_out=res_ref
-        ).float()
-        for block_n, block_k, warps, stages in CONFIGS:
-            got = gemv_triton(
-                x, w, pre=pre, norm_weight=nw, residual=res, residual_out=res_got,
-                block_n=block_n, block_k=block_k, num_warps=warps, num_stages=stages,
-            ).float()  # fmt: skip
-            rel = ((got - want).norm() / want.norm().clamp_min(1e-30)).item()
-            good = rel <= REL_TOL[dtype]
-            if res_ref is not None and res_got is not None:
-                good &= torch.equal(res_ref, res_got)  # the residual stream, exactly
-            ok &= good
-            print(
-                f"{name:16} M={rows} {n}x{k} n{block_n} k{block_k}  rel l2 {rel:9.2e}  "
-                f"{'PASS' if good else 'FAIL'}",
-                flush=True,
-            )
     return ok
 
 
