@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ember.envflags import env_flag
 from ember.ops.triton_kv import (
     gdc_launch_dependents,
     gdc_wait,
@@ -49,6 +50,46 @@ __all__ = [
 
 MAX_ROWS = 1  # rows of x these kernels take; larger batches belong to cuBLAS
 PRE_NONE, PRE_RMSNORM, PRE_SILU_MUL, PRE_ADD_RMSNORM = 0, 1, 2, 3
+# EXPERIMENT (A/B on the device): the first weight tile loaded before gdc_wait
+EARLY_WEIGHTS = env_flag("EMBER_GEMV_EARLY", True)
+
+
+@jit
+def _pre_tile(
+    x_ptr, norm_ptr, res_ptr, res_out_ptr, ks, k_ok, k_dim, norm_offset, pid, PRE: tl.constexpr
+):
+    """x's tile at ks after the pre-op, in float32, and its squares for RMSNorm's sum (the
+    residual add's program 0 also writes the sum out)."""
+    dtype = x_ptr.dtype.element_ty
+    if PRE == 2:  # x = [gate | up]: silu(gate) rounded, times up, rounded
+        g = tl.load(x_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
+        u = tl.load(x_ptr + k_dim + ks, mask=k_ok, other=0.0).to(tl.float32)
+        act = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)
+        xv = (act * u).to(dtype).to(tl.float32)
+    elif PRE == 3:
+        xs = tl.load(x_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
+        rs = tl.load(res_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
+        summed = (xs + rs).to(dtype)
+        if pid == 0:
+            tl.store(res_out_ptr + ks, summed, mask=k_ok)
+        xv = summed.to(tl.float32)
+    else:
+        xv = tl.load(x_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
+    squares = xv * xv
+    if PRE == 1 or PRE == 3:
+        nw = tl.load(norm_ptr + ks, mask=k_ok, other=0.0).to(tl.float32) + norm_offset
+        xv = xv * nw
+    return xv, squares
+
+
+@jit
+def _w_tile(w_rows, ks, col_ok, k_ok, EVEN: tl.constexpr):
+    if EVEN:
+        w = tl.load(w_rows + ks[None, :], eviction_policy="evict_first")
+    else:
+        w_ok = col_ok[:, None] & k_ok[None, :]
+        w = tl.load(w_rows + ks[None, :], mask=w_ok, other=0.0, eviction_policy="evict_first")
+    return w
 
 
 @jit
@@ -69,48 +110,45 @@ def _gemv_kernel(
     EVEN: tl.constexpr,  # n_cols % BLOCK_N == 0 and k_dim % BLOCK_K == 0: no masks
     PRE: tl.constexpr,
     PDL: tl.constexpr,  # launched with programmatic dependent launch (triton_kv.pdl_enabled)
+    EARLY: tl.constexpr,  # the first weight tile loaded before waiting on the kernel ahead
 ):
-    if PDL:
-        gdc_wait()
     pid = tl.program_id(0)
     cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < n_cols
-    dtype = x_ptr.dtype.element_ty
-    norm: tl.constexpr = PRE == 1 or PRE == 3
     w_rows = w_ptr + cols.to(tl.int64)[:, None] * stride_wn
     acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     sq = tl.zeros([BLOCK_K], tl.float32)
-    for k0 in range(0, k_dim, BLOCK_K):
+    if EARLY:
+        # No kernel writes the weights, so their first tile can stream in while the kernel
+        # ahead (whose output x is) still finishes; everything after gdc_wait is ordered.
+        ks = tl.arange(0, BLOCK_K)
+        k_ok = ks < k_dim
+        w = _w_tile(w_rows, ks, col_ok, k_ok, EVEN)
+        if PDL:
+            gdc_wait()
+        xv, squares = _pre_tile(
+            x_ptr, norm_ptr, res_ptr, res_out_ptr, ks, k_ok, k_dim, norm_offset, pid, PRE
+        )
+        sq += squares
+        acc += w.to(tl.float32) * xv[None, :]
+        k_first = BLOCK_K
+    else:
+        if PDL:
+            gdc_wait()
+        k_first = 0
+    for k0 in range(k_first, k_dim, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < k_dim
-        if PRE == 2:  # x = [gate | up]: silu(gate) rounded, times up, rounded
-            g = tl.load(x_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
-            u = tl.load(x_ptr + k_dim + ks, mask=k_ok, other=0.0).to(tl.float32)
-            act = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)
-            xv = (act * u).to(dtype).to(tl.float32)
-        elif PRE == 3:
-            xs = tl.load(x_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
-            rs = tl.load(res_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
-            summed = (xs + rs).to(dtype)
-            if pid == 0:
-                tl.store(res_out_ptr + ks, summed, mask=k_ok)
-            xv = summed.to(tl.float32)
-        else:
-            xv = tl.load(x_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
-        if norm:
-            sq += xv * xv
-            nw = tl.load(norm_ptr + ks, mask=k_ok, other=0.0).to(tl.float32) + norm_offset
-            xv = xv * nw
-        if EVEN:
-            w = tl.load(w_rows + ks[None, :], eviction_policy="evict_first")
-        else:
-            w_ok = col_ok[:, None] & k_ok[None, :]
-            w = tl.load(w_rows + ks[None, :], mask=w_ok, other=0.0, eviction_policy="evict_first")
+        xv, squares = _pre_tile(
+            x_ptr, norm_ptr, res_ptr, res_out_ptr, ks, k_ok, k_dim, norm_offset, pid, PRE
+        )
+        sq += squares
+        w = _w_tile(w_rows, ks, col_ok, k_ok, EVEN)
         acc += w.to(tl.float32) * xv[None, :]
     if PDL:
         gdc_launch_dependents()
     y = tl.sum(acc, 1)
-    if norm:
+    if PRE == 1 or PRE == 3:
         y = y * tl.math.rsqrt(tl.sum(sq, 0) / k_dim + eps)
     tl.store(y_ptr + cols, y.to(y_ptr.dtype.element_ty), mask=col_ok)
 
@@ -142,6 +180,7 @@ def gemv_triton(
     block_k: int | None = None,
     num_warps: int | None = None,
     num_stages: int = 3,
+    early: bool | None = None,
 ) -> torch.Tensor:
     """pre(x) @ weight.T for x [1, K] (PRE_SILU_MUL: [1, 2K]) and weight [N, K], both with a
     contiguous last dim; returns [1, N] in x's dtype. PRE_ADD_RMSNORM also takes `residual`
@@ -191,6 +230,7 @@ def gemv_triton(
         EVEN=n_cols % block_n == 0 and k_dim % block_k == 0,
         PRE=pre,
         PDL=pdl,
+        EARLY=EARLY_WEIGHTS if early is None else early,
         num_warps=num_warps,
         num_stages=num_stages,
         **pdl_launch(pdl),

@@ -32,3 +32,40 @@ print("ok")
 
 def test_fused_layers_generate_the_same_tokens() -> None:
     run_interpreted(_CHECK)
+
+
+_KERNEL = r"""
+import torch
+from ember.ops import triton_gemv as g
+
+torch.manual_seed(0)
+for dtype in (torch.float16, torch.float32):
+    for n, k, bn, bk in ((24, 64, 8, 32), (20, 70, 8, 32), (8, 32, 8, 32)):
+        w = torch.randn(n, k, dtype=dtype)
+        norm_w = torch.randn(k, dtype=dtype)
+        for pre in (g.PRE_NONE, g.PRE_RMSNORM, g.PRE_SILU_MUL, g.PRE_ADD_RMSNORM):
+            x = torch.randn(1, 2 * k if pre == g.PRE_SILU_MUL else k, dtype=dtype)
+            res = torch.randn(1, k, dtype=dtype)
+            outs = []
+            for early in (None, False, True):
+                res_out = torch.empty_like(res)
+                y = g.gemv_triton(x, w, pre=pre, norm_weight=norm_w, residual=res,
+                                  residual_out=res_out, block_n=bn, block_k=bk, num_warps=1,
+                                  early=early)
+                outs.append((y, res_out))
+            ref_res = torch.empty_like(res)
+            ref = g.gemv_reference(x, w, pre=pre, norm_weight=norm_w, residual=res,
+                                   residual_out=ref_res)
+            tol = 2e-2 if dtype == torch.float16 else 1e-4
+            for y, res_out in outs:
+                err = ((y.float() - ref.float()).norm() / ref.float().norm()).item()
+                assert err < tol, (dtype, n, k, pre, err)
+                if pre == g.PRE_ADD_RMSNORM:
+                    assert torch.equal(res_out, ref_res)
+            assert torch.equal(outs[1][0], outs[2][0]), (n, k, pre)  # the same sums either way
+print("ok")
+"""
+
+
+def test_gemv_kernel_matches_reference_with_and_without_the_early_weight_tile() -> None:
+    run_interpreted(_KERNEL)
