@@ -278,8 +278,8 @@ def _paged_attention_kernel(
     ONE_LOOP: tl.constexpr,  # KernelConfig.one_loop (single mode without a window only)
     PDL: tl.constexpr,  # launched with programmatic dependent launch (triton_kv.pdl_enabled)
 ):
-    if PDL:
-        gdc_wait()
+    # The step's metadata (query starts, sequence lengths, block tables) is read before waiting
+    # on the kernel ahead (PDL): no kernel writes it; q and the cache after.
     kv_head = tl.program_id(1)
     if SINGLE_TOKEN:
         seq = tl.program_id(0)
@@ -310,6 +310,8 @@ def _paged_attention_kernel(
 
     seq_len = tl.load(seq_lens_ptr + seq)
     context_len = seq_len - q_len
+    if PDL:
+        gdc_wait()
 
     rows = tl.arange(0, BLOCK_M)
     row_tok = q_first + rows // group  # token index within the sequence's new tokens

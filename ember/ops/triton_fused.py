@@ -168,11 +168,9 @@ def _rotary_kernel(
     SATURATE: tl.constexpr,
     PDL: tl.constexpr,  # launched with programmatic dependent launch (triton_kv.pdl_enabled)
 ):
-    if PDL:
-        gdc_wait()
-        gdc_launch_dependents()  # a short kernel: the next one may be scheduled now
     # Two programs per token, side by side: q's heads (part 0); k's heads, with the cache
-    # stores (part 1).
+    # stores (part 1). Positions, slots and the tables are read before waiting on the kernel
+    # ahead (PDL): no kernel writes them; q, k and v (which the kernel ahead does) after.
     tok = tl.program_id(0).to(tl.int64)
     part = tl.program_id(1)
     pos = tl.load(pos_ptr + tok).to(tl.int64)
@@ -183,6 +181,9 @@ def _rotary_kernel(
     slot = tok * 0 - 1  # a slot of -1: rotated, never stored (also a padding token's)
     if WRITE_KV:
         slot = tl.load(slot_ptr + tok).to(tl.int64)
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()  # a short kernel: the next one may be scheduled now
     if part == 0:
         _rotate_heads(
             q_ptr + tok * stride_q_tok, n_q_heads, stride_q_head, cos, sin, d, dmask,
