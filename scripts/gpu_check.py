@@ -22,7 +22,8 @@ and Triton tiles, scripts/gpu_gemm_check.py), overlap (a 256-row decode layer ag
 (the KV budget's forward pass through a few layers against the whole stack: the same memory
 peak, and each one's time; scripts/gpu_peak_check.py), sdpa (long prompts' attention: the prefill
 kernel against torch's SDPA backends on K/V gathered from the cache, scripts/gpu_sdpa_check.py),
-gemv2 (one-row GEMVs that reduce once, swept against cuBLAS, scripts/gpu_gemv2_check.py).
+gemv2 (one-row GEMVs that reduce once, swept against cuBLAS, scripts/gpu_gemv2_check.py),
+argmax (greedy sampling's argmax over a step's logits, scripts/gpu_argmax_check.py).
 
 The correctness and gemv sections also run on CPU under Triton's interpreter (with numpy < 2.4, which
 Triton 3.6's interpreter needs: e.g. `pip install --target /tmp/np22 numpy==2.2.6` and put that
@@ -45,6 +46,7 @@ from ember.layers.metadata import AttentionMetadata
 from ember.ops.attention_ref import paged_attention_ref, write_kv
 from ember.ops.triton_attention import KernelConfig, kv_splits_for, paged_attention_into
 from ember.ops.triton_kv import write_kv_triton
+from scripts.gpu_argmax_check import section_argmax
 from scripts.gpu_blas_check import section_blas, section_layout
 from scripts.gpu_engine_check import section_engine
 from scripts.gpu_fused_check import section_fused, section_rotary_store
@@ -753,6 +755,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], bool]] = {
     "peak": section_peak,
     "sdpa": section_sdpa,
     "gemv2": section_gemv2,
+    "argmax": section_argmax,
 }
 DEFAULT_SECTIONS = ["correctness", "fused", "gemv", "decode", "prefill", "engine", "peak"]
 

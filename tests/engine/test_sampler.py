@@ -28,6 +28,13 @@ def test_greedy_is_argmax() -> None:
     assert out.token_ids == logits.argmax(-1).tolist()
 
 
+def test_greedy_rows_sampled_on_the_device_match_the_host_path() -> None:
+    logits = logits_rows(4).to(torch.bfloat16)
+    reqs = [req(str(i), temperature=0.0) for i in range(4)]
+    s = Sampler(torch.device("cpu"))
+    assert s.sample_tokens(logits, reqs).tolist() == s(logits.clone(), reqs).token_ids
+
+
 def test_top_k_one_and_tiny_top_p_are_greedy() -> None:
     logits = logits_rows(2)
     s = Sampler(torch.device("cpu"))
