@@ -323,7 +323,6 @@ def _paged_attention_kernel(
     kv_end = tl.minimum(seq_len, context_len + last_tok)
     kv_lo = tl.maximum(context_len + q_first - window + 1, 0)
     kv_begin = (kv_lo // BLOCK_N) * BLOCK_N
-    pieces = 1
     if SPLIT_KV:
         # At least MIN_SPLIT_TILES tiles a piece: a short sequence runs in fewer pieces (one
         # piece writes its output itself, and the merge leaves it alone); the rest exit here.
@@ -398,23 +397,26 @@ def _paged_attention_kernel(
 
     if PDL:
         gdc_launch_dependents()
-    if SPLIT_KV:  # noqa: SIM102 (`split` exists only when SPLIT_KV, a constexpr)
+    out_at = out_ptr + tok[:, None] * stride_o_tok + q_head[:, None] * stride_o_head + dims[None, :]
+    if SPLIT_KV:
         if split == 0:
             tl.store(part_count_ptr + tok * num_q_heads + q_head, pieces, mask=row_valid)
-    if pieces > 1:
-        part = (tok * num_q_heads + q_head) * num_splits + split
-        tl.store(part_max_ptr + part, m_i, mask=row_valid)
-        tl.store(part_sum_ptr + part, l_i, mask=row_valid)
-        tl.store(
-            part_acc_ptr + part[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_valid[:, None]
-        )
+        if pieces > 1:
+            part = (tok * num_q_heads + q_head) * num_splits + split
+            tl.store(part_max_ptr + part, m_i, mask=row_valid)
+            tl.store(part_sum_ptr + part, l_i, mask=row_valid)
+            part_at = part_acc_ptr + part[:, None] * HEAD_DIM + dims[None, :]
+            tl.store(part_at, acc, mask=row_valid[:, None])
+        else:
+            _store_normalized(out_at, acc, l_i, row_valid)
     else:
-        out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-        tl.store(
-            out_ptr + tok[:, None] * stride_o_tok + q_head[:, None] * stride_o_head + dims[None, :],
-            out.to(out_ptr.dtype.element_ty),
-            mask=row_valid[:, None],
-        )
+        _store_normalized(out_at, acc, l_i, row_valid)
+
+
+@jit
+def _store_normalized(out_at, acc, l_i, row_valid):
+    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    tl.store(out_at, out.to(out_at.dtype.element_ty), mask=row_valid[:, None])
 
 
 @jit_varying("num_splits")
