@@ -13,10 +13,8 @@ How work is cut:
   group padded to >= 16 rows. A decode-only step (max_query_len == 1) uses it alone; a mixed step
   runs both launches, the tiles launch skipping the one-token sequences.
 - Split-KV (flash-decoding) in single mode: the key range of each sequence is cut into
-  `num_kv_splits` pieces on a third grid axis (each at least MIN_SPLIT_TILES key tiles; pieces
-  past a short sequence's end exit at once); each writes an unnormalised partial (acc, max, sum)
-  in fp32 and a second kernel merges them, unless the sequence ran in one piece, which writes
-  its output itself. Chosen when S * Hkv programs cannot fill the GPU.
+  `num_kv_splits` pieces on a third grid axis; each writes an unnormalised partial (acc, max, sum)
+  in fp32 and a second kernel merges them. Chosen when S * Hkv programs cannot fill the GPU.
 - fp8 caches (--kv-cache-dtype fp8): K/V tiles are loaded as fp8 (half the bytes) and widened
   to fp16 for the dot products (one packed conversion on sm_89+), q saturated to fp16's range;
   no scale, as the writer stores values unscaled. H200, Llama-8B heads: 1.22x a bf16 cache's
@@ -58,9 +56,6 @@ __all__ = [
     "paged_attention_triton",
 ]
 
-# A split decode gives each piece at least this many key tiles: batch 1 over a short context
-# then runs in one or two pieces instead of one a tile, and one piece skips the merge.
-MIN_SPLIT_TILES = 2
 _NO_WINDOW = 1 << 30  # a window wider than any sequence: the window mask never bites
 
 
@@ -247,7 +242,6 @@ def _paged_attention_kernel(
     part_acc_ptr,
     part_max_ptr,
     part_sum_ptr,
-    part_count_ptr,  # split: [tokens, q heads] int32, the pieces each token's keys ran in
     query_start_loc_ptr,
     seq_lens_ptr,
     block_tables_ptr,
@@ -283,7 +277,6 @@ def _paged_attention_kernel(
     KV_FP8: tl.constexpr,  # the cache holds fp8: compute in fp16
     ONE_LOOP: tl.constexpr,  # KernelConfig.one_loop (single mode without a window only)
     PDL: tl.constexpr,  # launched with programmatic dependent launch (triton_kv.pdl_enabled)
-    MIN_SPLIT_TILES: tl.constexpr,
 ):
     # The step's metadata (query starts, sequence lengths, block tables) is read before waiting
     # on the kernel ahead (PDL): no kernel writes it; q and the cache after.
@@ -317,23 +310,6 @@ def _paged_attention_kernel(
 
     seq_len = tl.load(seq_lens_ptr + seq)
     context_len = seq_len - q_len
-
-    # Keys this tile can see: [max(0, first query pos - window + 1), last query pos + 1).
-    last_tok = tl.minimum(q_first + tokens_per_tile, q_len)
-    kv_end = tl.minimum(seq_len, context_len + last_tok)
-    kv_lo = tl.maximum(context_len + q_first - window + 1, 0)
-    kv_begin = (kv_lo // BLOCK_N) * BLOCK_N
-    if SPLIT_KV:
-        # At least MIN_SPLIT_TILES tiles a piece: a short sequence runs in fewer pieces (one
-        # piece writes its output itself, and the merge leaves it alone); the rest exit here.
-        split = tl.program_id(2)
-        tiles = tl.cdiv(kv_end - kv_begin, BLOCK_N)
-        tiles_per_split = tl.maximum(tl.cdiv(tiles, num_splits), MIN_SPLIT_TILES)
-        pieces = tl.maximum(tl.cdiv(tiles, tiles_per_split), 1)
-        if split >= pieces:
-            return
-        kv_begin = kv_begin + split * tiles_per_split * BLOCK_N
-        kv_end = tl.minimum(kv_end, kv_begin + tiles_per_split * BLOCK_N)
     if PDL:
         gdc_wait()
 
@@ -353,6 +329,17 @@ def _paged_attention_kernel(
         q = tl.clamp(q.to(tl.float32), -65504.0, 65504.0).to(tl.float16)
     else:
         q = q.to(k_cache_ptr.dtype.element_ty)
+
+    # Keys this tile can see: [max(0, first query pos - window + 1), last query pos + 1).
+    last_tok = tl.minimum(q_first + tokens_per_tile, q_len)
+    kv_end = tl.minimum(seq_len, context_len + last_tok)
+    kv_lo = tl.maximum(context_len + q_first - window + 1, 0)
+    kv_begin = (kv_lo // BLOCK_N) * BLOCK_N
+    if SPLIT_KV:
+        split = tl.program_id(2)
+        tiles_per_split = tl.cdiv(tl.cdiv(kv_end - kv_begin, BLOCK_N), num_splits)
+        kv_begin = kv_begin + split * tiles_per_split * BLOCK_N
+        kv_end = tl.minimum(kv_end, kv_begin + tiles_per_split * BLOCK_N)
 
     # Tiles that need no mask: wholly at or before the first row's position and wholly inside
     # the last row's window. [kv_begin, full_lo) and [full_hi, kv_end) are masked.
@@ -397,26 +384,20 @@ def _paged_attention_kernel(
 
     if PDL:
         gdc_launch_dependents()
-    out_at = out_ptr + tok[:, None] * stride_o_tok + q_head[:, None] * stride_o_head + dims[None, :]
     if SPLIT_KV:
-        if split == 0:
-            tl.store(part_count_ptr + tok * num_q_heads + q_head, pieces, mask=row_valid)
-        if pieces > 1:
-            part = (tok * num_q_heads + q_head) * num_splits + split
-            tl.store(part_max_ptr + part, m_i, mask=row_valid)
-            tl.store(part_sum_ptr + part, l_i, mask=row_valid)
-            part_at = part_acc_ptr + part[:, None] * HEAD_DIM + dims[None, :]
-            tl.store(part_at, acc, mask=row_valid[:, None])
-        else:
-            _store_normalized(out_at, acc, l_i, row_valid)
+        part = (tok * num_q_heads + q_head) * num_splits + split
+        tl.store(part_max_ptr + part, m_i, mask=row_valid)
+        tl.store(part_sum_ptr + part, l_i, mask=row_valid)
+        tl.store(
+            part_acc_ptr + part[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_valid[:, None]
+        )
     else:
-        _store_normalized(out_at, acc, l_i, row_valid)
-
-
-@jit
-def _store_normalized(out_at, acc, l_i, row_valid):
-    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-    tl.store(out_at, out.to(out_at.dtype.element_ty), mask=row_valid[:, None])
+        out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+        tl.store(
+            out_ptr + tok[:, None] * stride_o_tok + q_head[:, None] * stride_o_head + dims[None, :],
+            out.to(out_ptr.dtype.element_ty),
+            mask=row_valid[:, None],
+        )
 
 
 @jit_varying("num_splits")
@@ -425,7 +406,6 @@ def _merge_splits_kernel(
     part_acc_ptr,
     part_max_ptr,
     part_sum_ptr,
-    part_count_ptr,
     num_q_heads,
     num_splits,
     stride_o_tok,
@@ -439,11 +419,8 @@ def _merge_splits_kernel(
         gdc_launch_dependents()  # a short kernel: the next one may be scheduled now
     tok = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
-    pieces = tl.load(part_count_ptr + tok * num_q_heads + head)
-    if pieces <= 1:  # the one piece wrote the output itself
-        return
     splits = tl.arange(0, BLOCK_S)
-    split_ok = splits < pieces
+    split_ok = splits < num_splits
     part = (tok * num_q_heads + head) * num_splits + splits
     m = tl.load(part_max_ptr + part, mask=split_ok, other=float("-inf"))
     l_sum = tl.load(part_sum_ptr + part, mask=split_ok, other=0.0)
@@ -568,9 +545,8 @@ def _launch(
             (num_tokens, num_q_heads, splits), dtype=torch.float32, device=q.device
         )
         part_sum = torch.empty_like(part_max)
-        part_count = torch.empty((num_tokens, num_q_heads), dtype=torch.int32, device=q.device)
     else:
-        part_acc = part_max = part_sum = part_count = out  # unused by the kernel
+        part_acc = part_max = part_sum = out  # unused by the kernel
     _paged_attention_kernel[grid](
         q,
         k_cache,
@@ -579,7 +555,6 @@ def _launch(
         part_acc,
         part_max,
         part_sum,
-        part_count,
         md.query_start_loc,
         md.seq_lens,
         md.block_tables,
@@ -615,7 +590,6 @@ def _launch(
         KV_FP8=k_cache.element_size() == 1,
         ONE_LOOP=cfg.one_loop,
         PDL=pdl,
-        MIN_SPLIT_TILES=MIN_SPLIT_TILES,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
         **pdl_launch(pdl),
@@ -626,7 +600,6 @@ def _launch(
             part_acc,
             part_max,
             part_sum,
-            part_count,
             num_q_heads,
             splits,
             out.stride(0),
