@@ -323,12 +323,13 @@ class ServeConfig:
         group="model",
         shown="its store name, e.g. tiny:latest",
     )
-    max_num_batched_tokens: int = _opt(
-        2048,
+    max_num_batched_tokens: int | None = _opt(
+        None,
         "--max-num-batched-tokens",
         "EMBER_MAX_NUM_BATCHED_TOKENS",
         "token budget of one engine step; longer prompts are prefilled in chunks",
         _int_at_least(1),
+        shown="8192 on GPUs with >= 70 GiB but the A100, else 2048 (as vLLM's server)",
     )
     block_size: int = _opt(
         16, "--block-size", "EMBER_BLOCK_SIZE", "tokens per KV cache block", _int_at_least(1)

@@ -13,6 +13,23 @@ StartupProgress = Callable[[str, int, int], None]
 
 # --kv-cache-dtype: "auto" is the model's dtype; "fp8" is "fp8_e4m3" (vLLM's names).
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
+BIG_GPU_BATCHED_TOKENS = 8192
+SMALL_BATCHED_TOKENS = 2048
+BIG_GPU_BYTES = 70 * 2**30
+
+
+def default_batched_tokens(total_memory: int | None, device_name: str = "") -> int:
+    """A step's token budget when none is given, as vLLM's server picks it: 8192 on GPUs with
+    at least 70 GiB (H100, H200, MI300X; the A100 excepted, where vLLM measured larger budgets
+    slower), 2048 elsewhere and on the CPU (`total_memory` None). Larger steps prefill at more of
+    the GPU's matmul rate (docs/benchmarks.md); each step holding a long prefill chunk takes
+    longer for the sequences decoding beside it."""
+    big = total_memory is not None and total_memory >= BIG_GPU_BYTES
+    return (
+        BIG_GPU_BATCHED_TOKENS
+        if big and "a100" not in device_name.lower()
+        else SMALL_BATCHED_TOKENS
+    )
 
 
 @dataclass(slots=True)
@@ -25,7 +42,9 @@ class EngineArgs:
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     max_model_len: int | None = None  # default: the model's max_position_embeddings, capped
     max_num_seqs: int = 4  # sequences scheduled at once (Ollama's num_parallel)
-    max_num_batched_tokens: int = 2048  # token budget of one step; longer prefills are chunked
+    # Token budget of one step; longer prefills are chunked. None: default_batched_tokens (the
+    # engine core decides, once it knows the device).
+    max_num_batched_tokens: int | None = None
     block_size: int = 16  # tokens per KV cache block
     num_kv_blocks: int | None = None  # default: sized from kv_cache_memory_gb / GPU memory
     kv_cache_memory_gb: float = 1.0  # CPU only: KV cache budget

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ember.engine.args import KV_CACHE_DTYPES, EngineArgs
+from ember.engine.args import KV_CACHE_DTYPES, EngineArgs, default_batched_tokens
 from ember.engine.faults import Faults
 from ember.engine.kv_cache import KVCacheManager
 from ember.engine.messages import CoreInfo, EngineCoreOutput, EngineStats, StartupTimes
@@ -121,6 +121,13 @@ def resolve_kv_cache_dtype(name: str, dtype: torch.dtype, device: torch.device) 
     return kv_dtype
 
 
+def _device_batched_tokens(device: torch.device) -> int:
+    if device.type != "cuda":
+        return default_batched_tokens(None)
+    props = torch.cuda.get_device_properties(device)
+    return default_batched_tokens(props.total_memory, props.name)
+
+
 class EngineCore:
     def __init__(self, args: EngineArgs) -> None:
         began_at = time.monotonic()
@@ -132,6 +139,9 @@ class EngineCore:
             hash_triton_ahead()  # off the first profiling pass's path (kernel_cache.py)
         self.startup.cuda_init_s = init_cuda(args, self.device)
         trace("CUDA initialised")
+        self.max_num_batched_tokens = args.max_num_batched_tokens or _device_batched_tokens(
+            self.device
+        )
         model_dir = Path(args.model)
         self.model_config = ModelConfig.from_dir(model_dir)
         self.dtype = resolve_dtype(args.dtype, self.model_config, self.device)
@@ -157,7 +167,7 @@ class EngineCore:
         self.kv_caches = self._allocate_kv(num_blocks)
         self.max_model_len = min(self.max_model_len, num_blocks * self.block_size)
         self.kv = KVCacheManager(num_blocks, self.block_size, args.enable_prefix_caching)
-        self.scheduler = Scheduler(self.kv, args.max_num_seqs, args.max_num_batched_tokens)
+        self.scheduler = Scheduler(self.kv, args.max_num_seqs, self.max_num_batched_tokens)
         self.startup.kv_cache_s = time.monotonic() - t0
         trace("KV cache allocated")
         report_phase(args, "graph_capture")
@@ -168,7 +178,7 @@ class EngineCore:
             self.device,
             max_num_seqs=args.max_num_seqs,
             max_model_len=self.max_model_len,
-            max_num_batched_tokens=args.max_num_batched_tokens,
+            max_num_batched_tokens=self.max_num_batched_tokens,
             enforce_eager=args.enforce_eager,
         )
         self.graph_capture_s = self.startup.graph_capture_s = self.runner.capture(
@@ -303,7 +313,7 @@ class EngineCore:
         sample_layers, through ModelConfig.memory_sample_layers only."""
         wait_triton_hash()
         model = self.model if model is None else model
-        tokens = self.args.max_num_batched_tokens
+        tokens = self.max_num_batched_tokens
         num_seqs = max(1, min(self.args.max_num_seqs, tokens // 256 or 1))
         lens = [tokens // num_seqs] * num_seqs
         lens[-1] += tokens - sum(lens)
@@ -336,7 +346,7 @@ class EngineCore:
 
     def _activation_reserve_bytes(self) -> int:
         c = self.model_config
-        tokens = self.args.max_num_batched_tokens
+        tokens = self.max_num_batched_tokens
         elem = torch.empty((), dtype=self.dtype).element_size()
         per_token = (4 * c.hidden_size + 3 * c.intermediate_size) * elem
         logits = self.args.max_num_seqs * c.vocab_size * 4 * 4
@@ -511,8 +521,8 @@ class EngineCore:
         self._ok_steps = 0
         s, args = self.scheduler, self.args
         s.max_num_seqs = min(args.max_num_seqs, 2 * s.max_num_seqs)
-        s.max_num_batched_tokens = min(args.max_num_batched_tokens, 2 * s.max_num_batched_tokens)
-        limits = (args.max_num_seqs, args.max_num_batched_tokens)
+        s.max_num_batched_tokens = min(self.max_num_batched_tokens, 2 * s.max_num_batched_tokens)
+        limits = (args.max_num_seqs, self.max_num_batched_tokens)
         self._oom_capped = (s.max_num_seqs, s.max_num_batched_tokens) != limits
 
     def stats(self, num_unfinished: int | None = None) -> EngineStats:

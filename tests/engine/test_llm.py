@@ -159,3 +159,16 @@ def test_dummy_weights_need_only_the_config(tiny_dir: Path, tmp_path: Path) -> N
 def test_max_model_len_beyond_the_model_is_clamped(tiny_dir: Path) -> None:
     llm = LLM(str(tiny_dir), device="cpu", max_model_len=10**6)
     assert llm.engine.max_model_len == 4096  # the tiny model's max_position_embeddings
+
+
+def test_the_step_budget_follows_the_device_when_not_given(tiny_llm: LLM) -> None:
+    from ember.engine.args import default_batched_tokens
+
+    gib = 2**30
+    assert default_batched_tokens(None) == 2048  # the CPU
+    assert default_batched_tokens(80 * gib, "NVIDIA H100 80GB HBM3") == 8192
+    assert default_batched_tokens(141 * gib, "NVIDIA H200") == 8192
+    assert default_batched_tokens(80 * gib, "NVIDIA A100-SXM4-80GB") == 2048
+    assert default_batched_tokens(24 * gib, "NVIDIA L4") == 2048
+    core = tiny_llm.engine.core
+    assert core.max_num_batched_tokens == core.scheduler.max_num_batched_tokens == 2048
