@@ -181,11 +181,12 @@ class ServerMetrics:
 class RequestTracker:
     """Observes one request's latencies from its stream of (delta) outputs."""
 
-    __slots__ = ("_done", "_m", "_name", "_prev_token_time", "_ttft_done")
+    __slots__ = ("_done", "_itl", "_m", "_name", "_prev_token_time", "_ttft_done")
 
     def __init__(self, metrics: ServerMetrics, model_name: str) -> None:
         self._m = metrics
         self._name = model_name
+        self._itl = metrics.itl.labels(model_name)  # observed for every token: looked up once
         self._prev_token_time: float | None = None
         self._ttft_done = False
         self._done = False
@@ -206,7 +207,7 @@ class RequestTracker:
         if prev is not None and last is not None and new_tokens > 0 and last > prev:
             gap = (last - prev) / new_tokens
             for _ in range(new_tokens):
-                m.itl.labels(name).observe(gap)
+                self._itl.observe(gap)
         if last is not None:
             self._prev_token_time = last
         if out.finished:
