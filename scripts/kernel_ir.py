@@ -35,8 +35,7 @@ REGISTERS_PER_SM = 65536
 SHARED_PER_SM = 227 * 1024  # usable per SM on sm_90
 KV_TYPES = {"bf16": "*bf16", "fp16": "*fp16", "fp8": "*fp8e4nv"}
 POINTERS = ("q_ptr", "k_cache_ptr", "v_cache_ptr", "out_ptr", "part_acc_ptr", "part_max_ptr",
-            "part_sum_ptr", "query_start_loc_ptr", "seq_lens_ptr",
-            "block_tables_ptr")  # fmt: skip
+            "part_sum_ptr", "query_start_loc_ptr", "seq_lens_ptr", "block_tables_ptr")  # fmt: skip
 ALIGNED_INTS = ("num_q_heads", "stride_q_tok", "stride_q_head", "stride_o_tok", "stride_o_head",
                 "stride_k_block", "stride_k_slot", "stride_k_head", "stride_v_block",
                 "stride_v_slot", "stride_v_head", "stride_bt_seq")  # fmt: skip

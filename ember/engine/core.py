@@ -139,8 +139,10 @@ class EngineCore:
             hash_triton_ahead()  # off the first profiling pass's path (kernel_cache.py)
         self.startup.cuda_init_s = init_cuda(args, self.device)
         trace("CUDA initialised")
-        self.max_num_batched_tokens = args.max_num_batched_tokens or _device_batched_tokens(
-            self.device
+        self.max_num_batched_tokens = (
+            _device_batched_tokens(self.device)
+            if args.max_num_batched_tokens is None
+            else args.max_num_batched_tokens
         )
         model_dir = Path(args.model)
         self.model_config = ModelConfig.from_dir(model_dir)
