@@ -35,7 +35,8 @@ REGISTERS_PER_SM = 65536
 SHARED_PER_SM = 227 * 1024  # usable per SM on sm_90
 KV_TYPES = {"bf16": "*bf16", "fp16": "*fp16", "fp8": "*fp8e4nv"}
 POINTERS = ("q_ptr", "k_cache_ptr", "v_cache_ptr", "out_ptr", "part_acc_ptr", "part_max_ptr",
-            "part_sum_ptr", "query_start_loc_ptr", "seq_lens_ptr", "block_tables_ptr")  # fmt: skip
+            "part_sum_ptr", "arrivals_ptr", "query_start_loc_ptr", "seq_lens_ptr",
+            "block_tables_ptr")  # fmt: skip
 ALIGNED_INTS = ("num_q_heads", "stride_q_tok", "stride_q_head", "stride_o_tok", "stride_o_head",
                 "stride_k_block", "stride_k_slot", "stride_k_head", "stride_v_block",
                 "stride_v_slot", "stride_v_head", "stride_bt_seq")  # fmt: skip
@@ -49,13 +50,14 @@ def compile_decode(
     types = {
         "q_ptr": "*bf16", "out_ptr": "*bf16", "k_cache_ptr": KV_TYPES[kv],
         "v_cache_ptr": KV_TYPES[kv], "part_acc_ptr": "*fp32", "part_max_ptr": "*fp32",
-        "part_sum_ptr": "*fp32", "query_start_loc_ptr": "*i32", "seq_lens_ptr": "*i32",
-        "block_tables_ptr": "*i32", "scale": "fp32", "softcap": "fp32",
+        "part_sum_ptr": "*fp32", "arrivals_ptr": "*i32", "query_start_loc_ptr": "*i32",
+        "seq_lens_ptr": "*i32", "block_tables_ptr": "*i32", "scale": "fp32", "softcap": "fp32",
     }  # fmt: skip
     constants = dict(
         HEAD_DIM=128, BLOCK_M=16, BLOCK_N=block_n, PAGE_SIZE=16, SINGLE_TOKEN=True,
         SKIP_SINGLE_TOKEN=False, SPLIT_KV=split, USE_WINDOW=False, USE_SOFTCAP=False,
         DOT_PRECISION="tf32", KV_FP8=kv == "fp8", ONE_LOOP=one_loop, PDL=arch >= 90,
+        MERGE_CHUNK=4,
         tokens_per_tile=1,  # Triton turns an int argument equal to 1 into a constant
     )  # fmt: skip
     signature = {

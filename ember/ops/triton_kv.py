@@ -89,6 +89,25 @@ def pdl_launch(enabled: bool) -> dict[str, Any]:
     return {"launch_pdl": True} if enabled else {}
 
 
+_ARRIVALS: dict[tuple[torch.device, str], torch.Tensor] = {}
+_RETIRED: list[torch.Tensor] = []  # outgrown counters, kept for the CUDA graphs that hold them
+
+
+def arrival_counts(device: torch.device, purpose: str, n: int) -> torch.Tensor:
+    """At least `n` zeroed int32 counters on `device` for one kernel's programs to count their
+    arrival on (the last to arrive finishes the work, e.g. merges the split pieces). Each launch
+    must leave them zero (the last program resets its counter), so one buffer per device and
+    `purpose` serves every launch on that device's stream, CUDA graphs included. A larger need
+    gets a new buffer; the old one stays allocated for graphs captured with it."""
+    have = _ARRIVALS.get((device, purpose))
+    if have is None or have.numel() < n:
+        if have is not None:
+            _RETIRED.append(have)
+        have = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
+        _ARRIVALS[(device, purpose)] = have
+    return have
+
+
 def next_power_of_2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
