@@ -14,6 +14,7 @@ import torch
 from ember.engine.request import Request
 from ember.engine.structured import GrammarMatcher, StructuredDecoding, apply_bitmask
 from ember.engine.upload import upload
+from ember.ops.triton_argmax import argmax_into
 from ember.outputs import Logprob
 
 
@@ -66,8 +67,9 @@ class Sampler:
     def sample_tokens(self, logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
         """The sampled tokens, left on the device (no sync), for rows that need no penalties,
         grammar, min_tokens masking or logprobs (see `needs_host`)."""
-        if all(r.params.greedy for r in reqs):  # the cast to float32 changes no argmax
-            return logits.argmax(dim=-1)
+        if all(r.params.greedy for r in reqs):
+            out = torch.empty(logits.shape[0], dtype=torch.int64, device=logits.device)
+            return argmax_into(logits, out)
         return self._sample(logits.float(), reqs)
 
     @staticmethod
