@@ -157,7 +157,11 @@ class ModelRunner:
         reqs = [req for req, _ in sched.scheduled]
         positions = [req.num_computed_tokens for req in reqs]
         ids = [req.token_at(p) for req, p in zip(reqs, positions, strict=True)]
-        return reqs, self.sampler(self._replay_decode(reqs, positions, ids), reqs)
+        logits = self._replay_decode(reqs, positions, ids)
+        if _plain_greedy(reqs):
+            assert self.graphs is not None
+            return reqs, SamplerOutput(self.graphs.greedy_tokens(len(reqs)).tolist(), None)
+        return reqs, self.sampler(logits, reqs)
 
     def _replay_decode(
         self, reqs: list[Request], positions: list[int], input_ids: list[int] | torch.Tensor
@@ -258,7 +262,11 @@ class ModelRunner:
         Returns the sampled tokens on the device without waiting for them (async scheduling);
         no row may need the host between steps (Sampler.needs_host)."""
         self.last_step_graph = True
-        return self.sampler.sample_tokens(self._replay_decode(reqs, positions, input_ids), reqs)
+        logits = self._replay_decode(reqs, positions, input_ids)
+        if all(r.params.greedy for r in reqs):
+            assert self.graphs is not None
+            return self.graphs.greedy_tokens(len(reqs))  # the graph's own argmax
+        return self.sampler.sample_tokens(logits, reqs)
 
     @torch.inference_mode()
     def launch_rows(self, rows: list[StepRow], prev_tokens: torch.Tensor | None) -> torch.Tensor:
@@ -287,3 +295,9 @@ class ModelRunner:
             return [], None
         logits = self.model.compute_logits(hidden[self._to_device(rows, torch.int64)])
         return reqs, self.sampler(logits, reqs)
+
+
+def _plain_greedy(reqs: list[Request]) -> bool:
+    """Every row takes its argmax of the raw logits (no penalties, grammar, min_tokens or
+    logprobs), which a decode graph computes itself."""
+    return all(r.params.greedy and not Sampler.needs_host(r) for r in reqs)
