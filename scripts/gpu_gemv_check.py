@@ -39,15 +39,21 @@ LLAMA_8B_GEMVS = [
 QUICK_GEMVS = [("small", 40, 96, PRE_NONE), ("small norm", 33, 64, PRE_RMSNORM)]
 QUICK_GEMVS += [("small silu", 24, 80, PRE_SILU_MUL), ("long k norm", 50, 1000, PRE_RMSNORM)]
 QUICK_GEMVS += [("add + norm", 40, 1000, PRE_ADD_RMSNORM)]
-CONFIGS = [  # (block_n, block_k, num_warps, num_stages); gemv_config picks among the first three
-    (4, 1024, 4, 3),
-    (8, 1024, 4, 3),
-    (16, 512, 8, 3),
-    (4, 512, 8, 3),
+CONFIGS = [  # (block_n, block_k, num_warps, num_stages, fold); fold 1: the accumulator unfolded
+    (4, 1024, 4, 3, 1),
+    (8, 1024, 4, 3, 1),
+    (16, 512, 8, 3, 1),
+    (4, 1024, 4, 3, 8),
+    (8, 1024, 4, 3, 8),
+    (16, 512, 8, 3, 8),
+    (8, 512, 4, 3, 8),
+    (16, 512, 4, 3, 8),
 ]
-# Per projection of _layer_chain ("tuned"): the best of the 2026-12-04 sweep, which
-# gemv_config now picks too ("fused GEMVs" runs gemv_triton's own choice).
+# Per projection of _layer_chain: gemv_config's choices before the accumulator was folded, the
+# same folded, and the folded sweep's best (2026-12-04).
 LAYER_CONFIGS = {"qkv": CONFIGS[2], "o": CONFIGS[1], "gate_up": CONFIGS[2], "down": CONFIGS[1]}
+LAYER_FOLDED = {"qkv": CONFIGS[5], "o": CONFIGS[4], "gate_up": CONFIGS[5], "down": CONFIGS[4]}
+LAYER_FOLDED_BEST = {"qkv": CONFIGS[6], "o": CONFIGS[3], "gate_up": CONFIGS[4], "down": CONFIGS[3]}
 CUDA = torch.device("cuda")
 ROTATE_BYTES = 256 * 2**20  # weights cycled per timed call: past the L2 cache
 REL_TOL = {torch.bfloat16: 8e-3, torch.float16: 2e-3, torch.float32: 1e-5}
@@ -71,10 +77,10 @@ def _check(name: str, n: int, k: int, pre: int, dtype: torch.dtype, dev: torch.d
     res_ref, res_got = (torch.empty_like(res), torch.empty_like(res)) if res is not None else (
         None, None)  # fmt: skip
     want = gemv_reference(x, w, pre=pre, norm_weight=nw, residual=res, residual_out=res_ref).float()
-    for block_n, block_k, warps, stages in CONFIGS:
+    for block_n, block_k, warps, stages, fold in CONFIGS:
         got = gemv_triton(
             x, w, pre=pre, norm_weight=nw, residual=res, residual_out=res_got,
-            block_n=block_n, block_k=block_k, num_warps=warps, num_stages=stages,
+            block_n=block_n, block_k=block_k, num_warps=warps, num_stages=stages, fold=fold,
         ).float()  # fmt: skip
         rel = ((got - want).norm() / want.norm().clamp_min(1e-30)).item()
         good = rel <= REL_TOL[dtype]
@@ -82,7 +88,7 @@ def _check(name: str, n: int, k: int, pre: int, dtype: torch.dtype, dev: torch.d
             good &= torch.equal(res_ref, res_got)  # the residual stream, exactly
         ok &= good
         print(
-            f"{name:16} {n}x{k} n{block_n} k{block_k}  rel l2 {rel:9.2e}  "
+            f"{name:16} {n}x{k} n{block_n} k{block_k} f{fold}  rel l2 {rel:9.2e}  "
             f"{'PASS' if good else 'FAIL'}",
             flush=True,
         )
@@ -128,9 +134,9 @@ def _timings(
         return fn
 
     def fused(
-        x: torch.Tensor, w: torch.Tensor, norm: torch.Tensor, cfg: tuple[int, int, int, int]
+        x: torch.Tensor, w: torch.Tensor, norm: torch.Tensor, cfg: tuple[int, int, int, int, int]
     ) -> Callable[[], None]:
-        block_n, block_k, warps, stages = cfg
+        block_n, block_k, warps, stages, fold = cfg
 
         adds = pre == PRE_ADD_RMSNORM
 
@@ -138,7 +144,7 @@ def _timings(
             gemv_triton(
                 x, w, pre=pre, norm_weight=norm, block_n=block_n, block_k=block_k,
                 num_warps=warps, num_stages=stages, residual=res if adds else None,
-                residual_out=res_out if adds else None,
+                residual_out=res_out if adds else None, fold=fold,
             )  # fmt: skip
 
         return fn
@@ -148,7 +154,7 @@ def _timings(
         ("pre-op kernel + cuBLAS (unfused)", time_us([unfused(*s) for s in sets])),
     ]
     for cfg in CONFIGS:
-        label = "Triton fused n{} k{} w{} s{}".format(*cfg)
+        label = "Triton fused n{} k{} w{} s{} f{}".format(*cfg)
         rows.append((label, time_us([fused(x, w, nm, cfg) for x, w, nm in sets])))
     base = rows[1][1]
     for label, us in rows:
@@ -219,11 +225,14 @@ def _layer_chain(
 
         return fn
 
-    def fused(w: dict[str, torch.Tensor], tuned: bool = False) -> Callable[[], None]:
+    def fused(
+        w: dict[str, torch.Tensor], tuned: dict[str, tuple[int, int, int, int, int]] | None = None
+    ) -> Callable[[], None]:
         def gemv(name: str, x: torch.Tensor, pre: int = PRE_NONE, **kw: Any) -> torch.Tensor:
-            if tuned:
-                block_n, block_k, warps, stages = LAYER_CONFIGS[name]
-                kw.update(block_n=block_n, block_k=block_k, num_warps=warps, num_stages=stages)
+            if tuned is not None:
+                block_n, block_k, warps, stages, fold = tuned[name]
+                kw.update(block_n=block_n, block_k=block_k, num_warps=warps, num_stages=stages,
+                          fold=fold)  # fmt: skip
             return gemv_triton(x, w[name], pre=pre, eps=1e-5, **kw)
 
         def fn() -> None:
@@ -241,7 +250,9 @@ def _layer_chain(
     variants = [
         ("unfused (7 kernels)", base),
         ("fused GEMVs (4 kernels)", time_us([fused(w) for w in layers])),
-        ("fused GEMVs, tuned", time_us([fused(w, tuned=True) for w in layers])),
+        ("fused GEMVs, as before", time_us([fused(w, LAYER_CONFIGS) for w in layers])),
+        ("fused, folded by 8", time_us([fused(w, LAYER_FOLDED) for w in layers])),
+        ("fused, folded, sweep's best", time_us([fused(w, LAYER_FOLDED_BEST) for w in layers])),
     ]
     print(f"\none decoder layer's projections, batch 1 ({nbytes / 1e6:.0f} MB of weights):")
     for label, us in variants:
