@@ -154,7 +154,7 @@ class StepInputs:
     table rows when there are several and they are narrower than the buffer."""
 
     def __init__(self, n: int, max_blocks: int, device: torch.device) -> None:
-        self.n, self.max_blocks = n, max_blocks
+        self.max_blocks = max_blocks
         offsets, at = [], 0
         for nbytes in (8 * n, 8 * n, 8 * n, 4 * n, 4 * n * max_blocks):
             offsets.append(at)
