@@ -1,9 +1,9 @@
 """The Triton attention kernels on CPU under Triton's interpreter (TRITON_INTERPRET=1), against the
 reference, for the tiny test models' shapes (4 query heads, 2 KV heads, head_dim 16, fp32):
 decode with split-KV counts frozen from a longer max length than the batch has (as under CUDA
-graphs, so many pieces see no keys), chunked prefill over a cached context mixed with decodes,
-large score magnitudes, and decode's one-loop variant (KernelConfig.one_loop). Skipped where
-Triton is not installed.
+graphs, so many pieces see no keys; the last piece to arrive merges and leaves its counter zero),
+chunked prefill over a cached context mixed with decodes, large score magnitudes, and decode's
+one-loop variant (KernelConfig.one_loop). Skipped where Triton is not installed.
 
 The interpreter is chosen when the kernels are decorated, so the check runs in a fresh process.
 """
@@ -104,6 +104,9 @@ for ctx, chunk in ((0, 32), (32, 32), (96, 32), (113, 17), (40, 1)):
 for splits in (1, 3, graph_splits):
     check([(1, n + 1) for n in lens], splits, 20.0, seed=splits, cfg=ONE_LOOP)
 check([(1, 60), (32, 64), (1, 9)], None, 1.0, seed=5, cfg=ONE_LOOP)
+# Every split launch left its arrival counters zero for the next (the last piece resets them).
+from ember.ops.triton_kv import arrival_counts
+assert not arrival_counts(torch.device("cpu"), "attention", 1).any()
 print("ok")
 """
 
