@@ -17,9 +17,10 @@ reduced once at the end (a reduction every tile, as the first version did, ran a
 Each tile's products are first summed over runs of 8 K neighbours, which one thread holds, so the
 accumulator is [BLOCK_N, BLOCK_K // 8]: 48 registers a thread instead of 79 for 16 x 512 tiles,
 5 programs an SM instead of 3, one Llama-8B layer's projections 114.7 -> 110.8 µs and batch-1
-decode 236.0 -> 244.9 tok/s on the H200 (2026-12-04). Against cuBLAS on the H200 (`gpu_check.py --section gemv2`, 2026-12-04,
-weights rotated past L2, no pre-op): qkv 6144 x 4096 14.3 against 15.9 µs, o 4096 x 4096 11.2
-against 12.6 (cuBLAS adds a split-K reduce), gate_up 56.0 against 56.9, down 30.8 against 31.5.
+decode 236.0 -> 244.9 tok/s on the H200 (2026-12-04). Before that fold, against cuBLAS on the
+H200 (`gpu_check.py --section gemv2`, 2026-12-04, weights rotated past L2, no pre-op): qkv
+6144 x 4096 14.3 against 15.9 µs, o 4096 x 4096 11.2 against 12.6 (cuBLAS adds a split-K
+reduce), gate_up 56.0 against 56.9, down 30.8 against 31.5.
 Under programmatic dependent launch each program loads its first weight tile before `gdc_wait`
 (no kernel writes weights), so that load overlaps the kernel ahead's tail: batch-1 decode 229.3-
 229.5 -> 231.3-231.4 tok/s on the H200 (2026-12-04, alternating runs in one call).
