@@ -53,8 +53,8 @@ class _InFlight:
         """Start the tokens' copy to the host now, ordered right after the step that samples
         them: reading them later must wait for this step only, not for the step launched after
         it on the same stream (a plain .tolist() then would queue behind that one)."""
-        if tokens.device.type != "cuda":
-            return cls(sched, sampling, tokens, tokens, None)
+        if tokens.device.type != "cuda":  # a copy: `tokens` may be a buffer the next step reuses
+            return cls(sched, sampling, tokens, tokens.clone(), None)
         host = tokens.to("cpu", non_blocking=True)  # into pinned memory
         copied = torch.cuda.Event()
         copied.record(torch.cuda.current_stream(tokens.device))
