@@ -3,8 +3,9 @@
 # gguf, moto, Run:ai, obstore, ...; see docs/benchmarks.md), then runs the named stages, each
 # under its own time limit, with every log kept under $OUT. Pick stages that fit one call (10 min):
 #
-#   bash scripts/device_run.sh check            # kernels, engine parity, GGUF, the batch-1
-#                                               # GEMVs, the KV budget's sampled pass (~7 min)
+#   bash scripts/device_run.sh check            # kernels (the greedy argmax too), engine parity,
+#                                               # GGUF, the batch-1 GEMVs, the KV budget's
+#                                               # sampled pass (~7 min)
 #   bash scripts/device_run.sh shapes           # Gemma 2 9B / Gemma 3 4B vs transformers (~8 min
 #                                               # on a fresh machine: float32 kernels compile slowly)
 #   bash scripts/device_run.sh start serve      # start -> first token, HTTP serving (~6 min)
@@ -92,7 +93,8 @@ run() {
 for stage in "$@"; do
     case $stage in
         check)
-            run correctness 240 python3 scripts/gpu_check.py --section correctness --section fused
+            run correctness 240 python3 scripts/gpu_check.py --section correctness --section fused \
+                --section argmax
             run engine-check 200 python3 scripts/gpu_check.py --section engine --section gguf
             run gemv-peak 200 python3 scripts/gpu_check.py --section gemv --section peak
             ;;
