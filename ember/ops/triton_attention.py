@@ -285,8 +285,8 @@ def _paged_attention_kernel(
     PDL: tl.constexpr,  # launched with programmatic dependent launch (triton_kv.pdl_enabled)
     MERGE_CHUNK: tl.constexpr = 4,  # split pieces a round of the last piece's merge
 ):
-    # The step's metadata (query starts, sequence lengths, block tables) is read before waiting
-    # on the kernel ahead (PDL): no kernel writes it; q and the cache after.
+    # The step's query starts and sequence lengths are read before waiting on the kernel ahead
+    # (PDL): no kernel writes them; q, the block tables and the cache after.
     # Decode lets the kernel after it (the o projection) be scheduled as soon as it has waited:
     # its programs load their first weight tiles beside this one's (batch-1 decode 235.3-235.6
     # -> 235.9-236.0 tok/s on the H200; the GEMVs triggering that early were slower, 231.2).

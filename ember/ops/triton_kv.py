@@ -77,11 +77,10 @@ def pdl_enabled(device: torch.device) -> bool:
     until that kernel's writes are visible before it reads anything that kernel may write, and
     before it writes anything, and calls `gdc_launch_dependents` once its main loop is done
     (short kernels and decode attention: once they have waited), so the next one is launched
-    during its tail. Before the wait a
-    kernel reads only what no kernel of the forward pass writes (weights, the step's metadata and
-    block tables, ready before its first layer runs). Batch-1 decode of the Llama-3.1-8B shape on
-    the H200: 229.1-229.2 tok/s with it, 222.0-222.4 without; 231.8-232.0 with those early reads
-    (docs/benchmarks.md, 2026-12-04)."""
+    during its tail. Before the wait a kernel reads only what no kernel of the forward pass
+    writes (weights, the step's metadata, ready before its first layer runs). Batch-1 decode of
+    the Llama-3.1-8B shape on the H200: 229.1-229.2 tok/s with it, 222.0-222.4 without;
+    231.8-232.0 with those early reads (docs/benchmarks.md, 2026-12-04)."""
     return gdc_wait is not None and PDL_SETTING and hopper_or_later(device)
 
 
