@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from ember.ops import use_triton
 from ember.ops.triton_kv import (
     arrival_counts,
     gdc_launch_dependents,
@@ -109,8 +110,6 @@ def argmax_triton(logits: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 def argmax_into(logits: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """Each row's argmax of logits [R, V] written to out (int64 [R]): the Triton kernel on CUDA
     where the Triton backend is in use, torch's argmax elsewhere. Returns out."""
-    from ember.ops import use_triton
-
     if use_triton(logits.device):
         return argmax_triton(logits, out)
     return torch.argmax(logits, dim=-1, out=out)
