@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ember.layers.metadata import KVStore
 from ember.layers.norm import GemmaRMSNorm
-from ember.layers.rotary import RotaryEmbedding, _rotate
+from ember.layers.rotary import RotaryEmbedding, rotate_neox
 from ember.ops.attention_ref import write_kv
 from ember.ops.triton_fused import rms_norm_triton, rotary_triton, silu_and_mul_triton
 
@@ -106,7 +106,7 @@ def section_fused(args: argparse.Namespace) -> bool:
             k = qkv[:, hq * d : (hq + hkv) * d].view(tokens, hkv, d)
             cos = rope.cos_cache[pos].unsqueeze(1)
             sin = rope.sin_cache[pos].unsqueeze(1)
-            q_ref, k_ref = _rotate(q.clone(), cos, sin), _rotate(k.clone(), cos, sin)
+            q_ref, k_ref = rotate_neox(q.clone(), cos, sin), rotate_neox(k.clone(), cos, sin)
             rotary_triton(pos, q, k, rope.cos_cache, rope.sin_cache)
             err = max((q - q_ref).abs().max().item(), (k - k_ref).abs().max().item())
             ok &= _row(f"rotary {tokens}t {hq}/{hkv}x{d}", dtype, err)

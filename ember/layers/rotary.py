@@ -111,7 +111,7 @@ class RotaryEmbedding(nn.Module):
             return rotary_triton(positions, q, k, self.cos_cache, self.sin_cache, kv_store)
         cos = self.cos_cache[positions].unsqueeze(1)  # [T, 1, D/2]
         sin = self.sin_cache[positions].unsqueeze(1)
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        q, k = rotate_neox(q, cos, sin), rotate_neox(k, cos, sin)
         if kv_store is not None:
             k_cache, v_cache = kv_store.cache
             get_write_kv(q.device)(k_cache, v_cache, k, kv_store.v, kv_store.slot_mapping)
@@ -121,7 +121,9 @@ class RotaryEmbedding(nn.Module):
         return f"head_dim={self.head_dim}, max_position={self.max_position}"
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rotate_neox(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [..., D] rotated neox style (its two halves as pairs) by cos/sin [..., D // 2], in
+    x's dtype: every product rounded (the reference the Triton kernels are checked against)."""
     # Applied in x's dtype, as HF does, so bf16 results match transformers bit for bit.
     cos = cos.to(x.dtype)
     sin = sin.to(x.dtype)

@@ -16,7 +16,7 @@ from tests.ops.test_triton_interpreter import (  # noqa: F401 (pytestmark: the s
 _CHECK = r"""
 import torch
 from ember.layers.metadata import KVStore
-from ember.layers.rotary import RotaryEmbedding, _rotate
+from ember.layers.rotary import RotaryEmbedding, rotate_neox
 from ember.ops.attention_ref import write_kv
 from ember.ops.triton_fused import rotary_triton
 from ember.ops.triton_kv import write_kv_triton
@@ -43,7 +43,7 @@ def check(tokens, hq, hkv, d, cache_dtype, seed):
     want_v = torch.zeros(shape, dtype=cache_dtype)
     cos = rope.cos_cache[pos].unsqueeze(1)
     sin = rope.sin_cache[pos].unsqueeze(1)
-    q_ref, k_ref = _rotate(q.clone(), cos, sin), _rotate(k.clone(), cos, sin)
+    q_ref, k_ref = rotate_neox(q.clone(), cos, sin), rotate_neox(k.clone(), cos, sin)
     writer = write_kv_triton if cache_dtype.itemsize == 1 else write_kv
     writer(want_k, want_v, k_ref[keep], v[keep], slots[keep])
     got_k = torch.zeros(shape, dtype=cache_dtype)
