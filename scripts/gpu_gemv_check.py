@@ -17,7 +17,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ember.ops.triton_fused import rms_norm_triton, silu_and_mul_triton
+from ember.layers.metadata import KVStore
+from ember.layers.rotary import RotaryEmbedding, rotate_neox
+from ember.ops.triton_fused import rms_norm_triton, rotary_triton, silu_and_mul_triton
 from ember.ops.triton_gemv import (
     PRE_ADD_RMSNORM,
     PRE_NONE,
@@ -26,6 +28,7 @@ from ember.ops.triton_gemv import (
     gemv_reference,
     gemv_triton,
 )
+from ember.ops.triton_qkv_rotary import QKVRotary
 
 # (name, N = output features, K = input features, pre-op): one Llama-3.1-8B layer, and the head.
 LLAMA_8B_GEMVS = [
@@ -171,6 +174,10 @@ def section_gemv(args: argparse.Namespace) -> bool:
     dtype = torch.float16 if dev.type == "cpu" else torch.bfloat16  # the interpreter: no bf16
     gemvs = QUICK_GEMVS if quick else LLAMA_8B_GEMVS
     ok = all([_check(name, n, k, pre, dtype, dev) for name, n, k, pre in gemvs])
+    heads = (4, 2, 16) if quick else (32, 8, 128)
+    caches = [dtype] if dev.type == "cpu" else [dtype, torch.float8_e4m3fn]
+    ok &= all([_check_rotary(heads, cache, dtype, dev) for cache in caches])
+    ok &= _check_logits(40 if quick else 128256, 96 if quick else 4096, dtype, dev)
     print(f"gemv correctness: {'all PASS' if ok else 'FAILURES'}", flush=True)
     if dev.type != "cuda":
         return ok
@@ -181,7 +188,156 @@ def section_gemv(args: argparse.Namespace) -> bool:
     for name, n, k, pre in LLAMA_8B_GEMVS:
         _timings(name, n, k, pre, hbm, time_us)
     _layer_chain(hbm, time_us)
+    _rotary_timings(time_us)
+    _logits_timings(time_us)
     return ok
+
+
+def _head(vocab: int, hidden: int, dtype: torch.dtype, dev: torch.device, seed: int) -> tuple[
+    torch.Tensor, torch.Tensor
+]:  # fmt: skip
+    g = torch.Generator(device=dev).manual_seed(seed)
+    x = torch.randn(1, hidden, generator=g, device=dev).to(dtype)
+    w = (torch.randn(vocab, hidden, generator=g, device=dev) / hidden**0.5).to(dtype)
+    return x, w
+
+
+def _check_logits(vocab: int, hidden: int, dtype: torch.dtype, dev: torch.device) -> bool:
+    """The LM head's float32 logits straight from the GEMV (out_dtype) equal its own output in
+    the model's dtype, cast: rounded once, as the head's `.float()` after cuBLAS has them."""
+    x, w = _head(vocab, hidden, dtype, dev, seed=4)
+    got = gemv_triton(x, w, out_dtype=torch.float32)
+    want = gemv_triton(x, w).float()
+    rel = ((got - F.linear(x, w).float()).norm() / got.norm()).item()
+    good = got.dtype == torch.float32 and torch.equal(got, want) and rel <= REL_TOL[dtype]
+    print(f"lm head {vocab}x{hidden}, float32 out: equal to the cast {torch.equal(got, want)}, "
+          f"rel l2 against cuBLAS {rel:.2e}  {'PASS' if good else 'FAIL'}", flush=True)  # fmt: skip
+    return good
+
+
+def _logits_timings(time_us: Callable[..., float]) -> None:
+    """Batch-1 logits of the Llama-8B head: cuBLAS then the float32 cast, against the GEMV
+    writing float32 itself (4 heads' weights in turn: past L2)."""
+    heads = [_head(128256, 4096, torch.bfloat16, CUDA, seed) for seed in range(4)]
+    cublas = time_us([lambda x=x, w=w: F.linear(x, w).float() for x, w in heads])
+    gemv = time_us([lambda x=x, w=w: gemv_triton(x, w, out_dtype=torch.float32) for x, w in heads])
+    print(f"lm head, batch 1, float32 logits: cuBLAS + cast {cublas:6.1f} us, GEMV {gemv:6.1f} us "
+          f"({(gemv - cublas) / 1e3:+.3f} ms per step)")  # fmt: skip
+
+
+def _rotary_case(
+    heads: tuple[int, int, int], cache_dtype: torch.dtype, dtype: torch.dtype, dev: torch.device,
+    seed: int, keep: bool = False,
+) -> tuple[Callable[[], None], Callable[[], None], Callable[[], list[torch.Tensor]]]:  # fmt: skip
+    """A one-token qkv projection (add + RMSNorm in front) finished two ways: the rotary kernel
+    with its KV store after the GEMV (the path before the epilogue), and the GEMV's rotary
+    epilogue (QKVRotary). Returns (run_before, run_epilogue, outputs of the last runs); `keep`
+    also keeps the unrotated projection for results' eager rotation (not for timing)."""
+    n_q, n_kv, dim = heads
+    hidden = 4096 if dim == 128 else 48
+    g = torch.Generator(device=dev).manual_seed(seed)
+
+    def rand(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return (torch.randn(*shape, generator=g, device=dev) * scale).to(dtype)
+
+    w = rand((n_q + 2 * n_kv) * dim, hidden, scale=hidden**-0.5)
+    norm, x, res = 1.0 + rand(hidden, scale=0.1), rand(1, hidden), rand(1, hidden)
+    rope = RotaryEmbedding(dim, 8192, 500000.0)
+    rope.materialize_buffers(dev)
+    positions = torch.tensor([1234 if dim == 128 else 37], device=dev)
+    slots = torch.tensor([21], device=dev)
+
+    def cache() -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (8, 16, n_kv, dim)
+        return (torch.zeros(shape, device=dev).to(cache_dtype),
+                torch.zeros(shape, device=dev).to(cache_dtype))  # fmt: skip
+
+    cache_a, cache_b = cache(), cache()
+    outs: list[torch.Tensor] = [torch.empty(0)] * 3
+
+    def qkv_gemv(rot: QKVRotary | None) -> torch.Tensor:
+        return gemv_triton(
+            x, w, pre=PRE_ADD_RMSNORM, norm_weight=norm, residual=res,
+            residual_out=torch.empty_like(res), eps=1e-5, rotary=rot,
+        )  # fmt: skip
+
+    def today() -> None:
+        qkv = qkv_gemv(None)
+        if keep:
+            outs[2] = qkv.clone()  # before rotation, for the eager reference
+        q, k, v = qkv.split([n_q * dim, n_kv * dim, n_kv * dim], dim=-1)
+        store = KVStore(v.view(1, n_kv, dim), cache_a, slots)
+        rotary_triton(positions, q.view(1, n_q, dim), k.view(1, n_kv, dim), rope.cos_cache,
+                      rope.sin_cache, store)  # fmt: skip
+        outs[0] = qkv
+
+    def epilogue() -> None:
+        rot = QKVRotary(positions, rope.cos_cache, rope.sin_cache, n_q, n_kv, dim, cache_b, slots)
+        outs[1] = qkv_gemv(rot)
+
+    def results() -> list[torch.Tensor]:
+        """The rotary kernel's qkv, the epilogue's, eager PyTorch's rotation of the unrotated
+        qkv (every product rounded), the rounding bound of that rotation (below), then the
+        two runs' caches."""
+        q, k, v = outs[2].split([n_q * dim, n_kv * dim, n_kv * dim], dim=-1)
+        cos = rope.cos_cache[positions].unsqueeze(1)
+        sin = rope.sin_cache[positions].unsqueeze(1)
+        rotated = [rotate_neox(t.view(1, -1, dim), cos, sin).view(1, -1) for t in (q, k)]
+        eager = torch.cat([*rotated, v], dim=-1)
+        # A rotated value is a +- b of two products of a pair (x1, x2) and (cos, sin); keeping
+        # either product unrounded (an FMA) moves it by at most half an ulp of that product,
+        # and the result's own rounding by half an ulp of it: a bf16 ulp is at most |x| / 128.
+        pairs = torch.cat([q, k], dim=-1).float().abs().view(1, -1, 2, dim // 2).sum(2)
+        bound = (pairs.repeat(1, 1, 2).view(1, -1) + torch.cat(rotated, -1).float().abs()) / 128
+        return [outs[0], outs[1], eager, bound, *cache_a, *cache_b]
+
+    return today, epilogue, results
+
+
+def _check_rotary(
+    heads: tuple[int, int, int], cache_dtype: torch.dtype, dtype: torch.dtype, dev: torch.device
+) -> bool:
+    """The epilogue against the rotary kernel: v and both caches' bytes equal; q and k within
+    rounding of eager PyTorch's rotation, as the rotary kernel's are. On the GPU each kernel
+    fuses one product of a rotation into an FMA (Triton's default fp fusion), not always the
+    same one, so their q and k may differ in the last bits; under the interpreter they are
+    equal."""
+    today, epilogue, results = _rotary_case(heads, cache_dtype, dtype, dev, seed=3, keep=True)
+    today()
+    epilogue()
+    want, got, eager, bound, _, v_want, k_got, v_got = results()
+    n_q, n_kv, dim = heads
+    qk = slice(0, (n_q + n_kv) * dim)
+    v_same = torch.equal(want[:, qk.stop :], got[:, qk.stop :])
+    errors = [(t[:, qk].float() - eager[:, qk].float()).abs() / bound for t in (want, got)]
+    within = bool((errors[1] <= 1).all())
+    k_stored = got[:, qk.stop - n_kv * dim : qk.stop].view(n_kv, dim)
+    k_cache_ok = torch.equal(k_got[1, 5].float(), k_stored.to(cache_dtype).float())
+    v_cache_ok = torch.equal(v_want.view(torch.uint8), v_got.view(torch.uint8))
+    good = v_same and within and k_cache_ok and v_cache_ok
+    off = [int((t[:, qk] != eager[:, qk]).sum()) for t in (want, got)]
+    print(
+        f"qkv + rotary epilogue {heads} {cache_dtype!s:20} v equal {v_same}, q/k within "
+        f"rounding {within} ({int((want[:, qk] != got[:, qk]).sum())} of {qk.stop} differ "
+        f"from the rotary kernel's), k cache = k {k_cache_ok}, v cache equal {v_cache_ok}; "
+        f"against eager PyTorch: rotary kernel {off[0]} differ, worst {errors[0].max():.2f} "
+        f"of the bound, epilogue {off[1]}, worst {errors[1].max():.2f}  "
+        f"{'PASS' if good else 'FAIL'}",
+        flush=True,
+    )
+    return good
+
+
+def _rotary_timings(time_us: Callable[..., float]) -> None:
+    """qkv GEMV + rotary kernel (with its KV store) against the GEMV with both in its epilogue,
+    one Llama-8B layer, the weights rotated past L2 (16 layers' qkv)."""
+    cases = [_rotary_case((32, 8, 128), torch.bfloat16, torch.bfloat16, CUDA, s) for s in range(16)]
+    today = time_us([c[0] for c in cases])
+    fused = time_us([c[1] for c in cases])
+    print(
+        f"\nqkv + add + norm, then rotary + KV store: {today:6.1f} us; rotary and the store in "
+        f"the GEMV's epilogue: {fused:6.1f} us ({32 * (fused - today) / 1e3:+.3f} ms per step)"
+    )
 
 
 def _layer_chain(

@@ -24,6 +24,7 @@ from ember.models.base import CausalLM
 from ember.models.config import ModelConfig
 from ember.models.weights import checkpoint_slots, load_into_slots, raise_if_missing
 from ember.ops.triton_gemv import PRE_ADD_RMSNORM, PRE_RMSNORM, PRE_SILU_MUL, gemv_triton
+from ember.ops.triton_qkv_rotary import QKVRotary
 
 _QK_NORM_MODEL_TYPES = frozenset({"qwen3"})
 
@@ -83,19 +84,41 @@ class LlamaAttention(nn.Module):
         out = self.attend(positions, self.qkv_proj(hidden_states), kv_cache, attn_metadata)
         return self.o_proj(out)
 
+    def epilogue_rotary(
+        self, positions: torch.Tensor, kv_cache: KVCache, attn_metadata: AttentionMetadata
+    ) -> QKVRotary | None:
+        """For a one-token step through the fused GEMVs: the rotary embedding and KV store
+        that the qkv GEMV's epilogue can do instead of the rotary kernel (ops/triton_gemv.py);
+        None where q and k are normed between the projection and rotary (Qwen3)."""
+        if self.q_norm is not None:
+            return None
+        stores = bool(kv_cache[0].numel())  # not in the profiling run (see attend)
+        return QKVRotary(
+            positions, self.rotary.cos_cache, self.rotary.sin_cache, self.num_heads,
+            self.num_kv_heads, self.head_dim, kv_cache if stores else None,
+            attn_metadata.slot_mapping if stores else None,
+        )  # fmt: skip
+
     def attend(
         self,
         positions: torch.Tensor,
         qkv: torch.Tensor,
         kv_cache: KVCache,
         attn_metadata: AttentionMetadata,
+        rotated: QKVRotary | None = None,
     ) -> torch.Tensor:
-        """From the q/k/v projection's output [T, (Hq + 2 Hkv) D] to attention's [T, Hq D]."""
+        """From the q/k/v projection's output [T, (Hq + 2 Hkv) D] to attention's [T, Hq D].
+        `rotated`: the projection's epilogue rotated q and k already, and stored k and v in the
+        cache if it had a KV store (epilogue_rotary)."""
         num_tokens = qkv.shape[0]
         q, k, v = qkv.split(self.split_sizes, dim=-1)
         q = q.view(num_tokens, self.num_heads, self.head_dim)
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
+        if rotated is not None:
+            stored = rotated.cache is not None
+            out = self.attn(q, k, v, kv_cache, attn_metadata, kv_stored=stored)
+            return out.view(num_tokens, -1)
         if self.q_norm is not None and self.k_norm is not None:
             q = self.q_norm(q)
             k = self.k_norm(k)
@@ -165,20 +188,22 @@ class LlamaDecoderLayer(nn.Module):
         residual stream is written out of place (the GEMV's other programs still read it)."""
         attn, mlp = self.self_attn, self.mlp
         norm1, norm2 = self.input_layernorm, self.post_attention_layernorm
+        rotary = attn.epilogue_rotary(positions, kv_cache, attn_metadata)
         if residual is None:
             residual = hidden_states
             qkv = gemv_triton(
                 hidden_states, attn.qkv_proj.weight, pre=PRE_RMSNORM,
-                norm_weight=norm1.weight, eps=norm1.eps,
+                norm_weight=norm1.weight, eps=norm1.eps, rotary=rotary,
             )  # fmt: skip
         else:
             summed = torch.empty_like(residual)
             qkv = gemv_triton(
-                hidden_states, attn.qkv_proj.weight, pre=PRE_ADD_RMSNORM,
-                norm_weight=norm1.weight, eps=norm1.eps, residual=residual, residual_out=summed,
+                hidden_states, attn.qkv_proj.weight, pre=PRE_ADD_RMSNORM, norm_weight=norm1.weight,
+                eps=norm1.eps, residual=residual, residual_out=summed, rotary=rotary,
             )  # fmt: skip
             residual = summed
-        out = gemv_triton(attn.attend(positions, qkv, kv_cache, attn_metadata), attn.o_proj.weight)
+        attended = attn.attend(positions, qkv, kv_cache, attn_metadata, rotated=rotary)
+        out = gemv_triton(attended, attn.o_proj.weight)
         summed = torch.empty_like(residual)
         gate_up = gemv_triton(
             out, mlp.gate_up_proj.weight, pre=PRE_ADD_RMSNORM, norm_weight=norm2.weight,
@@ -258,6 +283,8 @@ class LlamaForCausalLM(CausalLM):
         return self.model(input_ids, positions, kv_caches, attn_metadata)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if small_batch.applies(hidden_states):  # one row on Hopper: the GEMV writes float32
+            return gemv_triton(hidden_states, self.lm_head.weight, out_dtype=torch.float32)
         return self.lm_head(hidden_states).float()
 
     def droppable_parameters(self) -> tuple[str, ...]:

@@ -24,11 +24,25 @@ reduce), gate_up 56.0 against 56.9, down 30.8 against 31.5.
 Under programmatic dependent launch each program loads its first weight tile before `gdc_wait`
 (no kernel writes weights), so that load overlaps the kernel ahead's tail: batch-1 decode 229.3-
 229.5 -> 231.3-231.4 tok/s on the H200 (2026-12-04, alternating runs in one call).
+
+Two epilogues (2026-12-04, fourteenth session, H200):
+- a layer's qkv projection can finish its output itself (QKVRotary): q and k rotated at the
+  token's position, and k and v stored at its cache slot, so the layer needs no rotary kernel.
+  Each program then owns rotation pairs (d, d + head_dim / 2) of one head (rotary_columns in
+  ops/triton_qkv_rotary.py).
+  qkv + rotary + KV store: 17.1 -> 16.5 µs a layer;
+- float32 output (`out_dtype`) for the LM head's logits, with no cast kernel after: 243.7 µs
+  for cuBLAS and the cast against 231.9 for the GEMV.
+Together, batch-1 decode 247.7 -> 250.8-250.9 tok/s (alternating runs in one call).
 `gpu_check.py --section gemv` checks them against `gemv_reference` (which rounds the norm's
-output to x's dtype before the projection, as the unfused layers do: a bf16 difference).
+output to x's dtype before the projection, as the unfused layers do: a bf16 difference), the
+rotary epilogue against the rotary kernel and eager PyTorch, and the float32 logits against
+their own cast.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +56,7 @@ from ember.ops.triton_kv import (
     pdl_launch,
     tl,
 )
+from ember.ops.triton_qkv_rotary import QKVRotary, rotary_args, rotary_columns, rotary_epilogue
 
 __all__ = [
     "MAX_ROWS",
@@ -120,6 +135,22 @@ def _gemv_kernel(
     stride_wn,
     eps,
     norm_offset,
+    pos_ptr,  # ROTARY only, from here on (see triton_qkv_rotary.rotary_epilogue)
+    cos_ptr,
+    sin_ptr,
+    stride_cache,
+    n_q_heads,
+    n_kv_heads,
+    slot_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    block_size,
+    stride_kc_block,
+    stride_kc_slot,
+    stride_kc_head,
+    stride_vc_block,
+    stride_vc_slot,
+    stride_vc_head,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     EVEN: tl.constexpr,  # n_cols % BLOCK_N == 0 and k_dim % BLOCK_K == 0: no masks
@@ -127,9 +158,22 @@ def _gemv_kernel(
     PDL: tl.constexpr,  # launched with programmatic dependent launch (triton_kv.pdl_enabled)
     EARLY: tl.constexpr,  # the first weight tile loaded before waiting on the kernel ahead
     FOLD: tl.constexpr,  # K neighbours summed before accumulating (_fold)
+    ROTARY: tl.constexpr,  # a qkv projection with rotary (and the KV store) in the epilogue
+    HALF: tl.constexpr,  # ROTARY: head_dim // 2
+    STORE_KV: tl.constexpr,  # ROTARY: also store k and v in the cache
+    SATURATE: tl.constexpr,  # STORE_KV into an fp8 cache: its largest finite value; else 0.0
 ):
     pid = tl.program_id(0)
-    cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    if ROTARY:
+        cols, head, d0 = rotary_columns(pid, BLOCK_N, HALF)
+        # The token's position and slot: no kernel writes them, so they are read before the
+        # PDL wait; cos and sin follow in the epilogue (held here, they cost 10 registers).
+        pos = tl.load(pos_ptr).to(tl.int64)
+        slot = pos * 0 - 1
+        if STORE_KV:
+            slot = tl.load(slot_ptr).to(tl.int64)
+    else:
+        cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < n_cols
     w_rows = w_ptr + cols.to(tl.int64)[:, None] * stride_wn
     acc = tl.zeros([BLOCK_N, BLOCK_K // FOLD], tl.float32)
@@ -166,7 +210,16 @@ def _gemv_kernel(
     y = tl.sum(acc, 1)
     if PRE == 1 or PRE == 3:
         y = y * tl.math.rsqrt(tl.sum(sq, 0) / k_dim + eps)
-    tl.store(y_ptr + cols, y.to(y_ptr.dtype.element_ty), mask=col_ok)
+    if ROTARY:  # whole heads: every column is in range
+        rotary_epilogue(
+            y.to(y_ptr.dtype.element_ty), y_ptr, cols, head, d0, pos, slot, cos_ptr, sin_ptr,
+            stride_cache, n_q_heads, n_kv_heads, k_cache_ptr, v_cache_ptr, block_size,
+            stride_kc_block, stride_kc_slot, stride_kc_head, stride_vc_block, stride_vc_slot,
+            stride_vc_head, BLOCK_N, HALF, STORE_KV, SATURATE,
+        )  # fmt: skip
+    else:  # rounded to x's dtype, as a projection in the model's dtype rounds (out_dtype)
+        y = y.to(x_ptr.dtype.element_ty).to(y_ptr.dtype.element_ty)
+        tl.store(y_ptr + cols, y, mask=col_ok)
 
 
 def gemv_config(pre: int, n_cols: int) -> tuple[int, int, int]:
@@ -198,13 +251,18 @@ def gemv_triton(
     num_stages: int = 3,
     early: bool = True,
     fold: int = 8,
+    rotary: QKVRotary | None = None,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """pre(x) @ weight.T for x [1, K] (PRE_SILU_MUL: [1, 2K]) and weight [N, K], both with a
     contiguous last dim; returns [1, N] in x's dtype. PRE_ADD_RMSNORM also takes `residual`
     [1, K] and writes x + residual to `residual_out` [1, K] (another buffer). See the module
     docstring; block_n, block_k and num_warps left None come from gemv_config. `early` loads
     each program's first weight tile before it waits on the kernel ahead (under PDL; off gives
-    the same sums, for tests)."""
+    the same sums, for tests). `rotary`: weight is a qkv projection whose q and k come out
+    rotated (and with its cache, k and v stored there), see QKVRotary. `out_dtype`
+    (default x's): y is rounded to x's dtype, then stored in it (float32 logits from a bf16
+    head, without a cast kernel after)."""
     m_rows = x.shape[0]
     n_cols, k_dim = weight.shape
     if m_rows > MAX_ROWS:
@@ -224,14 +282,19 @@ def gemv_triton(
         x = x.contiguous()
     if weight.stride(-1) != 1:
         raise ValueError("weight must have a contiguous last dim")
-    y = torch.empty((m_rows, n_cols), dtype=x.dtype, device=x.device)
+    if rotary is not None and out_dtype not in (None, x.dtype):
+        raise ValueError("the rotary epilogue writes q, k and v in x's dtype")
+    y = torch.empty((m_rows, n_cols), dtype=out_dtype or x.dtype, device=x.device)
     if m_rows == 0:
         return y
     default_n, default_k, default_warps = gemv_config(pre, n_cols)
+    if rotary is not None:  # a program's rotation pairs must lie within one head's halves
+        default_n = 2 * math.gcd(default_n // 2, rotary.head_dim // 2)
     pdl = pdl_enabled(x.device)
     block_n = default_n if block_n is None else block_n
     block_k = min(default_k if block_k is None else block_k, next_power_of_2(k_dim))
     num_warps = default_warps if num_warps is None else num_warps
+    epilogue = rotary_args(rotary, n_cols, block_n, x)
     _gemv_kernel[(-(-n_cols // block_n),)](
         x,
         weight,
@@ -244,6 +307,7 @@ def gemv_triton(
         weight.stride(0),
         eps,
         norm_offset,
+        *epilogue.pop("args"),
         BLOCK_N=block_n,
         BLOCK_K=block_k,
         EVEN=n_cols % block_n == 0 and k_dim % block_k == 0,
@@ -253,6 +317,7 @@ def gemv_triton(
         FOLD=min(fold, block_k),
         num_warps=num_warps,
         num_stages=num_stages,
+        **epilogue,
         **pdl_launch(pdl),
     )
     return y

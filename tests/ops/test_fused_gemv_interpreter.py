@@ -69,3 +69,56 @@ print("ok")
 
 def test_gemv_kernel_matches_reference_with_and_without_the_early_weight_tile() -> None:
     run_interpreted(_KERNEL)
+
+
+_ROTARY = r"""
+import torch
+from ember.layers.metadata import KVStore
+from ember.layers.rotary import RotaryEmbedding
+from ember.ops import triton_gemv as g
+from ember.ops.triton_fused import rotary_triton
+from ember.ops.triton_qkv_rotary import QKVRotary
+
+torch.manual_seed(2)
+HQ, HKV, D, BS, HIDDEN = 4, 2, 16, 4, 48
+rope = RotaryEmbedding(D, 64, 10000.0)
+for dtype in (torch.float16, torch.float32):
+    w = torch.randn((HQ + 2 * HKV) * D, HIDDEN, dtype=dtype) / HIDDEN**0.5
+    norm_w = torch.randn(HIDDEN, dtype=dtype)
+    for pos, slot, cached in ((0, 5, True), (37, 11, True), (12, -1, True), (9, 3, False)):
+        x = torch.randn(1, HIDDEN, dtype=dtype)
+        positions = torch.tensor([pos])
+        slots = torch.tensor([slot])
+        # Today's path: the GEMV, then the rotary kernel that also stores k and v.
+        want = g.gemv_triton(x, w, pre=g.PRE_RMSNORM, norm_weight=norm_w)
+        q, k, v = want.split([HQ * D, HKV * D, HKV * D], dim=-1)
+        q, k, v = q.view(1, HQ, D), k.view(1, HKV, D), v.view(1, HKV, D)
+        want_cache = (torch.zeros(6, BS, HKV, D, dtype=dtype), torch.zeros(6, BS, HKV, D, dtype=dtype))
+        store = KVStore(v, want_cache, slots) if cached else None
+        rotary_triton(positions, q, k, rope.cos_cache, rope.sin_cache, store)
+        # The same in the GEMV's epilogue, to the bit.
+        cache = (torch.zeros_like(want_cache[0]), torch.zeros_like(want_cache[1]))
+        rot = QKVRotary(positions, rope.cos_cache, rope.sin_cache, HQ, HKV, D,
+                          cache if cached else None, slots if cached else None)
+        got = g.gemv_triton(x, w, pre=g.PRE_RMSNORM, norm_weight=norm_w, rotary=rot)
+        assert torch.equal(got, want), (dtype, pos, (got - want).abs().max())
+        assert torch.equal(cache[0], want_cache[0]) and torch.equal(cache[1], want_cache[1])
+        stored = cached and slot >= 0
+        assert stored == bool(cache[0].abs().sum() > 0) == bool(cache[1].abs().sum() > 0)
+    try:
+        g.gemv_triton(x, w[:-D], pre=g.PRE_RMSNORM, norm_weight=norm_w, rotary=rot)
+    except ValueError as e:
+        assert "qkv projection" in str(e), e
+    else:
+        raise AssertionError("a projection of the wrong width was taken")
+print("ok")
+"""
+
+
+def test_rotary_in_the_qkv_epilogue_matches_the_rotary_kernel_to_the_bit() -> None:
+    """The one-token qkv GEMV with rotary and the KV store in its epilogue (QKVRotary) writes
+    the same q, k, v and cache bytes as the GEMV followed by the rotary kernel (under the
+    interpreter, to the bit; on the GPU each kernel may fuse a different product into an FMA,
+    which gpu_check's gemv section bounds); a slot of -1 and a run without a cache store
+    nothing."""
+    run_interpreted(_ROTARY)

@@ -14,6 +14,7 @@ from ember.ops.triton_gemv import (
     gemv_config,
     gemv_triton,
 )
+from ember.ops.triton_qkv_rotary import QKVRotary
 
 W = torch.zeros(8, 16)
 
@@ -81,3 +82,27 @@ def test_fused_gemvs_by_default_on_hopper_only(
     monkeypatch.setattr(small_batch, "hopper_or_later", lambda device: hopper)
     assert small_batch.applies(_Hidden(1)) is expected  # type: ignore[arg-type]
     assert not small_batch.applies(_Hidden(2))  # type: ignore[arg-type]
+
+
+def _rotary(heads: tuple[int, int, int]) -> QKVRotary:
+    n_q, n_kv, dim = heads
+    tables = torch.zeros(64, dim // 2)
+    return QKVRotary(torch.zeros(1, dtype=torch.int64), tables, tables, n_q, n_kv, dim)
+
+
+@pytest.mark.parametrize(
+    ("weight_rows", "rotary", "kwargs", "message"),
+    [
+        (7 * 16, _rotary((4, 2, 16)), {}, "has 128 features, not 112"),
+        (8 * 16, _rotary((4, 2, 16)), {"block_n": 6}, "block_n 6 must be even"),
+        (8 * 16, _rotary((4, 2, 16)), {"out_dtype": torch.float64}, "in x's dtype"),
+    ],
+)
+def test_rotary_epilogue_misuse_is_a_clear_error(
+    weight_rows: int, rotary: QKVRotary, kwargs: dict, message: str
+) -> None:
+    """The qkv GEMV's rotary epilogue: the projection must be whole heads of q, k and v, the
+    tile's rotation pairs must lie within a head, and the epilogue writes x's dtype."""
+    w = torch.zeros(weight_rows, 16)
+    with pytest.raises(ValueError, match=message):
+        gemv_triton(torch.zeros(1, 16), w, rotary=rotary, **kwargs)
