@@ -84,8 +84,8 @@ def rotary_epilogue(
 def rotary_args(
     rotary: QKVRotary | None, n_cols: int, block_n: int, x: torch.Tensor
 ) -> dict[str, Any]:
-    """triton_gemv._gemv_kernel's rotary-epilogue arguments ("args", in order) and constexprs; placeholders
-    (never read) without `rotary`."""
+    """triton_gemv._gemv_kernel's rotary-epilogue arguments ("args", in order) and its
+    constexprs; placeholders (never read) without `rotary`."""
     if rotary is None:
         args = (x, x, x, 0, 0, 0, x, x, x, 1, 0, 0, 0, 0, 0, 0)
         return {"args": args, "ROTARY": False, "HALF": 1, "STORE_KV": False, "SATURATE": 0.0}
