@@ -93,7 +93,8 @@ for dtype in (torch.float16, torch.float32):
         want = g.gemv_triton(x, w, pre=g.PRE_RMSNORM, norm_weight=norm_w)
         q, k, v = want.split([HQ * D, HKV * D, HKV * D], dim=-1)
         q, k, v = q.view(1, HQ, D), k.view(1, HKV, D), v.view(1, HKV, D)
-        want_cache = (torch.zeros(6, BS, HKV, D, dtype=dtype), torch.zeros(6, BS, HKV, D, dtype=dtype))
+        shape = (6, BS, HKV, D)
+        want_cache = (torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype))
         store = KVStore(v, want_cache, slots) if cached else None
         rotary_triton(positions, q, k, rope.cos_cache, rope.sin_cache, store)
         # The same in the GEMV's epilogue, to the bit.
