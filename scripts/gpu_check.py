@@ -23,7 +23,8 @@ and Triton tiles, scripts/gpu_gemm_check.py), overlap (a 256-row decode layer ag
 peak, and each one's time; scripts/gpu_peak_check.py), sdpa (long prompts' attention: the prefill
 kernel against torch's SDPA backends on K/V gathered from the cache, scripts/gpu_sdpa_check.py),
 gemv2 (one-row GEMVs that reduce once, swept against cuBLAS, scripts/gpu_gemv2_check.py),
-argmax (greedy sampling's argmax over a step's logits, scripts/gpu_argmax_check.py).
+argmax (greedy sampling's argmax over a step's logits, scripts/gpu_argmax_check.py), hbm (the
+HBM's copy and read-only rates, and the batch-1 8B decode roofline at each).
 
 The correctness and gemv sections also run on CPU under Triton's interpreter (with numpy < 2.4, which
 Triton 3.6's interpreter needs: e.g. `pip install --target /tmp/np22 numpy==2.2.6` and put that
@@ -387,6 +388,30 @@ def hbm_copy_gbps() -> float:
 
     us = time_us([copy], reps=10, graph=False)
     return 2 * n / (us * 1e3)
+
+
+def hbm_read_gbps() -> float:
+    """Read-only bandwidth: the faster of torch's sum and max over 4 GiB of bf16 (what a
+    batch-1 decode step mostly does: read weights once)."""
+    a = torch.empty(1 << 31, dtype=torch.bfloat16, device="cuda").normal_()
+
+    def total() -> None:
+        torch.sum(a, dtype=torch.float32)
+
+    def peak() -> None:
+        a.amax()
+
+    us = min(time_us([total], reps=10, graph=False), time_us([peak], reps=10, graph=False))
+    return a.numel() * 2 / (us * 1e3)
+
+
+def section_hbm(args: argparse.Namespace) -> bool:
+    """The HBM's copy and read rates, and the batch-1 decode roofline of the Llama-3.1-8B shape
+    (16.06 GB of weights a token) at each."""
+    copy, read = hbm_copy_gbps(), hbm_read_gbps()
+    for label, gbps in (("copy (read + write)", copy), ("read only", read)):
+        print(f"HBM {label:20} {gbps:7.0f} GB/s -> batch-1 8B roofline {gbps / 16.06:6.1f} tok/s")
+    return True
 
 
 @dataclass(slots=True)
@@ -756,6 +781,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], bool]] = {
     "sdpa": section_sdpa,
     "gemv2": section_gemv2,
     "argmax": section_argmax,
+    "hbm": section_hbm,
 }
 DEFAULT_SECTIONS = ["correctness", "fused", "gemv", "decode", "prefill", "engine", "peak"]
 
