@@ -123,6 +123,12 @@ def _fold(prod, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FOLD: tl.constexpr
 
 
 @jit
+def _accumulate(acc, w, xv, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FOLD: tl.constexpr):
+    """acc plus one tile's products: the weight tile w times x's tile xv, folded along K."""
+    return acc + _fold(w.to(tl.float32) * xv[None, :], BLOCK_N, BLOCK_K, FOLD)
+
+
+@jit
 def _gemv_kernel(
     x_ptr,
     w_ptr,
@@ -190,7 +196,7 @@ def _gemv_kernel(
             x_ptr, norm_ptr, res_ptr, res_out_ptr, ks, k_ok, k_dim, norm_offset, pid, PRE
         )
         sq += squares
-        acc += _fold(w.to(tl.float32) * xv[None, :], BLOCK_N, BLOCK_K, FOLD)
+        acc = _accumulate(acc, w, xv, BLOCK_N, BLOCK_K, FOLD)
         k_first = BLOCK_K
     else:
         if PDL:
@@ -204,7 +210,7 @@ def _gemv_kernel(
         )
         sq += squares
         w = _w_tile(w_rows, ks, col_ok, k_ok, EVEN)
-        acc += _fold(w.to(tl.float32) * xv[None, :], BLOCK_N, BLOCK_K, FOLD)
+        acc = _accumulate(acc, w, xv, BLOCK_N, BLOCK_K, FOLD)
     if PDL:
         gdc_launch_dependents()
     y = tl.sum(acc, 1)
