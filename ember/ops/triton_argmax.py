@@ -19,6 +19,7 @@ from ember.ops.triton_kv import (
     gdc_launch_dependents,
     gdc_wait,
     jit,
+    last_to_arrive,
     next_power_of_2,
     pdl_enabled,
     pdl_launch,
@@ -59,11 +60,7 @@ def _argmax_kernel(
     at = row * parts + part
     tl.store(part_val_ptr + at, best)
     tl.store(part_idx_ptr + at, first)
-    tl.debug_barrier()
-    count = arrivals_ptr + row
-    arrived = tl.atomic_add(count, 1, sem="acq_rel", scope="gpu")
-    if arrived == parts - 1:  # the last part of the row: reduce the parts
-        tl.store(count, 0)  # ready for the next launch
+    if last_to_arrive(arrivals_ptr + row, parts):  # the last part of the row: reduce the parts
         ps = tl.arange(0, PARTS)
         ok = ps < parts
         vals = tl.load(

@@ -47,6 +47,7 @@ from ember.ops.triton_kv import (
     gdc_wait,
     jit,
     jit_varying,
+    last_to_arrive,
     next_power_of_2,
     pdl_enabled,
     pdl_launch,
@@ -412,13 +413,9 @@ def _paged_attention_kernel(
         else:
             _store_piece(part_acc_ptr, part_max_ptr, part_sum_ptr, base + split, acc, l_i, m_i,
                          row_valid, HEAD_DIM)  # fmt: skip
-            # Count this piece in; the last to arrive merges them all. The barrier orders every
-            # thread's stores before the count's release; its acquire orders the reads after.
-            tl.debug_barrier()
+            # Count this piece in; the last to arrive merges them all.
             count = arrivals_ptr + seq * tl.num_programs(1) + kv_head
-            arrived = tl.atomic_add(count, 1, sem="acq_rel", scope="gpu")
-            if arrived == pieces - 1:
-                tl.store(count, 0)  # ready for the next launch
+            if last_to_arrive(count, pieces):
                 acc, l_i = _merge_pieces(
                     part_acc_ptr, part_max_ptr, part_sum_ptr, base, row_valid, pieces, HEAD_DIM,
                     MERGE_CHUNK,

@@ -108,6 +108,20 @@ def arrival_counts(device: torch.device, purpose: str, n: int) -> torch.Tensor:
     return have
 
 
+@jit
+def last_to_arrive(count, total):
+    """Count this program in on `count` (one of arrival_counts' counters) among `total`; True
+    for the last to arrive, which then reads what the others stored before counting in, and
+    which resets the counter for the next launch. The barrier orders every thread's stores
+    before the count's release; its acquire orders the last program's reads after it."""
+    tl.debug_barrier()
+    arrived = tl.atomic_add(count, 1, sem="acq_rel", scope="gpu")
+    last = arrived == total - 1
+    if last:
+        tl.store(count, 0)
+    return last
+
+
 def next_power_of_2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
