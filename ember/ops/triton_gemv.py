@@ -300,7 +300,7 @@ def gemv_triton(
     block_n = default_n if block_n is None else block_n
     block_k = min(default_k if block_k is None else block_k, next_power_of_2(k_dim))
     num_warps = default_warps if num_warps is None else num_warps
-    epilogue = rotary_args(rotary, n_cols, block_n, x)
+    epilogue_args, epilogue = rotary_args(rotary, n_cols, block_n, x)
     _gemv_kernel[(-(-n_cols // block_n),)](
         x,
         weight,
@@ -313,7 +313,7 @@ def gemv_triton(
         weight.stride(0),
         eps,
         norm_offset,
-        *epilogue.pop("args"),
+        *epilogue_args,
         BLOCK_N=block_n,
         BLOCK_K=block_k,
         EVEN=n_cols % block_n == 0 and k_dim % block_k == 0,

@@ -83,12 +83,12 @@ def rotary_epilogue(
 
 def rotary_args(
     rotary: QKVRotary | None, n_cols: int, block_n: int, x: torch.Tensor
-) -> dict[str, Any]:
-    """triton_gemv._gemv_kernel's rotary-epilogue arguments ("args", in order) and its
-    constexprs; placeholders (never read) without `rotary`."""
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """triton_gemv._gemv_kernel's rotary-epilogue arguments, in order, and its constexprs;
+    placeholders (never read) without `rotary`."""
     if rotary is None:
-        args = (x, x, x, 0, 0, 0, x, x, x, 1, 0, 0, 0, 0, 0, 0)
-        return {"args": args, "ROTARY": False, "HALF": 1, "STORE_KV": False, "SATURATE": 0.0}
+        args = (x, x, x, 0, 0, 0, *_no_store(x))
+        return args, {"ROTARY": False, "HALF": 1, "STORE_KV": False, "SATURATE": 0.0}
     heads, dim = rotary.num_q_heads + 2 * rotary.num_kv_heads, rotary.head_dim
     if n_cols != heads * dim:
         raise ValueError(f"a qkv projection of {heads} heads of {dim} has {heads * dim} "
@@ -98,9 +98,11 @@ def rotary_args(
     if rotary.positions.numel() != 1 or rotary.cos_cache.stride(-1) != 1:
         raise ValueError("rotary needs one position and cos/sin tables with a contiguous row")
     if rotary.cache is None or rotary.slot_mapping is None:
-        cache_args: tuple[Any, ...] = (x, x, x, 1, 0, 0, 0, 0, 0, 0)
+        stores = False
+        cache_args = _no_store(x)
         fp8_max = 0.0
     else:
+        stores = True
         k_cache, v_cache = rotary.cache
         check_cache_layout(k_cache, v_cache)
         cache_args = (rotary.slot_mapping, k_cache, v_cache, k_cache.shape[1],
@@ -108,6 +110,9 @@ def rotary_args(
         fp8_max = saturation(k_cache.dtype)
     args = (rotary.positions, rotary.cos_cache, rotary.sin_cache, rotary.cos_cache.stride(0),
             rotary.num_q_heads, rotary.num_kv_heads, *cache_args)  # fmt: skip
-    return {"args": args, "ROTARY": True, "HALF": dim // 2,
-            "STORE_KV": rotary.cache is not None and rotary.slot_mapping is not None,
-            "SATURATE": fp8_max}  # fmt: skip
+    return args, {"ROTARY": True, "HALF": dim // 2, "STORE_KV": stores, "SATURATE": fp8_max}
+
+
+def _no_store(x: torch.Tensor) -> tuple[Any, ...]:
+    """Placeholders (never read) for the slot, cache and stride arguments: no KV store."""
+    return (x, x, x, 1, 0, 0, 0, 0, 0, 0)
