@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -59,6 +60,10 @@ LAYER_FOLDED_BEST = {"qkv": CONFIGS[6], "o": CONFIGS[3], "gate_up": CONFIGS[4], 
 CUDA = torch.device("cuda")
 ROTATE_BYTES = 256 * 2**20  # weights cycled per timed call: past the L2 cache
 REL_TOL = {torch.bfloat16: 8e-3, torch.float16: 2e-3, torch.float32: 1e-5}
+
+
+def _randn(g: torch.Generator, dtype: torch.dtype, *shape: int, scale: float = 1.0) -> torch.Tensor:
+    return (torch.randn(*shape, generator=g, device=g.device) * scale).to(dtype)
 
 
 def _inputs(
@@ -193,12 +198,13 @@ def section_gemv(args: argparse.Namespace) -> bool:
     return ok
 
 
-def _head(vocab: int, hidden: int, dtype: torch.dtype, dev: torch.device, seed: int) -> tuple[
-    torch.Tensor, torch.Tensor
-]:  # fmt: skip
-    g = torch.Generator(device=dev).manual_seed(seed)
-    x = torch.randn(1, hidden, generator=g, device=dev).to(dtype)
-    w = (torch.randn(vocab, hidden, generator=g, device=dev) / hidden**0.5).to(dtype)
+def _head(
+    vocab: int, hidden: int, dtype: torch.dtype, dev: torch.device, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch-1 LM head's input row and weight [vocab, hidden]."""
+    x, w, _ = _inputs(
+        vocab, hidden, PRE_NONE, 1, dtype, dev, torch.Generator(dev).manual_seed(seed)
+    )
     return x, w
 
 
@@ -237,8 +243,7 @@ def _rotary_case(
     hidden = 4096 if dim == 128 else 48
     g = torch.Generator(device=dev).manual_seed(seed)
 
-    def rand(*shape: int, scale: float = 1.0) -> torch.Tensor:
-        return (torch.randn(*shape, generator=g, device=dev) * scale).to(dtype)
+    rand = partial(_randn, g, dtype)
 
     w = rand((n_q + 2 * n_kv) * dim, hidden, scale=hidden**-0.5)
     norm, x, res = 1.0 + rand(hidden, scale=0.1), rand(1, hidden), rand(1, hidden)
@@ -353,8 +358,7 @@ def _layer_chain(
     g = torch.Generator(device=dev).manual_seed(2)
     hidden, inter, qkv = dims
 
-    def rand(*shape: int, scale: float = 1.0) -> torch.Tensor:
-        return (torch.randn(*shape, generator=g, device=dev) * scale).to(dtype)
+    rand = partial(_randn, g, dtype)
 
     layers = [
         {
