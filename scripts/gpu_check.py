@@ -704,19 +704,34 @@ def section_tune_fp8(args: argparse.Namespace) -> bool:
     )
 
 
+def head_major(cache: torch.Tensor) -> torch.Tensor:
+    """A [blocks, slots, heads, dim] cache's values stored head-major ([blocks, heads, slots,
+    dim] in memory), viewed in the kernel's [blocks, slots, heads, dim] order."""
+    return cache.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def cache_setup(
+    batch: int, ctx: int, kv_dtype: torch.dtype, heads_major: bool = False
+) -> DecodeSetup:
+    """decode_setup with its caches in kv_dtype, stored head-major if asked."""
+    setup = decode_setup(batch, ctx)
+    k, v = setup.k_cache.to(kv_dtype), setup.v_cache.to(kv_dtype)
+    setup.k_cache, setup.v_cache = (head_major(k), head_major(v)) if heads_major else (k, v)
+    return setup
+
+
 def decode_sweep(
     configs: list[KernelConfig | None],
     shapes: tuple[tuple[int, int, tuple[int, ...]], ...],
     kv_dtype: torch.dtype,
+    heads_major: bool = False,
 ) -> bool:
     """Decode attention µs and KV-read GB/s for each (batch, ctx) x config x split count."""
     hq, hkv, d = LLAMA_8B
     elem = torch.empty((), dtype=kv_dtype).element_size()
     rows = []
     for batch, ctx, split_choices in shapes:
-        setup = decode_setup(batch, ctx)
-        setup.k_cache = setup.k_cache.to(kv_dtype)
-        setup.v_cache = setup.v_cache.to(kv_dtype)
+        setup = cache_setup(batch, ctx, kv_dtype, heads_major)
         out = torch.empty(batch, hq, d, device="cuda", dtype=torch.bfloat16)
         kv_gb = batch * ctx * hkv * d * 2 * elem / 1e9
         for cfg in configs:
@@ -729,10 +744,110 @@ def decode_sweep(
                 print(rows[-1], flush=True)
         del setup, out
         torch.cuda.empty_cache()
-    print(f"\ndecode tuning, {kv_dtype} cache")
+    print(f"\ndecode tuning, {kv_dtype} cache" + (", stored head-major" if heads_major else ""))
     print(f"{'batch':>5} {'ctx':>6} {'config':<21} {'splits':>6} {'us':>9} {'GB/s':>8}")
     print("\n".join(rows))
     return True
+
+
+def section_tune_splits(args: argparse.Namespace) -> bool:
+    """Tiles and pieces (a sequence's keys cut into) at the batches an autoscaled replica runs:
+    2-64 sequences of ~560 keys (a 512-token prompt and its first tokens) and a few longer,
+    both caches. Small batches are bound by one program's chain of tiles, not by HBM."""
+    shapes = (
+        (2, 560, (1, 2, 3, 5)),
+        (4, 560, (1, 2, 3, 5)),
+        (8, 560, (1, 2, 3)),
+        (16, 560, (1, 2)),
+        (32, 560, (1, 2)),
+        (64, 560, (1,)),
+        (16, 2048, (1, 2, 4)),
+        (4, 4096, (1, 4, 8, 16)),
+    )
+    configs = [
+        None,
+        KernelConfig(16, 64, 2, 5, one_loop=True),
+        KernelConfig(16, 64, 4, 5, one_loop=True),
+        KernelConfig(16, 128, 4, 5, one_loop=True),
+        KernelConfig(16, 64, 2, 3, one_loop=True),
+        KernelConfig(16, 32, 2, 5, one_loop=True),
+    ]
+    for kv_dtype in (torch.bfloat16, torch.float8_e4m3fn):
+        decode_sweep(configs, shapes, kv_dtype)
+    return True
+
+
+def _policy_before(batch: int, kv_dtype: torch.dtype) -> tuple[int, KernelConfig]:
+    """The decode launch's pieces and tiles before the fifteenth session (for the A/B)."""
+    programs, sms = batch * LLAMA_8B[1], torch.cuda.get_device_properties(0).multi_processor_count
+    splits = 1 if programs >= sms else min(math.ceil(4 * sms / programs), GRAPH_MAX_LEN // 128, 32)
+    if kv_dtype.itemsize == 1:
+        return splits, KernelConfig(16, 128, 4, 5, one_loop=True)
+    return splits, KernelConfig(16, 128, 4, 2) if splits > 1 else KernelConfig(16, 64, 2, 3)
+
+
+GRAPH_MAX_LEN = 131072  # Llama-3.1's max length: the split count a captured graph freezes
+
+
+def section_splits_policy(args: argparse.Namespace) -> bool:
+    """Decode attention as the engine launches it (pieces from kv_splits_for at the model's max
+    length, as a captured graph has them; tiles from _decode_config) against the policy before,
+    over batches 1-256 and 256-8192 keys."""
+    hq, hkv, d = LLAMA_8B
+    shapes = ((1, 256), (1, 560), (1, 2048), (1, 8192), (2, 560), (4, 560), (8, 560),
+              (16, 560), (32, 560), (64, 560), (128, 560), (256, 640), (8, 2048), (16, 2048),
+              (4, 4096), (2, 8192))  # fmt: skip
+    rows = []
+    for kv_dtype in (torch.bfloat16, torch.float8_e4m3fn):
+        elem = kv_dtype.itemsize
+        for batch, ctx in shapes:
+            setup = cache_setup(batch, ctx, kv_dtype)
+            out = torch.empty(batch, hq, d, device="cuda", dtype=torch.bfloat16)
+            splits = kv_splits_for(batch, hkv, GRAPH_MAX_LEN, out.device)
+            now = time_us(decode_calls(setup, out, splits, None))
+            old_splits, old_cfg = _policy_before(batch, kv_dtype)
+            before = time_us(decode_calls(setup, out, old_splits, old_cfg))
+            gb = batch * ctx * hkv * d * 2 * elem / 1e9
+            rows.append(
+                f"{str(kv_dtype)[6:]:<14} {batch:>5} {ctx:>6} {old_splits:>3} {before:>8.1f} "
+                f"{splits:>3} {now:>8.1f} {gb * 1e6 / now:>7,.0f} {before / now:>6.2f}x"
+            )
+            print(rows[-1], flush=True)
+            del setup, out
+            torch.cuda.empty_cache()
+    print("\ndecode attention, Llama-3.1-8B heads: the policy before and now (µs a layer)")
+    print(f"{'cache':<14} {'batch':>5} {'ctx':>6} {'pcs':>3} {'before':>8} {'pcs':>3} {'now':>8} "
+          f"{'GB/s':>7} {'speed':>7}")  # fmt: skip
+    print("\n".join(rows))
+    return True
+
+
+def section_kv_layout(args: argparse.Namespace) -> bool:
+    """The cache stored slot-major (today: a key's heads side by side, so one head's key is a
+    lone 128-256 B run) against head-major (a head's 16 keys of a block in one 2-4 KiB run):
+    decode attention at the default tiles, both layouts giving the same output."""
+    hq, _, d = LLAMA_8B
+    ok = True
+    for kv_dtype in (torch.bfloat16, torch.float8_e4m3fn):
+        setup = cache_setup(64, 640, kv_dtype)
+        k, v = setup.k_cache, setup.v_cache
+        outs = []
+        for kc, vc in ((k, v), (head_major(k), head_major(v))):
+            out = torch.empty(64, hq, d, device="cuda", dtype=torch.bfloat16)
+            paged_attention_into(out, setup.qs[0], kc, vc, setup.mds[0], d**-0.5)
+            outs.append(out)
+        same = torch.equal(outs[0], outs[1])
+        verdict = "PASS" if same else "FAIL"
+        print(f"{kv_dtype!s:<22} head-major output equal to slot-major: {verdict}")
+        ok &= same
+        del setup, k, v, outs
+        torch.cuda.empty_cache()
+    shapes = ((256, 640, (1,)), (64, 2048, (1,)), (16, 8192, (1, 4)), (1, 8192, (16, 32)))
+    configs: list[KernelConfig | None] = [None]
+    for kv_dtype in (torch.bfloat16, torch.float8_e4m3fn):
+        for heads_major in (False, True):
+            decode_sweep(configs, shapes, kv_dtype, heads_major)
+    return ok
 
 
 def section_tune_prefill(args: argparse.Namespace) -> bool:
@@ -765,6 +880,8 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], bool]] = {
     "prefill": section_prefill,
     "tune": section_tune,
     "tune-fp8": section_tune_fp8,
+    "tune-splits": section_tune_splits,
+    "splits-policy": section_splits_policy,
     "tune-prefill": section_tune_prefill,
     "engine": section_engine,
     "fused": section_fused,
@@ -782,6 +899,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], bool]] = {
     "gemv2": section_gemv2,
     "argmax": section_argmax,
     "hbm": section_hbm,
+    "kv-layout": section_kv_layout,
 }
 DEFAULT_SECTIONS = ["correctness", "fused", "gemv", "decode", "prefill", "engine", "peak"]
 

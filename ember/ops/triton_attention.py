@@ -32,7 +32,6 @@ How work is cut:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from functools import cache
 
@@ -76,7 +75,7 @@ class KernelConfig:
     # Decode without a window: one key loop masked only at the sequence's end, instead of an
     # unmasked loop and a masked one (fewer live registers: 144 against 216 a thread for
     # Llama-8B heads, 128-key tiles, on sm_90: 3 programs an SM instead of 2; kernel_ir.py). The
-    # fp8 decode default (_decode_config); the bf16 sweeps found it no faster there.
+    # fp8 decode default, and bf16's where few programs run (_decode_config).
     one_loop: bool = False
 
 
@@ -92,26 +91,32 @@ def _prefill_config(head_dim: int, group: int, elem_bytes: int) -> KernelConfig:
     return _fit_group(cfg, group)
 
 
-def _decode_config(head_dim: int, group: int, elem_bytes: int, split: bool) -> KernelConfig:
-    # Memory-bound. H200 sweeps, Llama-8B heads (gpu_check --section tune / tune-fp8, 2026-12-03,
-    # docs/benchmarks.md):
-    # - bf16, unsplit (batches that fill the GPU): 64-key tiles on 2 warps, 3 stages: 168.8 us
-    #   against 180.0 for 128-key tiles on 4 warps at 256 x 640 keys, 90.6 vs 95.8 at 128 x 640,
-    #   489.8 vs 501.4 at 64 x 8192, 503.9 vs 511.2 at 256 x 2048.
-    # - bf16, split (few sequences): 128-key tiles on 4 warps, 2 stages (batch 1 x 8192 keys in
-    #   32 pieces: 18.2 against 20.7 us for the 64-key tiles).
-    # - fp8: 128-key tiles in one loop with 5 stages (two shared buffers a K/V tile): 141.5 vs
-    #   143.6 us at 256 x 640, 370.6 vs 391.5 at 256 x 2048, 105.5 vs 117.7 at 16 x 8192 in 4
-    #   pieces, 15.8 vs 16.2 at 1 x 8192 in 32. A sliding window falls back to two loops.
+def _decode_config(
+    head_dim: int, group: int, elem_bytes: int, few: bool, split: bool = False
+) -> KernelConfig:
+    """The decode launch's tiles. `few`: a step of 2+ sequences whose (sequence, KV head)
+    programs fit on the GPU's SMs one each (few_programs), so each program's own chain of tiles
+    sets the time, not HBM; `split`: the keys are cut into pieces."""
+    # H200 sweeps, Llama-8B heads (gpu_check --section tune / tune-fp8 / tune-splits,
+    # docs/benchmarks.md, sixth and fifteenth sessions):
+    # - bf16, many programs (batches that fill the GPU): 64-key tiles on 2 warps, 3 stages:
+    #   168.8 us against 180.0 for 128-key tiles on 4 warps at 256 x 640 keys, 42.9 against
+    #   57.0 at 64 x 560.
+    # - few programs, and fp8 always: 128-key tiles in one loop with 5 stages (two shared
+    #   buffers a K/V tile, so a program has its next tile in flight). bf16 at 16 x 560 keys:
+    #   14.7 us against 23.6 for the 64-key tiles; at 4 x 4096 in 4 pieces 24.9 against 31.3
+    #   for the two-stage 128-key tiles. fp8: 141.5 vs 143.6 us at 256 x 640, 370.6 vs 391.5 at
+    #   256 x 2048. A sliding window falls back to two loops.
+    # - bf16, one sequence in pieces: 128-key tiles on 4 warps, 2 stages (few_programs says why).
     if elem_bytes > 2:  # fp32 caches (tests)
         cfg = KernelConfig(block_m=16, block_n=32, num_warps=4, num_stages=2)
     elif head_dim > 128:  # Gemma's 256: 64-key tiles, the fp8 cache with a third stage
         cfg = KernelConfig(
             block_m=16, block_n=64, num_warps=4, num_stages=3 if elem_bytes == 1 else 2
         )
-    elif elem_bytes == 1:
+    elif elem_bytes == 1 or few:
         cfg = KernelConfig(block_m=16, block_n=128, num_warps=4, num_stages=5, one_loop=True)
-    elif split:
+    elif split:  # one sequence cut into pieces (batch-1 decode)
         cfg = KernelConfig(block_m=16, block_n=128, num_warps=4, num_stages=2)
     else:
         cfg = KernelConfig(block_m=16, block_n=64, num_warps=2, num_stages=3)
@@ -130,20 +135,30 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+def few_programs(num_seqs: int, num_kv_heads: int, device: torch.device) -> bool:
+    """Whether a decode step of 2+ sequences has no more (sequence, KV head) programs than SMs.
+
+    One sequence (batch-1 decode) keeps the two-stage tiles: there the kernel runs between the
+    fused GEMVs under programmatic dependent launch, and the engine's batch-1 decode was 0.5%
+    slower with the deeper tiles (249.4-249.8 against 250.7-250.8 tok/s, H200, fifteenth
+    session) although the kernel alone was faster.
+    """
+    return num_seqs > 1 and num_seqs * num_kv_heads <= _num_sms(device)
+
+
 def kv_splits_for(num_seqs: int, num_kv_heads: int, max_seq_len: int, device: torch.device) -> int:
     """How many pieces to cut each sequence's keys into for a decode-only step.
 
-    Splitting pays when S * Hkv programs leave SMs idle (H200 sweep, Llama-8B heads: batch 1 at
-    8192 keys ran in 18 µs with 32 pieces against 173 µs unsplit). A caller that captures CUDA
-    graphs should pass the model's max length here, since the count is frozen into the graph.
+    As many as keep every (sequence, KV head, piece) program on an SM of its own, at most 16:
+    more pieces only add merging. H200 sweeps, Llama-8B heads, bf16 (docs/benchmarks.md,
+    fifteenth session): 4 x 560 keys 10.4 us in 3 pieces against 11.9 in 5; 16 x 560 14.7
+    unsplit against 27.5 in 5 pieces; 1 x 8192 22.3 in 16 against 23.9 in 32. A caller that
+    captures CUDA graphs should pass the model's max length here, since the count is frozen into
+    the graph; the kernel then cuts a shorter sequence into as many 1-tile pieces as it has.
     """
-    programs = num_seqs * num_kv_heads
-    sms = _num_sms(device)
-    if programs >= sms:
-        return 1
-    wanted = math.ceil(4 * sms / programs)
+    wanted = _num_sms(device) // max(1, num_seqs * num_kv_heads)
     by_length = max(1, max_seq_len // 128)  # >= one 128-key tile per piece
-    return int(min(wanted, by_length, 32))
+    return int(max(1, min(wanted, by_length, 16)))
 
 
 @jit
@@ -537,13 +552,14 @@ def paged_attention_into(
         splits = num_kv_splits
         if splits is None:
             splits = kv_splits_for(num_seqs, num_kv_heads, attn_metadata.max_seq_len, q.device)
-        cfg = decode_config or _decode_config(head_dim, group, elem_bytes, splits > 1)
-        cfg = _fit_group(cfg, group)
-        _launch(*args, cfg, single=True, skip_single=False, splits=splits)
+        few = few_programs(num_seqs, num_kv_heads, q.device)
+        cfg = decode_config or _decode_config(head_dim, group, elem_bytes, few, splits > 1)
+        _launch(*args, _fit_group(cfg, group), single=True, skip_single=False, splits=splits)
         return
     cfg = _fit_group(prefill_config or _prefill_config(head_dim, group, elem_bytes), group)
     _launch(*args, cfg, single=False, skip_single=True, splits=1)
-    cfg = _fit_group(decode_config or _decode_config(head_dim, group, elem_bytes, False), group)
+    few = few_programs(num_seqs, num_kv_heads, q.device)
+    cfg = _fit_group(decode_config or _decode_config(head_dim, group, elem_bytes, few), group)
     _launch(*args, cfg, single=True, skip_single=False, splits=1)
 
 
