@@ -17,8 +17,9 @@ How work is cut:
   piece alone writes its output). Each piece writes an unnormalised partial (acc, max, sum) in
   fp32 and counts itself in on a per-(sequence, KV head) counter; the last to arrive merges them
   (no second kernel: batch-1 decode 232.3 -> 233.3 tok/s on the H200, 2026-12-04). Chosen when
-  S * Hkv programs cannot fill the GPU. The counters (triton_kv.arrival_counts) are shared by
-  the launches on a device: one split launch at a time per device (a stream's order).
+  S * Hkv programs leave SMs without one (kv_splits_for). The counters
+  (triton_kv.arrival_counts) are shared by the launches on a device: one split launch at a time
+  per device (a stream's order).
 - fp8 caches (--kv-cache-dtype fp8): K/V tiles are loaded as fp8 (half the bytes) and widened
   to fp16 for the dot products (one packed conversion on sm_89+), q saturated to fp16's range;
   no scale, as the writer stores values unscaled. H200, Llama-8B heads: 1.22x a bf16 cache's
@@ -150,11 +151,12 @@ def kv_splits_for(num_seqs: int, num_kv_heads: int, max_seq_len: int, device: to
     """How many pieces to cut each sequence's keys into for a decode-only step.
 
     As many as keep every (sequence, KV head, piece) program on an SM of its own, at most 16:
-    more pieces only add merging. H200 sweeps, Llama-8B heads, bf16 (docs/benchmarks.md,
-    fifteenth session): 4 x 560 keys 10.4 us in 3 pieces against 11.9 in 5; 16 x 560 14.7
-    unsplit against 27.5 in 5 pieces; 1 x 8192 22.3 in 16 against 23.9 in 32. A caller that
-    captures CUDA graphs should pass the model's max length here, since the count is frozen into
-    the graph; the kernel then cuts a shorter sequence into as many 1-tile pieces as it has.
+    more pieces only add merging. H200, Llama-8B heads, bf16, with _decode_config's tiles
+    (gpu_check --section splits-policy, docs/benchmarks.md, fifteenth session; µs a layer):
+    16 x 560 keys 14.8 unsplit against 27.6 in 5 pieces before; 2 x 8192 25.9 in 8 against
+    37.3 in 32; 1 x 8192 22.3 in 16 against 23.9 in 32. A caller that captures CUDA graphs
+    should pass the model's max length here, since the count is frozen into the graph; the
+    kernel then cuts a shorter sequence into as many 1-tile pieces as it has.
     """
     wanted = _num_sms(device) // max(1, num_seqs * num_kv_heads)
     by_length = max(1, max_seq_len // 128)  # >= one 128-key tile per piece
