@@ -41,10 +41,16 @@ def _rms_norm_kernel(
     weight_offset,
     HAS_RESIDUAL: tl.constexpr,
     BLOCK: tl.constexpr,
+    PDL: tl.constexpr,  # launched with programmatic dependent launch (triton_kv.pdl_enabled)
 ):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
+    # The weight before waiting on the kernel ahead (PDL): no kernel writes it; x after.
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32) + weight_offset
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()  # a short kernel: the next one may be scheduled now
     x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
     if HAS_RESIDUAL:
         r = tl.load(res_ptr + row * stride_res + cols, mask=mask, other=0.0)
@@ -53,7 +59,6 @@ def _rms_norm_kernel(
     xf = x.to(tl.float32)
     var = tl.sum(xf * xf, axis=0) / n_cols
     normed = (xf * tl.math.rsqrt(var + eps)).to(x_ptr.dtype.element_ty)
-    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32) + weight_offset
     out = normed.to(tl.float32) * w
     tl.store(out_ptr + row * stride_out + cols, out.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -77,6 +82,7 @@ def rms_norm_triton(
     if x.stride(-1) != 1:
         x = x.contiguous()
     res = residual if residual is not None else x
+    pdl = pdl_enabled(x.device)
     _rms_norm_kernel[(n_rows,)](
         x,
         res,
@@ -90,7 +96,9 @@ def rms_norm_triton(
         weight_offset,
         HAS_RESIDUAL=residual is not None,
         BLOCK=next_power_of_2(n_cols),
+        PDL=pdl,
         num_warps=8 if n_cols >= 4096 else 4,
+        **pdl_launch(pdl),
     )
     return out
 
@@ -279,10 +287,15 @@ def rotary_triton(
 
 
 @jit
-def _silu_mul_kernel(x_ptr, out_ptr, d, stride_x, stride_out, BLOCK: tl.constexpr):
+def _silu_mul_kernel(
+    x_ptr, out_ptr, d, stride_x, stride_out, BLOCK: tl.constexpr, PDL: tl.constexpr
+):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < d
+    if PDL:  # launched with programmatic dependent launch (triton_kv.pdl_enabled)
+        gdc_wait()
+        gdc_launch_dependents()
     gate = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
     up = tl.load(x_ptr + row * stride_x + d + cols, mask=mask, other=0.0)
     g = gate.to(tl.float32)
@@ -301,5 +314,8 @@ def silu_and_mul_triton(x: torch.Tensor) -> torch.Tensor:
     if x.stride(-1) != 1:
         x = x.contiguous()
     block = min(1024, next_power_of_2(d))
-    _silu_mul_kernel[(n_rows, -(-d // block))](x, out, d, x.stride(0), out.stride(0), BLOCK=block)
+    pdl = pdl_enabled(x.device)
+    _silu_mul_kernel[(n_rows, -(-d // block))](
+        x, out, d, x.stride(0), out.stride(0), BLOCK=block, PDL=pdl, **pdl_launch(pdl)
+    )
     return out
