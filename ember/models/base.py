@@ -14,9 +14,12 @@ from ember.models.config import ModelConfig
 
 
 class CausalLM(nn.Module, ABC):
-    config: ModelConfig
+    """A decoder-only model: its decoder stack is `self.model` (with `.layers`), its head
+    `compute_logits`."""
 
-    @abstractmethod
+    config: ModelConfig
+    model: nn.Module
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -28,6 +31,8 @@ class CausalLM(nn.Module, ABC):
 
         kv_caches holds one (k_cache, v_cache) pair per layer, laid out as metadata.py says.
         """
+        hidden_states: torch.Tensor = self.model(input_ids, positions, kv_caches, attn_metadata)
+        return hidden_states
 
     @abstractmethod
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -36,8 +41,7 @@ class CausalLM(nn.Module, ABC):
     @contextmanager
     def layers_subset(self, keep: Sequence[int]) -> Iterator[None]:
         """Forward passes inside run through the decoder layers `keep` only, in that order (they
-        take one KV cache pair each). Every architecture here keeps its stack as
-        `self.model.layers`."""
+        take one KV cache pair each)."""
         stack = getattr(self, "model", None)
         full = getattr(stack, "layers", None)
         if stack is None or not isinstance(full, nn.ModuleList):

@@ -137,15 +137,6 @@ class Gemma2ForCausalLM(CausalLM):
             self.lm_head = Linear(config.hidden_size, config.vocab_size)
         self.lm_head.weight = self.model.embed_tokens.weight
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        positions: torch.Tensor,
-        kv_caches: list[KVCache],
-        attn_metadata: AttentionMetadata,
-    ) -> torch.Tensor:
-        return self.model(input_ids, positions, kv_caches, attn_metadata)
-
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         logits = self.lm_head(hidden_states).float()
         cap = self.config.final_logit_softcapping

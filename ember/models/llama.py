@@ -256,6 +256,8 @@ def run_layers(
 
 
 class LlamaForCausalLM(CausalLM):
+    model: LlamaModel
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         if config.hidden_act != "silu":
@@ -272,15 +274,6 @@ class LlamaForCausalLM(CausalLM):
             self.lm_head.weight = self.model.embed_tokens.weight
         else:
             self.lm_head = Linear(config.hidden_size, config.vocab_size)
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        positions: torch.Tensor,
-        kv_caches: list[KVCache],
-        attn_metadata: AttentionMetadata,
-    ) -> torch.Tensor:
-        return self.model(input_ids, positions, kv_caches, attn_metadata)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if small_batch.applies(hidden_states):  # one row on Hopper: the GEMV writes float32
