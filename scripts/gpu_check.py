@@ -179,6 +179,7 @@ def make_batch(case: Case, device: torch.device, gen: torch.Generator) -> Batch:
 
 ONE_LOOP = KernelConfig(16, 128, 4, 2, one_loop=True)
 ONE_LOOP32 = KernelConfig(16, 32, 4, 2, one_loop=True)  # fp32 caches: small tiles
+V_EARLY = KernelConfig(16, 128, 4, 3, one_loop=True, widen_v_early=True)  # fp8 caches
 
 
 def correctness_cases(quick: bool) -> list[Case]:
@@ -227,6 +228,10 @@ def correctness_cases(quick: bool) -> list[Case]:
         Case("decode window 1loop", bf16, 32, 8, 128, 16, decode, 100, decode_cfg=ONE_LOOP),
         Case("decode fp32 1loop", fp32, 32, 8, 128, 16, decode, splits=4, decode_cfg=ONE_LOOP32),
         Case("decode fp8 1loop", bf16, 32, 8, 128, 16, decode, None, None, 8, e4m3, ONE_LOOP),
+        Case("decode fp8 v early", bf16, 32, 8, 128, 16, decode, None, None, 1, e4m3, V_EARLY),
+        Case(
+            "decode fp8 v early split", bf16, 32, 8, 128, 16, decode, None, None, 8, e4m3, V_EARLY
+        ),
     ]
     if quick:
         # The CPU interpreter: short sequences only, and float16 for bfloat16, which numpy
@@ -624,7 +629,7 @@ def cfg_name(cfg: KernelConfig | None) -> str:
     if cfg is None:
         return "default"
     name = f"m{cfg.block_m} n{cfg.block_n} w{cfg.num_warps} s{cfg.num_stages}"
-    return name + (" 1loop" if cfg.one_loop else "")
+    return name + (" 1loop" if cfg.one_loop else "") + (" vearly" if cfg.widen_v_early else "")
 
 
 def section_tune(args: argparse.Namespace) -> bool:
@@ -692,6 +697,15 @@ def section_tune_fp8(args: argparse.Namespace) -> bool:
             # SM, two shared buffers a tile from 5 stages, 212-218 registers (kernel_ir.py).
             KernelConfig(16, 64, 2, 5, one_loop=True),
             KernelConfig(16, 32, 2, 5, one_loop=True),
+            # V widened in registers (KernelConfig.widen_v_early; not yet timed): 128 registers
+            # at 128 keys (3 programs an SM at 3-4 stages, shared memory's limit), 112 at 64
+            # keys (4 an SM); 1,022 / 664 instructions a warp a tile against 1,206 today.
+            KernelConfig(16, 128, 4, 3, one_loop=True, widen_v_early=True),
+            KernelConfig(16, 128, 4, 4, one_loop=True, widen_v_early=True),
+            KernelConfig(16, 128, 4, 5, one_loop=True, widen_v_early=True),
+            KernelConfig(16, 64, 4, 3, one_loop=True, widen_v_early=True),
+            KernelConfig(16, 64, 4, 5, one_loop=True, widen_v_early=True),
+            KernelConfig(16, 128, 8, 3, one_loop=True, widen_v_early=True),
         ],
         (
             (256, 640, (1, 2)),

@@ -43,7 +43,14 @@ ALIGNED_INTS = ("num_q_heads", "stride_q_tok", "stride_q_head", "stride_o_tok", 
 
 
 def compile_decode(
-    kv: str, block_n: int, warps: int, stages: int, arch: int, split: bool, one_loop: bool = False
+    kv: str,
+    block_n: int,
+    warps: int,
+    stages: int,
+    arch: int,
+    split: bool,
+    one_loop: bool = False,
+    widen_v_early: bool = False,
 ) -> Any:
     """The decode kernel (SINGLE_TOKEN) compiled for sm_<arch>, as a Triton CompiledKernel."""
     k = _paged_attention_kernel
@@ -52,11 +59,13 @@ def compile_decode(
         "v_cache_ptr": KV_TYPES[kv], "part_acc_ptr": "*fp32", "part_max_ptr": "*fp32",
         "part_sum_ptr": "*fp32", "arrivals_ptr": "*i32", "query_start_loc_ptr": "*i32",
         "seq_lens_ptr": "*i32", "block_tables_ptr": "*i32", "scale": "fp32", "softcap": "fp32",
+        "v_scale": "fp32",
     }  # fmt: skip
     constants = dict(
         HEAD_DIM=128, BLOCK_M=16, BLOCK_N=block_n, PAGE_SIZE=16, SINGLE_TOKEN=True,
         SKIP_SINGLE_TOKEN=False, SPLIT_KV=split, USE_WINDOW=False, USE_SOFTCAP=False,
-        DOT_PRECISION="tf32", KV_FP8=kv == "fp8", ONE_LOOP=one_loop, PDL=arch >= 90,
+        DOT_PRECISION="tf32", KV_FP8=kv == "fp8", V_EARLY=widen_v_early and kv == "fp8",
+        ONE_LOOP=one_loop, PDL=arch >= 90,
         MERGE_CHUNK=4,
         tokens_per_tile=1,  # Triton turns an int argument equal to 1 into a constant
     )  # fmt: skip
@@ -119,6 +128,9 @@ def main() -> None:
     ap.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90, 89")
     ap.add_argument("--split", action="store_true", help="the split-KV variant")
     ap.add_argument("--one-loop", action="store_true", help="KernelConfig.one_loop")
+    ap.add_argument(
+        "--widen-v-early", action="store_true", help="KernelConfig.widen_v_early (fp8 only)"
+    )
     ap.add_argument("--dump", type=Path, help="write TTGIR, PTX and SASS here")
     args = ap.parse_args()
     print(
@@ -131,11 +143,12 @@ def main() -> None:
             for warps in args.warps:
                 for stages in args.stages:
                     ck = compile_decode(
-                        kv, block_n, warps, stages, args.arch, args.split, args.one_loop
-                    )
-                    name = f"{kv}_n{block_n}_w{warps}_s{stages}" + (
-                        "_1loop" if args.one_loop else ""
-                    )
+                        kv, block_n, warps, stages, args.arch, args.split, args.one_loop,
+                        args.widen_v_early,
+                    )  # fmt: skip
+                    name = f"{kv}_n{block_n}_w{warps}_s{stages}"
+                    name += "_1loop" if args.one_loop else ""
+                    name += "_vearly" if args.widen_v_early and kv == "fp8" else ""
                     print(summary(ck, warps, args.dump, name), flush=True)
 
 

@@ -78,6 +78,14 @@ class KernelConfig:
     # Llama-8B heads, 128-key tiles, on sm_90: 3 programs an SM instead of 2; kernel_ir.py). The
     # fp8 decode default, and bf16's where few programs run (_decode_config).
     one_loop: bool = False
+    # fp8 caches: widen each V tile to fp16 in registers, times the runtime v_scale (1.0: the
+    # writers store V unscaled), before it is staged for P·V. Without a runtime factor between
+    # the load and the dot, Triton widens V in the dot operand's layout from byte loads (128
+    # LDS.U8 a 128-key tile); with it, one vector load, the packed conversion and a transposed
+    # ldmatrix: 1,022 instructions a warp for a 128-key tile against 1,206, 128 registers against
+    # 214 (3 programs an SM at 3 stages; sm_90 SASS, scripts/kernel_ir.py). Not yet timed on a
+    # GPU: off by default, in the tune-fp8 sweep.
+    widen_v_early: bool = False
 
 
 def _prefill_config(head_dim: int, group: int, elem_bytes: int) -> KernelConfig:
@@ -180,6 +188,7 @@ def _attend_tiles(
     v_base,
     scale,
     softcap,
+    v_scale,
     stride_k_block,
     stride_k_slot,
     stride_v_block,
@@ -192,6 +201,7 @@ def _attend_tiles(
     USE_SOFTCAP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     KV_FP8: tl.constexpr,
+    V_EARLY: tl.constexpr,
     BOUNDS_ONLY: tl.constexpr,
 ):
     """Online softmax over the key tiles starting at start_lo, start_lo + BLOCK_N, .. < start_hi.
@@ -251,6 +261,8 @@ def _attend_tiles(
             v = tl.load(v_ptrs)
         if KV_FP8:
             v = v.to(tl.float16)
+            if V_EARLY:  # KernelConfig.widen_v_early
+                v = v * tl.cast(v_scale, tl.float16)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
     return acc, l_i, m_i
@@ -288,6 +300,7 @@ def _paged_attention_kernel(
     stride_v_slot,
     stride_v_head,
     stride_bt_seq,
+    v_scale,  # V's stored values times this are V (1.0: unscaled); read with V_EARLY only
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -299,6 +312,7 @@ def _paged_attention_kernel(
     USE_SOFTCAP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 caches (exact tests), else "tf32" (unused)
     KV_FP8: tl.constexpr,  # the cache holds fp8: compute in fp16
+    V_EARLY: tl.constexpr,  # KernelConfig.widen_v_early (fp8 caches)
     ONE_LOOP: tl.constexpr,  # KernelConfig.one_loop (single mode without a window only)
     PDL: tl.constexpr,  # launched with programmatic dependent launch (triton_kv.pdl_enabled)
     MERGE_CHUNK: tl.constexpr = 4,  # split pieces a round of the last piece's merge
@@ -401,22 +415,22 @@ def _paged_attention_kernel(
     if USE_WINDOW:
         acc, l_i, m_i = _attend_tiles(
             acc, l_i, m_i, q, q_pos, kv_begin, full_lo, kv_lo, kv_end, window, block_row,
-            k_base, v_base, scale, softcap, stride_k_block, stride_k_slot, stride_v_block,
+            k_base, v_base, scale, softcap, v_scale, stride_k_block, stride_k_slot, stride_v_block,
             stride_v_slot, HEAD_DIM, BLOCK_N, PAGE_SIZE, True, USE_WINDOW, USE_SOFTCAP,
-            DOT_PRECISION, KV_FP8, False,
+            DOT_PRECISION, KV_FP8, V_EARLY, False,
         )  # fmt: skip
     acc, l_i, m_i = _attend_tiles(
         acc, l_i, m_i, q, q_pos, full_lo, full_hi, kv_lo, kv_end, window, block_row,
-        k_base, v_base, scale, softcap, stride_k_block, stride_k_slot, stride_v_block,
+        k_base, v_base, scale, softcap, v_scale, stride_k_block, stride_k_slot, stride_v_block,
         stride_v_slot, HEAD_DIM, BLOCK_N, PAGE_SIZE, False, USE_WINDOW, USE_SOFTCAP,
-        DOT_PRECISION, KV_FP8, bounds_only,
+        DOT_PRECISION, KV_FP8, V_EARLY, bounds_only,
     )  # fmt: skip
     if not bounds_only:
         acc, l_i, m_i = _attend_tiles(
             acc, l_i, m_i, q, q_pos, full_hi, kv_end, kv_lo, kv_end, window, block_row,
-            k_base, v_base, scale, softcap, stride_k_block, stride_k_slot, stride_v_block,
+            k_base, v_base, scale, softcap, v_scale, stride_k_block, stride_k_slot, stride_v_block,
             stride_v_slot, HEAD_DIM, BLOCK_N, PAGE_SIZE, True, USE_WINDOW, USE_SOFTCAP,
-            DOT_PRECISION, KV_FP8, False,
+            DOT_PRECISION, KV_FP8, V_EARLY, False,
         )  # fmt: skip
 
     if PDL and not trigger_first:
@@ -635,6 +649,7 @@ def _launch(
         v_cache.stride(1),
         v_cache.stride(2),
         md.block_tables.stride(0),
+        1.0,  # v_scale: the writers store V unscaled
         HEAD_DIM=head_dim,
         BLOCK_M=cfg.block_m,
         BLOCK_N=cfg.block_n,
@@ -646,6 +661,7 @@ def _launch(
         USE_SOFTCAP=softcap is not None,
         DOT_PRECISION="ieee" if k_cache.dtype == torch.float32 else "tf32",
         KV_FP8=k_cache.element_size() == 1,
+        V_EARLY=cfg.widen_v_early and k_cache.element_size() == 1,
         ONE_LOOP=cfg.one_loop,
         PDL=pdl,
         num_warps=cfg.num_warps,

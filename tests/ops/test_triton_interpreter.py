@@ -2,8 +2,9 @@
 reference, for the tiny test models' shapes (4 query heads, 2 KV heads, head_dim 16, fp32):
 decode with split-KV counts frozen from a longer max length than the batch has (as under CUDA
 graphs, so many pieces see no keys; the last piece to arrive merges and leaves its counter zero),
-chunked prefill over a cached context mixed with decodes, large score magnitudes, and decode's
-one-loop variant (KernelConfig.one_loop). Skipped where Triton is not installed.
+chunked prefill over a cached context mixed with decodes, large score magnitudes, decode's
+one-loop variant (KernelConfig.one_loop), and fp8 decode with V widened in registers
+(KernelConfig.widen_v_early). Skipped where Triton is not installed.
 
 The interpreter is chosen when the kernels are decorated, so the check runs in a fresh process.
 """
@@ -111,6 +112,56 @@ print("ok")
 """
 
 
+_FP8_V_EARLY = r"""
+import torch
+from ember.layers.metadata import AttentionMetadata
+from ember.ops.attention_ref import paged_attention_ref, write_kv
+from ember.ops.triton_attention import KernelConfig, paged_attention_into
+
+HQ, HKV, D, BS = 8, 2, 32, 16
+g = torch.Generator().manual_seed(0)
+lens = [130, 17, 40, 70]
+needed = [-(-n // BS) for n in lens]
+pool = torch.randperm(sum(needed) + 3, generator=g)
+tables = torch.zeros(len(lens), max(needed) + 1, dtype=torch.int32)
+used = 0
+for i, n in enumerate(needed):
+    tables[i, :n] = pool[used : used + n]
+    used += n
+slots = [int(tables[i, p // BS]) * BS + p % BS for i, n in enumerate(lens) for p in range(n)]
+md = AttentionMetadata(
+    query_start_loc=torch.arange(len(lens) + 1, dtype=torch.int32),
+    seq_lens=torch.tensor(lens, dtype=torch.int32),
+    block_tables=tables,
+    slot_mapping=torch.zeros(len(lens), dtype=torch.int64),
+    max_query_len=1,
+    max_seq_len=max(lens),
+    query_start_loc_cpu=list(range(len(lens) + 1)),
+    seq_lens_cpu=lens,
+)
+# Unwritten slots hold NaN: keys past a sequence's end must not reach the output.
+k_cache = torch.full((len(pool), BS, HKV, D), float("nan")).to(torch.float8_e4m3fn)
+v_cache = k_cache.clone()
+kv = torch.randn(2, len(slots), HKV, D, generator=g)
+write_kv(k_cache, v_cache, kv[0], kv[1], torch.tensor(slots))
+q = torch.randn(len(lens), HQ, D, generator=g).to(torch.bfloat16)
+ref = paged_attention_ref(q, k_cache, v_cache, md, D**-0.5).float()
+for splits in (1, 3):
+    outs = []
+    for early in (False, True):
+        cfg = KernelConfig(16, 32, 4, 3, one_loop=True, widen_v_early=early)
+        out = torch.full_like(q, float("nan"))
+        paged_attention_into(
+            out, q, k_cache, v_cache, md, D**-0.5, num_kv_splits=splits, decode_config=cfg
+        )
+        outs.append(out)
+    assert torch.equal(outs[0], outs[1]), splits  # v_scale 1.0: the same products
+    err = (outs[1].float() - ref).abs().max().item()
+    assert err <= 1e-2, (splits, err)
+print("ok")
+"""
+
+
 def run_interpreted(script: str) -> None:
     """Run `script` in a fresh process under Triton's interpreter; it must print "ok" last."""
     root = Path(__file__).resolve().parents[2]
@@ -124,3 +175,9 @@ def run_interpreted(script: str) -> None:
 
 def test_attention_kernels_match_reference_under_interpreter() -> None:
     run_interpreted(_CHECK)
+
+
+def test_fp8_decode_with_v_widened_in_registers_matches() -> None:
+    """KernelConfig.widen_v_early (fp8 caches; V scaled by the runtime v_scale of 1.0 before the
+    dot) gives the same bytes as the default widening, and matches the reference."""
+    run_interpreted(_FP8_V_EARLY)
