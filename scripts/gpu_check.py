@@ -706,6 +706,7 @@ def section_tune_fp8(args: argparse.Namespace) -> bool:
             KernelConfig(16, 64, 4, 3, one_loop=True, widen_v_early=True),
             KernelConfig(16, 64, 4, 5, one_loop=True, widen_v_early=True),
             KernelConfig(16, 128, 8, 3, one_loop=True, widen_v_early=True),
+            KernelConfig(16, 128, 8, 2, one_loop=True, widen_v_early=True),  # 80 regs, 3 an SM
         ],
         (
             (256, 640, (1, 2)),
