@@ -54,4 +54,7 @@ def trace(step: str) -> None:
     if enabled():
         at = time.monotonic() - server_started_at()
         where = "core" if multiprocessing.parent_process() is not None else "api"
-        print(f"[ember start +{at:.3f} s {where}] {step}", file=sys.stderr, flush=True)
+        # One write of the whole line: print() writes the text and its newline apart, and a
+        # log line from another thread written between them ran into the step's line.
+        sys.stderr.write(f"[ember start +{at:.3f} s {where}] {step}\n")
+        sys.stderr.flush()

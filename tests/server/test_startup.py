@@ -4,12 +4,16 @@ directory has its weights read ahead from the first moment."""
 
 from __future__ import annotations
 
+import io
 import re
+import sys
 from pathlib import Path
 
 import httpx
+import pytest
 from serverproc import COMMON_ARGS, start
 
+from ember import startup_trace
 from ember.registry import ModelStore
 
 STEPS = [
@@ -48,3 +52,20 @@ def test_startup_trace_and_phases(tmp_path: Path, ember_home: Path) -> None:
     phases = sum(v for k, v in startup.items() if k.endswith("_s") and k != "total_s")
     assert abs(phases - startup["total_s"]) <= 0.1 * startup["total_s"] + 0.3, startup
     assert abs(startup["total_s"] - times[-1]) <= 0.1, (startup, times[-1])
+
+
+def test_trace_writes_each_step_as_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trace step reaches stderr in one write, newline included, so a log line that another
+    thread writes at the same moment cannot land inside it."""
+    writes: list[str] = []
+
+    class Recorder(io.StringIO):
+        def write(self, s: str) -> int:
+            writes.append(s)
+            return len(s)
+
+    monkeypatch.setenv("EMBER_STARTUP_TRACE", "1")
+    monkeypatch.setattr(sys, "stderr", Recorder())
+    startup_trace.trace("tokenizer loaded")
+    assert len(writes) == 1, writes
+    assert re.fullmatch(r"\[ember start \+\d+\.\d+ s api\] tokenizer loaded\n", writes[0])
