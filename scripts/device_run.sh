@@ -35,8 +35,12 @@
 #                                               # registered (default) and pinned by
 #                                               # cudaHostAlloc; three starts; decode attention
 #                                               # over bf16 against fp8 caches (~5 min)
-#   bash scripts/device_run.sh tune             # decode tile sweeps over bf16 and fp8 caches,
-#                                               # rotary + KV write against the fused store (~3 min)
+#   bash scripts/device_run.sh tune             # decode tile sweeps over bf16 and fp8 caches
+#                                               # (fp8's V widened in registers among them),
+#                                               # pieces and tiles at 1-256 sequences, rotary +
+#                                               # KV write against the fused store (~5 min)
+#   bash scripts/device_run.sh ncu              # Nsight Compute on one decode attention launch:
+#                                               # bf16, fp8, fp8 with V early (~1 min)
 #   bash scripts/device_run.sh startprof        # an EngineCore's start under cProfile, the
 #                                               # kernels' first profiling pass included (~1 min)
 #   bash scripts/device_run.sh build            # the model's build (on the GPU, on meta, as
@@ -149,7 +153,22 @@ for stage in "$@"; do
         tune)
             run tune 150 python3 scripts/gpu_check.py --section tune
             run tune-fp8 150 python3 scripts/gpu_check.py --section tune-fp8
+            run tune-splits 150 python3 scripts/gpu_check.py --section tune-splits \
+                --section splits-policy
             run rotary-store 60 python3 scripts/gpu_check.py --section rotary-store
+            ;;
+        ncu)
+            # Nsight Compute on one decode attention launch at 256 x 640 keys: bf16, fp8, and
+            # fp8 with V widened in registers (works on the Firecracker machines; not gVisor).
+            ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+            for case in bf16 fp8 fp8-v-early; do
+                flags="--kv ${case%%-*}"
+                [ "$case" = fp8-v-early ] && flags="$flags --v-early"
+                run "ncu-$case" 120 "$ncu" --clock-control none -k regex:paged_attention \
+                    --launch-skip 2 --launch-count 1 --section SpeedOfLight \
+                    --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy \
+                    --section SchedulerStats python3 scripts/ncu_decode.py $flags
+            done
             ;;
         l2) run l2 120 python3 scripts/gpu_check.py --section l2 ;;
         blas) run blas 150 python3 scripts/gpu_check.py --section blas ;;
