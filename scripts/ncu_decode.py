@@ -13,10 +13,8 @@ import argparse
 
 import torch
 
-from ember.ops.triton_attention import KernelConfig, paged_attention_into
-from scripts.gpu_check import LLAMA_8B, cache_setup
-
-V_EARLY = KernelConfig(16, 128, 4, 3, one_loop=True, widen_v_early=True)
+from ember.ops.triton_attention import paged_attention_into
+from scripts.gpu_check import LLAMA_8B, V_EARLY, cache_setup
 
 
 def main() -> None:

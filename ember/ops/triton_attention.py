@@ -564,17 +564,16 @@ def paged_attention_into(
     group = num_q_heads // num_kv_heads
     elem_bytes = k_cache.element_size()
     args = (q, k_cache, v_cache, out, attn_metadata, group, scale, logit_softcap, sliding_window)
+    few = few_programs(num_seqs, num_kv_heads, q.device)  # the decode launch's tiles
     if attn_metadata.max_query_len <= 1:
         splits = num_kv_splits
         if splits is None:
             splits = kv_splits_for(num_seqs, num_kv_heads, attn_metadata.max_seq_len, q.device)
-        few = few_programs(num_seqs, num_kv_heads, q.device)
         cfg = decode_config or _decode_config(head_dim, group, elem_bytes, few, splits > 1)
         _launch(*args, _fit_group(cfg, group), single=True, skip_single=False, splits=splits)
         return
     cfg = _fit_group(prefill_config or _prefill_config(head_dim, group, elem_bytes), group)
     _launch(*args, cfg, single=False, skip_single=True, splits=1)
-    few = few_programs(num_seqs, num_kv_heads, q.device)
     cfg = _fit_group(decode_config or _decode_config(head_dim, group, elem_bytes, few), group)
     _launch(*args, cfg, single=True, skip_single=False, splits=1)
 
@@ -600,6 +599,7 @@ def _launch(
     num_seqs = md.seq_lens.shape[0]
     split = single and splits > 1
     pdl = pdl_enabled(q.device)
+    fp8 = k_cache.element_size() == 1
     if single:
         tokens_per_tile = 1
         grid: tuple[int, ...] = (
@@ -660,8 +660,8 @@ def _launch(
         USE_WINDOW=window is not None,
         USE_SOFTCAP=softcap is not None,
         DOT_PRECISION="ieee" if k_cache.dtype == torch.float32 else "tf32",
-        KV_FP8=k_cache.element_size() == 1,
-        V_EARLY=cfg.widen_v_early and k_cache.element_size() == 1,
+        KV_FP8=fp8,
+        V_EARLY=cfg.widen_v_early and fp8,
         ONE_LOOP=cfg.one_loop,
         PDL=pdl,
         num_warps=cfg.num_warps,
