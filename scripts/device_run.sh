@@ -41,6 +41,8 @@
 #                                               # KV write against the fused store (~5 min)
 #   bash scripts/device_run.sh ncu              # Nsight Compute on one decode attention launch:
 #                                               # bf16, fp8, fp8 with V early (~1 min)
+#   bash scripts/device_run.sh ncuprefill       # Nsight Compute on one causal prefill
+#                                               # attention launch (1 x 8192), two tiles (~1 min)
 #   bash scripts/device_run.sh startprof        # an EngineCore's start under cProfile, the
 #                                               # kernels' first profiling pass included (~1 min)
 #   bash scripts/device_run.sh build            # the model's build (on the GPU, on meta, as
@@ -168,6 +170,21 @@ for stage in "$@"; do
                     --launch-skip 2 --launch-count 1 --section SpeedOfLight \
                     --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy \
                     --section SchedulerStats python3 scripts/ncu_decode.py $flags
+            done
+            ;;
+        ncuprefill)
+            # Nsight Compute on one causal prefill attention launch, 1 x 8192 tokens: the
+            # default tiles and 64-row tiles on one warpgroup (two CTAs an SM).
+            ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+            for tile in default "64 64 4 3"; do
+                flags="--prefill --batch 1 --ctx 8192"
+                [ "$tile" != default ] && flags="$flags --tile $tile"
+                run "ncu-prefill-${tile// /-}" 120 "$ncu" --clock-control none \
+                    -k regex:paged_attention --launch-skip 2 --launch-count 1 \
+                    --section SpeedOfLight --section ComputeWorkloadAnalysis \
+                    --section MemoryWorkloadAnalysis --section WarpStateStats \
+                    --section Occupancy --section SchedulerStats --section InstructionStats \
+                    python3 scripts/ncu_decode.py $flags
             done
             ;;
         l2) run l2 120 python3 scripts/gpu_check.py --section l2 ;;

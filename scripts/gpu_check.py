@@ -697,9 +697,10 @@ def section_tune_fp8(args: argparse.Namespace) -> bool:
             # SM, two shared buffers a tile from 5 stages, 212-218 registers (kernel_ir.py).
             KernelConfig(16, 64, 2, 5, one_loop=True),
             KernelConfig(16, 32, 2, 5, one_loop=True),
-            # V widened in registers (KernelConfig.widen_v_early; not yet timed): 128 registers
-            # at 128 keys (3 programs an SM at 3-4 stages, shared memory's limit), 112 at 64
-            # keys (4 an SM); 1,022 / 664 instructions a warp a tile against 1,206 today.
+            # V widened in registers (KernelConfig.widen_v_early; the default's 5 stages made
+            # fp8's default in the sixteenth session): 128 registers at 128 keys (3 programs an
+            # SM at 3-4 stages, shared memory's limit), 112 at 64 keys (4 an SM); 1,022 / 664
+            # instructions a warp a tile against 1,206 without.
             KernelConfig(16, 128, 4, 3, one_loop=True, widen_v_early=True),
             KernelConfig(16, 128, 4, 4, one_loop=True, widen_v_early=True),
             KernelConfig(16, 128, 4, 5, one_loop=True, widen_v_early=True),

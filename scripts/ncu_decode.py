@@ -1,7 +1,8 @@
 """One decode attention launch for Nsight Compute to profile (`scripts/device_run.sh ncu`):
 Llama-3.1-8B heads, `--batch` sequences of `--ctx` keys, a bf16 or fp8 cache, the default tiles
-or fp8's V widened in registers (KernelConfig.widen_v_early). It launches three times; profile
-the third:
+or fp8's V widened in registers (KernelConfig.widen_v_early). With `--prefill`, a causal prefill
+of `--batch` prompts of `--ctx` tokens from a bf16 cache instead (`--tile M N WARPS STAGES` for
+other tiles than the default). It launches three times; profile the third:
 
     ncu --clock-control none -k regex:paged_attention --launch-skip 2 --launch-count 1 \\
         --section SpeedOfLight --section WarpStateStats python3 scripts/ncu_decode.py --kv fp8
@@ -13,8 +14,8 @@ import argparse
 
 import torch
 
-from ember.ops.triton_attention import paged_attention_into
-from scripts.gpu_check import LLAMA_8B, V_EARLY, cache_setup
+from ember.ops.triton_attention import KernelConfig, paged_attention_into
+from scripts.gpu_check import LLAMA_8B, V_EARLY, cache_setup, prefill_setup
 
 
 def main() -> None:
@@ -23,7 +24,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--ctx", type=int, default=640)
     ap.add_argument("--v-early", action="store_true", help="fp8: KernelConfig.widen_v_early")
+    ap.add_argument("--prefill", action="store_true", help="a causal prefill of the prompts")
+    ap.add_argument("--tile", nargs=4, type=int, metavar=("M", "N", "WARPS", "STAGES"))
     args = ap.parse_args()
+    if args.prefill:
+        prefill(args.batch, args.ctx, KernelConfig(*args.tile) if args.tile else None)
+        return
     kv_dtype = torch.float8_e4m3fn if args.kv == "fp8" else torch.bfloat16
     setup = cache_setup(args.batch, args.ctx, kv_dtype)
     hq, _, d = LLAMA_8B
@@ -36,6 +42,16 @@ def main() -> None:
         )  # fmt: skip
     torch.cuda.synchronize()
     print(f"decode attention launched: {args.kv} cache, {args.batch} x {args.ctx} keys, {cfg}")
+
+
+def prefill(batch: int, length: int, cfg: KernelConfig | None) -> None:
+    b, _ = prefill_setup(batch, length)
+    out = torch.empty_like(b.q)
+    d = LLAMA_8B[2]
+    for _ in range(3):
+        paged_attention_into(out, b.q, b.k_cache, b.v_cache, b.md, d**-0.5, prefill_config=cfg)
+    torch.cuda.synchronize()
+    print(f"prefill attention launched: {batch} x {length} tokens, {cfg}")
 
 
 if __name__ == "__main__":

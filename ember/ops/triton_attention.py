@@ -83,8 +83,8 @@ class KernelConfig:
     # the load and the dot, Triton widens V in the dot operand's layout from byte loads (128
     # LDS.U8 a 128-key tile); with it, one vector load, the packed conversion and a transposed
     # ldmatrix: 1,022 instructions a warp for a 128-key tile against 1,206, 128 registers against
-    # 214 (3 programs an SM at 3 stages; sm_90 SASS, scripts/kernel_ir.py). Not yet timed on a
-    # GPU: off by default, in the tune-fp8 sweep.
+    # 214 (3 programs an SM at 3 stages; sm_90 SASS, scripts/kernel_ir.py). fp8's decode default
+    # (_decode_config): 4% faster at 256 x 640 keys on the H200, level elsewhere.
     widen_v_early: bool = False
 
 
@@ -116,6 +116,9 @@ def _decode_config(
     #   14.7 us against 23.6 for the 64-key tiles; at 4 x 4096 in 4 pieces 24.9 against 31.3
     #   for the two-stage 128-key tiles. fp8: 141.5 vs 143.6 us at 256 x 640, 370.6 vs 391.5 at
     #   256 x 2048. A sliding window falls back to two loops.
+    # - fp8 with V widened in registers (KernelConfig.widen_v_early; sixteenth session,
+    #   tune-fp8): 137.0 against 142.4 us at 256 x 640 keys, within 1% at 256 x 2048, 64 x 640,
+    #   16 x 8192 in 1 or 4 pieces and 1 x 8192 in 16 or 32.
     # - bf16, one sequence in pieces: 128-key tiles on 4 warps, 2 stages (few_programs says why).
     if elem_bytes > 2:  # fp32 caches (tests)
         cfg = KernelConfig(block_m=16, block_n=32, num_warps=4, num_stages=2)
@@ -123,7 +126,11 @@ def _decode_config(
         cfg = KernelConfig(
             block_m=16, block_n=64, num_warps=4, num_stages=3 if elem_bytes == 1 else 2
         )
-    elif elem_bytes == 1 or few:
+    elif elem_bytes == 1:  # fp8: the same tiles, V widened in registers
+        cfg = KernelConfig(
+            block_m=16, block_n=128, num_warps=4, num_stages=5, one_loop=True, widen_v_early=True
+        )
+    elif few:
         cfg = KernelConfig(block_m=16, block_n=128, num_warps=4, num_stages=5, one_loop=True)
     elif split:  # one sequence cut into pieces (batch-1 decode)
         cfg = KernelConfig(block_m=16, block_n=128, num_warps=4, num_stages=2)

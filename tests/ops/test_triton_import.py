@@ -41,7 +41,7 @@ def test_gemv_reference_applies_the_pre_ops() -> None:
 def test_decode_tiles_follow_the_sweeps() -> None:
     """The decode launch's tiles (H200 sweeps, docs/benchmarks.md, sixth and fifteenth
     sessions): bf16 with many programs on 64-key tiles and 2 warps; with few programs, and fp8
-    always, 128-key tiles in one loop with 5 stages; one bf16 sequence in pieces on 128-key
+    always (V widened in registers), 128-key tiles in one loop with 5 stages; one bf16 sequence in pieces on 128-key
     tiles with 2 stages; Gemma's head_dim 256 on 64-key tiles; a
     group wider than 16 rows widens BLOCK_M."""
     cfg = triton_attention._decode_config
@@ -50,8 +50,9 @@ def test_decode_tiles_follow_the_sweeps() -> None:
     assert cfg(128, 4, 2, few=False) == kc(16, 64, 2, 3)
     assert cfg(128, 4, 2, few=True) == deep
     assert cfg(128, 4, 2, few=False, split=True) == kc(16, 128, 4, 2)  # one sequence in pieces
-    assert cfg(128, 4, 1, few=False) == deep
-    assert cfg(128, 4, 1, few=True) == deep
+    fp8 = kc(16, 128, 4, 5, one_loop=True, widen_v_early=True)  # V widened in registers
+    assert cfg(128, 4, 1, few=False) == fp8
+    assert cfg(128, 4, 1, few=True) == fp8
     assert cfg(256, 2, 2, few=False) == kc(16, 64, 4, 2)
     assert cfg(256, 2, 1, few=True) == kc(16, 64, 4, 3)
     assert cfg(64, 7, 4, few=False) == kc(16, 32, 4, 2)  # fp32 caches (tests)
