@@ -220,6 +220,9 @@ def correctness_cases(quick: bool) -> list[Case]:
         Case("decode llama fp8 split 8", bf16, 32, 8, 128, 16, decode, splits=8, kv_dtype=e4m3),
         Case("gemma2 win+cap fp8", bf16, 16, 8, 256, 16, mixed, 64, 5.0, kv_dtype=e4m3),
         Case("mixed gqa7 d64 fp8_e5m2", bf16, 14, 2, 64, 16, mixed, kv_dtype=e5m2),
+        # fp8's decode default (V widened in registers) in the two loops a window takes
+        Case("mixed window 64 fp8", bf16, 32, 8, 128, 16, mixed, 64, kv_dtype=e4m3),
+        Case("decode window 100 fp8 split 8", bf16, 32, 8, 128, 16, decode, 100, None, 8, e4m3),
         # KernelConfig.one_loop: decode's one key loop masked at the end only (keys past it
         # read from block 0, NaN-filled here, and dropped); with a window, the usual loops.
         Case("decode llama 1loop", bf16, 32, 8, 128, 16, decode, splits=1, decode_cfg=ONE_LOOP),
