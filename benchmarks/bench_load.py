@@ -232,13 +232,48 @@ def h2d_bandwidth(device: torch.device, nbytes: int = 1 << 30, reps: int = 10) -
 
 
 def load_ember(
-    root: Path, device: torch.device, direct: bool | None, options: StreamOptions | None = None
+    root: Path,
+    device: torch.device,
+    direct: bool | None,
+    options: StreamOptions | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> object:
     source = LocalSource(root, direct=direct)
     try:
-        return load_model(source, torch.bfloat16, device, options=options)
+        return load_model(source, torch.bfloat16, device, options=options, progress=progress)
     finally:
         source.close()
+
+
+class Timeline:
+    """When the loader reported each chunk's bytes handed to the copy engine (its progress
+    callback), from the clock's start: whether a load loses its time ramping up, in its middle
+    or in its tail."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.points: list[tuple[float, int]] = []
+        self.total = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        self.points.append((time.perf_counter() - self.start, done))
+        self.total = total
+
+    def at(self, share: float) -> float:
+        """Seconds until `share` of the bytes were handed over."""
+        want = share * self.total
+        return next((t for t, done in self.points if done >= want), float("nan"))
+
+    def summary(self, seconds: float) -> str:
+        if not self.total:
+            return "timeline: no progress reported"
+        t10, t50, t90, t100 = (self.at(x) for x in (0.1, 0.5, 0.9, 1.0))
+        middle = 0.8 * self.total / (t90 - t10) / 1e9 if t90 > t10 else float("nan")
+        return (
+            f"timeline: 10% of the bytes at {1e3 * t10:.0f} ms, 50% at {1e3 * t50:.0f}, 90% at "
+            f"{1e3 * t90:.0f}, all handed over at {1e3 * t100:.0f}, on the device at "
+            f"{1e3 * seconds:.0f}; 10-90% at {middle:.2f} GB/s"
+        )
 
 
 def load_safetensors(root: Path, device: torch.device) -> object:
@@ -332,11 +367,18 @@ def child(
     if device.type == "cuda":
         torch.empty(1, device=device)
         torch.cuda.synchronize()
+    timeline = Timeline() if key.startswith("ember") else None
+    if timeline is not None:
+        load = partial(load, progress=timeline)
     start = time.perf_counter()
+    if timeline is not None:
+        timeline.start = start
     loaded = load(root, device)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
+    if timeline is not None:
+        print(timeline.summary(seconds), file=sys.stderr)
     reference(root, layers)
     check(loaded)
     if key == "ember-prepinned":
@@ -375,7 +417,7 @@ def timed(
     result = Result(label, cache, seconds, nbytes / seconds / 1e9)
     print(f"  {label:<34} {cache:<5} {seconds:7.2f} s {result.gbps:7.2f} GB/s", flush=True)
     for line in proc.stderr.splitlines():  # ember's own account of the load (its log line)
-        if line.startswith(("weights: ", "ring slots pinned ahead")):
+        if line.startswith(("weights: ", "ring slots pinned ahead", "timeline: ")):
             print(f"      {line}", flush=True)
     return result
 
