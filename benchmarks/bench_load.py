@@ -354,9 +354,11 @@ def child(
 ) -> None:
     """One load in this (fresh) process: timed from after CUDA init to the last byte on the
     device, so per-process costs (pinning buffers, allocating) count, CUDA init does not."""
+    timeline = Timeline() if key.startswith("ember") else None
     load = LOADERS[key][1]
-    if options is not None:  # a sweep's setting: ember's loader, in the key's read mode
-        load = partial(load_ember, direct=None if key == "ember" else False, options=options)
+    if timeline is not None:  # ember's loader, in the key's read mode
+        direct = None if key == "ember" else False
+        load = partial(load_ember, direct=direct, options=options, progress=timeline)
     logging.basicConfig(format="%(message)s")
     logging.getLogger("ember.models.loader").setLevel(logging.INFO)
     logging.getLogger("ember.loader.prepin").setLevel(logging.INFO)
@@ -367,9 +369,6 @@ def child(
     if device.type == "cuda":
         torch.empty(1, device=device)
         torch.cuda.synchronize()
-    timeline = Timeline() if key.startswith("ember") else None
-    if timeline is not None:
-        load = partial(load, progress=timeline)
     start = time.perf_counter()
     if timeline is not None:
         timeline.start = start
