@@ -28,6 +28,7 @@ import mmap
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -324,6 +325,66 @@ class Result:
     gbps: float
 
 
+class LoadTrace:
+    """BENCH_LOAD_TRACE=1: the reader threads' pinning, reads and whole chunks timed (the
+    loader's methods wrapped in this process), printed as 25 ms buckets from the clock's start:
+    bytes read (GB/s), reads, pins and chunks in flight. Where a fresh process's first 10% of
+    the bytes go."""
+
+    BUCKET = 0.025
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.events: list[tuple[str, float, float, int]] = []  # kind, start, end, bytes
+        self._lock = threading.Lock()
+
+    def wrap(self, owner: type, name: str, kind: str) -> None:
+        original = getattr(owner, name)
+
+        def timed(*a: object, **kw: object) -> object:
+            t0 = time.perf_counter()
+            out = original(*a, **kw)
+            nbytes = out if kind == "read" and isinstance(out, int) else 0
+            with self._lock:
+                self.events.append(
+                    (kind, t0 - self.start, time.perf_counter() - self.start, nbytes)
+                )
+            return out
+
+        setattr(owner, name, timed)
+
+    def install(self) -> None:
+        from ember.loader.ring import HostRing
+        from ember.loader.streamer import _Readers
+
+        self.wrap(HostRing, "_allocate", "pin")
+        self.wrap(LocalSource, "read_into", "read")
+        self.wrap(_Readers, "_load", "chunk")
+
+    def summary(self, until: float = 0.4) -> str:
+        lines = ["trace: ms    read GB/s  reads  pins  chunks  (in flight at the bucket's end)"]
+        for i in range(int(until / self.BUCKET)):
+            lo, hi = i * self.BUCKET, (i + 1) * self.BUCKET
+            done = sum(b for k, t0, t1, b in self.events if k == "read" and lo <= t1 < hi)
+            live = {
+                kind: sum(1 for k, t0, t1, _ in self.events if k == kind and t0 <= hi < t1)
+                for kind in ("read", "pin", "chunk")
+            }
+            lines.append(
+                f"trace: {1e3 * lo:4.0f} {done / self.BUCKET / 1e9:11.2f} {live['read']:6d}"
+                f" {live['pin']:5d} {live['chunk']:7d}"
+            )
+        for kind in ("pin", "read", "chunk"):
+            ms = sorted(1e3 * (t1 - t0) for k, t0, t1, _ in self.events if k == kind)
+            if ms:
+                first = min(t0 for k, t0, _, _ in self.events if k == kind)
+                lines.append(
+                    f"trace: {kind}: {len(ms)}, first at {1e3 * first:.0f} ms, median "
+                    f"{ms[len(ms) // 2]:.1f} ms, max {ms[-1]:.1f} ms"
+                )
+        return "\n".join(lines)
+
+
 def preimport(key: str, root: Path) -> None:
     """What a loader imports, imported before the clock starts: `ember serve`'s engine process
     has imported the engine, its Triton kernels and the model's class by the time the model
@@ -369,15 +430,22 @@ def child(
     if device.type == "cuda":
         torch.empty(1, device=device)
         torch.cuda.synchronize()
+    trace = LoadTrace() if timeline is not None and os.environ.get("BENCH_LOAD_TRACE") else None
+    if trace is not None:
+        trace.install()
     start = time.perf_counter()
     if timeline is not None:
         timeline.start = start
+    if trace is not None:
+        trace.start = start
     loaded = load(root, device)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     if timeline is not None:
         print(timeline.summary(seconds), file=sys.stderr)
+    if trace is not None:
+        print(trace.summary(), file=sys.stderr)
     reference(root, layers)
     check(loaded)
     if key == "ember-prepinned":
@@ -416,7 +484,7 @@ def timed(
     result = Result(label, cache, seconds, nbytes / seconds / 1e9)
     print(f"  {label:<34} {cache:<5} {seconds:7.2f} s {result.gbps:7.2f} GB/s", flush=True)
     for line in proc.stderr.splitlines():  # ember's own account of the load (its log line)
-        if line.startswith(("weights: ", "ring slots pinned ahead", "timeline: ")):
+        if line.startswith(("weights: ", "ring slots pinned ahead", "timeline: ", "trace: ")):
             print(f"      {line}", flush=True)
     return result
 
