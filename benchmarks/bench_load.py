@@ -7,7 +7,7 @@ One run on the GPU machine (< 8 minutes):
   3. loads the model, each in a fresh process (timed from after CUDA init, so pinning buffers
      and allocating count) from a cold page cache (caches dropped before every run) and from a
      warm one: ember's load_model (O_DIRECT auto; buffered; buffered with the ring pinned
-     while CUDA initialises, as `ember serve` does), safetensors
+     while CUDA initialises and the engine is imported, as `ember serve` does), safetensors
      load_file(device="cuda"), and Run:ai Model Streamer when it is importable (CPU tensors, then
      .to(cuda), as vLLM's runai_streamer load format does); every load is spot-checked against
      the files;
@@ -301,7 +301,8 @@ LOADERS: dict[str, tuple[str, Callable[[Path, torch.device], object]]] = {
     "ember": ("ember (O_DIRECT when cold)", partial(load_ember, direct=None)),
     "ember-buffered": ("ember (buffered reads)", partial(load_ember, direct=False)),
     # As `ember serve`'s engine process starts: the ring's slots are pinned on a thread
-    # (ember.loader.prepin) while CUDA initialises, so the load itself pins nothing.
+    # (ember.loader.prepin) while CUDA initialises and the engine is imported, so the load
+    # itself pins nothing (child() starts it before the imports).
     "ember-prepinned": ("ember (ring pinned ahead)", partial(load_ember, direct=False)),
     "safetensors": ("safetensors load_file", load_safetensors),
     "runai": ("Run:ai Model Streamer", load_runai),
@@ -423,10 +424,12 @@ def child(
     logging.basicConfig(format="%(message)s")
     logging.getLogger("ember.models.loader").setLevel(logging.INFO)
     logging.getLogger("ember.loader.prepin").setLevel(logging.INFO)
-    preimport(key, root)
     if key == "ember-prepinned":
+        # As `ember serve`'s engine process does: as soon as torch is imported, before the
+        # engine's own imports (core_client.py), so the pinning overlaps them.
         ahead = slots or Source.concurrency + 4
         prepin.start(str(device), ahead, StreamOptions().chunk_bytes)
+    preimport(key, root)
     if device.type == "cuda":
         torch.empty(1, device=device)
         torch.cuda.synchronize()
