@@ -40,7 +40,7 @@
 #                                               # pieces and tiles at 1-256 sequences, rotary +
 #                                               # KV write against the fused store (~5 min)
 #   bash scripts/device_run.sh ncu              # Nsight Compute on one decode attention launch:
-#                                               # bf16, fp8, fp8 with V early (~1 min)
+#                                               # bf16, fp8, fp8 on 3-stage V-early tiles (~1 min)
 #   bash scripts/device_run.sh ncuprefill       # Nsight Compute on one causal prefill
 #                                               # attention launch (1 x 8192), two tiles (~1 min)
 #   bash scripts/device_run.sh startprof        # an EngineCore's start under cProfile, the
@@ -160,8 +160,9 @@ for stage in "$@"; do
             run rotary-store 60 python3 scripts/gpu_check.py --section rotary-store
             ;;
         ncu)
-            # Nsight Compute on one decode attention launch at 256 x 640 keys: bf16, fp8, and
-            # fp8 with V widened in registers (works on the Firecracker machines; not gVisor).
+            # Nsight Compute on one decode attention launch at 256 x 640 keys: bf16, fp8 (its
+            # default: V widened in registers, 5 stages), and gpu_check's V_EARLY tiles (3
+            # stages) (works on the Firecracker machines; not gVisor).
             ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
             for case in bf16 fp8 fp8-v-early; do
                 flags="--kv ${case%%-*}"
@@ -169,7 +170,7 @@ for stage in "$@"; do
                 run "ncu-$case" 120 "$ncu" --clock-control none -k regex:paged_attention \
                     --launch-skip 2 --launch-count 1 --section SpeedOfLight \
                     --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy \
-                    --section SchedulerStats python3 scripts/ncu_decode.py $flags
+                    --section SchedulerStats python3 scripts/ncu_attention.py $flags
             done
             ;;
         ncuprefill)
@@ -184,7 +185,7 @@ for stage in "$@"; do
                     --section SpeedOfLight --section ComputeWorkloadAnalysis \
                     --section MemoryWorkloadAnalysis --section WarpStateStats \
                     --section Occupancy --section SchedulerStats --section InstructionStats \
-                    python3 scripts/ncu_decode.py $flags
+                    python3 scripts/ncu_attention.py $flags
             done
             ;;
         l2) run l2 120 python3 scripts/gpu_check.py --section l2 ;;

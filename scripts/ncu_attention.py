@@ -1,11 +1,13 @@
-"""One decode attention launch for Nsight Compute to profile (`scripts/device_run.sh ncu`):
-Llama-3.1-8B heads, `--batch` sequences of `--ctx` keys, a bf16 or fp8 cache, the default tiles
-or fp8's V widened in registers (KernelConfig.widen_v_early). With `--prefill`, a causal prefill
+"""One attention launch for Nsight Compute to profile (`scripts/device_run.sh ncu ncuprefill`):
+decode over Llama-3.1-8B heads, `--batch` sequences of `--ctx` keys, a bf16 or fp8 cache, the
+default tiles or gpu_check's V_EARLY tiles (`--v-early`: V widened in registers, 3 stages; fp8's
+default widens it too, at 5 stages). With `--prefill`, a causal prefill
 of `--batch` prompts of `--ctx` tokens from a bf16 cache instead (`--tile M N WARPS STAGES` for
 other tiles than the default). It launches three times; profile the third:
 
     ncu --clock-control none -k regex:paged_attention --launch-skip 2 --launch-count 1 \\
-        --section SpeedOfLight --section WarpStateStats python3 scripts/ncu_decode.py --kv fp8
+        --section SpeedOfLight --section WarpStateStats \\
+        python3 scripts/ncu_attention.py --kv fp8
 """
 
 from __future__ import annotations
