@@ -1,9 +1,9 @@
 """One attention launch for Nsight Compute to profile (`scripts/device_run.sh ncu ncuprefill`):
 decode over Llama-3.1-8B heads, `--batch` sequences of `--ctx` keys, a bf16 or fp8 cache, the
 default tiles or gpu_check's V_EARLY tiles (`--v-early`: V widened in registers, 3 stages; fp8's
-default widens it too, at 5 stages). With `--prefill`, a causal prefill
-of `--batch` prompts of `--ctx` tokens from a bf16 cache instead (`--tile M N WARPS STAGES` for
-other tiles than the default). It launches three times; profile the third:
+default widens it too, at 5 stages). With `--prefill`, a causal prefill of `--batch` prompts of
+`--ctx` tokens from a bf16 cache instead (`--tile M N WARPS STAGES` for other tiles than the
+default). It launches three times; profile the third:
 
     ncu --clock-control none -k regex:paged_attention --launch-skip 2 --launch-count 1 \\
         --section SpeedOfLight --section WarpStateStats \\

@@ -126,12 +126,11 @@ def _decode_config(
         cfg = KernelConfig(
             block_m=16, block_n=64, num_warps=4, num_stages=3 if elem_bytes == 1 else 2
         )
-    elif elem_bytes == 1:  # fp8: the same tiles, V widened in registers
+    elif elem_bytes == 1 or few:  # fp8 with V widened in registers
         cfg = KernelConfig(
-            block_m=16, block_n=128, num_warps=4, num_stages=5, one_loop=True, widen_v_early=True
-        )
-    elif few:
-        cfg = KernelConfig(block_m=16, block_n=128, num_warps=4, num_stages=5, one_loop=True)
+            block_m=16, block_n=128, num_warps=4, num_stages=5, one_loop=True,
+            widen_v_early=elem_bytes == 1,
+        )  # fmt: skip
     elif split:  # one sequence cut into pieces (batch-1 decode)
         cfg = KernelConfig(block_m=16, block_n=128, num_warps=4, num_stages=2)
     else:
