@@ -9,8 +9,19 @@ buffer, with the ring's slots pinned once up front so that pinning is not in any
                   limit for anything that copies through host memory);
 - self T/C:       T threads, each with its own pinned slots, each reading a chunk of C MiB and
                   enqueueing its copy itself on its own CUDA stream (no hand-off to another thread);
-- streamer T/C:   ember's SafetensorsStreamer as the loader runs it, the same slots handed to its
-                  ring (through prepin's pool).
+- self T/C by S:  the same, each S MiB of a chunk copied as soon as it is read (--sub-mib);
+- streamer T/C xN: ember's SafetensorsStreamer as the loader runs it (the GIL switch interval
+                  load_model sets), N of the same slots handed to its ring through prepin's pool
+                  (--streamer-slots; default T + 4);
+- zero-copy T/C:  no ring: T threads each register the next C MiB of the mapped files with CUDA
+                  (read-only) and copy it to the GPU straight out of the page cache on their own
+                  stream; the registrations are undone after the clock (timed apart);
+- registered T/C: the same pieces all registered first, then copied: the two halves timed apart.
+
+On the H200 machines of 2026-12-04 (seventeenth session in docs/benchmarks.md): registering
+overlapped the copies only in part (zero-copy 33-35 GB/s where the ring's paths gave 38), and
+self-copying threads with 8 MiB chunks (a ring small enough for the CPU's 300 MiB L3) reached the
+page cache's own rate (46-51 GB/s) where 32 MiB chunks gave 38-41 and the streamer 38-43.
 
     python benchmarks/bench_stream_paths.py               # writes bench_load.py's 8B model once
 """
@@ -26,6 +37,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -39,6 +51,7 @@ from ember.loader.header import TensorMeta
 from ember.loader.local import LocalSource
 from ember.loader.pinned import pinned_host
 from ember.loader.streamer import SafetensorsStreamer, StreamOptions
+from ember.models.loader import _prompt_gil_handoff
 
 MiB = 1 << 20
 
@@ -70,10 +83,24 @@ def thread_slots(
     return [[Slot(pinned[k * each + s][:chunk]) for s in range(each)] for k in range(threads)]
 
 
+def run_threads(work: list[Callable[[], None]]) -> None:
+    """Each callable on a thread of its own, all started, then all joined."""
+    threads = [threading.Thread(target=fn) for fn in work]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def self_copy(
-    jobs: list[tuple[int, int, int, int]], dest: torch.Tensor, slots: list[list[Slot]]
+    jobs: list[tuple[int, int, int, int]],
+    dest: torch.Tensor,
+    slots: list[list[Slot]],
+    sub: int = 0,
 ) -> float:
-    """Seconds for every job: each thread reads into its own slots and copies out itself."""
+    """Seconds for every job: each thread reads into its own slots and copies out itself, a
+    chunk at a time or, with `sub`, each `sub` bytes as soon as they are read (so the copy
+    engine reads them while they may still be in the CPU's last-level cache)."""
     counter = itertools.count()
     errors: list[BaseException] = []
 
@@ -88,24 +115,122 @@ def self_copy(
                     fd, off, n, at = jobs[j]
                     slot = mine[turn % len(mine)]
                     slot.event.synchronize()
-                    got = 0
-                    while got < n:
-                        got += os.preadv(fd, [slot.view[got:n]], off + got)
-                    dest[at : at + n].copy_(slot.tensor[:n], non_blocking=True)
+                    step = sub or n
+                    for lo in range(0, n, step):
+                        hi = min(n, lo + step)
+                        got = lo
+                        while got < hi:
+                            got += os.preadv(fd, [slot.view[got:hi]], off + got)
+                        dest[at + lo : at + hi].copy_(slot.tensor[lo:hi], non_blocking=True)
                     slot.event.record(stream)
             stream.synchronize()
         except BaseException as e:
             errors.append(e)
 
-    threads = [threading.Thread(target=worker, args=(mine,)) for mine in slots]
     torch.cuda.synchronize()
     start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads([partial(worker, mine) for mine in slots])
     torch.cuda.synchronize()
     seconds = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    return seconds
+
+
+class Mapped:
+    """The warm files mapped read-only, one piece per job, registered and undone on demand."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        import mmap
+
+        import numpy as np
+
+        self.maps: list[mmap.mmap] = []
+        self.base: dict[int, int] = {}  # fd -> the mapping's address
+        self.fds = {p: os.open(p, os.O_RDONLY) for p in paths}
+        for fd in self.fds.values():
+            size = os.fstat(fd).st_size
+            mapping = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+            self.maps.append(mapping)
+            self.base[fd] = int(np.frombuffer(mapping, dtype=np.uint8).ctypes.data)
+        self.cudart = torch.cuda.cudart()
+
+    def register(self, fd: int, off: int, n: int) -> int:
+        ptr = self.base[fd] + off
+        rc = int(self.cudart.cudaHostRegister(ptr, -(-n // 4096) * 4096, 8))  # read-only
+        if rc:
+            raise RuntimeError(f"cudaHostRegister returned {rc}")
+        return ptr
+
+    def unregister(self, ptrs: list[int], threads: int) -> float:
+        start = time.perf_counter()
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(self.cudart.cudaHostUnregister, ptrs))
+        return time.perf_counter() - start
+
+
+def host_view(ptr: int, n: int) -> torch.Tensor:
+    """n bytes at address ptr (registered read-only memory; only ever copied from)."""
+    import ctypes
+
+    import numpy as np
+
+    array = np.ctypeslib.as_array((ctypes.c_uint8 * n).from_address(ptr))
+    return torch.from_numpy(array)
+
+
+def zero_copy(
+    mapped: Mapped,
+    jobs: list[tuple[int, int, int, int]],
+    dest: torch.Tensor,
+    threads: int,
+    ahead: bool,
+    undo: dict[str, list[float]],
+    name: str,
+) -> float:
+    """Seconds until every job's bytes are on the GPU, copied straight out of the page cache.
+    ahead: register every piece first (its time and the copies' apart in `undo`)."""
+    counter = itertools.count()
+    errors: list[BaseException] = []
+    ptrs: list[int | None] = [None] * len(jobs)
+
+    def registrar() -> None:
+        try:
+            while (j := next(counter)) < len(jobs):
+                fd, off, n, _ = jobs[j]
+                ptrs[j] = mapped.register(fd, off, n)
+        except BaseException as e:
+            errors.append(e)
+
+    def worker() -> None:
+        stream = torch.cuda.Stream()
+        try:
+            with torch.cuda.stream(stream):
+                while (j := next(counter)) < len(jobs):
+                    fd, off, n, at = jobs[j]
+                    ptr = ptrs[j] if ahead else mapped.register(fd, off, n)
+                    ptrs[j] = ptr
+                    assert ptr is not None
+                    dest[at : at + n].copy_(host_view(ptr, n), non_blocking=True)
+            stream.synchronize()
+        except BaseException as e:
+            errors.append(e)
+
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    if ahead:
+        run_threads([registrar] * threads)
+        registered = time.perf_counter()
+        undo.setdefault(f"{name} register", []).append(registered - start)
+        counter = itertools.count()
+    run_threads([worker] * threads)
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    if ahead:
+        undo.setdefault(f"{name} copy", []).append(time.perf_counter() - registered)
+    undo.setdefault(f"{name} unregister", []).append(
+        mapped.unregister([p for p in ptrs if p is not None], threads)
+    )
     if errors:
         raise errors[0]
     return seconds
@@ -140,23 +265,24 @@ def streamer_load(
         return dest[at : at + meta.nbytes].view(meta.dtype).view(meta.shape)
 
     try:
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        streamer = SafetensorsStreamer(
-            LocalSource(root, direct=False),
-            "cuda",
-            options=StreamOptions(
-                threads=threads, chunk_bytes=chunk, slots=len(ring or []) or None
-            ),
-        )
-        at = 0
-        for meta in streamer.tensors:
-            offsets[meta.name] = at
-            at += meta.nbytes
-        for _ in streamer.stream(resolve):
-            pass
-        torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
+        with _prompt_gil_handoff():  # the GIL handed on as promptly as in load_model
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            streamer = SafetensorsStreamer(
+                LocalSource(root, direct=False),
+                "cuda",
+                options=StreamOptions(
+                    threads=threads, chunk_bytes=chunk, slots=len(ring or []) or None
+                ),
+            )
+            at = 0
+            for meta in streamer.tensors:
+                offsets[meta.name] = at
+                at += meta.nbytes
+            for _ in streamer.stream(resolve):
+                pass
+            torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
     finally:
         prepin._pool = saved
     return seconds
@@ -169,9 +295,26 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=128256)
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, nargs="+", default=[16, 24])
-    ap.add_argument("--chunk-mib", type=int, nargs="+", default=[16, 32])
+    ap.add_argument("--threads", type=int, nargs="+", default=[16])
+    ap.add_argument("--chunk-mib", type=int, nargs="+", default=[8, 32])
     ap.add_argument("--slots-per-thread", type=int, default=2)
+    ap.add_argument("--zero-copy-mib", type=int, nargs="*", default=[32, 64])
+    ap.add_argument("--zero-copy-threads", type=int, nargs="*", default=[8, 16])
+    ap.add_argument("--skip-ring", action="store_true", help="only cache and zero-copy paths")
+    ap.add_argument(
+        "--streamer-slots",
+        type=int,
+        nargs="*",
+        default=[],
+        help="ring slots for the streamer rows (default: threads + 4; at most threads x slots-per-thread)",
+    )
+    ap.add_argument(
+        "--sub-mib",
+        type=float,
+        nargs="*",
+        default=[],
+        help="self paths that copy each SUB MiB as soon as it is read (fractions allowed)",
+    )
     args = ap.parse_args()
 
     device = torch.device("cuda")
@@ -183,7 +326,7 @@ def main() -> None:
     dest = torch.empty(file_bytes, dtype=torch.uint8, device=device)
     # The process's first loads, each ring pinned by its readers (the loader's defaults):
     # what a fresh process pays on top of the steady figures below.
-    for k in range(2):
+    for k in range(0 if args.skip_ring else 2):
         seconds = streamer_load(args.dir, dest, 16, 32 * MiB, None)
         print(
             f"streamer, load {k + 1} of this process, ring pinned by its readers: "
@@ -202,18 +345,43 @@ def main() -> None:
     first = jobs_for(fds, args.chunk_mib[0] * MiB)
     self_copy(first, dest, thread_slots(pinned, args.threads[0], per, args.chunk_mib[0] * MiB))
     check_self_copy(first, dest)
+    if args.sub_mib:
+        dest.zero_()
+        split = int(min(args.sub_mib) * MiB)
+        slots = thread_slots(pinned, args.threads[0], per, args.chunk_mib[0] * MiB)
+        self_copy(first, dest, slots, split)
+        check_self_copy(first, dest)
     print("self-copy checked against the files", flush=True)
+
+    mapped = Mapped(paths)
+    undo: dict[str, list[float]] = {}
+    zc_jobs = jobs_for(mapped.fds, args.zero_copy_mib[0] * MiB) if args.zero_copy_mib else []
+    if zc_jobs:  # checked byte for byte before anything is timed
+        dest.zero_()
+        zero_copy(mapped, zc_jobs, dest, 16, False, {}, "check")
+        check_self_copy(zc_jobs, dest)
+        print("zero-copy checked against the files", flush=True)
 
     cases: list[tuple[str, Callable[[], float]]] = []
     for t in args.threads:
         cases.append((f"cache {t}", partial(cache_seconds, paths, t, file_bytes)))
-    for t in args.threads:
+    for t in args.zero_copy_threads:
+        for c in args.zero_copy_mib:
+            jobs = jobs_for(mapped.fds, c * MiB)
+            for ahead, label in ((False, "zero-copy"), (True, "registered")):
+                name = f"{label} {t}/{c}"
+                cases.append((name, partial(zero_copy, mapped, jobs, dest, t, ahead, undo, name)))
+    for t in [] if args.skip_ring else args.threads:
         for c in args.chunk_mib:
             slots = thread_slots(pinned, t, per, c * MiB)
             cases.append((f"self {t}/{c}", partial(self_copy, jobs_for(fds, c * MiB), dest, slots)))
-            ring = pinned[: t + 4] if t + 4 <= most else pinned
-            load = partial(streamer_load, args.dir, dest, t, c * MiB, ring)
-            cases.append((f"streamer {t}/{c}", load))
+            for sub in [m for m in args.sub_mib if m < c]:
+                work = partial(self_copy, jobs_for(fds, c * MiB), dest, slots, int(sub * MiB))
+                cases.append((f"self {t}/{c} by {sub:g}", work))
+            for n in args.streamer_slots or [t + 4]:
+                ring = pinned[:n]
+                load = partial(streamer_load, args.dir, dest, t, c * MiB, ring)
+                cases.append((f"streamer {t}/{c} x{len(ring)}", load))
 
     times: dict[str, list[float]] = {name: [] for name, _ in cases}
     for _ in range(args.repeats):
@@ -226,7 +394,9 @@ def main() -> None:
         print(
             f"{name:<18} {min(ts):7.3f} {statistics.median(ts):9.3f} {file_bytes / min(ts) / 1e9:10.2f}"
         )
-    for fd in fds.values():
+    for name, ts in undo.items():
+        print(f"  {name:<28} {min(ts):7.3f} {statistics.median(ts):9.3f} s")
+    for fd in [*fds.values(), *mapped.fds.values()]:
         os.close(fd)
 
 
