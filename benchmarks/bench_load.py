@@ -428,7 +428,8 @@ def child(
         # As `ember serve`'s engine process does: as soon as torch is imported, before the
         # engine's own imports (core_client.py), so the pinning overlaps them.
         ahead = slots or Source.concurrency + 4
-        prepin.start(str(device), ahead, StreamOptions().chunk_bytes)
+        chunk = options.chunk_bytes if options else StreamOptions().chunk_bytes
+        prepin.start(str(device), ahead, chunk)
     preimport(key, root)
     if device.type == "cuda":
         torch.empty(1, device=device)
@@ -474,6 +475,9 @@ def timed(
     if slots is not None:
         cmd += ["--ring-slots", str(slots)]
         label = f"{label}, {slots} slots"
+        if args.chunk_mib:  # --slots-sweep at another chunk size
+            cmd += ["--chunk-mib", str(args.chunk_mib)]
+            label = f"{label} of {args.chunk_mib} MiB"
     if env:
         label = f"{label}, {env}"
     child_env = os.environ | env_spec(env)
@@ -587,7 +591,9 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--threads", type=int, default=16, help="threads of the disk measurement")
     ap.add_argument("--child", choices=list(LOADERS), help=argparse.SUPPRESS)
-    ap.add_argument("--chunk-mib", type=int, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--chunk-mib", type=int, help="--slots-sweep's chunk size (default: the source's)"
+    )
     ap.add_argument("--load-threads", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--ring-slots", type=int, help=argparse.SUPPRESS)
     ap.add_argument(

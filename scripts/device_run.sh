@@ -55,8 +55,11 @@
 #                                               # 16/20/24/32 ring slots, twice (~4 min)
 #   bash scripts/device_run.sh paths            # warm 8B files to one GPU buffer, alternating: the
 #                                               # page cache alone, threads that read and copy
-#                                               # themselves, the loader's streamer (~2 min with
-#                                               # the model written)
+#                                               # themselves (8 and 32 MiB), the loader's
+#                                               # streamer, copies straight out of the registered
+#                                               # page cache (~2 min with the model written)
+#   bash scripts/device_run.sh chunks           # the ring's chunk size, 8 against 32 MiB: in one
+#                                               # process and in fresh whole loads (~4 min)
 #   bash scripts/device_run.sh layout           # the projections with weights stored [K, N]
 #                                               # against [N, K], 1-256 rows (~1 min)
 #   bash scripts/device_run.sh l2 blas          # batch-1 projections: a weight pulled into L2
@@ -195,6 +198,18 @@ for stage in "$@"; do
         startprof) run startprof 150 python3 benchmarks/profile_start.py --runs 2 ;;
         build) run build 300 python3 benchmarks/profile_build.py ;;
         slots) run slots 400 python3 benchmarks/bench_load.py --slots-sweep 16 20 24 32 --repeats 2 ;;
+        chunks)
+            # 8 MiB chunks (a ring that fits the CPU's L3) against today's 32 MiB: in one
+            # process, then whole loads in fresh processes with the ring pinned ahead, alternating
+            run chunks-paths 200 python3 benchmarks/bench_stream_paths.py --zero-copy-mib \
+                --streamer-slots 20 32
+            for round in 1 2; do
+                for mib in 8 32; do
+                    run "chunks-load-$mib-$round" 100 python3 benchmarks/bench_load.py \
+                        --slots-sweep 20 --chunk-mib $mib --repeats 1
+                done
+            done
+            ;;
         beside)
             run beside 400 python3 benchmarks/bench_load_beside.py --device cuda --layers 32 \
                 --vocab 128256 --shards 4 --dir .bench/llama-3.1-8b-random --repeats 2
@@ -211,7 +226,7 @@ for stage in "$@"; do
             run spy-summary 60 python3 benchmarks/stacks.py "$OUT/serve-stacks.txt" --top 30
             ;;
         *)
-            echo "unknown stage '$stage': check shapes engine serve start load s3 async syncs sampled spy startexp fp8 gemv pin tune l2 blas layout overlap cold startprof"
+            echo "unknown stage '$stage': check shapes engine serve start load s3 async syncs sampled spy startexp fp8 gemv pin tune ncu ncuprefill l2 blas layout overlap cold startprof build beside slots chunks paths"
             status=2
             ;;
     esac
