@@ -138,17 +138,17 @@ def self_copy(
 
 
 class Mapped:
-    """The warm files mapped read-only, one piece per job, registered and undone on demand."""
+    """The warm files (already open: `fds`) mapped read-only, one piece per job, registered and
+    undone on demand."""
 
-    def __init__(self, paths: list[Path]) -> None:
+    def __init__(self, fds: dict[Path, int]) -> None:
         import mmap
 
         import numpy as np
 
         self.maps: list[mmap.mmap] = []
         self.base: dict[int, int] = {}  # fd -> the mapping's address
-        self.fds = {p: os.open(p, os.O_RDONLY) for p in paths}
-        for fd in self.fds.values():
+        for fd in fds.values():
             size = os.fstat(fd).st_size
             mapping = mmap.mmap(fd, size, prot=mmap.PROT_READ)
             self.maps.append(mapping)
@@ -353,9 +353,9 @@ def main() -> None:
         check_self_copy(first, dest)
     print("self-copy checked against the files", flush=True)
 
-    mapped = Mapped(paths)
+    mapped = Mapped(fds)
     undo: dict[str, list[float]] = {}
-    zc_jobs = jobs_for(mapped.fds, args.zero_copy_mib[0] * MiB) if args.zero_copy_mib else []
+    zc_jobs = jobs_for(fds, args.zero_copy_mib[0] * MiB) if args.zero_copy_mib else []
     if zc_jobs:  # checked byte for byte before anything is timed
         dest.zero_()
         zero_copy(mapped, zc_jobs, dest, 16, False, {}, "check")
@@ -367,7 +367,7 @@ def main() -> None:
         cases.append((f"cache {t}", partial(cache_seconds, paths, t, file_bytes)))
     for t in args.zero_copy_threads:
         for c in args.zero_copy_mib:
-            jobs = jobs_for(mapped.fds, c * MiB)
+            jobs = jobs_for(fds, c * MiB)
             for ahead, label in ((False, "zero-copy"), (True, "registered")):
                 name = f"{label} {t}/{c}"
                 cases.append((name, partial(zero_copy, mapped, jobs, dest, t, ahead, undo, name)))
@@ -396,7 +396,7 @@ def main() -> None:
         )
     for name, ts in undo.items():
         print(f"  {name:<28} {min(ts):7.3f} {statistics.median(ts):9.3f} s")
-    for fd in [*fds.values(), *mapped.fds.values()]:
+    for fd in fds.values():
         os.close(fd)
 
 
