@@ -41,9 +41,9 @@ def test_gemv_reference_applies_the_pre_ops() -> None:
 def test_decode_tiles_follow_the_sweeps() -> None:
     """The decode launch's tiles (H200 sweeps, docs/benchmarks.md, sixth and fifteenth
     sessions): bf16 with many programs on 64-key tiles and 2 warps; with few programs, and fp8
-    always (V widened in registers), 128-key tiles in one loop with 5 stages; one bf16 sequence in pieces on 128-key
-    tiles with 2 stages; Gemma's head_dim 256 on 64-key tiles; a
-    group wider than 16 rows widens BLOCK_M."""
+    always (V widened in registers), 128-key tiles in one loop with 5 stages; one bf16 sequence
+    in pieces on 128-key tiles with 2 stages; Gemma's head_dim 256 on 64-key tiles; a group
+    wider than 16 rows widens BLOCK_M."""
     cfg = triton_attention._decode_config
     kc = triton_attention.KernelConfig
     deep = kc(16, 128, 4, 5, one_loop=True)
