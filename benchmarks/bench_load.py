@@ -4,8 +4,8 @@ One run on the GPU machine (< 8 minutes):
   1. writes random-weight Llama-3.1-8B-shaped safetensors (4 shards, 16.06 GB bf16) and config.json;
   2. measures the limits: the disk's parallel read bandwidth (O_DIRECT, threads, cold), page cache
      -> pinned host memory with threads (warm), and pinned host -> device copies;
-  3. loads the model, each in a fresh process (timed from after CUDA init, so pinning buffers
-     and allocating count) from a cold page cache (caches dropped before every run) and from a
+  3. loads the model, each in a fresh process (the imports' heap frozen as in the engine
+     process, then timed from after CUDA init, so pinning buffers and allocating count) from a cold page cache (caches dropped before every run) and from a
      warm one: ember's load_model (O_DIRECT auto; buffered; buffered with the ring pinned
      while CUDA initialises and the engine is imported, as `ember serve` does), safetensors
      load_file(device="cuda"), and Run:ai Model Streamer when it is importable (CPU tensors, then
@@ -41,6 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import env_spec
+from ember.engine.core_client import freeze_import_heap
 from ember.loader import StreamOptions, prepin
 from ember.loader.local import LocalSource
 from ember.loader.pagecache import evict, resident_fraction
@@ -431,6 +432,7 @@ def child(
         chunk = options.chunk_bytes if options else StreamOptions().chunk_bytes
         prepin.start(str(device), ahead, chunk)
     preimport(key, root)
+    freeze_import_heap()  # as the engine process does before its load, for every loader
     if device.type == "cuda":
         torch.empty(1, device=device)
         torch.cuda.synchronize()
@@ -620,7 +622,8 @@ def main() -> None:
         default=[],
         metavar="'VAR=VALUE ...'",
         help="only warm loads by ember (buffered), each in a fresh process, alternating the plain "
-        "environment with each of these (repeatable), --repeats times",
+        "environment with each of these (repeatable), --repeats times; with --slots-sweep, "
+        "its loads alternate so",
     )
     ap.add_argument(
         "--warm-only",
@@ -660,10 +663,11 @@ def main() -> None:
         cache_bw = parallel_read(paths, args.threads, direct=False)
         print(f"page cache -> host memory, {args.threads} threads: {cache_bw:.2f} GB/s")
         print(f"warm page cache ({cached_share(paths):.0%} cached), each load in a fresh process:")
+        key = "ember-buffered" if args.sweep_readers_pin else "ember-prepinned"
         for _ in range(args.repeats):
             for slots in args.slots_sweep:
-                key = "ember-buffered" if args.sweep_readers_pin else "ember-prepinned"
-                timed(key, "warm", nbytes, args, slots=slots)
+                for env in ["", *args.warm_env]:
+                    timed(key, "warm", nbytes, args, env=env, slots=slots)
         return
     if args.warm_env:
         parallel_read(paths, args.threads, direct=False)

@@ -25,8 +25,9 @@ _STARTUP_SWITCHES = (
     "both processes; EMBER_PREFETCH_WEIGHTS=0 (no read-ahead of a local model's weights), "
     "EMBER_BYTECODE_CACHE=0 (no bytecode cache in EMBER_HOME where torch ships none), "
     "EMBER_PREPIN=0 (no early pinning of the loader's ring), EMBER_PIN_REGISTER=0 (pin the ring "
-    "with cudaHostAlloc instead of registering huge pages) and EMBER_WARM_BESIDE_LOAD=0 (no "
-    "kernel warm-up beside the weights' load) turn those off."
+    "with cudaHostAlloc instead of registering huge pages), EMBER_WARM_BESIDE_LOAD=0 (no "
+    "kernel warm-up beside the weights' load) and EMBER_GC_FREEZE=0 (the engine process's "
+    "imports left to the garbage collector) turn those off."
 )
 _EPILOG = (
     "Every option can also be set by its environment variable (EMBER_*, or Ollama's OLLAMA_* "

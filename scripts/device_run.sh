@@ -60,6 +60,10 @@
 #                                               # page cache (~2 min with the model written)
 #   bash scripts/device_run.sh chunks           # the ring's chunk size, 8 against 32 MiB: in one
 #                                               # process and in fresh whole loads (~4 min)
+#   bash scripts/device_run.sh gc               # the engine's imports frozen before the load
+#                                               # against not (EMBER_GC_FREEZE=0): fresh
+#                                               # whole loads, then starts, alternating
+#                                               # (~5 min with the model written)
 #   bash scripts/device_run.sh layout           # the projections with weights stored [K, N]
 #                                               # against [N, K], 1-256 rows (~1 min)
 #   bash scripts/device_run.sh l2 blas          # batch-1 projections: a weight pulled into L2
@@ -210,6 +214,16 @@ for stage in "$@"; do
                 done
             done
             ;;
+        gc)
+            # the engine process's imports frozen before its load (the default) against left
+            # to the collector (EMBER_GC_FREEZE=0): whole loads in fresh processes with the
+            # ring pinned ahead, then starts, alternating (start 1 compiles Triton's kernels)
+            run gc-load 200 python3 benchmarks/bench_load.py --slots-sweep 20 \
+                --warm-env EMBER_GC_FREEZE=0 --repeats 3
+            run gc-start 300 python3 benchmarks/bench_serve.py --real-weights --starts 7 \
+                --start-only --start-env EMBER_STARTUP_TRACE=1 \
+                --start-env "EMBER_STARTUP_TRACE=1 EMBER_GC_FREEZE=0"
+            ;;
         beside)
             run beside 400 python3 benchmarks/bench_load_beside.py --device cuda --layers 32 \
                 --vocab 128256 --shards 4 --dir .bench/llama-3.1-8b-random --repeats 2
@@ -226,7 +240,7 @@ for stage in "$@"; do
             run spy-summary 60 python3 benchmarks/stacks.py "$OUT/serve-stacks.txt" --top 30
             ;;
         *)
-            echo "unknown stage '$stage': check shapes engine serve start load s3 async syncs sampled spy startexp fp8 gemv pin tune ncu ncuprefill l2 blas layout overlap cold startprof build beside slots chunks paths"
+            echo "unknown stage '$stage': check shapes engine serve start load s3 async syncs sampled spy startexp fp8 gemv pin tune ncu ncuprefill l2 blas layout overlap cold startprof build beside slots chunks paths gc"
             status=2
             ;;
     esac

@@ -65,6 +65,7 @@ def test_serve_help_documents_every_option_and_its_env_vars() -> None:
         "EMBER_PREPIN",
         "EMBER_WARM_BESIDE_LOAD",
         "EMBER_PIN_REGISTER",
+        "EMBER_GC_FREEZE",
     ):
         assert text in out, text
 
