@@ -67,7 +67,8 @@ class Collections:
 
 def child(root: Path, device: torch.device, chunk_mib: int) -> None:
     import ember.engine.core  # noqa: F401  (what the engine process imports before a load)
-    from ember.engine.core_client import freeze_import_heap, import_triton_kernels
+    from ember.engine.core_client import import_triton_kernels
+    from ember.heap import freeze_import_heap
 
     import_triton_kernels()
     tracked = len(gc.get_objects())

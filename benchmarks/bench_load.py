@@ -41,7 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import env_spec
-from ember.engine.core_client import freeze_import_heap
+from ember.heap import freeze_import_heap
 from ember.loader import StreamOptions, prepin
 from ember.loader.local import LocalSource
 from ember.loader.pagecache import evict, resident_fraction

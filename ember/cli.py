@@ -26,8 +26,8 @@ _STARTUP_SWITCHES = (
     "EMBER_BYTECODE_CACHE=0 (no bytecode cache in EMBER_HOME where torch ships none), "
     "EMBER_PREPIN=0 (no early pinning of the loader's ring), EMBER_PIN_REGISTER=0 (pin the ring "
     "with cudaHostAlloc instead of registering huge pages), EMBER_WARM_BESIDE_LOAD=0 (no "
-    "kernel warm-up beside the weights' load) and EMBER_GC_FREEZE=0 (the engine process's "
-    "imports left to the garbage collector) turn those off."
+    "kernel warm-up beside the weights' load) and EMBER_GC_FREEZE=0 (imports left to the "
+    "garbage collector) turn those off."
 )
 _EPILOG = (
     "Every option can also be set by its environment variable (EMBER_*, or Ollama's OLLAMA_* "
@@ -239,6 +239,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         parser.exit(2, f"ember: error: {e}\n")
     if args.command == "serve":
+        from ember.heap import hold_collections
+
+        hold_collections()  # until the server is imported (ember.server.app.serve)
         from ember.engine.device_probe import expects_cuda
         from ember.startup_trace import trace
 

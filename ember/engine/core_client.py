@@ -11,7 +11,6 @@ never imports torch (the core's process does, while the API process starts).
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import multiprocessing as mp
 import queue
@@ -24,8 +23,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ember.bytecode_cache import enter_child
 from ember.engine.args import EngineArgs
 from ember.engine.messages import CoreInfo, EngineCoreOutput, EngineStats
-from ember.envflags import env_flag
 from ember.errors import EmberError, ModelLoadError
+from ember.heap import freeze_import_heap, hold_collections
 from ember.startup_trace import server_started_at, set_server_started_at, trace
 
 if TYPE_CHECKING:  # the core (and torch) is imported only where it runs
@@ -181,6 +180,7 @@ class _ConnInbox:
 def _core_process_waiting(device: str, inbox: Connection, outbox: Connection) -> None:
     """A prespawned core: import the engine now, then load the model the API side sends. The
     weight loader's ring slots are pinned on a thread meanwhile (prepin.py)."""
+    hold_collections()  # until the imports are done
     trace("core process started")
     from ember.kernel_cache import hash_triton_ahead
 
@@ -198,6 +198,7 @@ def _core_process_waiting(device: str, inbox: Connection, outbox: Connection) ->
 
     trace("engine imported")
     import_triton_kernels()
+    freeze_import_heap()
     trace("Triton kernels imported; waiting for the model")
     try:
         kind, args = inbox.recv()
@@ -221,22 +222,10 @@ def import_triton_kernels() -> None:
             importlib.import_module(name)
 
 
-def freeze_import_heap() -> None:
-    """Move every object the imports left (torch's, Triton's, the engine's: ~170,000 on the
-    development machine) out of the garbage collector's reach, so that no full collection
-    scans them again. A fresh process is due one soon after its imports, and it stops every
-    thread that needs the GIL: on the development machine it took 72 ms, 3 ms into a load
-    through the ring, which it stalled (216 ms against 142 for the same load after a freeze).
-    Cyclic garbage the imports left is kept for good (import-time only, no device memory).
-    EMBER_GC_FREEZE=0 turns it off."""
-    if env_flag("EMBER_GC_FREEZE", True):
-        gc.freeze()
-        trace(f"import heap frozen ({gc.get_freeze_count()} objects)")
-
-
 def _core_process_main(args: EngineArgs, inbox: Connection, outbox: Connection) -> None:
     # Start-up progress crosses to the API process as messages before "ready".
     args.progress = lambda phase, done, total: outbox.send(("progress", (phase, done, total)))
+    hold_collections()  # a core spawned with the model imports the engine here
     try:
         from ember.engine.core import EngineCore
 

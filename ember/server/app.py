@@ -18,6 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from ember import __version__
 from ember.config import ServeConfig
+from ember.heap import freeze_import_heap
 from ember.server import health, ollama_routes, openai_routes, store_routes
 from ember.server.auth import Authenticator, AuthGuard
 from ember.server.context import ServerContext
@@ -104,6 +105,7 @@ def serve(config: ServeConfig) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     app = create_app(config)
+    freeze_import_heap()  # the server's imports done (collections held since cli.main)
     ctx: ServerContext = app.state.ctx
 
     def engine_failed() -> str | None:

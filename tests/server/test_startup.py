@@ -44,6 +44,9 @@ def test_startup_trace_and_phases(tmp_path: Path, ember_home: Path) -> None:
     lines = re.findall(r"\[ember start \+(\d+\.\d+) s api\] (.+)", server.log_path.read_text())
     steps = [step for _, step in lines]
     assert [s for s in steps if s in STEPS] == STEPS, steps
+    # the server's imports, done, leave the collector's reach before the model loads
+    frozen = next(i for i, s in enumerate(steps) if s.startswith("import heap frozen ("))
+    assert steps.index("server imported") < frozen < steps.index("lifespan: model load started")
     times = [float(t) for t, _ in lines]
     assert times == sorted(times)
     # Every phase is counted once, the engine's torch import included (on the CPU it runs in
