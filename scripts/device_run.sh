@@ -64,6 +64,9 @@
 #                                               # against not (EMBER_GC_FREEZE=0): fresh
 #                                               # whole loads, then starts, alternating
 #                                               # (~5 min with the model written)
+#   B_TREE=/tmp/B bash scripts/device_run.sh abtree   # fresh whole loads from this tree
+#                                               # and from the tree at $B_TREE, alternating,
+#                                               # 3 rounds (~4 min with the model written)
 #   bash scripts/device_run.sh layout           # the projections with weights stored [K, N]
 #                                               # against [N, K], 1-256 rows (~1 min)
 #   bash scripts/device_run.sh l2 blas          # batch-1 projections: a weight pulled into L2
@@ -214,6 +217,17 @@ for stage in "$@"; do
                 done
             done
             ;;
+        abtree)
+            # fresh whole loads with the ring pinned ahead, from this tree (A) and from the tree
+            # at $B_TREE (B: e.g. a branch unpacked by `git archive`), alternating, 3 rounds;
+            # both read this tree's .bench model
+            for round in 1 2 3; do
+                run "abtree-A-$round" 120 python3 benchmarks/bench_load.py --slots-sweep 20 \
+                    --repeats 1
+                run "abtree-B-$round" 120 python3 "${B_TREE:?set B_TREE}/benchmarks/bench_load.py" \
+                    --slots-sweep 20 --repeats 1
+            done
+            ;;
         gc)
             # the engine process's imports frozen before its load (the default) against left
             # to the collector (EMBER_GC_FREEZE=0): whole loads in fresh processes with the
@@ -240,7 +254,7 @@ for stage in "$@"; do
             run spy-summary 60 python3 benchmarks/stacks.py "$OUT/serve-stacks.txt" --top 30
             ;;
         *)
-            echo "unknown stage '$stage': check shapes engine serve start load s3 async syncs sampled spy startexp fp8 gemv pin tune ncu ncuprefill l2 blas layout overlap cold startprof build beside slots chunks paths gc"
+            echo "unknown stage '$stage': check shapes engine serve start load s3 async syncs sampled spy startexp fp8 gemv pin tune ncu ncuprefill l2 blas layout overlap cold startprof build beside slots chunks paths gc abtree"
             status=2
             ;;
     esac
