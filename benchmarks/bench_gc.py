@@ -13,7 +13,10 @@ and the full collections during it.
 
     python benchmarks/bench_gc.py --device cpu --layers 2               # the development machine
     python benchmarks/bench_gc.py --device cuda --layers 32 --vocab 128256 --shards 4 \
-        --dir .bench/llama-3.1-8b-random                                  # bench_load.py's model
+        --dir .bench/llama-3.1-8b-random --chunk-mib 32     # bench_load.py's model and chunks
+
+(`device_run.sh gc` measures the same on the GPU with bench_load.py's fresh loads and with
+`ember serve` starts.)
 """
 
 from __future__ import annotations
