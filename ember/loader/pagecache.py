@@ -36,7 +36,7 @@ def _libc() -> ctypes.CDLL | None:
         ctypes.c_long,
     ]
     libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
     return libc
 
 
@@ -47,8 +47,10 @@ def resident_fraction(fd: int, size: int, samples: int = 256, window: int = 16) 
     """The share of the file's pages in the page cache (0..1), None where it cannot be told.
 
     mmap + mincore touch no page; asking about `samples` windows of `window` pages spread over
-    the file keeps the cost to well under a millisecond even for a 5 GB shard (asking about
-    every page of it took tens of milliseconds).
+    the file keeps the cost to about a millisecond even for a 4 GB shard (asking about every
+    page of it took tens of milliseconds). The answers land side by side in one buffer and are
+    counted once: counting each window's apart took 2.5 ms a shard on the development machine,
+    0.8 ms this way, and the loader asks for every shard as it opens them (GIL held).
     """
     if _LIBC is None or size <= 0:
         return None
@@ -60,15 +62,15 @@ def resident_fraction(fd: int, size: int, samples: int = 256, window: int = 16) 
         pages = (size + page - 1) // page
         window = min(window, pages)
         starts = sorted({i * (pages - window) // max(1, samples - 1) for i in range(samples)})
-        vec = ctypes.create_string_buffer(window)
-        resident = asked = 0
+        vec = ctypes.create_string_buffer(window * len(starts))  # a byte a page asked about
+        base = ctypes.addressof(vec)
+        asked = 0
         for start in starts:
             length = min(window * page, size - start * page)
-            if _LIBC.mincore(addr + start * page, length, vec) != 0:
+            if _LIBC.mincore(addr + start * page, length, base + asked) != 0:
                 return None
-            n = (length + page - 1) // page
-            resident += int((np.frombuffer(memoryview(vec), dtype=np.uint8, count=n) & 1).sum())
-            asked += n
+            asked += (length + page - 1) // page
+        resident = int((np.frombuffer(memoryview(vec), dtype=np.uint8, count=asked) & 1).sum())
         return resident / asked
     finally:
         _LIBC.munmap(addr, size)
