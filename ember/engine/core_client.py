@@ -180,7 +180,7 @@ class _ConnInbox:
 def _core_process_waiting(device: str, inbox: Connection, outbox: Connection) -> None:
     """A prespawned core: import the engine now, then load the model the API side sends. The
     weight loader's ring slots are pinned on a thread meanwhile (prepin.py)."""
-    hold_collections()  # until the imports are done
+    hold_collections()  # until the imports are done (frozen in _core_process_main)
     trace("core process started")
     from ember.kernel_cache import hash_triton_ahead
 
@@ -198,7 +198,6 @@ def _core_process_waiting(device: str, inbox: Connection, outbox: Connection) ->
 
     trace("engine imported")
     import_triton_kernels()
-    freeze_import_heap()
     trace("Triton kernels imported; waiting for the model")
     try:
         kind, args = inbox.recv()
@@ -229,7 +228,7 @@ def _core_process_main(args: EngineArgs, inbox: Connection, outbox: Connection) 
     try:
         from ember.engine.core import EngineCore
 
-        freeze_import_heap()
+        freeze_import_heap()  # the engine imported, here or while prespawned
         core = EngineCore(args)
     except BaseException as e:
         outbox.send(("error", (type(e).__name__, str(e))))
