@@ -34,8 +34,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_load import llama_8b_config, write_model
+from benchmarks.bench_load import llama_8b_config, preimport, write_model
 from benchmarks.common import env_spec
+from ember.heap import freeze_import_heap
 from ember.loader.local import LocalSource
 from ember.loader.streamer import StreamOptions
 from ember.models import load_model
@@ -69,11 +70,7 @@ class Collections:
 
 
 def child(root: Path, device: torch.device, chunk_mib: int) -> None:
-    import ember.engine.core  # noqa: F401  (what the engine process imports before a load)
-    from ember.engine.core_client import import_triton_kernels
-    from ember.heap import freeze_import_heap
-
-    import_triton_kernels()
+    preimport("ember", root)  # what the engine process imports before a load
     tracked = len(gc.get_objects())
     freeze_import_heap()  # EMBER_GC_FREEZE=0 in the environment leaves it undone
     frozen = gc.get_freeze_count()

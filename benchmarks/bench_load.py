@@ -5,12 +5,12 @@ One run on the GPU machine (< 8 minutes):
   2. measures the limits: the disk's parallel read bandwidth (O_DIRECT, threads, cold), page cache
      -> pinned host memory with threads (warm), and pinned host -> device copies;
   3. loads the model, each in a fresh process (the imports' heap frozen as in the engine
-     process, then timed from after CUDA init, so pinning buffers and allocating count) from a cold page cache (caches dropped before every run) and from a
-     warm one: ember's load_model (O_DIRECT auto; buffered; buffered with the ring pinned
-     while CUDA initialises and the engine is imported, as `ember serve` does), safetensors
-     load_file(device="cuda"), and Run:ai Model Streamer when it is importable (CPU tensors, then
-     .to(cuda), as vLLM's runai_streamer load format does); every load is spot-checked against
-     the files;
+     process, then timed from after CUDA init, so pinning buffers and allocating count) from a
+     cold page cache (caches dropped before every run) and from a warm one: ember's load_model
+     (O_DIRECT auto; buffered; buffered with the ring pinned while CUDA initialises and the
+     engine is imported, as `ember serve` does), safetensors load_file(device="cuda"), and
+     Run:ai Model Streamer when it is importable (CPU tensors, then .to(cuda), as vLLM's
+     runai_streamer load format does); every load is spot-checked against the files;
   4. prints GB/s, ratios, and each result's share of the measured limit.
 
     python benchmarks/bench_load.py                   # the full 8B shape on CUDA
