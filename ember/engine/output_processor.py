@@ -96,7 +96,7 @@ class OutputProcessor:
             finished = out.finish_reason is not None
             new_text = ""
             if state.params.detokenize:
-                new_text = state.detok.add(out.new_token_ids)
+                new_text = state.detok.add(_text_tokens(out, state.params))
                 if finished:
                     new_text += state.detok.flush()
             if self._append_text(state, new_text):
@@ -119,8 +119,8 @@ class OutputProcessor:
             return False
         start = max(0, len(state.text) - state.max_stop_len + 1)
         state.text += new_text
-        if not state.params.stop:
-            return False
+        if not state.params.stop or len(state.token_ids) <= state.params.min_tokens:
+            return False  # as vLLM: stop strings count only past min_tokens
         hit: tuple[int, str] | None = None
         for s in state.params.stop:
             i = state.text.find(s, start)
@@ -169,3 +169,12 @@ class OutputProcessor:
             metrics=state.metrics,
             num_cached_tokens=state.metrics.num_cached_tokens,
         )
+
+
+def _text_tokens(out: EngineCoreOutput, params: SamplingParams) -> list[int]:
+    """The new tokens whose text is output: all but the token that stopped the request (EOS or
+    one of stop_token_ids), unless include_stop_str_in_output, as vLLM does."""
+    ids = out.new_token_ids
+    if out.finish_reason == "stop" and ids and not params.include_stop_str_in_output:
+        return ids[:-1]
+    return ids

@@ -106,6 +106,41 @@ def test_stop_strings_cut_exactly(tiny_llm: LLM) -> None:
     assert tiny_llm.engine.core.kv.num_used_blocks == 0
 
 
+def test_the_stop_tokens_text_is_left_out(tiny_llm: LLM) -> None:
+    """A request ended by one of stop_token_ids (or EOS) keeps the token's id but not its text,
+    unless include_stop_str_in_output, as vLLM does."""
+    tok = tiny_llm.get_tokenizer()
+    full = tiny_llm.generate("Why is the sky blue?", greedy(12))[0].outputs[0].token_ids
+    stop = full[3]
+    upto = full[: full.index(stop) + 1]
+    out = tiny_llm.generate("Why is the sky blue?", greedy(12, stop_token_ids=[stop]))[0]
+    done = out.outputs[0]
+    assert done.token_ids == upto
+    assert done.finish_reason == "stop" and done.stop_reason == stop
+    assert done.text == tok.decode(upto[:-1])
+    kept = tiny_llm.generate(
+        "Why is the sky blue?",
+        greedy(12, stop_token_ids=[stop], include_stop_str_in_output=True),
+    )[0].outputs[0]
+    assert kept.text == tok.decode(upto)
+
+
+def test_stop_strings_wait_for_min_tokens(tiny_llm: LLM) -> None:
+    out = tiny_llm.generate("Why is the sky blue?", greedy(40))[0].outputs[0]
+    tok = tiny_llm.get_tokenizer()
+    first = tok.decode(out.token_ids[:1])
+    assert first
+    early = tiny_llm.generate("Why is the sky blue?", greedy(40, stop=[first]))[0].outputs[0]
+    assert len(early.token_ids) == 1 and early.finish_reason == "stop"
+    params = greedy(40, stop=[first], min_tokens=5)
+    held = tiny_llm.generate("Why is the sky blue?", params)[0].outputs[0]
+    assert len(held.token_ids) > 5
+    assert held.token_ids == out.token_ids[: len(held.token_ids)]
+    if held.finish_reason == "stop":  # cut at an occurrence that ends past the fifth token
+        assert len(tok.decode(held.token_ids[:5])) < len(held.text) + len(first)
+    assert tiny_llm.engine.core.kv.num_used_blocks == 0
+
+
 def test_text_prompt_and_token_prompt_agree(tiny_llm: LLM) -> None:
     text = "Hello there"
     ids = tiny_llm.get_tokenizer().encode(text)
