@@ -1,7 +1,7 @@
 """Who may call the API: static API keys, and Google-signed ID tokens as Cloud Run IAM checks them.
 
-Every path but /live and /health (and /metrics unless --protect-metrics) needs a credential once
-any is configured. An API key comes as `Authorization: Bearer KEY`. An ID token comes the same
+Every path but /live, /health and /ping (and /metrics unless --protect-metrics) needs a credential
+once any is configured. An API key comes as `Authorization: Bearer KEY`. An ID token comes the same
 way or as `X-Serverless-Authorization: Bearer TOKEN` (which Cloud Run leaves for the service when
 `Authorization` carries the service's own credential); it must be an RS256 JWT signed by a key of
 the JWKS URL, with `aud` the configured audience, a Google `iss`, and `exp`/`iat`/`nbf` within a
@@ -35,7 +35,7 @@ CLOCK_SKEW_S = 30  # accepted difference between our clock and the token issuer'
 JWKS_TTL_S = 3600.0  # refetch the keys at least this often (Google rotates them over days)
 JWKS_MIN_REFETCH_S = 30.0  # an unknown `kid` refetches at most this often
 JWKS_TIMEOUT_S = 10.0
-OPEN_PATHS = frozenset({"/live", "/health"})
+OPEN_PATHS = frozenset({"/live", "/health", "/ping"})
 
 
 def load_api_keys(config: ServeConfig) -> frozenset[str]:

@@ -26,7 +26,7 @@ from ember.server.limits import BUDGET_SCOPE_KEY, Budget
 log = logging.getLogger("ember.server")
 
 # Paths a draining server still answers: probes and scrapes.
-PROBE_PATHS = frozenset({"/live", "/health", "/metrics"})
+PROBE_PATHS = frozenset({"/live", "/health", "/ping", "/metrics"})
 # After the deadline, seconds for stopped requests to write their error chunk and close.
 STOP_GRACE_S = 1.0
 

@@ -40,7 +40,7 @@ class ClientDisconnected(Exception):
 
 
 def is_openai_path(path: str) -> bool:
-    return path.startswith("/v1/") or path == "/v1"
+    return path.startswith("/v1/") or path in ("/v1", "/tokenize", "/detokenize")
 
 
 # Seconds a client should wait before retrying a 503 (queue full, draining, engine restarting).

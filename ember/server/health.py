@@ -1,5 +1,6 @@
 """Probes and scrapes: /live (the process runs), /health (the model is loaded and warmed; 503
-with load progress until then), /metrics (Prometheus), /version (vLLM's)."""
+with load progress until then; /ping, vLLM's and SageMaker's name for it, answers the same),
+/metrics (Prometheus), /version (vLLM's)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ async def live() -> dict[str, str]:
 
 
 @router.api_route("/health", methods=["GET", "HEAD"])
+@router.api_route("/ping", methods=["GET", "HEAD", "POST"])
 async def health(request: Request) -> JSONResponse:
     status, body = get_context(request).served.health()
     drain = getattr(request.app.state, "drain", None)

@@ -26,6 +26,7 @@ from ember.outputs import CompletionOutput, RequestOutput
 from ember.server.context import Prepared, get_context, read_json
 from ember.server.formats import openai_response_format
 from ember.server.openai_common import Prepare, sse_response, start_choices
+from ember.server.openai_template import render_chat
 from ember.server.protocol_openai import (
     ChatCompletionRequest,
     chat_logprobs,
@@ -77,9 +78,13 @@ def _message(text: str, mode: str, forced: str | None) -> tuple[dict[str, Any], 
     """The assistant message for a whole choice, and whether it holds tool calls."""
     calls: list[ToolCall] = []
     content: str | None = text
-    if mode in ("required", "named"):
+    if forced is not None:  # the output is the named function's arguments, as the model wrote
+        call = _openai_calls([ToolCall(forced, {})])[0]
+        call["function"]["arguments"] = text  # even cut short by max_tokens, as vLLM
+        return {"role": "assistant", "content": "", "tool_calls": [call]}, True
+    if mode == "required":
         try:
-            calls = calls_from_json(text, forced)
+            calls = calls_from_json(text, None)
             content = None
         except (json.JSONDecodeError, KeyError, TypeError):  # cut short by max_tokens
             calls = []
@@ -115,11 +120,13 @@ async def chat_completions(request: Request) -> Response:
     def prepare_for(choice: int) -> Prepare:
         def prepare(engine: AsyncEngine) -> Prepared:
             tok = engine.tokenizer
-            text = tok.apply_chat_template(
+            text = render_chat(
+                tok,
                 messages,
                 add_generation_prompt=body.add_generation_prompt,
-                tools=tools or None,
-                **(body.chat_template_kwargs or {}),
+                continue_final_message=body.continue_final_message,
+                tools=tools,
+                template_kwargs=body.chat_template_kwargs,
             )
             ids = tok.encode(text, add_special_tokens=False)
             max_tokens = fit_max_tokens(body.requested_max_tokens, len(ids), engine.max_model_len)
@@ -175,7 +182,7 @@ async def chat_completions(request: Request) -> Response:
             chunks.append(_chunk(base, i, {"role": "assistant", "content": ""}, None, None))
         lps = chat_logprobs(delta, choices.decode)
         if mode == "none":
-            if delta.text or out.finished:
+            if delta.text or delta.logprobs or out.finished:
                 text = {"content": delta.text} if delta.text else {}
                 end = (delta.finish_reason, delta.stop_reason) if out.finished else None
                 chunks.append(_chunk(base, i, text, lps, end))
@@ -207,7 +214,7 @@ async def chat_completions(request: Request) -> Response:
         chunks.append(_chunk(base, i, body_delta, lps, (finish, delta.stop_reason)))
         return chunks
 
-    return sse_response(choices, base, prompt_tokens, body.include_usage, events)
+    return sse_response(choices, base, prompt_tokens, body, events)
 
 
 def _chunk(

@@ -16,7 +16,7 @@ from ember.errors import EmberError
 from ember.outputs import CompletionOutput, RequestOutput
 from ember.server.context import Prepared, ServerContext
 from ember.server.errors import error_response
-from ember.server.protocol_openai import usage
+from ember.server.protocol_openai import OpenAIRequest, usage
 from ember.server.streaming import SSE_DONE, Generation, OwnedStreamingResponse, sse_event
 
 if TYPE_CHECKING:
@@ -136,15 +136,21 @@ def sse_response(
     choices: Choices,
     base: dict[str, Any],
     prompt_tokens: int,
-    include_usage: bool,
+    request: OpenAIRequest,
     events: Events,
 ) -> Response:
+    """The SSE stream of `events` for each choice's deltas; with stream_options' include_usage
+    a last chunk with the usage, and with continuous_usage_stats the usage so far on each."""
+    include_usage, continuous = request.include_usage, request.continuous_usage
+
     async def body() -> AsyncIterator[str]:
         completion_tokens = 0
         try:
             async for i, out in choices.stream():
                 completion_tokens += len(out.outputs[0].token_ids)
                 for event in events(i, out):
+                    if continuous:
+                        event["usage"] = usage(prompt_tokens, completion_tokens)
                     yield sse_event(event)
             if include_usage:
                 yield sse_event(

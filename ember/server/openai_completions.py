@@ -92,9 +92,10 @@ async def completions(request: Request) -> Response:
         return p if isinstance(p, str) else choices.decode_ids(p)
 
     def choice(i: int, delta: CompletionOutput, finished: bool) -> dict[str, Any]:
-        lps = completion_logprobs(delta, choices.decode, offsets[i])
+        # Offsets follow the tokens' text, which runs ahead of the text a stream has sent
+        # while a possible stop string is held back.
+        lps, offsets[i] = completion_logprobs(delta, choices.decode, offsets[i])
         text = echo_text(i) + delta.text
-        offsets[i] += len(delta.text)
         return {
             "index": i,
             "text": text,
@@ -116,8 +117,9 @@ async def completions(request: Request) -> Response:
 
     def events(i: int, out: RequestOutput) -> list[dict[str, Any]]:
         delta = out.outputs[0]
-        if not delta.text and not out.finished and (echoed[i] or not body.echo):
+        quiet = not delta.text and not delta.logprobs and (echoed[i] or not body.echo)
+        if quiet and not out.finished:  # nothing to say yet: a partial character, say
             return []
         return [{**base, "choices": [choice(i, delta, out.finished)]}]
 
-    return sse_response(choices, base, prompt_tokens, body.include_usage, events)
+    return sse_response(choices, base, prompt_tokens, body, events)

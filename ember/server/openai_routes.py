@@ -1,5 +1,5 @@
-"""The OpenAI API as vLLM serves it: /v1/models, /v1/models/{id}, /tokenize, /detokenize here;
-/v1/completions in openai_completions.py, /v1/chat/completions in openai_chat.py.
+"""The OpenAI API as vLLM serves it: /v1/models, /v1/models/{id}, /tokenize, /detokenize
+here; /v1/completions in openai_completions.py, /v1/chat/completions in openai_chat.py.
 
 Streams are SSE (`data: {...}` events ending with `data: [DONE]`); errors are
 `{"error": {"message", "type", "param", "code"}}`.
@@ -16,6 +16,7 @@ from ember.errors import InvalidRequestError, ModelNotFoundError
 from ember.server.context import get_context, read_json
 from ember.server.openai_chat import router as chat_router
 from ember.server.openai_completions import router as completions_router
+from ember.server.openai_template import render_chat
 from ember.server.protocol_openai import ChatMessage, now_s
 
 router = APIRouter()
@@ -57,6 +58,8 @@ class TokenizeRequest(BaseModel):
     messages: list[ChatMessage] | None = None
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    tools: list[dict[str, Any]] | None = None
     return_token_strs: bool = False
     chat_template_kwargs: dict[str, Any] | None = None
 
@@ -77,10 +80,15 @@ async def tokenize(request: Request) -> dict[str, Any]:
     engine, _ = await ctx.wait_ready(request)
     tok = engine.tokenizer
     if body.messages is not None:
-        text = tok.apply_chat_template(
+        if not body.messages:
+            raise InvalidRequestError("messages must not be empty", param="messages")
+        text = render_chat(
+            tok,
             [m.for_template() for m in body.messages],
             add_generation_prompt=body.add_generation_prompt,
-            **(body.chat_template_kwargs or {}),
+            continue_final_message=body.continue_final_message,
+            tools=body.tools,
+            template_kwargs=body.chat_template_kwargs,
         )
         ids = tok.encode(text, add_special_tokens=False)
     elif body.prompt is not None:
@@ -102,7 +110,7 @@ async def detokenize(request: Request) -> dict[str, Any]:
     bad = next((t for t in body.tokens if not 0 <= t < tok.vocab_size), None)
     if bad is not None:
         raise InvalidRequestError(f"token id {bad} is outside the vocabulary", param="tokens")
-    return {"prompt": tok.decode(body.tokens)}
+    return {"prompt": tok.decode(body.tokens, skip_special_tokens=False)}  # as vLLM
 
 
 router.include_router(completions_router)

@@ -23,11 +23,11 @@ MAX_N = 16  # choices per request; each is an engine request holding an admissio
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    include_usage: bool | None = False
+    include_usage: bool | None = True  # vLLM's default once stream_options is sent
     continuous_usage_stats: bool | None = False
 
 
-class _Request(BaseModel):
+class OpenAIRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None  # None: the served model
@@ -57,6 +57,24 @@ class _Request(BaseModel):
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
+    @property
+    def continuous_usage(self) -> bool:
+        """Usage on every streamed chunk (vLLM's stream_options.continuous_usage_stats)."""
+        options = self.stream_options
+        return self.include_usage and bool(options and options.continuous_usage_stats)
+
+    def check_common(self) -> int:
+        """Checks every OpenAI request shares; returns the number of choices."""
+        if self.stream_options is not None and not self.stream:
+            raise InvalidRequestError(
+                "stream_options can only be set when stream is true", param="stream_options"
+            )
+        if self.top_k is not None and self.top_k < -1:
+            raise InvalidRequestError(
+                f"top_k must be -1 (off) or at least 0, got {self.top_k}", param="top_k"
+            )
+        return self.num_choices()
+
     def num_choices(self) -> int:
         n = 1 if self.n is None else self.n
         if not 1 <= n <= MAX_N:
@@ -73,7 +91,7 @@ class _Request(BaseModel):
         """The params of one choice: n > 1 runs n engine requests, choice i seeded seed + i."""
         kwargs: dict[str, Any] = {
             "max_tokens": max_tokens,
-            "seed": None if self.seed is None else self.seed + choice,
+            "seed": None if self.seed is None else _choice_seed(self.seed, choice),
             "structured": structured or vllm_guided(self.guided_json, self.guided_regex),
             "stop": [self.stop] if isinstance(self.stop, str) else list(self.stop or []),
             "stop_token_ids": list(self.stop_token_ids or []),
@@ -99,7 +117,14 @@ class _Request(BaseModel):
         return SamplingParams(**kwargs)
 
 
-class CompletionRequest(_Request):
+def _choice_seed(seed: int, choice: int) -> int:
+    """Choice i of n is seeded seed + i, kept in the 64 bits a seed may span."""
+    if choice and seed >= 0:
+        return (seed + choice) % 2**64
+    return seed + choice
+
+
+class CompletionRequest(OpenAIRequest):
     prompt: str | list[int] | list[str] | list[list[int]]
     max_tokens: int | None = 16  # OpenAI's and vLLM's default; null: until the context ends
     logprobs: int | None = None
@@ -108,7 +133,7 @@ class CompletionRequest(_Request):
     best_of: int | None = None
 
     def check(self) -> None:
-        n = self.num_choices()
+        n = self.check_common()
         if self.best_of is not None and self.best_of != n:
             raise InvalidRequestError(
                 "best_of is not supported: ember returns every sample; use n instead",
@@ -161,7 +186,7 @@ def _template_tool_call(call: Any) -> Any:
     return call
 
 
-class ChatCompletionRequest(_Request):
+class ChatCompletionRequest(OpenAIRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
@@ -173,13 +198,27 @@ class ChatCompletionRequest(_Request):
     response_format: dict[str, Any] | None = None
     # vLLM's extras
     add_generation_prompt: bool = True
+    continue_final_message: bool = False
     chat_template_kwargs: dict[str, Any] | None = None
 
     def check(self) -> None:
-        self.num_choices()
-        if self.logprobs and self.top_logprobs is not None and not 0 <= self.top_logprobs <= 20:
+        self.check_common()
+        if self.top_logprobs is not None:
+            if not 0 <= self.top_logprobs <= 20:
+                raise InvalidRequestError(
+                    f"top_logprobs must be in [0, 20], got {self.top_logprobs}",
+                    param="top_logprobs",
+                )
+            if self.top_logprobs and not self.logprobs:
+                raise InvalidRequestError(
+                    "top_logprobs needs logprobs set to true", param="top_logprobs"
+                )
+        for tool in self.tools or []:
+            _check_tool(tool)
+        if self.tool_choice not in (None, "none") and not self.tools:
             raise InvalidRequestError(
-                f"top_logprobs must be in [0, 20], got {self.top_logprobs}", param="top_logprobs"
+                "tool_choice needs tools: send the functions the model may call in tools",
+                param="tool_choice",
             )
 
     @property
@@ -226,6 +265,25 @@ class ChatCompletionRequest(_Request):
     @property
     def num_logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
+
+
+def _check_tool(tool: Any) -> None:
+    """A tool as OpenAI defines one: {"type": "function", "function": {"name", "parameters"}}."""
+    fn = tool.get("function") if isinstance(tool, dict) else None
+    if not isinstance(tool, dict) or tool.get("type", "function") != "function":
+        raise InvalidRequestError(
+            'each tool must be {"type": "function", "function": {...}}', param="tools"
+        )
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+        raise InvalidRequestError(
+            "each tool needs function.name, a non-empty string", param="tools"
+        )
+    parameters = fn.get("parameters")
+    if parameters is not None and not isinstance(parameters, dict):
+        raise InvalidRequestError(
+            f"tool {fn['name']!r}: function.parameters must be a JSON Schema object",
+            param="tools",
+        )
 
 
 def fit_max_tokens(requested: int | None, prompt_len: int, max_model_len: int) -> int:
@@ -275,10 +333,12 @@ def _token_text(lp: Logprob, decode: Decode) -> str:
 
 def completion_logprobs(
     out: CompletionOutput, decode: Decode, text_offset: int
-) -> dict[str, Any] | None:
-    """The legacy completions `logprobs` object for the tokens of `out` (a delta)."""
+) -> tuple[dict[str, Any] | None, int]:
+    """The legacy completions `logprobs` object for the tokens of `out` (a delta) whose first
+    token starts at `text_offset`, and the offset just past its last token. Each entry of
+    top_logprobs holds the sampled token and the top ones (up to logprobs + 1, as OpenAI)."""
     if out.logprobs is None:
-        return None
+        return None, text_offset
     tokens, token_lps, tops, offsets = [], [], [], []
     offset = text_offset
     for entry in out.logprobs:
@@ -286,15 +346,14 @@ def completion_logprobs(
         text = _token_text(sampled, decode)
         tokens.append(text)
         token_lps.append(sampled.logprob)
-        tops.append({_token_text(lp, decode): lp.logprob for lp in entry[1:]} or None)
+        top = {text: sampled.logprob}
+        for lp in entry[1:]:
+            top.setdefault(_token_text(lp, decode), lp.logprob)
+        tops.append(top)
         offsets.append(offset)
         offset += len(text)
-    return {
-        "text_offset": offsets,
-        "token_logprobs": token_lps,
-        "tokens": tokens,
-        "top_logprobs": tops,
-    }
+    lps = {"text_offset": offsets, "token_logprobs": token_lps, "tokens": tokens}
+    return {**lps, "top_logprobs": tops}, offset
 
 
 def chat_logprobs(out: CompletionOutput, decode: Decode) -> dict[str, Any] | None:
