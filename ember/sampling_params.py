@@ -14,6 +14,8 @@ from ember.errors import InvalidRequestError
 MAX_STOP_STRINGS = 64
 MAX_STOP_LENGTH = 1024  # characters
 MAX_STOP_TOKEN_IDS = 1024
+MAX_LOGIT_BIAS = 1024  # tokens one request may bias
+MAX_LOGIT_BIAS_VALUE = 100.0  # OpenAI's bound: -100 bans a token, 100 all but forces it
 MAX_TOP_K = 2**31 - 1
 _FLOAT_FIELDS = (
     "temperature",
@@ -56,6 +58,10 @@ class SamplingParams:
     output_kind: OutputKind = OutputKind.CUMULATIVE
     # Constrained decoding: the output must match this grammar (JSON Schema, JSON object, regex).
     structured: StructuredSpec | None = None
+    # Added to the logits of these token ids before sampling (OpenAI's logit_bias).
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    # Only these token ids may be sampled (vLLM's allowed_token_ids); None: any.
+    allowed_token_ids: list[int] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -129,8 +135,37 @@ class SamplingParams:
             raise bad("stop", f"at most {MAX_STOP_STRINGS} stop strings, got {len(self.stop)}")
         if any(len(s) > MAX_STOP_LENGTH for s in self.stop):
             raise bad("stop", f"stop strings must be at most {MAX_STOP_LENGTH} characters long")
+        self._validate_token_filters(bad)
         if len(self.stop_token_ids) > MAX_STOP_TOKEN_IDS:
             raise bad(
                 "stop_token_ids",
                 f"at most {MAX_STOP_TOKEN_IDS} stop token ids, got {len(self.stop_token_ids)}",
             )
+
+    def _validate_token_filters(self, bad: Callable[[str, str], InvalidRequestError]) -> None:
+        if len(self.logit_bias) > MAX_LOGIT_BIAS:
+            raise bad(
+                "logit_bias",
+                f"logit_bias may bias at most {MAX_LOGIT_BIAS} tokens, got {len(self.logit_bias)}",
+            )
+        for token, value in self.logit_bias.items():
+            if not (math.isfinite(value) and abs(value) <= MAX_LOGIT_BIAS_VALUE):
+                raise bad(
+                    "logit_bias",
+                    f"logit_bias values must be in [-100, 100], got {value} for token {token}",
+                )
+        if self.allowed_token_ids is not None and not self.allowed_token_ids:
+            raise bad("allowed_token_ids", "allowed_token_ids must not be empty")
+
+    def token_ids_outside(self, vocab_size: int) -> tuple[str, int] | None:
+        """The first (param, token id) of stop_token_ids, logit_bias or allowed_token_ids that
+        is not in the vocabulary, if any."""
+        for param, ids in (
+            ("stop_token_ids", self.stop_token_ids),
+            ("logit_bias", list(self.logit_bias)),
+            ("allowed_token_ids", self.allowed_token_ids or []),
+        ):
+            bad = next((t for t in ids if not 0 <= t < vocab_size), None)
+            if bad is not None:
+                return param, bad
+        return None

@@ -92,6 +92,13 @@ def build_request(
         raise InvalidRequestError(
             f"token id {bad} is outside the vocabulary (0..{vocab_size - 1})", param="prompt"
         )
+    outside = params.token_ids_outside(vocab_size)
+    if outside is not None:
+        raise InvalidRequestError(
+            f"{outside[0]} names token id {outside[1]}, which is outside the vocabulary "
+            f"(0..{vocab_size - 1})",
+            param=outside[0],
+        )
     room = max_model_len - n
     max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
     req = Request(request_id, list(prompt_token_ids), params, eos_token_ids, max_tokens)

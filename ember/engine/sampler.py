@@ -85,6 +85,8 @@ class Sampler:
             or p.presence_penalty != 0.0
             or p.frequency_penalty != 0.0
             or len(req.output_token_ids) < p.min_tokens
+            or bool(p.logit_bias)
+            or p.allowed_token_ids is not None
         )
 
     def _apply_grammars(self, logits: torch.Tensor, reqs: list[Request], rows: list[int]) -> None:
@@ -136,6 +138,9 @@ class Sampler:
                 counts.scatter_add_(0, out, torch.ones_like(out, dtype=counts.dtype))
                 logits[i] -= r.params.frequency_penalty * counts
                 logits[i] -= r.params.presence_penalty * (counts > 0).float()
+        for i, r in enumerate(reqs):
+            if r.params.logit_bias or r.params.allowed_token_ids is not None:
+                self._filter_tokens(logits, i, r)
         if rows_min:
             for i in rows_min:
                 r = reqs[i]
@@ -146,6 +151,21 @@ class Sampler:
                 if ids:
                     logits[i, upload(ids, torch.int64, dev)] = float("-inf")
         return logits
+
+    @staticmethod
+    def _filter_tokens(logits: torch.Tensor, i: int, req: Request) -> None:
+        """Row i keeps only the allowed tokens (vLLM's allowed_token_ids), then takes its
+        logit_bias (OpenAI's: added to the logits)."""
+        p = req.params
+        dev = logits.device
+        if p.allowed_token_ids is not None:
+            keep = upload(sorted(set(p.allowed_token_ids)), torch.int64, dev)
+            kept = logits[i, keep]
+            logits[i] = float("-inf")
+            logits[i, keep] = kept
+        if p.logit_bias:
+            ids = upload(list(p.logit_bias), torch.int64, dev)
+            logits[i, ids] += upload(list(p.logit_bias.values()), torch.float32, dev)
 
     def _sample(self, logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
         greedy = [r.params.greedy for r in reqs]

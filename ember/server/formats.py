@@ -1,9 +1,10 @@
 """Output formats requested over HTTP, turned into the engine's StructuredSpec: Ollama's `format`
 ("json" or a JSON Schema), OpenAI's `response_format` (json_object / json_schema) and vLLM's
-guided-decoding extras (guided_json, guided_regex)."""
+guided-decoding extras (guided_json, guided_regex, guided_choice)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ember.engine.structured import StructuredSpec
@@ -51,9 +52,23 @@ def openai_response_format(value: dict[str, Any] | None) -> StructuredSpec | Non
 
 
 def vllm_guided(
-    guided_json: dict[str, Any] | str | None, guided_regex: str | None
+    guided_json: dict[str, Any] | str | None,
+    guided_regex: str | None,
+    guided_choice: list[str] | None = None,
 ) -> StructuredSpec | None:
-    """vLLM's extra request fields for guided decoding."""
+    """vLLM's extra request fields for guided decoding (at most one of them)."""
+    given = [guided_json is not None, bool(guided_regex), guided_choice is not None]
+    if sum(given) > 1:
+        raise InvalidRequestError(
+            "send at most one of guided_json, guided_regex and guided_choice", param="guided_json"
+        )
+    if guided_choice is not None:
+        if not guided_choice or not all(guided_choice):
+            raise InvalidRequestError(
+                "guided_choice must list one or more non-empty strings", param="guided_choice"
+            )
+        pattern = "|".join(re.escape(c) for c in guided_choice)
+        return _checked(StructuredSpec("regex", f"({pattern})"), "guided_choice")
     if guided_json is not None:
         if isinstance(guided_json, str):
             return _checked(StructuredSpec("json_schema", guided_json), "guided_json")

@@ -128,7 +128,8 @@ async def chat_completions(request: Request) -> Response:
                 tools=tools,
                 template_kwargs=body.chat_template_kwargs,
             )
-            ids = tok.encode(text, add_special_tokens=False)
+            ids = tok.encode(text, add_special_tokens=body.add_special_tokens)
+            ids = body.truncated(ids, engine.max_model_len)
             max_tokens = fit_max_tokens(body.requested_max_tokens, len(ids), engine.max_model_len)
             params = body.sampling_params(max_tokens, body.num_logprobs, choice, structured)
             return Prepared(ids, params, text)

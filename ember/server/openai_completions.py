@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from ember.errors import InvalidRequestError
 from ember.outputs import CompletionOutput, RequestOutput
 from ember.server.context import Prepared, get_context, read_json
+from ember.server.formats import openai_response_format
 from ember.server.ollama_prompt import fim_prompt
 from ember.server.openai_common import Prepare, sse_response, start_choices
 from ember.server.protocol_openai import (
@@ -62,6 +63,7 @@ async def completions(request: Request) -> Response:
     batch = _prompts(body.prompt)
     n = body.num_choices()
     model = ctx.served.name
+    structured = openai_response_format(body.response_format)
 
     def prepare_for(prompt: str | list[int], choice: int) -> Prepare:
         def prepare(engine: AsyncEngine) -> Prepared:
@@ -71,9 +73,14 @@ async def completions(request: Request) -> Response:
                 if text is None:
                     raise InvalidRequestError("suffix needs a text prompt", param="suffix")
                 text = fim_prompt(tok, text, body.suffix, model)
-            ids = tok.encode(text) if isinstance(text, str) else [int(t) for t in prompt]
+            if isinstance(text, str):
+                ids = tok.encode(text, add_special_tokens=body.add_special_tokens)
+            else:
+                ids = [int(t) for t in prompt]
+            ids = body.truncated(ids, engine.max_model_len)
             max_tokens = fit_max_tokens(body.max_tokens, len(ids), engine.max_model_len)
-            return Prepared(ids, body.sampling_params(max_tokens, body.logprobs, choice), text)
+            params = body.sampling_params(max_tokens, body.logprobs, choice, structured)
+            return Prepared(ids, params, text)
 
         return prepare
 

@@ -52,6 +52,13 @@ class OpenAIRequest(BaseModel):
     skip_special_tokens: bool | None = True
     guided_json: dict[str, Any] | str | None = None
     guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    logit_bias: dict[str, float] | None = None  # OpenAI's: token id (as a string) -> bias
+    allowed_token_ids: list[int] | None = None
+    truncate_prompt_tokens: int | None = None  # keep the prompt's last k tokens; -1: the context
+    # Accepted so that they are refused clearly rather than ignored.
+    bad_words: list[str] | None = None
+    prompt_logprobs: int | None = None
 
     @property
     def include_usage(self) -> bool:
@@ -73,7 +80,41 @@ class OpenAIRequest(BaseModel):
             raise InvalidRequestError(
                 f"top_k must be -1 (off) or at least 0, got {self.top_k}", param="top_k"
             )
+        if self.bad_words:
+            raise InvalidRequestError(
+                "bad_words is not supported; ban the words' tokens with logit_bias -100",
+                param="bad_words",
+            )
+        if self.prompt_logprobs is not None:
+            raise InvalidRequestError(
+                "prompt_logprobs is not supported: ember returns logprobs of generated tokens",
+                param="prompt_logprobs",
+            )
+        k = self.truncate_prompt_tokens
+        if k is not None and k < 1 and k != -1:
+            raise InvalidRequestError(
+                f"truncate_prompt_tokens must be -1 or at least 1, got {k}",
+                param="truncate_prompt_tokens",
+            )
         return self.num_choices()
+
+    def truncated(self, ids: list[int], max_model_len: int) -> list[int]:
+        """The prompt's token ids, cut to their last truncate_prompt_tokens (vLLM's)."""
+        k = self.truncate_prompt_tokens
+        if k is None:
+            return ids
+        return ids[-(max_model_len if k == -1 else k) :]
+
+    def _logit_bias(self) -> dict[int, float]:
+        out: dict[int, float] = {}
+        for key, value in (self.logit_bias or {}).items():
+            try:
+                out[int(key)] = float(value)
+            except ValueError:
+                raise InvalidRequestError(
+                    f"logit_bias keys must be token ids, got {key!r}", param="logit_bias"
+                ) from None
+        return out
 
     def num_choices(self) -> int:
         n = 1 if self.n is None else self.n
@@ -92,7 +133,10 @@ class OpenAIRequest(BaseModel):
         kwargs: dict[str, Any] = {
             "max_tokens": max_tokens,
             "seed": None if self.seed is None else _choice_seed(self.seed, choice),
-            "structured": structured or vllm_guided(self.guided_json, self.guided_regex),
+            "structured": structured
+            or vllm_guided(self.guided_json, self.guided_regex, self.guided_choice),
+            "logit_bias": self._logit_bias(),
+            "allowed_token_ids": self.allowed_token_ids,
             "stop": [self.stop] if isinstance(self.stop, str) else list(self.stop or []),
             "stop_token_ids": list(self.stop_token_ids or []),
             "min_tokens": self.min_tokens or 0,
@@ -131,6 +175,8 @@ class CompletionRequest(OpenAIRequest):
     echo: bool | None = False
     suffix: str | None = None
     best_of: int | None = None
+    response_format: dict[str, Any] | None = None  # vLLM honours it on completions too
+    add_special_tokens: bool = True
 
     def check(self) -> None:
         n = self.check_common()
@@ -200,6 +246,7 @@ class ChatCompletionRequest(OpenAIRequest):
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     chat_template_kwargs: dict[str, Any] | None = None
+    add_special_tokens: bool = False  # vLLM's default: the template writes the BOS
 
     def check(self) -> None:
         self.check_common()

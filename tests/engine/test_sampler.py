@@ -121,3 +121,23 @@ def test_truncation_by_top_k_width_equals_the_full_sort() -> None:
     assert kept.sum(-1).tolist()[2] == 1 and all(
         n <= k for n, k in zip(kept.sum(-1).tolist(), [5, 40, 1, 12, 7, 49], strict=True)
     )
+
+
+def test_logit_bias_and_allowed_token_ids_steer_the_row_that_sets_them() -> None:
+    logits = logits_rows(3)
+    s = Sampler(torch.device("cpu"))
+    worst = int(logits[0].argmin())
+    allowed = [7, 11, 13]
+    reqs = [
+        req("bias", temperature=0.0, logit_bias={worst: 100.0}),
+        req("allowed", temperature=1.5, allowed_token_ids=allowed, seed=3),
+        req("plain", temperature=0.0),
+    ]
+    assert all(Sampler.needs_host(r) for r in reqs[:2]) and not Sampler.needs_host(reqs[2])
+    for _ in range(20):
+        out = s(logits.clone(), reqs)
+        assert out.token_ids[0] == worst and out.token_ids[1] in allowed
+        assert out.token_ids[2] == int(logits[2].argmax())
+    banned = int(logits[2].argmax())
+    out = s(logits.clone(), [req("ban", temperature=0.0, logit_bias={banned: -100.0})])
+    assert out.token_ids[0] != banned

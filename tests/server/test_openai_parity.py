@@ -182,3 +182,46 @@ def test_tokenize_routes_answer_as_openai(base_url: str) -> None:
     assert text.startswith("<|begin_of_text|>") and "<|eot_id|>" in text
     for method in ("GET", "POST"):
         assert httpx.request(method, base_url + "/ping").status_code == 200
+
+
+def completion(base_url: str, **body: Any) -> httpx.Response:
+    return post(base_url, "/v1/completions", {"model": "tiny", "prompt": "hello", **body})
+
+
+def test_token_filters_and_prompt_options_take_effect(base_url: str) -> None:
+    greedy = {"max_tokens": 4, "temperature": 0, "ignore_eos": True, "logprobs": 0}
+    plain = completion(base_url, **greedy).json()["choices"][0]["logprobs"]["tokens"]
+    ids = post(base_url, "/tokenize", {"prompt": "x y", "add_special_tokens": False}).json()
+    x = ids["tokens"][0]
+    forced = completion(base_url, **greedy, logit_bias={str(x): 100}).json()
+    assert forced["choices"][0]["text"] == "x" * 4
+    allowed = completion(base_url, **greedy, allowed_token_ids=ids["tokens"]).json()
+    assert set(allowed["choices"][0]["logprobs"]["tokens"]) <= {"x", " y"}
+    assert allowed["choices"][0]["logprobs"]["tokens"] != plain
+    pick = completion(base_url, max_tokens=8, guided_choice=["yes", "no way"]).json()
+    assert pick["choices"][0]["text"] in ("yes", "no way")
+    fmt = completion(base_url, max_tokens=24, seed=2, response_format={"type": "json_object"})
+    assert fmt.json()["choices"][0]["text"].lstrip().startswith("{")
+    full = completion(base_url, max_tokens=1).json()["usage"]["prompt_tokens"]
+    bare = completion(base_url, max_tokens=1, add_special_tokens=False).json()
+    assert bare["usage"]["prompt_tokens"] == full - 1  # no BOS
+    cut = completion(base_url, max_tokens=1, truncate_prompt_tokens=1).json()
+    assert cut["usage"]["prompt_tokens"] == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"logit_bias": {"999999": 5}}, "logit_bias"),
+        ({"logit_bias": {"a": 5}}, "logit_bias"),
+        ({"logit_bias": {"5": 101}}, "logit_bias"),
+        ({"allowed_token_ids": []}, "allowed_token_ids"),
+        ({"bad_words": ["x"]}, "bad_words"),
+        ({"prompt_logprobs": 1}, "prompt_logprobs"),
+        ({"truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
+        ({"guided_choice": []}, "guided_choice"),
+    ],
+)
+def test_unusable_token_options_are_400(base_url: str, extra: dict[str, Any], param: str) -> None:
+    r = completion(base_url, max_tokens=2, **extra)
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
