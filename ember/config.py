@@ -9,6 +9,7 @@ This module must stay cheap to import (no torch): `ember --help` imports it.
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -160,6 +161,8 @@ def parse_duration(raw: str) -> float:
         if not parts or "".join(n + u for n, u in parts) != body:
             raise ValueError("must be a duration such as 5m, 1h, 300 (seconds) or -1") from None
         seconds = sign * sum(float(n) * _DURATION_UNITS_S[u] for n, u in parts)
+    if math.isnan(seconds):
+        raise ValueError("must be a number of seconds or a duration, not NaN")
     return -1.0 if seconds < 0 else seconds
 
 

@@ -23,7 +23,7 @@ from ember.server import health, ollama_routes, openai_routes, store_routes
 from ember.server.auth import Authenticator, AuthGuard
 from ember.server.context import ServerContext
 from ember.server.drain import Drain, DrainGuard, DrainingServer
-from ember.server.errors import install_error_handlers
+from ember.server.errors import CatchUnexpected, install_error_handlers
 from ember.server.limits import BodyLimit
 from ember.startup_trace import trace
 
@@ -70,8 +70,10 @@ def create_app(config: ServeConfig) -> FastAPI:
     app.state.ctx = ctx
     drain = Drain(config.drain_timeout, config.request_timeout)
     app.state.drain = drain
-    # Added innermost first: CORS (preflights answer unauthenticated), then drain (503 while
-    # draining; budgets), then auth, then the body limit (bodies are read only once authorised).
+    # Added innermost first; a request passes CORS (preflights answer unauthenticated), then
+    # drain (503 while draining; budgets), then auth, then the body limit (bodies are read only
+    # once authorised), then the catch-all that keeps a 500's connection open.
+    app.add_middleware(CatchUnexpected)  # type: ignore[arg-type]
     app.add_middleware(BodyLimit, max_bytes=config.max_body_size)  # type: ignore[arg-type]
     auth = Authenticator.from_config(config)
     if auth is not None:

@@ -4,8 +4,9 @@ On SIGTERM or SIGINT the server drains: /health answers 503 "draining" (so load 
 sending), new API requests get 503, and in-flight ones get --drain-timeout to finish. Any still
 running at the deadline are stopped through their budgets (limits.Budget), so each ends with an
 error chunk (NDJSON {"error": ...}, or an SSE error event and [DONE]) rather than a cut connection.
-Only then does uvicorn close its connections and the process exit 0. A second signal stops at
-once. If the engine dies, the server exits 1 so that the platform restarts it.
+Only then does uvicorn close its connections and the process exit 0. A second signal brings the
+deadline forward to now (the requests still end with their error chunk); a third closes the
+connections at once. If the engine dies, the server exits 1 so that the platform restarts it.
 """
 
 from __future__ import annotations
@@ -40,20 +41,25 @@ class Drain:
         self.timeout_s = timeout_s
         self.request_timeout_s = request_timeout_s
         self.draining = False
+        self.hurried = False  # a second signal: the deadline is now
         self.budgets: set[Budget] = set()
 
     def begin(self) -> None:
         self.draining = True
+
+    def hurry(self) -> None:
+        self.hurried = True
 
     async def run(self) -> None:
         """Wait for in-flight requests up to the deadline, then stop the rest."""
         n = len(self.budgets)
         log.info("draining: %d request(s) in flight, %.1fs to finish", n, self.timeout_s)
         deadline = time.monotonic() + self.timeout_s
-        while self.budgets and time.monotonic() < deadline:
+        while self.budgets and time.monotonic() < deadline and not self.hurried:
             await asyncio.sleep(0.05)
         if self.budgets:
-            log.warning("drain deadline: stopping %d request(s)", len(self.budgets))
+            why = "a second signal" if self.hurried else "drain deadline"
+            log.warning("%s: stopping %d request(s)", why, len(self.budgets))
             for budget in list(self.budgets):
                 budget.stop(ServerBusyError(DRAINING_MESSAGE))
             deadline = time.monotonic() + STOP_GRACE_S
@@ -105,9 +111,11 @@ class DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Runs in a signal handler: only set flags; on_tick does the work. The signal is not
         # recorded for re-raising (uvicorn would then die by it): a finished drain exits 0.
-        if self.drain.draining or not self.started:
+        if not self.started or (self.drain.draining and self.drain.hurried):
             self.force_exit = self.should_exit
             self.should_exit = True
+        elif self.drain.draining:
+            self.drain.hurry()
         else:
             self.drain.begin()
 

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ember.errors import EmberError, InvalidRequestError
 
@@ -80,7 +81,7 @@ def validation_message(err: ValidationError | RequestValidationError) -> Invalid
 def install_error_handlers(app: FastAPI) -> None:
     async def on_ember_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, EmberError)
-        if exc.status_code == 503:
+        if exc.status_code in (501, 503):  # deliberate: not implemented, busy or draining
             log.warning("%s %s: %s", request.method, request.url.path, exc.message)
         elif exc.status_code >= 500:
             log.error("%s %s: %s", request.method, request.url.path, exc.message)
@@ -114,3 +115,33 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(ClientDisconnected, on_disconnect)
     app.add_exception_handler(Exception, on_unexpected)
+
+
+class CatchUnexpected:
+    """Turns an unexpected exception into a JSON 500 inside the app (added innermost). Starlette's
+    own handler for Exception answers and then re-raises to the server, and uvicorn then closes
+    the keep-alive connection without `Connection: close`: a pooled client's next request on it
+    fails. Once a response has started nothing can be sent, so the exception goes on up."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracked)
+        except Exception as exc:
+            if started:
+                raise
+            path = scope.get("path", "")
+            log.exception("unhandled error on %s %s", scope.get("method"), path)
+            await error_response(path, 500, f"internal error: {exc}")(scope, receive, send)

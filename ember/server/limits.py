@@ -39,11 +39,32 @@ def parse_json(raw: bytes) -> Any:
         raise InvalidRequestError("invalid JSON body: nested too deeply") from None
     except ValueError as e:  # e.g. an integer past Python's digit limit
         raise InvalidRequestError(f"invalid JSON body: {e}") from None
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _deeper_than(value, MAX_JSON_DEPTH):
+        raise InvalidRequestError(
+            f"invalid JSON body: nested more than {MAX_JSON_DEPTH} levels deep (tools, schemas "
+            "and template arguments must be flatter)"
+        )
     if _ESCAPED_SURROGATE.search(raw) and _has_lone_surrogate(value):
         raise InvalidRequestError(
             "invalid JSON body: a string holds an unpaired UTF-16 surrogate (\\ud800-\\udfff)"
         )
     return value
+
+
+# Deeper bodies are refused: what reads them later (chat templates, schema compilers) recurses.
+MAX_JSON_DEPTH = 100
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth >= limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 # Only "\\uD800"-style escapes can put a surrogate into a parsed string (raw UTF-8 cannot).
@@ -71,12 +92,21 @@ def _has_lone_surrogate(value: Any) -> bool:
 STREAMED_UPLOAD_PREFIX = "/api/blobs/"
 
 
-class BodyLimit:
-    """ASGI middleware: bodies over `max_bytes` are refused with 413 before a route runs."""
+# A body must arrive within this long of its headers: a client that sends part and stalls
+# (slowloris) would otherwise hold its connection, and a drain, for as long as it likes.
+BODY_READ_TIMEOUT_S = 30.0
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+
+class BodyLimit:
+    """ASGI middleware: bodies over `max_bytes` are refused with 413 before a route runs, and
+    bodies that do not arrive within `read_timeout_s` with 408."""
+
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, read_timeout_s: float = BODY_READ_TIMEOUT_S
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.read_timeout_s = read_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].startswith(STREAMED_UPLOAD_PREFIX):
@@ -88,8 +118,14 @@ class BodyLimit:
             return
         chunks: list[bytes] = []
         size = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.read_timeout_s
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                await self._too_slow(scope, receive, send)
+                return
             if message["type"] == "http.disconnect":
                 return  # nobody to answer
             chunk = message.get("body", b"")
@@ -111,6 +147,15 @@ class BodyLimit:
             return await receive()  # afterwards only http.disconnect arrives
 
         await self.app(scope, replay, send)
+
+    async def _too_slow(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = (
+            f"the request body did not arrive within {self.read_timeout_s:g}s of its headers; "
+            "send the whole body at once"
+        )
+        response = error_response(scope["path"], 408, message)
+        response.headers["Connection"] = "close"
+        await response(scope, receive, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         err = PayloadTooLargeError(

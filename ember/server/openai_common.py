@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Request
 from fastapi.responses import Response
 
-from ember.errors import EmberError
+from ember.errors import EmberError, InvalidRequestError, ServerBusyError
 from ember.outputs import CompletionOutput, RequestOutput
 from ember.server.context import Prepared, ServerContext
-from ember.server.errors import error_response
+from ember.server.errors import BUSY_MESSAGE, error_response
 from ember.server.protocol_openai import OpenAIRequest, usage
 from ember.server.streaming import SSE_DONE, Generation, OwnedStreamingResponse, sse_event
 
@@ -97,7 +97,19 @@ class Choices:
 async def start_choices(
     ctx: ServerContext, request: Request, request_id: str, prepares: list[Prepare]
 ) -> Choices:
-    """Start one engine request per `prepares` entry (ids `request_id-i` past the first)."""
+    """Start one engine request per `prepares` entry (ids `request_id-i` past the first). A
+    request needs room for all of them: one that could never fit is a 400, and one that does
+    not fit now a 503 before any of its choices starts (none is prefilled, then aborted)."""
+    need, admission = len(prepares), ctx.admission
+    if need > admission.limit:
+        raise InvalidRequestError(
+            f"this request asks for {need} completions (n times the prompts), but the server "
+            f"runs at most {admission.limit} at once (--num-parallel plus --max-queue); lower "
+            "n or send the prompts in several requests",
+            param="n",
+        )
+    if need > 1 and admission.in_flight + need > admission.limit:
+        raise ServerBusyError(BUSY_MESSAGE)
     gens: list[Generation] = []
     prepared: list[Prepared] = []
     try:

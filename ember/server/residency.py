@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("ember.server")
 
 FOREVER = math.inf
+# Longer keep-alives are forever: a deadline past this is no deadline (and past year 9999,
+# not a date /api/ps could show).
+_FOREVER_FROM_S = 100 * 365 * 24 * 3600.0
 _WAKE_S = 1.0  # a waiting request re-checks this often even if no one wakes it
 
 
@@ -43,6 +46,8 @@ def keep_alive_seconds(value: str | float | None) -> float | None:
         raise InvalidRequestError("keep_alive must be a duration or seconds", param="keep_alive")
     if isinstance(value, int | float):
         seconds = float(value)
+        if math.isnan(seconds):
+            raise InvalidRequestError("keep_alive must be a number, not NaN", param="keep_alive")
     else:
         try:
             seconds = parse_duration(str(value))
@@ -50,7 +55,7 @@ def keep_alive_seconds(value: str | float | None) -> float | None:
             raise InvalidRequestError(
                 f"invalid keep_alive {value!r}: {e}", param="keep_alive"
             ) from None
-    return FOREVER if seconds < 0 else seconds
+    return FOREVER if seconds < 0 or seconds >= _FOREVER_FROM_S else seconds
 
 
 @dataclass(slots=True, eq=False)

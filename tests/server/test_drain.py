@@ -119,6 +119,27 @@ def test_requests_past_the_drain_deadline_end_with_an_error_chunk(tmp_path: Path
         server.stop()
 
 
+def test_a_second_signal_stops_the_requests_cleanly_at_once(tmp_path: Path) -> None:
+    """With a long drain ahead, a second SIGTERM brings its deadline forward: every stream still
+    ends with its error chunk (or its last token), none is cut, and the process exits 0."""
+    args = ("--num-parallel", "4", "--drain-timeout", "60", "--context-length", "4096")
+    server = start(tmp_path, "hurry", "tiny", *COMMON_ARGS, *args)
+    try:
+        running = streams(server, 4, tokens=4000)
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        for s in running:
+            s.join(timeout=30)
+        assert all(s.outcome() in ("error", "done") for s in running)
+        assert "error" in [s.outcome() for s in running]
+        assert server.proc.wait(timeout=15) == 0, server.log()
+        assert time.monotonic() - t0 < 10
+    finally:
+        server.stop()
+
+
 def test_engine_death_fails_health_and_exits_non_zero(tmp_path: Path) -> None:
     # step 1 is the warm-up; the first request's third step kills the engine thread
     server = Server(tmp_path / "dead.log", "tiny", *COMMON_ARGS, env={ENV: "crash@4"})

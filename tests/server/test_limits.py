@@ -171,6 +171,43 @@ def test_hostile_json_is_400_never_500(limited: Server, raw: bytes) -> None:
     assert httpx.get(limited.url + "/health").status_code == 200
 
 
+def nested(depth: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(depth):
+        schema = {"type": "object", "properties": {"a": schema}}
+    return schema
+
+
+def test_deeply_nested_tools_are_400_and_keep_the_connection(limited: Server) -> None:
+    """Chat templates and schema compilers recurse into tools: a body nested past the limit is
+    refused whole (it was a 500 from the template's recursion, which also dropped the client's
+    keep-alive connection); a plausible schema still works."""
+    with httpx.Client(base_url=limited.url, timeout=60) as client:
+        for path, extra in (
+            ("/v1/chat/completions", {"max_tokens": 1}),
+            ("/api/chat", {"stream": False, "options": {"num_predict": 1}}),
+        ):
+            tool = {"type": "function", "function": {"name": "f", "parameters": nested(150)}}
+            body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], **extra}
+            r = client.post(path, json={**body, "tools": [tool]})
+            assert r.status_code == 400 and "nested more than 100" in r.text, r.text
+            tool["function"]["parameters"] = nested(1)  # the context is 512
+            assert client.post(path, json={**body, "tools": [tool]}).status_code == 200
+
+
+def test_keep_alive_must_be_a_number_and_huge_is_forever(limited: Server) -> None:
+    body = {"model": "tiny", "prompt": "hi", "stream": False, "options": {"num_predict": 1}}
+    for bad in ("nan", "NaN"):
+        r = httpx.post(limited.url + "/api/generate", json={**body, "keep_alive": bad})
+        assert r.status_code == 400 and "keep_alive" in r.text
+    r = httpx.post(limited.url + "/api/generate", json={**body, "keep_alive": 1e12}, timeout=60)
+    assert r.status_code == 200
+    ps = httpx.get(limited.url + "/api/ps")
+    assert ps.status_code == 200 and ps.json()["models"][0]["expires_at"].startswith("2318")
+    r = httpx.post(limited.url + "/api/generate", json={**body, "keep_alive": -1}, timeout=60)
+    assert r.status_code == 200
+
+
 @pytest.fixture(scope="module")
 def hurried(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server whose requests time out long before 500 tiny-model tokens can be generated

@@ -225,3 +225,12 @@ def test_token_filters_and_prompt_options_take_effect(base_url: str) -> None:
 def test_unusable_token_options_are_400(base_url: str, extra: dict[str, Any], param: str) -> None:
     r = completion(base_url, max_tokens=2, **extra)
     assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+def test_more_choices_than_the_server_admits_is_a_400(base_url: str) -> None:
+    """n times the prompts above --num-parallel + --max-queue (18 here) could never run: a 400
+    that says so, not a 503 that a client would retry for ever."""
+    r = completion(base_url, prompt=["a", "b"], n=10, max_tokens=1)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "n"
+    assert "--num-parallel" in r.json()["error"]["message"]
+    assert completion(base_url, prompt=["a", "b"], n=9, max_tokens=1).status_code == 200

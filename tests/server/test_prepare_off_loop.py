@@ -1,51 +1,67 @@
-"""Long prompts are templated and tokenized off the event loop, so they never stall streams."""
+"""Prompts are templated and tokenized off the event loop, and a long one lets go of the GIL
+while it is encoded, so that it never stalls the streams the loop serves."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ember.server.context import PREPARE_INLINE_BYTES, prepare_request
+from ember.registry import ModelStore, default_home
+from ember.server.context import prepare_request
+from ember.tokenizer import Tokenizer
 
 
-class _Body:
-    def __init__(self, size: int) -> None:
-        self._raw = b"x" * size
-
-    async def body(self) -> bytes:
-        return self._raw
-
-
-def _where(size: int) -> str:
+def test_prompts_are_prepared_on_a_worker_thread() -> None:
     def prepare(engine: Any) -> Any:
         return threading.current_thread().name
 
     async def main() -> tuple[str, str]:
-        loop_thread = threading.current_thread().name
-        ran_in = await prepare_request(_Body(size), prepare, object())  # type: ignore[arg-type]
-        return loop_thread, ran_in
+        return threading.current_thread().name, await prepare_request(prepare, object())  # type: ignore[arg-type]
 
     loop_thread, ran_in = asyncio.run(main())
-    return "loop" if ran_in == loop_thread else "worker"
-
-
-def test_short_prompts_are_prepared_inline() -> None:
-    assert _where(1000) == "loop"
-
-
-def test_long_prompts_are_prepared_on_a_worker_thread() -> None:
-    assert _where(PREPARE_INLINE_BYTES + 1) == "worker"
+    assert ran_in != loop_thread
 
 
 def test_errors_from_a_worker_reach_the_caller() -> None:
     def prepare(engine: Any) -> Any:
         raise ValueError("bad prompt")
 
-    async def main() -> None:
-        await prepare_request(_Body(PREPARE_INLINE_BYTES * 2), prepare, object())  # type: ignore[arg-type]
-
     with pytest.raises(ValueError, match="bad prompt"):
-        asyncio.run(main())
+        asyncio.run(prepare_request(prepare, object()))  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    path: Path = ModelStore(default_home()).resolve("tiny").path
+    return Tokenizer.from_dir(path)
+
+
+def test_a_long_encode_lets_other_threads_run(tokenizer: Tokenizer) -> None:
+    """The event loop is such a thread: while a worker encodes a long prompt, it must go on."""
+    text = "hello world " * 100_000
+    short = tokenizer.encode(text[:1000])
+    gaps: list[float] = []
+    done = threading.Event()
+
+    def tick() -> None:
+        last = time.perf_counter()
+        while not done.is_set():
+            time.sleep(0.005)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    t0 = time.perf_counter()
+    ids = tokenizer.encode(text)
+    took = time.perf_counter() - t0
+    done.set()
+    ticker.join()
+    assert ids[: len(short) - 1] == short[:-1]  # the same tokens as a short encode
+    assert max(gaps) < max(0.1, took / 3), (took, max(gaps))
