@@ -112,16 +112,15 @@ class Blobs:
             tmp.unlink(missing_ok=True)
         return size
 
-    def prune(self, keep: Iterable[str]) -> int:
-        """Delete blobs no manifest references; returns bytes freed. Temp files are left alone:
-        an upload may be writing one."""
-        if not self.root.is_dir():
-            return 0
-        wanted = {f"sha256-{s}" for s in keep}
+    def discard(self, shas: Iterable[str]) -> int:
+        """Delete these blobs (the caller knows no manifest names them); returns bytes freed.
+        Other blobs, e.g. uploads a create has yet to use, are left alone."""
         freed = 0
-        for blob in self.root.iterdir():
-            if blob.name in wanted or not blob.name.startswith("sha256-") or not blob.is_file():
+        for sha in shas:
+            blob = self.path(sha)
+            try:
+                freed += blob.stat().st_size
+                blob.unlink()
+            except FileNotFoundError:
                 continue
-            freed += blob.stat().st_size
-            blob.unlink(missing_ok=True)
         return freed

@@ -44,12 +44,16 @@ class Manifest:
     created_at: str = field(
         default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds")
     )
+    # The ID a folder had before it was given a manifest (adopted), kept so that adopting or
+    # copying it never changes the ID clients saw; "" for the usual ID over the files.
+    id: str = ""
 
     def to_json(self) -> bytes:
         data: dict[str, Any] = {
             "schemaVersion": SCHEMA_VERSION,
             "created_at": self.created_at,
             "parent": self.parent,
+            **({"id": self.id} if self.id else {}),
             "files": [
                 {"path": f.path, "digest": f"sha256:{f.sha256}", "size": f.size} for f in self.files
             ],
@@ -60,6 +64,8 @@ class Manifest:
     def digest(self) -> str:
         """sha256 hex over the files: the model's ID (`ember list` shows its first 12 digits).
         A copy has its original's ID, as in Ollama; any changed file gives a new one."""
+        if self.id:
+            return self.id
         lines = "".join(f"{f.path}\0{f.sha256}\0{f.size}\n" for f in self.files)
         return hashlib.sha256(lines.encode()).hexdigest()
 
@@ -77,7 +83,12 @@ class Manifest:
                 )
                 for f in data["files"]
             )
-            return cls(files, str(data.get("parent", "")), str(data.get("created_at", "")))
+            return cls(
+                files,
+                str(data.get("parent", "")),
+                str(data.get("created_at", "")),
+                str(data.get("id", "")),
+            )
         except (ValueError, KeyError, TypeError) as exc:
             raise ModelLoadError(
                 f"the manifest {origin} is damaged ({exc}); remove the model with 'ember rm' "

@@ -1,4 +1,6 @@
-"""Model names as Ollama writes them: `[namespace/]model[:tag]`, `tiny` meaning `tiny:latest`."""
+"""Model names as Ollama writes them: `[host/namespace/]model[:tag]`, `tiny` meaning
+`tiny:latest`. ember's store has no registries, so a host part (`registry.ollama.ai/library/tiny`)
+is accepted and dropped: that name is `tiny:latest`."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ DEFAULT_NAMESPACE = "library"
 # Parts start with a letter or digit, so none is "." or ".." or hidden; tags may start with "_".
 _PART = re.compile(r"[a-z0-9][a-z0-9._-]{0,79}")
 _TAG = re.compile(r"[a-z0-9_][a-z0-9._-]{0,79}")
+# A registry host: has a dot or a port, as `registry.ollama.ai` or `localhost:5000`.
+_HOST = re.compile(r"[a-z0-9-]+(?:\.[a-z0-9-]+)+(?::\d{1,5})?|[a-z0-9.-]+:\d{1,5}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +48,7 @@ def _invalid(name: str, why: str) -> InvalidRequestError:
 
 def parse_name(name: str) -> ModelName:
     """Parse and normalise a model name. Names are case-insensitive (folded to lower case)."""
-    text = name.strip().lower()
+    text = _without_host(name.strip().lower())
     if not text:
         raise _invalid(name, "the name is empty")
     base, sep, tag = text.partition(":")
@@ -58,3 +62,11 @@ def parse_name(name: str) -> ModelName:
             raise _invalid(name, f"bad name part {part!r}")
     namespace = parts[0] if len(parts) == 2 and parts[0] != DEFAULT_NAMESPACE else None
     return ModelName(model=parts[-1], tag=tag if sep else DEFAULT_TAG, namespace=namespace)
+
+
+def _without_host(text: str) -> str:
+    """`host/namespace/model[:tag]` -> `namespace/model[:tag]` when `host` looks like one."""
+    host, sep, rest = text.partition("/")
+    if sep and rest.count("/") == 1 and _HOST.fullmatch(host):
+        return rest
+    return text

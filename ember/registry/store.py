@@ -67,8 +67,8 @@ def _is_explicit_path(text: str) -> bool:
 class ModelStore:
     def __init__(self, home: Path, models: Path | None = None) -> None:
         """`models`: where manifests, blobs and model folders live (EMBER_MODELS); default
-        `home`. Caches stay under `home`. Never an Ollama store: remove() prunes the blobs that
-        no manifest here names."""
+        `home`. Caches stay under `home`. Never an Ollama store: remove() deletes the removed
+        model's blobs that no manifest here names."""
         self.home = Path(home).expanduser()
         root = Path(models).expanduser() if models is not None else self.home
         self.models_dir = root / "models"
@@ -227,18 +227,22 @@ class ModelStore:
         return file.read_text(encoding="utf-8") if file.is_file() else None
 
     def remove(self, name: str) -> None:
-        """Delete a model from the store (`ember rm`), and the blobs no other model holds."""
+        """Delete a model from the store (`ember rm`), and those of its blobs no other model
+        holds. Blobs no manifest names that were not this model's (uploads for a create yet to
+        come) stay, as in Ollama."""
         parsed = parse_name(name)
         path = self.models_dir / parsed.relpath
         manifest = self.manifest_path(str(parsed))
         if not path.is_dir() and not manifest.is_file():
             raise ModelNotFoundError(f"model '{name}' not found; see 'ember list'", param="model")
         with _WRITE_LOCK:
+            own = _readable_manifest(manifest)
             manifest.unlink(missing_ok=True)  # first: from here on the model is gone
             shutil.rmtree(path, ignore_errors=True)
             for root, leaf in ((self.models_dir, path), (self.manifests_dir, manifest)):
                 _prune_empty_parents(root, leaf)
-            self.blobs.prune(self._referenced())
+            if own is not None:
+                self.blobs.discard({f.sha256 for f in own.files} - self._referenced())
 
     def _referenced(self) -> set[str]:
         """sha256 of every blob some manifest names."""
@@ -263,8 +267,18 @@ class ModelStore:
             path = self.path_for(str(parsed))
             if not (path / MODEL_MARKER).is_file():
                 self.resolve(str(parsed))  # raises the right error; creates tiny
-            manifest = import_dir(self.blobs, path, known)
-            write_manifest(self.manifest_path(str(parsed)), manifest)
+            if known is not None:  # a fresh pull: no one has seen an ID yet
+                manifest = import_dir(self.blobs, path, known)
+                write_manifest(self.manifest_path(str(parsed)), manifest)
+                return manifest
+            # A folder clients already list: keep its ID and modified time (copy from it, or
+            # create on it, must not look like a change to the model).
+            before = inspect_dir(path)
+            manifest = replace(import_dir(self.blobs, path), id=before.digest)
+            file = self.manifest_path(str(parsed))
+            write_manifest(file, manifest)
+            stamp = before.modified_at.timestamp()
+            os.utime(file, (stamp, stamp))
             return manifest
 
     def manifest_of(self, source: str) -> Manifest:
@@ -297,7 +311,7 @@ class ModelStore:
         dst = str(parse_name(destination))
         if _parent_name(source) == dst:
             return self.resolve(dst)
-        return self.install(dst, Manifest(src.files, parent=_parent_name(source)))
+        return self.install(dst, Manifest(src.files, parent=_parent_name(source), id=src.id))
 
 
 def _parent_name(source: str) -> str:
@@ -305,6 +319,14 @@ def _parent_name(source: str) -> str:
         return str(parse_name(source))
     except InvalidRequestError:
         return source
+
+
+def _readable_manifest(file: Path) -> Manifest | None:
+    """The manifest at `file`; None if absent or damaged (its blobs are then left alone)."""
+    try:
+        return read_manifest(file)
+    except ModelLoadError:
+        return None
 
 
 def _prune_empty_parents(root: Path, leaf: Path) -> None:

@@ -17,6 +17,9 @@ from ember.registry import ModelName, parse_name
         ("qwen/qwen2.5:0.5b-instruct", "qwen/qwen2.5:0.5b-instruct"),
         ("my_org/model-x", "my_org/model-x:latest"),
         ("a:_draft", "a:_draft"),
+        ("registry.ollama.ai/library/tiny:latest", "tiny:latest"),
+        ("Registry.Ollama.AI/library/tiny", "tiny:latest"),
+        ("localhost:5000/qwen/qwen2.5:0.5b", "qwen/qwen2.5:0.5b"),
     ],
 )
 def test_names_normalise_like_ollama(text: str, expected: str) -> None:
@@ -40,6 +43,8 @@ def test_name_parts_and_storage_path() -> None:
         ":latest",
         "a b",
         "a/b/c",
+        "registry.ollama.ai/a/b/c",
+        "registry.ollama.ai:x/library/tiny",
         "../x",
         "x:../y",
         "-a",

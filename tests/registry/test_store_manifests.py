@@ -66,6 +66,31 @@ def test_remove_frees_only_blobs_no_other_model_holds(
         store.remove("twin")
 
 
+def test_remove_leaves_uploads_for_a_later_create_alone(
+    store: ModelStore, make_model: MakeModel
+) -> None:
+    upload = store.blobs.write(b'{"uploaded": "for a create yet to come"}')
+    make_model("base")
+    store.copy("base", "twin")
+    store.remove("twin")
+    assert store.blobs.has(upload)
+    store.remove("base")
+    assert [p.name for p in store.blobs.root.iterdir()] == [f"sha256-{upload}"]
+
+
+def test_copy_leaves_the_source_id_and_modified_time_alone(
+    store: ModelStore, make_model: MakeModel
+) -> None:
+    make_model("base")  # a folder with no manifest yet, as tiny and hand-made models are
+    before = store.resolve("base")
+    copied = store.copy("base", "twin")
+    after = store.resolve("base")
+    assert (after.digest, after.modified_at) == (before.digest, before.modified_at)
+    assert copied.digest == before.digest
+    listed = {m.name: m.digest for m in store.list()}
+    assert listed == {"base:latest": before.digest, "twin:latest": before.digest}
+
+
 def test_half_written_models_are_never_listed(store: ModelStore, make_model: MakeModel) -> None:
     make_model("done")
     # A copy or create that crashed leaves a hidden temp folder and no manifest.
