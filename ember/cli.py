@@ -176,8 +176,10 @@ def _store_command(args: argparse.Namespace) -> int:
         return commands.rm_command(store, args.models)
     if args.command == "cp":
         return commands.cp_command(store, args.source, args.destination)
+    from ember.server.store_routes import check_create_spec
+
     modelfile = Path(args.file) if args.file else None
-    return commands.create_command(store, args.model, modelfile, args.base)
+    return commands.create_command(store, args.model, modelfile, args.base, check=check_create_spec)
 
 
 def _config(args: argparse.Namespace) -> ServeConfig:

@@ -11,10 +11,13 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ember.errors import EmberError
 from ember.registry.store import ModelStore
+
+if TYPE_CHECKING:
+    from ember.registry.create import CreateSpec
 
 
 def human_bytes(n: float) -> str:
@@ -163,9 +166,11 @@ def create_command(
     modelfile: Path | None,
     base: str | None,
     out: TextIO = sys.stdout,
+    check: Callable[[CreateSpec], None] | None = None,
 ) -> int:
     """`ember create NAME [-f Modelfile] [--from MODEL]`; a Modelfile's FROM names a folder
-    relative to the Modelfile, as in Ollama."""
+    relative to the Modelfile, as in Ollama. `check` rejects a spec before anything is
+    written (the server's check of templates and parameters)."""
     from dataclasses import replace
 
     from ember.registry.create import CreateSpec, create
@@ -181,6 +186,8 @@ def create_command(
             spec = replace(spec, base=base)
         if not spec.base:
             raise EmberError("nothing to create from: give --from MODEL or a Modelfile with FROM")
+        if check is not None:
+            check(spec)
         create(store, name, spec, lambda s: print(s, file=sys.stderr))
         out.write("success\n")
         return 0

@@ -1,6 +1,7 @@
 """The part of Ollama's Modelfile that ember's store can honour: FROM, SYSTEM, TEMPLATE and
 PARAMETER (values in quotes or triple quotes, `#` comments). Other instructions are refused by
-name, so a user learns what was ignored rather than getting a different model."""
+name, so a user learns what was ignored rather than getting a different model. write_modelfile
+is the other way, for /api/show."""
 
 from __future__ import annotations
 
@@ -74,3 +75,19 @@ def parse_modelfile(text: str) -> CreateSpec:
                 "TEMPLATE and PARAMETER"
             )
     return CreateSpec(base=base, template=template, system=system, parameters=params or None)
+
+
+def write_modelfile(
+    base: str, template: str | None, system: str | None, params: dict[str, Any]
+) -> str:
+    """A Modelfile that parse_modelfile reads back as this model: FROM, TEMPLATE and SYSTEM in
+    triple quotes, one PARAMETER line per value (per stop string)."""
+    lines = [f"FROM {base}"]
+    if template:
+        lines.append(f'TEMPLATE """{template}"""')
+    if system:
+        lines.append(f'SYSTEM """{system}"""')
+    for key, value in params.items():
+        values = value if key == "stop" and isinstance(value, list) else [value]
+        lines += [f"PARAMETER {key} {json.dumps(v)}" for v in values]
+    return "\n".join(lines) + "\n"

@@ -2,8 +2,8 @@
 
 Streams NDJSON by default; `"stream": false` gives one object. Errors are `{"error": "..."}`,
 also mid-stream, as a last NDJSON line. With `tools`, a reply that opens like a tool call is held
-back until the model has finished, then parsed and sent as `tool_calls` in one chunk.
-"""
+back until the model has finished, then parsed and sent as `tool_calls` in one chunk; text streams,
+and a call tag after it holds back the rest the same way (ToolCallGate)."""
 
 from __future__ import annotations
 
@@ -26,10 +26,17 @@ from ember.server.ollama_output import (
     supports_thinking,
     tool_call_message,
 )
-from ember.server.ollama_prompt import fim_prompt, fit_messages, fit_tokens, render_go_template
+from ember.server.ollama_prompt import (
+    fim_prompt,
+    fit_messages,
+    fit_tokens,
+    prompt_limit,
+    render_go_template,
+)
 from ember.server.protocol_ollama import (
     ChatRequest,
     GenerateRequest,
+    context_length,
     created_at,
     done_fields,
     merge_options,
@@ -94,7 +101,7 @@ async def generate(request: Request) -> Response:
     structured = body.structured
     ctx.served.require(body.model)
     t0 = time.monotonic()
-    if not body.prompt and not body.system and not body.context and not body.suffix:
+    if not body.prompt:  # as in Ollama, whatever system, context or suffix say
         reason = await ctx.load_or_unload(request)  # store owner's hook: keep_alive 0 unloads
         return _load_response(body.model, chat=False, reason=reason)
     think = False
@@ -102,7 +109,7 @@ async def generate(request: Request) -> Response:
     def prepare(engine: AsyncEngine) -> Prepared:
         nonlocal think
         tok = engine.tokenizer
-        system = body.system if body.system is not None else ctx.served.default_system
+        system = body.system or ctx.served.default_system  # "": the model's, as in Ollama
         context = list(body.context or [])
         think = _thinking(body.think, None if body.raw else tok.chat_template, body.model)
         if body.suffix:
@@ -122,10 +129,14 @@ async def generate(request: Request) -> Response:
             kwargs: dict[str, Any] = {"enable_thinking": think} if body.think is not None else {}
             text = tok.apply_chat_template(messages, add_generation_prompt=True, **kwargs)
             ids = tok.encode(text, add_special_tokens=False)
+        if context and tok.bos_token_id is not None and ids[:1] == [tok.bos_token_id]:
+            ids = ids[1:]  # the template's BOS: the context already starts with one
         ids = context + ids
-        if body.truncate is not False:
-            ids = fit_tokens(ids, engine.max_model_len - 1, tok.bos_token_id)
         opts = merge_options(ctx.served.default_options, body.options)
+        if body.truncate is not False:
+            ctx_len = context_length(opts, engine.max_model_len)
+            limit = prompt_limit(len(ids), ctx_len, opts.num_predict)
+            ids = fit_tokens(ids, limit, tok.bos_token_id)
         params = sampling_params(
             opts, len(ids), engine.max_model_len, structured=structured, logprobs=body.num_logprobs
         )
@@ -172,11 +183,16 @@ async def chat(request: Request) -> Response:
             )
             return text, tok.encode(text, add_special_tokens=False)
 
+        opts = merge_options(ctx.served.default_options, body.options)
         if body.truncate is False:
             text, ids = render(messages)
         else:
-            text, ids = fit_messages(messages, render, engine.max_model_len - 1)
-        opts = merge_options(ctx.served.default_options, body.options)
+            ctx_len = context_length(opts, engine.max_model_len)
+
+            def limit(n: int) -> int:
+                return prompt_limit(n, ctx_len, opts.num_predict)
+
+            text, ids = fit_messages(messages, render, limit, tok.bos_token_id)
         params = sampling_params(
             opts, len(ids), engine.max_model_len, structured=structured, logprobs=body.num_logprobs
         )

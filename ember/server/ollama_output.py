@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ember.outputs import CompletionOutput, Logprob
-from ember.tokenizer.tool_calls import parse_tool_calls
+from ember.tokenizer.tool_calls import parse_tool_calls, partial_suffix
 
 Decode = Callable[[int], str]
 
@@ -55,7 +55,7 @@ class ThinkingSplitter:
             if self._state == "thinking":
                 end = self._buf.find(_CLOSE)
                 if end < 0:
-                    keep = _partial_suffix(self._buf, _CLOSE)
+                    keep = partial_suffix(self._buf, _CLOSE)
                     thinking += self._buf[: len(self._buf) - keep]
                     self._buf = self._buf[len(self._buf) - keep :]
                     return thinking, content
@@ -76,14 +76,6 @@ class ThinkingSplitter:
         if self._state == "start":
             rest = rest.lstrip()
         return (rest, "") if self._state == "thinking" else ("", rest)
-
-
-def _partial_suffix(text: str, tag: str) -> int:
-    """Length of the longest end of `text` that begins `tag`."""
-    for n in range(min(len(tag) - 1, len(text)), 0, -1):
-        if tag.startswith(text[-n:]):
-            return n
-    return 0
 
 
 def tool_call_message(text: str) -> tuple[str, list[dict[str, Any]]]:

@@ -94,6 +94,22 @@ def _unsupported(what: str) -> InvalidRequestError:
     )
 
 
+def prompt_limit(prompt_len: int, ctx_len: int, num_predict: int | None) -> int:
+    """The most tokens a prompt of `prompt_len` may keep in a context of `ctx_len` tokens.
+
+    Ollama cuts a prompt to the context and then shifts the context while generating, so a
+    reply gets its num_predict tokens whatever the prompt's length. ember does not shift, so
+    the cut leaves the reply its room up front: a prompt that fits together with num_predict
+    tokens (or one token, when num_predict is unset) is kept whole; a longer one is cut to leave
+    num_predict tokens, or a quarter of the context when num_predict is unset, and the reply
+    never takes more than half of the context."""
+    reply = num_predict if num_predict is not None and num_predict > 0 else 0
+    if prompt_len + max(reply, 1) <= ctx_len:
+        return prompt_len
+    reserve = max(1, min(reply or ctx_len // 4, ctx_len // 2))
+    return max(1, ctx_len - reserve)
+
+
 def fit_tokens(ids: list[int], limit: int, bos_id: int | None) -> list[int]:
     """Ollama's truncation for /api/generate: keep the last `limit` tokens (and a leading BOS)."""
     if len(ids) <= limit:
@@ -103,20 +119,47 @@ def fit_tokens(ids: list[int], limit: int, bos_id: int | None) -> list[int]:
     return ids[len(ids) - limit :]
 
 
+Render = Callable[[list[dict[str, Any]]], tuple[str, list[int]]]
+
+
 def fit_messages(
     messages: list[dict[str, Any]],
-    render: Callable[[list[dict[str, Any]]], tuple[str, list[int]]],
-    limit: int,
+    render: Render,
+    limit: Callable[[int], int],
+    bos_id: int | None,
 ) -> tuple[str, list[int]]:
-    """Ollama's truncation for /api/chat: drop the oldest messages (never a system message, never
-    the last one) until the rendered prompt fits in `limit` tokens. Returns the last rendering,
-    which may still be too long if nothing else can go (the caller's length check then answers)."""
+    """Ollama's truncation for /api/chat, `limit(n)` giving the most tokens a prompt of n tokens
+    may keep (prompt_limit). First drop the oldest messages, never a system message nor the
+    last one, as Ollama's chatPrompt does. If the prompt is still too long, cut the last
+    message's content by tokens where Ollama's runner would cut the whole sequence: ember keeps
+    the start of the prompt (template, system prompt, the message's header) and the end (the
+    message's last tokens and the generation prompt), dropping the content's oldest tokens, so
+    the system prompt survives. Returns the rendered text (before the cut) and the ids."""
     kept = list(messages)
     text, ids = render(kept)
-    while len(ids) > limit:
+    while len(ids) > limit(len(ids)):
         drop = next((i for i, m in enumerate(kept[:-1]) if m.get("role") != "system"), None)
         if drop is None:
-            break
+            return text, _cut_last_message(kept, render, ids, limit(len(ids)), bos_id)
         del kept[drop]
         text, ids = render(kept)
     return text, ids
+
+
+def _cut_last_message(
+    messages: list[dict[str, Any]], render: Render, ids: list[int], limit: int, bos_id: int | None
+) -> list[int]:
+    """`ids` (the rendering of `messages`) in `limit` tokens, by dropping the oldest tokens of
+    the last message's content; the tokens the content does not touch are found by rendering
+    the messages again with that content empty."""
+    _, empty = render([*messages[:-1], {**messages[-1], "content": ""}])
+    head = 0
+    while head < min(len(ids), len(empty)) and ids[head] == empty[head]:
+        head += 1
+    tail = 0
+    while tail < min(len(ids), len(empty)) - head and ids[-1 - tail] == empty[-1 - tail]:
+        tail += 1
+    room = limit - head - tail
+    if room <= 0:  # the rest of the prompt alone is too long: keep its end
+        return fit_tokens(ids, limit, bos_id)
+    return [*ids[:head], *ids[len(ids) - tail - room :]]

@@ -16,6 +16,7 @@ from fastapi.responses import PlainTextResponse
 
 from ember import __version__
 from ember.errors import InvalidRequestError
+from ember.registry.modelfile import write_modelfile
 from ember.server.context import get_context, read_json
 from ember.server.embeddings import router as embeddings_router
 from ember.server.ollama_generate import router as generate_router
@@ -107,9 +108,8 @@ def _show_body(
     entry = _model_entry(local)
     parameters = "\n".join(f"{k:<30} {json.dumps(v)}" for k, v in params.items())
     family = entry["details"].get("family", "")
-    modelfile = f"FROM {local.path}\n" + "".join(
-        f"PARAMETER {k} {json.dumps(v)}\n" for k, v in params.items()
-    )
+    # `verbose` is accepted and ignored: model_info has no tokenizer arrays to add.
+    modelfile = write_modelfile(str(local.path), tokenizer.chat_template, system, params)
     out: dict[str, Any] = {
         "modelfile": modelfile,
         "parameters": parameters,

@@ -10,13 +10,14 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ember.engine.structured import StructuredSpec
 from ember.errors import InvalidRequestError
 from ember.outputs import RequestOutput
 from ember.sampling_params import OutputKind, SamplingParams
 from ember.server.formats import ollama_format
+from ember.tokenizer.chat_template import syntax_error
 
 # Ollama's own defaults (api/types.go DefaultOptions) for the options a client leaves out, so a
 # request means the same here as there. Penalties stay off unless asked for (Ollama's default
@@ -48,6 +49,78 @@ class Options(BaseModel):
     frequency_penalty: float | None = None
 
 
+# Ollama's options that ember accepts and ignores (see Options); any other name is a typo.
+IGNORED_OPTIONS = frozenset(
+    {
+        "num_keep",
+        "typical_p",
+        "penalize_newline",
+        "mirostat",
+        "mirostat_tau",
+        "mirostat_eta",
+        "tfs_z",
+        "numa",
+        "num_batch",
+        "num_gpu",
+        "main_gpu",
+        "use_mmap",
+        "num_thread",
+        "low_vram",
+        "vocab_only",
+        "use_mlock",
+        "f16_kv",
+        "logits_all",
+        "embedding_only",
+        "num_gqa",
+        "rope_frequency_base",
+        "rope_frequency_scale",
+    }
+)
+
+
+def check_template(template: str) -> None:
+    """400 for a model template (/api/create, Modelfile TEMPLATE) that ember cannot render, so
+    that no model is created that would fail every request."""
+    why = syntax_error(template)
+    if why is None:
+        return
+    raise InvalidRequestError(
+        f"template does not compile ({why}): ember's model templates are Jinja chat templates, "
+        "as Hugging Face models ship them (chat_template in tokenizer_config.json), so an "
+        "Ollama Go template such as '{{ .Prompt }}' cannot be used; leave the template out to "
+        "keep the base model's chat template, or give a Jinja chat template",
+        param="template",
+    )
+
+
+def check_parameters(parameters: dict[str, Any]) -> None:
+    """400 naming the first parameter of a model (/api/create, Modelfile PARAMETER) that is
+    unknown or that requests could not use, so that a bad default fails at create time rather
+    than on every later request."""
+    for name in parameters:
+        if name not in Options.model_fields and name not in IGNORED_OPTIONS:
+            raise InvalidRequestError(
+                f"unknown parameter '{name}'; see Ollama's Modelfile PARAMETER list",
+                param=f"parameters.{name}",
+            )
+    try:
+        opts = Options.model_validate(parameters)
+    except ValidationError as e:
+        first = e.errors()[0]
+        name = ".".join(str(p) for p in first.get("loc", ())[:1])
+        raise InvalidRequestError(
+            f"invalid value for parameter '{name}': {first.get('msg', 'invalid value')}",
+            param=f"parameters.{name}",
+        ) from None
+    try:  # the ranges, e.g. top_p <= 1, as a request would meet them
+        sampling_params(opts, 0, 1 << 30)
+    except InvalidRequestError as e:
+        name = (e.param or "").removeprefix("options.")
+        raise InvalidRequestError(
+            f"invalid parameter: {e.message}", param=f"parameters.{name}" if name else None
+        ) from None
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -60,7 +133,8 @@ class _Request(BaseModel):
     logprobs: bool | None = None
     top_logprobs: int | None = None
     # Ollama's default: a prompt longer than the context loses its oldest tokens (generate) or
-    # messages (chat); false answers 400 instead.
+    # messages, then tokens of the last message (chat), leaving room for the reply (see
+    # ollama_prompt.prompt_limit); false answers 400 instead.
     truncate: bool | None = None
 
     def check_common(self) -> None:
@@ -98,6 +172,12 @@ class GenerateRequest(_Request):
 
     def check(self) -> None:
         self.check_common()
+        if self.raw and (self.template or self.system or self.context):
+            raise InvalidRequestError(
+                "raw mode does not support template, system, or context; leave them out or "
+                "set raw to false",
+                param="raw",
+            )
         if self.images:
             raise InvalidRequestError(
                 f"{self.model} does not support images: it is a text-only model; "
@@ -172,6 +252,14 @@ def merge_options(model_defaults: dict[str, Any], request: dict[str, Any] | None
     return Options.model_validate(merged)
 
 
+def context_length(opts: Options, max_model_len: int) -> int:
+    """The request's context in tokens: options.num_ctx, clamped to the server's max_model_len
+    (a larger num_ctx cannot grow the KV cache); max_model_len when num_ctx is unset."""
+    if opts.num_ctx is not None and opts.num_ctx > 0:
+        return min(opts.num_ctx, max_model_len)
+    return max_model_len
+
+
 def sampling_params(
     opts: Options,
     prompt_len: int,
@@ -180,16 +268,16 @@ def sampling_params(
     structured: StructuredSpec | None = None,
     logprobs: int | None = None,
 ) -> SamplingParams:
-    """SamplingParams (streaming deltas) for a prompt of `prompt_len` tokens."""
-    if prompt_len >= max_model_len:
+    """SamplingParams (streaming deltas) for a prompt of `prompt_len` tokens. Prompt and reply
+    together stay within context_length() tokens, as in Ollama's runner."""
+    limit = context_length(opts, max_model_len)
+    if prompt_len >= limit:
         raise InvalidRequestError(
             f"the prompt is {prompt_len} tokens long but the context length is "
-            f"{max_model_len} tokens; shorten the prompt",
+            f"{limit} tokens; shorten the prompt",
             param="prompt",
         )
-    room = max_model_len - prompt_len
-    if opts.num_ctx is not None and opts.num_ctx > prompt_len:
-        room = min(room, opts.num_ctx - prompt_len)
+    room = limit - prompt_len
     max_tokens = room if opts.num_predict is None or opts.num_predict <= 0 else opts.num_predict
     stop = [opts.stop] if isinstance(opts.stop, str) else list(opts.stop or [])
     kwargs: dict[str, Any] = {
@@ -256,6 +344,19 @@ def _ns(seconds: float) -> int:
     return max(0, round(seconds * 1e9))
 
 
+def _eval_seconds(out: RequestOutput) -> float:
+    """Generation time: first to last token. A reply of one token has no decode step of its
+    own, so it gets the time from that token to the end of the request instead."""
+    m = out.metrics
+    first = m.first_token_time
+    if first is None:
+        return 0.0
+    if m.last_token_time is not None and m.last_token_time > first:
+        return m.last_token_time - first
+    end = m.finished_time if m.finished_time is not None and m.finished_time > first else None
+    return (end if end is not None else time.monotonic()) - first
+
+
 def done_fields(
     out: RequestOutput, eval_count: int, request_start: float, load_wait_s: float
 ) -> dict[str, Any]:
@@ -265,7 +366,7 @@ def done_fields(
     first_tok = m.first_token_time
     scheduled = m.first_scheduled_time if m.first_scheduled_time is not None else m.arrival_time
     prompt_eval = (first_tok - scheduled) if first_tok is not None else 0.0
-    decode = (m.last_token_time - first_tok) if first_tok and m.last_token_time else 0.0
+    decode = _eval_seconds(out) if eval_count else 0.0
     return {
         "done": True,
         "done_reason": "length" if reason == "length" else "stop",
@@ -274,6 +375,6 @@ def done_fields(
         "prompt_eval_count": m.num_prompt_tokens or len(out.prompt_token_ids),
         "prompt_eval_duration": _ns(prompt_eval),
         "eval_count": eval_count,
-        # at least 1 ns: clients divide eval_count by it
+        # never 0 for a reply: clients divide eval_count by it
         "eval_duration": max(1, _ns(decode)) if eval_count else 0,
     }

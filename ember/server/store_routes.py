@@ -24,6 +24,7 @@ from ember.server.streaming import NDJSON, ndjson_line
 
 if TYPE_CHECKING:
     from ember.registry import LocalModel
+    from ember.registry.create import CreateSpec
 
 log = logging.getLogger("ember.server")
 router = APIRouter()
@@ -223,7 +224,18 @@ async def create(request: Request) -> Response:
 
     if spec.base is None and not spec.files:
         raise InvalidRequestError("give 'from' (a model or model folder) or 'files'", param="from")
+    check_create_spec(spec)  # before anything is written
     return await _progress_response(job, body.stream is not False)
+
+
+def check_create_spec(spec: CreateSpec) -> None:
+    """400 for a template or parameters that would leave a model no request can use."""
+    from ember.server.protocol_ollama import check_parameters, check_template
+
+    if spec.template is not None:
+        check_template(spec.template)
+    if spec.parameters:
+        check_parameters(spec.parameters)
 
 
 Job = Callable[[Callable[[dict[str, Any]], None]], None]

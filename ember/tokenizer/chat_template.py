@@ -106,6 +106,19 @@ def compile_template(source: str) -> jinja2.Template:
         ) from exc
 
 
+def syntax_error(source: str) -> str | None:
+    """Why `source` does not compile as a chat template ("line 1: unexpected '.'"); None if
+    it compiles."""
+    try:
+        compile_template(source)
+    except ModelLoadError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, jinja2.TemplateSyntaxError):
+            return f"line {cause.lineno}: {cause.message}"
+        return exc.message
+    return None
+
+
 def _plain(value: Any) -> Any:
     """A copy of `value` made of JSON-like types only; anything else becomes a '<Type>' string,
     so templates cannot reach methods of rich objects."""

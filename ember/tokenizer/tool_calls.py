@@ -36,9 +36,14 @@ def might_call_tools(template: str | None) -> bool:
 
 
 def parse_tool_calls(text: str) -> ParsedOutput:
-    """Split `text` into content and tool calls (Hermes blocks, else Llama 3.x JSON)."""
+    """Split `text` into content and tool calls (Hermes blocks, else Llama 3.x JSON, which may
+    follow some text after a `<|python_tag|>`)."""
     if "<tool_call>" in text:
         return _parse_hermes(text)
+    at = text.find(_PYTHON_TAG)
+    if at > 0:
+        calls = _parse_llama3(text[at:]).tool_calls
+        return ParsedOutput(text[:at].strip(), calls) if calls else ParsedOutput(text, [])
     return _parse_llama3(text)
 
 
@@ -134,22 +139,32 @@ def tool_call_schema(
     return schema
 
 
-_CALL_STARTS = ("<tool_call>", "<|python_tag|>", "{")
+_CALL_STARTS = ("<tool_call>", _PYTHON_TAG, "{")
+# Tags that open a tool call after some text (a reply that starts with "{" is a call only as a
+# whole, see _parse_llama3).
+_CALL_TAGS = ("<tool_call>", _PYTHON_TAG)
 
 
 class ToolCallGate:
     """For streaming with tools: decides from a reply's first characters whether it is a tool
-    call (held back, to be parsed whole at the end) or text (streamed as it comes)."""
+    call (held back, to be parsed whole at the end) or text (streamed as it comes). Text is
+    still watched for a tag that opens a call: from the tag on, everything is held, so the
+    markup is never streamed as content; the end of the text that might begin a tag, and
+    trailing whitespace (which parse_tool_calls strips before a call), wait for what follows.
+
+    `mode` stays "text" once text has streamed; held() is then the withheld end of the reply:
+    a call (send only its parsed tool_calls) or, if it does not parse, content to send."""
 
     def __init__(self) -> None:
         self.mode = "undecided"  # then "call" or "text"
         self._held = ""
+        self._tagged = False  # in text mode: a call tag was seen; hold everything from it
 
     def feed(self, text: str) -> str:
         """The part of `text` to stream now."""
-        if self.mode == "text":
-            return text
         self._held += text
+        if self.mode == "text":
+            return self._release()
         if self.mode == "call":
             return ""
         head = self._held.lstrip()
@@ -159,9 +174,32 @@ class ToolCallGate:
             self.mode = "call"
             return ""
         self.mode = "text"
-        out, self._held = self._held, ""
+        return self._release()
+
+    def _release(self) -> str:
+        """In text mode: stream all but a call tag onward, a possible partial tag and trailing
+        whitespace."""
+        if self._tagged:
+            return ""
+        at = min((i for i in (self._held.find(t) for t in _CALL_TAGS) if i >= 0), default=-1)
+        if at >= 0:
+            self._tagged = True
+            end = at
+        else:
+            end = len(self._held) - max(partial_suffix(self._held, t) for t in _CALL_TAGS)
+        end = len(self._held[:end].rstrip())
+        out, self._held = self._held[:end], self._held[end:]
         return out
 
     def held(self) -> str:
-        """What was held back (call at the end of the reply)."""
+        """What was held back: a call, or in text mode the withheld end of the reply."""
         return self._held
+
+
+def partial_suffix(text: str, tag: str) -> int:
+    """Length of the longest end of `text` that is a proper beginning of `tag`: what to hold
+    back while streaming, in case the tag is still arriving."""
+    for n in range(min(len(tag) - 1, len(text)), 0, -1):
+        if tag.startswith(text[-n:]):
+            return n
+    return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 import httpx
 import ollama
@@ -184,3 +185,66 @@ def test_raw_http_stream_is_ndjson_even_for_form_encoded_bodies(base_url: str) -
         lines = [json.loads(line) for line in r.iter_lines() if line]
     assert lines[-1]["done"] is True and all(not x["done"] for x in lines[:-1])
     assert set(lines[0]) == {"model", "created_at", "response", "done"}
+
+
+def test_context_round_trip_has_one_bos(client: ollama.Client) -> None:
+    a = client.generate(model="tiny", prompt="hello", options=GREEDY)
+    assert a.context is not None
+    b = client.generate(model="tiny", prompt="again", context=a.context, options=GREEDY)
+    assert b.context is not None and b.prompt_eval_count is not None
+    new_prompt = b.context[len(a.context) : b.prompt_eval_count]
+    assert new_prompt and a.context[0] not in new_prompt  # context[0] is the BOS
+
+
+@pytest.mark.parametrize(
+    "extra", [{"system": "sys"}, {"template": "{{ .Prompt }}"}, {"context": [1, 2]}]
+)
+def test_raw_with_system_template_or_context_is_400(base_url: str, extra: dict[str, Any]) -> None:
+    body = {"model": "tiny", "prompt": "x", "raw": True, "stream": False, **extra}
+    r = httpx.post(base_url + "/api/generate", json=body)
+    assert r.status_code == 400
+    assert "raw mode does not support template, system, or context" in r.json()["error"]
+
+
+def test_empty_prompt_loads_whatever_else_is_sent(client: ollama.Client) -> None:
+    for extra in ({"system": "sys only"}, {"context": [1, 2, 3]}, {"suffix": "end"}):
+        r = client.generate(model="tiny", prompt="", options=GREEDY, **extra)
+        assert r.done_reason == "load" and r.response == "" and not r.eval_count
+
+
+def test_over_long_prompts_are_cut_to_leave_room_for_num_predict(client: ollama.Client) -> None:
+    long = "hello world " * 400  # well over the 512-token context
+    r = client.generate(model="tiny", prompt=long, options=GREEDY)
+    assert r.prompt_eval_count == 512 - 8
+    c = client.chat(
+        model="tiny",
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": long}],
+        options=GREEDY,
+    )
+    assert c.prompt_eval_count == 512 - 8
+
+
+def test_truncate_false_keeps_the_clear_400(base_url: str) -> None:
+    messages = [{"role": "user", "content": "hello world " * 400}]
+    body = {"model": "tiny", "messages": messages, "truncate": False, "stream": False}
+    r = httpx.post(base_url + "/api/chat", json=body)
+    assert r.status_code == 400 and "context length is 512" in r.json()["error"]
+
+
+def test_num_ctx_bounds_prompt_and_reply(client: ollama.Client) -> None:
+    prompt = "hello " * 50
+    r = client.generate(model="tiny", prompt=prompt, options={**GREEDY, "num_ctx": 32})
+    assert r.prompt_eval_count == 32 - 8 and r.eval_count is not None and r.eval_count <= 8
+    r = client.generate(model="tiny", prompt=prompt, options={"temperature": 0, "num_ctx": 32})
+    assert r.prompt_eval_count is not None and r.eval_count is not None
+    assert r.prompt_eval_count + r.eval_count <= 32
+
+
+def test_fully_qualified_names_resolve(client: ollama.Client) -> None:
+    r = client.generate(model="registry.ollama.ai/library/tiny:latest", prompt="hi", options=GREEDY)
+    assert r.done and r.eval_count
+
+
+def test_one_token_has_a_real_eval_duration(client: ollama.Client) -> None:
+    r = client.generate(model="tiny", prompt="hi", options={"temperature": 0, "num_predict": 1})
+    assert r.eval_count == 1 and r.eval_duration is not None and r.eval_duration > 1000

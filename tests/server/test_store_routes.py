@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import ollama
@@ -57,7 +58,10 @@ def test_tags_details(client: ollama.Client) -> None:
 
 
 def test_copy_and_delete(client: ollama.Client, server: Server) -> None:
+    before = next(m for m in client.list().models if m.model == "tiny:latest")
     client.copy("tiny", "twin:v2")
+    after = next(m for m in client.list().models if m.model == "tiny:latest")
+    assert (after.digest, after.modified_at) == (before.digest, before.modified_at)
     models = {m.model: m.digest for m in client.list().models}
     assert models["twin:v2"] == models["tiny:latest"]  # one ID, shared blobs
     client.delete("twin:v2")
@@ -137,6 +141,8 @@ def test_pull_of_a_present_model_succeeds_and_an_unknown_one_is_404(
 def test_push_is_501(server: Server) -> None:
     r = httpx.post(server.url + "/api/push", json={"model": "tiny"})
     assert r.status_code == 501 and "no model registry" in r.json()["error"]
+    logged = [line for line in server.log().splitlines() if "/api/push" in line]
+    assert logged and not any("ERROR" in line for line in logged)
 
 
 def test_cli_ps_and_list_read_the_server_and_store(server: Server, home: Path) -> None:
@@ -175,3 +181,66 @@ def test_blob_uploads_are_not_bound_by_the_body_limit(server: Server) -> None:
     assert httpx.head(f"{server.url}/api/blobs/{digest}").status_code == 200
     too_big = httpx.post(f"{server.url}/api/generate", content=b"x" * (9 * 2**20), timeout=60)
     assert too_big.status_code == 413
+
+
+def test_delete_leaves_uploads_for_a_later_create_alone(
+    client: ollama.Client, server: Server, tmp_path: Path
+) -> None:
+    upload = tmp_path / "config.json"
+    upload.write_text('{"uploaded": "before an unrelated delete"}')
+    digest = client.create_blob(upload)
+    client.copy("tiny", "scratch")
+    client.delete("scratch")
+    assert httpx.head(f"{server.url}/api/blobs/{digest}").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"template": "{{ .Prompt }}"},
+        {"modelfile": 'FROM tiny\nTEMPLATE """{{ if .System }}{{ .System }}{{ end }}"""'},
+    ],
+)
+def test_create_with_a_go_template_is_400_and_creates_nothing(
+    client: ollama.Client, server: Server, body: dict[str, str]
+) -> None:
+    body = {"model": "gotmpl", "from": "tiny", "stream": False, **body}
+    r = httpx.post(server.url + "/api/create", json=body, timeout=60)
+    assert r.status_code == 400
+    assert "Jinja chat templates" in r.json()["error"] and "Go template" in r.json()["error"]
+    assert "gotmpl:latest" not in names(client)
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ({"parameters": {"temperature": "hot"}}, "temperature"),
+        ({"parameters": {"bogus": 1}}, "bogus"),
+        ({"parameters": {"top_p": 7}}, "top_p"),
+        ({"modelfile": "FROM tiny\nPARAMETER num_predict lots"}, "num_predict"),
+    ],
+)
+def test_create_with_bad_parameters_is_400_naming_them(
+    client: ollama.Client, server: Server, body: dict[str, Any], needle: str
+) -> None:
+    body = {"model": "badparams", "from": "tiny", "stream": False, **body}
+    r = httpx.post(server.url + "/api/create", json=body, timeout=60)
+    assert r.status_code == 400 and needle in r.json()["error"]
+    assert "badparams:latest" not in names(client)
+
+
+def test_empty_system_means_the_models_system(client: ollama.Client, server: Server) -> None:
+    client.create(model="peach", from_="tiny", system="You are Princess Peach.")
+    body = {"model": "peach", "prompt": "hi", "stream": False, "options": {"num_predict": 1}}
+    default = httpx.post(server.url + "/api/generate", json=body, timeout=60).json()
+    empty = httpx.post(server.url + "/api/generate", json={**body, "system": ""}, timeout=60)
+    assert empty.json()["prompt_eval_count"] == default["prompt_eval_count"]
+
+
+def test_show_modelfile_has_template_and_system(client: ollama.Client) -> None:
+    client.create(model="daisy", from_="tiny", system="You are Daisy.", parameters={"stop": ["x"]})
+    shown = client.show("daisy")
+    modelfile = shown.modelfile or ""
+    assert 'SYSTEM """You are Daisy."""' in modelfile
+    assert f'TEMPLATE """{shown.template}"""' in modelfile and shown.template
+    assert 'PARAMETER stop "x"' in modelfile

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from ember.tokenizer.tool_calls import ToolCall, calls_from_json, parse_tool_calls, tool_call_schema
+from ember.tokenizer.tool_calls import (
+    ParsedOutput,
+    ToolCall,
+    calls_from_json,
+    parse_tool_calls,
+    tool_call_schema,
+)
 
 
 def test_hermes_blocks() -> None:
@@ -52,3 +58,24 @@ def test_gate_streams_text_and_holds_calls() -> None:
     gate = ToolCallGate()
     assert [gate.feed(p) for p in ["<tool", "_call>{", '"name"']] == ["", "", ""]
     assert gate.mode == "call" and gate.held() == '<tool_call>{"name"'
+
+
+def test_gate_keeps_watching_text_for_a_call_tag() -> None:
+    from ember.tokenizer.tool_calls import ToolCallGate
+
+    gate = ToolCallGate()
+    pieces = ["Let me ", "check. <tool", "_call>", '{"name": "f"}', "</tool_call>"]
+    assert [gate.feed(p) for p in pieces] == ["Let me", " check.", "", "", ""]
+    assert gate.mode == "text" and gate.held() == ' <tool_call>{"name": "f"}</tool_call>'
+    gate = ToolCallGate()
+    assert [gate.feed(p) for p in ["a <", "b> <|py", "thon_tag|>{"]] == ["a", " <b>", ""]
+    assert gate.held() == " <|python_tag|>{"
+    gate = ToolCallGate()  # a partial tag that turns out to be text is let through
+    assert [gate.feed(p) for p in ["x <tool", "box> y"]] == ["x", " <toolbox> y"]
+
+
+def test_text_then_python_tag_call() -> None:
+    parsed = parse_tool_calls('Checking. <|python_tag|>{"name": "f", "parameters": {"x": 1}}')
+    assert parsed.content == "Checking." and parsed.tool_calls == [ToolCall("f", {"x": 1})]
+    text = "a <|python_tag|> not a call"
+    assert parse_tool_calls(text) == ParsedOutput(text, [])
