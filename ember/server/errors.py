@@ -65,10 +65,19 @@ def error_response(path: str, status: int, message: str, param: str | None = Non
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+_SCALAR_TAGS = frozenset({"str", "int", "float", "bool", "bytes", "none"})
+
+
+def _union_tag(part: object) -> bool:
+    """Whether a pydantic error location part names a union member's type ("str",
+    "list[str]", "function-after[...]") rather than a field: not for users' eyes."""
+    return isinstance(part, str) and (part in _SCALAR_TAGS or "[" in part)
+
+
 def validation_message(err: ValidationError | RequestValidationError) -> InvalidRequestError:
     """The first problem pydantic found, as a message naming the field."""
     first = err.errors()[0]
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body",)]
+    loc = [str(p) for p in first.get("loc", ()) if p != "body" and not _union_tag(p)]
     param = ".".join(loc) or None
     msg = str(first.get("msg", "invalid value"))
     if first.get("type") == "json_invalid":

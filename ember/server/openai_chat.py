@@ -141,7 +141,7 @@ async def chat_completions(request: Request) -> Response:
         ctx, request, rid, [prepare_for(j) for j in range(body.num_choices())]
     )
     created = now_s()
-    model = ctx.served.name
+    model = body.model or ctx.served.name  # the name the client sent, as vLLM echoes it
     prompt_tokens = choices.prompt_tokens(per_prompt=len(choices.gens))
 
     if not body.stream:

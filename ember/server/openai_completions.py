@@ -62,7 +62,7 @@ async def completions(request: Request) -> Response:
     ctx.served.require(body.model)
     batch = _prompts(body.prompt)
     n = body.num_choices()
-    model = ctx.served.name
+    model = body.model or ctx.served.name  # the name the client sent, as vLLM echoes it
     structured = openai_response_format(body.response_format)
 
     def prepare_for(prompt: str | list[int], choice: int) -> Prepare:

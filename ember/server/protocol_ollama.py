@@ -16,6 +16,7 @@ from ember.engine.structured import StructuredSpec
 from ember.errors import InvalidRequestError
 from ember.outputs import RequestOutput
 from ember.sampling_params import OutputKind, SamplingParams
+from ember.server.errors import validation_message
 from ember.server.formats import ollama_format
 from ember.tokenizer.chat_template import syntax_error
 
@@ -249,7 +250,13 @@ def merge_options(model_defaults: dict[str, Any], request: dict[str, Any] | None
     """Ollama's defaults, beneath the model's params.json, beneath the request's options."""
     merged = {**OLLAMA_DEFAULT_OPTIONS, **model_defaults}
     merged.update({k: v for k, v in (request or {}).items() if v is not None})
-    return Options.model_validate(merged)
+    try:
+        return Options.model_validate(merged)
+    except ValidationError as e:  # name the field as the request does: options.<name>
+        err = validation_message(e)
+        param = f"options.{err.param}" if err.param else "options"
+        message = err.message.replace(f"'{err.param}'", f"'{param}'", 1)
+        raise InvalidRequestError(message, param=param) from None
 
 
 def context_length(opts: Options, max_model_len: int) -> int:

@@ -163,10 +163,15 @@ def test_unknown_model_is_404(client: ollama.Client, base_url: str) -> None:
             json.dumps(
                 {"model": "tiny", "prompt": "x", "options": {"temperature": "hot"}}
             ).encode(),
-            "temperature",
+            "'options.temperature'",
         ),
         (json.dumps({"model": "tiny", "prompt": "x", "options": {"top_p": 7}}).encode(), "top_p"),
         (json.dumps({"model": "tiny", "prompt": ["x"]}).encode(), "prompt"),
+        (json.dumps({"model": "tiny", "prompt": "x", "format": True}).encode(), "'format':"),
+        (
+            json.dumps({"model": "tiny", "prompt": "x", "options": {"stop": [1]}}).encode(),
+            "'options.stop.0':",
+        ),
     ],
 )
 def test_bad_requests_are_400_naming_the_problem(base_url: str, body: bytes, needle: str) -> None:
