@@ -10,6 +10,7 @@ class Logprob:
     token_id: int
     logprob: float
     decoded: str | None = None
+    rank: int | None = None  # 1: the likeliest token (prompt logprobs give it)
 
 
 @dataclass(slots=True)
@@ -50,3 +51,6 @@ class RequestOutput:
     metrics: RequestMetrics
     num_cached_tokens: int = 0
     extra: dict[str, object] = field(default_factory=dict)
+    # With SamplingParams.prompt_logprobs, as vLLM gives them: None for the first prompt token
+    # (nothing predicts it), then for each later one its logprob first and the top ones.
+    prompt_logprobs: list[list[Logprob] | None] | None = None

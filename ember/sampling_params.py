@@ -53,6 +53,7 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     ignore_eos: bool = False
     logprobs: int | None = None  # number of top logprobs per generated token, 0 = sampled only
+    prompt_logprobs: int | None = None  # the same for each prompt token (vLLM's)
     skip_special_tokens: bool = True
     detokenize: bool = True  # False: token ids only, no text (and so no stop strings)
     output_kind: OutputKind = OutputKind.CUMULATIVE
@@ -114,6 +115,10 @@ class SamplingParams:
             )
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
             raise bad("logprobs", f"logprobs must be in [0, 20], got {self.logprobs}")
+        if self.prompt_logprobs is not None and not 0 <= self.prompt_logprobs <= 20:
+            raise bad(
+                "prompt_logprobs", f"prompt_logprobs must be in [0, 20], got {self.prompt_logprobs}"
+            )
         if self.stop and not self.detokenize:
             raise bad("stop", "stop strings need detokenize=True")
         if any(not s for s in self.stop):

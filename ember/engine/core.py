@@ -473,6 +473,9 @@ class EngineCore:
                 logprobs = [sampled.logprobs[row_of[req.request_id]]]
             if req.finished:
                 self.runner.sampler.forget(req.request_id)
+            prompt_logprobs = None
+            if req.params.prompt_logprobs is not None and not req.prompt_logprobs_sent:
+                prompt_logprobs, req.prompt_logprobs_sent = req.prompt_logprobs, True
             outputs.append(
                 EngineCoreOutput(
                     request_id=req.request_id,
@@ -482,6 +485,7 @@ class EngineCore:
                     stop_reason=req.stop_reason,
                     num_cached_tokens=max(req.num_cached_tokens, 0),
                     first_scheduled_time=req.first_scheduled_time,
+                    prompt_logprobs=prompt_logprobs,
                 )
             )
         return outputs

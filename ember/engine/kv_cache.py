@@ -115,8 +115,8 @@ class KVCacheManager:
     def get_computed_blocks(self, req: Request) -> list[Block]:
         """The longest cached prefix of `req`, in whole blocks, leaving at least one token to
         compute (the step that computes it produces the next token's logits)."""
-        if not self.enable_prefix_caching:
-            return []
+        if not self.enable_prefix_caching or req.params.prompt_logprobs is not None:
+            return []  # prompt logprobs need every prompt position computed
         self._update_hashes(req)
         bs = self.block_size
         max_blocks = (req.num_tokens - 1) // bs

@@ -45,6 +45,8 @@ class EngineCoreOutput:
     stop_reason: int | str | None
     num_cached_tokens: int
     first_scheduled_time: float | None
+    # The request's prompt logprobs, once, with its first token (SamplingParams.prompt_logprobs).
+    prompt_logprobs: list[list[Logprob]] | None = None
 
 
 @dataclass(slots=True)

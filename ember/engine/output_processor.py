@@ -26,6 +26,7 @@ class RequestState:
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[list[Logprob]] | None = None
+    prompt_logprobs: list[list[Logprob] | None] | None = None
     sent_text: int = 0  # characters of text already handed out (DELTA)
     sent_tokens: int = 0
     sent_logprobs: int = 0
@@ -89,10 +90,11 @@ class OutputProcessor:
             m.num_generation_tokens += len(out.new_token_ids)
             state.token_ids += out.new_token_ids
             if state.logprobs is not None and out.new_logprobs:
-                for row in out.new_logprobs:
-                    for lp in row:
-                        lp.decoded = self.tokenizer.decode([lp.token_id], skip_special_tokens=False)
+                self._decode_logprobs(out.new_logprobs)
                 state.logprobs += out.new_logprobs
+            if out.prompt_logprobs is not None:
+                self._decode_logprobs(out.prompt_logprobs)
+                state.prompt_logprobs = [None, *out.prompt_logprobs]
             finished = out.finish_reason is not None
             new_text = ""
             if state.params.detokenize:
@@ -112,6 +114,11 @@ class OutputProcessor:
             if finished or state.params.output_kind != OutputKind.FINAL_ONLY:
                 results.append(self._make_output(state, finished))
         return results, to_abort
+
+    def _decode_logprobs(self, rows: list[list[Logprob]]) -> None:
+        for row in rows:
+            for lp in row:
+                lp.decoded = self.tokenizer.decode([lp.token_id], skip_special_tokens=False)
 
     def _append_text(self, state: RequestState, new_text: str) -> bool:
         """Add text; True if a stop string ended the request (the text is then cut there)."""
@@ -168,6 +175,7 @@ class OutputProcessor:
             finished=finished,
             metrics=state.metrics,
             num_cached_tokens=state.metrics.num_cached_tokens,
+            prompt_logprobs=state.prompt_logprobs,
         )
 
 

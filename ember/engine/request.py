@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from ember.errors import InvalidRequestError
+from ember.outputs import Logprob
 from ember.sampling_params import SamplingParams
 
 
@@ -37,6 +38,10 @@ class Request:
     stop_reason: int | str | None = None
     first_scheduled_time: float | None = None
     num_preemptions: int = 0
+    # With params.prompt_logprobs: entry j for prompt token j + 1 (predicted at position j),
+    # filled as the prompt's chunks run, and handed out once with the first token.
+    prompt_logprobs: list[list[Logprob]] = field(default_factory=list)
+    prompt_logprobs_sent: bool = False
 
     @property
     def all_token_ids(self) -> list[int]:

@@ -18,6 +18,7 @@ from ember.engine.upload import upload
 from ember.layers.metadata import AttentionMetadata, KVCache
 from ember.models import CausalLM
 from ember.ops import use_triton
+from ember.outputs import Logprob
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ class ModelRunner:
         if self.prefill_graphs is None or len(sched.scheduled) != 1:
             return False
         req, n = sched.scheduled[0]
-        if req.num_computed_tokens + n != req.num_tokens:
+        if req.num_computed_tokens + n != req.num_tokens or req.params.prompt_logprobs is not None:
             return False
         if self.prefill_graphs.fits(n):
             return True
@@ -291,10 +292,55 @@ class ModelRunner:
             return self._execute_prefill_graph(sched)
         input_ids, positions, meta, rows, reqs = self.prepare(sched)
         hidden = self.model(input_ids, positions, self.kv_caches, meta)
+        if any(req.params.prompt_logprobs is not None for req, _ in sched.scheduled):
+            self._prompt_logprobs(hidden, sched)
         if not rows:
             return [], None
         logits = self.model.compute_logits(hidden[self._to_device(rows, torch.int64)])
         return reqs, self.sampler(logits, reqs)
+
+    def _prompt_logprobs(self, hidden: torch.Tensor, sched: SchedulerOutput) -> None:
+        """For each request that asked for prompt logprobs, those of the prompt tokens this
+        step's chunk predicts (position p predicts token p + 1), appended to the request; the
+        logits are computed PROMPT_LOGITS_ROWS rows at a time. A request recomputed after a
+        preemption skips the positions it already has."""
+        offset = 0
+        for req, n in sched.scheduled:
+            k = req.params.prompt_logprobs
+            start = req.num_computed_tokens
+            first = max(start, len(req.prompt_logprobs))
+            last = min(start + n, req.num_prompt_tokens - 1)
+            for lo in range(first, last, PROMPT_LOGITS_ROWS) if k is not None else ():
+                hi = min(lo + PROMPT_LOGITS_ROWS, last)
+                rows = torch.arange(offset + lo - start, offset + hi - start, device=self.device)
+                logprobs = torch.log_softmax(self.model.compute_logits(hidden[rows]).float(), -1)
+                targets = self._to_device(req.prompt_token_ids[lo + 1 : hi + 1], torch.int64)
+                req.prompt_logprobs += _ranked_logprobs(logprobs, targets, k or 0)
+            offset += n
+
+
+# Prompt positions whose logits are computed at once for prompt logprobs: 512 rows of a 128k
+# vocabulary are 256 MB in float32.
+PROMPT_LOGITS_ROWS = 512
+
+
+def _ranked_logprobs(logprobs: torch.Tensor, targets: torch.Tensor, k: int) -> list[list[Logprob]]:
+    """Each row's target token with its logprob and rank (1: the likeliest), then the top `k`
+    tokens with theirs, read back in one transfer."""
+    target_lp = logprobs.gather(1, targets.unsqueeze(1))
+    rank = (logprobs > target_lp).sum(1, keepdim=True) + 1
+    parts = [targets.unsqueeze(1), target_lp, rank]
+    if k > 0:
+        vals, ids = logprobs.topk(k, dim=-1)
+        parts += [ids, vals]
+    table = torch.cat([p.double() for p in parts], dim=1).tolist()
+    out: list[list[Logprob]] = []
+    for row in table:
+        entry = [Logprob(int(row[0]), row[1], rank=int(row[2]))]
+        tops = zip(row[3 : 3 + k], row[3 + k : 3 + 2 * k], strict=True)
+        entry += [Logprob(int(t), v, rank=i + 1) for i, (t, v) in enumerate(tops)]
+        out.append(entry)
+    return out
 
 
 def _plain_greedy(reqs: list[Request]) -> bool:

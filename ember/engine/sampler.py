@@ -87,6 +87,7 @@ class Sampler:
             or len(req.output_token_ids) < p.min_tokens
             or bool(p.logit_bias)
             or p.allowed_token_ids is not None
+            or (p.prompt_logprobs is not None and req.num_computed_tokens < req.num_prompt_tokens)
         )
 
     def _apply_grammars(self, logits: torch.Tensor, reqs: list[Request], rows: list[int]) -> None:

@@ -33,6 +33,7 @@ from ember.server.protocol_openai import (
     fit_max_tokens,
     new_id,
     now_s,
+    prompt_logprobs_json,
     usage,
 )
 from ember.tokenizer.tool_calls import (
@@ -158,16 +159,17 @@ async def chat_completions(request: Request) -> Response:
                     "stop_reason": m.stop_reason,
                 }
             )
-        return JSONResponse(
-            {
-                "id": rid,
-                "object": "chat.completion",
-                "created": created,
-                "model": model,
-                "choices": out_choices,
-                "usage": usage(prompt_tokens, sum(len(m.token_ids) for m in merged)),
-            }
-        )
+        response = {
+            "id": rid,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": out_choices,
+            "usage": usage(prompt_tokens, sum(len(m.token_ids) for m in merged)),
+        }
+        if body.prompt_logprobs is not None:  # the choices share one prompt
+            response["prompt_logprobs"] = prompt_logprobs_json(choices.prompt_logprobs[0])
+        return JSONResponse(response)
 
     base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model}
     opened = [False] * len(choices.gens)

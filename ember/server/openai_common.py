@@ -16,7 +16,7 @@ from ember.errors import EmberError, InvalidRequestError, ServerBusyError
 from ember.outputs import CompletionOutput, RequestOutput
 from ember.server.context import Prepared, ServerContext
 from ember.server.errors import BUSY_MESSAGE, error_response
-from ember.server.protocol_openai import OpenAIRequest, usage
+from ember.server.protocol_openai import OpenAIRequest, PromptLogprobs, usage
 from ember.server.streaming import SSE_DONE, Generation, OwnedStreamingResponse, sse_event
 
 if TYPE_CHECKING:
@@ -33,6 +33,8 @@ class Choices:
     def __init__(self, gens: list[Generation], prepared: list[Prepared]) -> None:
         self.gens = gens
         self.prepared = prepared
+        # Each choice's prompt logprobs, once its first output has brought them.
+        self.prompt_logprobs: list[PromptLogprobs | None] = [None] * len(gens)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -58,12 +60,20 @@ class Choices:
             outs = await asyncio.gather(*(g.collect(request) for g in self.gens))
         finally:
             await self.aclose()
+        for i, choice_outs in enumerate(outs):
+            for out in choice_outs:
+                self._note(i, out)
         return [merge(o) for o in outs]
+
+    def _note(self, i: int, out: RequestOutput) -> None:
+        if out.prompt_logprobs is not None:
+            self.prompt_logprobs[i] = out.prompt_logprobs
 
     async def stream(self) -> AsyncIterator[tuple[int, RequestOutput]]:
         """(choice index, delta) as they come from all choices."""
         if len(self.gens) == 1:
             async for out in self.gens[0]:
+                self._note(0, out)
                 yield 0, out
             return
         queue: asyncio.Queue[tuple[int, RequestOutput | BaseException | None]] = asyncio.Queue()
@@ -86,6 +96,7 @@ class Choices:
                 elif isinstance(item, BaseException):
                     raise item
                 else:
+                    self._note(i, item)
                     yield i, item
         finally:
             for t in tasks:

@@ -1,6 +1,7 @@
 """/v1/completions as vLLM serves it: a prompt that is a string, a list of strings, a list of
 token ids or a list of token-id lists; `n` choices per prompt (choice index prompt * n + j);
-`echo`; `suffix` for fill-in-the-middle models; `best_of` refused."""
+`echo` (with logprobs, the prompt's too; with max_tokens 0, only the prompt, as scoring tools
+such as lm-evaluation-harness ask); `suffix` for fill-in-the-middle models; `best_of` refused."""
 
 from __future__ import annotations
 
@@ -18,9 +19,12 @@ from ember.server.openai_common import Prepare, sse_response, start_choices
 from ember.server.protocol_openai import (
     CompletionRequest,
     completion_logprobs,
+    echo_logprobs,
     fit_max_tokens,
+    join_logprobs,
     new_id,
     now_s,
+    prompt_logprobs_json,
     usage,
 )
 
@@ -78,8 +82,10 @@ async def completions(request: Request) -> Response:
             else:
                 ids = [int(t) for t in prompt]
             ids = body.truncated(ids, engine.max_model_len)
-            max_tokens = fit_max_tokens(body.max_tokens, len(ids), engine.max_model_len)
-            params = body.sampling_params(max_tokens, body.logprobs, choice, structured)
+            max_tokens = fit_max_tokens(body.engine_max_tokens, len(ids), engine.max_model_len)
+            params = body.sampling_params(
+                max_tokens, body.logprobs, choice, structured, body.prompt_logprobs_wanted
+            )
             return Prepared(ids, params, text)
 
         return prepare
@@ -99,17 +105,27 @@ async def completions(request: Request) -> Response:
         return p if isinstance(p, str) else choices.decode_ids(p)
 
     def choice(i: int, delta: CompletionOutput, finished: bool) -> dict[str, Any]:
+        if body.echo_only:
+            delta = _nothing_generated(delta)
+        echo = echo_text(i)
+        prompt_lps = choices.prompt_logprobs[i]
+        lead = None
+        if echo and body.logprobs is not None and prompt_lps is not None:
+            ids = choices.prepared[i].prompt_token_ids
+            lead, offsets[i] = echo_logprobs(prompt_lps, ids, choices.decode)
         # Offsets follow the tokens' text, which runs ahead of the text a stream has sent
         # while a possible stop string is held back.
         lps, offsets[i] = completion_logprobs(delta, choices.decode, offsets[i])
-        text = echo_text(i) + delta.text
-        return {
+        out = {
             "index": i,
-            "text": text,
-            "logprobs": lps,
+            "text": echo + delta.text,
+            "logprobs": lps if lead is None else join_logprobs(lead, lps),
             "finish_reason": delta.finish_reason if finished else None,
             "stop_reason": delta.stop_reason if finished else None,
         }
+        if body.prompt_logprobs is not None:
+            out["prompt_logprobs"] = prompt_logprobs_json(prompt_lps)
+        return out
 
     prompt_tokens = choices.prompt_tokens(per_prompt=n)
     if not body.stream:
@@ -118,7 +134,9 @@ async def completions(request: Request) -> Response:
             {
                 **base,
                 "choices": [choice(i, m, True) for i, m in enumerate(merged)],
-                "usage": usage(prompt_tokens, sum(len(m.token_ids) for m in merged)),
+                "usage": usage(
+                    prompt_tokens, 0 if body.echo_only else sum(len(m.token_ids) for m in merged)
+                ),
             }
         )
 
@@ -130,3 +148,14 @@ async def completions(request: Request) -> Response:
         return [{**base, "choices": [choice(i, delta, out.finished)]}]
 
     return sse_response(choices, base, prompt_tokens, body, events)
+
+
+def _nothing_generated(delta: CompletionOutput) -> CompletionOutput:
+    """echo with max_tokens 0: the token run to get the prompt's logprobs is left out."""
+    return CompletionOutput(
+        index=0,
+        text="",
+        token_ids=[],
+        finish_reason="length" if delta.finish_reason else None,
+        logprobs=[] if delta.logprobs is not None else None,
+    )

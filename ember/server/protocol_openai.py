@@ -56,9 +56,9 @@ class OpenAIRequest(BaseModel):
     logit_bias: dict[str, float] | None = None  # OpenAI's: token id (as a string) -> bias
     allowed_token_ids: list[int] | None = None
     truncate_prompt_tokens: int | None = None  # keep the prompt's last k tokens; -1: the context
-    # Accepted so that they are refused clearly rather than ignored.
-    bad_words: list[str] | None = None
     prompt_logprobs: int | None = None
+    # Accepted so that it is refused clearly rather than ignored.
+    bad_words: list[str] | None = None
 
     @property
     def include_usage(self) -> bool:
@@ -85,10 +85,9 @@ class OpenAIRequest(BaseModel):
                 "bad_words is not supported; ban the words' tokens with logit_bias -100",
                 param="bad_words",
             )
-        if self.prompt_logprobs is not None:
+        if self.prompt_logprobs is not None and self.stream:
             raise InvalidRequestError(
-                "prompt_logprobs is not supported: ember returns logprobs of generated tokens",
-                param="prompt_logprobs",
+                "prompt_logprobs are not available when stream is true", param="prompt_logprobs"
             )
         k = self.truncate_prompt_tokens
         if k is not None and k < 1 and k != -1:
@@ -128,10 +127,12 @@ class OpenAIRequest(BaseModel):
         logprobs: int | None,
         choice: int = 0,
         structured: StructuredSpec | None = None,
+        prompt_logprobs: int | None = None,
     ) -> SamplingParams:
         """The params of one choice: n > 1 runs n engine requests, choice i seeded seed + i."""
         kwargs: dict[str, Any] = {
             "max_tokens": max_tokens,
+            "prompt_logprobs": self.prompt_logprobs if prompt_logprobs is None else prompt_logprobs,
             "seed": None if self.seed is None else _choice_seed(self.seed, choice),
             "structured": structured
             or vllm_guided(self.guided_json, self.guided_regex, self.guided_choice),
@@ -185,11 +186,27 @@ class CompletionRequest(OpenAIRequest):
                 "best_of is not supported: ember returns every sample; use n instead",
                 param="best_of",
             )
-        if self.echo and self.logprobs is not None:
+        if self.max_tokens == 0 and not self.echo:
             raise InvalidRequestError(
-                "echo with logprobs (prompt logprobs) is not supported; drop one of them",
-                param="echo",
+                "max_tokens must be at least 1 (0 only with echo, which returns the prompt)",
+                param="max_tokens",
             )
+
+    @property
+    def echo_only(self) -> bool:
+        """echo with max_tokens 0: the prompt (and its logprobs) back, nothing generated."""
+        return bool(self.echo) and self.max_tokens == 0
+
+    @property
+    def engine_max_tokens(self) -> int | None:
+        return 1 if self.echo_only else self.max_tokens  # one token run, then dropped
+
+    @property
+    def prompt_logprobs_wanted(self) -> int | None:
+        """vLLM's prompt_logprobs, or with echo the completion's logprobs for the prompt too."""
+        if self.prompt_logprobs is not None:
+            return self.prompt_logprobs
+        return self.logprobs if self.echo else None
 
 
 class ChatMessage(BaseModel):
@@ -416,3 +433,57 @@ def chat_logprobs(out: CompletionOutput, decode: Decode) -> dict[str, Any] | Non
         {**item(entry[0]), "top_logprobs": [item(lp) for lp in entry[1:]]} for entry in out.logprobs
     ]
     return {"content": content}
+
+
+PromptLogprobs = list[list[Logprob] | None]
+
+
+def prompt_logprobs_json(lps: PromptLogprobs | None) -> list[dict[str, Any] | None] | None:
+    """vLLM's `prompt_logprobs`: None for the first token, then {token id: {logprob, rank,
+    decoded_token}} for each later one, its own token first."""
+    if lps is None:
+        return None
+    return [
+        None
+        if entry is None
+        else {
+            str(lp.token_id): {"logprob": lp.logprob, "rank": lp.rank, "decoded_token": lp.decoded}
+            for lp in entry
+        }
+        for entry in lps
+    ]
+
+
+def echo_logprobs(
+    lps: PromptLogprobs, prompt_ids: list[int], decode: Decode
+) -> tuple[dict[str, Any], int]:
+    """The legacy completions `logprobs` object for an echoed prompt (its first token has no
+    logprob), and the text offset just past it, where the completion's tokens go on."""
+    tokens: list[str] = []
+    token_lps: list[float | None] = []
+    tops: list[dict[str, float] | None] = []
+    offsets: list[int] = []
+    offset = 0
+    for token_id, entry in zip(prompt_ids, lps, strict=True):
+        text = decode(token_id) if entry is None else _token_text(entry[0], decode)
+        tokens.append(text)
+        offsets.append(offset)
+        offset += len(text)
+        if entry is None:
+            token_lps.append(None)
+            tops.append(None)
+            continue
+        token_lps.append(entry[0].logprob)
+        top = {text: entry[0].logprob}
+        for lp in entry[1:]:
+            top.setdefault(_token_text(lp, decode), lp.logprob)
+        tops.append(top)
+    lps_obj = {"text_offset": offsets, "token_logprobs": token_lps, "tokens": tokens}
+    return {**lps_obj, "top_logprobs": tops}, offset
+
+
+def join_logprobs(first: dict[str, Any], then: dict[str, Any] | None) -> dict[str, Any]:
+    """Two legacy `logprobs` objects, one after the other."""
+    if then is None:
+        return first
+    return {key: first[key] + then[key] for key in first}

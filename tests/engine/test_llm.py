@@ -141,6 +141,38 @@ def test_stop_strings_wait_for_min_tokens(tiny_llm: LLM) -> None:
     assert tiny_llm.engine.core.kv.num_used_blocks == 0
 
 
+@pytest.mark.parametrize("arch", ["llama3", "gemma2"])
+def test_prompt_logprobs_match_transformers(arch: str, tiny_dir: Path, tmp_path: Path) -> None:
+    """vLLM's prompt_logprobs: None for the first token, then each prompt token's logprob and
+    rank and the top k, the same whether the prompt runs whole or in chunks, after a prefix
+    cache hit, or beside requests without them; nothing held afterwards."""
+    import torch
+
+    hf = make_hf_model(arch, tiny_dir, tmp_path)
+    prompt = PROMPTS[1]
+    with torch.no_grad():
+        logits = hf(torch.tensor([prompt])).logits[0].float()
+    want = torch.log_softmax(logits, -1)[:-1].gather(1, torch.tensor(prompt[1:]).unsqueeze(1))
+    top = torch.log_softmax(logits, -1)[:-1].topk(3, dim=-1)
+    for chunk in (None, 8):
+        kw: dict[str, Any] = {"max_num_batched_tokens": chunk} if chunk else {}
+        llm = LLM(str(tmp_path), dtype="float32", device="cpu", block_size=4, **kw)
+        for _ in range(2):  # the second finds the prompt in the prefix cache
+            params = [greedy(2, prompt_logprobs=3), greedy(2)]
+            out, other = llm.generate(token_prompts([prompt, PROMPTS[0]]), params)
+            lps = out.prompt_logprobs
+            assert lps is not None and lps[0] is None and len(lps) == len(prompt)
+            assert other.prompt_logprobs is None
+            for j, entry in enumerate(lps[1:]):
+                assert entry is not None and entry[0].token_id == prompt[j + 1]
+                assert entry[0].logprob == pytest.approx(float(want[j]), abs=1e-4)
+                assert entry[0].rank == 1 + int((torch.log_softmax(logits[j], -1) > want[j]).sum())
+                assert [lp.token_id for lp in entry[1:]] == top.indices[j].tolist()
+                assert [lp.rank for lp in entry[1:]] == [1, 2, 3]
+                assert entry[0].decoded is not None
+        assert llm.engine.core.kv.num_used_blocks == 0
+
+
 def test_text_prompt_and_token_prompt_agree(tiny_llm: LLM) -> None:
     text = "Hello there"
     ids = tiny_llm.get_tokenizer().encode(text)

@@ -217,13 +217,15 @@ def test_token_filters_and_prompt_options_take_effect(base_url: str) -> None:
         ({"logit_bias": {"5": 101}}, "logit_bias"),
         ({"allowed_token_ids": []}, "allowed_token_ids"),
         ({"bad_words": ["x"]}, "bad_words"),
-        ({"prompt_logprobs": 1}, "prompt_logprobs"),
+        ({"prompt_logprobs": 21}, "prompt_logprobs"),
+        ({"prompt_logprobs": 1, "stream": True}, "prompt_logprobs"),
+        ({"max_tokens": 0}, "max_tokens"),
         ({"truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
         ({"guided_choice": []}, "guided_choice"),
     ],
 )
 def test_unusable_token_options_are_400(base_url: str, extra: dict[str, Any], param: str) -> None:
-    r = completion(base_url, max_tokens=2, **extra)
+    r = completion(base_url, **{"max_tokens": 2, **extra})
     assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
 
 
@@ -234,3 +236,47 @@ def test_more_choices_than_the_server_admits_is_a_400(base_url: str) -> None:
     assert r.status_code == 400 and r.json()["error"]["param"] == "n"
     assert "--num-parallel" in r.json()["error"]["message"]
     assert completion(base_url, prompt=["a", "b"], n=9, max_tokens=1).status_code == 200
+
+
+def test_echo_with_logprobs_scores_the_prompt(base_url: str) -> None:
+    """What lm-evaluation-harness sends to score a text: echo, logprobs and max_tokens 0. The
+    prompt's tokens come back with their logprobs (none for the first), nothing is generated,
+    and the scores are those of vLLM's prompt_logprobs for the same prompt."""
+    ids = post(base_url, "/tokenize", {"prompt": "The sky is blue"}).json()["tokens"]
+    r = completion(base_url, prompt=ids, echo=True, logprobs=2, max_tokens=0).json()
+    choice = r["choices"][0]
+    lps = choice["logprobs"]
+    assert r["usage"]["completion_tokens"] == 0 and choice["finish_reason"] == "length"
+    assert len(lps["tokens"]) == len(ids) and lps["token_logprobs"][0] is None
+    assert lps["top_logprobs"][0] is None and lps["text_offset"][0] == 0
+    assert all(isinstance(x, float) and x <= 0 for x in lps["token_logprobs"][1:])
+    for token, lp, top in zip(
+        lps["tokens"][1:], lps["token_logprobs"][1:], lps["top_logprobs"][1:], strict=True
+    ):
+        assert top[token] == lp and 2 <= len(top) <= 3
+    assert choice["text"] == "The sky is blue"  # the prompt's text, special tokens skipped
+    vllm = completion(base_url, prompt=ids, prompt_logprobs=0, max_tokens=1).json()
+    entries = vllm["choices"][0]["prompt_logprobs"]
+    assert entries[0] is None and len(entries) == len(ids)
+    for token_id, entry, lp in zip(ids[1:], entries[1:], lps["token_logprobs"][1:], strict=True):
+        assert entry[str(token_id)]["logprob"] == pytest.approx(lp)
+        assert entry[str(token_id)]["rank"] >= 1
+    both = completion(
+        base_url, prompt="The sky", echo=True, logprobs=0, max_tokens=3, ignore_eos=True
+    )
+    lps = both.json()["choices"][0]["logprobs"]
+    assert (
+        len(lps["tokens"])
+        == len(post(base_url, "/tokenize", {"prompt": "The sky"}).json()["tokens"]) + 3
+    )
+    assert lps["text_offset"] == sorted(lps["text_offset"])
+
+
+def test_chat_prompt_logprobs(base_url: str) -> None:
+    body = {"model": "tiny", "messages": MESSAGES, "max_tokens": 1, "prompt_logprobs": 1}
+    r = post(base_url, "/v1/chat/completions", body).json()
+    count = post(base_url, "/tokenize", {"messages": MESSAGES}).json()["count"]
+    assert len(r["prompt_logprobs"]) == count == r["usage"]["prompt_tokens"]
+    assert r["prompt_logprobs"][0] is None and all(
+        1 <= len(e) <= 2 for e in r["prompt_logprobs"][1:]
+    )
