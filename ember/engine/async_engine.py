@@ -79,9 +79,12 @@ class AsyncEngine:
         prompt_token_ids: list[int],
         params: SamplingParams,
         prompt: str | None = None,
+        arrival_time: float | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Validate now (raising InvalidRequestError), then stream outputs as they come.
-        Closing the iterator before the last output aborts the request."""
+        Closing the iterator before the last output aborts the request. `arrival_time`
+        (time.monotonic()): when the request arrived, if before now (a server's request that
+        waited for its model), so that its latencies count from there."""
         if not self.healthy:
             raise EngineDeadError("the engine has stopped; the server is restarting")
         if request_id in self._streams:
@@ -93,6 +96,7 @@ class AsyncEngine:
             self.eos_token_ids,
             self.info.max_model_len,
             self.info.vocab_size,
+            arrival_time,
         )
         return self._stream(req, prompt)
 
@@ -144,7 +148,11 @@ class AsyncEngine:
             return EngineStats(
                 0, 0, len(self._streams), 0.0, 0, self.info.num_kv_blocks, 0, 0, 0, 0, 0
             )
-        return replace(stats, num_unfinished=len(self._streams))
+        return replace(
+            stats,
+            num_unfinished=len(self._streams),
+            generation_tokens_total=self._processor.generation_tokens_total,
+        )
 
     def shutdown(self) -> None:
         self.client.shutdown()

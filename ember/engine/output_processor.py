@@ -42,6 +42,9 @@ class OutputProcessor:
     def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
         self.states: dict[str, RequestState] = {}
+        # Tokens handed to live requests (not those the core ran past a stop string before
+        # its abort arrived): vLLM's generation_tokens counts these.
+        self.generation_tokens_total = 0
 
     def add(
         self,
@@ -88,6 +91,7 @@ class OutputProcessor:
                 m.num_cached_tokens = out.num_cached_tokens
             m.last_token_time = now
             m.num_generation_tokens += len(out.new_token_ids)
+            self.generation_tokens_total += len(out.new_token_ids)
             state.token_ids += out.new_token_ids
             if state.logprobs is not None and out.new_logprobs:
                 self._decode_logprobs(out.new_logprobs)

@@ -20,7 +20,7 @@ from ember.server.admission import Admission, Slot
 from ember.server.current import ModelView
 from ember.server.errors import validation_message
 from ember.server.limits import parse_json
-from ember.server.metrics import EngineSnapshot, ServerMetrics
+from ember.server.metrics import EngineSnapshot, ServerMetrics, snapshot_of
 from ember.server.residency import Lease, Residency, keep_alive_seconds
 from ember.server.streaming import Generation, race_disconnect
 
@@ -54,7 +54,14 @@ class ServerContext:
         out: dict[str, EngineSnapshot] = {}
         waiting = self.residency.num_waiting
         for r in self.residency.residents.values():
-            out[r.served.name] = _snapshot(r.served.engine, r.served.num_waiting_for_load)
+            served = r.served
+            if served.status != "ok" or served.engine is None:  # loading or warming up
+                out[served.name] = snapshot_of(None, served.num_waiting_for_load)
+                continue
+            s = snapshot_of(served.engine.stats(), served.num_waiting_for_load)
+            out[served.name] = s.counted(EngineSnapshot(), served.counters_base)
+        for name, kept in self.residency.retired.items():
+            out.setdefault(name, EngineSnapshot()).counted(kept, EngineSnapshot())
         if not out:
             primary = self.residency.preloaded[self.residency.primary_key]
             out[primary.name] = EngineSnapshot()
@@ -108,6 +115,7 @@ class ServerContext:
                 slot,
                 self.metrics.track(lease.served.name),
                 prompt=prepared.prompt,
+                arrival_time=t0,  # latencies count the wait for the model to load
             )
         except BaseException:
             slot.release()
@@ -149,24 +157,6 @@ async def _keep_alive(request: Request) -> float | None:
         return None
     data = parse_json(raw)
     return keep_alive_seconds(data.get("keep_alive")) if isinstance(data, dict) else None
-
-
-def _snapshot(engine: AsyncEngine | None, waiting_for_load: int) -> EngineSnapshot:
-    if engine is None:
-        return EngineSnapshot(num_waiting=waiting_for_load)
-    s = engine.stats()
-    return EngineSnapshot(
-        num_running=s.num_running,
-        num_waiting=s.num_waiting + waiting_for_load,
-        kv_cache_usage=s.kv_cache_usage,
-        num_used_blocks=s.num_used_blocks,
-        num_total_blocks=s.num_total_blocks,
-        prompt_tokens_total=s.prompt_tokens_total,
-        generation_tokens_total=s.generation_tokens_total,
-        prefix_cache_queries=s.prefix_cache_queries,
-        prefix_cache_hits=s.prefix_cache_hits,
-        num_preemptions_total=s.num_preemptions_total,
-    )
 
 
 def get_context(request: Request) -> ServerContext:

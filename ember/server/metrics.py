@@ -2,7 +2,14 @@
 
 Engine state (running / waiting requests, KV cache use, cumulative token counts) is read from
 engine.stats() at scrape time by a custom collector; per-request latencies are observed by the
-server from each RequestOutput's timestamps as outputs stream by.
+server from each RequestOutput's timestamps as outputs stream by, from the request's arrival at
+the server (a wait for its model to load included).
+
+The counters count what requests did: the warm-up request at each (re)load is left out, a
+model's counts go on across its unloads and reloads (they never fall, as Prometheus needs), and
+generated tokens are those handed to requests (not those the core ran past a stop string before
+its abort arrived). Requests waiting for a model to load count as waiting; the server's own
+preload does not.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ember.engine.messages import EngineStats
 from ember.outputs import RequestOutput
 
 # Buckets in seconds, close to vLLM's so dashboards built for vLLM read the same.
@@ -45,6 +53,41 @@ class EngineSnapshot:
     prefix_cache_queries: int = 0
     prefix_cache_hits: int = 0
     num_preemptions_total: int = 0
+
+    def counted(self, plus: EngineSnapshot, minus: EngineSnapshot) -> EngineSnapshot:
+        """This snapshot with `plus`'s counters added and `minus`'s taken away."""
+        for name in COUNTER_FIELDS:
+            value = getattr(self, name) + getattr(plus, name) - getattr(minus, name)
+            setattr(self, name, value)
+        return self
+
+
+# The cumulative fields: they must only grow, across a model's unloads and reloads too.
+COUNTER_FIELDS = (
+    "prompt_tokens_total",
+    "generation_tokens_total",
+    "prefix_cache_queries",
+    "prefix_cache_hits",
+    "num_preemptions_total",
+)
+
+
+def snapshot_of(stats: EngineStats | None, waiting_for_load: int = 0) -> EngineSnapshot:
+    """An engine's state as the collector reads it (zeros before it has loaded)."""
+    if stats is None:
+        return EngineSnapshot(num_waiting=waiting_for_load)
+    return EngineSnapshot(
+        num_running=stats.num_running,
+        num_waiting=stats.num_waiting + waiting_for_load,
+        kv_cache_usage=stats.kv_cache_usage,
+        num_used_blocks=stats.num_used_blocks,
+        num_total_blocks=stats.num_total_blocks,
+        prompt_tokens_total=stats.prompt_tokens_total,
+        generation_tokens_total=stats.generation_tokens_total,
+        prefix_cache_queries=stats.prefix_cache_queries,
+        prefix_cache_hits=stats.prefix_cache_hits,
+        num_preemptions_total=stats.num_preemptions_total,
+    )
 
 
 # Model name -> its engine's state, for each model loaded (or being waited for).
@@ -91,6 +134,11 @@ class _EngineCollector(Collector):
         yield gauge(
             "vllm:kv_cache_usage_perc",
             "Fraction of KV cache blocks in use (0..1).",
+            s.kv_cache_usage,
+        )
+        yield gauge(  # the name vLLM used before 0.10, which older gateways still read
+            "vllm:gpu_cache_usage_perc",
+            "Fraction of KV cache blocks in use (0..1); vllm:kv_cache_usage_perc's old name.",
             s.kv_cache_usage,
         )
         yield gauge("ember:kv_cache_used_blocks", "KV cache blocks in use.", s.num_used_blocks)

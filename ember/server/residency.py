@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ember.config import ServeConfig, parse_duration
 from ember.errors import InvalidRequestError, ModelLoadError, ModelNotFoundError
+from ember.server.metrics import EngineSnapshot, snapshot_of
 from ember.server.served_model import ServedModel, base_name
 
 if TYPE_CHECKING:
@@ -115,6 +116,8 @@ class Residency:
         for k in self.preload_keys:
             self.preloaded[k] = ServedModel(config, self._model_ref(k), self.store)
         self.num_waiting = 0  # requests waiting for room to load their model
+        # Per model name, what its unloaded engines counted (the metrics' counters go on).
+        self.retired: dict[str, EngineSnapshot] = {}
         self.on_failed: Callable[[], None] | None = None  # a preload failed
         self._unloading = 0  # engines being shut down (their memory is not free yet)
         self._evicting: set[str] = set()  # models whose unload is scheduled or running
@@ -169,9 +172,13 @@ class Residency:
 
     # Leases ---------------------------------------------------------------------------------
 
-    async def acquire(self, key: str, keep_alive: float | None = None) -> Lease:
+    async def acquire(
+        self, key: str, keep_alive: float | None = None, *, request: bool = True
+    ) -> Lease:
         """A lease on the loaded model `key`, loading it (and unloading idle ones) as needed.
-        Raises ModelLoadError if it fails to load."""
+        Raises ModelLoadError if it fails to load. `request`: the lease is a client request's,
+        counted as waiting while it waits (the server's own preload is not: an autoscaler
+        reads vllm:num_requests_waiting)."""
         while True:
             r = self.residents.get(key)
             if r is None:
@@ -182,7 +189,7 @@ class Residency:
             r.refs += 1
             self._disarm(r)
             try:
-                engine = await r.served.wait_ready()
+                engine = await r.served.wait_ready(counted=request)
             except ModelLoadError:
                 r.refs -= 1
                 if self.residents.get(key) is r:
@@ -257,6 +264,7 @@ class Residency:
         try:
             if self.residents.get(r.key) is not r or r.refs:
                 return
+            self._retire(r)  # with no await before the del: a scrape sees one or the other
             del self.residents[r.key]
             self._disarm(r)
             self._unloading += 1
@@ -269,6 +277,14 @@ class Residency:
         finally:
             self._evicting.discard(r.key)
             self._notify()
+
+    def _retire(self, r: Resident) -> None:
+        """Keep what an unloading model's engine counted, so that its counters never fall."""
+        if r.served.status != "ok" or r.served.engine is None:
+            return
+        counted = snapshot_of(r.served.engine.stats())
+        kept = self.retired.setdefault(r.served.name, EngineSnapshot())
+        kept.counted(counted, r.served.counters_base)
 
     async def shutdown(self) -> None:
         for r in list(self.residents.values()):
@@ -329,7 +345,7 @@ class Residency:
         """Load the preloaded models one after another; a failure stops the server."""
         for key in self.preload_keys:
             try:
-                lease = await self.acquire(key)
+                lease = await self.acquire(key, request=False)
             except ModelLoadError:
                 if self.on_failed is not None:
                     self.on_failed()

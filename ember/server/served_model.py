@@ -19,6 +19,7 @@ from ember.config import ServeConfig
 from ember.errors import InvalidRequestError, ModelLoadError, ModelNotFoundError
 from ember.loader.prefetch import prefetch_weights
 from ember.sampling_params import SamplingParams
+from ember.server.metrics import EngineSnapshot, snapshot_of
 from ember.startup_trace import server_started_at, trace
 
 if TYPE_CHECKING:
@@ -102,6 +103,7 @@ class ServedModel:
         self.phase = "starting"
         self.error: str | None = None
         self.engine: AsyncEngine | None = None
+        self.counters_base = EngineSnapshot()  # the engine's counts when it became ready
         self.local_model: LocalModel | None = None
         self.default_options: dict[str, Any] = {}  # Ollama-style options from params.json
         self.default_system: str | None = None  # the model's `system` file, as Ollama's SYSTEM
@@ -191,6 +193,7 @@ class ServedModel:
             await _warm_up(engine)
             startup.warmup_s = time.monotonic() - t0
             trace("warmed up: ready")
+            self.counters_base = snapshot_of(engine.stats())  # the warm-up's tokens are not served
             self.status = "ok"
             self.phase = "ready"
             self.ready_at = time.monotonic()
@@ -224,14 +227,15 @@ class ServedModel:
         """Seconds per start-up phase once ready ({} before)."""
         return self.startup.phases() if self.status == "ok" else {}
 
-    async def wait_ready(self) -> AsyncEngine:
-        """The engine, once loaded; raises ModelLoadError if the load failed."""
+    async def wait_ready(self, counted: bool = True) -> AsyncEngine:
+        """The engine, once loaded; raises ModelLoadError if the load failed. `counted`: a
+        request waiting, which the metrics count as waiting."""
         if not self._ready.is_set():
-            self.num_waiting_for_load += 1
+            self.num_waiting_for_load += counted
             try:
                 await self._ready.wait()
             finally:
-                self.num_waiting_for_load -= 1
+                self.num_waiting_for_load -= counted
         if self.engine is None or self.status != "ok":
             raise ModelLoadError(f"model '{self.model}' failed to load: {self.error}")
         return self.engine

@@ -88,6 +88,7 @@ class Generation:
         slot: Slot,
         tracker: RequestTracker,
         prompt: str | None = None,
+        arrival_time: float | None = None,
     ) -> None:
         self.engine = engine
         self.request_id = request_id
@@ -95,7 +96,9 @@ class Generation:
         self.finished = False
         self._slot = slot
         self._tracker = tracker
-        self._outputs = engine.generate(request_id, prompt_token_ids, params, prompt=prompt)
+        self._outputs = engine.generate(
+            request_id, prompt_token_ids, params, prompt=prompt, arrival_time=arrival_time
+        )
         self._first: RequestOutput | None = None
         self._closed = False
         self._stopped_by: EmberError | None = None  # the request's budget ended (timeout, drain)

@@ -16,7 +16,9 @@ import ollama
 import pytest
 from serverproc import COMMON_ARGS, Server, start
 
+from ember.engine.messages import EngineStats
 from ember.registry import ModelStore
+from ember.server.metrics import EngineSnapshot
 
 ARGS = ("--max-loaded-models", "2", "--kv-cache-memory-gb", "0.02", *COMMON_ARGS)
 SHORT = {"temperature": 0, "num_predict": 2}
@@ -164,6 +166,11 @@ def test_show_describes_a_model_without_loading_it(server: Server) -> None:
     assert client.show(loaded_name).modelinfo  # a loaded model is described too
 
 
+class FakeEngine:
+    def stats(self) -> EngineStats:
+        return EngineStats(0, 0, 0, 0.0, 0, 1, 0, 0, 0, 0, 0)
+
+
 class FakeServed:
     """A model that loads at once and takes a while to unload, standing in for ServedModel."""
 
@@ -171,18 +178,19 @@ class FakeServed:
 
     def __init__(self, config: object, model: str, store: object) -> None:
         self.name = self.model = model
-        self.engine: object | None = None
+        self.engine: FakeEngine | None = None
         self.status = "loading"
         self.gpu_share: float | None = None
         self.ready = False
+        self.counters_base = EngineSnapshot()
 
     def matches(self, requested: str) -> bool:
         return requested == self.model
 
     async def load(self) -> None:
-        self.engine, self.status, self.ready = object(), "ok", True
+        self.engine, self.status, self.ready = FakeEngine(), "ok", True
 
-    async def wait_ready(self) -> object:
+    async def wait_ready(self, counted: bool = True) -> object:
         while not self.ready:
             await asyncio.sleep(0.01)
         return self.engine

@@ -50,6 +50,7 @@ def test_metrics_use_vllm_names(server: Server) -> None:
         "vllm:num_requests_running",
         "vllm:num_requests_waiting",
         "vllm:kv_cache_usage_perc",
+        "vllm:gpu_cache_usage_perc",
         "vllm:prompt_tokens_total",
         "vllm:generation_tokens_total",
         "vllm:prefix_cache_queries_total",
