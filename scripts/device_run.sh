@@ -111,7 +111,8 @@ for stage in "$@"; do
         check)
             run correctness 240 python3 scripts/gpu_check.py --section correctness --section fused \
                 --section argmax
-            run engine-check 200 python3 scripts/gpu_check.py --section engine --section gguf
+            run engine-check 260 python3 scripts/gpu_check.py --section engine --section gguf \
+                --section engine-extras
             run gemv-peak 200 python3 scripts/gpu_check.py --section gemv --section peak
             ;;
         shapes) run shapes 540 python3 scripts/gpu_check.py --section shapes --tmp /tmp ;;

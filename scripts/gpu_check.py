@@ -49,7 +49,7 @@ from ember.ops.triton_attention import KernelConfig, kv_splits_for, paged_attent
 from ember.ops.triton_kv import write_kv_triton
 from scripts.gpu_argmax_check import section_argmax
 from scripts.gpu_blas_check import section_blas, section_layout
-from scripts.gpu_engine_check import section_engine
+from scripts.gpu_engine_check import section_engine, section_engine_extras
 from scripts.gpu_fused_check import section_fused, section_rotary_store
 from scripts.gpu_gemm_check import section_gemm
 from scripts.gpu_gemv2_check import section_gemv2
@@ -903,6 +903,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], bool]] = {
     "splits-policy": section_splits_policy,
     "tune-prefill": section_tune_prefill,
     "engine": section_engine,
+    "engine-extras": section_engine_extras,
     "fused": section_fused,
     "rotary-store": section_rotary_store,
     "shapes": section_shapes,

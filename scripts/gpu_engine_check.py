@@ -125,3 +125,62 @@ def section_engine(args: argparse.Namespace) -> bool:
 def _diverges_at_tie(got: list[int], expected: list[int], gaps: list[float]) -> bool:
     first = next(i for i, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b)
     return gaps[first] < 1e-3
+
+
+def section_engine_extras(args: argparse.Namespace) -> bool:
+    """Sampling options that leave the graphs and the async pipeline on CUDA: prompt logprobs
+    (eager prefill, 512-row logits slices) against transformers' log-softmax, logit_bias and
+    allowed_token_ids (host-side sampling), beside a plain request in the same batch."""
+    from ember import LLM, SamplingParams
+
+    ok = True
+    prompt = _prompts()[5]  # 130 tokens: several chunks at max_num_batched_tokens 32
+    print(f"{'arch':10} {'check':36} {'max err':>10} result")
+    for arch in ("llama3", "gemma2"):
+        with tempfile.TemporaryDirectory() as tmp:
+            hf = _hf_model(arch, Path(tmp))
+            with torch.no_grad():
+                logits = hf(torch.tensor([prompt])).logits[0].float()
+            want = torch.log_softmax(logits, -1)[:-1].gather(1, torch.tensor(prompt[1:])[:, None])
+            modes: tuple[tuple[str, dict[str, Any]], ...] = (
+                ("graphs", {}),
+                ("eager chunked(32)", {"enforce_eager": True, "max_num_batched_tokens": 32}),
+            )
+            for mode, kwargs in modes:
+                llm = LLM(tmp, dtype="float32", device="cuda", max_model_len=512, **kwargs)
+                plain = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
+                scored = SamplingParams(temperature=0.0, max_tokens=4, prompt_logprobs=2)
+                worst = int(logits[-1].argmin())
+                biased = SamplingParams(
+                    temperature=0.0, max_tokens=4, ignore_eos=True, logit_bias={worst: 100.0}
+                )
+                allowed = SamplingParams(
+                    temperature=1.0,
+                    seed=1,
+                    max_tokens=8,
+                    ignore_eos=True,
+                    allowed_token_ids=[7, 11],
+                )
+                inputs: list[Any] = [{"prompt_token_ids": prompt}] * 4
+                outs = llm.generate(inputs, [plain, scored, biased, allowed])
+                lps = outs[1].prompt_logprobs
+                got = torch.tensor([e[0].logprob for e in (lps or [None])[1:] if e is not None])
+                err = (
+                    float((got - want[:, 0]).abs().max()) if len(got) == len(want) else float("inf")
+                )
+                checks = (
+                    ("prompt logprobs " + mode, err, err < 1e-3),
+                    ("logit_bias " + mode, 0.0, set(outs[2].outputs[0].token_ids) == {worst}),
+                    (
+                        "allowed_token_ids " + mode,
+                        0.0,
+                        set(outs[3].outputs[0].token_ids) <= {7, 11},
+                    ),
+                    ("KV freed " + mode, 0.0, llm.engine.core.kv.num_used_blocks == 0),
+                )
+                for name, e, passed in checks:
+                    ok &= passed
+                    print(f"{arch:10} {name:36} {e:10.2e} {'PASS' if passed else 'FAIL'}")
+                del llm
+                torch.cuda.empty_cache()
+    return ok
