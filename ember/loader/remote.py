@@ -10,6 +10,10 @@ Configuration and credentials come from the platform's usual places, which obsto
 - gs://  GOOGLE_APPLICATION_CREDENTIALS (or GOOGLE_SERVICE_ACCOUNT), gcloud's application default
   credentials, else the metadata server (GCE, GKE workload identity, Cloud Run).
 - http(s)://  Range requests; no listing, so the loader asks for known file names.
+
+Timeouts: a range request may take EMBER_REMOTE_TIMEOUT seconds in all (default 600: an 8 MiB
+range at ~14 KB/s), so that a slow link still moves; a connection that sends nothing for
+STALL_TIMEOUT_S is dropped and retried long before that.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from obstore.exceptions import PermissionDeniedError, UnauthenticatedError
 from obstore.store import GCSStore, HTTPStore, S3Store
 
 from ember.errors import ModelLoadError
-from ember.loader.source import MissingFileError, Source
+from ember.loader.source import MissingFileError, ReadTimeoutError, Source
 
 if TYPE_CHECKING:
     from obstore.store import ClientConfig, ObjectStore, RetryConfig
@@ -50,6 +54,10 @@ _CREDENTIAL_WORDS = (
     "metadata.google.internal",
     "oauth2",
 )
+
+REQUEST_TIMEOUT_S = 600.0
+STALL_TIMEOUT_S = 30.0
+TIMEOUT_ENV = "EMBER_REMOTE_TIMEOUT"
 
 _RETRY: RetryConfig = {
     "max_retries": 4,
@@ -138,11 +146,33 @@ class ObjectStoreSource(Source):
             return ModelLoadError(f"access to '{where}' was denied ({first}); {self._hint}")
         if unauthenticated or no_credentials:
             return ModelLoadError(f"cannot authenticate to '{where}' ({first}); {self._hint}")
+        if "kind: Timeout" in text or "TimedOut" in text:
+            return ReadTimeoutError(
+                f"reading '{where}' timed out ({first}); for a slow link raise {TIMEOUT_ENV} "
+                f"(seconds a request may take, default {REQUEST_TIMEOUT_S:g})"
+            )
         return ModelLoadError(f"cannot read '{where}': {first}")
 
 
+def _timeouts() -> ClientConfig:
+    """obstore's whole-request timeout (30 s by default) would fail every range that a slow link
+    cannot carry in 30 s, and with it every pull on that link: allow more for the whole request,
+    and drop only connections that stall."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    try:
+        total = float(raw) if raw else REQUEST_TIMEOUT_S
+    except ValueError:
+        total = -1.0
+    if not 0 < total < float("inf"):
+        raise ModelLoadError(f"{TIMEOUT_ENV}={raw!r} must be a number of seconds > 0")
+    return {
+        "timeout": timedelta(seconds=total),
+        "read_timeout": timedelta(seconds=min(total, STALL_TIMEOUT_S)),
+    }
+
+
 def _make_store(scheme: str, uri: str, headers: dict[str, str]) -> ObjectStore:
-    client: ClientConfig = {}
+    client: ClientConfig = _timeouts()
     if headers:
         client["default_headers"] = headers
     try:

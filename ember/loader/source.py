@@ -17,6 +17,10 @@ class MissingFileError(ModelLoadError):
     """The file does not exist (as opposed to: it exists but cannot be read)."""
 
 
+class ReadTimeoutError(ModelLoadError):
+    """A read took longer than the source allows (a slow link or a stalled connection)."""
+
+
 class Source(ABC):
     """A model's files. Methods are called from many threads at once and must be thread-safe."""
 

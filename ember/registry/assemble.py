@@ -22,23 +22,25 @@ def import_dir(
     own: bool = True,
 ) -> Manifest:
     """Store the visible files of the model folder `path` as blobs; `known` gives sha256s already
-    computed (a pull hashes as bytes arrive), the rest are hashed now. Weights are hard-linked
-    (copied where links are impossible), small files copied. `own`: the folder is the store's,
-    so its weight files are made links to their blobs (one copy of the bytes); a user's folder
-    outside the store is left as it is."""
+    computed (a pull hashes as bytes arrive), the rest are hashed now. `own`: the folder is the
+    store's, so its weight files are made hard links to their blobs (one copy of the bytes). A
+    user's folder outside the store is left as it is and its files are copied: a blob linked to a
+    user's file would change whenever the user rewrote that file in place (cp, dd, rsync)."""
     known = known or {}
     files = []
     for file in visible_files(path):
         rel = file.relative_to(path).as_posix()
+        size = file.stat().st_size
+        if not own and ManifestFile(rel, "", size).linked:
+            files.append(ManifestFile(rel, blobs.copy_in(file), size))
+            continue
         sha = known.get(rel) or file_sha256(file)
-        entry = ManifestFile(rel, sha, file.stat().st_size)
+        entry = ManifestFile(rel, sha, size)
         if not entry.linked:
             if not blobs.has(sha):
                 blobs.write(file.read_bytes())
-        elif own:
+        else:
             blobs.adopt(file, sha)
-        elif not blobs.has(sha):
-            blobs.add_link(file, sha)
         files.append(entry)
     return Manifest(tuple(files), parent)
 

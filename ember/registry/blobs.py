@@ -75,10 +75,25 @@ class Blobs:
         return blob
 
     def add_link(self, file: Path, sha256: str) -> None:
-        """Make the blob `sha256` a hard link to `file` (a copy where links are impossible)."""
+        """Make the blob `sha256` a hard link to `file` (a copy where links are impossible). Only
+        for a file the store owns (a model folder under models/); see `copy_in` for others."""
         tmp = self._tmp()
         link_or_copy(file, tmp)
         os.replace(tmp, self.path(sha256))
+
+    def copy_in(self, file: Path) -> str:
+        """Store a copy of `file` (a user's file the store does not own: never a link to it, so
+        that writing to it later cannot change a blob); returns the copy's sha256. The digest is
+        taken from the copy, so a file changed meanwhile is still stored under its true name."""
+        tmp = self._tmp()
+        try:
+            shutil.copyfile(file, tmp)  # reflink / copy_file_range where the system has them
+            sha = file_sha256(tmp)
+            if not self.has(sha):
+                os.replace(tmp, self.path(sha))
+        finally:
+            tmp.unlink(missing_ok=True)
+        return sha
 
     def write(self, data: bytes) -> str:
         """Store bytes; returns their sha256."""

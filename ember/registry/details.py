@@ -51,6 +51,20 @@ def visible_files(path: Path) -> list[Path]:
     return sorted(out)
 
 
+def weight_files(path: Path) -> list[Path]:
+    """The model's own safetensors: those model.safetensors.index.json names, else the top-level
+    *.safetensors. Files in subfolders (warm_kv/, onnx/, original/) belong to something else."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            names = sorted({str(n) for n in weight_map.values()})
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ModelLoadError(f"cannot read {index}: {exc}; fix or re-download it") from exc
+        return [path / n for n in names if (path / n).is_file()]
+    return sorted(f for f in path.glob("*.safetensors") if f.is_file())
+
+
 def human_number(n: int) -> str:
     """Parameter counts the way Ollama prints them: 8B, 7.6B, 494.03M, 227K."""
     for scale, unit, digits in ((1e9, "B", 1), (1e6, "M", 2)):
@@ -128,13 +142,13 @@ def inspect_dir(path: Path) -> DirInfo:
         # cheap for checkpoints of many GiB.
         rel = file.relative_to(path).as_posix()
         digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    tensors = [f for f in files if f.suffix == ".safetensors"]
+    tensors = weight_files(path)
     params, by_dtype = _tensor_stats(tensors)
     config = _read_config(path)
     family = str(config.get("model_type") or "unknown")
     if tensors:
         fmt = "safetensors"
-    elif any(f.suffix == ".gguf" for f in files):
+    elif any(f.suffix == ".gguf" and f.parent == path for f in files):
         fmt = "gguf"
     else:
         fmt = "pytorch"

@@ -16,6 +16,7 @@ reference but not run.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ from ember.registry.names import ModelName
 
 if TYPE_CHECKING:
     import torch
+
+log = logging.getLogger(__name__)
 
 REGISTRY = "registry.ollama.ai"
 _MEDIA = "application/vnd.ollama.image."
@@ -72,9 +75,15 @@ def list_ollama_models(root: Path | None = None) -> list[OllamaModel]:
         shown = f"{model}:{tag}" if namespace == "library" else f"{namespace}/{model}:{tag}"
         try:
             found.append(_read(shown, manifest, root / "blobs"))
-        except ModelLoadError:
-            continue  # not a text model (or damaged): not servable, so not listed
+        except _NoModelLayer:
+            continue  # not a text model (an embedding projector, ...): not servable
+        except ModelLoadError as e:
+            log.warning("%s (not listed)", e.message)
     return found
+
+
+class _NoModelLayer(ModelLoadError):
+    """A manifest with no GGUF model blob."""
 
 
 def _read(name: str, manifest: Path, blobs: Path) -> OllamaModel:
@@ -93,12 +102,18 @@ def _read(name: str, manifest: Path, blobs: Path) -> OllamaModel:
         size += int(layer.get("size", 0))
     gguf = by_type.get("model")
     if gguf is None or not gguf.is_file():
-        raise ModelLoadError(
+        raise _NoModelLayer(
             f"Ollama model '{name}' has no model blob in {blobs}; run 'ollama pull {name}' again"
         )
     params: dict[str, Any] = {}
     if "params" in by_type:
-        loaded = json.loads(_text(by_type["params"]) or "{}")
+        try:
+            loaded = json.loads(_text(by_type["params"]) or "{}")
+        except ValueError as exc:
+            raise ModelLoadError(
+                f"Ollama model '{name}' is damaged: its params layer {by_type['params']} is not "
+                f"JSON ({exc}); run 'ollama pull {name}' again"
+            ) from exc
         params = loaded if isinstance(loaded, dict) else {}
     return OllamaModel(
         name=name,

@@ -24,7 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ember.errors import EmberError, ModelLoadError
+from ember.errors import EmberError, ModelLoadError, ModelNotFoundError
+from ember.loader.source import ReadTimeoutError
 from ember.registry.digests import MANIFESTS, SUFFIX, Digest, expected_digests, is_digest_file
 from ember.registry.names import parse_name
 from ember.registry.remote import PROBED_FILES, default_name, is_small_file
@@ -37,6 +38,10 @@ RECORD = ".ember-pull.json"  # in the pulled model: where it came from, each fil
 STATE = ".ember-pull-state.json"  # in the staging folder: the source and the files done
 PART = ".part"
 CHUNK_BYTES = 8 * 1024 * 1024
+# After a range times out, ranges shrink by SHRINK down to MIN_CHUNK_BYTES (8 MiB -> 1 MiB ->
+# 128 KiB): small enough for a link of a few KB/s within the remote timeout.
+SHRINK = 8
+MIN_CHUNK_BYTES = 128 * 1024
 READ_AHEAD = 8  # range reads in flight per file; written in order, so a .part is a prefix
 
 FileProgress = Callable[[str, int, int], None]  # (file name, bytes done, bytes total)
@@ -60,8 +65,7 @@ class PullResult:
 
 def staging_dir(store: ModelStore, name: str) -> Path:
     """Where a pull of `name` collects its files (hidden, so the store does not list it)."""
-    target = store.path_for(name)
-    return target.parent / f".{target.name}.pull"
+    return store.staging_path(name)
 
 
 def pull(
@@ -76,6 +80,7 @@ def pull(
     component, tagged latest), replacing a model of that name once complete."""
     from ember.loader import resolve_source
 
+    _check_source(source_uri)
     model_name = str(parse_name(name or default_name(source_uri)))
     target = store.path_for(model_name)
     staging = staging_dir(store, model_name)
@@ -106,6 +111,20 @@ def pull(
     # The pull hashed every file: the store records them as blobs without reading them again.
     store.adopt(model_name, {f.name: f.sha256 for f in files})
     return PullResult(store.resolve(model_name), source_uri, files)
+
+
+def _check_source(text: str) -> None:
+    """A bare name that is no folder here is what an Ollama user types (`llama3.2`): say what
+    SOURCE may be rather than that a folder is missing."""
+    if "://" in text or text.startswith((".", "/", "~")) or Path(text).exists():
+        return
+    raise ModelNotFoundError(
+        f"'{text}' is neither a folder here nor a URI: SOURCE must be a local path or a URI "
+        "(file://, s3://, gs://, http(s)://, hf://). ember does not pull from the Ollama "
+        f"registry; 'ollama pull {text}' does, and ember then serves the model from Ollama's "
+        "store",
+        param="model",
+    )
 
 
 def plan_files(source: Source) -> list[tuple[str, int]]:
@@ -172,6 +191,25 @@ class _State:
             self.save()
         return previous in (None, size)
 
+    def reusable(self, name: str, size: int, digest: Digest | None, staged: int | None) -> str:
+        """The sha256 of NAME as an earlier pull finished it, if that copy is still the file at
+        the source: same size, and the source's digest (where it gives one) is the recorded
+        sha256. A digest file is never reused: the digests it gives may have changed. "" when
+        the file must be fetched again (its record is then dropped)."""
+        done = self.files.get(name)
+        if done is None:
+            return ""
+        sha = str(done.get("sha256", ""))
+        if (
+            not is_digest_file(name)
+            and done.get("size") == size == staged
+            and (digest is None or digest.sha256 == sha)
+        ):
+            return sha
+        del self.files[name]
+        self.save()
+        return ""
+
     def finished(self, name: str, size: int, sha256: str) -> None:
         self.files[name] = {"size": size, "sha256": sha256}
         self.parts.pop(name, None)
@@ -193,12 +231,11 @@ def _pull_file(
 ) -> PulledFile:
     report = progress or (lambda _n, _d, _t: None)
     dest = staging / name
-    done = state.files.get(name)
-    if done is not None and done.get("size") == size and _size(dest) == size:
+    sha = state.reusable(name, size, digest, _size(dest))
+    if sha:
         report(name, size, size)
-        sha = str(done["sha256"])
-        _check(source, name, sha, digest, None)
         return PulledFile(name, size, sha, digest.origin if digest else None, size)
+    dest.unlink(missing_ok=True)
     part = staging / (name + PART)
     part.parent.mkdir(parents=True, exist_ok=True)
     have = _size(part) or 0
@@ -223,15 +260,16 @@ def _pull_file(
     return PulledFile(name, size, sha, digest.origin if digest else None, resumed_at)
 
 
-def _check(source: Source, name: str, sha: str, digest: Digest | None, part: Path | None) -> None:
+def _check(source: Source, name: str, sha: str, digest: Digest | None, part: Path) -> None:
+    """`sha` is that of bytes just fetched whole (never of an earlier pull's copy)."""
     if digest is None or digest.sha256 == sha:
         return
-    if part is not None:
-        part.unlink(missing_ok=True)  # the next pull fetches the file whole
+    part.unlink(missing_ok=True)  # the next pull fetches the file whole
     raise ModelLoadError(
         f"'{source.location(name)}' arrived with sha256 {sha}, but {digest.origin} says "
-        f"{digest.sha256}; the copy is corrupt or the file changed at the source. Run the pull "
-        "again; if it fails the same way, the source's digest file is out of date"
+        f"{digest.sha256}; the copy was corrupted in transit, the file changed at the source "
+        f"during the pull, or {digest.origin} is out of date. The next pull fetches the file "
+        "whole again; if it fails the same way, the digest file at the source needs fixing"
     )
 
 
@@ -253,6 +291,28 @@ def _hash_prefix(path: Path, length: int) -> Any:
 
 
 def _read_ranges(source: Source, name: str, start: int, end: int, chunk: int) -> Iterator[bytes]:
+    """The file's bytes from `start` to `end` in order. A range that times out (a link too slow
+    for `chunk` bytes per request) is asked for again in smaller ranges, from the end of the
+    bytes already written, until ranges reach MIN_CHUNK_BYTES or two tries in a row bring
+    nothing; every finished range before it is kept, so a later pull continues from there."""
+    fruitless = 0
+    while True:
+        before = start
+        try:
+            for data in _read_ranges_once(source, name, start, end, chunk):
+                start += len(data)
+                yield data
+            return
+        except ReadTimeoutError:
+            fruitless = 0 if start > before else fruitless + 1
+            if chunk <= MIN_CHUNK_BYTES or fruitless >= 2:
+                raise
+            chunk = max(MIN_CHUNK_BYTES, chunk // SHRINK)
+
+
+def _read_ranges_once(
+    source: Source, name: str, start: int, end: int, chunk: int
+) -> Iterator[bytes]:
     """The file's bytes from `start` to `end` in order, READ_AHEAD range reads in flight."""
 
     def read(offset: int) -> bytes:
@@ -268,21 +328,21 @@ def _read_ranges(source: Source, name: str, start: int, end: int, chunk: int) ->
 
     offsets = iter(range(start, end, chunk))
     pending: deque[Future[bytes]] = deque()
-    with ThreadPoolExecutor(READ_AHEAD, thread_name_prefix="ember-pull") as pool:
-        try:
-            for offset in offsets:
-                pending.append(pool.submit(read, offset))
-                if len(pending) == READ_AHEAD:
-                    break
-            while pending:
-                data = pending.popleft().result()
-                offset_next = next(offsets, None)
-                if offset_next is not None:
-                    pending.append(pool.submit(read, offset_next))
-                yield data
-        finally:
-            for future in pending:
-                future.cancel()
+    pool = ThreadPoolExecutor(READ_AHEAD, thread_name_prefix="ember-pull")
+    try:
+        for offset in offsets:
+            pending.append(pool.submit(read, offset))
+            if len(pending) == READ_AHEAD:
+                break
+        while pending:
+            data = pending.popleft().result()
+            offset_next = next(offsets, None)
+            if offset_next is not None:
+                pending.append(pool.submit(read, offset_next))
+            yield data
+    finally:
+        # Reads still in flight after a failure are not waited for: their bytes are unused.
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _install(staging: Path, target: Path) -> None:

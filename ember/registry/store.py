@@ -28,7 +28,7 @@ from ember.registry.blobs import Blobs
 from ember.registry.details import ModelDetails, inspect_dir
 from ember.registry.manifests import Manifest, read_manifest, write_manifest
 from ember.registry.names import DEFAULT_TAG, ModelName, parse_name
-from ember.registry.ollama_store import resolve_ollama
+from ember.registry.ollama_store import find_ollama_model, resolve_ollama
 from ember.registry.remote import default_name, is_uri, model_files
 from ember.registry.tiny import TINY_NAME, ensure_tiny
 
@@ -85,6 +85,11 @@ class ModelStore:
         """The folder where the model `name` lives (or will live once pulled)."""
         return self.models_dir / parse_name(name).relpath
 
+    def staging_path(self, name: str) -> Path:
+        """Where a pull of `name` collects its files (hidden, so that it is never listed)."""
+        target = self.path_for(name)
+        return target.parent / f".{target.name}.pull"
+
     def manifest_path(self, name: str) -> Path:
         return self.manifests_dir / parse_name(name).relpath
 
@@ -120,6 +125,14 @@ class ModelStore:
             raise ModelNotFoundError(
                 f"model directory '{text}' not found; pass an existing folder with config.json "
                 "and tokenizer.json, or a model name from 'ember list'",
+                param="model",
+            )
+        # Before anything walks the folder: `ember run /tmp` must not read all of /tmp.
+        if not (path / MODEL_MARKER).is_file() and not any(path.glob("*.gguf")):
+            raise ModelNotFoundError(
+                f"'{text}' is not a model folder: it has no {MODEL_MARKER}; pass a folder with a "
+                "Hugging Face checkpoint (config.json, tokenizer.json, *.safetensors) or a model "
+                "name from 'ember list'",
                 param="model",
             )
         return self._load(f"{path.name}:{DEFAULT_TAG}", path)
@@ -233,12 +246,20 @@ class ModelStore:
         parsed = parse_name(name)
         path = self.models_dir / parsed.relpath
         manifest = self.manifest_path(str(parsed))
-        if not path.is_dir() and not manifest.is_file():
+        staging = self.staging_path(str(parsed))  # an unfinished pull's files go too
+        if not path.is_dir() and not manifest.is_file() and not staging.is_dir():
+            if find_ollama_model(parsed) is not None:
+                raise ModelNotFoundError(
+                    f"model '{name}' is in Ollama's store, which is read-only for ember; remove "
+                    f"it with 'ollama rm {name}'",
+                    param="model",
+                )
             raise ModelNotFoundError(f"model '{name}' not found; see 'ember list'", param="model")
         with _WRITE_LOCK:
             own = _readable_manifest(manifest)
             manifest.unlink(missing_ok=True)  # first: from here on the model is gone
             shutil.rmtree(path, ignore_errors=True)
+            shutil.rmtree(staging, ignore_errors=True)
             for root, leaf in ((self.models_dir, path), (self.manifests_dir, manifest)):
                 _prune_empty_parents(root, leaf)
             if own is not None:

@@ -98,6 +98,7 @@ class RangeServer:
     token: str | None = None  # when set, requests must carry "Authorization: Bearer TOKEN"
     prefix: str = ""  # URL path prefix mapped onto root, e.g. "/org/name/resolve/main"
     delay_s: float = 0.0  # per GET, to slow the source down
+    rate_bps: float = 0.0  # when set, each range's body is sent at this many bytes/s
     requests: list[str] = field(default_factory=list)
     port: int = 0
 
@@ -123,7 +124,18 @@ def serve_http(server: RangeServer) -> Iterator[RangeServer]:
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             if self.command != "HEAD" and body:
-                self.wfile.write(body)
+                self._send(body, server.rate_bps if status == 206 else 0.0)
+
+        def _send(self, body: bytes, rate_bps: float) -> None:
+            step = 8192 if rate_bps else len(body)
+            try:
+                for at in range(0, len(body), step):
+                    self.wfile.write(body[at : at + step])
+                    if rate_bps:
+                        self.wfile.flush()
+                        threading.Event().wait(step / rate_bps)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client gave up on this range
 
         def _serve(self, body: bool) -> None:
             server.requests.append(f"{self.command} {self.path} {self.headers.get('Range')}")

@@ -2,15 +2,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable
 from datetime import timezone
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from ember.errors import InvalidRequestError, ModelLoadError, ModelNotFoundError
 from ember.registry import ModelStore, default_home
 from ember.registry.details import human_number
+from tests.registry.conftest import write_fake_model
 
 MakeModel = Callable[..., Path]
 
@@ -104,10 +108,43 @@ def test_store_name_wins_over_a_folder_of_the_same_name(
     store: ModelStore, make_model: MakeModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stored = make_model("dup")
-    (tmp_path / "dup").mkdir()
+    write_fake_model(tmp_path / "dup")
     monkeypatch.chdir(tmp_path)
     assert store.resolve("dup").path == stored
     assert store.resolve("./dup").path == (tmp_path / "dup").resolve()
+
+
+def test_details_count_only_the_models_own_weights(
+    store: ModelStore, make_model: MakeModel
+) -> None:
+    path = make_model("warm")
+    for sub in ("warm_kv", "onnx", "original"):  # a warm KV cache, other exports of the model
+        (path / sub).mkdir()
+        shutil.copyfile(path / "model.safetensors", path / sub / "model.safetensors")
+    save_file({"kv": torch.zeros(7, dtype=torch.float32)}, str(path / "warm_kv" / "kv.safetensors"))
+    details = store.resolve("warm").details
+    assert (details.parameter_size, details.quantization_level) == ("1.50M", "BF16")
+    # A sharded checkpoint: the shards its index names, and nothing else.
+    (path / "model.safetensors").rename(path / "model-00001-of-00001.safetensors")
+    index = {"weight_map": {"lm_head.weight": "model-00001-of-00001.safetensors"}}
+    (path / "model.safetensors.index.json").write_text(json.dumps(index))
+    save_file({"x": torch.zeros(9)}, str(path / "stray.safetensors"))
+    assert store.resolve("warm").details.parameter_size == "1.50M"
+
+
+def test_a_folder_that_is_not_a_model_fails_before_it_is_walked(
+    store: ModelStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "not-a-model"
+    (folder / "deep").mkdir(parents=True)
+    (folder / "deep" / "junk.safetensors").write_bytes(b"not safetensors")
+    walked: list[Path] = []
+    monkeypatch.setattr(Path, "rglob", lambda self, pattern: walked.append(self) or iter(()))
+    with pytest.raises(ModelNotFoundError, match=r"is not a model folder: it has no config\.json"):
+        store.resolve(str(folder))
+    with pytest.raises(ModelNotFoundError, match=r"is not a model folder"):
+        store.resolve(str(tmp_path / "not-a-model" / "deep"))
+    assert walked == []
 
 
 def test_incomplete_model_says_to_pull_again(store: ModelStore) -> None:

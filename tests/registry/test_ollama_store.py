@@ -109,3 +109,49 @@ def test_ember_list_marks_ollama_models(ollama: tuple[Any, Path], tmp_path: Path
     lines = out.getvalue().splitlines()
     assert lines[0].split()[:4] == ["NAME", "ID", "SIZE", "MODIFIED"]
     assert any(line.startswith("tinyllama:q8 (ollama)") for line in lines[1:])
+
+
+def _fake_ollama_store(root: Path, models: dict[str, bytes]) -> None:
+    """Manifests with a (fake) GGUF layer and the given params layer, by model name."""
+    (root / "blobs").mkdir(parents=True)
+    media = "application/vnd.ollama.image."
+    for model, params in models.items():
+        layers = [
+            {"mediaType": media + "model", **_blob(root / "blobs", b"GGUF" + model.encode())},
+            {"mediaType": media + "params", **_blob(root / "blobs", params)},
+        ]
+        manifest = root / "manifests/registry.ollama.ai/library" / model / "latest"
+        manifest.parent.mkdir(parents=True)
+        manifest.write_text(json.dumps({"schemaVersion": 2, "layers": layers}))
+
+
+def test_rm_of_an_ollama_model_says_ollamas_store_is_read_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ember.errors import ModelNotFoundError
+
+    root = tmp_path / "ollama"
+    _fake_ollama_store(root, {"fake": b"{}"})
+    monkeypatch.setenv("OLLAMA_MODELS", str(root))
+    with pytest.raises(ModelNotFoundError, match=r"Ollama's store, which is read-only.*ollama rm"):
+        ModelStore(tmp_path / "ember-home").remove("fake")
+    assert (root / "manifests/registry.ollama.ai/library/fake/latest").is_file()
+
+
+def test_a_damaged_ollama_model_is_skipped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import io
+
+    from ember.registry.commands import list_command
+
+    root = tmp_path / "ollama"
+    _fake_ollama_store(root, {"good": b'{"num_ctx": 64}', "broken": b"{not json"})
+    store = ModelStore(tmp_path / "ember-home")
+    (store.path_for("mine")).mkdir(parents=True)
+    (store.path_for("mine") / "config.json").write_text('{"model_type": "llama"}')
+    out = io.StringIO()
+    assert list_command(store, out, ollama_root=root) == 0
+    names = [line.split()[0] for line in out.getvalue().splitlines()[1:]]
+    assert names == ["mine:latest", "good:latest"]
+    assert "'broken:latest' is damaged" in caplog.text and "params layer" in caplog.text

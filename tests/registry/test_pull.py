@@ -175,3 +175,70 @@ def test_pull_without_config_is_a_clear_error(
     _, url = http_tiny
     with pytest.raises(ModelLoadError, match=r"no \*\.safetensors weights|no config\.json"):
         pull(url.replace("/files/tiny", "/files/elsewhere"), store, "nothing")
+
+
+def _sums(source: Path, overrides: dict[str, str] | None = None) -> None:
+    names = sorted(p.name for p in source.iterdir() if p.name != "SHA256SUMS")
+    digests = {n: sha256(source / n) for n in names} | (overrides or {})
+    (source / "SHA256SUMS").write_text("".join(f"{digests[n]}  {n}\n" for n in names))
+
+
+def test_a_staged_file_the_source_no_longer_vouches_for_is_fetched_again(
+    tiny_dir: Path, store: ModelStore, tmp_path: Path
+) -> None:
+    source = tmp_path / "stuck"
+    shutil.copytree(tiny_dir, source)
+    _sums(source, {WEIGHTS: "0" * 64})  # a wrong digest: the first pull fails on the weights
+    with pytest.raises(ModelLoadError, match=r"model\.safetensors.* arrived with sha256"):
+        pull(str(source), store, "stuck")
+    config = source / "config.json"
+    config.write_text(config.read_text().replace('"silu"', '"gelu"'))  # same size, new bytes
+    _sums(source)  # the source fixed: every digest is right now (and SHA256SUMS the same size)
+    result = pull(str(source), store, "stuck")
+    assert_same_files(result.model.path, source)  # config.json and SHA256SUMS as they are now
+    assert {f.name for f in result.files if f.verified_by} >= {"config.json", WEIGHTS}
+
+
+def test_rm_clears_an_unfinished_pull(tiny_dir: Path, store: ModelStore, tmp_path: Path) -> None:
+    source = tmp_path / "broken"
+    shutil.copytree(tiny_dir, source)
+    (source / (WEIGHTS + ".sha256")).write_text("0" * 64 + "\n")
+    with pytest.raises(ModelLoadError):
+        pull(str(source), store, "broken")
+    assert staging_dir(store, "broken").is_dir()
+    store.remove("broken")
+    assert not staging_dir(store, "broken").exists()
+    assert not store.models_dir.exists() or not any(store.models_dir.iterdir())
+    with pytest.raises(ModelNotFoundError):
+        store.remove("broken")
+
+
+def test_a_link_too_slow_for_a_range_per_timeout_still_pulls(
+    tiny_dir: Path, store: ModelStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ranges that time out are asked for again in smaller ones (from the bytes already
+    written), so a slow link makes progress instead of failing at the same range forever."""
+    monkeypatch.setenv("EMBER_REMOTE_TIMEOUT", "1")
+    size = (tiny_dir / WEIGHTS).stat().st_size
+    with serve_http(RangeServer(tiny_dir, rate_bps=512 * 1024)) as server:
+        url = f"http://127.0.0.1:{server.port}"
+        # One request for the whole file would take about twice the timeout.
+        result = pull(url, store, "slow", chunk_bytes=2 * size)
+    assert_same_files(result.model.path, tiny_dir)
+    lengths = []
+    for r in server.requests:
+        if r.startswith("GET") and WEIGHTS in r and "bytes=" in r:
+            first, last = r.split("bytes=")[1].split("-")
+            lengths.append(int(last) - int(first) + 1)
+    assert lengths[0] == size and max(lengths[1:]) < size  # the whole, then smaller ranges
+
+
+def test_a_bare_name_says_what_source_may_be(
+    store: ModelStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelNotFoundError) as info:
+        pull("llama3.2", store)
+    message = info.value.message
+    assert "must be a local path or a URI" in message and "hf://" in message
+    assert "does not pull from the Ollama registry" in message

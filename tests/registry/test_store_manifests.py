@@ -203,3 +203,22 @@ def test_a_pull_records_its_files_as_blobs_without_rehashing(
         == hashlib.sha256((fake_model_dir / "model.safetensors").read_bytes()).hexdigest()
     )
     assert store.blobs.has(weights.sha256)
+
+
+@pytest.mark.parametrize("how", ["copy", "create"])
+def test_a_users_folder_is_copied_so_rewriting_its_files_never_changes_a_blob(
+    store: ModelStore, fake_model_dir: Path, how: str
+) -> None:
+    weights = fake_model_dir / "model.safetensors"
+    original = weights.read_bytes()
+    if how == "copy":
+        model = store.copy(str(fake_model_dir), "userq")
+    else:
+        model = create(store, "userq", CreateSpec(base=str(fake_model_dir)))
+    assert weights.stat().st_nlink == 1
+    with weights.open("r+b") as f:  # as cp, dd and rsync --inplace write: the same inode
+        f.write(b"\xff" * 4096)
+    for blob in store.blobs.root.iterdir():
+        assert blob.name == f"sha256-{hashlib.sha256(blob.read_bytes()).hexdigest()}"
+    assert (store.resolve("userq").path / "model.safetensors").read_bytes() == original
+    assert model.path != fake_model_dir
