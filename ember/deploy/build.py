@@ -52,26 +52,42 @@ def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _copy_source(dest: Path, wheel: Path | None) -> str:
-    """Copy ember into the context; return the path pip installs from (context-relative)."""
-    dest.mkdir()
+def _source_root(wheel: Path | None) -> Path:
+    """What `_copy_source` will copy: the wheel, or ember's source tree."""
     if wheel is not None:
         if not wheel.is_file():
             raise DeployError(f"wheel {wheel} not found; build one with 'pip wheel --no-deps .'")
-        shutil.copy2(wheel, dest / wheel.name)
-        return f"ember-src/{wheel.name}"
+        return wheel
     root = Path(ember.__file__).resolve().parent.parent
     if not (root / "pyproject.toml").is_file():
         raise DeployError(
             "ember is installed without its source tree; pass --wheel PATH to a wheel built "
             "with 'pip wheel --no-deps .' from ember's repository"
         )
+    return root
+
+
+def _copy_source(dest: Path, wheel: Path | None) -> str:
+    """Copy ember into the context; return the path pip installs from (context-relative)."""
+    dest.mkdir()
+    root = _source_root(wheel)
+    if wheel is not None:
+        shutil.copy2(wheel, dest / wheel.name)
+        return f"ember-src/{wheel.name}"
     for name in _SOURCE_FILES:
         if (root / name).is_file():
             shutil.copy2(root / name, dest / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(root / "ember", dest / "ember", ignore=ignore)
     return "ember-src"
+
+
+def env_quote(value: str) -> str:
+    """`value` as a Dockerfile double-quoted word that ENV reads back literally: `\\`, `"` and
+    `$` (which ENV would substitute) are escaped with a backslash; anything else, non-ASCII
+    included, stays as it is (JSON's \\uXXXX escapes mean nothing to Docker)."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
+    return f'"{escaped}"'
 
 
 def dockerfile(
@@ -112,7 +128,7 @@ def dockerfile(
         # Compiled Triton kernels from a run on the target GPU type: without them the first
         # start on every new instance compiles for ~9 s (H200) before it is ready.
         lines.append(f"COPY kernel-cache {IMAGE_HOME}/{KERNEL_CACHE_SUBDIR}")
-    lines += [f"ENV {k}={json.dumps(v)}" for k, v in ctx.env.items()]
+    lines += [f"ENV {k}={env_quote(v)}" for k, v in ctx.env.items()]
     lines += [
         f"EXPOSE {CONTAINER_PORT}",
         # Exec form: ember is PID 1 and gets SIGTERM itself, so it can drain.
@@ -132,20 +148,9 @@ def write_context(
     name: str | None = None,
     kernel_cache: Path | None = None,
 ) -> BuildContext:
-    if not (model_dir / "config.json").is_file():
-        raise DeployError(f"{model_dir} is not a model directory (no config.json)")
-    if out.exists() and any(out.iterdir()):
-        raise DeployError(f"{out} exists and is not empty; pass -o to a new folder")
-    if kernel_cache is not None and not (kernel_cache.is_dir() and any(kernel_cache.iterdir())):
-        raise DeployError(
-            f"kernel cache {kernel_cache} is not a folder with compiled kernels; run "
-            f"'ember serve' once on the target GPU type and pass its {KERNEL_CACHE_SUBDIR} "
-            "folder (under ember's home, or $TRITON_CACHE_DIR if set)"
-        )
-    for key, _ in settings:
-        if not key.startswith(("EMBER_", "OLLAMA_")):
-            raise DeployError(f"setting {key!r} is not an EMBER_* or OLLAMA_* variable")
-    out.mkdir(parents=True, exist_ok=True)
+    """Write the build context into `out`. Every input is checked before anything is written;
+    a write that fails part-way leaves `out` as it was (removed, if this call created it)."""
+    _check_inputs(model_dir, out, settings, warm_prompts, wheel, kernel_cache)
     name = image_model_name(Path(name) if name else model_dir)
     model_path = f"/models/{name}"
     env = {"PORT": str(CONTAINER_PORT), "EMBER_HOME": IMAGE_HOME}
@@ -158,16 +163,75 @@ def write_context(
         entrypoint=["ember", "serve", model_path, "--host", "0.0.0.0"],
         env=env,
     )
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        _write_files(ctx, model_dir, base_image, warm_prompts, wheel, kernel_cache)
+    except BaseException:
+        _undo(out, created)
+        raise
+    return ctx
+
+
+def _check_inputs(
+    model_dir: Path,
+    out: Path,
+    settings: Sequence[tuple[str, str]],
+    warm_prompts: Path | None,
+    wheel: Path | None,
+    kernel_cache: Path | None,
+) -> None:
+    if not (model_dir / "config.json").is_file():
+        raise DeployError(f"{model_dir} is not a model directory (no config.json)")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DeployError(f"{out} exists and is not an empty folder; pass -o to a new folder")
+    if warm_prompts is not None and not warm_prompts.is_file():
+        raise DeployError(
+            f"warm prompts file {warm_prompts} not found; pass a JSON-lines file to --warm-prompts"
+        )
+    if kernel_cache is not None and not (kernel_cache.is_dir() and any(kernel_cache.iterdir())):
+        raise DeployError(
+            f"kernel cache {kernel_cache} is not a folder with compiled kernels; run "
+            f"'ember serve' once on the target GPU type and pass its {KERNEL_CACHE_SUBDIR} "
+            "folder (under ember's home, or $TRITON_CACHE_DIR if set)"
+        )
+    _source_root(wheel)
+    for key, value in settings:
+        if not key.startswith(("EMBER_", "OLLAMA_")):
+            raise DeployError(f"setting {key!r} is not an EMBER_* or OLLAMA_* variable")
+        if "\n" in value or "\r" in value:
+            raise DeployError(f"setting {key!r} has a line break, which ENV cannot hold")
+
+
+def _write_files(
+    ctx: BuildContext,
+    model_dir: Path,
+    base_image: str,
+    warm_prompts: Path | None,
+    wheel: Path | None,
+    kernel_cache: Path | None,
+) -> None:
+    out = ctx.directory
     shutil.copytree(model_dir, out / "model", ignore=shutil.ignore_patterns(".*"))
     if warm_prompts is not None:
         shutil.copy2(warm_prompts, out / "warm_prompts.txt")
     if kernel_cache is not None:
         shutil.copytree(kernel_cache, out / "kernel-cache")
     install_from = _copy_source(out / "ember-src", wheel)
-    (out / "Dockerfile").write_text(
-        dockerfile(
-            ctx, base_image, install_from, warm_prompts is not None, kernel_cache is not None
-        )
+    text = dockerfile(
+        ctx, base_image, install_from, warm_prompts is not None, kernel_cache is not None
     )
+    (out / "Dockerfile").write_text(text, encoding="utf-8")
     (out / ".dockerignore").write_text(_DOCKERIGNORE)
-    return ctx
+
+
+def _undo(out: Path, created: bool) -> None:
+    """Take back a context written part-way: `out` was empty before, or did not exist."""
+    if created:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for child in out.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)

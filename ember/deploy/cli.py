@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ember.argtypes import integer, number
 from ember.deploy.spec import DeployError, DeploySpec
 
 
@@ -46,8 +47,8 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="install ember from this wheel instead of its source tree",
     )
-    p.add_argument("--num-parallel", type=int, default=None, help="bake EMBER_NUM_PARALLEL")
-    p.add_argument("--max-queue", type=int, default=None, help="bake EMBER_MAX_QUEUE")
+    p.add_argument("--num-parallel", type=integer(1), default=None, help="bake EMBER_NUM_PARALLEL")
+    p.add_argument("--max-queue", type=integer(0), default=None, help="bake EMBER_MAX_QUEUE")
     p.add_argument(
         "--env",
         type=_kv,
@@ -94,6 +95,9 @@ def run_build(args: argparse.Namespace) -> int:
     except EmberError as e:  # the model name did not resolve
         print(f"ember: error: {e.message}", file=sys.stderr)
         return 2
+    except OSError as e:  # the context was removed again (see write_context)
+        print(f"Error: cannot write the build context: {e}", file=sys.stderr)
+        return 1
     print(
         f"wrote {ctx.directory}: model {ctx.model_name} ({ctx.model_bytes / 1e9:.2f} GB) at {ctx.model_path}"
     )
@@ -108,65 +112,77 @@ def _add_spec_arguments(p: argparse.ArgumentParser) -> None:
         "--image", default=d.image, help="image built from 'ember build' (default: %(default)s)"
     )
     p.add_argument("--model-path", default=d.model_path, help="model folder inside the image")
-    p.add_argument("--port", type=int, default=d.port)
+    p.add_argument("--port", type=integer(1, 65535), default=d.port)
     p.add_argument(
         "--gpu-type",
         default=d.gpu_type,
         help="nvidia-l4, nvidia-rtx-pro-6000 (Cloud Run), or a GKE accelerator",
     )
-    p.add_argument("--gpus", type=int, default=d.gpu_count, help="GPUs per instance")
+    p.add_argument("--gpus", type=integer(1), default=d.gpu_count, help="GPUs per instance")
     p.add_argument("--cpu", default=d.cpu)
     p.add_argument("--memory", default=d.memory)
-    p.add_argument("--num-parallel", type=int, default=d.num_parallel)
-    p.add_argument("--max-queue", type=int, default=d.max_queue)
-    p.add_argument("--model-instances", type=int, default=d.model_instances)
     p.add_argument(
-        "--batch-size", type=int, default=None, help="ideal batch size (default: num_parallel)"
+        "--num-parallel",
+        type=integer(1),
+        default=None,
+        help=f"requests one instance runs at once (default: --tune's, else {d.num_parallel})",
+    )
+    p.add_argument("--max-queue", type=integer(0), default=d.max_queue)
+    p.add_argument("--model-instances", type=integer(1), default=d.model_instances)
+    p.add_argument(
+        "--batch-size",
+        type=integer(1),
+        default=None,
+        help="ideal batch size (default: num_parallel)",
     )
     p.add_argument(
         "--concurrency",
-        type=int,
+        type=integer(1),
         default=None,
         help="requests per instance (default: the rule, or --tune)",
     )
-    p.add_argument("--min-instances", type=int, default=d.min_instances)
-    p.add_argument("--max-instances", type=int, default=d.max_instances)
+    p.add_argument("--min-instances", type=integer(0), default=d.min_instances)
+    p.add_argument("--max-instances", type=integer(1), default=d.max_instances)
     p.add_argument(
-        "--gpu-quota", type=int, default=None, help="GPUs your quota allows; warn above it"
+        "--gpu-quota", type=integer(0), default=None, help="GPUs your quota allows; warn above it"
     )
     p.add_argument(
         "--model-size-gb",
-        type=float,
+        type=number(0),
         default=d.model_size_gb,
         help="weights size, for the startup probe",
     )
     p.add_argument(
         "--load-gbps",
-        type=float,
+        type=number(0, strict=True),
         default=d.load_gbps,
         help="weights load rate in GB/s (default: %(default)s)",
     )
     p.add_argument(
         "--load-time",
-        type=float,
+        type=number(0, strict=True),
         default=None,
         help="measured start-up seconds (overrides the estimate)",
     )
     p.add_argument(
         "--startup-timeout",
-        type=int,
+        type=integer(1),
         default=None,
         help="startup probe budget in s (default: 2x the load time)",
     )
-    p.add_argument("--timeout", type=int, default=d.request_timeout_s, help="request timeout in s")
+    p.add_argument(
+        "--timeout", type=integer(1), default=d.request_timeout_s, help="request timeout in s"
+    )
     p.add_argument(
         "--drain-timeout",
-        type=float,
+        type=number(0),
         default=d.drain_timeout_s,
         help="ember's SIGTERM drain time in s",
     )
     p.add_argument("--service-account", default=None)
-    p.add_argument("--hpa-target", type=int, default=None, help="vllm:num_requests_waiting per pod")
+    p.add_argument(
+        "--hpa-target", type=integer(1), default=None, help="vllm:num_requests_waiting per pod"
+    )
     p.add_argument(
         "--tune",
         type=Path,
@@ -204,10 +220,12 @@ def add_deploy_arguments(p: argparse.ArgumentParser) -> None:
 def spec_from_args(args: argparse.Namespace) -> DeploySpec:
     from ember.deploy.spec import read_tune
 
+    given_parallel = args.num_parallel is not None
     spec = DeploySpec(
         name=args.name, image=args.image, model_path=args.model_path, port=args.port,
         gpu_type=args.gpu_type, gpu_count=args.gpus, cpu=args.cpu, memory=args.memory,
-        num_parallel=args.num_parallel, max_queue=args.max_queue,
+        num_parallel=args.num_parallel if given_parallel else DeploySpec().num_parallel,
+        max_queue=args.max_queue,
         model_instances=args.model_instances, batch_size=args.batch_size,
         concurrency=args.concurrency, min_instances=args.min_instances,
         max_instances=args.max_instances, gpu_quota=args.gpu_quota,
@@ -218,7 +236,8 @@ def spec_from_args(args: argparse.Namespace) -> DeploySpec:
         extra_env=tuple(args.env),
     )  # fmt: skip
     if args.tune is not None:
-        spec.apply_tune(read_tune(args.tune))
+        spec.apply_tune(read_tune(args.tune), keep_num_parallel=given_parallel)
+    spec.check_numbers()
     return spec
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from ember.deploy.spec import PROBE_PERIOD_S, DeploySpec
+from ember.deploy.spec import PROBE_PERIOD_S, DeployError, DeploySpec
 
 
 def service(spec: DeploySpec) -> dict[str, Any]:
@@ -20,6 +20,8 @@ def service(spec: DeploySpec) -> dict[str, Any]:
     }
     container: dict[str, Any] = {
         "image": spec.image,
+        # As on Kubernetes: --model-path takes effect (the image's CMD serves its own folder).
+        "args": spec.serve_args(),
         "ports": [{"name": "http1", "containerPort": spec.port}],
         "env": [{"name": k, "value": v} for k, v in spec.env()],
         "resources": {
@@ -67,6 +69,22 @@ def service(spec: DeploySpec) -> dict[str, Any]:
     }
 
 
+# gcloud splits list flags on commas; `^D^` first makes D the separator instead.
+_DELIMITERS = "@|;#~+%!"
+
+
+def gcloud_list(items: list[str]) -> str:
+    """A gcloud list or dict flag's value, safe for items that hold commas."""
+    if not any("," in item for item in items):
+        return ",".join(items)
+    for d in _DELIMITERS:
+        if not any(d in item for item in items):
+            return f"^{d}^" + d.join(items)
+    raise DeployError(
+        "every gcloud delimiter appears in the --env values; deploy with the YAML instead"
+    )
+
+
 def gcloud_command(spec: DeploySpec, region: str | None = None) -> str:
     """The same service as `gcloud run deploy` flags (probes need the YAML, or --startup-probe
     flags in newer gcloud; the YAML is the reference)."""
@@ -84,7 +102,8 @@ def gcloud_command(spec: DeploySpec, region: str | None = None) -> str:
         f"--min-instances={spec.min_instances}",
         f"--max-instances={spec.max_instances}",
         f"--timeout={spec.request_timeout_s}",
-        "--set-env-vars=" + ",".join(f"{k}={v}" for k, v in spec.env()),
+        "--set-env-vars=" + gcloud_list([f"{k}={v}" for k, v in spec.env()]),
+        "--args=" + gcloud_list(spec.serve_args()),
     ]  # fmt: skip
     if spec.service_account:
         args.append(f"--service-account={spec.service_account}")

@@ -27,7 +27,7 @@ def deployment(spec: DeploySpec, replicas: int | None = None) -> dict[str, Any]:
     container = {
         "name": "ember",
         "image": spec.image,
-        "args": ["serve", spec.model_path, "--host", "0.0.0.0", "--port", str(port)],
+        "args": spec.serve_args(),
         "ports": [{"name": "http", "containerPort": port}],
         "env": [{"name": k, "value": v} for k, v in spec.env()],
         "resources": {

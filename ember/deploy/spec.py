@@ -90,6 +90,21 @@ class DeploySpec:
     hpa_target: int | None = None  # vllm:num_requests_waiting per pod
     extra_env: tuple[tuple[str, str], ...] = ()
 
+    def check_numbers(self) -> None:
+        """What the flags' types cannot see: numbers that contradict each other, or a tune
+        result's (a file anyone may have edited) that no server could run with."""
+        if self.min_instances > self.max_instances:
+            raise DeployError(
+                f"--min-instances {self.min_instances} is above --max-instances "
+                f"{self.max_instances}; lower the one or raise the other"
+            )
+        if min(self.num_parallel, self.platform_concurrency, self.waiting_target) < 1:
+            raise DeployError(
+                f"num_parallel {self.num_parallel}, concurrency {self.platform_concurrency} and "
+                f"hpa_target {self.waiting_target} must be >= 1; fix --num-parallel, "
+                "--concurrency, --hpa-target or the --tune file"
+            )
+
     def check_name(self) -> None:
         if not re.fullmatch(r"[a-z]([-a-z0-9]{0,47}[a-z0-9])?", self.name):
             raise DeployError(
@@ -97,9 +112,11 @@ class DeploySpec:
                 "with a letter and be at most 49 characters; pass --name"
             )
 
-    def apply_tune(self, advice: TuneAdvice) -> None:
-        """Measured numbers win over the rule; flags the user gave explicitly are kept."""
-        self.num_parallel = advice.num_parallel
+    def apply_tune(self, advice: TuneAdvice, *, keep_num_parallel: bool = False) -> None:
+        """Measured numbers win over the rule; flags the user gave explicitly are kept (those
+        left unset are None; num_parallel has a default, so the caller says if it was given)."""
+        if not keep_num_parallel:
+            self.num_parallel = advice.num_parallel
         if self.concurrency is None:
             self.concurrency = advice.concurrency
         if self.hpa_target is None:
@@ -139,6 +156,10 @@ class DeploySpec:
         if self.hpa_target is not None:
             return self.hpa_target
         return max(1, self.num_parallel // 2)
+
+    def serve_args(self) -> list[str]:
+        """The container's args (the image's ENTRYPOINT is `ember`): serve --model-path."""
+        return ["serve", self.model_path, "--host", "0.0.0.0", "--port", str(self.port)]
 
     def env(self) -> list[tuple[str, str]]:
         pairs = [

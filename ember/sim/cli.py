@@ -8,6 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from ember.argtypes import integer, number
 from ember.sim.fleet import SimConfig, SimResult, simulate
 from ember.sim.profile import Profile
 from ember.sim.trace import Arrival, read_azure_csv, synthetic
@@ -17,14 +18,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = SimConfig()
     src = p.add_argument_group("instance profile")
     src.add_argument("--profile", type=Path, default=None, help="'ember tune' JSON")
-    src.add_argument("--slots", type=int, default=8, help="num_parallel without --profile")
-    src.add_argument("--ttft", type=float, default=0.2, help="seconds, without --profile")
+    src.add_argument("--slots", type=integer(1), default=8, help="num_parallel without --profile")
+    src.add_argument("--ttft", type=number(0), default=0.2, help="seconds, without --profile")
     src.add_argument(
-        "--tpot", type=float, default=0.03, help="seconds per output token, without --profile"
+        "--tpot", type=number(0), default=0.03, help="seconds per output token, without --profile"
     )
     src.add_argument(
         "--cold-start",
-        type=float,
+        type=number(0),
         default=None,
         help="seconds from scale-out to ready (default: the profile's, or 30)",
     )
@@ -35,44 +36,66 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="Azure LLM inference CSV: TIMESTAMP,ContextTokens,GeneratedTokens",
     )
-    load.add_argument("--rate", type=float, default=2.0, help="synthetic requests/s")
     load.add_argument(
-        "--duration", type=float, default=3600.0, help="synthetic seconds (or trace prefix)"
+        "--rate", type=number(0, strict=True), default=2.0, help="synthetic requests/s"
     )
-    load.add_argument("--burstiness", type=float, default=1.0, help="gamma shape; 1 = Poisson")
+    load.add_argument(
+        "--duration",
+        type=number(0, strict=True),
+        default=3600.0,
+        help="synthetic seconds (or trace prefix)",
+    )
+    load.add_argument(
+        "--burstiness", type=number(0, strict=True), default=1.0, help="gamma shape; 1 = Poisson"
+    )
     load.add_argument(
         "--burst-factor",
-        type=float,
+        type=number(0, strict=True),
         default=1.0,
         help="rate multiplier in the busy half of each period",
     )
-    load.add_argument("--burst-period", type=float, default=600.0)
-    load.add_argument("--output-tokens", type=int, default=128)
+    load.add_argument("--burst-period", type=number(0, strict=True), default=600.0)
+    load.add_argument("--output-tokens", type=integer(1), default=128)
     pol = p.add_argument_group("autoscaler")
     pol.add_argument("--policy", choices=["cloudrun", "hpa"], default=d.policy)
-    pol.add_argument("--min-instances", type=int, default=d.min_instances)
-    pol.add_argument("--max-instances", type=int, default=d.max_instances)
+    pol.add_argument("--min-instances", type=integer(0), default=d.min_instances)
+    pol.add_argument("--max-instances", type=integer(1), default=d.max_instances)
     pol.add_argument(
-        "--concurrency", type=int, default=d.concurrency, help="Cloud Run containerConcurrency"
+        "--concurrency",
+        type=integer(1),
+        default=d.concurrency,
+        help="Cloud Run containerConcurrency",
     )
     pol.add_argument(
         "--scale-in-window",
-        type=float,
+        type=number(0),
         default=d.scale_in_window_s,
         help="Cloud Run: seconds unneeded capacity is kept before scale-in",
     )
     pol.add_argument(
-        "--sync-period", type=float, default=d.sync_period_s, help="HPA sync period (s)"
+        "--sync-period",
+        type=number(0, strict=True),
+        default=d.sync_period_s,
+        help="HPA sync period (s)",
     )
     pol.add_argument(
-        "--stabilization", type=float, default=d.stabilization_s, help="HPA scale-down window (s)"
+        "--stabilization",
+        type=number(0),
+        default=d.stabilization_s,
+        help="HPA scale-down window (s)",
     )
     pol.add_argument(
-        "--hpa-target", type=float, default=d.hpa_target, help="waiting requests per pod"
+        "--hpa-target",
+        type=number(0, strict=True),
+        default=d.hpa_target,
+        help="waiting requests per pod",
     )
-    pol.add_argument("--max-queue", type=int, default=d.max_queue)
+    pol.add_argument("--max-queue", type=integer(0), default=d.max_queue)
     pol.add_argument(
-        "--price-per-hour", type=float, default=d.price_per_hour, help="cost of one instance-hour"
+        "--price-per-hour",
+        type=number(0),
+        default=d.price_per_hour,
+        help="cost of one instance-hour",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -102,6 +125,10 @@ def _trace(args: argparse.Namespace) -> list[Arrival]:
 
 
 def _config(args: argparse.Namespace) -> SimConfig:
+    if args.min_instances > args.max_instances:
+        raise ValueError(
+            f"--min-instances {args.min_instances} is above --max-instances {args.max_instances}"
+        )
     return SimConfig(
         policy=args.policy, min_instances=args.min_instances, max_instances=args.max_instances,
         concurrency=args.concurrency, scale_in_window_s=args.scale_in_window,

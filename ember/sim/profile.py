@@ -43,6 +43,8 @@ class Profile:
         data = json.loads(path.read_text())
         levels = sorted(data["levels"], key=lambda p: p["concurrency"])
         slots = int(data["recommended"]["num_parallel"])
+        if slots < 1:
+            raise ValueError(f"{path}: recommended num_parallel is {slots}; it must be >= 1")
         levels = [p for p in levels if p["concurrency"] <= slots] or levels[:1]
         cold = cold_start_s if cold_start_s is not None else data.get("load_time_s") or 30.0
         return cls(

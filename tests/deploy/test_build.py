@@ -18,6 +18,27 @@ from ember.deploy.spec import DeployError
 from tests.server.serverproc import free_port
 
 
+def env_word(word: str) -> str:
+    """A Dockerfile ENV value as Docker reads it: inside double quotes a backslash escapes `"`,
+    `$` and itself (and is kept before anything else); an unescaped `$` is a variable."""
+    assert word[0] == word[-1] == '"', word
+    out, chars = [], iter(word[1:-1])
+    for c in chars:
+        if c == "\\":
+            nxt = next(chars)
+            out.append(nxt if nxt in '"$\\' else c + nxt)
+        else:
+            assert c not in '"$', f"unescaped {c!r} in {word}"
+            out.append(c)
+    return "".join(out)
+
+
+def env_of(steps: list[tuple[str, str]]) -> dict[str, str]:
+    return {
+        k: env_word(v) for k, _, v in (rest.partition("=") for op, rest in steps if op == "ENV")
+    }
+
+
 def instructions(dockerfile: str) -> list[tuple[str, str]]:
     out = []
     for line in dockerfile.splitlines():
@@ -59,9 +80,7 @@ def test_context_contents_and_layer_order(tiny_dir: Path, tmp_path: Path) -> Non
         "RUN",
         "ember warm /models/tiny-llama --prompts /models/tiny-llama.warm_prompts.txt --device cpu",
     )
-    env = {
-        k: json.loads(v) for k, _, v in (rest.partition("=") for op, rest in steps if op == "ENV")
-    }
+    env = env_of(steps)
     assert env["EMBER_NUM_PARALLEL"] == "8" and env["PORT"] == "8080"
 
 
@@ -89,6 +108,50 @@ def test_rejects_what_cannot_work(tiny_dir: Path, tmp_path: Path) -> None:
         write_context(tiny_dir, tmp_path / "b", settings=[("HOME", "/x")])
 
 
+def test_env_values_reach_the_image_literally(tiny_dir: Path, tmp_path: Path) -> None:
+    values = {
+        "EMBER_API_KEY": "ab$cd${HOME}",
+        "EMBER_ORIGINS": "https://été.example,日本",
+        "EMBER_X": 'say "hi" \\n C:\\dir\\',
+    }
+    ctx = write_context(tiny_dir, tmp_path / "ctx", settings=list(values.items()))
+    text = (ctx.directory / "Dockerfile").read_text(encoding="utf-8")
+    assert "\\u" not in text
+    env = env_of(instructions(text))
+    assert {k: env[k] for k in values} == values
+    with pytest.raises(DeployError, match="line break"):
+        write_context(tiny_dir, tmp_path / "ctx2", settings=[("EMBER_X", "a\nb")])
+
+
+def test_bad_inputs_write_nothing(tiny_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ctx"
+    with pytest.raises(DeployError, match="wheel"):
+        write_context(tiny_dir, out, wheel=tmp_path / "missing.whl")
+    with pytest.raises(DeployError, match="warm prompts"):
+        write_context(tiny_dir, out, warm_prompts=tmp_path / "missing.jsonl")
+    assert not out.exists()
+    ctx = write_context(tiny_dir, out)  # the corrected command, with the same -o
+    assert (ctx.directory / "Dockerfile").is_file()
+
+
+def test_a_write_that_fails_part_way_leaves_no_context(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ember.deploy.build as build
+
+    def full_disk(dest: Path, wheel: Path | None) -> str:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(build, "_copy_source", full_disk)
+    with pytest.raises(OSError):
+        write_context(tiny_dir, tmp_path / "new" / "ctx")
+    assert not (tmp_path / "new" / "ctx").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(OSError):
+        write_context(tiny_dir, tmp_path / "empty")
+    assert (tmp_path / "empty").is_dir() and not any((tmp_path / "empty").iterdir())
+
+
 def test_warm_blocks_are_made_for_the_servers_cache(tiny_dir: Path, tmp_path: Path) -> None:
     """The image's `ember warm` step uses the server's block size and KV cache dtype (from the
     settings), or the server would skip the blocks it made."""
@@ -114,9 +177,7 @@ def test_kernel_cache_is_baked_where_serve_looks(tiny_dir: Path, tmp_path: Path)
     root = ctx.directory
     assert (root / "kernel-cache" / "abc123" / "kernel.cubin").read_bytes() == b"\x7fELF"
     steps = instructions((root / "Dockerfile").read_text())
-    env = {
-        k: json.loads(v) for k, _, v in (rest.partition("=") for op, rest in steps if op == "ENV")
-    }
+    env = env_of(steps)
     assert ("COPY", f"kernel-cache {env['EMBER_HOME']}/kernels/triton") in steps
     with pytest.raises(DeployError, match="ember serve"):
         write_context(tiny_dir, tmp_path / "ctx2", kernel_cache=tmp_path / "missing")
@@ -133,9 +194,7 @@ def test_entrypoint_serves_on_port(tiny_dir: Path, tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "ember.cli", *cmd[1:]]
     cmd[cmd.index(ctx.model_path)] = str(ctx.directory / "model")
     cmd[cmd.index("0.0.0.0")] = "127.0.0.1"
-    env = {
-        k: json.loads(v) for k, _, v in (rest.partition("=") for op, rest in steps if op == "ENV")
-    }
+    env = env_of(steps)
     port = free_port()
     full_env = {k: v for k, v in os.environ.items() if k not in ("OLLAMA_HOST", "EMBER_PORT")}
     full_env |= env | {"PORT": str(port), "EMBER_HOME": str(tmp_path / "home")}

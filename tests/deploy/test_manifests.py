@@ -158,3 +158,92 @@ def test_cloudrun_limits_warn() -> None:
     w = DeploySpec(cpu="2", memory="8Gi").warnings("cloudrun")
     assert len(w) == 2 and "4 CPUs" in w[0] and "16Gi" in w[1]
     assert DeploySpec(cpu="2", memory="8Gi").warnings("k8s") == []
+
+
+def _deploy(*argv: str) -> tuple[int, str]:
+    """`ember deploy ...` in this process: (exit code, stderr)."""
+    import contextlib
+    import io
+
+    from ember.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main(["deploy", *argv])
+        except SystemExit as e:  # argparse's check of a flag's type
+            code = int(e.code or 0)
+    return code, err.getvalue()
+
+
+@pytest.mark.parametrize("target", ["cloudrun", "k8s"])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--num-parallel", "0"],
+        ["--num-parallel", "-4"],
+        ["--max-instances", "0"],
+        ["--min-instances", "-1"],
+        ["--gpus", "0"],
+        ["--port", "0"],
+        ["--port", "70000"],
+        ["--concurrency", "0"],
+        ["--timeout", "0"],
+        ["--load-gbps", "0"],
+        ["--min-instances", "3", "--max-instances", "2"],
+    ],
+)
+def test_deploy_rejects_numbers_no_service_could_run(target: str, flags: list[str]) -> None:
+    code, err = _deploy(target, *flags)
+    assert code == 2 and "error:" in err and flags[-2] in err and "Traceback" not in err
+
+
+def test_an_explicit_num_parallel_beats_the_tune_result(tmp_path: Path) -> None:
+    tune = tmp_path / "tune.json"
+    rec = {"num_parallel": 4, "concurrency": 8, "hpa_target": 2}
+    tune.write_text(json.dumps({"levels": [], "recommended": rec}))
+    out = tmp_path / "svc.yaml"
+
+    def num_parallel(*flags: str) -> str:
+        assert _deploy("cloudrun", "--tune", str(tune), *flags, "-o", str(out))[0] == 0
+        container = yaml.safe_load(out.read_text())["spec"]["template"]["spec"]["containers"][0]
+        return {e["name"]: e["value"] for e in container["env"]}["EMBER_NUM_PARALLEL"]
+
+    assert num_parallel("--num-parallel", "16") == "16"
+    assert num_parallel("--num-parallel", "4") == "4"
+    rec["num_parallel"] = 6
+    tune.write_text(json.dumps({"levels": [], "recommended": rec}))
+    assert num_parallel() == "6"
+
+
+def _gcloud_flag(cmd: str, flag: str) -> list[str]:
+    """A gcloud list flag's items as gcloud reads them: split on commas, or on D after `^D^`."""
+    import shlex
+
+    value = next(a for a in shlex.split(cmd) if a.startswith(flag + "="))[len(flag) + 1 :]
+    if value.startswith("^"):
+        delimiter, _, value = value[1:].partition("^")
+        return value.split(delimiter)
+    return value.split(",")
+
+
+def test_gcloud_command_keeps_env_values_with_commas() -> None:
+    extra = (("EMBER_ORIGINS", "a.com,b.com"), ("EMBER_NOTE", "x@y|z"))
+    spec = DeploySpec(extra_env=extra)
+    cmd = cloudrun.gcloud_command(spec)
+    env = dict(item.split("=", 1) for item in _gcloud_flag(cmd, "--set-env-vars"))
+    assert env == dict(spec.env())
+    plain = cloudrun.gcloud_command(DeploySpec())
+    assert "--set-env-vars=EMBER_NUM_PARALLEL=4," in plain  # the usual form when it can be
+
+
+def test_cloudrun_serves_the_model_path_it_was_given() -> None:
+    spec = DeploySpec(model_path="/models/qwen2.5-7b-instruct", port=9000)
+    (doc,) = roundtrip([cloudrun.service(spec)])
+    container = doc["spec"]["template"]["spec"]["containers"][0]
+    assert (
+        container["args"]
+        == k8s.deployment(spec)["spec"]["template"]["spec"]["containers"][0]["args"]
+    )
+    assert container["args"][:2] == ["serve", "/models/qwen2.5-7b-instruct"]
+    assert _gcloud_flag(cloudrun.gcloud_command(spec), "--args") == container["args"]

@@ -96,3 +96,30 @@ def test_profile_from_tune_result(tmp_path: Path) -> None:
     p = Profile.from_tune(tune)
     assert (p.slots, p.cold_start_s, p.concurrency) == (4, 42.0, [1, 2, 4])
     assert p.ttft(3) == pytest.approx(0.15) and p.tpot(8) == pytest.approx(0.014)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--slots", "0"],
+        ["--concurrency", "0"],
+        ["--rate", "-1"],
+        ["--tpot", "-1"],
+        ["--ttft", "-0.5"],
+        ["--duration", "0"],
+        ["--max-queue", "-1"],
+        ["--min-instances", "3", "--max-instances", "2"],
+    ],
+)
+def test_simulate_rejects_numbers_it_cannot_run(
+    flags: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ember.cli import main
+
+    try:
+        code = main(["simulate", "--rate", "1", "--duration", "20", *flags])
+    except SystemExit as e:  # argparse's own check of a flag's type
+        code = int(e.code or 0)
+    err = capsys.readouterr().err
+    assert code == 2 and "ember" in err and "error:" in err
+    assert flags[-2] in err and "Traceback" not in err
