@@ -18,6 +18,7 @@ from ember.engine.args import KV_CACHE_DTYPES
 
 if TYPE_CHECKING:
     from ember.engine.async_engine import AsyncEngine
+    from ember.server.protocol_ollama import Options
 
 _STORE_COMMANDS = ("list", "ps", "show", "rm", "cp", "create")
 _STARTUP_SWITCHES = (
@@ -62,11 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="generate from a model in this process: one prompt, or a chat on the terminal",
         description="Load MODEL in this process and print a streamed reply to PROMPT; without "
-        "PROMPT, chat on the terminal (end with /bye or end of input).",
+        "PROMPT, chat on the terminal (end with /bye or end of input). Input piped in (not a "
+        "terminal) is read whole: one prompt, or the text before PROMPT.",
         epilog=_EPILOG,
     )
     run.add_argument("model_arg", metavar="MODEL", help="model name or directory")
-    run.add_argument("prompt", nargs="*", help="prompt (words are joined with spaces)")
+    run.add_argument(
+        "prompt",
+        nargs="*",
+        help="prompt (words are joined with spaces); piped input comes first, as in Ollama",
+    )
     run.add_argument("--num-predict", type=int, default=None, help="tokens to generate at most")
     run.add_argument("--temperature", type=float, default=None, help="sampling temperature")
     run.add_argument("--seed", type=int, default=None, help="sampling seed")
@@ -151,12 +157,28 @@ def _add_store_commands(sub: Any) -> None:
         if name != "ps":
             p.add_argument("--home", default=None, help=home_help)
     parsers["show"].add_argument("model", metavar="MODEL")
+    only = parsers["show"].add_mutually_exclusive_group()
+    for part, what in (
+        ("modelfile", "the model's Modelfile"),
+        ("parameters", "its parameters (params.json)"),
+        ("system", "its system prompt"),
+        ("template", "its chat template"),
+    ):
+        only.add_argument(
+            f"--{part}", dest="part", action="store_const", const=part, help=f"only {what}"
+        )
     parsers["rm"].add_argument("models", nargs="+", metavar="MODEL")
     parsers["cp"].add_argument("source", metavar="SOURCE")
     parsers["cp"].add_argument("destination", metavar="DESTINATION")
     create = parsers["create"]
     create.add_argument("model", metavar="NAME")
-    create.add_argument("-f", "--file", default=None, metavar="MODELFILE", help="a Modelfile")
+    create.add_argument(
+        "-f",
+        "--file",
+        default=None,
+        metavar="MODELFILE",
+        help="a Modelfile (default: ./Modelfile where there is one and --from is not given)",
+    )
     create.add_argument("--from", dest="base", default=None, metavar="MODEL", help="base model")
 
 
@@ -171,15 +193,24 @@ def _store_command(args: argparse.Namespace) -> int:
     if args.command == "list":
         return commands.list_command(store)
     if args.command == "show":
-        return commands.show_command(store, args.model)
+        return commands.show_command(store, args.model, part=args.part)
     if args.command == "rm":
         return commands.rm_command(store, args.models)
     if args.command == "cp":
         return commands.cp_command(store, args.source, args.destination)
     from ember.server.store_routes import check_create_spec
 
-    modelfile = Path(args.file) if args.file else None
-    return commands.create_command(store, args.model, modelfile, args.base, check=check_create_spec)
+    return commands.create_command(
+        store, args.model, _modelfile(args.file, args.base), args.base, check=check_create_spec
+    )
+
+
+def _modelfile(flag: str | None, base: str | None) -> Path | None:
+    """-f FILE; with neither -f nor --from, ./Modelfile where there is one (as `ollama create`)."""
+    if flag:
+        return Path(flag)
+    default = Path("Modelfile")
+    return default if base is None and default.is_file() else None
 
 
 def _config(args: argparse.Namespace) -> ServeConfig:
@@ -190,6 +221,19 @@ def _config(args: argparse.Namespace) -> ServeConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The `ember` command. Output piped into a reader that quits early (`ember show x | head`)
+    ends the command quietly, as a pipe closing is no error of the user's."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, where a closed pipe can still be caught
+        return code
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush must not fail too
+        return 1
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -200,23 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return bench(args)
     if args.command == "warm":
-        from ember.engine.warm_kv import warm
-        from ember.errors import EmberError
-
-        try:
-            n = warm(
-                Path(args.model_dir),
-                args.prompts,
-                args.output,
-                args.device,
-                args.block_size,
-                args.kv_cache_dtype,
-            )
-        except EmberError as e:
-            print(f"Error: {e.message}", file=sys.stderr)
-            return 1
-        print(f"saved {n} warm KV blocks")
-        return 0
+        return _warm(args)
     if args.command in ("build", "deploy", "tune", "simulate"):
         from ember.deploy import cli as deploy_cli
         from ember.sim import cli as sim_cli
@@ -272,19 +300,59 @@ def main(argv: Sequence[str] | None = None) -> int:
             "temperature": args.temperature,
             "seed": args.seed,
         }
-        return _run(config, " ".join(args.prompt), options)
+        prompt, interactive = _prompt(args.prompt)
+        return _run(config, prompt, options, interactive)
     parser.error(f"unknown command {args.command!r}")
     return 2
 
 
-def _run(config: ServeConfig, prompt: str, options: dict[str, Any]) -> int:
+def _warm(args: argparse.Namespace) -> int:
+    from ember.engine.warm_kv import warm
+    from ember.errors import EmberError
+
+    if not args.prompts.is_file():
+        print(f"Error: prompts file '{args.prompts}' not found", file=sys.stderr)
+        return 1
+    try:
+        n = warm(
+            Path(args.model_dir),
+            args.prompts,
+            args.output,
+            args.device,
+            args.block_size,
+            args.kv_cache_dtype,
+        )
+    except EmberError as e:
+        print(f"Error: {e.message}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 1
+    print(f"saved {n} warm KV blocks")
+    return 0
+
+
+def _prompt(words: Sequence[str]) -> tuple[str, bool]:
+    """(prompt, chat on the terminal?) as `ollama run` takes them: input piped in is read whole
+    and goes before the prompt's words, joined by a space; a chat needs a terminal and no
+    prompt."""
+    parts = list(words)
+    piped = not sys.stdin.isatty()
+    if piped:
+        text = sys.stdin.read()
+        if text:
+            parts.insert(0, text)
+    return " ".join(parts), not piped and not parts
+
+
+def _run(config: ServeConfig, prompt: str, options: dict[str, Any], interactive: bool) -> int:
     """`ember run`: like `ollama run`, with the engine in this process."""
     import asyncio
 
     from ember.errors import EmberError
 
     try:
-        return asyncio.run(_run_async(config, prompt, options))
+        return asyncio.run(_run_async(config, prompt, options, interactive))
     except EmberError as e:
         print(f"Error: {e.message}", file=sys.stderr)
         return 1
@@ -292,27 +360,35 @@ def _run(config: ServeConfig, prompt: str, options: dict[str, Any]) -> int:
         return 130
 
 
-async def _run_async(config: ServeConfig, prompt: str, options: dict[str, Any]) -> int:
+async def _run_async(
+    config: ServeConfig, prompt: str, options: dict[str, Any], interactive: bool
+) -> int:
     import asyncio
 
-    from ember.errors import InvalidRequestError
+    from ember.errors import InvalidRequestError, ModelLoadError
     from ember.server.served_model import engine_args, make_engine
 
     store = config.model_store()
     local = await asyncio.to_thread(store.resolve, config.model)
+    if local.details.family == "bert":
+        raise ModelLoadError(
+            f"'{config.model}' is an embedding model: it turns text into vectors and does not "
+            f"generate; serve it ('ember serve {config.model}') and call /api/embed or "
+            "/v1/embeddings"
+        )
+    if not interactive and not prompt:
+        return 0  # nothing piped in and no prompt: nothing to answer
     defaults = dict(await asyncio.to_thread(store.params, local))
     system = await asyncio.to_thread(store.system, local)
     args = engine_args(config, local, config.served_model_name or local.name, store)
     engine = await asyncio.to_thread(make_engine, args)
     try:
         chat = _Chat(engine, defaults, options, system)
-        if prompt:
+        if not interactive:
             await chat.turn(prompt)
             return 0
-        interactive = sys.stdin.isatty()
         while True:
-            if interactive:
-                print(">>> ", end="", flush=True)
+            print(">>> ", end="", flush=True)
             line = await asyncio.to_thread(sys.stdin.readline)
             if not line or line.strip() == "/bye":
                 return 0
@@ -323,6 +399,23 @@ async def _run_async(config: ServeConfig, prompt: str, options: dict[str, Any]) 
                     print(f"Error: {e.message}", file=sys.stderr)
     finally:
         await asyncio.to_thread(engine.shutdown)
+
+
+def _merge_options(defaults: dict[str, Any], options: dict[str, Any]) -> Options:
+    """The model's params.json beneath the flags. A stored value no request could use (written
+    by hand, or before create checked parameters) is named as the model's, with where to fix
+    it, rather than as if the user had typed it."""
+    from ember.errors import InvalidRequestError, ModelLoadError
+    from ember.server.protocol_ollama import merge_options
+
+    try:
+        merge_options(defaults, None)
+    except InvalidRequestError as e:
+        raise ModelLoadError(
+            f"the model's stored parameters are invalid ({e.message}); fix or delete them in "
+            "the model's params.json, or create the model again"
+        ) from None
+    return merge_options(defaults, options)
 
 
 class _Chat:
@@ -352,12 +445,12 @@ class _Chat:
         return tok.encode(text, add_special_tokens=False)
 
     async def turn(self, user_text: str) -> str:
-        from ember.server.protocol_ollama import merge_options, sampling_params
+        from ember.server.protocol_ollama import sampling_params
 
         self.messages.append({"role": "user", "content": user_text})
         try:
             ids = self._prompt_ids()
-            opts = merge_options(self.defaults, self.options)
+            opts = _merge_options(self.defaults, self.options)
             params = sampling_params(opts, len(ids), self.engine.max_model_len)
         except Exception:
             self.messages.pop()

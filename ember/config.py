@@ -127,7 +127,10 @@ def _seconds_or_off(raw: str) -> float | None:
     """Seconds > 0; 0 or "off" turns the limit off (None)."""
     if raw.strip().lower() in ("0", "off", "none"):
         return None
-    return _positive_float(raw)
+    try:
+        return _positive_float(raw)
+    except ValueError:
+        raise ValueError("must be a number of seconds >= 0 (0 or 'off': no limit)") from None
 
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20}

@@ -6,25 +6,62 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ember import __version__
 from ember.config import ConfigError, ServeConfig, config_flags, parse_duration, parse_ollama_host
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def ember(
-    *args: str, stdin: str | None = None, timeout: float = 120
+    *args: str, stdin: str | None = None, timeout: float = 120, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "EMBER_PORT"))}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    # No stdin given: /dev/null, never the test runner's (`ember run` reads piped input whole).
+    feed: dict[str, Any] = {"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}
     return subprocess.run(
         [sys.executable, "-m", "ember.cli", *args],
-        input=stdin,
         capture_output=True,
         text=True,
         timeout=timeout,
         env=env,
+        cwd=cwd,
+        **feed,
     )
+
+
+def ember_on_a_terminal(*args: str, typed: str, timeout: float = 120) -> tuple[int, str, str]:
+    """`ember ARGS` with a terminal as its stdin, on which `typed` is typed (b"\\x04" is the
+    end of input): (exit code, stdout, stderr)."""
+    import pty
+    import termios
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "EMBER_PORT"))}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    master, slave = pty.openpty()
+    attrs = termios.tcgetattr(slave)
+    attrs[3] &= ~termios.ECHO  # nobody reads the echo back
+    termios.tcsetattr(slave, termios.TCSANOW, attrs)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ember.cli", *args],
+            stdin=slave,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=REPO,
+        )
+        os.write(master, typed.encode())
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        os.close(slave)
+        os.close(master)
+    return proc.returncode, out, err
 
 
 def test_version() -> None:
@@ -82,35 +119,53 @@ def test_run_prints_a_completion(ember_home: Path) -> None:
     assert r.stdout.strip()
 
 
-def test_run_chat_loop_reads_stdin_until_bye(ember_home: Path) -> None:
-    r = ember(
-        "run",
-        "tiny",
-        "--num-predict",
-        "4",
-        "--device",
-        "cpu",
-        stdin="hi\n\nhow are you\n/bye\nnot read\n",
-    )
-    assert r.returncode == 0, r.stderr
-    replies = [line for line in r.stdout.split("\n") if line.strip()]
-    assert 1 <= len(replies) <= 2  # two turns; a reply may be only whitespace
+def test_run_chat_loop_reads_the_terminal_until_bye(ember_home: Path) -> None:
+    code, out, err = ember_on_a_terminal(
+        "run", "tiny", "--num-predict", "4", "--device", "cpu",
+        typed="hi\n\nhow are you\n/bye\nnot read\n",
+    )  # fmt: skip
+    assert code == 0, err
+    assert out.count(">>> ") == 4  # hi, the blank line, how are you, /bye
 
 
 def test_run_chat_loop_keeps_the_conversation(ember_home: Path) -> None:
     # Each turn resends the whole conversation, so a small context fills up after a few turns;
     # the loop reports it and carries on.
-    r = ember(
+    code, _, err = ember_on_a_terminal(
         "run", "tiny", "--num-predict", "8", "--context-length", "80", "--device", "cpu",
-        stdin="tell me more\n" * 12,
+        typed="tell me more\n" * 12 + "\x04",
     )  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    assert "context length is 80 tokens" in r.stderr
+    assert code == 0, err
+    assert "context length is 80 tokens" in err
 
 
 def test_run_chat_loop_ends_at_eof(ember_home: Path) -> None:
-    r = ember("run", "tiny", "--num-predict", "2", "--device", "cpu", stdin="one turn\n")
+    code, out, err = ember_on_a_terminal(
+        "run", "tiny", "--num-predict", "2", "--device", "cpu", typed="one turn\n\x04"
+    )
+    assert code == 0, err
+    assert out.count(">>> ") == 2
+
+
+def test_piped_input_is_one_prompt_before_the_prompts_words(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import io
+
+    from ember.cli import _prompt
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("line one\nline two\n"))
+    assert _prompt([]) == ("line one\nline two\n", False)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("def f(): pass\n"))
+    assert _prompt(["explain", "this"]) == ("def f(): pass\n explain this", False)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert _prompt([]) == ("", False)  # nothing to answer: no chat either
+
+
+def test_run_reads_piped_input_whole(ember_home: Path) -> None:
+    r = ember("run", "tiny", "--num-predict", "2", "--device", "cpu", stdin="a\nb\n/bye\n")
     assert r.returncode == 0, r.stderr
+    assert ">>>" not in r.stdout and r.stdout.endswith("\n")
 
 
 def test_run_unknown_model_fails_cleanly(ember_home: Path) -> None:
@@ -295,3 +350,136 @@ def test_human_formats() -> None:
     assert time_ago(now - timedelta(seconds=70), now) == "About a minute ago"
     assert time_until(now + timedelta(minutes=4, seconds=59), now) == "4 minutes from now"
     assert time_until(datetime(2318, 11, 30, tzinfo=timezone.utc), now) == "Forever"
+
+
+# --- user errors: one `Error: ...` line, never a traceback ------------------------------------
+
+
+def test_create_with_a_missing_modelfile_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ember.cli import main
+
+    assert main(["create", "x", "-f", str(tmp_path / "nofile"), "--home", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: cannot read Modelfile") and "No such file" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_create_reads_the_modelfile_in_the_current_folder(tmp_path: Path) -> None:
+    from ember.registry import ModelStore
+
+    home = str(tmp_path / "home")
+    r = ember("create", "nofrom", "--home", home, cwd=tmp_path)
+    assert r.returncode == 1 and "./Modelfile" in r.stderr
+    (tmp_path / "Modelfile").write_text('FROM tiny\nSYSTEM "You are Mario."\n')
+    r = ember("create", "mario", "--home", home, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout == "success\n", r.stderr
+    store = ModelStore(Path(home))
+    assert store.system(store.resolve("mario")) == "You are Mario."
+
+
+def test_warm_with_a_missing_prompts_file_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ember.cli import main
+
+    assert main(["warm", str(tmp_path), "--prompts", str(tmp_path / "none.jsonl")]) == 1
+    assert capsys.readouterr().err == f"Error: prompts file '{tmp_path / 'none.jsonl'}' not found\n"
+
+
+def test_run_with_a_bad_stored_parameter_is_one_line(ember_home: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from ember.registry import ModelStore
+
+    model = tmp_path / "typo"
+    shutil.copytree(ModelStore(ember_home).resolve("tiny").path, model)
+    (model / "params.json").write_text('{"num_predict": "abc"}')
+    r = ember("run", str(model), "hi", "--device", "cpu")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("Error: the model's stored parameters are invalid")
+    assert "num_predict" in r.stderr and "params.json" in r.stderr
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ember.cli", "show", "tiny", "--home", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # as `head` does once it has its lines
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) != 0
+    assert err == ""
+
+
+def test_small_polish(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from ember.registry.commands import time_ago
+
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    assert time_ago(now - timedelta(seconds=1.5), now) == "1 second ago"
+    assert time_ago(now - timedelta(seconds=2), now) == "2 seconds ago"
+    with pytest.raises(ConfigError, match=r"--request-timeout.*>= 0"):
+        ServeConfig.from_sources({"request_timeout": "-1"}, {})
+    assert ServeConfig.from_sources({"request_timeout": "0"}, {}).request_timeout is None
+
+
+def test_run_of_an_embedding_model_says_where_embeddings_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    from ember.cli import main
+
+    minilm = tmp_path / "minilm"
+    minilm.mkdir()
+    (minilm / "config.json").write_text('{"architectures": ["BertModel"], "model_type": "bert"}')
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert main(["run", str(minilm), "hi", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "is an embedding model" in err and "/api/embed" in err and "/v1/embeddings" in err
+
+
+def test_show_prints_one_part_as_ollama_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ember.cli import main
+    from ember.registry import ModelStore
+    from ember.registry.create import CreateSpec, create
+    from ember.registry.modelfile import parse_modelfile
+
+    home = tmp_path / "home"
+    spec = CreateSpec(
+        base="tiny",
+        template="{% for m in messages %}{{ m['content'] }}{% endfor %}",
+        system="You are Mario.",
+        parameters={"temperature": 0.3, "stop": ["<a>", "<b>"]},
+    )
+    store = ModelStore(home)
+    params = store.params(create(store, "mario", spec))  # tiny's own, then the spec's
+
+    def show(*flags: str) -> str:
+        capsys.readouterr()
+        assert main(["show", "mario", "--home", str(home), *flags]) == 0
+        return capsys.readouterr().out
+
+    assert show("--system") == "You are Mario.\n"
+    assert show("--template") == f"{spec.template}\n"
+    assert show("--parameters").split("\n")[-4:] == [
+        f"{'temperature':<30} 0.3",
+        f'{"stop":<30} "<a>"',
+        f'{"stop":<30} "<b>"',
+        "",
+    ]
+    back = parse_modelfile(show("--modelfile"))
+    assert (back.template, back.system, back.parameters) == (spec.template, spec.system, params)
+    assert "Model" in show() and "Path" in show()
+    with pytest.raises(SystemExit) as info:
+        main(["show", "mario", "--system", "--template"])
+    assert info.value.code == 2

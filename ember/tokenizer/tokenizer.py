@@ -57,6 +57,11 @@ class Tokenizer:
             path = model_files(str(path)).config_dir
         path = Path(path)
         file = path / "tokenizer.json"
+        if not file.is_file() and not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"{path} is not a model folder: it has neither config.json nor tokenizer.json; "
+                "pass a folder with a Hugging Face checkpoint or a name from 'ember list'"
+            )
         if not file.is_file():
             raise ModelLoadError(
                 f"{path} has no tokenizer.json; ember needs a 'fast' tokenizer file. Create it with "

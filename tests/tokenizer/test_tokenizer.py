@@ -87,8 +87,15 @@ def test_added_tokens_decoder_adds_missing_tokens(model_dir_with: MakeModelDir) 
 
 
 def test_missing_tokenizer_json_says_how_to_make_one(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}", encoding="utf-8")
     with pytest.raises(ModelLoadError, match="save_pretrained"):
         Tokenizer.from_dir(tmp_path)
+
+
+def test_an_empty_folder_is_not_a_model_and_needs_no_tokenizer_recipe(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="not a model folder") as info:
+        Tokenizer.from_dir(tmp_path)
+    assert "AutoTokenizer" not in info.value.message
 
 
 def test_corrupt_files_raise_model_load_error(model_dir_with: MakeModelDir) -> None:
