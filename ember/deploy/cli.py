@@ -210,10 +210,18 @@ def add_deploy_arguments(p: argparse.ArgumentParser) -> None:
         "--metrics",
         choices=["managed", "adapter"],
         default="managed",
-        help="HPA metric source: Managed Prometheus (External) or prometheus-adapter (Pods)",
+        help="HPA metric source: Managed Prometheus (Stackdriver adapter) or prometheus-adapter",
     )
     k8s.add_argument(
-        "--prometheus-url", default="http://prometheus.monitoring:9090", help="KEDA's Prometheus"
+        "--prometheus-url",
+        default="http://prometheus.monitoring:9090",
+        help="KEDA's Prometheus: one that has these pods' metrics (with Managed Prometheus, its "
+        "frontend service)",
+    )
+    k8s.add_argument(
+        "--namespace",
+        default=None,
+        help="the namespace to deploy to (set on every manifest and in KEDA's query)",
     )
 
 
@@ -250,12 +258,18 @@ def run_deploy(args: argparse.Namespace) -> int:
         if args.target == "cloudrun":
             text = dump(cloudrun.service(spec))
         else:
-            text = dump_all(k8s.manifests(spec, args.autoscaler, args.metrics, args.prometheus_url))
+            docs = k8s.manifests(
+                spec, args.autoscaler, args.metrics, args.prometheus_url, args.namespace
+            )
+            text = dump_all(docs)
     except DeployError as e:
         print(f"ember: error: {e}", file=sys.stderr)
         return 2
     for w in spec.warnings("cloudrun" if args.target == "cloudrun" else "k8s"):
         print(f"warning: {w}", file=sys.stderr)
+    if args.target == "k8s":
+        for note in k8s.notes(args.autoscaler, args.metrics, args.namespace):
+            print(f"note: {note}", file=sys.stderr)
     if args.output is not None:
         args.output.write_text(text)
         print(f"wrote {args.output}", file=sys.stderr)

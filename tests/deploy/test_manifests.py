@@ -65,15 +65,39 @@ def test_k8s_manifests_validate(spec: DeploySpec, autoscaler: Any, form: Any) ->
 
 
 def test_hpa_metric_forms() -> None:
+    """Both forms are Pods metrics: the HPA averages its own Deployment's pods (an External
+    metric would sum every ember or vLLM series in the project)."""
     spec = DeploySpec(hpa_target=5)
     managed = k8s.hpa(spec, "managed")["spec"]["metrics"][0]
-    assert (
-        managed["external"]["metric"]["name"]
-        == "prometheus.googleapis.com|vllm:num_requests_waiting|gauge"
+    assert managed["type"] == "Pods"
+    assert managed["pods"]["metric"]["name"] == (
+        "prometheus.googleapis.com|vllm:num_requests_waiting|gauge"
     )
-    assert managed["external"]["target"] == {"type": "AverageValue", "averageValue": "5"}
+    assert managed["pods"]["target"] == {"type": "AverageValue", "averageValue": "5"}
     adapter = k8s.hpa(spec, "adapter")["spec"]["metrics"][0]
     assert adapter["type"] == "Pods" and adapter["pods"]["target"]["averageValue"] == "5"
+    assert any("vllm_num_requests_waiting" in n for n in k8s.notes("hpa", "adapter", None))
+
+
+def test_keda_never_scales_to_zero_and_counts_only_its_pods() -> None:
+    """At zero replicas no pod exports the metric, so a Prometheus trigger could never wake
+    the Deployment; the query matches this Deployment's pods in its namespace only."""
+    import re
+
+    spec = DeploySpec(name="myllm", min_instances=0)
+    docs = k8s.manifests(spec, "keda", namespace="serving")
+    scaled = docs[-1]
+    assert scaled["spec"]["minReplicaCount"] == 1
+    assert all(d["metadata"]["namespace"] == "serving" for d in docs)
+    query = scaled["spec"]["triggers"][0]["metadata"]["query"]
+    assert 'namespace="serving"' in query
+    pattern = re.search(r'pod=~"([^"]+)"', query)
+    assert pattern is not None
+    regex = re.compile(pattern.group(1))  # Prometheus anchors its regexes: fullmatch
+    assert regex.fullmatch("myllm-7d9f8c6b5-x2k4q")
+    for other in ("myllm-canary-7d9f8c6b5-x2k4q", "myllm-v2-5d7f8c9b4-abcde", "other-7d9f-x2k4q"):
+        assert not regex.fullmatch(other), other
+    assert any("--namespace" in n for n in k8s.notes("keda", "managed", None))
 
 
 @pytest.mark.parametrize("spec", CONFIGS, ids=lambda s: s.name)
