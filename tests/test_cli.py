@@ -152,14 +152,14 @@ def test_piped_input_is_one_prompt_before_the_prompts_words(
 ) -> None:
     import io
 
-    from ember.cli import _prompt
+    from ember.cli_run import prompt_and_mode
 
     monkeypatch.setattr(sys, "stdin", io.StringIO("line one\nline two\n"))
-    assert _prompt([]) == ("line one\nline two\n", False)
+    assert prompt_and_mode([]) == ("line one\nline two\n", False)
     monkeypatch.setattr(sys, "stdin", io.StringIO("def f(): pass\n"))
-    assert _prompt(["explain", "this"]) == ("def f(): pass\n explain this", False)
+    assert prompt_and_mode(["explain", "this"]) == ("def f(): pass\n explain this", False)
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))
-    assert _prompt([]) == ("", False)  # nothing to answer: no chat either
+    assert prompt_and_mode([]) == ("", False)  # nothing to answer: no chat either
 
 
 def test_run_reads_piped_input_whole(ember_home: Path) -> None:
