@@ -24,6 +24,8 @@ from prometheus_client.registry import Collector
 from ember.engine.messages import EngineStats
 from ember.outputs import RequestOutput
 
+FINISH_REASONS = ("stop", "length", "abort")
+
 # Buckets in seconds, close to vLLM's so dashboards built for vLLM read the same.
 TTFT_BUCKETS = (
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75,
@@ -166,6 +168,7 @@ class ServerMetrics:
     def __init__(self, model_name: Callable[[], str], snapshots: Snapshots):
         """`model_name`: the primary model's name (start-up phases are its)."""
         self._model_name = model_name
+        self._known: set[str] = set()  # model names whose series exist
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_EngineCollector(snapshots))
         r = self.registry
@@ -220,9 +223,23 @@ class ServerMetrics:
 
     def track(self, model_name: str | None = None) -> RequestTracker:
         """A tracker for one request to `model_name` (default: the primary model)."""
-        return RequestTracker(self, model_name or self._model_name())
+        name = model_name or self._model_name()
+        self._ensure(name)
+        return RequestTracker(self, name)
+
+    def _ensure(self, name: str) -> None:
+        """Every series of a model exists from its first scrape, at zero, as vLLM's do: a rate()
+        over a series that appears only at its first event misses that event."""
+        if name in self._known:
+            return
+        self._known.add(name)
+        for reason in FINISH_REASONS:
+            self.request_success.labels(name, reason)
+        for histogram in (self.ttft, self.itl, self.e2e, self.queue_time):
+            histogram.labels(name)
 
     def render(self) -> bytes:
+        self._ensure(self._model_name())
         return generate_latest(self.registry)
 
 

@@ -88,3 +88,22 @@ def test_tokens_past_a_stop_string_are_not_counted(fresh: tuple[Server, list[flo
     before = server.metrics()[TOKENS]
     usage = [completion(server, prompt="stop", max_tokens=16, stop=[stop]) for _ in range(4)]
     assert server.metrics()[TOKENS] - before == sum(int(str(u["completion_tokens"])) for u in usage)
+
+
+def test_every_series_exists_from_the_first_scrape(tmp_path: Path) -> None:
+    """As vLLM's: request_success by each finish reason and the latency histograms are there,
+    at zero, before the first request (a rate() over a series born at its first event misses
+    that event)."""
+    server = Server(tmp_path / "zero.log", "tiny", *COMMON_ARGS)
+    try:
+        server.wait_healthy()
+        text = httpx.get(server.url + "/metrics", timeout=5).text
+    finally:
+        server.stop()
+    for reason in ("stop", "length", "abort"):
+        assert (
+            f'vllm:request_success_total{{finished_reason="{reason}",model_name="tiny:latest"}} 0.0'
+            in text
+        )
+    for name in ("time_to_first_token", "inter_token_latency", "e2e_request_latency"):
+        assert f'vllm:{name}_seconds_count{{model_name="tiny:latest"}} 0.0' in text
