@@ -33,6 +33,8 @@ def parse_json(raw: bytes) -> Any:
 
     try:
         value = json.loads(raw, parse_constant=no_constants)
+    except InvalidRequestError:
+        raise  # a ValueError too, worded already (no_constants)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InvalidRequestError(f"invalid JSON body: {e}") from None
     except RecursionError:

@@ -318,6 +318,8 @@ def sampling_params(
         value = getattr(opts, theirs)
         if value is not None:
             kwargs[ours] = value
+    if kwargs.get("top_k", 0) < 0:
+        kwargs["top_k"] = 0  # Ollama: any top_k <= 0 is off
     try:
         return SamplingParams(**kwargs)
     except InvalidRequestError as e:  # name the option as the client sent it

@@ -163,7 +163,10 @@ class OpenAIRequest(BaseModel):
 
 
 def _choice_seed(seed: int, choice: int) -> int:
-    """Choice i of n is seeded seed + i, kept in the 64 bits a seed may span."""
+    """Choice i of n is seeded seed + i, kept in the 64 bits a seed may span; -1 (random)
+    stays random for every choice."""
+    if seed == -1:
+        return seed
     if choice and seed >= 0:
         return (seed + choice) % 2**64
     return seed + choice

@@ -253,3 +253,10 @@ def test_fully_qualified_names_resolve(client: ollama.Client) -> None:
 def test_one_token_has_a_real_eval_duration(client: ollama.Client) -> None:
     r = client.generate(model="tiny", prompt="hi", options={"temperature": 0, "num_predict": 1})
     assert r.eval_count == 1 and r.eval_duration is not None and r.eval_duration > 1000
+
+
+def test_any_negative_top_k_is_off_as_in_ollama(base_url: str) -> None:
+    body = {"model": "tiny", "prompt": "x", "stream": False}
+    body["options"] = {"top_k": -5, "num_predict": 2, "seed": 3}
+    r = httpx.post(base_url + "/api/generate", json=body, timeout=60)
+    assert r.status_code == 200, r.text

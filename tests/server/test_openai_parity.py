@@ -280,3 +280,20 @@ def test_chat_prompt_logprobs(base_url: str) -> None:
     assert r["prompt_logprobs"][0] is None and all(
         1 <= len(e) <= 2 for e in r["prompt_logprobs"][1:]
     )
+
+
+def test_seed_minus_one_is_random_for_every_choice() -> None:
+    from ember.server.protocol_openai import _choice_seed
+
+    assert [_choice_seed(-1, i) for i in range(3)] == [-1, -1, -1]
+    assert [_choice_seed(7, i) for i in range(3)] == [7, 8, 9]
+    assert _choice_seed(2**64 - 1, 1) == 0
+
+
+def test_a_nan_in_the_body_is_named_once(base_url: str) -> None:
+    r = httpx.post(
+        base_url + "/v1/completions",
+        content=b'{"model": "tiny", "prompt": "x", "temperature": NaN}',
+    )
+    message = r.json()["error"]["message"]
+    assert r.status_code == 400 and message.count("invalid JSON body") == 1, message
