@@ -16,8 +16,9 @@ class EmberError(Exception):
         self.param = param
 
 
-class InvalidRequestError(EmberError):
-    """Something the client sent is wrong; the message says what and how to fix it."""
+class InvalidRequestError(EmberError, ValueError):
+    """Something the client sent is wrong; the message says what and how to fix it. A
+    ValueError too, as vLLM's validation errors are, so that `except ValueError` catches it."""
 
     status_code = 400
 

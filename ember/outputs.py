@@ -22,6 +22,8 @@ class CompletionOutput:
     stop_reason: int | str | None = None  # the stop string or token id that ended it
     # For each generated token: the sampled token's logprob first, then the top ones.
     logprobs: list[list[Logprob]] | None = None
+    # The sum of the sampled tokens' logprobs so far, as vLLM's; None without logprobs.
+    cumulative_logprob: float | None = None
 
     def finished(self) -> bool:
         return self.finish_reason is not None

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import enum
 import math
-from collections.abc import Callable
+import numbers
+import operator
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from ember.engine.structured import StructuredSpec
 from ember.errors import InvalidRequestError
@@ -24,6 +28,14 @@ _FLOAT_FIELDS = (
     "repetition_penalty",
     "presence_penalty",
     "frequency_penalty",
+)
+_INT_FIELDS = ("n", "top_k", "min_tokens", "penalty_window")
+_OPTIONAL_INT_FIELDS = (
+    "seed",
+    "max_tokens",
+    "logprobs",
+    "prompt_logprobs",
+    "truncate_prompt_tokens",
 )
 
 
@@ -63,13 +75,41 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)
     # Only these token ids may be sampled (vLLM's allowed_token_ids); None: any.
     allowed_token_ids: list[int] | None = None
+    # Keep only the last k prompt tokens (vLLM's); -1: the last max_model_len - 1 (room for one
+    # new token); None: all.
+    truncate_prompt_tokens: int | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.stop, str):
-            self.stop = [self.stop]
-        if self.top_k < 0:
-            self.top_k = 0
+        self._normalise()
         self.validate()
+
+    def clone(self) -> SamplingParams:
+        """A deep copy, as vLLM's clone(): changing it leaves this one alone."""
+        return copy.deepcopy(self)
+
+    def _normalise(self) -> None:
+        """Coerce what vLLM's SamplingParams accepts to one form: None for the list and dict
+        fields means empty, True for logprobs means 1, seed -1 means random, top_k -1 means off,
+        logit_bias keys may be strings of token ids. Anything of a wrong type is a clear error."""
+        for name in ("logprobs", "prompt_logprobs"):
+            if getattr(self, name) is False:  # vLLM would give the sampled token's; True is 1
+                setattr(self, name, None)
+        for name in _FLOAT_FIELDS:
+            setattr(self, name, _number(name, getattr(self, name)))
+        for name in _INT_FIELDS:
+            setattr(self, name, _integer(name, getattr(self, name)))
+        for name in _OPTIONAL_INT_FIELDS:
+            if getattr(self, name) is not None:
+                setattr(self, name, _integer(name, getattr(self, name)))
+        if self.top_k == -1:
+            self.top_k = 0
+        if self.seed == -1:
+            self.seed = None
+        self.stop = _stop_strings(self.stop)
+        self.stop_token_ids = _token_ids("stop_token_ids", self.stop_token_ids or [])
+        if self.allowed_token_ids is not None:
+            self.allowed_token_ids = _token_ids("allowed_token_ids", self.allowed_token_ids)
+        self.logit_bias = _logit_bias(self.logit_bias or {})
 
     @property
     def greedy(self) -> bool:
@@ -127,6 +167,12 @@ class SamplingParams:
             self.structured.validate()
         if self.seed is not None and not -(2**63) <= self.seed < 2**64:
             raise bad("seed", f"seed must fit in 64 bits, got {self.seed}")
+        k = self.truncate_prompt_tokens
+        if k is not None and (k == 0 or k < -1):
+            raise bad(
+                "truncate_prompt_tokens",
+                f"truncate_prompt_tokens must be at least 1, or -1 (all that fit), got {k}",
+            )
         self._validate_bounds(bad)
 
     def _validate_bounds(self, bad: Callable[[str, str], InvalidRequestError]) -> None:
@@ -135,7 +181,10 @@ class SamplingParams:
             if not math.isfinite(getattr(self, name)):
                 raise bad(name, f"{name} must be a finite number")
         if not 0 <= self.top_k <= MAX_TOP_K:
-            raise bad("top_k", f"top_k must be in [-1, {MAX_TOP_K}], got {self.top_k}")
+            raise bad(
+                "top_k",
+                f"top_k must be 0 or -1 (off), or in [1, {MAX_TOP_K}], got {self.top_k}",
+            )
         if len(self.stop) > MAX_STOP_STRINGS:
             raise bad("stop", f"at most {MAX_STOP_STRINGS} stop strings, got {len(self.stop)}")
         if any(len(s) > MAX_STOP_LENGTH for s in self.stop):
@@ -174,3 +223,58 @@ class SamplingParams:
             if bad is not None:
                 return param, bad
         return None
+
+
+def _integer(name: str, value: Any) -> int:
+    """`value` as an int: ints (bools and numpy ints too), never floats or strings."""
+    try:
+        return int(operator.index(value))
+    except TypeError:
+        raise InvalidRequestError(f"{name} must be an integer, got {value!r}", param=name) from None
+
+
+def _number(name: str, value: Any) -> float:
+    if not isinstance(value, numbers.Real):
+        raise InvalidRequestError(f"{name} must be a number, got {value!r}", param=name)
+    return float(value)
+
+
+def _stop_strings(stop: Any) -> list[str]:
+    if stop is None:
+        return []
+    items = [stop] if isinstance(stop, str) else _as_list(stop)
+    if items is None or not all(isinstance(s, str) for s in items):
+        raise InvalidRequestError("stop must be a string or a list of strings", param="stop")
+    return items
+
+
+def _token_ids(name: str, ids: Any) -> list[int]:
+    items = None if isinstance(ids, str | bytes) else _as_list(ids)
+    if items is None:
+        raise InvalidRequestError(f"{name} must be a list of token ids", param=name)
+    return [_integer(name, t) for t in items]
+
+
+def _as_list(value: Any) -> list[Any] | None:
+    """A copy of an iterable as a list (the caller's own list is never kept); None if it is
+    not one."""
+    try:
+        return list(value)
+    except TypeError:
+        return None
+
+
+def _logit_bias(bias: Any) -> dict[int, float]:
+    """OpenAI clients send token ids as strings ("50256": -100); vLLM converts them."""
+    if not isinstance(bias, Mapping):
+        raise InvalidRequestError("logit_bias must map token ids to biases", param="logit_bias")
+    out: dict[int, float] = {}
+    for key, value in bias.items():
+        try:
+            token = int(key) if isinstance(key, str) else operator.index(key)
+        except (TypeError, ValueError):
+            raise InvalidRequestError(
+                f"logit_bias keys must be token ids, got {key!r}", param="logit_bias"
+            ) from None
+        out[token] = _number("logit_bias", value)
+    return out

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+from ember.errors import InvalidRequestError
 
 # Start-up progress: (phase, bytes done, bytes total). Phases in order: "cuda_init", "weights"
 # (called again as weight bytes arrive), "kv_cache", "graph_capture"; bytes are 0 outside
@@ -51,7 +54,7 @@ class EngineArgs:
     kv_cache_dtype: str = "auto"  # one of KV_CACHE_DTYPES
     gpu_memory_utilization: float = 0.9
     enable_prefix_caching: bool = True
-    seed: int = 0
+    seed: int | None = 0  # None: a random seed for unseeded sampling
     load_format: str = "auto"  # "auto": the checkpoint's safetensors; "dummy": random weights
     enforce_eager: bool = False  # no CUDA graphs
     # Capture every CUDA graph size before ready; by default only the few a first request uses
@@ -73,6 +76,32 @@ class EngineArgs:
     # the core's progress messages to it instead (core_client.py).
     progress: StartupProgress | None = None
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Sizes that must be positive; with 0 the scheduler would schedule nothing, forever."""
+        for name in ("max_num_seqs", "block_size"):
+            _check_positive_int(name, getattr(self, name))
+        for name in ("max_num_batched_tokens", "num_kv_blocks", "max_model_len"):
+            if getattr(self, name) is not None:
+                _check_positive_int(name, getattr(self, name))
+        if not (_is_number(self.kv_cache_memory_gb) and self.kv_cache_memory_gb > 0):
+            raise InvalidRequestError(
+                f"kv_cache_memory_gb must be a number > 0, got {self.kv_cache_memory_gb!r}",
+                param="kv_cache_memory_gb",
+            )
+        util = self.gpu_memory_utilization
+        if not (_is_number(util) and 0 < util <= 1):
+            raise InvalidRequestError(
+                f"gpu_memory_utilization must be in (0, 1], got {util!r} (a fraction: 0.9 is 90%)",
+                param="gpu_memory_utilization",
+            )
+        if self.seed is not None and not isinstance(self.seed, int):
+            raise InvalidRequestError(
+                f"seed must be an integer or None, got {self.seed!r}", param="seed"
+            )
+
     def resolved(self) -> EngineArgs:
         """These args with `model` a local directory. A URI's config and tokenizer files are
         fetched into the cache (once per process) and `weights` is set to the URI, unless the
@@ -92,3 +121,12 @@ class EngineArgs:
     def weights_cache_dir(self) -> str | None:
         """The write-through cache for the weights, or None to stream them only."""
         return self.cache_dir if self.cache_weights else None
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidRequestError(f"{name} must be an integer >= 1, got {value!r}", param=name)

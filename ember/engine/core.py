@@ -148,7 +148,10 @@ class EngineCore:
         self.model_config = ModelConfig.from_dir(model_dir)
         self.dtype = resolve_dtype(args.dtype, self.model_config, self.device)
         self.kv_dtype = resolve_kv_cache_dtype(args.kv_cache_dtype, self.dtype, self.device)
-        torch.manual_seed(args.seed)
+        if args.seed is None:
+            torch.seed()  # random, as vLLM's seed=None
+        else:
+            torch.manual_seed(args.seed)
         self.block_size = args.block_size
         t0 = time.monotonic()
         # The profiling run's first pass pays for loading Triton's kernels and cuBLAS's first

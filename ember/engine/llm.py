@@ -3,23 +3,40 @@
 from __future__ import annotations
 
 import itertools
+import operator
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from ember.engine.args import EngineArgs
+from ember.engine.llm_compat import (
+    check_vllm_args,
+    default_sampling_params,
+    generation_defaults,
+)
 from ember.engine.llm_engine import LLMEngine, with_output_kind
-from ember.errors import InvalidRequestError
+from ember.engine.request import Request
+from ember.errors import EmberError, InvalidRequestError
 from ember.outputs import RequestOutput
 from ember.sampling_params import OutputKind, SamplingParams
-from ember.tokenizer import Tokenizer
+from ember.tokenizer.chat_prompt import Conversation, as_conversations, render_chat
+from ember.tokenizer.hf_compat import HFTokenizer
 
 
 class TokensPrompt(TypedDict):
     prompt_token_ids: list[int]
+    prompt: NotRequired[str]  # the text the ids came from, handed back in RequestOutput.prompt
 
 
-PromptType = str | TokensPrompt
+class TextPrompt(TypedDict):
+    prompt: str
+
+
+PromptType = str | TextPrompt | TokensPrompt
+
+# Steps in a row in which the scheduler ran nothing while requests waited: with positive
+# budgets (EngineArgs.validate) one step always admits a request, so this is a bug, not load.
+MAX_IDLE_STEPS = 1000
 
 
 def resolve_model_dir(model: str) -> str:
@@ -40,10 +57,11 @@ class LLM:
     def __init__(
         self,
         model: str,
+        tokenizer: str | None = None,
         *,
         dtype: str = "auto",
         device: str = "auto",
-        seed: int = 0,
+        seed: int | None = 0,
         max_model_len: int | None = None,
         max_num_seqs: int = 64,
         max_num_batched_tokens: int | None = None,
@@ -57,9 +75,16 @@ class LLM:
         enforce_eager: bool = False,
         async_scheduling: bool | None = None,
         capture_all_graphs: bool = False,
+        generation_config: str = "auto",
+        **kwargs: Any,
     ) -> None:
+        """The arguments are vLLM's; vLLM's others are taken where they change nothing here
+        (trust_remote_code, tensor_parallel_size=1, ...: llm_compat.py) and refused otherwise."""
+        check_vllm_args(kwargs)
+        model_dir = resolve_model_dir(model)
+        _check_tokenizer(tokenizer, model, model_dir)
         args = EngineArgs(
-            model=resolve_model_dir(model),
+            model=model_dir,
             dtype=dtype,
             device=device,
             seed=seed,
@@ -78,68 +103,186 @@ class LLM:
             capture_all_graphs=capture_all_graphs,
         )
         self.engine = LLMEngine(args)
+        self.generation_config = generation_config
+        self._generation_defaults = generation_defaults(
+            self.engine.core.args.model, generation_config
+        )
         self._ids = itertools.count()
 
-    def get_tokenizer(self) -> Tokenizer:
-        return self.engine.tokenizer
+    def get_tokenizer(self) -> HFTokenizer:
+        """The tokenizer with Hugging Face's methods and defaults (hf_compat.py); ember's own is
+        `.tokenizer` on it."""
+        return HFTokenizer(self.engine.tokenizer)
+
+    def get_default_sampling_params(self) -> SamplingParams:
+        """What generate() and chat() use without SamplingParams: the model's
+        generation_config.json defaults (temperature, top_p, top_k, min_p,
+        repetition_penalty, max_new_tokens as max_tokens) over vLLM's, as vLLM does."""
+        return default_sampling_params(self._generation_defaults)
 
     def generate(
         self,
         prompts: PromptType | Sequence[PromptType],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = False,
+        lora_request: None = None,
+        priority: list[int] | None = None,
     ) -> list[RequestOutput]:
-        """Generate for every prompt; outputs come back in the order of the prompts."""
-        if isinstance(prompts, str | dict):
-            prompts = [prompts]  # type: ignore[list-item]
-        prompt_list = list(prompts)  # type: ignore[arg-type]
+        """Generate for every prompt; outputs come back in the order of the prompts. Every
+        prompt is checked before any starts, so one bad prompt fails the call and runs nothing."""
+        _check_unsupported(lora_request, priority)
+        prompt_list: list[Any] = (
+            [prompts] if isinstance(prompts, str | dict) else list(prompts)  # type: ignore[arg-type]
+        )
+        params_list = self._params_for(len(prompt_list), sampling_params)
+        built = [self._request(p, sp) for p, sp in zip(prompt_list, params_list, strict=True)]
+        return self._run(built)
+
+    def chat(
+        self,
+        messages: Conversation | Sequence[Conversation],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        use_tqdm: bool = False,
+        lora_request: None = None,
+        chat_template: str | None = None,
+        chat_template_content_format: str = "auto",
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+        tools: list[dict[str, Any]] | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
+        mm_processor_kwargs: dict[str, Any] | None = None,
+    ) -> list[RequestOutput]:
+        """One output per conversation; `messages` is one conversation or a list of them.
+        `chat_template` replaces the model's; chat_template_kwargs become template variables."""
+        conversations, _ = as_conversations(messages)
+        tok = self.engine.tokenizer
+        prompts: list[PromptType] = []
+        for conv in conversations:
+            text = render_chat(
+                tok,
+                conv,
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message,
+                tools=tools,
+                template_kwargs=chat_template_kwargs,
+                chat_template=chat_template,
+            )
+            # The template writes BOS itself: encoding must not add a second one (as vLLM).
+            ids = tok.encode(text, add_special_tokens=False)
+            prompts.append(TokensPrompt(prompt_token_ids=ids))
+        return self.generate(prompts, sampling_params, lora_request=lora_request)
+
+    def _params_for(
+        self, n: int, sampling_params: SamplingParams | Sequence[SamplingParams] | None
+    ) -> list[SamplingParams]:
         if sampling_params is None:
-            sampling_params = SamplingParams()
+            sampling_params = self.get_default_sampling_params()
         if isinstance(sampling_params, SamplingParams):
-            params_list = [sampling_params] * len(prompt_list)
-        else:
-            params_list = list(sampling_params)
-            if len(params_list) != len(prompt_list):
-                raise InvalidRequestError(
-                    f"got {len(prompt_list)} prompts but {len(params_list)} sampling params; "
-                    "pass one SamplingParams or one per prompt"
-                )
+            return [sampling_params] * n
+        params_list = list(sampling_params)
+        if len(params_list) != n:
+            raise InvalidRequestError(
+                f"got {n} prompts but {len(params_list)} sampling params; "
+                "pass one SamplingParams or one per prompt"
+            )
+        bad = next((p for p in params_list if not isinstance(p, SamplingParams)), None)
+        if bad is not None:
+            raise InvalidRequestError(f"sampling_params must be SamplingParams, got {bad!r}")
+        return params_list
+
+    def _request(self, prompt: Any, params: SamplingParams) -> tuple[Request, str | None]:
+        """A validated request (nothing is added to the engine yet) and its prompt text."""
+        text, token_ids = self._tokenize(prompt)
+        params = with_output_kind(params, OutputKind.FINAL_ONLY)
+        return self.engine.make_request(str(next(self._ids)), token_ids, params), text
+
+    def _run(self, built: list[tuple[Request, str | None]]) -> list[RequestOutput]:
         ids: list[str] = []
+        done: dict[str, RequestOutput] = {}
         try:
-            for prompt, params in zip(prompt_list, params_list, strict=True):
-                text, token_ids = self._tokenize(prompt)
-                rid = str(next(self._ids))
-                self.engine.add_request(
-                    rid, token_ids, with_output_kind(params, OutputKind.FINAL_ONLY), text
-                )
-                ids.append(rid)
-            done: dict[str, RequestOutput] = {}
+            for req, text in built:
+                self.engine.add(req, text)
+                ids.append(req.request_id)
+            idle = 0
             while self.engine.has_unfinished():
-                for out in self.engine.step():
+                outs = self.engine.step()
+                for out in outs:
                     if out.finished:
                         done[out.request_id] = out
+                idle = 0 if outs or self.engine.has_running() else idle + 1
+                if idle > MAX_IDLE_STEPS:
+                    raise self._stalled()
         except BaseException:
             self.engine.abort(ids)
             raise
         return [done[rid] for rid in ids]
 
-    def chat(
-        self,
-        messages: list[dict[str, Any]],
-        sampling_params: SamplingParams | None = None,
-        add_generation_prompt: bool = True,
-    ) -> list[RequestOutput]:
-        text = self.engine.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=add_generation_prompt
+    def _stalled(self) -> EmberError:
+        s = self.engine.core.scheduler
+        return EmberError(
+            f"the scheduler ran nothing for {MAX_IDLE_STEPS} steps while {len(s.waiting)} "
+            f"requests waited (max_num_batched_tokens={s.max_num_batched_tokens}, "
+            f"max_num_seqs={s.max_num_seqs}); the requests were aborted. This is a bug in "
+            "ember; please report it with these numbers"
         )
-        ids = self.engine.tokenizer.encode(text, add_special_tokens=False)
-        return self.generate([TokensPrompt(prompt_token_ids=ids)], sampling_params)
 
-    def _tokenize(self, prompt: PromptType) -> tuple[str | None, list[int]]:
+    def _tokenize(self, prompt: Any) -> tuple[str | None, list[int]]:
         if isinstance(prompt, str):
             return prompt, self.engine.encode_prompt(prompt)
-        if isinstance(prompt, dict) and "prompt_token_ids" in prompt:
-            return None, list(prompt["prompt_token_ids"])
+        if not isinstance(prompt, dict):
+            raise InvalidRequestError(
+                "a prompt must be a string, {'prompt': '...'} or {'prompt_token_ids': [...]}, "
+                f"got {type(prompt).__name__}",
+                param="prompt",
+            )
+        if prompt.get("multi_modal_data") is not None:
+            raise InvalidRequestError(
+                "multi_modal_data is not supported: ember serves text-only models",
+                param="multi_modal_data",
+            )
+        text = prompt.get("prompt")
+        if "prompt_token_ids" in prompt:
+            return text, _token_ids(prompt["prompt_token_ids"])
+        if isinstance(text, str):
+            return text, self.engine.encode_prompt(text)
         raise InvalidRequestError(
-            "a prompt must be a string or {'prompt_token_ids': [...]}", param="prompt"
+            "a prompt dict needs 'prompt' (a string) or 'prompt_token_ids' (a list of ints)",
+            param="prompt",
+        )
+
+
+def _token_ids(ids: Any) -> list[int]:
+    """A TokensPrompt's ids as ints: ints (numpy's too), never floats or a string."""
+    try:
+        if isinstance(ids, str | bytes):
+            raise TypeError
+        return [operator.index(t) for t in ids]
+    except TypeError:
+        raise InvalidRequestError(
+            f"prompt_token_ids must be a list of integers, got {ids!r:.80}", param="prompt"
+        ) from None
+
+
+def _check_tokenizer(tokenizer: str | None, model: str, model_dir: str) -> None:
+    """ember uses the model's own tokenizer files; naming the model's own is fine."""
+    if tokenizer is None or tokenizer in (model, model_dir):
+        return
+    same = Path(tokenizer).expanduser().is_dir() and (
+        Path(tokenizer).expanduser().resolve() == Path(model_dir).expanduser().resolve()
+    )
+    if not same:
+        raise InvalidRequestError(
+            f"tokenizer={tokenizer!r} differs from the model; ember uses the tokenizer files in "
+            "the model's folder: copy tokenizer.json and tokenizer_config.json there instead",
+            param="tokenizer",
+        )
+
+
+def _check_unsupported(lora_request: Any, priority: list[int] | None) -> None:
+    if lora_request is not None:
+        raise InvalidRequestError("LoRA adapters are not supported", param="lora_request")
+    if priority is not None and any(priority):
+        raise InvalidRequestError(
+            "priority scheduling is not supported: ember serves requests in arrival order",
+            param="priority",
         )

@@ -67,6 +67,10 @@ class LLMEngine:
     def has_unfinished(self) -> bool:
         return self.core.has_unfinished()
 
+    def has_running(self) -> bool:
+        """Whether any request holds a running slot (is prefilling or decoding)."""
+        return bool(self.core.scheduler.running)
+
     def step(self) -> list[RequestOutput]:
         outputs, to_abort = self.processor.process(self.core.step())
         if to_abort:

@@ -26,6 +26,7 @@ class RequestState:
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[list[Logprob]] | None = None
+    cumulative_logprob: float = 0.0  # of the sampled tokens (each logprobs row's first entry)
     prompt_logprobs: list[list[Logprob] | None] | None = None
     sent_text: int = 0  # characters of text already handed out (DELTA)
     sent_tokens: int = 0
@@ -96,6 +97,7 @@ class OutputProcessor:
             if state.logprobs is not None and out.new_logprobs:
                 self._decode_logprobs(out.new_logprobs)
                 state.logprobs += out.new_logprobs
+                state.cumulative_logprob += sum(row[0].logprob for row in out.new_logprobs if row)
             if out.prompt_logprobs is not None:
                 self._decode_logprobs(out.prompt_logprobs)
                 state.prompt_logprobs = [None, *out.prompt_logprobs]
@@ -170,6 +172,7 @@ class OutputProcessor:
             finish_reason=state.finish_reason if finished else None,
             stop_reason=state.stop_reason if finished else None,
             logprobs=logprobs,
+            cumulative_logprob=state.cumulative_logprob if state.logprobs is not None else None,
         )
         return RequestOutput(
             request_id=state.request_id,

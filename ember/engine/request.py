@@ -83,6 +83,7 @@ def build_request(
 ) -> Request:
     """Validate a prompt against the model's limits and build its request; raises
     InvalidRequestError with a message that says what to change."""
+    prompt_token_ids = _truncated(prompt_token_ids, params.truncate_prompt_tokens, max_model_len)
     n = len(prompt_token_ids)
     if n == 0:
         raise InvalidRequestError("the prompt is empty; send at least one token", param="prompt")
@@ -92,7 +93,11 @@ def build_request(
             f"prompt has {n} tokens; shorten the prompt",
             param="prompt",
         )
-    bad = next((t for t in prompt_token_ids if not 0 <= t < vocab_size), None)
+    bad = next(
+        (t for t in prompt_token_ids if not (isinstance(t, int) and 0 <= t < vocab_size)), None
+    )
+    if bad is not None and not isinstance(bad, int):
+        raise InvalidRequestError(f"prompt token ids must be integers, got {bad!r}", param="prompt")
     if bad is not None:
         raise InvalidRequestError(
             f"token id {bad} is outside the vocabulary (0..{vocab_size - 1})", param="prompt"
@@ -110,3 +115,11 @@ def build_request(
     if arrival_time is not None:
         req.arrival_time = arrival_time
     return req
+
+
+def _truncated(ids: list[int], keep: int | None, max_model_len: int) -> list[int]:
+    """The last `keep` prompt tokens (SamplingParams.truncate_prompt_tokens); -1 keeps as many
+    as leave room for one new token."""
+    if keep is None:
+        return ids
+    return ids[-(max_model_len - 1 if keep == -1 else keep) :]

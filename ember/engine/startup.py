@@ -68,7 +68,7 @@ def _load(
     alongside: Callable[[CausalLM], None] | None,
 ) -> CausalLM:
     if args.load_format == "dummy":
-        return dummy_model(model_dir, dtype, device, args.seed)
+        return dummy_model(model_dir, dtype, device, args.seed or 0)
     if args.load_format != "auto":
         raise InvalidRequestError(
             f"load_format must be 'auto' or 'dummy', got {args.load_format!r}"

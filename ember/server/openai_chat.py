@@ -26,7 +26,6 @@ from ember.outputs import CompletionOutput, RequestOutput
 from ember.server.context import Prepared, get_context, read_json
 from ember.server.formats import openai_response_format
 from ember.server.openai_common import Prepare, sse_response, start_choices
-from ember.server.openai_template import render_chat
 from ember.server.protocol_openai import (
     ChatCompletionRequest,
     chat_logprobs,
@@ -36,6 +35,7 @@ from ember.server.protocol_openai import (
     prompt_logprobs_json,
     usage,
 )
+from ember.tokenizer.chat_prompt import render_chat
 from ember.tokenizer.tool_calls import (
     ToolCall,
     ToolCallGate,

@@ -16,8 +16,8 @@ from ember.errors import InvalidRequestError, ModelNotFoundError
 from ember.server.context import get_context, read_json
 from ember.server.openai_chat import router as chat_router
 from ember.server.openai_completions import router as completions_router
-from ember.server.openai_template import render_chat
 from ember.server.protocol_openai import ChatMessage, now_s
+from ember.tokenizer.chat_prompt import render_chat
 
 router = APIRouter()
 

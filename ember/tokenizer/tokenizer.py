@@ -150,8 +150,26 @@ class Tokenizer:
     ) -> str:
         """The prompt text for a conversation. Extra keyword arguments become template variables
         (e.g. enable_thinking=False for Qwen3)."""
+        return self.render_template(
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            tools=tools,
+            template_kwargs=template_kwargs,
+        )
+
+    def render_template(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        add_generation_prompt: bool,
+        tools: list[dict[str, Any]] | None = None,
+        template_kwargs: dict[str, Any] | None = None,
+        template: str | None = None,
+    ) -> str:
+        """apply_chat_template with the template's source given by the caller (`template`), not
+        by request data: None is the model's own (its tool-use one when there are tools)."""
         templates = self._files.chat_templates
-        source = templates.get("tool_use") if tools else None
+        source = template or (templates.get("tool_use") if tools else None)
         source = source or templates.get("default")
         if source is None:
             raise InvalidRequestError(
@@ -164,5 +182,15 @@ class Tokenizer:
             add_generation_prompt=add_generation_prompt,
             tools=tools,
             special_tokens=self._special_tokens,
-            template_kwargs=template_kwargs,
+            template_kwargs=template_kwargs or {},
         )
+
+    def get_vocab(self, with_added_tokens: bool = True) -> dict[str, int]:
+        vocab: dict[str, int] = self._tk.get_vocab(with_added_tokens=with_added_tokens)
+        return vocab
+
+    @property
+    def base_vocab_size(self) -> int:
+        """The vocabulary without added tokens (what Hugging Face calls vocab_size)."""
+        size: int = self._tk.get_vocab_size(with_added_tokens=False)
+        return size

@@ -30,8 +30,8 @@ def model_dir(tmp_path: Path) -> Path:
 def chat_ids(llm: LLM) -> list[int]:
     tok = llm.get_tokenizer()
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "hello"}]
-    text = tok.apply_chat_template(messages, add_generation_prompt=True)
-    return tok.encode(text, add_special_tokens=False)
+    ids: list[int] = tok.apply_chat_template(messages, add_generation_prompt=True)  # as HF's
+    return ids
 
 
 def test_warm_blocks_are_loaded_and_hit(model_dir: Path, tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
-"""A chat request's prompt text as vLLM renders it for /v1/chat/completions and /tokenize:
-`chat_template_kwargs` override the request's own template arguments, and
+"""A chat's prompt text as vLLM renders it (for /v1/chat/completions, /tokenize and the offline
+LLM.chat): `chat_template_kwargs` override the request's own template arguments, and
 `continue_final_message` leaves the last message open for the model to go on with."""
 
 from __future__ import annotations
@@ -7,7 +7,16 @@ from __future__ import annotations
 from typing import Any
 
 from ember.errors import InvalidRequestError
-from ember.tokenizer import Tokenizer
+from ember.tokenizer.tokenizer import Tokenizer
+
+Conversation = list[dict[str, Any]]
+
+
+def as_conversations(messages: Any) -> tuple[list[Conversation], bool]:
+    """One conversation (a list of message dicts) or a list of them, as vLLM's LLM.chat and
+    Hugging Face's apply_chat_template take them; the bool says whether it was a list."""
+    batch = bool(messages) and not isinstance(messages[0], dict)
+    return (list(messages) if batch else [messages]), batch
 
 
 def render_chat(
@@ -18,7 +27,10 @@ def render_chat(
     continue_final_message: bool = False,
     tools: list[dict[str, Any]] | None = None,
     template_kwargs: dict[str, Any] | None = None,
+    chat_template: str | None = None,
 ) -> str:
+    """`chat_template` replaces the model's template; it must come from the operator or the
+    offline caller, never from a request's template_kwargs."""
     extra = dict(template_kwargs or {})
     if "messages" in extra:
         raise InvalidRequestError(
@@ -34,8 +46,12 @@ def render_chat(
             "add_generation_prompt to false to continue the last message",
             param="continue_final_message",
         )
-    text = tok.apply_chat_template(
-        messages, add_generation_prompt=add_generation_prompt, tools=tools or None, **extra
+    text = tok.render_template(
+        messages,
+        add_generation_prompt=add_generation_prompt,
+        tools=tools or None,
+        template_kwargs=extra,
+        template=chat_template,
     )
     return _left_open(text, messages[-1]) if continue_final_message else text
 
