@@ -449,6 +449,16 @@ class ServeConfig:
         "server",
         "any",
     )
+    allow_model_paths: bool = _opt(
+        False,
+        "--allow-model-paths",
+        "EMBER_ALLOW_MODEL_PATHS",
+        "let requests name models by server path or URI (file://, http(s)://, s3://, gs://, "
+        "hf://: fetched with the server's credentials), in /api/pull and /api/create too; off, "
+        "requests name models in the store, and the models given on the command line",
+        _bool,
+        "server",
+    )
     protect_metrics: bool = _opt(
         False,
         "--protect-metrics",

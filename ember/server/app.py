@@ -21,6 +21,7 @@ from ember.config import ServeConfig
 from ember.heap import freeze_import_heap
 from ember.server import health, ollama_routes, openai_routes, store_routes
 from ember.server.auth import Authenticator, AuthGuard
+from ember.server.browser_guard import BrowserGuard, is_loopback, origin_matcher
 from ember.server.context import ServerContext
 from ember.server.drain import Drain, DrainGuard, DrainingServer
 from ember.server.errors import CatchUnexpected, install_error_handlers
@@ -36,13 +37,21 @@ _DEFAULT_ORIGIN_PATTERNS = (
 )
 
 
-def _cors_kwargs(origins: tuple[str, ...]) -> dict[str, object]:
+def _origin_rules(origins: tuple[str, ...]) -> tuple[list[str], str | None, bool]:
+    """(exact origins, a regex of the patterned ones, any origin?) from --origins."""
     if "*" in origins:
-        return {"allow_origins": ["*"]}
+        return [], None, True
     exact = [o for o in origins if "*" not in o]
     patterns = list(_DEFAULT_ORIGIN_PATTERNS)
     patterns += [".*".join(re.escape(part) for part in o.split("*")) for o in origins if "*" in o]
-    return {"allow_origins": exact, "allow_origin_regex": "|".join(f"(?:{p})" for p in patterns)}
+    return exact, "|".join(f"(?:{p})" for p in patterns), False
+
+
+def _cors_kwargs(origins: tuple[str, ...]) -> dict[str, object]:
+    exact, regex, any_origin = _origin_rules(origins)
+    if any_origin:
+        return {"allow_origins": ["*"]}
+    return {"allow_origins": exact, "allow_origin_regex": regex}
 
 
 def create_app(config: ServeConfig) -> FastAPI:
@@ -71,8 +80,9 @@ def create_app(config: ServeConfig) -> FastAPI:
     drain = Drain(config.drain_timeout, config.request_timeout)
     app.state.drain = drain
     # Added innermost first; a request passes CORS (preflights answer unauthenticated), then
-    # drain (503 while draining; budgets), then auth, then the body limit (bodies are read only
-    # once authorised), then the catch-all that keeps a 500's connection open.
+    # the browser guard (403 for a foreign Origin or, on loopback, Host), then drain (503 while
+    # draining; budgets), then auth, then the body limit (bodies are read only once
+    # authorised), then the catch-all that keeps a 500's connection open.
     app.add_middleware(CatchUnexpected)  # type: ignore[arg-type]
     app.add_middleware(BodyLimit, max_bytes=config.max_body_size)  # type: ignore[arg-type]
     auth = Authenticator.from_config(config)
@@ -83,6 +93,11 @@ def create_app(config: ServeConfig) -> FastAPI:
             protect_metrics=config.protect_metrics,
         )
     app.add_middleware(DrainGuard, drain=drain)  # type: ignore[arg-type]
+    app.add_middleware(
+        BrowserGuard,  # type: ignore[arg-type]
+        origin_allowed=origin_matcher(*_origin_rules(config.origins)),
+        loopback=is_loopback(config.host),
+    )
     app.add_middleware(
         CORSMiddleware,  # type: ignore[arg-type]
         allow_methods=["*"],

@@ -124,6 +124,7 @@ class OidcVerifier:
             raise AuthenticationError(f"invalid ID token: {e}") from None
         if self.allowed_emails:
             email = claims.get("email")
+            email = email.lower() if isinstance(email, str) else email  # the list is lower-cased
             if claims.get("email_verified") is not True or email not in self.allowed_emails:
                 raise AuthenticationError(f"{email or 'this identity'} may not call this service")
         return claims
@@ -140,6 +141,13 @@ class Authenticator:
         keys = load_api_keys(config)
         oidc = None
         if config.auth_oidc:
+            if not config.oidc_allowed_emails:
+                log.warning(
+                    "--auth-oidc without --oidc-allowed-emails accepts an ID token of ANY Google "
+                    "identity for audience %s (anyone can mint one): rely on it only behind "
+                    "Cloud Run IAM, which checks roles/run.invoker first, or list the callers",
+                    config.auth_oidc,
+                )
             emails = frozenset(e.lower() for e in config.oidc_allowed_emails)
             oidc = OidcVerifier(config.auth_oidc, JwksCache(config.oidc_jwks_url), emails)
         if not keys and oidc is None:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ember.config import ServeConfig, parse_duration
 from ember.errors import InvalidRequestError, ModelLoadError, ModelNotFoundError
 from ember.server.metrics import EngineSnapshot, snapshot_of
+from ember.server.model_refs import is_location, refuse_location
 from ember.server.served_model import ServedModel, base_name
 
 if TYPE_CHECKING:
@@ -163,6 +164,8 @@ class Residency:
         from ember.registry.remote import is_uri
 
         key = self.key(requested)
+        if key not in self.preloaded and not self.config.allow_model_paths and is_location(key):
+            raise refuse_location(str(requested))
         if key not in self.residents and key not in self.preloaded and not is_uri(key):
             try:
                 self.store.resolve(key)

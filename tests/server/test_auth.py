@@ -195,6 +195,7 @@ def test_email_allow_list_and_key_cache(jwks: Jwks) -> None:
         before = jwks.fetches
         assert (await verifier.verify(token()))["email"] == EMAIL
         await verifier.verify(token())
+        await verifier.verify(token(email=EMAIL.upper()))  # emails match whatever their case
         with pytest.raises(AuthenticationError, match="may not call"):
             await verifier.verify(token(email="other@project.iam.gserviceaccount.com"))
         with pytest.raises(AuthenticationError, match="may not call"):

@@ -19,7 +19,8 @@ from serverproc import COMMON_ARGS, Server, start
 
 from ember.registry import ModelStore
 
-ARGS = ("--kv-cache-memory-gb", "0.02", *COMMON_ARGS)
+# Paths in requests are the store's own business here (create from a folder, pull from one).
+ARGS = ("--kv-cache-memory-gb", "0.02", "--allow-model-paths", *COMMON_ARGS)
 
 
 @pytest.fixture(scope="module")
