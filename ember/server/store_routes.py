@@ -271,8 +271,9 @@ def _pull_job(ctx: ServerContext, target: str, source: str | None) -> Job:
                 except ModelNotFoundError:
                     raise ModelNotFoundError(
                         f"model '{target}' not found and ember has no default registry; pull "
-                        'from a URI: {"model": "hf://org/repo"}, or name one: {"model": '
-                        f'"{target}", "source": "s3://bucket/path"}}',
+                        "it on the server ('ember pull SOURCE NAME'), or, on a server started "
+                        'with --allow-model-paths, from a URI: {"model": "hf://org/repo"} or '
+                        f'{{"model": "{target}", "source": "s3://bucket/path"}}',
                         param="model",
                     ) from None
 
