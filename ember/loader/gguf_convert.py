@@ -39,6 +39,24 @@ _TOKENIZER_KEYS = (
 )
 
 
+# Tokens that end a turn in chat templates: generation stops at them as at EOS (llama.cpp counts
+# them among its end-of-generation tokens), whatever the file's eos_token_id says.
+_END_OF_TURN = ("<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>")
+
+
+def _stop_ids(model: GGUFModel, tok_meta: dict[str, Any]) -> list[int]:
+    """The ids that end generation: EOS, the file's end-of-turn and end-of-message tokens
+    (tokenizer.ggml.eot_token_id / eom_token_id), and the known end-of-turn tokens it holds (a
+    Gemma GGUF whose EOS is <eos> still stops at <end_of_turn>)."""
+    ids = [
+        tok_meta["eos_token_id"],
+        model.meta("tokenizer.ggml.eot_token_id"),
+        model.meta("tokenizer.ggml.eom_token_id"),
+    ]
+    ids += [i for i, t in enumerate(tok_meta["tokens"] or ()) if t in _END_OF_TURN]
+    return sorted({int(i) for i in ids if i is not None})
+
+
 def write_model_dir(
     gguf_path: str | Path,
     out_dir: str | Path,
@@ -61,10 +79,9 @@ def write_model_dir(
         tok_meta = {k: model.meta(f"tokenizer.ggml.{k}") for k in _TOKENIZER_KEYS}
         tokenizer_from_gguf(tok_meta).save(str(tmp / "tokenizer.json"))
         _write_json(tmp / "tokenizer_config.json", _tokenizer_config(model, tok_meta))
-        eos = tok_meta["eos_token_id"]
         _write_json(
             tmp / "generation_config.json",
-            {"bos_token_id": tok_meta["bos_token_id"], "eos_token_id": eos},
+            {"bos_token_id": tok_meta["bos_token_id"], "eos_token_id": _stop_ids(model, tok_meta)},
         )
         _write_json(tmp / "config.json", config)  # last: its presence marks a model folder
         if out.exists():

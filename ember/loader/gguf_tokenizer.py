@@ -10,6 +10,7 @@ Control tokens become special added tokens; user-defined ones plain added tokens
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from tokenizers import (
@@ -35,6 +36,10 @@ _LLAMA3_SPLIT = (
 )
 _QWEN2_SPLIT = _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
 _SPLITS = {"llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT, "qwen2": _QWEN2_SPLIT}
+# Pre-tokenizer names whose split is GPT-2's own (ByteLevel's regex).
+_GPT2_SPLITS = frozenset({"", "default", "gpt-2", "gpt2"})
+
+log = logging.getLogger(__name__)
 
 
 def tokenizer_from_gguf(meta: dict[str, Any]) -> Tokenizer:
@@ -93,6 +98,14 @@ def _byte_level_bpe(tokens: list[str], merges: list[str], pre: str | None) -> To
     tokenizer = Tokenizer(model)
     split = _SPLITS.get(pre or "")
     if split is None:
+        if (pre or "") not in _GPT2_SPLITS:
+            log.warning(
+                "GGUF pre-tokenizer '%s' is not one ember knows (%s); splitting text as GPT-2 "
+                "does instead, so prompts may not tokenize as the model was trained: serve the "
+                "model's safetensors checkpoint for exact tokenization",
+                pre,
+                ", ".join(sorted(_SPLITS)),
+            )
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     else:
         tokenizer.pre_tokenizer = pre_tokenizers.Sequence(

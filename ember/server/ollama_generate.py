@@ -43,7 +43,7 @@ from ember.server.protocol_ollama import (
     sampling_params,
 )
 from ember.server.streaming import NDJSON, Generation, OwnedStreamingResponse, ndjson_line
-from ember.tokenizer.tool_calls import ToolCallGate
+from ember.tokenizer.tool_calls import ToolCallGate, tool_names
 
 if TYPE_CHECKING:
     from ember.engine.async_engine import AsyncEngine
@@ -60,6 +60,7 @@ class _Shape:
     decode: Callable[[int], str]
     thinking: ThinkingSplitter | None = None
     tools: bool = False  # parse tool calls from the whole text at the end
+    tool_names: frozenset[str] = frozenset()  # the functions the request offered
 
     def fields(self, text: str, thinking: str = "") -> dict[str, Any]:
         if self.key == "response":
@@ -199,7 +200,8 @@ async def chat(request: Request) -> Response:
         return Prepared(ids, params, text)
 
     gen, prepared, load_wait = await ctx.start_generation(request, _request_id("chat"), prepare)
-    shape = _shape("message", gen, prepared, think, tools=bool(body.tools) and structured is None)
+    tools = bool(body.tools) and structured is None
+    shape = _shape("message", gen, prepared, think, tools, tool_names(body.tools))
 
     def extra(out: RequestOutput, gen_ids: list[int]) -> dict[str, Any]:
         return done_fields(out, len(gen_ids), t0, load_wait)
@@ -207,13 +209,20 @@ async def chat(request: Request) -> Response:
     return await _respond(request, gen, body.model, body.streaming, shape, extra)
 
 
-def _shape(key: str, gen: Generation, prepared: Prepared, think: bool, tools: bool) -> _Shape:
+def _shape(
+    key: str,
+    gen: Generation,
+    prepared: Prepared,
+    think: bool,
+    tools: bool,
+    names: frozenset[str] = frozenset(),
+) -> _Shape:
     tok = gen.engine.tokenizer
     splitter = None
     if think:
         opens = (prepared.prompt or "").rstrip().endswith("<think>")
         splitter = ThinkingSplitter(prompt_opens_thinking=opens)
-    return _Shape(key, lambda t: tok.decode([t]), splitter, tools)
+    return _Shape(key, lambda t: tok.decode([t]), splitter, tools, names)
 
 
 Extra = Callable[[RequestOutput, list[int]], dict[str, Any]]
@@ -279,7 +288,7 @@ async def _chunks(
                 held_text = gate.held()
             last = _chunk(model, shape, held_text, held_thinking)
             if shape.tools:
-                content, calls = tool_call_message(full_text)
+                content, calls = tool_call_message(full_text, shape.tool_names)
                 if calls:
                     streamed = gate is not None and gate.mode == "text"
                     last["message"]["content"] = "" if streamed else content

@@ -78,9 +78,12 @@ class ThinkingSplitter:
         return (rest, "") if self._state == "thinking" else ("", rest)
 
 
-def tool_call_message(text: str) -> tuple[str, list[dict[str, Any]]]:
-    """Content and Ollama `tool_calls` ({"function": {"name", "arguments"}}) from model output."""
-    parsed = parse_tool_calls(text)
+def tool_call_message(
+    text: str, names: frozenset[str] | None = None
+) -> tuple[str, list[dict[str, Any]]]:
+    """Content and Ollama `tool_calls` ({"function": {"name", "arguments"}}) from model output,
+    calling the offered tools' `names`."""
+    parsed = parse_tool_calls(text, names)
     calls = [
         {"function": {"index": i, "name": c.name, "arguments": c.arguments}}
         for i, c in enumerate(parsed.tool_calls)

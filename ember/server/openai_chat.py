@@ -42,6 +42,7 @@ from ember.tokenizer.tool_calls import (
     calls_from_json,
     parse_tool_calls,
     tool_call_schema,
+    tool_names,
 )
 
 if TYPE_CHECKING:
@@ -75,7 +76,9 @@ def _openai_calls(calls: list[ToolCall]) -> list[dict[str, Any]]:
     ]
 
 
-def _message(text: str, mode: str, forced: str | None) -> tuple[dict[str, Any], bool]:
+def _message(
+    text: str, mode: str, forced: str | None, names: frozenset[str] = frozenset()
+) -> tuple[dict[str, Any], bool]:
     """The assistant message for a whole choice, and whether it holds tool calls."""
     calls: list[ToolCall] = []
     content: str | None = text
@@ -90,7 +93,7 @@ def _message(text: str, mode: str, forced: str | None) -> tuple[dict[str, Any], 
         except (json.JSONDecodeError, KeyError, TypeError):  # cut short by max_tokens
             calls = []
     elif mode == "auto":
-        parsed = parse_tool_calls(text)
+        parsed = parse_tool_calls(text, names)
         calls = parsed.tool_calls
         if calls:
             content = parsed.content or None
@@ -117,6 +120,7 @@ async def chat_completions(request: Request) -> Response:
     ctx.served.require(body.model)
     messages = [m.for_template() for m in body.messages]
     tools = body.tools if mode != "none" else None
+    names = tool_names(tools)
 
     def prepare_for(choice: int) -> Prepare:
         def prepare(engine: AsyncEngine) -> Prepared:
@@ -149,7 +153,7 @@ async def chat_completions(request: Request) -> Response:
         merged = await choices.collect(request)
         out_choices = []
         for i, m in enumerate(merged):
-            msg, has_calls = _message(m.text, mode, forced)
+            msg, has_calls = _message(m.text, mode, forced, names)
             out_choices.append(
                 {
                     "index": i,
@@ -196,7 +200,7 @@ async def chat_completions(request: Request) -> Response:
             if now or lps:
                 chunks.append(_chunk(base, i, {"content": now} if now else {}, lps, None))
             return chunks
-        msg, has_calls = _message(full[i], mode, forced)
+        msg, has_calls = _message(full[i], mode, forced, names)
         streamed = gates is not None and gates[i].mode == "text"
         rest = now + (gates[i].held() if gates is not None else "")
         body_delta: dict[str, Any] = {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,20 +36,35 @@ def might_call_tools(template: str | None) -> bool:
     return bool(template) and "tools" in (template or "")
 
 
-def parse_tool_calls(text: str) -> ParsedOutput:
+def parse_tool_calls(text: str, names: Collection[str] | None = None) -> ParsedOutput:
     """Split `text` into content and tool calls (Hermes blocks, else Llama 3.x JSON, which may
-    follow some text after a `<|python_tag|>`)."""
+    follow some text after a `<|python_tag|>`). A reply that is bare JSON, with no tag, is a
+    call only if each object has "parameters" (or "arguments") and, given the offered tools'
+    `names`, calls one of them: {"name": "Bob", "age": 3} is content."""
     if "<tool_call>" in text:
         return _parse_hermes(text)
     at = text.find(_PYTHON_TAG)
     if at > 0:
         calls = _parse_llama3(text[at:]).tool_calls
         return ParsedOutput(text[:at].strip(), calls) if calls else ParsedOutput(text, [])
-    return _parse_llama3(text)
+    bare = not text.strip().startswith(_PYTHON_TAG)
+    parsed = _parse_llama3(text, require_args=bare)
+    if bare and names is not None and any(c.name not in names for c in parsed.tool_calls):
+        return ParsedOutput(text, [])
+    return parsed
 
 
-def _call(obj: Any) -> ToolCall | None:
+def tool_names(tools: list[dict[str, Any]] | None) -> frozenset[str]:
+    """The names of the functions offered in a request's tools."""
+    return frozenset(
+        str((t.get("function") or t).get("name")) for t in tools or [] if isinstance(t, dict)
+    )
+
+
+def _call(obj: Any, require_args: bool = False) -> ToolCall | None:
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        return None
+    if require_args and "arguments" not in obj and "parameters" not in obj:
         return None
     args = obj.get("arguments", obj.get("parameters", {}))
     if isinstance(args, str):  # some models emit the arguments as a JSON string
@@ -75,7 +91,7 @@ def _parse_hermes(text: str) -> ParsedOutput:
     return ParsedOutput(content, calls)
 
 
-def _parse_llama3(text: str) -> ParsedOutput:
+def _parse_llama3(text: str, require_args: bool = False) -> ParsedOutput:
     body = text.strip()
     if body.startswith(_PYTHON_TAG):
         body = body[len(_PYTHON_TAG) :].strip()
@@ -89,7 +105,7 @@ def _parse_llama3(text: str) -> ParsedOutput:
             obj, end = decoder.raw_decode(body, pos)
         except json.JSONDecodeError:
             return ParsedOutput(text, [])
-        call = _call(obj)
+        call = _call(obj, require_args)
         if call is None:
             return ParsedOutput(text, [])
         calls.append(call)

@@ -166,6 +166,17 @@ def test_tokenizer_and_template_carry_over(converted: tuple[nn.Module, Path, Pat
     assert config["bos_token"] == "<|begin_of_text|>"
 
 
+def test_generation_stops_at_end_of_turn_tokens(converted: tuple[nn.Module, Path, Path]) -> None:
+    """EOS and the vocabulary's end-of-turn tokens (<|eot_id|> here) all end generation, as
+    llama.cpp stops at them: a chat would otherwise run on past its turn."""
+    import json
+
+    _, _, folder = converted
+    tokens = json.loads((folder / "tokenizer.json").read_text())["model"]["vocab"]
+    stops = json.loads((folder / "generation_config.json").read_text())["eos_token_id"]
+    assert tokens["<|eot_id|>"] in stops and len(stops) >= 1
+
+
 def test_unsupported_architecture_is_a_clear_error(tmp_path: Path) -> None:
     w = gguf.GGUFWriter(str(tmp_path / "x.gguf"), "mamba")
     w.write_header_to_file()
@@ -241,3 +252,17 @@ def test_ollama_gemma3_metadata(tmp_path: Path) -> None:
     assert [name for name, _ in model.tensors(["model.embed_tokens.weight"])] == [
         "model.embed_tokens.weight"
     ]
+
+
+def test_an_unknown_pre_tokenizer_is_named_in_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    from ember.loader.gguf_tokenizer import tokenizer_from_gguf
+
+    meta = {"model": "gpt2", "tokens": ["a", "b", "ab"], "merges": ["a b"], "pre": "tekken"}
+    with caplog.at_level("WARNING"):
+        tok = tokenizer_from_gguf(meta)
+    assert tok.encode("ab").ids == [2]
+    assert "tekken" in caplog.text and "safetensors" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        tokenizer_from_gguf({**meta, "pre": "gpt-2"})
+    assert not caplog.text

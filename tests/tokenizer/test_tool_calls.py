@@ -79,3 +79,16 @@ def test_text_then_python_tag_call() -> None:
     assert parsed.content == "Checking." and parsed.tool_calls == [ToolCall("f", {"x": 1})]
     text = "a <|python_tag|> not a call"
     assert parse_tool_calls(text) == ParsedOutput(text, [])
+
+
+def test_bare_json_is_a_call_only_with_arguments_to_an_offered_tool() -> None:
+    """A reply that is just JSON may be the answer itself: a call needs "parameters" (or
+    "arguments") and, given the offered tools, one of their names."""
+    person = '{"name": "Bob", "age": 3}'
+    assert parse_tool_calls(person).tool_calls == []
+    assert parse_tool_calls(person).content == person
+    call = '{"name": "get_weather", "parameters": {"city": "Paris"}}'
+    assert [c.name for c in parse_tool_calls(call, {"get_weather"}).tool_calls] == ["get_weather"]
+    assert parse_tool_calls(call, {"other"}).tool_calls == []
+    tagged = '<|python_tag|>{"name": "brave_search", "arguments": {"query": "x"}}'
+    assert [c.name for c in parse_tool_calls(tagged, {"other"}).tool_calls] == ["brave_search"]
