@@ -47,6 +47,12 @@ class PayloadTooLargeError(EmberError):
     status_code = 413
 
 
+class RequestStalledError(EmberError):
+    """The client stopped sending its request's body part-way."""
+
+    status_code = 408
+
+
 class RequestTimeoutError(EmberError):
     """The request ran past --request-timeout; it was stopped and its KV blocks freed."""
 

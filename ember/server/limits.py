@@ -13,12 +13,18 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ember.errors import EmberError, InvalidRequestError, PayloadTooLargeError, RequestTimeoutError
+from ember.errors import (
+    EmberError,
+    InvalidRequestError,
+    PayloadTooLargeError,
+    RequestStalledError,
+    RequestTimeoutError,
+)
 from ember.server.errors import error_response
 
 BUDGET_SCOPE_KEY = "ember.budget"
@@ -97,6 +103,25 @@ STREAMED_UPLOAD_PREFIX = "/api/blobs/"
 # A body must arrive within this long of its headers: a client that sends part and stalls
 # (slowloris) would otherwise hold its connection, and a drain, for as long as it likes.
 BODY_READ_TIMEOUT_S = 30.0
+
+
+async def without_stalls(
+    chunks: AsyncIterator[bytes], timeout_s: float = BODY_READ_TIMEOUT_S
+) -> AsyncIterator[bytes]:
+    """A streamed upload's chunks, each due within `timeout_s` of the last (408 otherwise): an
+    upload may be large (blobs skip --max-body-size) but may not stall and hold its
+    connection and its half-written file for ever."""
+    it = chunks.__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(it.__anext__(), timeout_s)
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise RequestStalledError(
+                f"the upload sent nothing for {timeout_s:g}s; send the file again at once"
+            ) from None
+        yield chunk
 
 
 class BodyLimit:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ember.errors import EmberError, InvalidRequestError, ModelNotFoundError
 from ember.server.context import ServerContext, get_context, read_json
+from ember.server.limits import without_stalls
 from ember.server.model_refs import is_location, refuse_location
 from ember.server.streaming import NDJSON, ndjson_line
 
@@ -181,7 +182,7 @@ async def blob_upload(digest: str, request: Request) -> Response:
     sha = parse_digest(digest)
     if store.blobs.has(sha):
         return Response(status_code=200)
-    await store.blobs.receive(request.stream(), sha)
+    await store.blobs.receive(without_stalls(request.stream()), sha)
     return Response(status_code=201)
 
 

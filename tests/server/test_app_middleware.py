@@ -92,3 +92,27 @@ def test_a_body_that_stalls_is_408_and_closed(url: str) -> None:
     assert BODY_TIMEOUT_S <= took < BODY_TIMEOUT_S + 5
     r = httpx.post(url + "/api/echo", json={"a": "b"}, timeout=10)
     assert r.json() == {"a": "b"}
+
+
+def test_an_upload_that_stalls_is_a_408() -> None:
+    """Blob uploads skip the body limit (they may be large) but not a stall: each chunk is due
+    within the timeout of the last."""
+    import asyncio
+    from collections.abc import AsyncIterator
+
+    from ember.errors import RequestStalledError
+    from ember.server.limits import without_stalls
+
+    async def chunks(stall: bool) -> AsyncIterator[bytes]:
+        yield b"a"
+        if stall:
+            await asyncio.sleep(10)
+        yield b"b"
+
+    async def read(stall: bool) -> bytes:
+        return b"".join([c async for c in without_stalls(chunks(stall), 0.1)])
+
+    assert asyncio.run(read(False)) == b"ab"
+    with pytest.raises(RequestStalledError) as e:
+        asyncio.run(read(True))
+    assert e.value.status_code == 408
