@@ -161,16 +161,18 @@ def sse_response(
     prompt_tokens: int,
     request: OpenAIRequest,
     events: Events,
+    generated: bool = True,
 ) -> Response:
     """The SSE stream of `events` for each choice's deltas; with stream_options' include_usage
-    a last chunk with the usage, and with continuous_usage_stats the usage so far on each."""
+    a last chunk with the usage, and with continuous_usage_stats the usage so far on each.
+    `generated` False: the tokens run are not the reply's (echo with max_tokens 0)."""
     include_usage, continuous = request.include_usage, request.continuous_usage
 
     async def body() -> AsyncIterator[str]:
         completion_tokens = 0
         try:
             async for i, out in choices.stream():
-                completion_tokens += len(out.outputs[0].token_ids)
+                completion_tokens += len(out.outputs[0].token_ids) if generated else 0
                 for event in events(i, out):
                     if continuous:
                         event["usage"] = usage(prompt_tokens, completion_tokens)

@@ -147,7 +147,7 @@ async def completions(request: Request) -> Response:
             return []
         return [{**base, "choices": [choice(i, delta, out.finished)]}]
 
-    return sse_response(choices, base, prompt_tokens, body, events)
+    return sse_response(choices, base, prompt_tokens, body, events, not body.echo_only)
 
 
 def _nothing_generated(delta: CompletionOutput) -> CompletionOutput:

@@ -297,3 +297,11 @@ def test_a_nan_in_the_body_is_named_once(base_url: str) -> None:
     )
     message = r.json()["error"]["message"]
     assert r.status_code == 400 and message.count("invalid JSON body") == 1, message
+
+
+def test_a_streamed_echo_of_the_prompt_alone_counts_no_completion_tokens(base_url: str) -> None:
+    body = {"model": "tiny", "prompt": "The sky", "echo": True, "max_tokens": 0}
+    body["stream_options"] = {"include_usage": True}
+    events = sse(base_url, "/v1/completions", body)
+    assert "".join(e["choices"][0]["text"] for e in events if e["choices"]) == "The sky"
+    assert events[-1]["usage"]["completion_tokens"] == 0
