@@ -106,9 +106,9 @@ class SamplingParams:
         if self.seed == -1:
             self.seed = None
         self.stop = _stop_strings(self.stop)
-        self.stop_token_ids = _token_ids("stop_token_ids", self.stop_token_ids or [])
+        self.stop_token_ids = token_id_list("stop_token_ids", self.stop_token_ids or [])
         if self.allowed_token_ids is not None:
-            self.allowed_token_ids = _token_ids("allowed_token_ids", self.allowed_token_ids)
+            self.allowed_token_ids = token_id_list("allowed_token_ids", self.allowed_token_ids)
         self.logit_bias = _logit_bias(self.logit_bias or {})
 
     @property
@@ -225,12 +225,14 @@ class SamplingParams:
         return None
 
 
-def _integer(name: str, value: Any) -> int:
+def _integer(name: str, value: Any, param: str | None = None) -> int:
     """`value` as an int: ints (bools and numpy ints too), never floats or strings."""
     try:
         return int(operator.index(value))
     except TypeError:
-        raise InvalidRequestError(f"{name} must be an integer, got {value!r}", param=name) from None
+        raise InvalidRequestError(
+            f"{name} must be an integer, got {value!r}", param=param or name
+        ) from None
 
 
 def _number(name: str, value: Any) -> float:
@@ -248,11 +250,13 @@ def _stop_strings(stop: Any) -> list[str]:
     return items
 
 
-def _token_ids(name: str, ids: Any) -> list[int]:
+def token_id_list(name: str, ids: Any, param: str | None = None) -> list[int]:
+    """`ids` as a new list of ints (numpy's too); a clear error for floats, a string or a
+    non-list, naming `name` (and `param`, default `name`)."""
     items = None if isinstance(ids, str | bytes) else _as_list(ids)
     if items is None:
-        raise InvalidRequestError(f"{name} must be a list of token ids", param=name)
-    return [_integer(name, t) for t in items]
+        raise InvalidRequestError(f"{name} must be a list of token ids", param=param or name)
+    return [_integer(name, t, param) for t in items]
 
 
 def _as_list(value: Any) -> list[Any] | None:

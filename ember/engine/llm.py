@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import operator
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NotRequired, TypedDict
@@ -18,7 +17,7 @@ from ember.engine.llm_engine import LLMEngine, with_output_kind
 from ember.engine.request import Request
 from ember.errors import EmberError, InvalidRequestError
 from ember.outputs import RequestOutput
-from ember.sampling_params import OutputKind, SamplingParams
+from ember.sampling_params import OutputKind, SamplingParams, token_id_list
 from ember.tokenizer.chat_prompt import Conversation, as_conversations, render_chat
 from ember.tokenizer.hf_compat import HFTokenizer
 
@@ -242,25 +241,13 @@ class LLM:
             )
         text = prompt.get("prompt")
         if "prompt_token_ids" in prompt:
-            return text, _token_ids(prompt["prompt_token_ids"])
+            return text, token_id_list("prompt_token_ids", prompt["prompt_token_ids"], "prompt")
         if isinstance(text, str):
             return text, self.engine.encode_prompt(text)
         raise InvalidRequestError(
             "a prompt dict needs 'prompt' (a string) or 'prompt_token_ids' (a list of ints)",
             param="prompt",
         )
-
-
-def _token_ids(ids: Any) -> list[int]:
-    """A TokensPrompt's ids as ints: ints (numpy's too), never floats or a string."""
-    try:
-        if isinstance(ids, str | bytes):
-            raise TypeError
-        return [operator.index(t) for t in ids]
-    except TypeError:
-        raise InvalidRequestError(
-            f"prompt_token_ids must be a list of integers, got {ids!r:.80}", param="prompt"
-        ) from None
 
 
 def _check_tokenizer(tokenizer: str | None, model: str, model_dir: str) -> None:
