@@ -325,22 +325,15 @@ PROMPT_LOGITS_ROWS = 512
 
 
 def _ranked_logprobs(logprobs: torch.Tensor, targets: torch.Tensor, k: int) -> list[list[Logprob]]:
-    """Each row's target token with its logprob and rank (1: the likeliest), then the top `k`
-    tokens with theirs, read back in one transfer."""
-    target_lp = logprobs.gather(1, targets.unsqueeze(1))
-    rank = (logprobs > target_lp).sum(1, keepdim=True) + 1
-    parts = [targets.unsqueeze(1), target_lp, rank]
-    if k > 0:
-        vals, ids = logprobs.topk(k, dim=-1)
-        parts += [ids, vals]
-    table = torch.cat([p.double() for p in parts], dim=1).tolist()
-    out: list[list[Logprob]] = []
-    for row in table:
-        entry = [Logprob(int(row[0]), row[1], rank=int(row[2]))]
-        tops = zip(row[3 : 3 + k], row[3 + k : 3 + 2 * k], strict=True)
-        entry += [Logprob(int(t), v, rank=i + 1) for i, (t, v) in enumerate(tops)]
-        out.append(entry)
-    return out
+    """Each row's target token with its logprob, then the top `k` tokens (as the sampler
+    gathers them for generated tokens), each with its rank: 1 is the likeliest."""
+    entries = Sampler._gather_logprobs(logprobs, targets, [k] * len(targets))
+    beaten = logprobs > logprobs.gather(1, targets.unsqueeze(1))
+    for entry, rank in zip(entries, (beaten.sum(1) + 1).tolist(), strict=True):
+        entry[0].rank = int(rank)
+        for i, lp in enumerate(entry[1:]):
+            lp.rank = i + 1
+    return entries
 
 
 def _plain_greedy(reqs: list[Request]) -> bool:
