@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -76,10 +76,6 @@ class OpenAIRequest(BaseModel):
             raise InvalidRequestError(
                 "stream_options can only be set when stream is true", param="stream_options"
             )
-        if self.top_k is not None and self.top_k < -1:
-            raise InvalidRequestError(
-                f"top_k must be -1 (off) or at least 0, got {self.top_k}", param="top_k"
-            )
         if self.bad_words:
             raise InvalidRequestError(
                 "bad_words is not supported; ban the words' tokens with logit_bias -100",
@@ -104,17 +100,6 @@ class OpenAIRequest(BaseModel):
             return ids
         return ids[-(max_model_len if k == -1 else k) :]
 
-    def _logit_bias(self) -> dict[int, float]:
-        out: dict[int, float] = {}
-        for key, value in (self.logit_bias or {}).items():
-            try:
-                out[int(key)] = float(value)
-            except ValueError:
-                raise InvalidRequestError(
-                    f"logit_bias keys must be token ids, got {key!r}", param="logit_bias"
-                ) from None
-        return out
-
     def num_choices(self) -> int:
         n = 1 if self.n is None else self.n
         if not 1 <= n <= MAX_N:
@@ -136,7 +121,7 @@ class OpenAIRequest(BaseModel):
             "seed": None if self.seed is None else _choice_seed(self.seed, choice),
             "structured": structured
             or vllm_guided(self.guided_json, self.guided_regex, self.guided_choice),
-            "logit_bias": self._logit_bias(),
+            "logit_bias": self.logit_bias,  # SamplingParams reads the ids in the string keys
             "allowed_token_ids": self.allowed_token_ids,
             "stop": [self.stop] if isinstance(self.stop, str) else list(self.stop or []),
             "stop_token_ids": list(self.stop_token_ids or []),
@@ -402,23 +387,39 @@ def completion_logprobs(
     out: CompletionOutput, decode: Decode, text_offset: int
 ) -> tuple[dict[str, Any] | None, int]:
     """The legacy completions `logprobs` object for the tokens of `out` (a delta) whose first
-    token starts at `text_offset`, and the offset just past its last token. Each entry of
-    top_logprobs holds the sampled token and the top ones (up to logprobs + 1, as OpenAI)."""
+    token starts at `text_offset`, and the offset just past its last token."""
     if out.logprobs is None:
         return None, text_offset
-    tokens, token_lps, tops, offsets = [], [], [], []
+    entries = [(entry[0].token_id, entry) for entry in out.logprobs]
+    return _legacy_logprobs(entries, decode, text_offset)
+
+
+def _legacy_logprobs(
+    entries: Sequence[tuple[int, list[Logprob] | None]], decode: Decode, text_offset: int
+) -> tuple[dict[str, Any], int]:
+    """The legacy `logprobs` object for (token id, its logprobs: the token's own first, then the
+    top ones; None for a prompt's first token, which nothing predicts), and the text offset
+    just past the last token. Each top_logprobs entry holds the token itself and the top ones
+    (up to logprobs + 1, as OpenAI)."""
+    tokens: list[str] = []
+    token_lps: list[float | None] = []
+    tops: list[dict[str, float] | None] = []
+    offsets: list[int] = []
     offset = text_offset
-    for entry in out.logprobs:
-        sampled = entry[0]
-        text = _token_text(sampled, decode)
+    for token_id, entry in entries:
+        text = decode(token_id) if entry is None else _token_text(entry[0], decode)
         tokens.append(text)
-        token_lps.append(sampled.logprob)
-        top = {text: sampled.logprob}
+        offsets.append(offset)
+        offset += len(text)
+        if entry is None:
+            token_lps.append(None)
+            tops.append(None)
+            continue
+        token_lps.append(entry[0].logprob)
+        top = {text: entry[0].logprob}
         for lp in entry[1:]:
             top.setdefault(_token_text(lp, decode), lp.logprob)
         tops.append(top)
-        offsets.append(offset)
-        offset += len(text)
     lps = {"text_offset": offsets, "token_logprobs": token_lps, "tokens": tokens}
     return {**lps, "top_logprobs": tops}, offset
 
@@ -462,27 +463,7 @@ def echo_logprobs(
 ) -> tuple[dict[str, Any], int]:
     """The legacy completions `logprobs` object for an echoed prompt (its first token has no
     logprob), and the text offset just past it, where the completion's tokens go on."""
-    tokens: list[str] = []
-    token_lps: list[float | None] = []
-    tops: list[dict[str, float] | None] = []
-    offsets: list[int] = []
-    offset = 0
-    for token_id, entry in zip(prompt_ids, lps, strict=True):
-        text = decode(token_id) if entry is None else _token_text(entry[0], decode)
-        tokens.append(text)
-        offsets.append(offset)
-        offset += len(text)
-        if entry is None:
-            token_lps.append(None)
-            tops.append(None)
-            continue
-        token_lps.append(entry[0].logprob)
-        top = {text: entry[0].logprob}
-        for lp in entry[1:]:
-            top.setdefault(_token_text(lp, decode), lp.logprob)
-        tops.append(top)
-    lps_obj = {"text_offset": offsets, "token_logprobs": token_lps, "tokens": tokens}
-    return {**lps_obj, "top_logprobs": tops}, offset
+    return _legacy_logprobs(list(zip(prompt_ids, lps, strict=True)), decode, 0)
 
 
 def join_logprobs(first: dict[str, Any], then: dict[str, Any] | None) -> dict[str, Any]:
