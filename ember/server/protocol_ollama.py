@@ -107,11 +107,10 @@ def check_parameters(parameters: dict[str, Any]) -> None:
     try:
         opts = Options.model_validate(parameters)
     except ValidationError as e:
-        first = e.errors()[0]
-        name = ".".join(str(p) for p in first.get("loc", ())[:1])
+        err = validation_message(e)
         raise InvalidRequestError(
-            f"invalid value for parameter '{name}': {first.get('msg', 'invalid value')}",
-            param=f"parameters.{name}",
+            err.message.replace("invalid value for '", "invalid value for parameter '", 1),
+            param=f"parameters.{err.param}",
         ) from None
     try:  # the ranges, e.g. top_p <= 1, as a request would meet them
         sampling_params(opts, 0, 1 << 30)
