@@ -47,7 +47,7 @@ def parse_tool_calls(text: str, names: Collection[str] | None = None) -> ParsedO
     if at > 0:
         calls = _parse_llama3(text[at:]).tool_calls
         return ParsedOutput(text[:at].strip(), calls) if calls else ParsedOutput(text, [])
-    bare = not text.strip().startswith(_PYTHON_TAG)
+    bare = at < 0  # at == 0: the reply opens with the tag
     parsed = _parse_llama3(text, require_args=bare)
     if bare and names is not None and any(c.name not in names for c in parsed.tool_calls):
         return ParsedOutput(text, [])
