@@ -158,33 +158,20 @@ class HFTokenizer:
         if documents is not None:
             kwargs["documents"] = documents
         convs, batch = as_conversations(conversation)
-        out = [
-            self._one_chat(
-                c, tools, chat_template, add_generation_prompt, continue_final_message, kwargs
+        texts = [
+            render_chat(
+                self.tokenizer,
+                c,
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message,
+                tools=tools,
+                template_kwargs=kwargs,
+                chat_template=chat_template,
             )
             for c in convs
         ]
-        results = [self._shaped(text, tokenize, return_dict) for text in out]
+        results = [self._shaped(text, tokenize, return_dict) for text in texts]
         return results if batch else results[0]
-
-    def _one_chat(
-        self,
-        messages: Conversation,
-        tools: list[dict[str, Any]] | None,
-        chat_template: str | None,
-        add_generation_prompt: bool,
-        continue_final_message: bool,
-        template_kwargs: dict[str, Any],
-    ) -> str:
-        return render_chat(
-            self.tokenizer,
-            messages,
-            add_generation_prompt=add_generation_prompt,
-            continue_final_message=continue_final_message,
-            tools=tools,
-            template_kwargs=template_kwargs,
-            chat_template=chat_template,
-        )
 
     def _shaped(self, text: str, tokenize: bool, return_dict: bool) -> Any:
         if not tokenize:
