@@ -12,6 +12,7 @@ from typing import Any
 from ember.errors import InvalidRequestError, ModelNotFoundError
 from ember.registry.blobs import parse_digest
 from ember.registry.manifests import Manifest
+from ember.registry.remote import is_path
 from ember.registry.store import MODEL_MARKER, LocalModel, ModelStore
 
 TEMPLATE_FILE = "chat_template.jinja"  # the tokenizer prefers it over tokenizer_config.json's
@@ -40,7 +41,7 @@ def create(
     if spec.base:
         report(f"using model {spec.base}")
         manifest = store.manifest_of(spec.base)
-        parent = manifest.parent if spec.base.startswith((".", "/", "~")) else spec.base
+        parent = manifest.parent if is_path(spec.base) else spec.base
     for file_name, digest in spec.files.items():
         sha = parse_digest(digest)
         if not store.blobs.has(sha):

@@ -28,7 +28,7 @@ from ember.errors import EmberError, ModelLoadError, ModelNotFoundError
 from ember.loader.source import ReadTimeoutError
 from ember.registry.digests import MANIFESTS, SUFFIX, Digest, expected_digests, is_digest_file
 from ember.registry.names import parse_name
-from ember.registry.remote import PROBED_FILES, default_name, is_small_file
+from ember.registry.remote import PROBED_FILES, default_name, is_path, is_small_file
 from ember.registry.store import LocalModel, ModelStore
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ def pull(
 def _check_source(text: str) -> None:
     """A bare name that is no folder here is what an Ollama user types (`llama3.2`): say what
     SOURCE may be rather than that a folder is missing."""
-    if "://" in text or text.startswith((".", "/", "~")) or Path(text).exists():
+    if "://" in text or is_path(text) or Path(text).exists():
         return
     raise ModelNotFoundError(
         f"'{text}' is neither a folder here nor a URI: SOURCE must be a local path or a URI "

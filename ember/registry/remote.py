@@ -64,6 +64,17 @@ def is_uri(model: str) -> bool:
     return scheme(model) in (*REMOTE_SCHEMES, "file")
 
 
+def is_path(model: str) -> bool:
+    """A folder on this machine, as a model reference: /abs, ./rel, ../rel or ~/..."""
+    return model.startswith((".", "/", "~"))
+
+
+def is_location(model: str) -> bool:
+    """A folder or a URI rather than a model name in the store."""
+    text = model.strip()
+    return is_uri(text) or is_path(text)
+
+
 def default_cache_dir() -> Path:
     from ember.registry.store import default_home
 

@@ -6,18 +6,14 @@ store, fetch from hosts inside its network, or read buckets with the server's cr
 from __future__ import annotations
 
 from ember.errors import InvalidRequestError
+from ember.registry.remote import is_location
 
 
-def is_location(name: str) -> bool:
-    """Whether `name` is a server path or a URI rather than a store name."""
-    from ember.registry.remote import is_uri
-
-    text = name.strip()
-    return is_uri(text) or text.startswith((".", "/", "~"))
-
-
-def refuse_location(name: str, param: str = "model") -> InvalidRequestError:
-    return InvalidRequestError(
+def check_model_ref(allowed: bool, name: str, param: str = "model") -> None:
+    """400 for a path or URI named in a request, unless paths and URIs are `allowed`."""
+    if allowed or not is_location(name):
+        return
+    raise InvalidRequestError(
         f"'{name}' is a server path or URI, and this server takes model names from its store "
         "only (see /api/tags or 'ember list'); pull the model on the server with 'ember pull', "
         "or start it with --allow-model-paths (EMBER_ALLOW_MODEL_PATHS=1) to allow paths and "

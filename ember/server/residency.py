@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ember.config import ServeConfig, parse_duration
 from ember.errors import InvalidRequestError, ModelLoadError, ModelNotFoundError
 from ember.server.metrics import EngineSnapshot, snapshot_of
-from ember.server.model_refs import is_location, refuse_location
+from ember.server.model_refs import check_model_ref
 from ember.server.served_model import ServedModel, base_name
 
 if TYPE_CHECKING:
@@ -130,7 +130,7 @@ class Residency:
         """The one name a model is known by here: "tiny" and "tiny:latest" are one model,
         --served-model-name means the primary model, folders and URIs stay as given."""
         from ember.registry import parse_name
-        from ember.registry.remote import is_uri
+        from ember.registry.remote import is_location
 
         primary = self.config.model
         text = (requested or primary).strip()
@@ -140,7 +140,7 @@ class Residency:
         alias = self.config.served_model_name
         if alias and base_name(text) == base_name(alias):
             text = primary
-        if is_uri(text) or text.startswith((".", "/", "~")):
+        if is_location(text):
             return text
         try:
             return str(parse_name(text))
@@ -164,8 +164,8 @@ class Residency:
         from ember.registry.remote import is_uri
 
         key = self.key(requested)
-        if key not in self.preloaded and not self.config.allow_model_paths and is_location(key):
-            raise refuse_location(str(requested))
+        if key not in self.preloaded:  # the command line's models are the operator's choice
+            check_model_ref(self.config.allow_model_paths, key)
         if key not in self.residents and key not in self.preloaded and not is_uri(key):
             try:
                 self.store.resolve(key)

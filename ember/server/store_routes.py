@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ember.errors import EmberError, InvalidRequestError, ModelNotFoundError
 from ember.server.context import ServerContext, get_context, read_json
 from ember.server.limits import without_stalls
-from ember.server.model_refs import is_location, refuse_location
+from ember.server.model_refs import check_model_ref
 from ember.server.streaming import NDJSON, ndjson_line
 
 if TYPE_CHECKING:
@@ -143,7 +143,7 @@ def _on_gpu(device: str) -> bool:
 async def copy(request: Request) -> Response:
     ctx = get_context(request)
     body = await read_json(request, CopyRequest)
-    _check_location(ctx, body.source, "source")
+    check_model_ref(ctx.config.allow_model_paths, body.source, "source")
     await asyncio.to_thread(ctx.residency.store.copy, body.source, body.destination)
     return Response(status_code=200)
 
@@ -191,9 +191,9 @@ async def pull(request: Request) -> Response:
     ctx = get_context(request)
     body = await read_json(request, PullRequest)
     target = body.target()
-    _check_location(ctx, target, "model")
+    check_model_ref(ctx.config.allow_model_paths, target)
     if body.source is not None:
-        _check_location(ctx, body.source, "source")
+        check_model_ref(ctx.config.allow_model_paths, body.source, "source")
     run = _pull_job(ctx, target, body.source)
     return await _progress_response(run, body.stream is not False)
 
@@ -231,15 +231,9 @@ async def create(request: Request) -> Response:
     if spec.base is None and not spec.files:
         raise InvalidRequestError("give 'from' (a model or model folder) or 'files'", param="from")
     if spec.base is not None:
-        _check_location(ctx, spec.base, "from")
+        check_model_ref(ctx.config.allow_model_paths, spec.base, "from")
     check_create_spec(spec)  # before anything is written
     return await _progress_response(job, body.stream is not False)
-
-
-def _check_location(ctx: ServerContext, name: str, param: str) -> None:
-    """400 for a path or URI in a request unless the operator allows them."""
-    if not ctx.config.allow_model_paths and is_location(name):
-        raise refuse_location(name, param)
 
 
 def check_create_spec(spec: CreateSpec) -> None:
@@ -257,11 +251,11 @@ Job = Callable[[Callable[[dict[str, Any]], None]], None]
 
 def _pull_job(ctx: ServerContext, target: str, source: str | None) -> Job:
     from ember.registry.pull import pull
-    from ember.registry.remote import is_uri
+    from ember.registry.remote import is_path, is_uri
 
     store = ctx.residency.store
     if source is None and not is_uri(target):
-        if target.startswith((".", "/", "~")):
+        if is_path(target):
             source, target = target, ""
         else:
 
