@@ -176,11 +176,11 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _too_slow(self, scope: Scope, receive: Receive, send: Send) -> None:
-        message = (
+        err = RequestStalledError(
             f"the request body did not arrive within {self.read_timeout_s:g}s of its headers; "
             "send the whole body at once"
         )
-        response = error_response(scope["path"], 408, message)
+        response = error_response(scope["path"], err.status_code, err.message)
         response.headers["Connection"] = "close"
         await response(scope, receive, send)
 
