@@ -63,11 +63,6 @@ class PullResult:
     files: list[PulledFile]
 
 
-def staging_dir(store: ModelStore, name: str) -> Path:
-    """Where a pull of `name` collects its files (hidden, so the store does not list it)."""
-    return store.staging_path(name)
-
-
 def pull(
     source_uri: str,
     store: ModelStore,
@@ -83,7 +78,7 @@ def pull(
     _check_source(source_uri)
     model_name = str(parse_name(name or default_name(source_uri)))
     target = store.path_for(model_name)
-    staging = staging_dir(store, model_name)
+    staging = store.staging_path(model_name)
     source = resolve_source(source_uri)
     try:
         plan = plan_files(source)

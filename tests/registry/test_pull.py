@@ -15,7 +15,7 @@ import pytest
 
 from ember.errors import ModelLoadError, ModelNotFoundError
 from ember.registry import ModelStore
-from ember.registry.pull import PART, RECORD, pull, staging_dir
+from ember.registry.pull import PART, RECORD, pull
 from tests.loader.helpers import RangeServer, serve_http
 from tests.loader.s3server import serve_s3
 
@@ -64,7 +64,7 @@ def test_pull_from_http_records_sha256(
     files = record(result.model.path)
     assert files[WEIGHTS]["sha256"] == sha256(tiny_dir / WEIGHTS)
     assert all(f["verified_by"] is None for f in files.values())  # nothing to verify against
-    assert not staging_dir(store, "web:v1").exists()
+    assert not store.staging_path("web:v1").exists()
     assert store.resolve("web:v1").path == result.model.path
     gets = [r for r in server.requests if r.startswith("GET") and WEIGHTS in r]
     assert len(gets) > 1 and all("bytes=" in r for r in gets)  # range reads, several in flight
@@ -96,7 +96,7 @@ def test_interrupted_pull_resumes_from_the_part_file(
         pull(url, store, "resumed", progress=stop_midway, chunk_bytes=CHUNK)
     with pytest.raises(ModelNotFoundError):
         store.resolve("resumed")  # nothing half-pulled is in the store
-    part = staging_dir(store, "resumed") / (WEIGHTS + PART)
+    part = store.staging_path("resumed") / (WEIGHTS + PART)
     assert part.stat().st_size >= 3 * CHUNK
     resume_at = 2 * CHUNK + 12345  # a torn write: the .part ends mid-chunk
     os.truncate(part, resume_at)
@@ -166,7 +166,7 @@ def test_digest_mismatch_fails_and_installs_nothing(
         pull(str(source), store, "corrupt")
     with pytest.raises(ModelNotFoundError):
         store.resolve("corrupt")
-    assert not (staging_dir(store, "corrupt") / (WEIGHTS + PART)).exists()  # refetched whole
+    assert not (store.staging_path("corrupt") / (WEIGHTS + PART)).exists()  # refetched whole
 
 
 def test_pull_without_config_is_a_clear_error(
@@ -205,9 +205,9 @@ def test_rm_clears_an_unfinished_pull(tiny_dir: Path, store: ModelStore, tmp_pat
     (source / (WEIGHTS + ".sha256")).write_text("0" * 64 + "\n")
     with pytest.raises(ModelLoadError):
         pull(str(source), store, "broken")
-    assert staging_dir(store, "broken").is_dir()
+    assert store.staging_path("broken").is_dir()
     store.remove("broken")
-    assert not staging_dir(store, "broken").exists()
+    assert not store.staging_path("broken").exists()
     assert not store.models_dir.exists() or not any(store.models_dir.iterdir())
     with pytest.raises(ModelNotFoundError):
         store.remove("broken")
