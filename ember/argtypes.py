@@ -39,3 +39,18 @@ def number(low: float = 0.0, *, strict: bool = False) -> Callable[[str], float]:
         return value
 
     return parse
+
+
+def integer_list(low: int) -> Callable[[str], list[int]]:
+    """Comma-separated integers, each >= low: at least one, sorted, each once."""
+    one = integer(low)
+
+    def parse(raw: str) -> list[int]:
+        parts = [x for x in raw.split(",") if x.strip()]
+        if not parts:
+            raise argparse.ArgumentTypeError(
+                f"must be comma-separated integers >= {low}, got {raw!r}"
+            )
+        return sorted({one(x) for x in parts})
+
+    return parse

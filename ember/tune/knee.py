@@ -29,11 +29,13 @@ class Recommendation:
 
 def find_knee(points: list[LevelPoint], min_gain: float = 0.10, ttft_factor: float = 3.0) -> int:
     """Index of the knee: the last level before throughput rises by less than `min_gain`
-    (fraction) over the previous level, or p99 TTFT exceeds `ttft_factor` x the first level's."""
+    (fraction) over the previous level, p99 TTFT exceeds `ttft_factor` x the first level's,
+    or requests fail."""
     base_ttft = max(points[0].ttft_p99_ms, 1e-9)
     for i in range(1, len(points)):
         gain = points[i].output_tok_s / max(points[i - 1].output_tok_s, 1e-9) - 1.0
-        if gain < min_gain or points[i].ttft_p99_ms > ttft_factor * base_ttft:
+        p = points[i]
+        if gain < min_gain or p.ttft_p99_ms > ttft_factor * base_ttft or p.failed:
             return i - 1
     return len(points) - 1
 
@@ -56,8 +58,8 @@ def recommend(
     hpa_target = max(1, (concurrency - knee.concurrency) // 2 or knee.concurrency // 2)
     saturated = k < len(points) - 1
     reason = (
-        f"throughput stops rising by {min_gain:.0%} or p99 TTFT exceeds {ttft_factor:g}x after "
-        f"concurrency {knee.concurrency}"
+        f"throughput stops rising by {min_gain:.0%}, p99 TTFT exceeds {ttft_factor:g}x or "
+        f"requests fail after concurrency {knee.concurrency}"
         if saturated
         else f"throughput still rising at the top of the ladder ({knee.concurrency}); "
         "extend --levels to find the knee"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from dataclasses import replace
 
-from ember.bench import BenchConfig, run_benchmark
+from ember.bench import BenchConfig, BenchError, run_benchmark
 from ember.bench.stats import Distribution
 from ember.tune.knee import LevelPoint
 
@@ -44,4 +44,19 @@ async def measure(base: BenchConfig, levels: list[int], prompts_per_level: int) 
             file=sys.stderr,
         )
         points.append(point)
+        if r.failed:
+            # Past here the server refuses or drops requests: higher levels only fail more,
+            # and a level that fails entirely has nothing to measure.
+            first = r.errors[0]
+            if r.completed == 0 or c == levels[0]:
+                raise BenchError(
+                    f"{r.failed} of {r.failed + r.completed} requests failed at concurrency {c}"
+                    f" (first: {first}); fix that before tuning"
+                )
+            print(
+                f"stopping the ladder: {r.failed} requests failed at concurrency {c} "
+                f"(first: {first})",
+                file=sys.stderr,
+            )
+            break
     return points

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,45 @@ def test_tune_against_live_server(server: Server, tmp_path: Path) -> None:
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert f"containerConcurrency: {rec['concurrency']}" in r.stdout
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--levels", "a,b"],
+        ["--levels", ","],
+        ["--levels", "0,1"],
+        ["--prompts-per-level", "0"],
+        ["--input-len", "-1"],
+        ["--min-gain", "-1"],
+        ["--ttft-factor", "1"],
+        ["--load-time", "nan"],
+    ],
+)
+def test_tune_rejects_numbers_it_cannot_run(
+    flags: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ember.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["tune", "--base-url", "http://127.0.0.1:9", *flags])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"argument {flags[0]}" in err and "Traceback" not in err
+
+
+def test_tune_stops_when_requests_fail(server: Server, tmp_path: Path) -> None:
+    """A ladder whose requests fail recommends nothing: it names the first error instead."""
+    out = tmp_path / "sub" / "tune.json"
+    cmd = [sys.executable, "-m", "ember.cli", "tune", "--base-url", server.url,
+           "--model", "no-such-model", "--levels", "1,2", "--prompts-per-level", "2",
+           "--input-len", "8", "--output-len", "2", "-o", str(out)]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "failed at concurrency 1" in r.stderr and "not found" in r.stderr
+    assert "recommended" not in r.stdout and not out.exists()
+
+
+def test_knee_stops_at_failing_level() -> None:
+    points = [pt(1, 100, 10), pt(2, 200, 11), replace(pt(4, 400, 12), failed=3)]
+    assert find_knee(points) == 1
+    assert recommend(points).concurrency == 2
