@@ -1,8 +1,8 @@
 """A GGUF file's tokenizer metadata as a `tokenizers` Tokenizer (what tokenizer.json holds).
 
 Two vocabulary kinds, as llama.cpp writes them (tokenizer.ggml.model):
-- "gpt2": byte-level BPE with merges (Llama 3, Qwen2/3); the pre-split regex follows
-  tokenizer.ggml.pre.
+- "gpt2": byte-level BPE with merges (Llama 3, Qwen2/3, Mistral's Tekken); the pre-split regex
+  follows tokenizer.ggml.pre.
 - "llama": SentencePiece BPE with scores and byte-fallback tokens (Llama 2, Mistral, Gemma); the
   merges are rebuilt from the scores (a merge's rank is its result's score).
 Control tokens become special added tokens; user-defined ones plain added tokens.
@@ -35,7 +35,20 @@ _LLAMA3_SPLIT = (
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 _QWEN2_SPLIT = _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
-_SPLITS = {"llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT, "qwen2": _QWEN2_SPLIT}
+# Mistral's Tekken (Nemo, Small 3, Ministral): no contractions, a word splits where lower case
+# turns to upper ("HelloWorld" -> "Hello", "World"), single digits, "/" ends a punctuation run.
+_UPPERISH = r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]"
+_LOWERISH = r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]"
+_TEKKEN_SPLIT = (
+    rf"[^\r\n\p{{L}}\p{{N}}]?{_UPPERISH}*{_LOWERISH}+|[^\r\n\p{{L}}\p{{N}}]?{_UPPERISH}+{_LOWERISH}*"
+    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_SPLITS = {
+    "llama-bpe": _LLAMA3_SPLIT,
+    "llama3": _LLAMA3_SPLIT,
+    "qwen2": _QWEN2_SPLIT,
+    "tekken": _TEKKEN_SPLIT,
+}
 # Pre-tokenizer names whose split is GPT-2's own (ByteLevel's regex).
 _GPT2_SPLITS = frozenset({"", "default", "gpt-2", "gpt2"})
 

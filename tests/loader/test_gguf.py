@@ -5,6 +5,7 @@ against the original, and the chat template carried over."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -257,12 +258,60 @@ def test_ollama_gemma3_metadata(tmp_path: Path) -> None:
 def test_an_unknown_pre_tokenizer_is_named_in_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     from ember.loader.gguf_tokenizer import tokenizer_from_gguf
 
-    meta = {"model": "gpt2", "tokens": ["a", "b", "ab"], "merges": ["a b"], "pre": "tekken"}
+    meta = {"model": "gpt2", "tokens": ["a", "b", "ab"], "merges": ["a b"], "pre": "viking"}
     with caplog.at_level("WARNING"):
         tok = tokenizer_from_gguf(meta)
     assert tok.encode("ab").ids == [2]
-    assert "tekken" in caplog.text and "safetensors" in caplog.text
+    assert "viking" in caplog.text and "safetensors" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING"):
         tokenizer_from_gguf({**meta, "pre": "gpt-2"})
     assert not caplog.text
+
+
+# The split of Mistral Nemo's tokenizer.json (Tekken), as Hugging Face writes it.
+_NEMO_SPLIT = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|"
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}|"
+    r" ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def test_tekken_vocab_encodes_as_the_trained_tokenizer(caplog: pytest.LogCaptureFixture) -> None:
+    """A Tekken GGUF (Mistral Nemo, Small 3) splits words at case changes and digits one by one,
+    as its tokenizer.json does; it had been split as GPT-2 with a warning."""
+    from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers, trainers
+    from tokenizers import models as tok_models
+
+    from ember.loader.gguf_tokenizer import tokenizer_from_gguf
+
+    hf = Tokenizer(tok_models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_NEMO_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    hf.decoder = decoders.ByteLevel()
+    corpus = ["HelloWorld says hello to the World 2024/11", "CamelCaseWords and snake_case 1234"]
+    hf.train_from_iterator(
+        corpus * 20,
+        trainers.BpeTrainer(
+            vocab_size=300,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
+    vocab = hf.get_vocab()
+    tokens = [""] * len(vocab)
+    for tok, i in vocab.items():
+        tokens[i] = tok
+    merges = [f"{a} {b}" for a, b in json.loads(hf.to_str())["model"]["merges"]]
+    with caplog.at_level("WARNING"):
+        ours = tokenizer_from_gguf(
+            {"model": "gpt2", "tokens": tokens, "merges": merges, "pre": "tekken"}
+        )
+    assert not caplog.text
+    for text in ("HelloWorld 2024/11", "CamelCase hello\n\nWorld", "snake_case//x ÉcoleNormale"):
+        assert ours.encode(text).ids == hf.encode(text).ids
+        assert ours.decode(ours.encode(text).ids) == text
