@@ -20,12 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from ember.errors import EmberError, InvalidRequestError
 from ember.outputs import CompletionOutput, RequestOutput
 from ember.server.context import Prepared, get_context, read_json
-from ember.server.ollama_output import (
-    ThinkingSplitter,
-    ollama_logprobs,
-    supports_thinking,
-    tool_call_message,
-)
+from ember.server.ollama_output import ollama_logprobs, tool_call_message
 from ember.server.ollama_prompt import (
     fim_prompt,
     fit_messages,
@@ -43,6 +38,7 @@ from ember.server.protocol_ollama import (
     sampling_params,
 )
 from ember.server.streaming import NDJSON, Generation, OwnedStreamingResponse, ndjson_line
+from ember.tokenizer.reasoning import Start, ThinkSplitter, prompt_start, supports_thinking
 from ember.tokenizer.tool_calls import ToolCallGate, tool_names
 
 if TYPE_CHECKING:
@@ -58,7 +54,7 @@ class _Shape:
 
     key: str  # "response" (generate) or "message" (chat)
     decode: Callable[[int], str]
-    thinking: ThinkingSplitter | None = None
+    thinking: ThinkSplitter | None = None
     tools: bool = False  # parse tool calls from the whole text at the end
     tool_names: frozenset[str] = frozenset()  # the functions the request offered
 
@@ -219,9 +215,8 @@ def _shape(
 ) -> _Shape:
     tok = gen.engine.tokenizer
     splitter = None
-    if think:
-        opens = (prepared.prompt or "").rstrip().endswith("<think>")
-        splitter = ThinkingSplitter(prompt_opens_thinking=opens)
+    if think:  # as Ollama: whitespace around the thinking and before the content is dropped
+        splitter = ThinkSplitter(prompt_start(prepared.prompt, Start.OPEN_TAG), trim=True)
     return _Shape(key, lambda t: tok.decode([t]), splitter, tools, names)
 
 

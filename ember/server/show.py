@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ember.server.ollama_output import supports_thinking
 from ember.tokenizer import Tokenizer
+from ember.tokenizer.reasoning import supports_thinking
 
 # config.json field -> Ollama's model_info key suffix ("{architecture}.{suffix}").
 _INFO_KEYS = (

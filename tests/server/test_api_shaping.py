@@ -12,15 +12,20 @@ import pytest
 from ember.errors import InvalidRequestError
 from ember.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from ember.server.ollama_generate import _chunks, _Shape
-from ember.server.ollama_output import ThinkingSplitter
 from ember.server.ollama_prompt import fit_messages, prompt_limit, render_go_template
+from ember.tokenizer.reasoning import Start, ThinkSplitter
 
 
 @pytest.mark.parametrize(
-    "pieces", [["<think>abc</think>\n\nhello"], ["<th", "ink>a", "bc</th", "ink>", "\nhel", "lo"]]
+    "pieces",
+    [
+        ["<think>abc</think>\n\nhello"],
+        ["<th", "ink>a", "bc</th", "ink>", "\nhel", "lo"],
+        ["<think>", "\n", "abc", "\n", "</think>", "\n\n", "hello"],  # Ollama drops newlines
+    ],
 )
 def test_thinking_split_across_deltas(pieces: list[str]) -> None:
-    s = ThinkingSplitter(prompt_opens_thinking=False)
+    s = ThinkSplitter(Start.OPEN_TAG, trim=True)
     thinking, content = "", ""
     for p in pieces:
         t, c = s.feed(p)
@@ -30,9 +35,9 @@ def test_thinking_split_across_deltas(pieces: list[str]) -> None:
 
 
 def test_thinking_when_prompt_opens_it_and_plain_content() -> None:
-    s = ThinkingSplitter(prompt_opens_thinking=True)
+    s = ThinkSplitter(Start.THINKING, trim=True)
     assert s.feed("x</think>y") == ("x", "y")
-    s = ThinkingSplitter(prompt_opens_thinking=False)
+    s = ThinkSplitter(Start.OPEN_TAG, trim=True)
     assert s.feed("no tags") == ("", "no tags")
 
 
