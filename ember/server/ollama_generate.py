@@ -36,10 +36,11 @@ from ember.server.protocol_ollama import (
     done_fields,
     merge_options,
     sampling_params,
+    with_call_ids,
 )
 from ember.server.streaming import NDJSON, Generation, OwnedStreamingResponse, ndjson_line
 from ember.tokenizer.reasoning import Start, ThinkSplitter, prompt_start, supports_thinking
-from ember.tokenizer.tool_calls import ToolCallGate, tool_names
+from ember.tokenizer.tool_calls import ToolCallGate, mistral_calls, tool_names
 
 if TYPE_CHECKING:
     from ember.engine.async_engine import AsyncEngine
@@ -173,6 +174,9 @@ async def chat(request: Request) -> Response:
             messages.insert(0, {"role": "system", "content": system})
         think = _thinking(body.think, tok.chat_template, body.model)
         kwargs: dict[str, Any] = {"enable_thinking": think} if body.think is not None else {}
+        mistral = mistral_calls(tok)
+        if mistral:
+            with_call_ids(messages)
 
         def render(msgs: list[dict[str, Any]]) -> tuple[str, list[int]]:
             text = tok.apply_chat_template(
@@ -193,6 +197,8 @@ async def chat(request: Request) -> Response:
         params = sampling_params(
             opts, len(ids), engine.max_model_len, structured=structured, logprobs=body.num_logprobs
         )
+        if mistral and body.tools and structured is None:
+            params.skip_special_tokens = False  # keep [TOOL_CALLS] in the text, as Ollama
         return Prepared(ids, params, text)
 
     gen, prepared, load_wait = await ctx.start_generation(request, _request_id("chat"), prepare)

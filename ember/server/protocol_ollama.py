@@ -211,7 +211,25 @@ class Message(BaseModel):
             msg["tool_calls"] = [_template_tool_call(c) for c in self.tool_calls]
         if self.tool_name:
             msg["name"] = self.tool_name
+        call_id = (self.model_extra or {}).get("tool_call_id")
+        if isinstance(call_id, str) and call_id:
+            msg["tool_call_id"] = call_id
         return msg
+
+
+def with_call_ids(messages: list[dict[str, Any]]) -> None:
+    """Give the tool calls and tool results that have no id one (Ollama's clients send none, and
+    Mistral's templates refuse a call without 9 alphanumerics): call k of message i gets
+    `c` + i + k in 4 digits each; a tool result takes the id of the first call still unanswered
+    of its tool_name, else of the first one."""
+    pending: list[tuple[str, str]] = []  # (function name, id) of calls not yet answered
+    for i, msg in enumerate(messages):
+        for k, call in enumerate(msg.get("tool_calls") or []):
+            call.setdefault("id", f"c{i % 10_000:04d}{k % 10_000:04d}")
+            pending.append((str(call["function"].get("name")), call["id"]))
+        if msg["role"] == "tool" and pending:
+            at = next((j for j, p in enumerate(pending) if p[0] == msg.get("name")), 0)
+            msg.setdefault("tool_call_id", pending.pop(at)[1])
 
 
 def _template_tool_call(call: dict[str, Any]) -> dict[str, Any]:
@@ -226,7 +244,10 @@ def _template_tool_call(call: dict[str, Any]) -> dict[str, Any]:
             raise InvalidRequestError(
                 "tool_calls[].function.arguments must be a JSON object", param="messages"
             ) from None
-    return {"type": "function", "function": fn}
+    out: dict[str, Any] = {"type": "function", "function": fn}
+    if isinstance(call.get("id"), str) and call["id"]:
+        out["id"] = call["id"]
+    return out
 
 
 class ChatRequest(_Request):

@@ -2,7 +2,11 @@
 
 - Qwen / Hermes: `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`, one block per call;
 - Llama 3.x: an optional `<|python_tag|>`, then `{"name": ..., "parameters": {...}}` objects
-  (several separated by `;`), and nothing else in the message.
+  (several separated by `;`), and nothing else in the message;
+- Mistral: `[TOOL_CALLS]` (a special token: the server keeps special tokens in the text of
+  Mistral requests with tools, see mistral_calls()), then a JSON array of {"name", "arguments"}
+  (tokenizer v3, Mistral 7B v0.3) or, from tokenizer v11 on, `name[ARGS]{...}` after each
+  `[TOOL_CALLS]` (with a `[CALL_ID]id` before `[ARGS]` in some versions).
 
 Text that is not a well-formed call stays content: a model that talks about JSON is not calling.
 """
@@ -11,18 +15,31 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
+import string
+import uuid
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ember.tokenizer.tokenizer import Tokenizer
 
 _HERMES = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 _PYTHON_TAG = "<|python_tag|>"
+MISTRAL_CALLS = "[TOOL_CALLS]"
+_MISTRAL_ARGS, _MISTRAL_CALL_ID = "[ARGS]", "[CALL_ID]"
+_MISTRAL_NAME = re.compile(r"\s*([A-Za-z0-9_.-]+)\s*")
+# Mistral's templates refuse other tool call ids (mistral-common's validator: [a-zA-Z0-9]{9}).
+_ALNUM = string.ascii_letters + string.digits
+_MISTRAL_ID = re.compile(r"[A-Za-z0-9]{9}")
 
 
 @dataclass(slots=True)
 class ToolCall:
     name: str
     arguments: dict[str, Any] = field(default_factory=dict)
+    id: str | None = None  # the model's own, where its format has one (Mistral's [CALL_ID])
 
 
 @dataclass(slots=True)
@@ -36,11 +53,28 @@ def might_call_tools(template: str | None) -> bool:
     return bool(template) and "tools" in (template or "")
 
 
+def mistral_calls(tokenizer: Tokenizer) -> bool:
+    """Whether the model writes tool calls after Mistral's `[TOOL_CALLS]` token: its requests
+    with tools then decode special tokens (as vLLM does), and call ids are 9 alphanumerics."""
+    return tokenizer.token_to_id(MISTRAL_CALLS) is not None
+
+
+def new_call_id(mistral: bool = False) -> str:
+    """An id for a parsed tool call, as vLLM makes them (Mistral's templates want 9
+    alphanumerics)."""
+    if mistral:
+        return "".join(secrets.choice(_ALNUM) for _ in range(9))
+    return f"chatcmpl-tool-{uuid.uuid4().hex}"
+
+
 def parse_tool_calls(text: str, names: Collection[str] | None = None) -> ParsedOutput:
-    """Split `text` into content and tool calls (Hermes blocks, else Llama 3.x JSON, which may
-    follow some text after a `<|python_tag|>`). A reply that is bare JSON, with no tag, is a
-    call only if each object has "parameters" (or "arguments") and, given the offered tools'
-    `names`, calls one of them: {"name": "Bob", "age": 3} is content."""
+    """Split `text` into content and tool calls (Mistral's after `[TOOL_CALLS]`, Hermes blocks,
+    else Llama 3.x JSON, which may follow some text after a `<|python_tag|>`). A reply that is
+    bare JSON, with no tag, is a call only if each object has "parameters" (or "arguments")
+    and, given the offered tools' `names`, calls one of them: {"name": "Bob", "age": 3} is
+    content."""
+    if MISTRAL_CALLS in text:
+        return _parse_mistral(text)
     if "<tool_call>" in text:
         return _parse_hermes(text)
     at = text.find(_PYTHON_TAG)
@@ -89,6 +123,48 @@ def _parse_hermes(text: str) -> ParsedOutput:
         calls.append(call)
     content = text[: text.index("<tool_call>")].strip()
     return ParsedOutput(content, calls)
+
+
+def _parse_mistral(text: str) -> ParsedOutput:
+    content, _, calls_text = text.partition(MISTRAL_CALLS)
+    decoder = json.JSONDecoder()
+    calls: list[ToolCall] = []
+    if calls_text.lstrip().startswith("["):  # v3: one JSON array of calls
+        try:
+            array, _ = decoder.raw_decode(calls_text.lstrip())
+        except json.JSONDecodeError:
+            return ParsedOutput(text, [])
+        if not isinstance(array, list):
+            return ParsedOutput(text, [])
+        for obj in array:
+            call = _call(obj)
+            if call is None:
+                return ParsedOutput(text, [])
+            call.id = _mistral_id(obj.get("id"))
+            calls.append(call)
+        return ParsedOutput(content.strip(), calls)
+    for piece in calls_text.split(MISTRAL_CALLS):  # v11+: name[CALL_ID]id[ARGS]{...} each
+        name = _MISTRAL_NAME.match(piece)
+        if name is None:
+            return ParsedOutput(text, [])
+        rest, call_id = piece[name.end() :], None
+        if rest.startswith(_MISTRAL_CALL_ID):
+            call_id, _, rest = rest[len(_MISTRAL_CALL_ID) :].partition(_MISTRAL_ARGS)
+        elif rest.startswith(_MISTRAL_ARGS):
+            rest = rest[len(_MISTRAL_ARGS) :]
+        try:
+            args, end = decoder.raw_decode(rest.strip())
+        except json.JSONDecodeError:
+            return ParsedOutput(text, [])
+        if not isinstance(args, dict) or rest.strip()[end:].strip():
+            return ParsedOutput(text, [])
+        calls.append(ToolCall(name.group(1), args, _mistral_id(call_id)))
+    return ParsedOutput(content.strip(), calls)
+
+
+def _mistral_id(value: Any) -> str | None:
+    ok = isinstance(value, str) and _MISTRAL_ID.fullmatch(value.strip())
+    return value.strip() if ok else None
 
 
 def _parse_llama3(text: str, require_args: bool = False) -> ParsedOutput:
@@ -155,10 +231,10 @@ def tool_call_schema(
     return schema
 
 
-_CALL_STARTS = ("<tool_call>", _PYTHON_TAG, "{")
+_CALL_STARTS = ("<tool_call>", _PYTHON_TAG, MISTRAL_CALLS, "{")
 # Tags that open a tool call after some text (a reply that starts with "{" is a call only as a
 # whole, see _parse_llama3).
-_CALL_TAGS = ("<tool_call>", _PYTHON_TAG)
+_CALL_TAGS = ("<tool_call>", _PYTHON_TAG, MISTRAL_CALLS)
 
 
 class ToolCallGate:

@@ -1,11 +1,17 @@
-"""Tool calls parsed from model output in the Hermes/Qwen and Llama 3.x formats."""
+"""Tool calls parsed from model output in the Hermes/Qwen, Llama 3.x and Mistral formats."""
 
 from __future__ import annotations
+
+import re
+
+import pytest
 
 from ember.tokenizer.tool_calls import (
     ParsedOutput,
     ToolCall,
+    ToolCallGate,
     calls_from_json,
+    new_call_id,
     parse_tool_calls,
     tool_call_schema,
 )
@@ -92,3 +98,42 @@ def test_bare_json_is_a_call_only_with_arguments_to_an_offered_tool() -> None:
     assert parse_tool_calls(call, {"other"}).tool_calls == []
     tagged = '<|python_tag|>{"name": "brave_search", "arguments": {"query": "x"}}'
     assert [c.name for c in parse_tool_calls(tagged, {"other"}).tool_calls] == ["brave_search"]
+
+
+def test_mistral_v3_array_with_content_before() -> None:
+    text = 'Let me check. [TOOL_CALLS] [{"name": "f", "arguments": {"x": 1}, "id": "abcDEF123"}, {"name": "g", "arguments": "{}"}]'
+    parsed = parse_tool_calls(text)
+    assert parsed.content == "Let me check."
+    assert parsed.tool_calls == [ToolCall("f", {"x": 1}, "abcDEF123"), ToolCall("g", {})]
+
+
+def test_mistral_v11_name_args_calls() -> None:
+    text = '[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}[TOOL_CALLS]g[CALL_ID]a1b2c3d4e[ARGS]{}'
+    parsed = parse_tool_calls(text)
+    assert parsed.content == ""
+    assert parsed.tool_calls == [
+        ToolCall("get_weather", {"city": "Paris"}),
+        ToolCall("g", {}, "a1b2c3d4e"),
+    ]
+    assert parse_tool_calls('Hm.[TOOL_CALLS]f{"a": 1}').tool_calls == [ToolCall("f", {"a": 1})]
+
+
+@pytest.mark.parametrize(
+    "text", ["[TOOL_CALLS] nope", '[TOOL_CALLS][{"name": 3}]', "[TOOL_CALLS]f[ARGS]{bad"]
+)
+def test_malformed_mistral_calls_stay_content(text: str) -> None:
+    assert parse_tool_calls(text) == ParsedOutput(text, [])
+
+
+def test_mistral_ids_are_nine_alphanumerics() -> None:
+    ids = {new_call_id(mistral=True) for _ in range(50)}
+    assert len(ids) == 50 and all(re.fullmatch(r"[A-Za-z0-9]{9}", i) for i in ids)
+    assert new_call_id().startswith("chatcmpl-tool-")
+
+
+def test_gate_holds_a_mistral_call_after_text() -> None:
+    gate = ToolCallGate()
+    streamed = "".join(gate.feed(p) for p in ["Sure", ", one sec. [TOOL", "_CALLS] [{", '"name"'])
+    assert streamed == "Sure, one sec." and gate.held().startswith(" [TOOL_CALLS]")
+    gate = ToolCallGate()
+    assert gate.feed("[TOOL_") == "" and gate.feed("CALLS][") == "" and gate.mode == "call"
