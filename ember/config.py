@@ -96,6 +96,15 @@ def _nonempty(raw: str) -> str:
     return raw.strip()
 
 
+def _reasoning_parser(raw: str) -> str:
+    from ember.tokenizer.reasoning import REASONING_PARSERS  # lazily: it loads the tokenizer
+
+    value = raw.strip()
+    if value not in REASONING_PARSERS:
+        raise ValueError(f"unknown reasoning parser; use one of {', '.join(REASONING_PARSERS)}")
+    return value
+
+
 def _dtype(raw: str) -> str:
     aliases = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32"}
     value = raw.strip().lower()
@@ -328,6 +337,17 @@ class ServeConfig:
         "name the model answers to in the APIs",
         group="model",
         shown="its store name, e.g. tiny:latest",
+    )
+    reasoning_parser: str | None = _opt(
+        None,
+        "--reasoning-parser",
+        "EMBER_REASONING_PARSER",
+        "split the model's <think>...</think> out of /v1/chat/completions replies into the "
+        "message's (and stream delta's) `reasoning` and `reasoning_content` fields, as vLLM's "
+        "flag of that name: deepseek_r1 or qwen3",
+        _reasoning_parser,
+        group="model",
+        shown="off: the thinking stays in content",
     )
     max_num_batched_tokens: int | None = _opt(
         None,

@@ -9,12 +9,16 @@ guided_json / guided_regex through constrained decoding, and tools:
 
 Streaming with "auto", text streams and a reply that opens like a tool call is held back, then
 sent as one tool_calls delta; with a forced call the whole reply is held and sent that way.
+
+With `ember serve --reasoning-parser`, the reply's <think>...</think> goes into `reasoning` (and
+its old name `reasoning_content`), streamed first; tool calls are parsed from the content after
+it. Output constrained by a grammar (response_format, guided_*, forced tools) is left whole.
 """
 
 from __future__ import annotations
 
 import json
-import uuid
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
@@ -36,10 +40,19 @@ from ember.server.protocol_openai import (
     usage,
 )
 from ember.tokenizer.chat_prompt import render_chat
+from ember.tokenizer.reasoning import (
+    Start,
+    ThinkSplitter,
+    prompt_start,
+    split_reasoning,
+    supports_thinking,
+)
 from ember.tokenizer.tool_calls import (
     ToolCall,
     ToolCallGate,
     calls_from_json,
+    mistral_calls,
+    new_call_id,
     parse_tool_calls,
     tool_call_schema,
     tool_names,
@@ -65,25 +78,58 @@ def _structured(body: ChatCompletionRequest, mode: str) -> StructuredSpec | None
     return response_format
 
 
-def _openai_calls(calls: list[ToolCall]) -> list[dict[str, Any]]:
-    return [
-        {
-            "id": f"chatcmpl-tool-{uuid.uuid4().hex}",
-            "type": "function",
-            "function": {"name": c.name, "arguments": json.dumps(c.arguments)},
-        }
-        for c in calls
-    ]
+@dataclass(slots=True)
+class _Reply:
+    """How a choice's text becomes the assistant message."""
+
+    mode: str  # tool_mode: "none", "auto", "required" or "named"
+    forced: str | None  # the named tool
+    names: frozenset[str]  # the offered tools' names
+    mistral: bool = False  # Mistral's call format: ids of 9 alphanumerics
+    reasoning: bool = False  # --reasoning-parser is on
+
+    def calls(self, calls: list[ToolCall]) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": c.id or new_call_id(self.mistral),
+                "type": "function",
+                "function": {"name": c.name, "arguments": json.dumps(c.arguments)},
+            }
+            for c in calls
+        ]
 
 
-def _message(
-    text: str, mode: str, forced: str | None, names: frozenset[str] = frozenset()
-) -> tuple[dict[str, Any], bool]:
-    """The assistant message for a whole choice, and whether it holds tool calls."""
+def _think_start(body: ChatCompletionRequest, parser: str | None, prompt: str | None) -> Start:
+    """Where the reply starts for vLLM's reasoning parsers: inside the thinking unless the prompt
+    closed it (or, for qwen3, chat_template_kwargs turned it off)."""
+    off = parser == "qwen3" and (body.chat_template_kwargs or {}).get("enable_thinking") is False
+    return Start.CONTENT if off else prompt_start(prompt, Start.THINKING)
+
+
+def _reasoning_fields(reasoning: str | None) -> dict[str, Any]:
+    """vLLM's field and its older name, for clients of either version."""
+    return {"reasoning": reasoning, "reasoning_content": reasoning}
+
+
+def _message(text: str, reply: _Reply, start: Start | None = None) -> tuple[dict[str, Any], bool]:
+    """The assistant message for a whole choice, and whether it holds tool calls. `start`:
+    where reasoning starts, None to leave the text whole."""
+    reasoning = None
+    if start is not None:
+        reasoning, text = split_reasoning(text, start)
+    msg, has_calls = _content_message(text, reply)
+    if reply.reasoning:
+        msg.update(_reasoning_fields(reasoning or None))
+        msg["content"] = msg["content"] or None
+    return msg, has_calls
+
+
+def _content_message(text: str, reply: _Reply) -> tuple[dict[str, Any], bool]:
     calls: list[ToolCall] = []
     content: str | None = text
+    mode, forced = reply.mode, reply.forced
     if forced is not None:  # the output is the named function's arguments, as the model wrote
-        call = _openai_calls([ToolCall(forced, {})])[0]
+        call = reply.calls([ToolCall(forced, {})])[0]
         call["function"]["arguments"] = text  # even cut short by max_tokens, as vLLM
         return {"role": "assistant", "content": "", "tool_calls": [call]}, True
     if mode == "required":
@@ -93,13 +139,13 @@ def _message(
         except (json.JSONDecodeError, KeyError, TypeError):  # cut short by max_tokens
             calls = []
     elif mode == "auto":
-        parsed = parse_tool_calls(text, names)
+        parsed = parse_tool_calls(text, reply.names)
         calls = parsed.tool_calls
         if calls:
             content = parsed.content or None
     msg: dict[str, Any] = {"role": "assistant", "content": content, "tool_calls": []}
     if calls:
-        msg["tool_calls"] = _openai_calls(calls)
+        msg["tool_calls"] = reply.calls(calls)
     return msg, bool(calls)
 
 
@@ -120,7 +166,9 @@ async def chat_completions(request: Request) -> Response:
     ctx.served.require(body.model)
     messages = [m.for_template() for m in body.messages]
     tools = body.tools if mode != "none" else None
-    names = tool_names(tools)
+    reply = _Reply(
+        mode, forced, tool_names(tools), reasoning=ctx.config.reasoning_parser is not None
+    )
 
     def prepare_for(choice: int) -> Prepare:
         def prepare(engine: AsyncEngine) -> Prepared:
@@ -137,6 +185,8 @@ async def chat_completions(request: Request) -> Response:
             ids = body.truncated(ids, engine.max_model_len)
             max_tokens = fit_max_tokens(body.requested_max_tokens, len(ids), engine.max_model_len)
             params = body.sampling_params(max_tokens, body.num_logprobs, choice, structured)
+            if mode == "auto" and mistral_calls(tok):
+                params.skip_special_tokens = False  # keep [TOOL_CALLS], as vLLM does
             return Prepared(ids, params, text)
 
         return prepare
@@ -148,12 +198,22 @@ async def chat_completions(request: Request) -> Response:
     created = now_s()
     model = body.model or ctx.served.name  # the name the client sent, as vLLM echoes it
     prompt_tokens = choices.prompt_tokens(per_prompt=len(choices.gens))
+    tok = choices.engine.tokenizer
+    reply.mistral = mistral_calls(tok)
+    # Reasoning is split from free text only (a grammar constrains the whole output), and only
+    # for models whose template knows of thinking: the flag is the server's, not one model's.
+    split = reply.reasoning and structured is None and not body.guided
+    split = split and supports_thinking(tok.chat_template)
+    starts = [
+        _think_start(body, ctx.config.reasoning_parser, p.prompt) if split else None
+        for p in choices.prepared
+    ]
 
     if not body.stream:
         merged = await choices.collect(request)
         out_choices = []
         for i, m in enumerate(merged):
-            msg, has_calls = _message(m.text, mode, forced, names)
+            msg, has_calls = _message(m.text, reply, starts[i])
             out_choices.append(
                 {
                     "index": i,
@@ -180,6 +240,7 @@ async def chat_completions(request: Request) -> Response:
     full = [""] * len(choices.gens)
     # "auto": stream text, hold a reply that opens like a tool call; forced calls: hold all.
     gates = [ToolCallGate() for _ in choices.gens] if mode == "auto" else None
+    splitters = [ThinkSplitter(s) if s is not None else None for s in starts]
 
     def events(i: int, out: RequestOutput) -> list[dict[str, Any]]:
         delta = out.outputs[0]
@@ -188,22 +249,31 @@ async def chat_completions(request: Request) -> Response:
             opened[i] = True
             chunks.append(_chunk(base, i, {"role": "assistant", "content": ""}, None, None))
         lps = chat_logprobs(delta, choices.decode)
+        reasoning, text = "", delta.text
+        splitter = splitters[i]
+        if splitter is not None:
+            reasoning, text = splitter.feed(text)
+            if out.finished:
+                more = splitter.flush()
+                reasoning, text = reasoning + more[0], text + more[1]
+        think = _reasoning_fields(reasoning) if reasoning else {}
         if mode == "none":
-            if delta.text or delta.logprobs or out.finished:
-                text = {"content": delta.text} if delta.text else {}
+            if text or reasoning or delta.logprobs or out.finished:
+                content = {"content": text} if text else {}
                 end = (delta.finish_reason, delta.stop_reason) if out.finished else None
-                chunks.append(_chunk(base, i, text, lps, end))
+                chunks.append(_chunk(base, i, {**think, **content}, lps, end))
             return chunks
-        full[i] += delta.text
-        now = gates[i].feed(delta.text) if gates is not None else ""
+        full[i] += text
+        now = gates[i].feed(text) if gates is not None else ""
         if not out.finished:
-            if now or lps:
-                chunks.append(_chunk(base, i, {"content": now} if now else {}, lps, None))
+            if now or lps or reasoning:
+                content = {"content": now} if now else {}
+                chunks.append(_chunk(base, i, {**think, **content}, lps, None))
             return chunks
-        msg, has_calls = _message(full[i], mode, forced, names)
+        msg, has_calls = _content_message(full[i], reply)
         streamed = gates is not None and gates[i].mode == "text"
         rest = now + (gates[i].held() if gates is not None else "")
-        body_delta: dict[str, Any] = {}
+        body_delta: dict[str, Any] = dict(think)
         if has_calls:
             if streamed and now:
                 body_delta["content"] = now

@@ -61,6 +61,11 @@ class OpenAIRequest(BaseModel):
     bad_words: list[str] | None = None
 
     @property
+    def guided(self) -> bool:
+        """Whether one of vLLM's guided-decoding fields constrains the output."""
+        return self.guided_json is not None or bool(self.guided_regex) or bool(self.guided_choice)
+
+    @property
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
