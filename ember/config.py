@@ -505,6 +505,16 @@ class ServeConfig:
         "server",
         "no limit",
     )
+    header_timeout: float = _opt(
+        30.0,
+        "--header-timeout",
+        "EMBER_HEADER_TIMEOUT",
+        "seconds a client gets to send a request's line and headers (counted from connecting, "
+        "or from the first byte of a later request on the connection) before the server "
+        "answers 408 and closes the connection",
+        _positive_float,
+        "server",
+    )
     drain_timeout: float = _opt(
         8.0,
         "--drain-timeout",

@@ -25,6 +25,7 @@ from ember.server.browser_guard import BrowserGuard, is_loopback, origin_matcher
 from ember.server.context import ServerContext
 from ember.server.drain import Drain, DrainGuard, DrainingServer
 from ember.server.errors import CatchUnexpected, install_error_handlers
+from ember.server.http_heads import H11_INCOMPLETE_EVENT_BYTES, protocol_class
 from ember.server.limits import BodyLimit
 from ember.startup_trace import trace
 
@@ -140,6 +141,8 @@ def serve(config: ServeConfig) -> int:
             port=config.port,
             log_level=config.log_level,
             lifespan="on",
+            http=protocol_class(config.header_timeout),
+            h11_max_incomplete_event_size=H11_INCOMPLETE_EVENT_BYTES,
             # after the drain, responses still open get this long before being cancelled
             timeout_graceful_shutdown=2,
         ),
