@@ -16,10 +16,10 @@ import jinja2
 from jinja2 import nodes
 from jinja2.ext import Extension, loopcontrols
 from jinja2.parser import Parser
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import Namespace
 
 from ember.errors import EmberError, InvalidRequestError, ModelLoadError
+from ember.tokenizer.template_budget import BudgetedEnvironment, RenderBudget, render_within
 
 # Names under which a message's reasoning arrives; templates read `reasoning_content` (Qwen3,
 # DeepSeek) or `thinking` (gpt-oss, Ollama's API), so each message gets both.
@@ -83,11 +83,11 @@ def _strftime_now(fmt: str) -> str:
 
 
 @lru_cache(maxsize=1)
-def _environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+def _environment() -> BudgetedEnvironment:
+    env = BudgetedEnvironment(
         trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationBlock, loopcontrols]
     )
-    env.filters["tojson"] = _tojson
+    env.set_filter("tojson", _tojson)
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     env.globals["namespace"] = _SafeNamespace
@@ -158,10 +158,12 @@ def render_chat_template(
     tools: list[dict[str, Any]] | None,
     special_tokens: dict[str, str],
     template_kwargs: dict[str, Any],
+    budget: RenderBudget | None = None,
 ) -> str:
     """Render `source` over the conversation. Template variables, in increasing precedence:
     the special tokens (bos_token, eos_token, ...), then `template_kwargs`, then messages,
-    tools, documents and add_generation_prompt."""
+    tools, documents and add_generation_prompt. The render is held to `budget` (by default
+    template_budget's limits): past it, InvalidRequestError."""
     template = compile_template(source)
     variables: dict[str, Any] = {**special_tokens, **_plain(template_kwargs)}
     variables["messages"] = [_prepare_message(m) for m in messages]
@@ -169,10 +171,27 @@ def render_chat_template(
     variables["documents"] = _plain(template_kwargs.get("documents"))
     variables["add_generation_prompt"] = add_generation_prompt
     try:
-        return template.render(**variables)
+        return render_within(budget or RenderBudget(), lambda: template.generate(**variables))
     except EmberError:
         raise
-    except (jinja2.TemplateError, TypeError, ValueError, KeyError, IndexError) as exc:
+    except RecursionError:
+        raise InvalidRequestError(
+            "the model's chat template recursed too deeply on these messages (a macro or "
+            "recursive loop that does not end); fix or replace the template"
+        ) from None
+    except MemoryError:
+        raise InvalidRequestError(
+            "the model's chat template ran out of memory on these messages; fix or replace "
+            "the template, or send a shorter conversation"
+        ) from None
+    except (
+        jinja2.TemplateError,
+        TypeError,
+        ValueError,
+        KeyError,
+        IndexError,
+        ArithmeticError,
+    ) as exc:
         raise InvalidRequestError(
             f"the model's chat template failed on these messages ({type(exc).__name__}: {exc}); "
             "check each message's role and content"

@@ -1,0 +1,337 @@
+"""What rendering one chat template may cost: CPU time and the size of what it makes.
+
+A chat template is code, from a model's files or from a client (/api/create's template, a
+Modelfile's TEMPLATE). `{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}
+{% endfor %}` or `'x' * 10**10` would pin a core or exhaust memory, and --request-timeout cannot
+stop a render: it runs in a worker thread. So each render has a `RenderBudget`, checked by the
+environment's hooks: every loop iteration (the parser wraps each `for`'s iterable), call, filter,
+`~` concatenation, intercepted operator and output chunk takes a tick, and a tick checks the
+render's CPU time now and then. Operations that can make a huge value in one step (`*`, `**`,
+`+`, `%`, str.replace, join, padding to a width, ...) are checked before they run; every checked
+result counts towards the render's allocations. Past a limit the render stops with
+InvalidRequestError (400). Real templates stay far inside: a 100-message conversation with tools
+renders in milliseconds and allocates well under a megabyte.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
+from typing import Any
+
+from jinja2 import nodes
+from jinja2.runtime import Context
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.visitor import NodeTransformer
+
+from ember.errors import InvalidRequestError
+
+# CPU seconds of one render (the rendering thread's own time, so a busy server does not make
+# a template fail), the largest value (str characters; 8 per list item) and the total a render
+# may allocate. The default --max-body-size (8 MiB) of prompt text fits a value 2x over.
+MAX_CPU_S = 2.0
+MAX_VALUE_SIZE = 16 * 2**20
+MAX_ALLOCATED = 16 * MAX_VALUE_SIZE
+_TICKS_PER_CLOCK_READ = 64
+
+_ITER_FILTER = "ember budget iter"  # names no template can spell (they hold a space)
+_CONCAT_FILTER = "ember budget concat"
+
+
+class RenderBudget:
+    """One render's limits and what it has used so far."""
+
+    __slots__ = ("_countdown", "allocated", "cpu_deadline", "cpu_s", "max_allocated", "max_value")
+
+    def __init__(
+        self,
+        cpu_s: float = MAX_CPU_S,
+        max_value: int = MAX_VALUE_SIZE,
+        max_allocated: int = MAX_ALLOCATED,
+    ) -> None:
+        self.cpu_s = cpu_s
+        self.cpu_deadline = time.thread_time() + cpu_s
+        self.max_value = max_value
+        self.max_allocated = max_allocated
+        self.allocated = 0
+        self._countdown = _TICKS_PER_CLOCK_READ
+
+    def tick(self) -> None:
+        self._countdown -= 1
+        if self._countdown <= 0:
+            self._countdown = _TICKS_PER_CLOCK_READ
+            if time.thread_time() > self.cpu_deadline:
+                raise too_expensive(f"it ran longer than {self.cpu_s:g}s of CPU")
+
+    def expect(self, size: int) -> None:
+        """A value of `size` is about to be made (or was): refuse it past the limits."""
+        if size > self.max_value:
+            raise too_expensive(
+                f"it made a value of {size} characters (the limit: {self.max_value})"
+            )
+        self.allocated += size
+        if self.allocated > self.max_allocated:
+            raise too_expensive(f"it allocated more than {self.max_allocated} characters in all")
+
+
+def too_expensive(why: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"the chat template is too expensive to render for this request: {why}. Fix or replace "
+        "the model's template (a Modelfile's TEMPLATE, /api/create's template, or the model's "
+        "chat_template), or send a shorter conversation"
+    )
+
+
+_CURRENT: ContextVar[RenderBudget | None] = ContextVar("ember_render_budget", default=None)
+
+
+_CONTAINERS = (list, tuple, dict, set)
+
+
+def size_of(value: Any) -> int:
+    """A value's size in budget units: characters of a str, 8 per item of a container, the
+    bytes of an int."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, _CONTAINERS):
+        return 8 * len(value)
+    if isinstance(value, int):
+        return value.bit_length() // 8
+    return 0
+
+
+def render_within(budget: RenderBudget, chunks: Callable[[], Iterable[str]]) -> str:
+    """The text of `chunks()` (a template's generate), with `budget` in force while it runs."""
+    token = _CURRENT.set(budget)
+    try:
+        parts = []
+        for chunk in chunks():
+            budget.tick()
+            budget.expect(len(chunk))
+            parts.append(chunk)
+        return "".join(parts)
+    finally:
+        _CURRENT.reset(token)
+
+
+def _current() -> RenderBudget:
+    """The render's budget; outside a render, when jinja folds constant expressions while
+    compiling, a fresh one for each operation (no loops run then)."""
+    return _CURRENT.get() or RenderBudget()
+
+
+def _check_size(value: Any) -> Any:
+    budget = _current()
+    budget.tick()
+    budget.expect(size_of(value))
+    return value
+
+
+def _ticking(items: Iterable[Any], budget: RenderBudget) -> Iterator[Any]:
+    for item in items:
+        budget.tick()
+        yield item
+
+
+def _budgeted_iter(items: Any) -> Any:
+    budget = _CURRENT.get()
+    return items if budget is None else _ticking(items, budget)
+
+
+# A conversion of a %-format or a str.format field whose width or precision has 7+ digits, or
+# comes from an argument (* or a nested field): it could pad a value to any size in one step.
+_BIG_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(?:\*|\d{7,}|\d*\.(?:\*|\d{7,}))")
+_BIG_FORMAT_SPEC = re.compile(r"\{[^{}]*:[^{}]*(?:\{|\d{7,})")
+
+
+def _check_format(fmt: str, spec: re.Pattern[str]) -> None:
+    if spec.search(fmt):
+        raise too_expensive("a format pads to a width over 999999 or from an argument")
+
+
+def _precheck_binop(op: str, left: Any, right: Any, budget: RenderBudget) -> None:
+    if op == "*":
+        if isinstance(left, int) and not isinstance(right, int):
+            left, right = right, left
+        if isinstance(right, int) and isinstance(left, str | list | tuple):
+            budget.expect(size_of(left) * max(right, 0))
+        elif isinstance(left, int) and isinstance(right, int):
+            budget.expect(size_of(left) + size_of(right))
+    elif op == "**":
+        if isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1:
+            budget.expect(left.bit_length() * right // 8)
+    elif op == "+":
+        budget.expect(size_of(left) + size_of(right))
+    elif op == "%" and isinstance(left, str):
+        _check_format(left, _BIG_PERCENT_SPEC)
+
+
+def _replaced_size(s: str, old: str, new: str, count: int | None = None) -> int:
+    n = s.count(old) if old else len(s) + 1
+    if count is not None and count >= 0:
+        n = min(n, count)
+    return len(s) + n * (len(new) - len(old))
+
+
+def _joined_size(sep: str, items: Any) -> int:
+    if not isinstance(items, list | tuple):
+        return 0  # an iterator or a dict: checked once joined
+    strs = sum(len(x) for x in items if isinstance(x, str))
+    return strs + len(sep) * max(len(items) - 1, 0)
+
+
+def _precheck_str_method(s: str, name: str, args: tuple[Any, ...], budget: RenderBudget) -> None:
+    if (
+        name == "replace"
+        and len(args) >= 2
+        and isinstance(args[0], str)
+        and isinstance(args[1], str)
+    ):
+        count = args[2] if len(args) > 2 and isinstance(args[2], int) else None
+        budget.expect(_replaced_size(s, args[0], args[1], count))
+    elif name == "join" and args:
+        budget.expect(_joined_size(s, args[0]))
+    elif name in ("center", "ljust", "rjust", "zfill") and args and isinstance(args[0], int):
+        budget.expect(args[0])
+    elif name == "expandtabs":
+        tab = args[0] if args and isinstance(args[0], int) else 8
+        budget.expect(len(s) + s.count("\t") * max(tab, 0))
+
+
+# Checks that run before a built-in filter, for those that can make a huge value in one step;
+# each gets the filter's own arguments.
+def _replace_filter(budget: RenderBudget, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    s, old, new, count = (*args[1:5], None, None, None, None)[:4]  # args[0]: the eval context
+    count = kwargs.get("count", count)
+    if isinstance(s, str) and isinstance(old, str) and isinstance(new, str):
+        budget.expect(_replaced_size(s, old, new, count if isinstance(count, int) else None))
+
+
+def _join_filter(budget: RenderBudget, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    items = args[1] if len(args) > 1 else None
+    sep = args[2] if len(args) > 2 else kwargs.get("d", "")
+    if isinstance(sep, str):
+        budget.expect(_joined_size(sep, items))
+
+
+def _width_filter(position: int, name: str) -> Callable[..., None]:
+    def check(budget: RenderBudget, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        width = args[position] if len(args) > position else kwargs.get(name)
+        if isinstance(width, int):
+            budget.expect(width)
+
+    return check
+
+
+def _indent_filter(budget: RenderBudget, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    s = args[0] if args else ""
+    width = args[1] if len(args) > 1 else kwargs.get("width", 4)
+    pad = len(width) if isinstance(width, str) else max(width, 0) if isinstance(width, int) else 0
+    if isinstance(s, str):
+        budget.expect(len(s) + (s.count("\n") + 1) * pad)
+
+
+def _format_filter(budget: RenderBudget, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    if args and isinstance(args[0], str):
+        _check_format(args[0], _BIG_PERCENT_SPEC)
+
+
+def _tojson_filter(budget: RenderBudget, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    indent = args[2] if len(args) > 2 else kwargs.get("indent")
+    if isinstance(indent, str):
+        indent = len(indent)
+    if isinstance(indent, int) and indent > 64:
+        raise too_expensive("tojson's indent is over 64")
+
+
+_FILTER_CHECKS: dict[str, Callable[[RenderBudget, tuple[Any, ...], dict[str, Any]], None]] = {
+    "replace": _replace_filter,
+    "join": _join_filter,
+    "center": _width_filter(1, "width"),
+    "batch": _width_filter(1, "linecount"),
+    "slice": _width_filter(1, "slices"),
+    "indent": _indent_filter,
+    "format": _format_filter,
+    "tojson": _tojson_filter,
+}
+
+
+def _budgeted_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    check = _FILTER_CHECKS.get(name)
+
+    @functools.wraps(func)  # keeps jinja's pass_context/pass_eval_context marks
+    def run(*args: Any, **kwargs: Any) -> Any:
+        budget = _current()
+        budget.tick()
+        if check is not None:
+            check(budget, args, kwargs)
+        result = func(*args, **kwargs)
+        budget.expect(size_of(result))
+        return result
+
+    return run
+
+
+class _WrapLoopsAndConcats(NodeTransformer):
+    def visit_For(self, node: nodes.For) -> nodes.Node:
+        self.generic_visit(node)
+        node.iter = nodes.Filter(node.iter, _ITER_FILTER, [], [], None, None, lineno=node.lineno)
+        return node
+
+    def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
+        self.generic_visit(node)
+        return nodes.Filter(node, _CONCAT_FILTER, [], [], None, None, lineno=node.lineno)
+
+
+class BudgetedEnvironment(ImmutableSandboxedEnvironment):
+    """jinja's immutable sandbox with each render held to the RenderBudget in force."""
+
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+
+    def __init__(self, **options: Any) -> None:
+        # Less constant folding (the compiler still folds output expressions, through the
+        # checked filters): it would run operations at compile time, outside the render.
+        super().__init__(optimized=False, **options)
+        self.globals.pop("lipsum", None)  # lipsum(n=10**9) loops in Python, out of reach
+        self.filters = {name: _budgeted_filter(name, f) for name, f in self.filters.items()}
+        self.filters[_ITER_FILTER] = _budgeted_iter
+        self.filters[_CONCAT_FILTER] = _check_size
+
+    def set_filter(self, name: str, func: Callable[..., Any]) -> None:
+        self.filters[name] = _budgeted_filter(name, func)
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        tree = super()._parse(source, name, filename)
+        wrapped: nodes.Template = _WrapLoopsAndConcats().visit(tree)
+        return wrapped
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        budget = _current()
+        if operator == "+" and type(left) is str and type(right) is str:  # most of them
+            budget.tick()
+            budget.expect(len(left) + len(right))
+            return left + right
+        budget.tick()
+        _precheck_binop(operator, left, right, budget)
+        result = super().call_binop(context, operator, left, right)
+        budget.expect(size_of(result))
+        return result
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        wrapped = super().wrap_str_format(value)
+        if wrapped is not None:
+            _check_format(value.__self__, _BIG_FORMAT_SPEC)
+        return wrapped
+
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        budget = _current()
+        budget.tick()
+        owner = getattr(__obj, "__self__", None)
+        if isinstance(owner, str):
+            _precheck_str_method(owner, getattr(__obj, "__name__", ""), args, budget)
+        result = super().call(__context, __obj, *args, **kwargs)
+        budget.expect(size_of(result))
+        return result
