@@ -1,5 +1,6 @@
 """The OpenAI API as vLLM serves it: /v1/models, /v1/models/{id}, /tokenize, /detokenize
-here; /v1/completions in openai_completions.py, /v1/chat/completions in openai_chat.py.
+here; /v1/completions in openai_completions.py, /v1/chat/completions in openai_chat.py,
+/v1/responses in openai_responses.py.
 
 Streams are SSE (`data: {...}` events ending with `data: [DONE]`); errors are
 `{"error": {"message", "type", "param", "code"}}`.
@@ -16,6 +17,7 @@ from ember.errors import InvalidRequestError, ModelNotFoundError
 from ember.server.context import get_context, read_json
 from ember.server.openai_chat import router as chat_router
 from ember.server.openai_completions import router as completions_router
+from ember.server.openai_responses import router as responses_router
 from ember.server.protocol_openai import ChatMessage, now_s
 from ember.tokenizer.chat_prompt import render_chat
 
@@ -115,3 +117,4 @@ async def detokenize(request: Request) -> dict[str, Any]:
 
 router.include_router(completions_router)
 router.include_router(chat_router)
+router.include_router(responses_router)

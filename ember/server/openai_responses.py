@@ -1,0 +1,212 @@
+"""POST /v1/responses, OpenAI's Responses API as vLLM and Ollama serve it (stateless).
+
+The request becomes the chat request /v1/chat/completions runs (protocol_responses.py), and
+runs the same way: the same prompt rendering, sampling params, tool modes and tool-call parsing,
+admission, metrics and aborts. Only the reply's shape differs (responses_output.py): output
+items instead of choices, and typed SSE events instead of chunks.
+
+Streaming follows the chat route: text streams as it comes; with tools ("auto") a reply that
+opens like a tool call is held back and sent as function_call items at the end; with a forced
+call (tool_choice "required" or a named function) the whole reply is held.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from ember.engine.structured import StructuredSpec
+from ember.errors import EmberError, InvalidRequestError
+from ember.outputs import CompletionOutput
+from ember.server.context import Prepared, get_context, read_json
+from ember.server.openai_chat import _message, _structured
+from ember.server.openai_common import Choices, merge, start_choices
+from ember.server.protocol_openai import ChatCompletionRequest, fit_max_tokens, now_s
+from ember.server.protocol_responses import ResponsesRequest
+from ember.server.responses_output import (
+    Events,
+    FunctionCall,
+    Reply,
+    ResponseHead,
+    Usage,
+    new_item_id,
+)
+from ember.server.streaming import OwnedStreamingResponse
+from ember.tokenizer.chat_prompt import render_chat
+from ember.tokenizer.tool_calls import ToolCallGate, tool_names
+
+if TYPE_CHECKING:
+    from ember.engine.async_engine import AsyncEngine
+
+log = logging.getLogger("ember.server")
+
+router = APIRouter()
+
+ABORTED = "the engine aborted the request before it finished; send it again"
+
+
+class _ToolMode:
+    """How a reply is read: chat's tool mode ("none", "auto", "required", "named"), the forced
+    tool, and the offered tools."""
+
+    def __init__(self, chat: ChatCompletionRequest) -> None:
+        self.mode = chat.tool_mode
+        self.forced = chat.forced_tool if self.mode == "named" else None
+        self.tools = chat.tools if self.mode != "none" else None
+        self.names = tool_names(self.tools)
+
+    def reply(self, text: str, finish_reason: str | None) -> Reply:
+        """The model's whole text as output items, parsed as the chat route parses it."""
+        msg, _ = _message(text, self.mode, self.forced, self.names)
+        calls = [
+            FunctionCall(c["function"]["name"], c["function"]["arguments"])
+            for c in msg["tool_calls"]
+        ]
+        text = msg["content"] or ""
+        return Reply(text if text or not calls else None, calls, finish_reason == "length")
+
+
+@router.post("/v1/responses")
+async def responses(request: Request) -> Response:
+    ctx = get_context(request)
+    body = await read_json(request, ResponsesRequest)
+    chat = body.to_chat()
+    run = _ToolMode(chat)
+    structured = _text_format(chat, run.mode)
+    ctx.served.require(body.model)
+    messages = [m.for_template() for m in chat.messages]
+
+    def prepare(engine: AsyncEngine) -> Prepared:
+        tok = engine.tokenizer
+        text = render_chat(
+            tok,
+            messages,
+            add_generation_prompt=True,
+            tools=run.tools,
+            template_kwargs=chat.chat_template_kwargs,
+        )
+        ids = tok.encode(text, add_special_tokens=chat.add_special_tokens)
+        ids = chat.truncated(ids, engine.max_model_len)
+        max_tokens = _fit(chat.requested_max_tokens, len(ids), engine.max_model_len)
+        return Prepared(ids, chat.sampling_params(max_tokens, None, 0, structured), text)
+
+    rid = new_item_id("resp")
+    choices = await start_choices(ctx, request, rid, [prepare])
+    model = body.model or ctx.served.name  # the name the client sent, as vLLM echoes it
+    head = ResponseHead(rid, now_s(), model, body, choices.prepared[0].params)
+    if not body.stream:
+        return JSONResponse(await _whole(request, choices, head, run))
+    return OwnedStreamingResponse(_stream(choices, head, run), choices.aclose, "text/event-stream")
+
+
+async def _whole(
+    request: Request, choices: Choices, head: ResponseHead, run: _ToolMode
+) -> dict[str, Any]:
+    try:
+        outs = await choices.gens[0].collect(request)
+    finally:
+        await choices.aclose()
+    out = merge(outs)
+    usage = Usage(choices.prompt_tokens(), len(out.token_ids), outs[-1].num_cached_tokens)
+    if out.finish_reason == "abort":
+        return head.json("failed", [], usage, error=ABORTED)
+    reply = run.reply(out.text, out.finish_reason)
+    return head.json(reply.status, reply.items(), usage)
+
+
+async def _stream(choices: Choices, head: ResponseHead, run: _ToolMode) -> AsyncIterator[str]:
+    ev = Events(head)
+    yield ev.lifecycle("response.created", "in_progress", [])
+    yield ev.lifecycle("response.in_progress", "in_progress", [])
+    gate = ToolCallGate() if run.mode == "auto" else None
+    msg_id = new_item_id("msg")
+    full = sent = ""  # the model's text; the text sent as deltas
+    usage = Usage(choices.prompt_tokens())
+    last: CompletionOutput | None = None
+    try:
+        async for _, out in choices.stream():
+            delta = out.outputs[0]
+            usage.output_tokens += len(delta.token_ids)
+            usage.cached_tokens = out.num_cached_tokens
+            full += delta.text
+            if run.mode == "none":
+                now = delta.text
+            else:  # "auto": what the gate lets through; a forced call is held whole
+                now = gate.feed(delta.text) if gate is not None else ""
+            if now:
+                if not sent:
+                    for e in ev.open_message(0, msg_id):
+                        yield e
+                yield ev.text_delta(0, msg_id, now)
+                sent += now
+            if out.finished:
+                last = delta
+    except EmberError as err:  # headers are sent; report in the stream
+        yield ev.error(err.status_code, err.message, err.param)
+        return
+    except Exception as err:
+        log.exception("error while streaming %s", head.id)
+        yield ev.error(500, f"internal error: {err}", None)
+        return
+    if last is None or last.finish_reason == "abort":
+        yield ev.lifecycle("response.failed", "failed", [], usage, error=ABORTED)
+        return
+    reply = run.reply(full, last.finish_reason)
+    # What the reply still owes as text, as the chat route decides it.
+    if run.mode == "none":
+        tail = ""
+    elif reply.calls:
+        tail = "" if gate is not None and gate.mode == "text" else reply.text or ""
+    else:
+        tail = gate.held() if gate is not None else reply.text or ""
+    text = sent + tail
+    reply.text = text if sent or tail or not reply.calls else None
+    reply.message_id = msg_id
+    index = 0
+    if reply.text is not None:
+        if not sent:
+            for e in ev.open_message(0, msg_id):
+                yield e
+        if tail:
+            yield ev.text_delta(0, msg_id, tail)
+        for e in ev.close_message(0, msg_id, text, reply.status):
+            yield e
+        index = 1
+    for i, call in enumerate(reply.calls):
+        for e in ev.function_call(index + i, call, reply.status):
+            yield e
+    kind = "response.incomplete" if reply.incomplete else "response.completed"
+    yield ev.lifecycle(kind, reply.status, reply.items(), usage)
+
+
+def _text_format(chat: ChatCompletionRequest, mode: str) -> StructuredSpec | None:
+    """The chat route's constrained decoding for text.format (or a forced tool call), its
+    errors naming text.format, the field this API sent."""
+    try:
+        return _structured(chat, mode)
+    except InvalidRequestError as e:
+        if e.param != "response_format":
+            raise
+        message = e.message.replace("response_format.json_schema", "text.format")
+        raise InvalidRequestError(
+            message.replace("response_format", "text.format"), param="text.format"
+        ) from None
+
+
+def _fit(requested: int | None, prompt_len: int, max_model_len: int) -> int:
+    """fit_max_tokens, its errors naming this API's fields."""
+    try:
+        return fit_max_tokens(requested, prompt_len, max_model_len)
+    except InvalidRequestError as e:
+        if e.param != "max_tokens":
+            raise InvalidRequestError(e.message, param="input") from None
+        raise InvalidRequestError(
+            f"max_output_tokens is too large: {requested}. This model's maximum context length "
+            f"is {max_model_len} tokens and your request has {prompt_len} input tokens "
+            f"({requested} > {max_model_len} - {prompt_len}).",
+            param="max_output_tokens",
+        ) from None
