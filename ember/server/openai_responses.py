@@ -12,6 +12,7 @@ call (tool_choice "required" or a named function) the whole reply is held.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,7 @@ from ember.engine.structured import StructuredSpec
 from ember.errors import EmberError, InvalidRequestError
 from ember.outputs import CompletionOutput
 from ember.server.context import Prepared, get_context, read_json
-from ember.server.openai_chat import _message, _structured
+from ember.server.formats import openai_response_format
 from ember.server.openai_common import Choices, merge, start_choices
 from ember.server.protocol_openai import ChatCompletionRequest, fit_max_tokens, now_s
 from ember.server.protocol_responses import ResponsesRequest
@@ -33,11 +34,19 @@ from ember.server.responses_output import (
     Reply,
     ResponseHead,
     Usage,
+    new_call_id,
     new_item_id,
 )
 from ember.server.streaming import OwnedStreamingResponse
 from ember.tokenizer.chat_prompt import render_chat
-from ember.tokenizer.tool_calls import ToolCallGate, tool_names
+from ember.tokenizer.tool_calls import (
+    ToolCall,
+    ToolCallGate,
+    calls_from_json,
+    parse_tool_calls,
+    tool_call_schema,
+    tool_names,
+)
 
 if TYPE_CHECKING:
     from ember.engine.async_engine import AsyncEngine
@@ -46,28 +55,62 @@ log = logging.getLogger("ember.server")
 
 router = APIRouter()
 
+# Mistral's tool call token (tokenizer v3 on): kept in the text of requests with tools, and call
+# ids of 9 alphanumerics, which Mistral's templates insist on, as the chat route does.
+MISTRAL_CALLS = "[TOOL_CALLS]"
 ABORTED = "the engine aborted the request before it finished; send it again"
 
 
 class _ToolMode:
-    """How a reply is read: chat's tool mode ("none", "auto", "required", "named"), the forced
-    tool, and the offered tools."""
+    """How a reply is read, as the chat route reads it: chat's tool mode ("none", "auto",
+    "required", "named"), the forced tool, and the offered tools."""
 
     def __init__(self, chat: ChatCompletionRequest) -> None:
         self.mode = chat.tool_mode
         self.forced = chat.forced_tool if self.mode == "named" else None
         self.tools = chat.tools if self.mode != "none" else None
         self.names = tool_names(self.tools)
+        self.mistral = False  # the model writes calls after Mistral's [TOOL_CALLS] token
+
+    def structured(self, chat: ChatCompletionRequest) -> StructuredSpec | None:
+        """The grammar of a forced call (as the chat route builds it), or of text.format."""
+        if self.mode in ("required", "named"):
+            if chat.response_format is not None:
+                raise InvalidRequestError(
+                    "text.format cannot be combined with a forced tool_choice", param="text.format"
+                )
+            parallel = chat.parallel_tool_calls is not False
+            schema = tool_call_schema(chat.tools or [], self.forced, parallel)
+            return StructuredSpec.json_schema(schema)
+        try:
+            return openai_response_format(chat.response_format)
+        except InvalidRequestError as e:  # worded for chat's response_format
+            message = e.message.replace("response_format.json_schema", "text.format")
+            message = message.replace("response_format", "text.format")
+            raise InvalidRequestError(message, param="text.format") from None
 
     def reply(self, text: str, finish_reason: str | None) -> Reply:
-        """The model's whole text as output items, parsed as the chat route parses it."""
-        msg, _ = _message(text, self.mode, self.forced, self.names)
-        calls = [
-            FunctionCall(c["function"]["name"], c["function"]["arguments"])
-            for c in msg["tool_calls"]
-        ]
-        text = msg["content"] or ""
-        return Reply(text if text or not calls else None, calls, finish_reason == "length")
+        """The model's whole text as output items: its calls parsed as the chat route parses
+        them, the text before them as the message."""
+        incomplete = finish_reason == "length"
+        if self.forced is not None:  # the named function's arguments, even cut short (vLLM)
+            return Reply(None, [self._call(self.forced, text)], incomplete)
+        calls: list[ToolCall] = []
+        content = text
+        if self.mode == "required":
+            try:
+                calls, content = calls_from_json(text, None), ""
+            except (json.JSONDecodeError, KeyError, TypeError):  # cut short by max_output_tokens
+                calls = []
+        elif self.mode == "auto":
+            parsed = parse_tool_calls(text, self.names)
+            if parsed.tool_calls:
+                calls, content = parsed.tool_calls, parsed.content
+        items = [self._call(c.name, json.dumps(c.arguments)) for c in calls]
+        return Reply(content if content or not items else None, items, incomplete)
+
+    def _call(self, name: str, arguments: str) -> FunctionCall:
+        return FunctionCall(name, arguments, call_id=new_call_id(self.mistral))
 
 
 @router.post("/v1/responses")
@@ -76,7 +119,7 @@ async def responses(request: Request) -> Response:
     body = await read_json(request, ResponsesRequest)
     chat = body.to_chat()
     run = _ToolMode(chat)
-    structured = _text_format(chat, run.mode)
+    structured = run.structured(chat)
     ctx.served.require(body.model)
     messages = [m.for_template() for m in chat.messages]
 
@@ -92,10 +135,14 @@ async def responses(request: Request) -> Response:
         ids = tok.encode(text, add_special_tokens=chat.add_special_tokens)
         ids = chat.truncated(ids, engine.max_model_len)
         max_tokens = _fit(chat.requested_max_tokens, len(ids), engine.max_model_len)
-        return Prepared(ids, chat.sampling_params(max_tokens, None, 0, structured), text)
+        params = chat.sampling_params(max_tokens, None, 0, structured)
+        if run.mode == "auto" and tok.token_to_id(MISTRAL_CALLS) is not None:
+            params.skip_special_tokens = False  # keep [TOOL_CALLS] to parse, as vLLM does
+        return Prepared(ids, params, text)
 
     rid = new_item_id("resp")
     choices = await start_choices(ctx, request, rid, [prepare])
+    run.mistral = choices.engine.tokenizer.token_to_id(MISTRAL_CALLS) is not None
     model = body.model or ctx.served.name  # the name the client sent, as vLLM echoes it
     head = ResponseHead(rid, now_s(), model, body, choices.prepared[0].params)
     if not body.stream:
@@ -181,20 +228,6 @@ async def _stream(choices: Choices, head: ResponseHead, run: _ToolMode) -> Async
             yield e
     kind = "response.incomplete" if reply.incomplete else "response.completed"
     yield ev.lifecycle(kind, reply.status, reply.items(), usage)
-
-
-def _text_format(chat: ChatCompletionRequest, mode: str) -> StructuredSpec | None:
-    """The chat route's constrained decoding for text.format (or a forced tool call), its
-    errors naming text.format, the field this API sent."""
-    try:
-        return _structured(chat, mode)
-    except InvalidRequestError as e:
-        if e.param != "response_format":
-            raise
-        message = e.message.replace("response_format.json_schema", "text.format")
-        raise InvalidRequestError(
-            message.replace("response_format", "text.format"), param="text.format"
-        ) from None
 
 
 def _fit(requested: int | None, prompt_len: int, max_model_len: int) -> int:
