@@ -60,6 +60,8 @@ from ember.tokenizer.tool_calls import (
 
 if TYPE_CHECKING:
     from ember.engine.async_engine import AsyncEngine
+    from ember.sampling_params import SamplingParams
+    from ember.tokenizer.tokenizer import Tokenizer
 
 router = APIRouter()
 
@@ -155,6 +157,33 @@ def _finish(out: CompletionOutput, has_calls: bool, mode: str) -> str | None:
     return out.finish_reason
 
 
+def chat_prompt(
+    engine: AsyncEngine,
+    body: ChatCompletionRequest,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+) -> tuple[str, list[int]]:
+    """The request's prompt text and its token ids, truncated as the request asks."""
+    tok = engine.tokenizer
+    text = render_chat(
+        tok,
+        messages,
+        add_generation_prompt=body.add_generation_prompt,
+        continue_final_message=body.continue_final_message,
+        tools=tools,
+        template_kwargs=body.chat_template_kwargs,
+    )
+    ids = tok.encode(text, add_special_tokens=body.add_special_tokens)
+    return text, body.truncated(ids, engine.max_model_len)
+
+
+def keep_call_markup(params: SamplingParams, mode: str, tok: Tokenizer) -> None:
+    """With tools offered ("auto"), a Mistral model's [TOOL_CALLS] stays in the text to be
+    parsed, as vLLM keeps it."""
+    if mode == "auto" and mistral_calls(tok):
+        params.skip_special_tokens = False
+
+
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
     ctx = get_context(request)
@@ -172,21 +201,10 @@ async def chat_completions(request: Request) -> Response:
 
     def prepare_for(choice: int) -> Prepare:
         def prepare(engine: AsyncEngine) -> Prepared:
-            tok = engine.tokenizer
-            text = render_chat(
-                tok,
-                messages,
-                add_generation_prompt=body.add_generation_prompt,
-                continue_final_message=body.continue_final_message,
-                tools=tools,
-                template_kwargs=body.chat_template_kwargs,
-            )
-            ids = tok.encode(text, add_special_tokens=body.add_special_tokens)
-            ids = body.truncated(ids, engine.max_model_len)
+            text, ids = chat_prompt(engine, body, messages, tools)
             max_tokens = fit_max_tokens(body.requested_max_tokens, len(ids), engine.max_model_len)
             params = body.sampling_params(max_tokens, body.num_logprobs, choice, structured)
-            if mode == "auto" and mistral_calls(tok):
-                params.skip_special_tokens = False  # keep [TOOL_CALLS], as vLLM does
+            keep_call_markup(params, mode, engine.tokenizer)
             return Prepared(ids, params, text)
 
         return prepare

@@ -25,6 +25,7 @@ from ember.errors import EmberError, InvalidRequestError
 from ember.outputs import CompletionOutput
 from ember.server.context import Prepared, get_context, read_json
 from ember.server.formats import openai_response_format
+from ember.server.openai_chat import chat_prompt, keep_call_markup
 from ember.server.openai_common import Choices, merge, start_choices
 from ember.server.protocol_openai import ChatCompletionRequest, fit_max_tokens, now_s
 from ember.server.protocol_responses import ResponsesRequest
@@ -34,15 +35,15 @@ from ember.server.responses_output import (
     Reply,
     ResponseHead,
     Usage,
-    new_call_id,
     new_item_id,
 )
 from ember.server.streaming import OwnedStreamingResponse
-from ember.tokenizer.chat_prompt import render_chat
 from ember.tokenizer.tool_calls import (
     ToolCall,
     ToolCallGate,
     calls_from_json,
+    mistral_calls,
+    new_call_id,
     parse_tool_calls,
     tool_call_schema,
     tool_names,
@@ -55,9 +56,6 @@ log = logging.getLogger("ember.server")
 
 router = APIRouter()
 
-# Mistral's tool call token (tokenizer v3 on): kept in the text of requests with tools, and call
-# ids of 9 alphanumerics, which Mistral's templates insist on, as the chat route does.
-MISTRAL_CALLS = "[TOOL_CALLS]"
 ABORTED = "the engine aborted the request before it finished; send it again"
 
 
@@ -110,7 +108,7 @@ class _ToolMode:
         return Reply(content if content or not items else None, items, incomplete)
 
     def _call(self, name: str, arguments: str) -> FunctionCall:
-        return FunctionCall(name, arguments, call_id=new_call_id(self.mistral))
+        return FunctionCall(name, arguments, call_id=new_call_id(self.mistral, prefix="call_"))
 
 
 @router.post("/v1/responses")
@@ -124,25 +122,15 @@ async def responses(request: Request) -> Response:
     messages = [m.for_template() for m in chat.messages]
 
     def prepare(engine: AsyncEngine) -> Prepared:
-        tok = engine.tokenizer
-        text = render_chat(
-            tok,
-            messages,
-            add_generation_prompt=True,
-            tools=run.tools,
-            template_kwargs=chat.chat_template_kwargs,
-        )
-        ids = tok.encode(text, add_special_tokens=chat.add_special_tokens)
-        ids = chat.truncated(ids, engine.max_model_len)
+        text, ids = chat_prompt(engine, chat, messages, run.tools)
         max_tokens = _fit(chat.requested_max_tokens, len(ids), engine.max_model_len)
         params = chat.sampling_params(max_tokens, None, 0, structured)
-        if run.mode == "auto" and tok.token_to_id(MISTRAL_CALLS) is not None:
-            params.skip_special_tokens = False  # keep [TOOL_CALLS] to parse, as vLLM does
+        keep_call_markup(params, run.mode, engine.tokenizer)
         return Prepared(ids, params, text)
 
     rid = new_item_id("resp")
     choices = await start_choices(ctx, request, rid, [prepare])
-    run.mistral = choices.engine.tokenizer.token_to_id(MISTRAL_CALLS) is not None
+    run.mistral = mistral_calls(choices.engine.tokenizer)
     model = body.model or ctx.served.name  # the name the client sent, as vLLM echoes it
     head = ResponseHead(rid, now_s(), model, body, choices.prepared[0].params)
     if not body.stream:

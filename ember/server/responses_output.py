@@ -4,8 +4,6 @@ of `output_text` parts, then `function_call` items), and the typed SSE events of
 
 from __future__ import annotations
 
-import secrets
-import string
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,19 +12,10 @@ from ember.sampling_params import SamplingParams
 from ember.server.protocol_responses import ResponsesRequest
 from ember.server.streaming import dumps
 
-_ALNUM = string.ascii_letters + string.digits
-
 
 def new_item_id(prefix: str) -> str:
     """OpenAI's ids: resp_..., msg_..., fc_..., call_..."""
     return f"{prefix}_{uuid.uuid4().hex}"
-
-
-def new_call_id(mistral: bool = False) -> str:
-    """A call_id; Mistral's chat templates accept only 9 alphanumerics."""
-    if mistral:
-        return "".join(secrets.choice(_ALNUM) for _ in range(9))
-    return new_item_id("call")
 
 
 @dataclass(slots=True)

@@ -59,12 +59,12 @@ def mistral_calls(tokenizer: Tokenizer) -> bool:
     return tokenizer.token_to_id(MISTRAL_CALLS) is not None
 
 
-def new_call_id(mistral: bool = False) -> str:
-    """An id for a parsed tool call, as vLLM makes them (Mistral's templates want 9
-    alphanumerics)."""
+def new_call_id(mistral: bool = False, prefix: str = "chatcmpl-tool-") -> str:
+    """An id for a parsed tool call, as vLLM makes them (`prefix` + a uuid; Mistral's templates
+    want 9 alphanumerics)."""
     if mistral:
         return "".join(secrets.choice(_ALNUM) for _ in range(9))
-    return f"chatcmpl-tool-{uuid.uuid4().hex}"
+    return f"{prefix}{uuid.uuid4().hex}"
 
 
 def parse_tool_calls(text: str, names: Collection[str] | None = None) -> ParsedOutput:
