@@ -10,10 +10,18 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["LLM", "CompletionOutput", "RequestOutput", "SamplingParams", "__version__"]
+__all__ = [
+    "LLM",
+    "CompletionOutput",
+    "Logprob",
+    "RequestOutput",
+    "SamplingParams",
+    "__version__",
+]
 
 if TYPE_CHECKING:
     from ember.engine.llm import LLM
+    from ember.logprobs import Logprob
     from ember.outputs import CompletionOutput, RequestOutput
     from ember.sampling_params import SamplingParams
 
@@ -27,6 +35,10 @@ def __getattr__(name: str) -> Any:
         from ember.sampling_params import SamplingParams
 
         return SamplingParams
+    if name == "Logprob":
+        from ember.logprobs import Logprob
+
+        return Logprob
     if name in ("RequestOutput", "CompletionOutput"):
         from ember import outputs
 

@@ -4,13 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
-@dataclass(slots=True)
-class Logprob:
-    token_id: int
-    logprob: float
-    decoded: str | None = None
-    rank: int | None = None  # 1: the likeliest token (prompt logprobs give it)
+from ember.logprobs import PromptLogprobs, SampleLogprobs
 
 
 @dataclass(slots=True)
@@ -20,8 +14,9 @@ class CompletionOutput:
     token_ids: list[int]
     finish_reason: str | None = None  # "stop" | "length" | "abort" | None while running
     stop_reason: int | str | None = None  # the stop string or token id that ended it
-    # For each generated token: the sampled token's logprob first, then the top ones.
-    logprobs: list[list[Logprob]] | None = None
+    # With SamplingParams.logprobs: for each generated token, the sampled token and the top
+    # ones (ember/logprobs.py); None without.
+    logprobs: SampleLogprobs | None = None
     # The sum of the sampled tokens' logprobs so far, as vLLM's; None without logprobs.
     cumulative_logprob: float | None = None
 
@@ -54,5 +49,5 @@ class RequestOutput:
     num_cached_tokens: int = 0
     extra: dict[str, object] = field(default_factory=dict)
     # With SamplingParams.prompt_logprobs, as vLLM gives them: None for the first prompt token
-    # (nothing predicts it), then for each later one its logprob first and the top ones.
-    prompt_logprobs: list[list[Logprob] | None] | None = None
+    # (nothing predicts it), then for each later one that token and the top ones.
+    prompt_logprobs: PromptLogprobs | None = None

@@ -164,7 +164,9 @@ def section_engine_extras(args: argparse.Namespace) -> bool:
                 inputs: list[Any] = [{"prompt_token_ids": prompt}] * 4
                 outs = llm.generate(inputs, [plain, scored, biased, allowed])
                 lps = outs[1].prompt_logprobs
-                got = torch.tensor([e[0].logprob for e in (lps or [None])[1:] if e is not None])
+                got = torch.tensor(
+                    [e[t].logprob for t, e in zip(prompt, lps or [], strict=False) if e is not None]
+                )
                 err = (
                     float((got - want[:, 0]).abs().max()) if len(got) == len(want) else float("inf")
                 )

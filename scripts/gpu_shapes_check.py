@@ -122,10 +122,7 @@ def _ember(
     for out in llm.generate([{"prompt_token_ids": p} for p in prompts], params):
         o = out.outputs[0]
         assert o.logprobs is not None
-        chosen = [
-            next(lp.logprob for lp in row if lp.token_id == tok)
-            for tok, row in zip(o.token_ids, o.logprobs, strict=True)
-        ]
+        chosen = [row[tok].logprob for tok, row in zip(o.token_ids, o.logprobs, strict=True)]
         results.append((list(o.token_ids), chosen))
     del llm
     _free()

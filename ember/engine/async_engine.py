@@ -210,6 +210,7 @@ def merge_deltas(first: RequestOutput, then: RequestOutput) -> RequestOutput | N
         b.finish_reason,
         b.stop_reason,
         logprobs,
+        b.cumulative_logprob,
     )
     return replace(then, outputs=[out])
 

@@ -467,13 +467,9 @@ class EngineCore:
             if len(req.output_token_ids) == 1:
                 self.prompt_tokens_total += req.num_prompt_tokens
             self.generation_tokens_total += 1
-            logprobs = None
-            if (
-                sampled is not None
-                and sampled.logprobs is not None
-                and req.params.logprobs is not None
-            ):
-                logprobs = [sampled.logprobs[row_of[req.request_id]]]
+            row = None
+            if sampled is not None and sampled.logprobs is not None:
+                row = sampled.logprobs[row_of[req.request_id]]  # None unless params.logprobs
             if req.finished:
                 self.runner.sampler.forget(req.request_id)
             prompt_logprobs = None
@@ -483,7 +479,7 @@ class EngineCore:
                 EngineCoreOutput(
                     request_id=req.request_id,
                     new_token_ids=[req.output_token_ids[-1]],
-                    new_logprobs=logprobs,
+                    new_logprobs=[row] if row is not None else None,
                     finish_reason=req.finish_reason,
                     stop_reason=req.stop_reason,
                     num_cached_tokens=max(req.num_cached_tokens, 0),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ember.outputs import Logprob
+from ember.engine.logprobs import PositionLogprobs
 
 
 @dataclass(slots=True)
@@ -40,13 +40,13 @@ class StartupTimes:
 class EngineCoreOutput:
     request_id: str
     new_token_ids: list[int]
-    new_logprobs: list[list[Logprob]] | None
+    new_logprobs: list[PositionLogprobs] | None
     finish_reason: str | None
     stop_reason: int | str | None
     num_cached_tokens: int
     first_scheduled_time: float | None
     # The request's prompt logprobs, once, with its first token (SamplingParams.prompt_logprobs).
-    prompt_logprobs: list[list[Logprob]] | None = None
+    prompt_logprobs: list[PositionLogprobs] | None = None
 
 
 @dataclass(slots=True)

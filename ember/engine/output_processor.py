@@ -9,8 +9,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from ember.engine.logprobs import PositionLogprobs, to_dict
 from ember.engine.messages import EngineCoreOutput
-from ember.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
+from ember.logprobs import Logprob, PromptLogprobs, SampleLogprobs
+from ember.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from ember.sampling_params import OutputKind, SamplingParams
 from ember.tokenizer import IncrementalDetokenizer, Tokenizer
 
@@ -25,9 +27,9 @@ class RequestState:
     metrics: RequestMetrics
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
-    logprobs: list[list[Logprob]] | None = None
-    cumulative_logprob: float = 0.0  # of the sampled tokens (each logprobs row's first entry)
-    prompt_logprobs: list[list[Logprob] | None] | None = None
+    logprobs: SampleLogprobs | None = None
+    cumulative_logprob: float = 0.0  # of the sampled tokens
+    prompt_logprobs: PromptLogprobs | None = None
     sent_text: int = 0  # characters of text already handed out (DELTA)
     sent_tokens: int = 0
     sent_logprobs: int = 0
@@ -95,12 +97,10 @@ class OutputProcessor:
             self.generation_tokens_total += len(out.new_token_ids)
             state.token_ids += out.new_token_ids
             if state.logprobs is not None and out.new_logprobs:
-                self._decode_logprobs(out.new_logprobs)
-                state.logprobs += out.new_logprobs
-                state.cumulative_logprob += sum(row[0].logprob for row in out.new_logprobs if row)
+                state.logprobs += self._as_dicts(out.new_logprobs, state.params)
+                state.cumulative_logprob += sum(p.logprobs[0] for p in out.new_logprobs)
             if out.prompt_logprobs is not None:
-                self._decode_logprobs(out.prompt_logprobs)
-                state.prompt_logprobs = [None, *out.prompt_logprobs]
+                state.prompt_logprobs = [None, *self._as_dicts(out.prompt_logprobs, state.params)]
             finished = out.finish_reason is not None
             new_text = ""
             if state.params.detokenize:
@@ -121,10 +121,16 @@ class OutputProcessor:
                 results.append(self._make_output(state, finished))
         return results, to_abort
 
-    def _decode_logprobs(self, rows: list[list[Logprob]]) -> None:
-        for row in rows:
-            for lp in row:
-                lp.decoded = self.tokenizer.decode([lp.token_id], skip_special_tokens=False)
+    def _as_dicts(
+        self, positions: list[PositionLogprobs], params: SamplingParams
+    ) -> list[dict[int, Logprob]]:
+        """vLLM's shape, each token's text decoded alone (special tokens too), as vLLM does;
+        no text when the request asked for none."""
+        decode = self._decode_one if params.detokenize else None
+        return [to_dict(p, decode) for p in positions]
+
+    def _decode_one(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id], skip_special_tokens=False)
 
     def _append_text(self, state: RequestState, new_text: str) -> bool:
         """Add text; True if a stop string ended the request (the text is then cut there)."""

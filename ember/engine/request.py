@@ -6,8 +6,8 @@ import enum
 import time
 from dataclasses import dataclass, field
 
+from ember.engine.logprobs import PositionLogprobs
 from ember.errors import InvalidRequestError
-from ember.outputs import Logprob
 from ember.sampling_params import SamplingParams
 
 
@@ -40,7 +40,7 @@ class Request:
     num_preemptions: int = 0
     # With params.prompt_logprobs: entry j for prompt token j + 1 (predicted at position j),
     # filled as the prompt's chunks run, and handed out once with the first token.
-    prompt_logprobs: list[list[Logprob]] = field(default_factory=list)
+    prompt_logprobs: list[PositionLogprobs] = field(default_factory=list)
     prompt_logprobs_sent: bool = False
 
     @property

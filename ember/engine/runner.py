@@ -12,13 +12,12 @@ from ember.engine.cuda_graphs import CudaGraphDecoder
 from ember.engine.graph_capture import GraphFamily
 from ember.engine.prefill_graphs import CudaGraphPrefiller
 from ember.engine.request import Request
-from ember.engine.sampler import Sampler, SamplerOutput
+from ember.engine.sampler import Sampler, SamplerOutput, gather_logprobs
 from ember.engine.scheduler import SchedulerOutput
 from ember.engine.upload import upload
 from ember.layers.metadata import AttentionMetadata, KVCache
 from ember.models import CausalLM
 from ember.ops import use_triton
-from ember.outputs import Logprob
 
 log = logging.getLogger(__name__)
 
@@ -315,25 +314,14 @@ class ModelRunner:
                 rows = torch.arange(offset + lo - start, offset + hi - start, device=self.device)
                 logprobs = torch.log_softmax(self.model.compute_logits(hidden[rows]).float(), -1)
                 targets = self._to_device(req.prompt_token_ids[lo + 1 : hi + 1], torch.int64)
-                req.prompt_logprobs += _ranked_logprobs(logprobs, targets, k or 0)
+                ranked = gather_logprobs(logprobs, targets, [k] * len(targets))
+                req.prompt_logprobs += [p for p in ranked if p is not None]
             offset += n
 
 
 # Prompt positions whose logits are computed at once for prompt logprobs: 512 rows of a 128k
 # vocabulary are 256 MB in float32.
 PROMPT_LOGITS_ROWS = 512
-
-
-def _ranked_logprobs(logprobs: torch.Tensor, targets: torch.Tensor, k: int) -> list[list[Logprob]]:
-    """Each row's target token with its logprob, then the top `k` tokens (as the sampler
-    gathers them for generated tokens), each with its rank: 1 is the likeliest."""
-    entries = Sampler._gather_logprobs(logprobs, targets, [k] * len(targets))
-    beaten = logprobs > logprobs.gather(1, targets.unsqueeze(1))
-    for entry, rank in zip(entries, (beaten.sum(1) + 1).tolist(), strict=True):
-        entry[0].rank = int(rank)
-        for i, lp in enumerate(entry[1:]):
-            lp.rank = i + 1
-    return entries
 
 
 def _plain_greedy(reqs: list[Request]) -> bool:

@@ -7,21 +7,23 @@ own generator: a seeded request gives the same tokens whatever else is in the ba
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from ember.engine.logprobs import PositionLogprobs
 from ember.engine.request import Request
 from ember.engine.structured import GrammarMatcher, StructuredDecoding, apply_bitmask
 from ember.engine.upload import upload
 from ember.ops.triton_argmax import argmax_into
-from ember.outputs import Logprob
 
 
 @dataclass(slots=True)
 class SamplerOutput:
     token_ids: list[int]
-    logprobs: list[list[Logprob]] | None  # per row; None when no row asked for logprobs
+    # Per row (None for rows that did not ask); None when no row asked for logprobs.
+    logprobs: list[PositionLogprobs | None] | None
 
 
 class Sampler:
@@ -61,7 +63,7 @@ class Sampler:
             self._matchers[reqs[i].request_id].accept(token_list[i])
         logprobs = None
         if raw_logprobs is not None:
-            logprobs = self._gather_logprobs(raw_logprobs, tokens, want_logprobs)
+            logprobs = gather_logprobs(raw_logprobs, tokens, want_logprobs)
         return SamplerOutput(token_list, logprobs)
 
     def sample_tokens(self, logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
@@ -219,25 +221,27 @@ class Sampler:
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         return torch.full_like(logits, float("-inf")).scatter_(1, order, sorted_logits)
 
-    @staticmethod
-    def _gather_logprobs(
-        logprobs: torch.Tensor, tokens: torch.Tensor, want: list[int | None]
-    ) -> list[list[Logprob]]:
-        """Each row's sampled token and logprob, then its top `want` alternatives, read back in
-        one transfer (as float64: token ids are exact there)."""
-        k = max((w or 0) for w in want)
-        parts = [tokens.unsqueeze(1), logprobs.gather(1, tokens.unsqueeze(1))]
-        if k > 0:
-            vals, ids = logprobs.topk(k, dim=-1)
-            parts += [ids, vals]
-        table = torch.cat([p.double() for p in parts], dim=1).tolist()
-        result: list[list[Logprob]] = []
-        for row, w in zip(table, want, strict=True):
-            if w is None:
-                result.append([])
-                continue
-            out = [Logprob(int(row[0]), row[1])]
-            top = zip(row[2 : 2 + w], row[2 + k : 2 + k + w], strict=True)
-            out += [Logprob(int(t), v) for t, v in top]
-            result.append(out)
-        return result
+
+def gather_logprobs(
+    logprobs: torch.Tensor, chosen: torch.Tensor, want: Sequence[int | None]
+) -> list[PositionLogprobs | None]:
+    """Each row's chosen token with its logprob and rank, then its top `want` tokens, read back
+    in one transfer (as float64: token ids and ranks are exact there). None for rows whose
+    `want` is None. `logprobs` is [rows, vocab] (log_softmax of the raw logits)."""
+    k = max((w or 0) for w in want)
+    own = logprobs.gather(1, chosen.unsqueeze(1))
+    rank = (logprobs >= own).sum(1, keepdim=True)
+    parts = [chosen.unsqueeze(1), own, rank]
+    if k > 0:
+        vals, ids = logprobs.topk(k, dim=-1)
+        parts += [ids, vals]
+    table = torch.cat([p.double() for p in parts], dim=1).tolist()
+    result: list[PositionLogprobs | None] = []
+    for row, w in zip(table, want, strict=True):
+        if w is None:
+            result.append(None)
+            continue
+        token_ids = [int(row[0]), *(int(t) for t in row[3 : 3 + w])]
+        values = [row[1], *row[3 + k : 3 + k + w]]
+        result.append(PositionLogprobs(token_ids, values, int(row[2])))
+    return result

@@ -58,6 +58,7 @@ class _Shape:
     thinking: ThinkSplitter | None = None
     tools: bool = False  # parse tool calls from the whole text at the end
     tool_names: frozenset[str] = frozenset()  # the functions the request offered
+    top_logprobs: int = 0  # alternatives per token in `logprobs` entries
 
     def fields(self, text: str, thinking: str = "") -> dict[str, Any]:
         if self.key == "response":
@@ -223,7 +224,8 @@ def _shape(
     splitter = None
     if think:  # as Ollama: whitespace around the thinking and before the content is dropped
         splitter = ThinkSplitter(prompt_start(prepared.prompt, Start.OPEN_TAG), trim=True)
-    return _Shape(key, lambda t: tok.decode([t]), splitter, tools, names)
+    top_logprobs = prepared.params.logprobs or 0
+    return _Shape(key, lambda t: tok.decode([t]), splitter, tools, names, top_logprobs)
 
 
 Extra = Callable[[RequestOutput, list[int]], dict[str, Any]]
@@ -273,7 +275,7 @@ async def _chunks(
         full_text += text
         if gate is not None:
             text = gate.feed(text)
-        logprobs = ollama_logprobs(delta, shape.decode)
+        logprobs = ollama_logprobs(delta, shape.decode, shape.top_logprobs)
         saw_logprobs = saw_logprobs or logprobs is not None
         if whole:
             held_text += text

@@ -6,22 +6,27 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ember.outputs import CompletionOutput, Logprob
+from ember.logprobs import Logprob, chosen, top
+from ember.outputs import CompletionOutput
 from ember.tokenizer.tool_calls import parse_tool_calls
 
 Decode = Callable[[int], str]
 
 
-def ollama_logprobs(out: CompletionOutput, decode: Decode) -> list[dict[str, Any]] | None:
-    """Ollama's per-token logprobs for the tokens of `out` (a delta)."""
+def ollama_logprobs(out: CompletionOutput, decode: Decode, k: int) -> list[dict[str, Any]] | None:
+    """Ollama's per-token logprobs for the tokens of `out` (a delta), with the `k`
+    (top_logprobs) likeliest tokens of each position."""
     if out.logprobs is None:
         return None
 
-    def item(lp: Logprob) -> dict[str, Any]:
-        text = lp.decoded if lp.decoded is not None else decode(lp.token_id)
+    def item(token_id: int, lp: Logprob) -> dict[str, Any]:
+        text = lp.decoded_token if lp.decoded_token is not None else decode(token_id)
         return {"token": text, "logprob": lp.logprob, "bytes": list(text.encode())}
 
-    return [{**item(e[0]), "top_logprobs": [item(lp) for lp in e[1:]]} for e in out.logprobs]
+    return [
+        {**item(*chosen(position)), "top_logprobs": [item(*e) for e in top(position, k)]}
+        for position in out.logprobs
+    ]
 
 
 def tool_call_message(

@@ -226,6 +226,7 @@ async def chat_completions(request: Request) -> Response:
         _think_start(body, ctx.config.reasoning_parser, p.prompt) if split else None
         for p in choices.prepared
     ]
+    top_logprobs = body.num_logprobs or 0
 
     if not body.stream:
         merged = await choices.collect(request)
@@ -236,7 +237,7 @@ async def chat_completions(request: Request) -> Response:
                 {
                     "index": i,
                     "message": msg,
-                    "logprobs": chat_logprobs(m, choices.decode),
+                    "logprobs": chat_logprobs(m, choices.decode, top_logprobs),
                     "finish_reason": _finish(m, has_calls, mode),
                     "stop_reason": m.stop_reason,
                 }
@@ -266,7 +267,7 @@ async def chat_completions(request: Request) -> Response:
         if not opened[i]:  # vLLM opens every chat stream with the role
             opened[i] = True
             chunks.append(_chunk(base, i, {"role": "assistant", "content": ""}, None, None))
-        lps = chat_logprobs(delta, choices.decode)
+        lps = chat_logprobs(delta, choices.decode, top_logprobs)
         reasoning, text = "", delta.text
         splitter = splitters[i]
         if splitter is not None:

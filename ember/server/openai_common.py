@@ -13,10 +13,11 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from ember.errors import EmberError, InvalidRequestError, ServerBusyError
+from ember.logprobs import PromptLogprobs
 from ember.outputs import CompletionOutput, RequestOutput
 from ember.server.context import Prepared, ServerContext
 from ember.server.errors import BUSY_MESSAGE, error_response
-from ember.server.protocol_openai import OpenAIRequest, PromptLogprobs, usage
+from ember.server.protocol_openai import OpenAIRequest, usage
 from ember.server.streaming import SSE_DONE, Generation, OwnedStreamingResponse, sse_event
 
 if TYPE_CHECKING:
@@ -149,6 +150,7 @@ def merge(outs: list[RequestOutput]) -> CompletionOutput:
         finish_reason=last.finish_reason,
         stop_reason=last.stop_reason,
         logprobs=logprobs,
+        cumulative_logprob=last.cumulative_logprob,
     )
 
 

@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ember.engine.structured import StructuredSpec
 from ember.errors import InvalidRequestError
-from ember.outputs import CompletionOutput, Logprob
+from ember.logprobs import Logprob, PromptLogprobs, chosen, top
+from ember.outputs import CompletionOutput
 from ember.sampling_params import OutputKind, SamplingParams
 from ember.server.formats import vllm_guided
 
@@ -384,8 +385,8 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
 Decode = Callable[[int], str]
 
 
-def _token_text(lp: Logprob, decode: Decode) -> str:
-    return lp.decoded if lp.decoded is not None else decode(lp.token_id)
+def _token_text(token_id: int, lp: Logprob, decode: Decode) -> str:
+    return lp.decoded_token if lp.decoded_token is not None else decode(token_id)
 
 
 def completion_logprobs(
@@ -395,56 +396,57 @@ def completion_logprobs(
     token starts at `text_offset`, and the offset just past its last token."""
     if out.logprobs is None:
         return None, text_offset
-    entries = [(entry[0].token_id, entry) for entry in out.logprobs]
+    entries = [(chosen(position)[0], position) for position in out.logprobs]
     return _legacy_logprobs(entries, decode, text_offset)
 
 
 def _legacy_logprobs(
-    entries: Sequence[tuple[int, list[Logprob] | None]], decode: Decode, text_offset: int
+    entries: Sequence[tuple[int, dict[int, Logprob] | None]], decode: Decode, text_offset: int
 ) -> tuple[dict[str, Any], int]:
-    """The legacy `logprobs` object for (token id, its logprobs: the token's own first, then the
-    top ones; None for a prompt's first token, which nothing predicts), and the text offset
-    just past the last token. Each top_logprobs entry holds the token itself and the top ones
-    (up to logprobs + 1, as OpenAI)."""
+    """The legacy `logprobs` object for (token id, its position's logprobs; None for a prompt's
+    first token, which nothing predicts), and the text offset just past the last token. Each
+    top_logprobs entry holds the token itself and the top ones (up to logprobs + 1, as
+    OpenAI): the whole position."""
     tokens: list[str] = []
     token_lps: list[float | None] = []
     tops: list[dict[str, float] | None] = []
     offsets: list[int] = []
     offset = text_offset
-    for token_id, entry in entries:
-        text = decode(token_id) if entry is None else _token_text(entry[0], decode)
-        tokens.append(text)
+    for token_id, position in entries:
         offsets.append(offset)
-        offset += len(text)
-        if entry is None:
+        if position is None:
+            text = decode(token_id)
             token_lps.append(None)
             tops.append(None)
-            continue
-        token_lps.append(entry[0].logprob)
-        top = {text: entry[0].logprob}
-        for lp in entry[1:]:
-            top.setdefault(_token_text(lp, decode), lp.logprob)
-        tops.append(top)
+        else:
+            own = position[token_id]
+            text = _token_text(token_id, own, decode)
+            token_lps.append(own.logprob)
+            top_lps: dict[str, float] = {}
+            for t, lp in position.items():  # the chosen token first
+                top_lps.setdefault(_token_text(t, lp, decode), lp.logprob)
+            tops.append(top_lps)
+        tokens.append(text)
+        offset += len(text)
     lps = {"text_offset": offsets, "token_logprobs": token_lps, "tokens": tokens}
     return {**lps, "top_logprobs": tops}, offset
 
 
-def chat_logprobs(out: CompletionOutput, decode: Decode) -> dict[str, Any] | None:
-    """The chat `logprobs` object ({"content": [...]}) for the tokens of `out` (a delta)."""
+def chat_logprobs(out: CompletionOutput, decode: Decode, k: int) -> dict[str, Any] | None:
+    """The chat `logprobs` object ({"content": [...]}) for the tokens of `out` (a delta), with
+    the `k` (top_logprobs) likeliest tokens of each position."""
     if out.logprobs is None:
         return None
 
-    def item(lp: Logprob) -> dict[str, Any]:
-        text = _token_text(lp, decode)
+    def item(token_id: int, lp: Logprob) -> dict[str, Any]:
+        text = _token_text(token_id, lp, decode)
         return {"token": text, "logprob": lp.logprob, "bytes": list(text.encode())}
 
     content = [
-        {**item(entry[0]), "top_logprobs": [item(lp) for lp in entry[1:]]} for entry in out.logprobs
+        {**item(*chosen(position)), "top_logprobs": [item(*e) for e in top(position, k)]}
+        for position in out.logprobs
     ]
     return {"content": content}
-
-
-PromptLogprobs = list[list[Logprob] | None]
 
 
 def prompt_logprobs_json(lps: PromptLogprobs | None) -> list[dict[str, Any] | None] | None:
@@ -454,12 +456,12 @@ def prompt_logprobs_json(lps: PromptLogprobs | None) -> list[dict[str, Any] | No
         return None
     return [
         None
-        if entry is None
+        if position is None
         else {
-            str(lp.token_id): {"logprob": lp.logprob, "rank": lp.rank, "decoded_token": lp.decoded}
-            for lp in entry
+            str(t): {"logprob": lp.logprob, "rank": lp.rank, "decoded_token": lp.decoded_token}
+            for t, lp in position.items()
         }
-        for entry in lps
+        for position in lps
     ]
 
 

@@ -153,11 +153,12 @@ def test_core_steps_cross_the_process_boundary_intact() -> None:
     import pickle
 
     from ember.engine.core_client import CoreStep
+    from ember.engine.logprobs import PositionLogprobs
     from ember.engine.messages import EngineCoreOutput, EngineStats
-    from ember.outputs import Logprob
 
     outs = [EngineCoreOutput(f"r{i}", [i], None, None, None, 0, 1.5) for i in range(5)]
-    outs.append(EngineCoreOutput("s", [7], [[Logprob(7, -0.5, "a")]], "stop", 7, 16, None))
+    lps = [PositionLogprobs([7, 3], [-0.5, -0.25], 2)]
+    outs.append(EngineCoreOutput("s", [7], lps, "stop", 7, 16, None))
     stats = EngineStats(1, 2, 3, 0.5, 4, 5, 6, 7, 8, 9, 10)
     for step in (CoreStep(outs, stats), CoreStep([], stats)):
         assert pickle.loads(pickle.dumps(step, protocol=pickle.HIGHEST_PROTOCOL)) == step
@@ -165,18 +166,25 @@ def test_core_steps_cross_the_process_boundary_intact() -> None:
 
 def test_merging_deltas_keeps_every_token_logprob_and_the_last_finish() -> None:
     from ember.engine.async_engine import merge_deltas
-    from ember.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
+    from ember.logprobs import Logprob
+    from ember.outputs import CompletionOutput, RequestMetrics, RequestOutput
 
-    def out(text: str, ids: list[int], lp: float | None, finish: str | None) -> RequestOutput:
-        logprobs = None if lp is None else [[Logprob(ids[0], lp)]]
-        c = CompletionOutput(0, text, ids, finish, None, logprobs)
+    def out(
+        text: str, ids: list[int], lp: float | None, finish: str | None, total: float | None = None
+    ) -> RequestOutput:
+        logprobs = None if lp is None else [{ids[0]: Logprob(lp, 1)}]
+        c = CompletionOutput(0, text, ids, finish, None, logprobs, total)
         return RequestOutput("r", None, [1], [c], finish is not None, RequestMetrics(0.0))
 
-    merged = merge_deltas(out("Hel", [5], -0.5, None), out("lo", [6], -0.25, "stop"))
+    merged = merge_deltas(out("Hel", [5], -0.5, None, -0.5), out("lo", [6], -0.25, "stop", -0.75))
     assert merged is not None and merged.finished
     c = merged.outputs[0]
     assert (c.text, c.token_ids, c.finish_reason) == ("Hello", [5, 6], "stop")
-    assert c.logprobs is not None and [lp[0].logprob for lp in c.logprobs] == [-0.5, -0.25]
+    assert c.logprobs is not None and [c.logprobs[0][5].logprob, c.logprobs[1][6].logprob] == [
+        -0.5,
+        -0.25,
+    ]
+    assert c.cumulative_logprob == -0.75  # the running sum, as the later delta has it
     two = out("a", [1], None, None)
     two.outputs.append(CompletionOutput(1, "b", [2]))
     assert merge_deltas(two, out("c", [3], None, None)) is None  # n > 1: not merged

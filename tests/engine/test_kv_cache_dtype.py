@@ -48,8 +48,9 @@ def test_fp8_cache_holds_twice_the_tokens_and_serves_the_same(
     for a, b in zip(fp8.generate(prompts, first), full.generate(prompts, first), strict=True):
         assert a.outputs[0].token_ids == b.outputs[0].token_ids
         token = b.outputs[0].token_ids[0]
-        got = next(lp.logprob for lp in (a.outputs[0].logprobs or [[]])[0] if lp.token_id == token)
-        want = next(lp.logprob for lp in (b.outputs[0].logprobs or [[]])[0] if lp.token_id == token)
+        assert a.outputs[0].logprobs is not None and b.outputs[0].logprobs is not None
+        got = a.outputs[0].logprobs[0][token].logprob
+        want = b.outputs[0].logprobs[0][token].logprob
         assert abs(got - want) < 0.05
 
 

@@ -157,19 +157,29 @@ def test_prompt_logprobs_match_transformers(arch: str, tiny_dir: Path, tmp_path:
     for chunk in (None, 8):
         kw: dict[str, Any] = {"max_num_batched_tokens": chunk} if chunk else {}
         llm = LLM(str(tmp_path), dtype="float32", device="cpu", block_size=4, **kw)
+        decode = llm.engine.tokenizer.decode
         for _ in range(2):  # the second finds the prompt in the prefix cache
             params = [greedy(2, prompt_logprobs=3), greedy(2)]
             out, other = llm.generate(token_prompts([prompt, PROMPTS[0]]), params)
             lps = out.prompt_logprobs
             assert lps is not None and lps[0] is None and len(lps) == len(prompt)
             assert other.prompt_logprobs is None
-            for j, entry in enumerate(lps[1:]):
-                assert entry is not None and entry[0].token_id == prompt[j + 1]
-                assert entry[0].logprob == pytest.approx(float(want[j]), abs=1e-4)
-                assert entry[0].rank == 1 + int((torch.log_softmax(logits[j], -1) > want[j]).sum())
-                assert [lp.token_id for lp in entry[1:]] == top.indices[j].tolist()
-                assert [lp.rank for lp in entry[1:]] == [1, 2, 3]
-                assert entry[0].decoded is not None
+            for j, position in enumerate(lps[1:]):
+                token = prompt[j + 1]
+                assert position is not None and next(iter(position)) == token  # its own first
+                own = position[token]
+                assert own.logprob == pytest.approx(float(want[j]), abs=1e-4)
+                assert own.decoded_token == decode([token], skip_special_tokens=False)
+                top_ids = top.indices[j].tolist()
+                if token in top_ids:  # once, with its top-k rank
+                    assert len(position) == 3 and own.rank == top_ids.index(token) + 1
+                else:  # vLLM's rank: the tokens at least as likely, itself included
+                    assert len(position) == 4
+                    assert own.rank == int((torch.log_softmax(logits[j], -1) >= want[j]).sum())
+                for rank, t in enumerate(top_ids, 1):
+                    assert position[t].rank == rank
+                    want_top = float(top.values[j][rank - 1])
+                    assert position[t].logprob == pytest.approx(want_top, abs=1e-4)
         assert llm.engine.core.kv.num_used_blocks == 0
 
 

@@ -135,10 +135,61 @@ def test_vllm_constructor_arguments(tiny_dir: Path) -> None:
 def test_logprobs_true_gives_one_top_logprob_and_a_cumulative_sum(tiny_llm: LLM) -> None:
     plain, scored = tiny_llm.generate(["Hello", "World"], [greedy(4), greedy(4, logprobs=True)])
     assert len(plain.outputs[0].token_ids) == 4
-    assert plain.outputs[0].cumulative_logprob is None
+    assert plain.outputs[0].logprobs is None and plain.outputs[0].cumulative_logprob is None
+    assert plain.prompt_logprobs is None
     out = scored.outputs[0]
-    assert out.logprobs is not None and [len(row) for row in out.logprobs] == [2] * 4
-    assert out.cumulative_logprob == pytest.approx(sum(row[0].logprob for row in out.logprobs))
+    assert out.logprobs is not None and len(out.logprobs) == 4
+    for token, position in zip(out.token_ids, out.logprobs, strict=True):
+        # greedy: the sampled token is the likeliest, so it is the one top-1 entry
+        assert list(position) == [token] and position[token].rank == 1
+    total = sum(p[t].logprob for t, p in zip(out.token_ids, out.logprobs, strict=True))
+    assert out.cumulative_logprob == pytest.approx(total)
+
+
+def test_logprobs_are_vllm_shaped_dicts_with_the_sampled_token_ranked(tiny_llm: LLM) -> None:
+    """vLLM's SampleLogprobs: per generated token a {token id: Logprob} holding the sampled token
+    (first, even outside the top k, with its 1-based rank in the vocabulary) and the top k
+    sorted; values are the raw model's log-softmax, whatever the sampling did."""
+    from ember import Logprob
+    from ember.logprobs import top
+
+    prompt = tiny_llm.get_tokenizer().encode("Hello there")
+    sp = SamplingParams(temperature=1.5, seed=3, max_tokens=6, ignore_eos=True, logprobs=3)
+    (out,) = tiny_llm.generate([{"prompt_token_ids": prompt}], sp)
+    c = out.outputs[0]
+    assert c.logprobs is not None and len(c.logprobs) == len(c.token_ids) == 6
+    outside = 0
+    for token, position in zip(c.token_ids, c.logprobs, strict=True):
+        assert all(isinstance(lp, Logprob) for lp in position.values())
+        assert next(iter(position)) == token
+        ranks = [lp.rank for _, lp in top(position, 3)]
+        assert ranks == [1, 2, 3]
+        values = [lp.logprob for _, lp in top(position, 3)]
+        assert values == sorted(values, reverse=True)
+        own = position[token]
+        assert own.rank is not None and own.rank >= 1
+        assert len(position) == (3 if own.rank <= 3 else 4)
+        outside += own.rank > 3
+        assert own.decoded_token == tiny_llm.engine.tokenizer.decode(
+            [token], skip_special_tokens=False
+        )
+    assert outside > 0  # temperature 1.5 on random weights samples some unlikely tokens
+    total = sum(p[t].logprob for t, p in zip(c.token_ids, c.logprobs, strict=True))
+    assert c.cumulative_logprob == pytest.approx(total)
+    # The first generated position against the prompt logprobs of prompt + that token (checked
+    # against transformers' log-softmax in test_llm.py) at its last position.
+    first = c.token_ids[0]
+    (ext,) = tiny_llm.generate(
+        [{"prompt_token_ids": [*prompt, first]}], greedy(1, prompt_logprobs=3)
+    )
+    assert ext.prompt_logprobs is not None and ext.prompt_logprobs[0] is None
+    direct = ext.prompt_logprobs[-1]
+    assert direct is not None
+    assert c.logprobs[0][first].logprob == pytest.approx(direct[first].logprob, abs=1e-4)
+    assert c.logprobs[0][first].rank == direct[first].rank
+    got = {t: lp.logprob for t, lp in top(c.logprobs[0], 3)}
+    assert got == pytest.approx({t: lp.logprob for t, lp in top(direct, 3)}, abs=1e-4)
+    assert len(ext.prompt_logprobs) == len(prompt) + 1
 
 
 def test_one_bad_prompt_fails_the_batch_before_any_request_starts(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ember.engine.request import Request
@@ -97,9 +98,24 @@ def test_logprobs_are_raw_and_sorted() -> None:
     assert out.logprobs is not None
     row = out.logprobs[0]
     expected = torch.log_softmax(logits[0], -1)
-    assert row[0].token_id == out.token_ids[0]
-    assert abs(row[0].logprob - expected[row[0].token_id].item()) < 1e-5
-    assert [lp.token_id for lp in row[1:]] == expected.topk(3).indices.tolist()
+    assert row is not None and row.token_ids[0] == out.token_ids[0] and row.rank == 1
+    assert abs(row.logprobs[0] - expected[row.token_ids[0]].item()) < 1e-5
+    assert row.token_ids[1:] == expected.topk(3).indices.tolist()
+    assert row.logprobs[1:] == pytest.approx(expected.topk(3).values.tolist(), abs=1e-6)
+
+
+def test_logprobs_rank_the_sampled_token_and_skip_rows_without() -> None:
+    """A sampled token outside the top k still comes first, with its rank in the whole
+    vocabulary (vLLM's: the tokens whose logprob is at least its own); rows that asked for no
+    logprobs get none."""
+    logits = logits_rows(2)
+    worst = int(logits[0].argmin())
+    reqs = [req("a", temperature=0.0, logprobs=2, allowed_token_ids=[worst]), req("b")]
+    out = Sampler(torch.device("cpu"))(logits.clone(), reqs)
+    assert out.logprobs is not None and out.logprobs[1] is None
+    row = out.logprobs[0]
+    assert row is not None and row.token_ids[0] == out.token_ids[0] == worst
+    assert row.rank == VOCAB and len(row.token_ids) == 3 and worst not in row.token_ids[1:]
 
 
 def test_truncation_by_top_k_width_equals_the_full_sort() -> None:

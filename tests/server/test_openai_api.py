@@ -156,6 +156,22 @@ def test_chat_logprobs(client: openai.OpenAI) -> None:
     content = r.choices[0].logprobs.content
     assert content is not None and len(content) == r.usage.completion_tokens
     assert all(t.logprob <= 0 and len(t.top_logprobs) == 2 for t in content)
+    for t in content:  # greedy: the token is the likeliest, and the top ones come sorted
+        assert (t.token, t.logprob) == (t.top_logprobs[0].token, t.top_logprobs[0].logprob)
+        assert t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob
+    hot = client.chat.completions.create(
+        model="tiny",
+        messages=MESSAGES,
+        logprobs=True,
+        top_logprobs=1,
+        temperature=2.0,
+        seed=1,
+        max_tokens=16,
+    )
+    assert hot.choices[0].logprobs is not None and hot.choices[0].logprobs.content
+    # A sampled token outside the top 1 does not make the list longer.
+    for t in hot.choices[0].logprobs.content:
+        assert len(t.top_logprobs) == 1 and t.top_logprobs[0].logprob >= t.logprob
 
 
 def test_too_long_is_400_with_vllm_message(client: openai.OpenAI) -> None:
