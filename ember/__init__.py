@@ -13,16 +13,31 @@ __version__ = "0.1.0"
 __all__ = [
     "LLM",
     "CompletionOutput",
+    "EmbeddingOutput",
+    "EmbeddingRequestOutput",
     "Logprob",
+    "PoolingOutput",
+    "PoolingRequestOutput",
     "RequestOutput",
     "SamplingParams",
+    "ScoringOutput",
+    "ScoringRequestOutput",
     "__version__",
 ]
 
 if TYPE_CHECKING:
     from ember.engine.llm import LLM
     from ember.logprobs import Logprob
-    from ember.outputs import CompletionOutput, RequestOutput
+    from ember.outputs import (
+        CompletionOutput,
+        EmbeddingOutput,
+        EmbeddingRequestOutput,
+        PoolingOutput,
+        PoolingRequestOutput,
+        RequestOutput,
+        ScoringOutput,
+        ScoringRequestOutput,
+    )
     from ember.sampling_params import SamplingParams
 
 
@@ -39,7 +54,7 @@ def __getattr__(name: str) -> Any:
         from ember.logprobs import Logprob
 
         return Logprob
-    if name in ("RequestOutput", "CompletionOutput"):
+    if name in __all__ and name.endswith("Output"):  # ember/outputs.py
         from ember import outputs
 
         return getattr(outputs, name)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from ember.logprobs import PromptLogprobs, SampleLogprobs
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(slots=True)
@@ -51,3 +55,46 @@ class RequestOutput:
     # With SamplingParams.prompt_logprobs, as vLLM gives them: None for the first prompt token
     # (nothing predicts it), then for each later one that token and the top ones.
     prompt_logprobs: PromptLogprobs | None = None
+
+
+# What LLM.encode / embed / score return for embedding models, as vLLM's pooling outputs.
+
+_O = TypeVar("_O")
+
+
+@dataclass(slots=True)
+class PoolingOutput:
+    data: torch.Tensor  # the pooled vector [hidden], on the CPU
+
+
+@dataclass(slots=True)
+class EmbeddingOutput:
+    embedding: list[float]
+
+    @property
+    def hidden_size(self) -> int:
+        return len(self.embedding)
+
+
+@dataclass(slots=True)
+class ScoringOutput:
+    score: float  # the cosine similarity of the pair's embeddings
+
+
+@dataclass(slots=True)
+class PoolingRequestOutput(Generic[_O]):
+    request_id: str
+    outputs: _O
+    prompt_token_ids: list[int]
+    num_cached_tokens: int = 0  # embeddings use no prefix cache
+    finished: bool = True
+
+
+@dataclass(slots=True)
+class EmbeddingRequestOutput(PoolingRequestOutput[EmbeddingOutput]):
+    pass
+
+
+@dataclass(slots=True)
+class ScoringRequestOutput(PoolingRequestOutput[ScoringOutput]):
+    pass

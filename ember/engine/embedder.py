@@ -33,17 +33,31 @@ class Embedder:
         self.dimensions = self.model.cfg.hidden_size
         self._lock = threading.Lock()  # one forward pass at a time on the shared model
 
-    def tokenize(self, text: str, truncate: bool) -> list[int]:
+    def tokenize(
+        self, text: str, truncate: bool, how_to_truncate: str = "set truncate to true"
+    ) -> list[int]:
+        """The input's token ids; one too long for the model is cut (keeping its closing
+        [SEP]) if `truncate`, else refused with a message that says `how_to_truncate`."""
         ids = self.tokenizer.encode(text)
         if len(ids) <= self.max_len:
             return ids
         if not truncate:
             raise InvalidRequestError(
                 f"the input is {len(ids)} tokens long but this model takes at most "
-                f"{self.max_len}; shorten it or set truncate to true",
+                f"{self.max_len}; shorten it or {how_to_truncate}",
                 param="input",
             )
         return ids[: self.max_len - 1] + ids[-1:]  # keep the closing [SEP]
+
+    def check_ids(self, ids: list[int]) -> None:
+        """Token ids given as the input, not tokenized here: as many as the model takes, all
+        in its vocabulary."""
+        vocab = self.tokenizer.vocab_size
+        if not ids or len(ids) > self.max_len or not all(0 <= t < vocab for t in ids):
+            raise InvalidRequestError(
+                f"each input must be 1 to {self.max_len} tokens of this model's vocabulary",
+                param="input",
+            )
 
     def embed_ids(self, batch: list[list[int]]) -> Embeddings:
         """Embeddings of already tokenized inputs, in order (blocking: call from a thread)."""

@@ -10,13 +10,21 @@ from typing import Any, NotRequired, TypedDict
 from ember.engine.args import EngineArgs
 from ember.engine.llm_compat import (
     check_vllm_args,
+    choose_runner,
     default_sampling_params,
     generation_defaults,
 )
 from ember.engine.llm_engine import LLMEngine, with_output_kind
+from ember.engine.llm_pooling import Pooler, check_pooling_args
 from ember.engine.request import Request
 from ember.errors import EmberError, InvalidRequestError
-from ember.outputs import RequestOutput
+from ember.outputs import (
+    EmbeddingRequestOutput,
+    PoolingOutput,
+    PoolingRequestOutput,
+    RequestOutput,
+    ScoringRequestOutput,
+)
 from ember.sampling_params import OutputKind, SamplingParams, token_id_list
 from ember.tokenizer.chat_prompt import Conversation, as_conversations, render_chat
 from ember.tokenizer.hf_compat import HFTokenizer
@@ -82,6 +90,19 @@ class LLM:
         check_vllm_args(kwargs)
         model_dir = resolve_model_dir(model)
         _check_tokenizer(tokenizer, model, model_dir)
+        # "generate", or "pooling" for an embedding model (embed/encode/score), as vLLM's.
+        self.runner_type = choose_runner(kwargs, model, model_dir)
+        self.generation_config = generation_config
+        self._generation_defaults: dict[str, Any] = {}
+        self._ids = itertools.count()
+        self._engine: LLMEngine | None = None
+        self._pooler: Pooler | None = None
+        if self.runner_type == "pooling":
+            from ember.engine.embedder import Embedder
+
+            # The engine arguments are about generation (KV cache, graphs): they do not apply.
+            self._pooler = Pooler(Embedder(model_dir, device), self._ids)
+            return
         args = EngineArgs(
             model=model_dir,
             dtype=dtype,
@@ -101,16 +122,20 @@ class LLM:
             async_scheduling=async_scheduling,
             capture_all_graphs=capture_all_graphs,
         )
-        self.engine = LLMEngine(args)
-        self.generation_config = generation_config
+        self._engine = LLMEngine(args)
         self._generation_defaults = generation_defaults(
-            self.engine.core.args.model, generation_config
+            self._engine.core.args.model, generation_config
         )
-        self._ids = itertools.count()
+
+    @property
+    def engine(self) -> LLMEngine:
+        return self._generator("LLM.engine")
 
     def get_tokenizer(self) -> HFTokenizer:
         """The tokenizer with Hugging Face's methods and defaults (hf_compat.py); ember's own is
         `.tokenizer` on it."""
+        if self._pooler is not None:
+            return HFTokenizer(self._pooler.embedder.tokenizer)
         return HFTokenizer(self.engine.tokenizer)
 
     def get_default_sampling_params(self) -> SamplingParams:
@@ -129,10 +154,9 @@ class LLM:
     ) -> list[RequestOutput]:
         """Generate for every prompt; outputs come back in the order of the prompts. Every
         prompt is checked before any starts, so one bad prompt fails the call and runs nothing."""
+        self._generator("LLM.generate()")
         _check_unsupported(lora_request, priority)
-        prompt_list: list[Any] = (
-            [prompts] if isinstance(prompts, str | dict) else list(prompts)  # type: ignore[arg-type]
-        )
+        prompt_list = _prompt_list(prompts)
         params_list = self._params_for(len(prompt_list), sampling_params)
         built = [self._request(p, sp) for p, sp in zip(prompt_list, params_list, strict=True)]
         return self._run(built)
@@ -153,8 +177,8 @@ class LLM:
     ) -> list[RequestOutput]:
         """One output per conversation; `messages` is one conversation or a list of them.
         `chat_template` replaces the model's; chat_template_kwargs become template variables."""
+        tok = self._generator("LLM.chat()").tokenizer
         conversations, _ = as_conversations(messages)
-        tok = self.engine.tokenizer
         prompts: list[PromptType] = []
         for conv in conversations:
             text = render_chat(
@@ -170,6 +194,82 @@ class LLM:
             ids = tok.encode(text, add_special_tokens=False)
             prompts.append(TokensPrompt(prompt_token_ids=ids))
         return self.generate(prompts, sampling_params, lora_request=lora_request)
+
+    def encode(
+        self,
+        prompts: PromptType | Sequence[PromptType],
+        pooling_params: None = None,
+        *,
+        truncate_prompt_tokens: int | None = None,
+        use_tqdm: bool = False,
+        lora_request: None = None,
+        pooling_task: str | None = None,
+        tokenization_kwargs: dict[str, Any] | None = None,
+    ) -> list[PoolingRequestOutput[PoolingOutput]]:
+        """For an embedding model: each prompt's pooled vector as a tensor (`.outputs.data`).
+        pooling_task may be left out (it means "embed", as in vLLM before it became required)."""
+        pooler = self._pooling("LLM.encode()")
+        _check_unsupported(lora_request, None)
+        k = check_pooling_args(
+            pooling_task, pooling_params, tokenization_kwargs, truncate_prompt_tokens
+        )
+        return pooler.encode(_prompt_list(prompts), k)
+
+    def embed(
+        self,
+        prompts: PromptType | Sequence[PromptType],
+        *,
+        truncate_prompt_tokens: int | None = None,
+        use_tqdm: bool = False,
+        pooling_params: None = None,
+        lora_request: None = None,
+        tokenization_kwargs: dict[str, Any] | None = None,
+    ) -> list[EmbeddingRequestOutput]:
+        """For an embedding model: each prompt's embedding (`.outputs.embedding`, a list of
+        floats), the vector /v1/embeddings gives for the same input. An input longer than the
+        model takes is an error unless truncate_prompt_tokens=-1."""
+        pooler = self._pooling("LLM.embed()")
+        _check_unsupported(lora_request, None)
+        k = check_pooling_args("embed", pooling_params, tokenization_kwargs, truncate_prompt_tokens)
+        return pooler.embed(_prompt_list(prompts), k)
+
+    def score(
+        self,
+        data_1: PromptType | Sequence[PromptType],
+        data_2: PromptType | Sequence[PromptType],
+        /,
+        *,
+        truncate_prompt_tokens: int | None = None,
+        use_tqdm: bool = False,
+        pooling_params: None = None,
+        lora_request: None = None,
+        tokenization_kwargs: dict[str, Any] | None = None,
+    ) -> list[ScoringRequestOutput]:
+        """For an embedding model: the cosine similarity of data_1's and data_2's embeddings,
+        pairing 1 with 1, 1 with each of N, or N with N (`.outputs.score`), as vLLM scores with
+        embedding models."""
+        pooler = self._pooling("LLM.score()")
+        _check_unsupported(lora_request, None)
+        k = check_pooling_args("embed", pooling_params, tokenization_kwargs, truncate_prompt_tokens)
+        return pooler.score(_prompt_list(data_1), _prompt_list(data_2), k)
+
+    def _generator(self, method: str) -> LLMEngine:
+        if self._engine is None:
+            raise InvalidRequestError(
+                f"{method} is only supported for generative models, and this LLM holds an "
+                "embedding model: call LLM.embed(), LLM.encode() or LLM.score(), or load a "
+                "generative model"
+            )
+        return self._engine
+
+    def _pooling(self, method: str) -> Pooler:
+        if self._pooler is None:
+            raise InvalidRequestError(
+                f"{method} is only supported for embedding models, and this LLM holds a "
+                "generative model: ember embeds with BERT-family encoders, e.g. "
+                "LLM('all-minilm') (its vLLM form, runner='pooling', works too)"
+            )
+        return self._pooler
 
     def _params_for(
         self, n: int, sampling_params: SamplingParams | Sequence[SamplingParams] | None
@@ -248,6 +348,11 @@ class LLM:
             "a prompt dict needs 'prompt' (a string) or 'prompt_token_ids' (a list of ints)",
             param="prompt",
         )
+
+
+def _prompt_list(prompts: Any) -> list[Any]:
+    """One prompt (a string or a dict) or a sequence of them, as a list."""
+    return [prompts] if isinstance(prompts, str | dict) else list(prompts)
 
 
 def _check_tokenizer(tokenizer: str | None, model: str, model_dir: str) -> None:

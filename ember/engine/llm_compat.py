@@ -28,6 +28,8 @@ IGNORED_ARGS = frozenset(
     }
 )
 
+_TASKS = "ember generates text, or embeds with BERT-family encoders (task='embed')"
+
 # Accepted only with the values that mean what ember does; anything else is a clear error.
 ONLY_VALUES: dict[str, tuple[tuple[Any, ...], str]] = {
     "tensor_parallel_size": ((1,), "ember runs a model on one GPU; pick a GPU with enough memory"),
@@ -41,9 +43,12 @@ ONLY_VALUES: dict[str, tuple[tuple[Any, ...], str]] = {
     "cpu_offload_gb": ((0,), "ember keeps all weights on the device"),
     "enable_lora": ((False, None), "LoRA adapters are not supported"),
     "hf_overrides": ((None,), "edit the model's config.json instead"),
-    "task": (("auto", "generate"), "the offline LLM only generates"),
-    "runner": (("auto", "generate"), "the offline LLM only generates"),
+    "task": (("auto", "generate", "embed"), _TASKS),
+    "runner": (("auto", "generate", "pooling"), _TASKS),
 }
+
+# task / runner values and the runner they ask for.
+_RUNNERS = {"generate": "generate", "embed": "pooling", "pooling": "pooling"}
 
 
 def check_vllm_args(kwargs: dict[str, Any]) -> None:
@@ -62,6 +67,36 @@ def check_vllm_args(kwargs: dict[str, Any]) -> None:
             raise InvalidRequestError(
                 f"{name}={value!r} is not supported (only {shown}): {hint}", param=name
             )
+
+
+def choose_runner(kwargs: dict[str, Any], model: str, model_dir: str) -> str:
+    """ "generate" or "pooling", as vLLM's runner: what task/runner ask for (checked by
+    check_vllm_args), else what the model is; a BERT-family encoder is an embedding model
+    (as vLLM's runner="auto" picks pooling for it), anything else generates."""
+    from ember.models.bert import is_bert_dir
+
+    asked = {_RUNNERS[v] for v in (kwargs.get("task"), kwargs.get("runner")) if v in _RUNNERS}
+    if len(asked) > 1:
+        raise InvalidRequestError(
+            f"task={kwargs.get('task')!r} and runner={kwargs.get('runner')!r} disagree; pass "
+            "one of them",
+            param="runner",
+        )
+    encoder = Path(model_dir).is_dir() and is_bert_dir(Path(model_dir))
+    if asked == {"pooling"} and not encoder:
+        raise InvalidRequestError(
+            f"runner='pooling' needs an embedding model, and '{model}' is not one: ember embeds "
+            "with BERT-family encoders (e.g. all-minilm, from a folder or the model store), not "
+            "by pooling a generative model's states",
+            param="runner",
+        )
+    if asked == {"generate"} and encoder:
+        raise InvalidRequestError(
+            f"'{model}' is an embedding model (BERT family) and cannot generate text; leave "
+            "task/runner out (or pass runner='pooling') and call LLM.embed()",
+            param="runner",
+        )
+    return "pooling" if encoder else "generate"
 
 
 def _same(value: Any, allowed: Any) -> bool:

@@ -141,15 +141,7 @@ async def openai_embeddings(request: Request) -> dict[str, Any]:
         embedder.tokenize(item, truncate) if isinstance(item, str) else list(item) for item in raw
     ]
     for ids in batch:
-        if (
-            not ids
-            or len(ids) > embedder.max_len
-            or not all(0 <= t < embedder.tokenizer.vocab_size for t in ids)
-        ):
-            raise InvalidRequestError(
-                f"each input must be 1 to {embedder.max_len} tokens of this model's vocabulary",
-                param="input",
-            )
+        embedder.check_ids(ids)
     result = await asyncio.to_thread(embedder.embed_ids, batch)
     vectors = _fit_dimensions(result.vectors, body.dimensions, embedder.dimensions)
     if body.encoding_format not in ("float", "base64"):

@@ -51,6 +51,21 @@ def test_openai_embeddings_float_and_base64(base_url: str, minilm: str) -> None:
     assert r.usage.prompt_tokens > 0
 
 
+def test_offline_embed_matches_the_route(base_url: str, minilm: str) -> None:
+    """LLM.embed (vLLM's offline API) runs the model the routes run: the same vectors for the
+    same inputs, normalised alike, and the same token counts."""
+    from ember import LLM
+
+    texts = ["cats purr", "Embeddings map text to vectors; similar meanings land close."]
+    outs = LLM(minilm, device="cpu").embed(texts)
+    body = {"model": minilm, "input": texts, "encoding_format": "float"}
+    r = httpx.post(base_url + "/v1/embeddings", json=body, timeout=60).json()
+    for out, item in zip(outs, r["data"], strict=True):
+        assert out.outputs.embedding == pytest.approx(item["embedding"], abs=1e-6)
+        assert _cos(out.outputs.embedding, out.outputs.embedding) == pytest.approx(1.0)
+    assert sum(len(o.prompt_token_ids) for o in outs) == r["usage"]["prompt_tokens"]
+
+
 def test_generative_and_unknown_models(base_url: str) -> None:
     r = httpx.post(base_url + "/api/embed", json={"model": "tiny", "input": "x"})
     assert r.status_code == 400 and "does not support embeddings" in r.json()["error"]
