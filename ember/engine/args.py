@@ -43,7 +43,7 @@ class EngineArgs:
     served_model_name: str | None = None  # defaults to the directory's name
     dtype: str = "auto"  # "auto" | "float32" | "bfloat16" | "float16"
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
-    max_model_len: int | None = None  # default: the model's max_position_embeddings, capped
+    max_model_len: int | None = None  # default: ModelConfig.max_context_len, capped
     max_num_seqs: int = 4  # sequences scheduled at once (Ollama's num_parallel)
     # Token budget of one step; longer prefills are chunked. None: default_batched_tokens (the
     # engine core decides, once it knows the device).

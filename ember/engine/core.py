@@ -222,7 +222,7 @@ class EngineCore:
     # --- sizing -------------------------------------------------------------------------------
 
     def _resolve_max_model_len(self) -> int:
-        model_max = self.model_config.max_position_embeddings
+        model_max = self.model_config.max_context_len
         if self.args.max_model_len is not None:
             if self.args.max_model_len < 1:
                 raise InvalidRequestError(
@@ -231,8 +231,8 @@ class EngineCore:
             if self.args.max_model_len > model_max:
                 # Positions past the model's rope table do not exist; Ollama clamps the same way.
                 log.warning(
-                    "max_model_len %d is longer than the model's max_position_embeddings (%d); "
-                    "using %d",
+                    "max_model_len %d is longer than the model's context (%d: "
+                    "max_position_embeddings, scaled as its rope scaling says); using %d",
                     self.args.max_model_len,
                     model_max,
                     model_max,

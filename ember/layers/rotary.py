@@ -6,52 +6,15 @@ position; they match HF's per-call float32 computation (same products, same cos/
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
 
-from ember.errors import ModelLoadError
 from ember.layers.metadata import KVStore
+from ember.layers.rope_scaling import rope_frequencies
 from ember.ops import get_write_kv, use_triton
 from ember.ops.triton_fused import rotary_triton
-
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
-
-
-def rope_inv_freq(rotary_dim: int, base: float, scaling: dict[str, Any] | None) -> torch.Tensor:
-    """Inverse frequencies [rotary_dim // 2], float32 on the CPU, for SUPPORTED_ROPE_TYPES."""
-    exponents = torch.arange(0, rotary_dim, 2, dtype=torch.int64, device="cpu").float() / rotary_dim
-    inv_freq = 1.0 / (base**exponents)
-    rope_type = "default" if scaling is None else str(scaling.get("rope_type", "default"))
-    if rope_type == "default":
-        return inv_freq
-    assert scaling is not None
-    if rope_type == "linear":
-        return inv_freq / float(scaling["factor"])
-    if rope_type == "llama3":
-        return _llama3_inv_freq(inv_freq, scaling)
-    raise ModelLoadError(
-        f"rope_type '{rope_type}' is not supported; supported: {', '.join(SUPPORTED_ROPE_TYPES)}"
-    )
-
-
-def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict[str, Any]) -> torch.Tensor:
-    # Llama 3.1: long wavelengths are divided by `factor`, short ones kept, the band between
-    # the two cut-offs is interpolated linearly in 1 / wavelength.
-    factor = float(scaling["factor"])
-    low = float(scaling["low_freq_factor"])
-    high = float(scaling["high_freq_factor"])
-    old_len = float(scaling["original_max_position_embeddings"])
-    low_freq_wavelen = old_len / low
-    high_freq_wavelen = old_len / high
-    wavelen = 2 * math.pi / inv_freq
-    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
-    smooth = (old_len / wavelen - low) / (high - low)
-    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-    in_band = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
-    return torch.where(in_band, smoothed, scaled)
 
 
 class RotaryEmbedding(nn.Module):
@@ -82,11 +45,14 @@ class RotaryEmbedding(nn.Module):
         self.sin_cache = nn.Buffer(sin, persistent=False)
 
     def _tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin [max_position, head_dim // 2], float32, on `device`."""
-        inv_freq = rope_inv_freq(self.head_dim, self.base, self.scaling).to(device)
+        """cos and sin [max_position, head_dim // 2], float32, on `device`, both times the
+        rope's attention factor (YaRN), as HF scales them: every kernel reads these tables, so
+        none needs to know the factor."""
+        freqs = rope_frequencies(self.head_dim, self.base, self.scaling)
+        inv_freq = freqs.inv_freq.to(device)
         positions = torch.arange(self.max_position, dtype=torch.float32, device=device)
-        freqs = positions[:, None] * inv_freq[None, :]
-        return freqs.cos(), freqs.sin()
+        angles = positions[:, None] * inv_freq[None, :]
+        return angles.cos() * freqs.attention_factor, angles.sin() * freqs.attention_factor
 
     def materialize_buffers(self, device: torch.device) -> None:
         """The tables computed on `device` (for a module built on the meta device)."""

@@ -146,7 +146,7 @@ class GGUFModel:
         if freqs is None:
             return None
         want = torch.from_numpy(np.asarray(freqs.data, dtype=np.float32).copy())
-        from ember.layers.rotary import rope_inv_freq
+        from ember.layers.rope_scaling import rope_inv_freq
 
         plain = rope_inv_freq(head_dim, base, None)
         for factor, low, high, old_len in _LLAMA3_ROPES:

@@ -65,6 +65,24 @@ class ModelConfig:
     def architecture(self) -> str:
         return self.architectures[0] if self.architectures else ""
 
+    @property
+    def max_context_len(self) -> int:
+        """The longest sequence (prompt and output, in tokens) the model serves, derived as vLLM
+        derives its default max_model_len: max_position_embeddings times the rope scaling
+        factor, except that YaRN scales original_max_position_embeddings instead and that
+        llama3 rope and Gemma 3 already state the extended length in max_position_embeddings.
+        (Qwen2.5 and Qwen3 keep max_position_embeddings at 32768 / 40960 when YaRN is enabled
+        with factor 4 over 32768: 131072 tokens.)"""
+        scaling = self.rope_scaling
+        if scaling is None or "gemma3" in self.model_type:
+            return self.max_position_embeddings
+        rope_type = scaling.get("rope_type")
+        if rope_type == "yarn":
+            return int(scaling["original_max_position_embeddings"] * scaling["factor"])
+        if rope_type == "linear":
+            return int(self.max_position_embeddings * scaling["factor"])
+        return self.max_position_embeddings  # llama3 (and the types no model is built for)
+
     def layer_sliding_window(self, layer: int) -> int | None:
         """The sliding window of one layer, or None where the layer attends to everything."""
         if self.sliding_window is None or self.layer_types[layer] != SLIDING_ATTENTION:
@@ -247,8 +265,10 @@ def _parse_rope(raw: dict[str, Any]) -> tuple[float, dict[str, Any] | None, floa
     """(rope_theta, rope_scaling, rope_local_theta) as ModelConfig holds them."""
     params = raw.get("rope_parameters")
     local_theta = raw.get("rope_local_base_freq")
-    if isinstance(params, dict) and isinstance(params.get(FULL_ATTENTION), dict):
+    per_layer = isinstance(params, dict) and isinstance(params.get(FULL_ATTENTION), dict)
+    if per_layer:
         # transformers 5, Gemma 3: one dict per layer type.
+        assert isinstance(params, dict)
         local = params.get(SLIDING_ATTENTION)
         if isinstance(local, dict):
             local_theta = local.get("rope_theta", local_theta)
@@ -267,7 +287,51 @@ def _parse_rope(raw: dict[str, Any]) -> tuple[float, dict[str, Any] | None, floa
     local = None if local_theta is None else float(local_theta)
     if rope_type == "default":
         return float(theta), None, local
+    if rope_type in ("llama3", "yarn"):
+        _fill_original_len(scaling, raw, per_layer)
+    if rope_type in ("linear", "llama3", "yarn"):
+        _positive_number(scaling, "factor")
+    if rope_type == "llama3":
+        _positive_number(scaling, "low_freq_factor")
+        _positive_number(scaling, "high_freq_factor")
+    if rope_type == "yarn":
+        # Optional; transformers reads null (and 0 for the betas) as "use the default".
+        for key in ("attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim"):
+            if scaling.get(key) is not None:
+                _positive_number(scaling, key, allow_zero=key != "attention_factor")
     return float(theta), scaling, local
+
+
+def _fill_original_len(scaling: dict[str, Any], raw: dict[str, Any], per_layer: bool) -> None:
+    """The pre-training context of a llama3 or YaRN rope, where transformers'
+    standardize_rope_params finds it when it computes the rope: a top-level
+    original_max_position_embeddings (Phi-3's place; not for per-layer-type ropes), else the
+    rope dict's, else max_position_embeddings. A YaRN factor given as null is then
+    max_position_embeddings over that length."""
+    max_len = raw.get("max_position_embeddings", 2048)
+    top = raw.get("original_max_position_embeddings")
+    if top is not None and not per_layer:
+        scaling["original_max_position_embeddings"] = top
+    else:
+        scaling.setdefault("original_max_position_embeddings", max_len)
+    original = _positive_number(scaling, "original_max_position_embeddings")
+    if scaling.get("rope_type") == "yarn" and "factor" in scaling and scaling["factor"] is None:
+        scaling["factor"] = max_len / original
+
+
+def _positive_number(scaling: dict[str, Any], key: str, allow_zero: bool = False) -> float:
+    value = scaling.get(key)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or value < 0
+        or (value == 0 and not allow_zero)
+    ):
+        raise ValueError(
+            f"rope scaling of type '{scaling.get('rope_type')}' needs a positive number "
+            f"'{key}', got {value!r}"
+        )
+    return float(value)
 
 
 def _parse_sliding(raw: dict[str, Any], num_layers: int) -> tuple[int | None, list[str]]:

@@ -107,12 +107,12 @@ def rotary_per_layer(config: ModelConfig) -> list[RotaryEmbedding]:
     rope_theta and rope_scaling; with config.rope_local_theta (Gemma 3) sliding-window layers
     use that base, unscaled."""
     global_rope = RotaryEmbedding(
-        config.head_dim, config.max_position_embeddings, config.rope_theta, config.rope_scaling
+        config.head_dim, config.max_context_len, config.rope_theta, config.rope_scaling
     )
     if config.rope_local_theta is None:
         return [global_rope] * config.num_hidden_layers
     local_rope = RotaryEmbedding(
-        config.head_dim, config.max_position_embeddings, config.rope_local_theta
+        config.head_dim, config.max_context_len, config.rope_local_theta
     )
     return [
         local_rope if config.layer_sliding_window(i) is not None else global_rope

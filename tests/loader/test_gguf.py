@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from ember.errors import ModelLoadError
-from ember.layers.rotary import rope_inv_freq
+from ember.layers.rope_scaling import rope_inv_freq
 from ember.loader.gguf_convert import write_model_dir
 from ember.models import load_model
 from ember.registry import ModelStore, default_home

@@ -7,12 +7,14 @@ from typing import Any
 import pytest
 import torch
 import transformers
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.llama import modeling_llama as hf_llama
 
 from ember.errors import ModelLoadError
 from ember.layers.activation import SiluAndMul
 from ember.layers.norm import RMSNorm
-from ember.layers.rotary import RotaryEmbedding, rope_inv_freq
+from ember.layers.rope_scaling import rope_frequencies, rope_inv_freq
+from ember.layers.rotary import RotaryEmbedding
 
 ROPES: list[dict[str, Any]] = [
     {"rope_type": "default", "rope_theta": 10000.0},
@@ -25,7 +27,42 @@ ROPES: list[dict[str, Any]] = [
         "original_max_position_embeddings": 64,
         "rope_theta": 500000.0,
     },
+    # Qwen2.5 / Qwen3's documented long-context setting, at a tiny original context.
+    {
+        "rope_type": "yarn",
+        "factor": 4.0,
+        "original_max_position_embeddings": 64,
+        "rope_theta": 1e6,
+    },
 ]
+# YaRN parameter sets that take each branch of transformers' computation.
+YARNS: dict[str, dict[str, Any]] = {
+    "qwen": {"factor": 4.0, "original_max_position_embeddings": 64, "rope_theta": 1e6},
+    "betas-untruncated": {
+        "factor": 2.5,
+        "original_max_position_embeddings": 100,
+        "beta_fast": 16,
+        "beta_slow": 2.0,
+        "truncate": False,
+        "rope_theta": 10000.0,
+    },
+    "mscale-pair": {
+        "factor": 40.0,
+        "original_max_position_embeddings": 128,
+        "mscale": 1.0,
+        "mscale_all_dim": 0.707,
+        "rope_theta": 10000.0,
+    },
+    "attention-factor": {
+        "factor": 8.0,
+        "original_max_position_embeddings": 256,
+        "attention_factor": 1.25,
+        "rope_theta": 500000.0,
+    },
+    # Both correction bounds round to pair 0: a ramp of zero width (transformers widens it).
+    "empty-ramp": {"factor": 2.0, "original_max_position_embeddings": 4, "rope_theta": 10000.0},
+    "factor-below-one": {"factor": 0.5, "original_max_position_embeddings": 64, "rope_theta": 1e4},
+}
 
 
 @pytest.mark.parametrize("rope", ROPES, ids=[r["rope_type"] for r in ROPES])
@@ -56,9 +93,36 @@ def test_rotary_matches_hf(rope: dict[str, Any], dtype: torch.dtype) -> None:
     torch.testing.assert_close(got_k, hf_k[0].transpose(0, 1), atol=1e-6, rtol=0)
 
 
-def test_unsupported_rope_type_is_a_load_error() -> None:
-    with pytest.raises(ModelLoadError, match="rope_type 'yarn' is not supported"):
-        rope_inv_freq(16, 10000.0, {"rope_type": "yarn", "factor": 4.0})
+@pytest.mark.parametrize("name", list(YARNS))
+def test_yarn_tables_equal_transformers(name: str) -> None:
+    """inv_freq and the attention factor as transformers computes them, and the cos/sin its
+    rotary module returns (attention factor applied) bit for bit."""
+    rope = {"rope_type": "yarn", **YARNS[name]}
+    head_dim, max_pos = 32, 512
+    cfg = transformers.LlamaConfig(
+        hidden_size=128,
+        num_attention_heads=4,
+        max_position_embeddings=max_pos,
+        rope_parameters=dict(rope),
+    )
+    want_inv_freq, want_factor = ROPE_INIT_FUNCTIONS["yarn"](cfg)
+    got = rope_frequencies(head_dim, rope["rope_theta"], rope)
+    assert torch.equal(got.inv_freq, want_inv_freq)
+    assert got.attention_factor == want_factor
+
+    positions = torch.arange(max_pos)
+    cos, sin = hf_llama.LlamaRotaryEmbedding(cfg)(torch.zeros(1), positions[None])
+    ours = RotaryEmbedding(head_dim, max_pos, rope["rope_theta"], rope)
+    half = head_dim // 2
+    assert torch.equal(ours.cos_cache, cos[0, :, :half])
+    assert torch.equal(ours.sin_cache, sin[0, :, :half])
+
+
+@pytest.mark.parametrize("rope_type", ["dynamic", "longrope", "made-up"])
+def test_unsupported_rope_type_is_a_load_error(rope_type: str) -> None:
+    with pytest.raises(ModelLoadError, match=f"rope_type '{rope_type}' is not supported") as err:
+        rope_inv_freq(16, 10000.0, {"rope_type": rope_type, "factor": 4.0})
+    assert "supported: default, linear, llama3, yarn" in str(err.value)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

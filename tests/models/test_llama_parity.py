@@ -69,12 +69,46 @@ def _mistral_window() -> nn.Module:
     return transformers.MistralForCausalLM(cfg)
 
 
+# YaRN over an original context shorter than the prompts, so that the interpolated pairs, the
+# ramp and the attention factor all shape the logits.
+def _qwen2_yarn() -> nn.Module:
+    rope = {
+        "rope_type": "yarn",
+        "factor": 4.0,
+        "original_max_position_embeddings": 16,
+        "rope_theta": 1e6,
+    }
+    return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**COMMON, rope_parameters=rope))
+
+
+def _qwen3_yarn() -> nn.Module:
+    rope = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8}
+    cfg = transformers.Qwen3Config(**COMMON, head_dim=32, rope_parameters=rope)
+    return transformers.Qwen3ForCausalLM(cfg)
+
+
+def _llama_yarn() -> nn.Module:
+    rope = {
+        "rope_type": "yarn",
+        "factor": 3.0,
+        "original_max_position_embeddings": 12,
+        "beta_fast": 8,
+        "beta_slow": 2,
+        "truncate": False,
+        "rope_theta": 500.0,
+    }
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(**COMMON, rope_parameters=rope))
+
+
 ARCHS: dict[str, Callable[[], nn.Module]] = {
     "llama3-rope": _llama,
     "llama-linear-rope-bias": _llama_linear_rope_bias,
     "qwen2-tied": _qwen2_tied,
     "qwen3": _qwen3,
     "mistral-window": _mistral_window,
+    "qwen2-yarn": _qwen2_yarn,
+    "qwen3-yarn": _qwen3_yarn,
+    "llama-yarn": _llama_yarn,
 }
 
 ATOL = 1e-4
