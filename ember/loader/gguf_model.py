@@ -40,6 +40,14 @@ _VISION_PREFIXES = ("v.", "mm.")
 # Llama 3.x rope scalings that llama.cpp stores only as a rope_freqs tensor; the one that
 # reproduces the tensor is used. (factor, low_freq_factor, high_freq_factor, original context)
 _LLAMA3_ROPES = ((8.0, 1.0, 4.0, 8192), (32.0, 1.0, 4.0, 8192), (16.0, 1.0, 4.0, 8192))
+# llama.cpp YaRN keys (under rope.scaling.) that change its result beyond what transformers'
+# YaRN computes, with the value at which they change nothing.
+_YARN_NEUTRAL = {
+    "yarn_ext_factor": 1.0,
+    "yarn_attn_factor": 1.0,
+    "yarn_log_multiplier": 0.0,
+    "attn_factor": 1.0,
+}
 
 
 @dataclass(slots=True)
@@ -137,11 +145,16 @@ class GGUFModel:
         kind = self.meta("rope.scaling.type")
         if kind == "linear":
             return {"rope_type": "linear", "factor": float(self.meta("rope.scaling.factor"))}
+        if kind == "yarn":
+            return self._yarn_scaling()
         freq_scale = self.meta("rope.freq_scale")  # Ollama's converters: 1 / linear factor
         if kind is None and freq_scale not in (None, 1.0):
             return {"rope_type": "linear", "factor": 1.0 / float(freq_scale)}
         if kind not in (None, "none"):
-            raise ModelLoadError(f"GGUF rope scaling '{kind}' in '{self.path}' is not supported")
+            raise ModelLoadError(
+                f"GGUF rope scaling '{kind}' in '{self.path}' is not supported; supported: "
+                "none, linear, yarn (and Llama 3's, stored as a rope_freqs tensor)"
+            )
         freqs = next((t for t in self.reader.tensors if t.name == "rope_freqs.weight"), None)
         if freqs is None:
             return None
@@ -163,6 +176,34 @@ class GGUFModel:
         raise ModelLoadError(
             f"'{self.path}' holds rope frequency factors that match no known Llama 3 scaling"
         )
+
+    def _yarn_scaling(self) -> dict[str, Any]:
+        """llama.cpp's YaRN keys as transformers' rope_scaling. convert_hf_to_gguf.py writes the
+        factor and original_context_length, and beta_fast / beta_slow where the HF config had
+        them; a missing original context is max_position_embeddings in both (config.py).
+        Keys that llama.cpp would apply beyond HF's YaRN are refused unless at their defaults."""
+        factor = self.meta("rope.scaling.factor")
+        if not isinstance(factor, int | float) or factor <= 0:
+            raise ModelLoadError(
+                f"GGUF YaRN rope scaling in '{self.path}' needs a positive "
+                f"{self.arch}.rope.scaling.factor, got {factor!r}"
+            )
+        scaling: dict[str, Any] = {"rope_type": "yarn", "factor": float(factor)}
+        original = self.meta("rope.scaling.original_context_length")
+        if original is not None:
+            scaling["original_max_position_embeddings"] = int(original)
+        for key, hf_key in (("yarn_beta_fast", "beta_fast"), ("yarn_beta_slow", "beta_slow")):
+            value = self.meta(f"rope.scaling.{key}")
+            if value is not None:
+                scaling[hf_key] = float(value)
+        for key, neutral in _YARN_NEUTRAL.items():
+            value = self.meta(f"rope.scaling.{key}")
+            if value is not None and value != neutral:
+                raise ModelLoadError(
+                    f"GGUF key {self.arch}.rope.scaling.{key} = {value} in '{self.path}' is not "
+                    f"supported (only {neutral}); load the model's safetensors checkpoint instead"
+                )
+        return scaling
 
     def tensors(
         self,

@@ -53,6 +53,17 @@ def _permute(w: np.ndarray, heads: int) -> np.ndarray:
     )
 
 
+def _add_yarn(w: gguf.GGUFWriter, rope: dict[str, Any]) -> None:
+    """The YaRN keys llama.cpp's convert_hf_to_gguf.py writes from an HF rope dict."""
+    w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+    w.add_rope_scaling_factor(rope["factor"])
+    w.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
+    if rope.get("beta_fast") is not None:
+        w.add_rope_scaling_yarn_beta_fast(rope["beta_fast"])
+    if rope.get("beta_slow") is not None:
+        w.add_rope_scaling_yarn_beta_slow(rope["beta_slow"])
+
+
 def write_gguf(
     hf: nn.Module,
     path: Path,
@@ -81,6 +92,8 @@ def write_gguf(
             w.add_rope_scaling_factor(rope["full_attention"]["factor"])
     else:
         w.add_rope_freq_base(rope["rope_theta"])
+        if rope.get("rope_type") == "yarn":
+            _add_yarn(w, rope)
     if arch in ("gemma2", "gemma3"):
         w.add_sliding_window(cfg.sliding_window)
     if arch == "gemma2":

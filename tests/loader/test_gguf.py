@@ -61,6 +61,18 @@ def _qwen2() -> nn.Module:
     )
 
 
+def _qwen2_yarn() -> nn.Module:
+    # An original context shorter than the test prompt (24 tokens).
+    rope = {
+        "rope_type": "yarn",
+        "factor": 4.0,
+        "original_max_position_embeddings": 16,
+        "beta_fast": 16.0,
+        "rope_theta": 1e6,
+    }
+    return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**COMMON, rope_parameters=rope))
+
+
 def _gemma2() -> nn.Module:
     cfg = transformers.Gemma2Config(
         **COMMON,
@@ -90,6 +102,7 @@ def _gemma3() -> nn.Module:
 CASES: dict[str, tuple[Any, dict[str, Any]]] = {
     "llama-f16-q8_0-q4_k": (_llama, {"q_proj": Q.F16, "mlp.down": Q.Q4_K, "proj": Q.Q8_0}),
     "qwen2-bf16-q4_0-q6_k": (_qwen2, {"embed": Q.BF16, "mlp.down": Q.Q6_K, "proj": Q.Q4_0}),
+    "qwen2-yarn-q6_k-q8_0": (_qwen2_yarn, {"mlp.down": Q.Q6_K, "proj": Q.Q8_0}),
     "gemma2-q5_k-q8_0": (_gemma2, {"mlp.down": Q.Q5_K, "proj": Q.Q8_0}),
     "gemma3-q4_k-f16": (_gemma3, {"mlp.down": Q.Q4_K, "proj": Q.F16}),
 }
@@ -253,6 +266,61 @@ def test_ollama_gemma3_metadata(tmp_path: Path) -> None:
     assert [name for name, _ in model.tensors(["model.embed_tokens.weight"])] == [
         "model.embed_tokens.weight"
     ]
+
+
+def _qwen2_rope_gguf(path: Path, kind: str, extra: dict[str, float]) -> Any:
+    """A minimal qwen2 GGUF (metadata and an embedding) with rope scaling `kind` and float
+    keys `extra` under qwen2.rope.scaling."""
+    from ember.loader.gguf_model import GGUFModel
+
+    w = gguf.GGUFWriter(str(path), "qwen2")
+    w.add_block_count(1)
+    w.add_context_length(32768)
+    w.add_embedding_length(8)
+    w.add_feed_forward_length(16)
+    w.add_head_count(2)
+    w.add_rope_freq_base(1e6)
+    w.add_string("qwen2.rope.scaling.type", kind)
+    for key, value in extra.items():
+        w.add_float32(f"qwen2.rope.scaling.{key}", value)
+    w.add_tensor("token_embd.weight", torch.zeros(32, 8).numpy())
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return GGUFModel.open(path)
+
+
+def test_yarn_metadata_without_an_original_context(tmp_path: Path) -> None:
+    from ember.models.config import ModelConfig
+
+    model = _qwen2_rope_gguf(tmp_path / "y.gguf", "yarn", {"factor": 4.0, "yarn_beta_slow": 2.0})
+    cfg = ModelConfig.from_dict(model.hf_config())
+    # llama.cpp's default original context is the trained one, as transformers' is.
+    assert cfg.rope_scaling == {
+        "rope_type": "yarn",
+        "factor": 4.0,
+        "beta_slow": 2.0,
+        "original_max_position_embeddings": 32768,
+    }
+    assert cfg.max_position_embeddings == 32768 and cfg.max_context_len == 131072
+
+
+@pytest.mark.parametrize(
+    ("kind", "extra", "message"),
+    [
+        ("yarn", {"factor": 4.0, "yarn_attn_factor": 0.5}, "yarn_attn_factor = 0.5 in"),
+        ("yarn", {"factor": 4.0, "yarn_log_multiplier": 0.1}, "yarn_log_multiplier"),
+        ("yarn", {}, "needs a positive qwen2.rope.scaling.factor"),
+        ("longrope", {}, "rope scaling 'longrope' in .* supported: none, linear, yarn"),
+    ],
+)
+def test_rope_scaling_llama_cpp_would_compute_otherwise_is_refused(
+    tmp_path: Path, kind: str, extra: dict[str, float], message: str
+) -> None:
+    model = _qwen2_rope_gguf(tmp_path / "r.gguf", kind, extra)
+    with pytest.raises(ModelLoadError, match=message):
+        model.hf_config()
 
 
 def test_an_unknown_pre_tokenizer_is_named_in_a_warning(caplog: pytest.LogCaptureFixture) -> None:
