@@ -40,6 +40,11 @@ def build_config(arch: str, vocab_size: int) -> Any:
         )
     if arch == "qwen2":
         return tf.Qwen2Config(vocab_size=vocab_size, tie_word_embeddings=True, **COMMON)
+    if arch == "qwen2-yarn":
+        # As Qwen2.5 documents YaRN: max_position_embeddings left at the original context.
+        yarn = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e6}
+        small = {**COMMON, "max_position_embeddings": 64}
+        return tf.Qwen2Config(vocab_size=vocab_size, rope_parameters=yarn, **small)
     if arch == "qwen3":
         return tf.Qwen3Config(vocab_size=vocab_size, head_dim=16, **COMMON)
     if arch == "mistral":

@@ -1,6 +1,6 @@
-"""Gemma 2, Gemma 3, Mistral's sliding window and Llama 3.1's long-context rope through the
-offline LLM API: greedy tokens equal transformers' on tiny random models, with prompts longer
-than the sliding window and positions past the rope's original context."""
+"""Gemma 2, Gemma 3, Mistral's sliding window, Llama 3.1's long-context rope and Qwen's YaRN
+through the offline LLM API: greedy tokens equal transformers' on tiny random models, with
+prompts longer than the sliding window and positions past the rope's original context."""
 
 from __future__ import annotations
 
@@ -45,6 +45,17 @@ def test_llama31_rope_past_the_original_context(tiny_dir: Path, tmp_path: Path) 
     hf = make_hf_model("llama3", tiny_dir, tmp_path)
     llm = LLM(str(tmp_path), dtype="float32", device="cpu", block_size=4, max_model_len=400)
     assert llm.engine.max_model_len == 400
+    prompt = [(i * 53) % 900 + 1 for i in range(100)]
+    out = llm.generate({"prompt_token_ids": prompt}, greedy(20))[0]
+    assert out.outputs[0].token_ids == hf_greedy(hf, prompt, 20)
+
+
+def test_qwen_yarn_past_max_position_embeddings(tiny_dir: Path, tmp_path: Path) -> None:
+    # YaRN factor 4 over max_position_embeddings=64: the model serves 256 tokens (vLLM's
+    # derivation), and a 100-token prompt plus 20 runs past 64.
+    hf = make_hf_model("qwen2-yarn", tiny_dir, tmp_path)
+    llm = LLM(str(tmp_path), dtype="float32", device="cpu", block_size=4, max_model_len=10**6)
+    assert llm.engine.max_model_len == 256
     prompt = [(i * 53) % 900 + 1 for i in range(100)]
     out = llm.generate({"prompt_token_ids": prompt}, greedy(20))[0]
     assert out.outputs[0].token_ids == hf_greedy(hf, prompt, 20)
