@@ -8,8 +8,9 @@ against attention_ref for many shapes; exits non-zero on any failure), decode (d
 µs and achieved KV-read GB/s for Llama-3.1-8B heads, against the HBM copy bandwidth measured in
 the same run and torch SDPA on dense copies of the same data), prefill (TFLOP/s, against SDPA),
 tune (a sweep of decode tile shapes and split counts, for choosing defaults), tune-fp8 (the
-same over an fp8 cache), tune-prefill (the same for prefill tiles), shapes (Gemma 2 9B and
-Gemma 3 4B at real shapes against transformers; not in the default list: ~5 minutes), gguf
+same over an fp8 cache), tune-prefill (the same for prefill tiles), shapes (Gemma 2 9B,
+Gemma 3 4B and Qwen3 4B with YaRN at real shapes against transformers; not in the default list:
+~8 minutes), gguf
 (GGUF dequantization on CUDA against the gguf package's numpy code), rotary-store (the rotary
 kernel that also stores k and v, timed against rotary + KV write), gemv (the fused
 small-batch GEMVs against their reference, then timed against today's kernels;

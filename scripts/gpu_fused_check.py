@@ -16,6 +16,8 @@ from ember.layers.rotary import RotaryEmbedding, rotate_neox
 from ember.ops.attention_ref import write_kv
 from ember.ops.triton_fused import rms_norm_triton, rotary_triton, silu_and_mul_triton
 
+# Qwen2.5 / Qwen3's documented YaRN setting.
+QWEN_YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}
 # Allowed max abs error: one rounding of the dtype on values of magnitude ~4.
 TOL = {torch.bfloat16: 6e-2, torch.float16: 8e-3, torch.float32: 1e-5}
 
@@ -98,8 +100,13 @@ def section_fused(args: argparse.Namespace) -> bool:
             gemma.weight.copy_(w - 1)
             diff = rms_norm_triton(x, gemma.weight, 1e-6, weight_offset=1.0) - gemma._norm(x)
             ok &= _row(f"gemma rmsnorm {tokens}x{hidden}", dtype, diff.abs().max().item())
-        for tokens, hq, hkv, d in ((1, 32, 8, 128), (9, 14, 2, 64), (130, 16, 8, 256)):
-            rope = RotaryEmbedding(d, 4096, 500000.0).to(dev)
+        for tokens, hq, hkv, d, scaling in (
+            (1, 32, 8, 128, None),
+            (9, 14, 2, 64, None),
+            (130, 16, 8, 256, None),
+            (37, 28, 4, 128, QWEN_YARN),  # cos/sin scaled past 1 by the attention factor
+        ):
+            rope = RotaryEmbedding(d, 4096, 500000.0, scaling).to(dev)
             qkv = torch.randn(tokens, (hq + 2 * hkv) * d, device=dev, generator=g).to(dtype)
             pos = torch.randint(0, 4096, (tokens,), device=dev, generator=g)
             q = qkv[:, : hq * d].view(tokens, hq, d)
@@ -109,7 +116,8 @@ def section_fused(args: argparse.Namespace) -> bool:
             q_ref, k_ref = rotate_neox(q.clone(), cos, sin), rotate_neox(k.clone(), cos, sin)
             rotary_triton(pos, q, k, rope.cos_cache, rope.sin_cache)
             err = max((q - q_ref).abs().max().item(), (k - k_ref).abs().max().item())
-            ok &= _row(f"rotary {tokens}t {hq}/{hkv}x{d}", dtype, err)
+            yarn = " yarn" if scaling else ""
+            ok &= _row(f"rotary {tokens}t {hq}/{hkv}x{d}{yarn}", dtype, err)
             for cache_dtype in (dtype, torch.float8_e4m3fn):
                 ok &= _rotary_store(rope, pos, qkv, (hq, hkv, d), cache_dtype, g)
         for tokens, d in ((1, 14336), (33, 4864), (257, 128)):

@@ -1,5 +1,6 @@
 """The `shapes` section of gpu_check.py: ember on CUDA (Triton attention, CUDA graphs) at the real
-shapes of the models it serves (random weights) against transformers on the same weights.
+shapes of the models it serves (random weights) against transformers on the same weights:
+Gemma 2 9B, Gemma 3 4B, and Qwen3 4B with YaRN rope scaling.
 
 Random weights at real shapes give near-flat distributions, so exact greedy parity over many
 steps is not a fair test in bf16. Instead ember generates greedily and transformers scores the
@@ -31,7 +32,7 @@ from typing import Any
 
 import torch
 
-# (name, transformers config class, config kwargs); Gemma 2 9B and Gemma 3 4B as published.
+# (name, transformers config class, config kwargs); the models' shapes as published.
 SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
     "gemma2-9b": (
         "Gemma2Config",
@@ -68,6 +69,28 @@ SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
                 "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
             },
             sliding_window_pattern=6,
+        ),
+    ),
+    # Qwen3 4B with YaRN enabled as Qwen documents it (factor 4 over 32768; max_position_
+    # embeddings stays 40960): every rope pair, the ramp and the attention factor in play.
+    "qwen3-4b-yarn": (
+        "Qwen3Config",
+        dict(
+            vocab_size=151936,
+            hidden_size=2560,
+            intermediate_size=9728,
+            num_hidden_layers=36,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            head_dim=128,
+            max_position_embeddings=40960,
+            tie_word_embeddings=True,
+            rope_parameters={
+                "rope_type": "yarn",
+                "factor": 4.0,
+                "original_max_position_embeddings": 32768,
+                "rope_theta": 1e6,
+            },
         ),
     ),
 }

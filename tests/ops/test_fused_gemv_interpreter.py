@@ -81,8 +81,12 @@ from ember.ops.triton_qkv_rotary import QKVRotary
 
 torch.manual_seed(2)
 HQ, HKV, D, BS, HIDDEN = 4, 2, 16, 4, 48
-rope = RotaryEmbedding(D, 64, 10000.0)
-for dtype in (torch.float16, torch.float32):
+# Plain rope in float16 and float32; YaRN (tables scaled by its attention factor) in float16.
+yarn = {"rope_type": "yarn", "factor": 10.0, "original_max_position_embeddings": 8}
+ropes = [(RotaryEmbedding(D, 64, 10000.0), torch.float16),
+         (RotaryEmbedding(D, 64, 10000.0), torch.float32),
+         (RotaryEmbedding(D, 64, 10000.0, yarn), torch.float16)]
+for rope, dtype in ropes:
     w = torch.randn((HQ + 2 * HKV) * D, HIDDEN, dtype=dtype) / HIDDEN**0.5
     norm_w = torch.randn(HIDDEN, dtype=dtype)
     for pos, slot, cached in ((0, 5, True), (37, 11, True), (12, -1, True), (9, 3, False)):
@@ -120,6 +124,6 @@ def test_rotary_in_the_qkv_epilogue_matches_the_rotary_kernel_to_the_bit() -> No
     """The one-token qkv GEMV with rotary and the KV store in its epilogue (QKVRotary) writes
     the same q, k, v and cache bytes as the GEMV followed by the rotary kernel (under the
     interpreter, to the bit; on the GPU each kernel may fuse a different product into an FMA,
-    which gpu_check's gemv section bounds); a slot of -1 and a run without a cache store
-    nothing."""
+    which gpu_check's gemv section bounds), YaRN's scaled tables included; a slot of -1 and a
+    run without a cache store nothing."""
     run_interpreted(_ROTARY)

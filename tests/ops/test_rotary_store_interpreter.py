@@ -1,10 +1,11 @@
 """The rotary kernel that also stores k and v in the cache (`rotary_triton(kv_store=...)`, one
 launch instead of rotary + KV write) against the reference layers (rotate, then write_kv) under
 Triton's interpreter: strided q/k/v views of one fused projection, padding slots (-1) never
-stored, more KV heads than one pass of the head loop, and an fp8 cache stored byte for byte as
-`write_kv_triton` stores it (the interpreter rounds some fp8 casts unlike the GPU, so fp8 is
-compared between the two kernels here; gpu_check's fused section compares it with the reference
-on the GPU). Skipped where Triton is not installed (CI)."""
+stored, more KV heads than one pass of the head loop, YaRN's cos/sin tables (scaled past 1 by
+its attention factor), and an fp8 cache stored byte for byte as `write_kv_triton` stores it (the
+interpreter rounds some fp8 casts unlike the GPU, so fp8 is compared between the two kernels
+here; gpu_check's fused section compares it with the reference on the GPU). Skipped where
+Triton is not installed (CI)."""
 
 from __future__ import annotations
 
@@ -26,9 +27,9 @@ def same(a, b):
     return torch.equal(a.view(torch.uint8), b.view(torch.uint8))
 
 
-def check(tokens, hq, hkv, d, cache_dtype, seed):
+def check(tokens, hq, hkv, d, cache_dtype, seed, scaling=None):
     g = torch.Generator().manual_seed(seed)
-    rope = RotaryEmbedding(d, 512, 10000.0)
+    rope = RotaryEmbedding(d, 512, 10000.0, scaling)
     qkv = torch.randn(tokens, (hq + 2 * hkv) * d, generator=g).to(torch.float16) * 4
     q = qkv[:, : hq * d].view(tokens, hq, d)
     k = qkv[:, hq * d : (hq + hkv) * d].view(tokens, hkv, d)
@@ -57,6 +58,9 @@ check(9, 8, 8, 64, torch.float16, 1)
 check(3, 32, 8, 128, torch.float16, 2)
 check(7, 4, 2, 16, torch.float8_e4m3fn, 3)
 check(6, 8, 8, 64, torch.float8_e5m2, 4)
+# YaRN: tables scaled by its attention factor (|cos|, |sin| up to 1.23 here).
+yarn = {"rope_type": "yarn", "factor": 10.0, "original_max_position_embeddings": 64}
+check(9, 8, 8, 64, torch.float16, 5, yarn)
 print("ok")
 """
 
