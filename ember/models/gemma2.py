@@ -111,9 +111,7 @@ def rotary_per_layer(config: ModelConfig) -> list[RotaryEmbedding]:
     )
     if config.rope_local_theta is None:
         return [global_rope] * config.num_hidden_layers
-    local_rope = RotaryEmbedding(
-        config.head_dim, config.max_context_len, config.rope_local_theta
-    )
+    local_rope = RotaryEmbedding(config.head_dim, config.max_context_len, config.rope_local_theta)
     return [
         local_rope if config.layer_sliding_window(i) is not None else global_rope
         for i in range(config.num_hidden_layers)
