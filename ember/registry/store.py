@@ -121,7 +121,7 @@ class ModelStore:
 
     def _from_dir(self, text: str) -> LocalModel:
         path = Path(text).expanduser().resolve()
-        if not path.is_dir():
+        if not _is_dir(path):
             raise ModelNotFoundError(
                 f"model directory '{text}' not found; pass an existing folder with config.json "
                 "and tokenizer.json, or a model name from 'ember list'",
@@ -177,7 +177,7 @@ class ModelStore:
         try:
             name = parse_name(text)
         except InvalidRequestError:
-            if Path(text).is_dir():
+            if _is_dir(Path(text)):
                 return self._from_dir(text)
             raise
         path = self._find(name)
@@ -186,7 +186,7 @@ class ModelStore:
         path = resolve_ollama(name, self.cache_dir)  # pulled by Ollama: see ollama_store.py
         if path is not None:
             return self._load(str(name), path)
-        if Path(text).is_dir():
+        if _is_dir(Path(text)):
             return self._from_dir(text)
         raise ModelNotFoundError(
             f"model '{text}' not found; run 'ember pull {text}' or 'ember list'", param="model"
@@ -356,3 +356,12 @@ def _prune_empty_parents(root: Path, leaf: Path) -> None:
         if parent == root or not parent.is_dir() or any(parent.iterdir()):
             break
         parent.rmdir()
+
+
+def _is_dir(path: Path) -> bool:
+    """Path.is_dir, False where the text cannot be a path here (too long a name: a client's
+    model field of thousands of characters is a bad name, not a server error)."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False

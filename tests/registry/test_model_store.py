@@ -38,6 +38,16 @@ def test_invalid_name_is_a_bad_request(store: ModelStore) -> None:
         store.resolve("bad name!")
 
 
+@pytest.mark.parametrize("name", ["a" * 5000, "ab:" + "c" * 5000, "x/" + "y" * 300])
+def test_a_name_too_long_for_a_path_is_a_bad_request(store: ModelStore, name: str) -> None:
+    # Such a name is also tried as a folder; the OS refusing the path (ENAMETOOLONG) had been
+    # a 500 on every route that names a model.
+    with pytest.raises(InvalidRequestError, match="invalid model name"):
+        store.resolve(name)
+    with pytest.raises(ModelNotFoundError, match="not found"):
+        store.resolve("./" + "d" * 5000)
+
+
 def test_resolve_a_stored_model(store: ModelStore, make_model: MakeModel) -> None:
     path = make_model("qwen2.5:0.5b")
     model = store.resolve("Qwen2.5:0.5B")
