@@ -40,13 +40,7 @@ from ember.server.protocol_openai import (
     usage,
 )
 from ember.tokenizer.chat_prompt import render_chat
-from ember.tokenizer.reasoning import (
-    Start,
-    ThinkSplitter,
-    prompt_start,
-    split_reasoning,
-    supports_thinking,
-)
+from ember.tokenizer.reasoning import Start, ThinkSplitter, reply_start, split_reasoning
 from ember.tokenizer.tool_calls import (
     ToolCall,
     ToolCallGate,
@@ -99,13 +93,6 @@ class _Reply:
             }
             for c in calls
         ]
-
-
-def _think_start(body: ChatCompletionRequest, parser: str | None, prompt: str | None) -> Start:
-    """Where the reply starts for vLLM's reasoning parsers: inside the thinking unless the prompt
-    closed it (or, for qwen3, chat_template_kwargs turned it off)."""
-    off = parser == "qwen3" and (body.chat_template_kwargs or {}).get("enable_thinking") is False
-    return Start.CONTENT if off else prompt_start(prompt, Start.THINKING)
 
 
 def _reasoning_fields(reasoning: str | None) -> dict[str, Any]:
@@ -218,12 +205,15 @@ async def chat_completions(request: Request) -> Response:
     prompt_tokens = choices.prompt_tokens(per_prompt=len(choices.gens))
     tok = choices.engine.tokenizer
     reply.mistral = mistral_calls(tok)
-    # Reasoning is split from free text only (a grammar constrains the whole output), and only
-    # for models whose template knows of thinking: the flag is the server's, not one model's.
-    split = reply.reasoning and structured is None and not body.guided
-    split = split and supports_thinking(tok.chat_template)
+    constrained = structured is not None or body.guided
     starts = [
-        _think_start(body, ctx.config.reasoning_parser, p.prompt) if split else None
+        reply_start(
+            ctx.config.reasoning_parser,
+            tok.chat_template,
+            constrained,
+            body.chat_template_kwargs,
+            p.prompt,
+        )
         for p in choices.prepared
     ]
     top_logprobs = body.num_logprobs or 0

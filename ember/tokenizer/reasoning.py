@@ -12,7 +12,9 @@ never closes its thinking means:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import Enum
+from typing import Any
 
 from ember.tokenizer.tool_calls import partial_suffix
 
@@ -46,6 +48,49 @@ def supports_thinking(template: str | None) -> bool:
     --reasoning-parser leaves other models' replies whole)."""
     text = template or ""
     return any(mark in text for mark in ("enable_thinking", THINK_OPEN, THINK_CLOSE))
+
+
+def reply_start(
+    parser: str | None,
+    template: str | None,
+    constrained: bool,
+    template_kwargs: dict[str, Any] | None,
+    prompt: str | None,
+) -> Start | None:
+    """Where a reply starts for vLLM's reasoning parser `parser`, or None to leave it whole: no
+    parser, output constrained by a grammar (the whole output is the grammar's), or a model whose
+    template knows no thinking (the flag is the server's, not one model's). Otherwise inside the
+    thinking unless the prompt closed it (or, for qwen3, `template_kwargs` turned it off)."""
+    if parser is None or constrained or not supports_thinking(template):
+        return None
+    if parser == "qwen3" and (template_kwargs or {}).get("enable_thinking") is False:
+        return Start.CONTENT
+    return prompt_start(prompt, Start.THINKING)
+
+
+def count_reasoning_tokens(
+    token_ids: Sequence[int],
+    start: Start,
+    closed: bool,
+    open_id: int | None,
+    close_id: int | None,
+) -> int:
+    """The reply's tokens inside its thinking, as vLLM counts them: after an opening <think>
+    (from the first token when the prompt opened it), up to </think>. `closed`: whether the
+    text split found the </think>; `open_id` / `close_id`: the tags' ids when each is one token.
+
+    0 when the count could not be exact: a tag that is not one token, or a </think> the text
+    has and the tokens do not (written in pieces)."""
+    if start is Start.CONTENT or open_id is None or close_id is None:
+        return 0
+    ids = list(token_ids)
+    end = ids.index(close_id) if close_id in ids else len(ids)
+    if closed != (end < len(ids)):
+        return 0
+    head = ids[:end]
+    if open_id in head:
+        return len(head) - head.index(open_id) - 1
+    return len(head) if start is Start.THINKING else 0
 
 
 class ThinkSplitter:

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from ember.tokenizer.reasoning import Start, ThinkSplitter, prompt_start, split_reasoning
+from ember.tokenizer.reasoning import (
+    Start,
+    ThinkSplitter,
+    count_reasoning_tokens,
+    prompt_start,
+    reply_start,
+    split_reasoning,
+)
 
 REPLY = "<think>\nI should greet.\n</think>\n\nHello there!"
 
@@ -52,3 +59,40 @@ def test_where_the_prompt_leaves_the_reply() -> None:
 def test_ollama_trims_thinking_whitespace_across_deltas() -> None:
     pieces = ["<think>", "  ", "a b ", "\n", "</think>", "\n\n", "x ", "y"]
     assert streamed(pieces, Start.OPEN_TAG, True) == ("a b", "x y")
+
+
+def test_where_a_reasoning_parser_starts_the_reply() -> None:
+    """The one rule of both OpenAI routes: split only free text of models that think."""
+    thinks = "{% if enable_thinking %}x{% endif %}"
+    assert reply_start("qwen3", thinks, False, None, "<|im_start|>assistant\n") is Start.THINKING
+    assert reply_start("deepseek_r1", thinks, False, None, "a <think>\n") is Start.THINKING
+    assert reply_start("qwen3", thinks, False, {"enable_thinking": False}, "a") is Start.CONTENT
+    assert reply_start("deepseek_r1", thinks, False, None, "<think>\n\n</think>\n\n") is (
+        Start.CONTENT
+    )
+    assert reply_start(None, thinks, False, None, "a") is None  # no --reasoning-parser
+    assert reply_start("qwen3", thinks, True, None, "a") is None  # a grammar shapes the output
+    assert reply_start("qwen3", "{{ messages }}", False, None, "a") is None  # a model that can't
+
+
+OPEN, CLOSE = 7, 8  # the tags' token ids
+
+
+@pytest.mark.parametrize(
+    ("ids", "start", "closed", "count"),
+    [
+        ([OPEN, 1, 2, CLOSE, 3, 0], Start.THINKING, True, 2),  # the reply opens <think>
+        ([1, 2, 2, CLOSE, 3], Start.THINKING, True, 3),  # the prompt opened it
+        ([OPEN, 1, 2], Start.THINKING, False, 2),  # cut short inside
+        ([1, 2], Start.CONTENT, True, 0),  # thinking turned off
+        ([OPEN, 1, 4, 5], Start.THINKING, True, 0),  # </think> in pieces: not exact
+    ],
+)
+def test_reasoning_tokens_as_vllm_counts_them(
+    ids: list[int], start: Start, closed: bool, count: int
+) -> None:
+    assert count_reasoning_tokens(ids, start, closed, OPEN, CLOSE) == count
+
+
+def test_reasoning_tokens_unknown_when_a_tag_is_not_one_token() -> None:
+    assert count_reasoning_tokens([1, 2, CLOSE], Start.THINKING, True, None, CLOSE) == 0
