@@ -8,6 +8,11 @@ items instead of choices, and typed SSE events instead of chunks.
 Streaming follows the chat route: text streams as it comes; with tools ("auto") a reply that
 opens like a tool call is held back and sent as function_call items at the end; with a forced
 call (tool_choice "required" or a named function) the whole reply is held.
+
+With `ember serve --reasoning-parser`, the reply's <think>...</think> is split out as the chat
+route splits it (same models, same rule for grammars) into a `reasoning` item before the
+message, streamed first as `response.reasoning_text.delta` events, as vLLM does; tool calls are
+parsed from the content after it.
 """
 
 from __future__ import annotations
@@ -34,10 +39,19 @@ from ember.server.responses_output import (
     FunctionCall,
     Reply,
     ResponseHead,
+    Thought,
     Usage,
     new_item_id,
 )
 from ember.server.streaming import OwnedStreamingResponse
+from ember.tokenizer.reasoning import (
+    THINK_CLOSE,
+    THINK_OPEN,
+    Start,
+    ThinkSplitter,
+    count_reasoning_tokens,
+    reply_start,
+)
 from ember.tokenizer.tool_calls import (
     ToolCall,
     ToolCallGate,
@@ -51,6 +65,7 @@ from ember.tokenizer.tool_calls import (
 
 if TYPE_CHECKING:
     from ember.engine.async_engine import AsyncEngine
+    from ember.tokenizer.tokenizer import Tokenizer
 
 log = logging.getLogger("ember.server")
 
@@ -111,6 +126,37 @@ class _ToolMode:
         return FunctionCall(name, arguments, call_id=new_call_id(self.mistral, prefix="call_"))
 
 
+class _Think:
+    """The reply's thinking, split out of its text as it comes (--reasoning-parser)."""
+
+    def __init__(self, start: Start, tok: Tokenizer) -> None:
+        self._start = start
+        self._splitter = ThinkSplitter(start)
+        self._tag_ids = (tok.token_to_id(THINK_OPEN), tok.token_to_id(THINK_CLOSE))
+        self.text = ""
+        self.item_id = new_item_id("rs")
+
+    @property
+    def closed(self) -> bool:
+        return self._splitter.closed
+
+    def feed(self, text: str, last: bool) -> tuple[str, str]:
+        """(reasoning, content) of the next piece of text; `last`: the reply ends with it."""
+        reasoning, content = self._splitter.feed(text)
+        if last:
+            more = self._splitter.flush()
+            reasoning, content = reasoning + more[0], content + more[1]
+        self.text += reasoning
+        return reasoning, content
+
+    def thought(self) -> Thought:
+        return Thought(self.text, self.closed, self.item_id)
+
+    def tokens(self, token_ids: list[int]) -> int:
+        """The reply's reasoning tokens, once it has ended."""
+        return count_reasoning_tokens(token_ids, self._start, self.closed, *self._tag_ids)
+
+
 @router.post("/v1/responses")
 async def responses(request: Request) -> Response:
     ctx = get_context(request)
@@ -130,16 +176,27 @@ async def responses(request: Request) -> Response:
 
     rid = new_item_id("resp")
     choices = await start_choices(ctx, request, rid, [prepare])
-    run.mistral = mistral_calls(choices.engine.tokenizer)
+    tok = choices.engine.tokenizer
+    run.mistral = mistral_calls(tok)
+    constrained = structured is not None or chat.guided
+    start = reply_start(
+        ctx.config.reasoning_parser,
+        tok.chat_template,
+        constrained,
+        chat.chat_template_kwargs,
+        choices.prepared[0].prompt,
+    )
+    think = _Think(start, tok) if start is not None else None
     model = body.model or ctx.served.name  # the name the client sent, as vLLM echoes it
     head = ResponseHead(rid, now_s(), model, body, choices.prepared[0].params)
     if not body.stream:
-        return JSONResponse(await _whole(request, choices, head, run))
-    return OwnedStreamingResponse(_stream(choices, head, run), choices.aclose, "text/event-stream")
+        return JSONResponse(await _whole(request, choices, head, run, think))
+    stream = _stream(choices, head, run, think)
+    return OwnedStreamingResponse(stream, choices.aclose, "text/event-stream")
 
 
 async def _whole(
-    request: Request, choices: Choices, head: ResponseHead, run: _ToolMode
+    request: Request, choices: Choices, head: ResponseHead, run: _ToolMode, think: _Think | None
 ) -> dict[str, Any]:
     try:
         outs = await choices.gens[0].collect(request)
@@ -149,34 +206,61 @@ async def _whole(
     usage = Usage(choices.prompt_tokens(), len(out.token_ids), outs[-1].num_cached_tokens)
     if out.finish_reason == "abort":
         return head.json("failed", [], usage, error=ABORTED)
-    reply = run.reply(out.text, out.finish_reason)
+    text = out.text
+    if think is not None:
+        _, text = think.feed(text, last=True)
+        usage.reasoning_tokens = think.tokens(out.token_ids)
+    reply = run.reply(text, out.finish_reason)
+    reply.thought = think.thought() if think is not None else None
     return head.json(reply.status, reply.items(), usage)
 
 
-async def _stream(choices: Choices, head: ResponseHead, run: _ToolMode) -> AsyncIterator[str]:
+async def _stream(
+    choices: Choices, head: ResponseHead, run: _ToolMode, think: _Think | None
+) -> AsyncIterator[str]:
     ev = Events(head)
     yield ev.lifecycle("response.created", "in_progress", [])
     yield ev.lifecycle("response.in_progress", "in_progress", [])
     gate = ToolCallGate() if run.mode == "auto" else None
     msg_id = new_item_id("msg")
-    full = sent = ""  # the model's text; the text sent as deltas
+    full = sent = ""  # the model's text after its reasoning; the text sent as deltas
+    token_ids: list[int] = []
     usage = Usage(choices.prompt_tokens())
     last: CompletionOutput | None = None
+    base = 0  # the message's output index: 1 after a reasoning item
+    thinking = False  # a reasoning item is open
     try:
         async for _, out in choices.stream():
             delta = out.outputs[0]
             usage.output_tokens += len(delta.token_ids)
             usage.cached_tokens = out.num_cached_tokens
-            full += delta.text
+            token_ids += delta.token_ids
+            text = delta.text
+            if think is not None:  # the reasoning item opens, streams and closes first
+                reasoning, text = think.feed(text, out.finished)
+                if reasoning:
+                    if not thinking:
+                        thinking = True
+                        for e in ev.open_reasoning(0, think.item_id):
+                            yield e
+                    yield ev.reasoning_delta(0, think.item_id, reasoning)
+                if thinking and (think.closed or out.finished):
+                    status = think.thought().status(delta.finish_reason == "length")
+                    for e in ev.close_reasoning(0, think.item_id, think.text, status):
+                        yield e
+                    thinking, base = False, 1
+            full += text
             if run.mode == "none":
-                now = delta.text
-            else:  # "auto": what the gate lets through; a forced call is held whole
-                now = gate.feed(delta.text) if gate is not None else ""
+                now = text
+            elif gate is not None:  # "auto": what the gate lets through
+                now = gate.feed(text)
+            else:  # a forced call is held whole
+                now = ""
             if now:
                 if not sent:
-                    for e in ev.open_message(0, msg_id):
+                    for e in ev.open_message(base, msg_id):
                         yield e
-                yield ev.text_delta(0, msg_id, now)
+                yield ev.text_delta(base, msg_id, now)
                 sent += now
             if out.finished:
                 last = delta
@@ -191,6 +275,9 @@ async def _stream(choices: Choices, head: ResponseHead, run: _ToolMode) -> Async
         yield ev.lifecycle("response.failed", "failed", [], usage, error=ABORTED)
         return
     reply = run.reply(full, last.finish_reason)
+    if think is not None:
+        reply.thought = think.thought()
+        usage.reasoning_tokens = think.tokens(token_ids)
     # What the reply still owes as text, as the chat route decides it.
     if run.mode == "none":
         tail = ""
@@ -201,16 +288,16 @@ async def _stream(choices: Choices, head: ResponseHead, run: _ToolMode) -> Async
     text = sent + tail
     reply.text = text if sent or tail or not reply.calls else None
     reply.message_id = msg_id
-    index = 0
+    index = base
     if reply.text is not None:
         if not sent:
-            for e in ev.open_message(0, msg_id):
+            for e in ev.open_message(base, msg_id):
                 yield e
         if tail:
-            yield ev.text_delta(0, msg_id, tail)
-        for e in ev.close_message(0, msg_id, text, reply.status):
+            yield ev.text_delta(base, msg_id, tail)
+        for e in ev.close_message(base, msg_id, text, reply.status):
             yield e
-        index = 1
+        index = base + 1
     for i, call in enumerate(reply.calls):
         for e in ev.function_call(index + i, call, reply.status):
             yield e

@@ -1,6 +1,7 @@
-"""What /v1/responses sends back: the response object, its output items (an assistant `message`
-of `output_text` parts, then `function_call` items), and the typed SSE events of a stream, each
-`event: <type>` plus `data: {...}` with a `sequence_number`, as OpenAI sends them."""
+"""What /v1/responses sends back: the response object, its output items (with --reasoning-parser
+a `reasoning` item of `reasoning_text`, then an assistant `message` of `output_text` parts, then
+`function_call` items), and the typed SSE events of a stream, each `event: <type>` plus
+`data: {...}` with a `sequence_number`, as OpenAI sends them."""
 
 from __future__ import annotations
 
@@ -37,16 +38,37 @@ class FunctionCall:
 
 
 @dataclass(slots=True)
+class Thought:
+    """The reply's reasoning, split out by --reasoning-parser: a `reasoning` output item."""
+
+    text: str
+    closed: bool  # the reply left its thinking (else it was cut short inside it)
+    item_id: str = field(default_factory=lambda: new_item_id("rs"))
+
+    def status(self, incomplete: bool) -> str:
+        return "incomplete" if incomplete and not self.closed else "completed"
+
+
+@dataclass(slots=True)
 class Reply:
-    """The model's reply as output items: its text (None: no message item) and its calls."""
+    """The model's reply as output items: its reasoning (None or empty: no reasoning item), its
+    text (None: no message item) and its calls, in that order (vLLM's)."""
 
     text: str | None
     calls: list[FunctionCall]
     incomplete: bool  # cut short by max_output_tokens (or the context's end)
     message_id: str = field(default_factory=lambda: new_item_id("msg"))
+    thought: Thought | None = None
 
     def items(self) -> list[dict[str, Any]]:
-        out = [] if self.text is None else [message_item(self.message_id, self.text, self.status)]
+        out = []
+        if self.thought is not None and self.thought.text:
+            thought = self.thought
+            out.append(
+                reasoning_item(thought.item_id, thought.text, thought.status(self.incomplete))
+            )
+        if self.text is not None:
+            out.append(message_item(self.message_id, self.text, self.status))
         return out + [c.item(self.status) for c in self.calls]
 
     @property
@@ -69,11 +91,28 @@ def message_item(item_id: str, text: str | None, status: str) -> dict[str, Any]:
     }
 
 
+def reasoning_part(text: str) -> dict[str, Any]:
+    return {"type": "reasoning_text", "text": text}
+
+
+def reasoning_item(item_id: str, text: str | None, status: str) -> dict[str, Any]:
+    """A reasoning item as vLLM sends it: the text as one `reasoning_text` part, no summary;
+    text None: just opened, with no parts yet."""
+    return {
+        "type": "reasoning",
+        "id": item_id,
+        "summary": [],
+        "content": [] if text is None else [reasoning_part(text)],
+        "status": status,
+    }
+
+
 @dataclass(slots=True)
 class Usage:
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0  # input tokens found in the prefix cache
+    reasoning_tokens: int = 0  # output tokens inside the thinking (0 when not exactly known)
 
     def json(self) -> dict[str, Any]:
         return {
@@ -81,7 +120,7 @@ class Usage:
             # cache_write_tokens: the client's type requires it; ember's cache is not billed
             "input_tokens_details": {"cached_tokens": self.cached_tokens, "cache_write_tokens": 0},
             "output_tokens": self.output_tokens,
-            "output_tokens_details": {"reasoning_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
             "total_tokens": self.input_tokens + self.output_tokens,
         }
 
@@ -161,6 +200,42 @@ class Events:
 
     def error(self, status: int, message: str, param: str | None) -> str:
         return self.event("error", code=str(status), message=message, param=param)
+
+    # A reasoning item: opened, its text in deltas, closed (vLLM's events) ----------------------
+
+    def open_reasoning(self, index: int, item_id: str) -> list[str]:
+        where = {"output_index": index, "item_id": item_id}
+        return [
+            self.event(
+                "response.output_item.added",
+                output_index=index,
+                item=reasoning_item(item_id, None, "in_progress"),
+            ),
+            self.event(
+                "response.content_part.added", **where, content_index=0, part=reasoning_part("")
+            ),
+        ]
+
+    def reasoning_delta(self, index: int, item_id: str, delta: str) -> str:
+        return self.event(
+            "response.reasoning_text.delta",
+            output_index=index,
+            item_id=item_id,
+            content_index=0,
+            delta=delta,
+        )
+
+    def close_reasoning(self, index: int, item_id: str, text: str, status: str) -> list[str]:
+        where = {"output_index": index, "item_id": item_id, "content_index": 0}
+        return [
+            self.event("response.reasoning_text.done", **where, text=text),
+            self.event("response.content_part.done", **where, part=reasoning_part(text)),
+            self.event(
+                "response.output_item.done",
+                output_index=index,
+                item=reasoning_item(item_id, text, status),
+            ),
+        ]
 
     # A message item: opened, its text in deltas, closed ---------------------------------------
 
