@@ -1,6 +1,8 @@
 """The OpenAI Responses API's request (POST /v1/responses), checked and turned into the chat
-request that /v1/chat/completions runs: `input` items become chat messages, `instructions` the
-system message, flat function tools chat's nested ones, `text.format` chat's response_format.
+request that /v1/chat/completions runs: `input` items become chat messages (a `reasoning` item
+the `reasoning_content` of its assistant turn, which chat templates read), `instructions` the
+system message, flat function tools chat's nested ones, `text.format` chat's response_format,
+`reasoning.effort` a chat template kwarg.
 
 ember keeps no state between requests, like Ollama and like vLLM's default (its response store
 is off unless VLLM_ENABLE_RESPONSES_API_STORE is set): `store` is accepted and nothing is
@@ -161,12 +163,25 @@ class ResponsesRequest(BaseModel):
             "parallel_tool_calls": self.parallel_tool_calls,
             "response_format": _response_format(self.text),
         }
+        kwargs = data.get("chat_template_kwargs")
+        if kwargs is None or isinstance(kwargs, dict):  # else a 400 from the chat request
+            data["chat_template_kwargs"] = self._template_kwargs(kwargs or {}) or None
         try:
             chat = ChatCompletionRequest.model_validate(data)
         except ValidationError as e:
             raise validation_message(e) from None
         chat.check()
         return chat
+
+    def _template_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The chat template's kwargs with reasoning.effort: as vLLM, the template sees it as
+        `reasoning_effort` (gpt-oss's reads it); "none" turns thinking off as Ollama's `think`
+        false does (Qwen3's enable_thinking). chat_template_kwargs sent by the client win."""
+        effort = (self.reasoning or {}).get("effort")
+        if effort is None:
+            return kwargs
+        off = {"enable_thinking": False} if effort == "none" else {}
+        return {"reasoning_effort": effort, **off, **kwargs}
 
     def messages(self) -> list[dict[str, Any]]:
         """`instructions` and `input` as chat messages."""
@@ -215,7 +230,11 @@ def _add_item(out: list[dict[str, Any]], item: Any, where: str) -> None:
         raise InvalidRequestError(f"{where} must be an object (an input item)", param=where)
     kind = item.get("type") or ("message" if "role" in item else None)
     if kind == "message":
-        out.append(_message(item, where))
+        msg = _message(item, where)
+        if msg["role"] == "assistant" and out and _reasoning_only(out[-1]):  # as vLLM
+            out[-1]["content"] = msg["content"]
+        else:
+            out.append(msg)
     elif kind == "function_call":
         arguments = _text_field(item, "arguments", where, empty_ok=True) or "{}"
         try:
@@ -249,11 +268,18 @@ def _add_item(out: list[dict[str, Any]], item: Any, where: str) -> None:
             }
         )
     elif kind == "reasoning":
-        pass  # an earlier turn's thinking: chat templates leave it out of the history anyway
+        # As vLLM: the thinking of the assistant turn before it if that has none yet, else of a
+        # new turn that the next message or calls join (a turn's reasoning item comes first).
+        text = _reasoning_text(item, where)
+        last = out[-1] if out else None
+        if last is not None and last["role"] == "assistant" and "reasoning_content" not in last:
+            last["reasoning_content"] = text
+        else:
+            out.append({"role": "assistant", "content": None, "reasoning_content": text})
     elif kind is None:
         raise InvalidRequestError(
-            f"{where} needs a type ('message', 'function_call' or 'function_call_output') "
-            "or a role",
+            f"{where} needs a type ('message', 'function_call', 'function_call_output' or "
+            "'reasoning') or a role",
             param=f"{where}.type",
         )
     else:
@@ -263,6 +289,38 @@ def _add_item(out: list[dict[str, Any]], item: Any, where: str) -> None:
             "needs stored responses, which ember does not keep)",
             param=f"{where}.type",
         )
+
+
+def _reasoning_only(msg: dict[str, Any]) -> bool:
+    """An assistant turn opened by a reasoning item, its text still to come."""
+    return msg["role"] == "assistant" and msg["content"] is None
+
+
+def _reasoning_text(item: dict[str, Any], where: str) -> str:
+    """A reasoning item's text: its reasoning_text parts, else (as vLLM) its summary's."""
+    if item.get("encrypted_content"):
+        raise InvalidRequestError(
+            f"{where}.encrypted_content is not supported: ember keeps reasoning as plain text; "
+            "send the reasoning item as ember returned it, with its reasoning_text content",
+            param=f"{where}.encrypted_content",
+        )
+    content, summary = item.get("content"), item.get("summary")
+    field, parts, kind = "content", content, "reasoning_text"
+    if not content:
+        field, parts, kind = "summary", summary or [], "summary_text"
+    if not isinstance(parts, list):
+        raise InvalidRequestError(
+            f"{where}.{field} must be a list of {kind} parts", param=f"{where}.{field}"
+        )
+    texts = []
+    for j, part in enumerate(parts):
+        if not isinstance(part, dict) or not isinstance(part.get("text"), str):
+            raise InvalidRequestError(
+                f"{where}.{field}[{j}] must be a {kind} part with a text string",
+                param=f"{where}.{field}[{j}]",
+            )
+        texts.append(part["text"])
+    return "\n".join(texts)
 
 
 def _message(item: dict[str, Any], where: str) -> dict[str, Any]:
