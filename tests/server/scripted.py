@@ -20,7 +20,7 @@ from tokenizers import AddedToken
 from tokenizers import Tokenizer as Backend
 
 from ember.tokenizer import Tokenizer
-from tests.tokenizer.tokenizer_builders import write_model_dir
+from tests.tokenizer.tokenizer_builders import CHATML_TEMPLATE, build_byte_level, write_model_dir
 
 HIDDEN, INTERMEDIATE, LAYERS, HEADS, KV_HEADS, HEAD_DIM = 64, 128, 1, 4, 2, 16
 SCALE = 200.0  # logit of the scripted next token; every other token's is 0
@@ -115,6 +115,19 @@ MISTRAL_V03_TEMPLATE = """\
     {%- endif %}
 {%- endfor %}
 """
+
+# Qwen3 style: where a generation prompt ends, thinking on or off.
+QWEN_OPEN = "<|im_start|>assistant\n"
+QWEN_OFF = "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+# DeepSeek-R1 / Qwen3.5 style: the generation prompt opens <think>, the reply only closes it.
+R1_TEMPLATE = CHATML_TEMPLATE.replace(
+    "{%- if enable_thinking is defined and not enable_thinking %}\n"
+    "        {{- '<think>\\n\\n</think>\\n\\n' }}\n"
+    "    {%- endif %}",
+    "{%- if enable_thinking is defined and not enable_thinking %}\n"
+    "        {{- '<think>\\n\\n</think>\\n\\n' }}\n"
+    "    {%- else %}{{- '<think>\\n' }}{%- endif %}",
+)
 
 MISTRAL_SPECIALS = [
     "[INST]",
@@ -219,3 +232,17 @@ def _write_weights(path: Path, vocab: int, steps: dict[int, int], eos_id: int) -
         "eos_token_id": eos_id,
     }
     (path / "config.json").write_text(json.dumps(config), encoding="utf-8")
+
+
+def write_qwen(path: Path, scripts: dict[str, list[str]], template: str = CHATML_TEMPLATE) -> Path:
+    """A ChatML model that thinks in <think>...</think>, each tag and "\n\n" one plain token
+    as in Qwen's vocabulary."""
+    return write_scripted(
+        path,
+        build_byte_level(),
+        {"chat_template": template},
+        "<|im_end|>",
+        ["<|im_start|>", "<|im_end|>"],
+        scripts,
+        ("<think>", "</think>", "\n\n"),
+    )

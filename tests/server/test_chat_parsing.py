@@ -18,14 +18,18 @@ import httpx
 import ollama
 import openai
 import pytest
-from scripted import MISTRAL_SPECIALS, MISTRAL_V03_TEMPLATE, write_scripted
+from scripted import (
+    MISTRAL_SPECIALS,
+    MISTRAL_V03_TEMPLATE,
+    QWEN_OFF,
+    QWEN_OPEN,
+    R1_TEMPLATE,
+    write_qwen,
+    write_scripted,
+)
 from serverproc import COMMON_ARGS, Server, start
 
-from tests.tokenizer.tokenizer_builders import (
-    CHATML_TEMPLATE,
-    build_byte_fallback,
-    build_byte_level,
-)
+from tests.tokenizer.tokenizer_builders import build_byte_fallback
 
 CALL = ' [{"name": "get_weather", "arguments": {"city": "Paris"}}]'
 QWEN_CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
@@ -41,17 +45,6 @@ TOOLS: list[dict[str, Any]] = [
 ]
 ASK = [{"role": "user", "content": "Weather in Paris?"}]
 MISTRAL_ID = re.compile(r"[A-Za-z0-9]{9}")
-# DeepSeek-R1 / Qwen3.5 style: the generation prompt opens <think>, the reply only closes it.
-R1_TEMPLATE = CHATML_TEMPLATE.replace(
-    "{%- if enable_thinking is defined and not enable_thinking %}\n"
-    "        {{- '<think>\\n\\n</think>\\n\\n' }}\n"
-    "    {%- endif %}",
-    "{%- if enable_thinking is defined and not enable_thinking %}\n"
-    "        {{- '<think>\\n\\n</think>\\n\\n' }}\n"
-    "    {%- else %}{{- '<think>\\n' }}{%- endif %}",
-)
-QWEN_OPEN = "<|im_start|>assistant\n"
-QWEN_OFF = "<|im_start|>assistant\n<think>\n\n</think>\n\n"
 
 
 def _models(models: Path) -> None:
@@ -73,37 +66,21 @@ def _models(models: Path) -> None:
         MISTRAL_SPECIALS,
         {ask: ["[TOOL_CALLS]", "get_weather", "[ARGS]", '{"city": "Paris"}']},
     )
-    qwen = ["<|im_start|>", "<|im_end|>"]
-    think = ("<think>", "</think>", "\n\n")  # as in Qwen's vocabulary: one token each
-    write_scripted(
+    write_qwen(
         models / "qwen-think" / "latest",
-        build_byte_level(),
-        {"chat_template": CHATML_TEMPLATE},
-        "<|im_end|>",
-        qwen,
         {
             QWEN_OPEN: ["<think>", "\nI should greet.\n", "</think>", "\n\nHello there!"],
             QWEN_OFF: ["Hello without thinking."],
         },
-        think,
     )
-    write_scripted(
+    write_qwen(
         models / "qwen-tools" / "latest",
-        build_byte_level(),
-        {"chat_template": CHATML_TEMPLATE},
-        "<|im_end|>",
-        qwen,
         {QWEN_OPEN: ["<think>", "Need the weather.", "</think>", "\n\n", QWEN_CALL]},
-        think,
     )
-    write_scripted(
+    write_qwen(
         models / "r1" / "latest",
-        build_byte_level(),
-        {"chat_template": R1_TEMPLATE},
-        "<|im_end|>",
-        qwen,
         {QWEN_OPEN + "<think>\n": ["Because.", "</think>", "\n\nAnswer."], QWEN_OFF: ["Plain."]},
-        think,
+        R1_TEMPLATE,
     )
 
 
