@@ -343,8 +343,9 @@ class ServeConfig:
         "--reasoning-parser",
         "EMBER_REASONING_PARSER",
         "split the model's <think>...</think> out of /v1/chat/completions replies into the "
-        "message's (and stream delta's) `reasoning` and `reasoning_content` fields, as vLLM's "
-        "flag of that name: deepseek_r1 or qwen3",
+        "message's (and stream delta's) `reasoning` and `reasoning_content` fields, and out of "
+        "/v1/responses replies into a `reasoning` item, as vLLM's flag of that name: "
+        "deepseek_r1 or qwen3",
         _reasoning_parser,
         group="model",
         shown="off: the thinking stays in content",
