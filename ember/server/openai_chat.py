@@ -158,7 +158,7 @@ def chat_prompt(
         add_generation_prompt=body.add_generation_prompt,
         continue_final_message=body.continue_final_message,
         tools=tools,
-        template_kwargs=body.chat_template_kwargs,
+        template_kwargs=body.template_kwargs,
     )
     ids = tok.encode(text, add_special_tokens=body.add_special_tokens)
     return text, body.truncated(ids, engine.max_model_len)
@@ -211,7 +211,7 @@ async def chat_completions(request: Request) -> Response:
             ctx.config.reasoning_parser,
             tok.chat_template,
             constrained,
-            body.chat_template_kwargs,
+            body.template_kwargs,
             p.prompt,
         )
         for p in choices.prepared

@@ -183,7 +183,7 @@ async def responses(request: Request) -> Response:
         ctx.config.reasoning_parser,
         tok.chat_template,
         constrained,
-        chat.chat_template_kwargs,
+        chat.template_kwargs,
         choices.prepared[0].prompt,
     )
     think = _Think(start, tok) if start is not None else None

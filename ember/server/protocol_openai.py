@@ -28,6 +28,10 @@ class StreamOptions(BaseModel):
     continuous_usage_stats: bool | None = False
 
 
+# OpenAI's reasoning efforts, as the chat and Responses APIs take them.
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+
+
 class OpenAIRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -258,9 +262,16 @@ class ChatCompletionRequest(OpenAIRequest):
     continue_final_message: bool = False
     chat_template_kwargs: dict[str, Any] | None = None
     add_special_tokens: bool = False  # vLLM's default: the template writes the BOS
+    reasoning_effort: str | None = None
 
     def check(self) -> None:
         self.check_common()
+        if self.reasoning_effort is not None and self.reasoning_effort not in REASONING_EFFORTS:
+            raise InvalidRequestError(
+                f"reasoning_effort must be one of {', '.join(REASONING_EFFORTS)}, "
+                f"got {self.reasoning_effort!r}",
+                param="reasoning_effort",
+            )
         if self.top_logprobs is not None:
             if not 0 <= self.top_logprobs <= 20:
                 raise InvalidRequestError(
@@ -278,6 +289,18 @@ class ChatCompletionRequest(OpenAIRequest):
                 "tool_choice needs tools: send the functions the model may call in tools",
                 param="tool_choice",
             )
+
+    @property
+    def template_kwargs(self) -> dict[str, Any] | None:
+        """chat_template_kwargs with reasoning_effort: as vLLM, the template sees it as
+        `reasoning_effort` (gpt-oss's reads it); "none" turns thinking off, as Ollama maps it to
+        `think` false (Qwen3's enable_thinking). chat_template_kwargs sent by the client win."""
+        kwargs = self.chat_template_kwargs
+        effort = self.reasoning_effort
+        if effort is None:
+            return kwargs
+        off = {"enable_thinking": False} if effort == "none" else {}
+        return {"reasoning_effort": effort, **off, **(kwargs or {})}
 
     @property
     def forced_tool(self) -> str | None:

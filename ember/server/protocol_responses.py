@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ember.errors import EmberError, InvalidRequestError
 from ember.server.errors import validation_message
-from ember.server.protocol_openai import ChatCompletionRequest, OpenAIRequest
+from ember.server.protocol_openai import REASONING_EFFORTS, ChatCompletionRequest, OpenAIRequest
 
 
 class ResponseNotFoundError(EmberError):
@@ -60,7 +60,6 @@ _ACCEPTED = frozenset(
 
 _ROLES = {"user": "user", "system": "system", "developer": "system", "assistant": "assistant"}
 _TEXT_PARTS = ("input_text", "output_text", "text")
-_REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 
 
 class ResponsesRequest(BaseModel):
@@ -139,9 +138,9 @@ class ResponsesRequest(BaseModel):
                 param="truncation",
             )
         effort = (self.reasoning or {}).get("effort")
-        if effort is not None and effort not in _REASONING_EFFORTS:
+        if effort is not None and effort not in REASONING_EFFORTS:
             raise InvalidRequestError(
-                f"reasoning.effort must be one of {', '.join(_REASONING_EFFORTS)}, got {effort!r}",
+                f"reasoning.effort must be one of {', '.join(REASONING_EFFORTS)}, got {effort!r}",
                 param="reasoning.effort",
             )
 
@@ -163,25 +162,13 @@ class ResponsesRequest(BaseModel):
             "parallel_tool_calls": self.parallel_tool_calls,
             "response_format": _response_format(self.text),
         }
-        kwargs = data.get("chat_template_kwargs")
-        if kwargs is None or isinstance(kwargs, dict):  # else a 400 from the chat request
-            data["chat_template_kwargs"] = self._template_kwargs(kwargs or {}) or None
+        data["reasoning_effort"] = (self.reasoning or {}).get("effort")
         try:
             chat = ChatCompletionRequest.model_validate(data)
         except ValidationError as e:
             raise validation_message(e) from None
         chat.check()
         return chat
-
-    def _template_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """The chat template's kwargs with reasoning.effort: as vLLM, the template sees it as
-        `reasoning_effort` (gpt-oss's reads it); "none" turns thinking off as Ollama's `think`
-        false does (Qwen3's enable_thinking). chat_template_kwargs sent by the client win."""
-        effort = (self.reasoning or {}).get("effort")
-        if effort is None:
-            return kwargs
-        off = {"enable_thinking": False} if effort == "none" else {}
-        return {"reasoning_effort": effort, **off, **kwargs}
 
     def messages(self) -> list[dict[str, Any]]:
         """`instructions` and `input` as chat messages."""

@@ -238,6 +238,19 @@ def test_thinking_turned_off_gives_content_only(oai: openai.OpenAI) -> None:
     assert not _joined(deltas, "reasoning")
 
 
+def test_reasoning_effort_none_turns_thinking_off(oai: openai.OpenAI) -> None:
+    """OpenAI's reasoning_effort reaches the template as vLLM passes it; "none" turns Qwen3's
+    thinking off, as Ollama maps it to think false. An unknown effort is a 400."""
+    msg = _chat(oai, "qwen-think", reasoning_effort="none").choices[0].message
+    assert msg.content == "Hello without thinking."
+    assert msg.model_extra is not None and msg.model_extra["reasoning"] is None
+    msg = _chat(oai, "qwen-think", reasoning_effort="low").choices[0].message
+    assert msg.model_extra is not None and msg.model_extra["reasoning"]
+    with pytest.raises(openai.BadRequestError) as e:
+        _chat(oai, "qwen-think", extra_body={"reasoning_effort": "max"})
+    assert "reasoning_effort must be one of" in str(e.value)
+
+
 def test_tool_calls_come_from_the_content_after_reasoning(oai: openai.OpenAI) -> None:
     msg = _chat(oai, "qwen-tools", tools=TOOLS).choices[0].message
     assert msg.model_extra is not None and msg.model_extra["reasoning"] == "Need the weather."

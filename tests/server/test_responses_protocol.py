@@ -122,9 +122,7 @@ def test_reasoning_effort_reaches_the_template() -> None:
     """As vLLM: the template sees reasoning_effort; "none" turns thinking off as Ollama does."""
 
     def kwargs(**body: Any) -> dict[str, Any] | None:
-        return (
-            ResponsesRequest.model_validate({"input": "hi", **body}).to_chat().chat_template_kwargs
-        )
+        return ResponsesRequest.model_validate({"input": "hi", **body}).to_chat().template_kwargs
 
     assert kwargs() is None
     assert kwargs(reasoning={"effort": "low"}) == {"reasoning_effort": "low"}
