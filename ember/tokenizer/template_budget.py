@@ -37,8 +37,13 @@ MAX_VALUE_SIZE = 16 * 2**20
 MAX_ALLOCATED = 16 * MAX_VALUE_SIZE
 _TICKS_PER_CLOCK_READ = 64
 
+# Integers past this many bits: one multiplication or power of them is seconds of CPU that no
+# check can interrupt, and no chat template needs them.
+MAX_INT_BITS = 65536
+
 _ITER_FILTER = "ember budget iter"  # names no template can spell (they hold a space)
 _CONCAT_FILTER = "ember budget concat"
+_TEXT_FILTER = "ember budget text"
 
 
 class RenderBudget:
@@ -103,6 +108,41 @@ def size_of(value: Any) -> int:
     return 0
 
 
+def text_size(value: Any, limit: int) -> int:
+    """At least the length of str(value), counted through containers (whose str() repeats each
+    item however often it is referenced: `[s] * 1000` is 8000 units to hold but 1000 x len(s) to
+    print); past `limit` the value is refused before anything converts it."""
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item) + 4  # quotes and a separator when printed inside a container
+        elif isinstance(item, dict):
+            total += 2 + 2 * len(item)
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, _CONTAINERS):
+            total += 2 + 2 * len(item)
+            stack.extend(item)
+        elif isinstance(item, int):
+            total += item.bit_length() // 3 + 2  # decimal digits, at most
+        else:
+            total += 32  # a float, None, an Undefined, a namespace's short repr
+        if total > limit:
+            raise too_expensive(f"it would print a value of over {limit} characters")
+    return total
+
+
+def _check_text(value: Any) -> Any:
+    """Output and `~` operands: refused before str() if their text would be too large."""
+    budget = _current()
+    budget.tick()
+    if not isinstance(value, str):
+        budget.expect(text_size(value, budget.max_value))
+    return value
+
+
 def render_within(budget: RenderBudget, chunks: Callable[[], Iterable[str]]) -> str:
     """The text of `chunks()` (a template's generate), with `budget` in force while it runs."""
     token = _CURRENT.set(budget)
@@ -145,11 +185,29 @@ def _budgeted_iter(items: Any) -> Any:
 # comes from an argument (* or a nested field): it could pad a value to any size in one step.
 _BIG_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(?:\*|\d{7,}|\d*\.(?:\*|\d{7,}))")
 _BIG_FORMAT_SPEC = re.compile(r"\{[^{}]*:[^{}]*(?:\{|\d{7,})")
+_DIGITS = re.compile(r"\d+")
 
 
 def _check_format(fmt: str, spec: re.Pattern[str]) -> None:
     if spec.search(fmt):
         raise too_expensive("a format pads to a width over 999999 or from an argument")
+
+
+def _formatted_size(fmt: str, fields: int, args: Iterable[Any], budget: RenderBudget) -> int:
+    """At most how long `fmt` formatted with `args` is: each of its `fields` conversions prints
+    at most the widest argument, padded to at most the largest number in the format."""
+    widest = max((text_size(a, budget.max_value) for a in args), default=0)
+    pad = max((int(d) for d in _DIGITS.findall(fmt)), default=0)
+    return len(fmt) + fields * (widest + pad)
+
+
+def _format_args(value: Any) -> list[Any]:
+    """The values a `%` format takes: a tuple's items, a mapping's values, or the one value."""
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, dict):
+        return list(value.values())
+    return [value]
 
 
 def _precheck_binop(op: str, left: Any, right: Any, budget: RenderBudget) -> None:
@@ -159,14 +217,20 @@ def _precheck_binop(op: str, left: Any, right: Any, budget: RenderBudget) -> Non
         if isinstance(right, int) and isinstance(left, str | list | tuple):
             budget.expect(size_of(left) * max(right, 0))
         elif isinstance(left, int) and isinstance(right, int):
-            budget.expect(size_of(left) + size_of(right))
+            _check_int_bits(left.bit_length() + right.bit_length())
     elif op == "**":
         if isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1:
-            budget.expect(left.bit_length() * right // 8)
+            _check_int_bits(left.bit_length() * right)
     elif op == "+":
         budget.expect(size_of(left) + size_of(right))
     elif op == "%" and isinstance(left, str):
         _check_format(left, _BIG_PERCENT_SPEC)
+        budget.expect(_formatted_size(left, left.count("%"), _format_args(right), budget))
+
+
+def _check_int_bits(bits: int) -> None:
+    if bits > MAX_INT_BITS:
+        raise too_expensive(f"it computes an integer of over {MAX_INT_BITS} bits")
 
 
 def _replaced_size(s: str, old: str, new: str, count: int | None = None) -> int:
@@ -236,7 +300,10 @@ def _indent_filter(budget: RenderBudget, args: tuple[Any, ...], kwargs: dict[str
 
 def _format_filter(budget: RenderBudget, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     if args and isinstance(args[0], str):
-        _check_format(args[0], _BIG_PERCENT_SPEC)
+        fmt = args[0]
+        _check_format(fmt, _BIG_PERCENT_SPEC)
+        values = [*args[1:], *kwargs.values()]
+        budget.expect(_formatted_size(fmt, fmt.count("%"), values, budget))
 
 
 def _tojson_filter(budget: RenderBudget, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -259,13 +326,29 @@ _FILTER_CHECKS: dict[str, Callable[[RenderBudget, tuple[Any, ...], dict[str, Any
 }
 
 
+# Filters that never print their arguments: they need no text check of them (a template calls
+# `messages|length` in loops, and a deep walk of the conversation each time would be quadratic).
+_QUIET_FILTERS = frozenset(
+    {
+        "abs", "attr", "batch", "count", "d", "default", "dictsort", "first", "float",
+        "groupby", "int", "items", "last", "length", "list", "map", "max", "min", "reject",
+        "rejectattr", "reverse", "round", "select", "selectattr", "slice", "sort", "sum",
+        "unique",
+    }
+)  # fmt: skip
+
+
 def _budgeted_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     check = _FILTER_CHECKS.get(name)
+    prints = name not in _QUIET_FILTERS
 
     @functools.wraps(func)  # keeps jinja's pass_context/pass_eval_context marks
     def run(*args: Any, **kwargs: Any) -> Any:
         budget = _current()
         budget.tick()
+        for arg in args if prints else ():  # string, tojson, join ... print their arguments
+            if not isinstance(arg, str | Context):
+                text_size(arg, budget.max_value)
         if check is not None:
             check(budget, args, kwargs)
         result = func(*args, **kwargs)
@@ -283,7 +366,19 @@ class _WrapLoopsAndConcats(NodeTransformer):
 
     def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
         self.generic_visit(node)
+        node.nodes = [_text_checked(n) for n in node.nodes]
         return nodes.Filter(node, _CONCAT_FILTER, [], [], None, None, lineno=node.lineno)
+
+    def visit_Output(self, node: nodes.Output) -> nodes.Node:
+        self.generic_visit(node)
+        node.nodes = [
+            n if isinstance(n, nodes.TemplateData) else _text_checked(n) for n in node.nodes
+        ]
+        return node
+
+
+def _text_checked(node: nodes.Expr) -> nodes.Expr:
+    return nodes.Filter(node, _TEXT_FILTER, [], [], None, None, lineno=node.lineno)
 
 
 class BudgetedEnvironment(ImmutableSandboxedEnvironment):
@@ -299,6 +394,7 @@ class BudgetedEnvironment(ImmutableSandboxedEnvironment):
         self.filters = {name: _budgeted_filter(name, f) for name, f in self.filters.items()}
         self.filters[_ITER_FILTER] = _budgeted_iter
         self.filters[_CONCAT_FILTER] = _check_size
+        self.filters[_TEXT_FILTER] = _check_text
 
     def set_filter(self, name: str, func: Callable[..., Any]) -> None:
         self.filters[name] = _budgeted_filter(name, func)
@@ -322,9 +418,17 @@ class BudgetedEnvironment(ImmutableSandboxedEnvironment):
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
         wrapped = super().wrap_str_format(value)
-        if wrapped is not None:
-            _check_format(value.__self__, _BIG_FORMAT_SPEC)
-        return wrapped
+        if wrapped is None:
+            return None
+        fmt: str = value.__self__
+        _check_format(fmt, _BIG_FORMAT_SPEC)
+
+        def checked(*args: Any, **kwargs: Any) -> str:
+            budget = _current()
+            budget.expect(_formatted_size(fmt, fmt.count("{"), [*args, *kwargs.values()], budget))
+            return wrapped(*args, **kwargs)
+
+        return checked
 
     def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         budget = _current()

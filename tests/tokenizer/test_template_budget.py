@@ -44,6 +44,21 @@ TOO_EXPENSIVE = {
     "tojson indent": "{{ messages|tojson(indent=10**9) }}",
     "endless output": "{% for i in range(99999) %}{% for j in range(99999) %}xxxxxxxx"
     "{% endfor %}{% endfor %}",
+    # Values cheap to hold but huge to print: one string referenced many times.
+    "printing a list of one big string": "{% set s = 'x' * 10**6 %}{{ [s] * 10**5 }}",
+    "~ with a tuple of one big string": "{% set s = 'x' * 10**6 %}{{ 'p' ~ ((s,) * 10**5) }}",
+    "tojson of one big string many times": "{% set s = 'x' * 10**6 %}{{ ([s] * 10**5)|tojson }}",
+    "string filter": "{% set s = 'x' * 10**6 %}{{ ([s] * 10**5)|string|length }}",
+    "nested dict printed": "{% set s = 'x' * 10**6 %}{% set d = {'k': [s] * 50} %}{{ [d] * 1000 }}",
+    # Formats whose fields each stay under the width limit but add up.
+    "many padded percent fields": "{{ ('%999999s' * 20000) % (('',) * 20000) }}",
+    "one mapping key printed many times": "{% set s = 'x' * 10**6 %}"
+    "{{ ('%(a)s' * 10000) % {'a': s} }}",
+    "str.format field repeated": "{% set s = 'x' * 10**6 %}{{ ('{0}' * 10000).format(s) }}",
+    "format filter fields": "{% set s = 'x' * 10**6 %}{{ ('%s' * 100)|format(*([s] * 100)) }}",
+    # Integer arithmetic that no tick can interrupt.
+    "power just under the old cap": "{% set x = 3 ** 16000000 %}ok",
+    "big integer product": "{% set a = 7 ** 20000 %}{{ (a * a * a * a * a * a * a)|string|length }}",
 }
 
 
