@@ -111,7 +111,7 @@ def pull(
 def _check_source(text: str) -> None:
     """A bare name that is no folder here is what an Ollama user types (`llama3.2`): say what
     SOURCE may be rather than that a folder is missing."""
-    if "://" in text or is_path(text) or Path(text).exists():
+    if "://" in text or is_path(text) or _exists(Path(text)):
         return
     raise ModelNotFoundError(
         f"'{text}' is neither a folder here nor a URI: SOURCE must be a local path or a URI "
@@ -120,6 +120,14 @@ def _check_source(text: str) -> None:
         "store",
         param="model",
     )
+
+
+def _exists(path: Path) -> bool:
+    """Path.exists, False for a name too long to be a path here (ENAMETOOLONG)."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
 
 
 def plan_files(source: Source) -> list[tuple[str, int]]:

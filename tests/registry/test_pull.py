@@ -242,3 +242,7 @@ def test_a_bare_name_says_what_source_may_be(
     message = info.value.message
     assert "must be a local path or a URI" in message and "hf://" in message
     assert "does not pull from the Ollama registry" in message
+    # A name too long to be a path: the OS refuses it (ENAMETOOLONG), which had been a 500 on
+    # /api/pull; it is the same bare name.
+    with pytest.raises(ModelNotFoundError, match="must be a local path or a URI"):
+        pull("a" * 5000, store)
