@@ -126,6 +126,22 @@ class ModelConfig:
             raise ModelLoadError(f"invalid model config '{source}': {what}") from exc
 
 
+def served_context_length(model_dir: str | Path) -> int:
+    """The longest context a model folder is served with (ModelConfig.max_context_len), for
+    `ember show` and /api/show; the config's max_position_embeddings where ember cannot build
+    the model, and 0 where it says nothing."""
+    try:
+        return ModelConfig.from_dir(model_dir).max_context_len
+    except ModelLoadError:
+        pass
+    try:
+        raw = json.loads((Path(model_dir) / "config.json").read_text())
+        value = {**raw, **(raw.get("text_config") or {})}.get("max_position_embeddings")
+    except (OSError, ValueError, AttributeError, TypeError):
+        return 0
+    return value if isinstance(value, int) else 0
+
+
 # transformers' defaults for keys that Gemma configs on the Hub leave out.
 _GEMMA_COMMON: dict[str, Any] = {
     "num_attention_heads": 8,

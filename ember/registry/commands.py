@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ember.errors import EmberError
+from ember.models.config import served_context_length
 from ember.registry.store import LocalModel, ModelStore
 
 if TYPE_CHECKING:
@@ -156,8 +157,7 @@ def _chat_template(path: Path) -> str | None:
 def _show_all(store: ModelStore, model: LocalModel, out: TextIO) -> None:
     """Model details, parameters, system prompt and path, as `ollama show` lays them out."""
     d = model.details
-    config = _json(model.path / "config.json")
-    context = config.get("max_position_embeddings")
+    context = served_context_length(model.path)
     rows = [
         ("architecture", d.family),
         ("parameters", d.parameter_size),
@@ -180,14 +180,6 @@ def _show_all(store: ModelStore, model: LocalModel, out: TextIO) -> None:
         for line in system.splitlines():
             out.write(f"    {line}\n")
     out.write(f"\n  Path\n    {model.path}\n")
-
-
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def rm_command(store: ModelStore, names: Sequence[str], out: TextIO = sys.stdout) -> int:

@@ -16,12 +16,13 @@ from fastapi.responses import PlainTextResponse
 
 from ember import __version__
 from ember.errors import InvalidRequestError
+from ember.models.config import served_context_length
 from ember.registry.modelfile import write_modelfile
 from ember.server.context import get_context, read_json
 from ember.server.embeddings import router as embeddings_router
 from ember.server.ollama_generate import router as generate_router
 from ember.server.protocol_ollama import ShowRequest, rfc3339
-from ember.server.show import capabilities, model_info, trained_context_length
+from ember.server.show import capabilities, model_info
 from ember.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -64,7 +65,8 @@ def _model_entry(m: LocalModel) -> dict[str, Any]:
 async def show(request: Request) -> dict[str, Any]:
     """A model's Modelfile, parameters, template, details and model_info. A model that is not
     loaded is described from the store, as Ollama does, without loading it. model_info's
-    context_length is the trained one, as in Ollama (/api/ps shows the served one)."""
+    context_length is the longest the model serves (config.json's, scaled by YaRN or linear rope
+    scaling as vLLM derives it); /api/ps shows the one this server runs it with."""
     ctx = get_context(request)
     body = await read_json(request, ShowRequest)
     model = body.model or body.name
@@ -82,7 +84,7 @@ async def show(request: Request) -> dict[str, Any]:
         served.default_options,
         served.default_system,
         engine.tokenizer,
-        trained_context_length(Path(served.local_model.path)) or engine.max_model_len,
+        served_context_length(served.local_model.path) or engine.max_model_len,
     )
 
 
@@ -94,7 +96,7 @@ def _describe_stored(store: ModelStore, key: str) -> dict[str, Any]:
         dict(store.params(local)),
         store.system(local),
         Tokenizer.from_dir(path),
-        trained_context_length(path),
+        served_context_length(path),
     )
 
 

@@ -33,12 +33,6 @@ def _config(model_dir: Path) -> dict[str, Any]:
     return {**config, **(config.get("text_config") or {})}  # Gemma 3 nests the LM's fields
 
 
-def trained_context_length(model_dir: Path) -> int:
-    """The context the model was trained for (config.json), for a model that is not loaded."""
-    value = _config(model_dir).get("max_position_embeddings")
-    return value if isinstance(value, int) else 0
-
-
 def model_info(model_dir: Path, architecture: str, context_length: int) -> dict[str, Any]:
     config = _config(model_dir)
     arch = architecture or str(config.get("model_type", ""))

@@ -5,6 +5,8 @@ max_model_len), and rope tables equal to what transformers computes from the sam
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +16,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from ember.errors import ModelLoadError
 from ember.layers.rope_scaling import rope_frequencies
-from ember.models.config import ModelConfig
+from ember.models.config import ModelConfig, served_context_length
 
 QWEN_YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}
 
@@ -109,6 +111,21 @@ def test_max_context_len_follows_vllm() -> None:
     assert context("gemma3_text", rope_scaling={"rope_type": "linear", "factor": 8.0}) == 8192
     yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1000}
     assert context(rope_scaling=yarn) == 4000
+
+
+def test_show_reports_the_context_served(tmp_path: Path) -> None:
+    """`ember show` and /api/show report the context the engine serves: 4000 for YaRN x4 over
+    1000, not config.json's max_position_embeddings; an unbuildable config still shows that."""
+    yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1000}
+    (tmp_path / "config.json").write_text(
+        json.dumps(_qwen(max_position_embeddings=1000, rope_scaling=yarn))
+    )
+    assert served_context_length(tmp_path) == 4000
+    (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 77}))
+    assert served_context_length(tmp_path) == 77
+    (tmp_path / "config.json").write_text("[]")
+    assert served_context_length(tmp_path) == 0
+    assert served_context_length(tmp_path / "missing") == 0
 
 
 @pytest.mark.parametrize(
