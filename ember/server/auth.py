@@ -1,8 +1,11 @@
 """Who may call the API: static API keys, and Google-signed ID tokens as Cloud Run IAM checks them.
 
 Every path but /live, /health and /ping (and /metrics unless --protect-metrics) needs a credential
-once any is configured. An API key comes as `Authorization: Bearer KEY`. An ID token comes the same
-way or as `X-Serverless-Authorization: Bearer TOKEN` (which Cloud Run leaves for the service when
+once any is configured. An API key comes as `Authorization: Bearer KEY` or as `x-api-key: KEY`
+(Anthropic's clients and Claude Code with ANTHROPIC_API_KEY send it so), on every route: it is
+the same secret in another header, so accepting it everywhere exposes nothing more, and one rule
+for all routes is easier to reason about. An ID token comes in `Authorization`, or in
+`X-Serverless-Authorization: Bearer TOKEN` (which Cloud Run leaves for the service when
 `Authorization` carries the service's own credential); it must be an RS256 JWT signed by a key of
 the JWKS URL, with `aud` the configured audience, a Google `iss`, and `exp`/`iat`/`nbf` within a
 small clock skew; with an allow-list, its verified `email` must be on it. A refusal is a 401 in the
@@ -169,11 +172,13 @@ class Authenticator:
             )
             if t
         ]
-        if not tokens:
+        api_key = (headers.get("x-api-key") or "").strip()  # a key only, never an ID token
+        if not tokens and not api_key:
             raise AuthenticationError(
-                "missing credentials: send 'Authorization: Bearer <API key or ID token>'"
+                "missing credentials: send 'Authorization: Bearer <API key or ID token>' "
+                "or 'x-api-key: <API key>'"
             )
-        if any(self.key_matches(t) for t in tokens):
+        if any(self.key_matches(t) for t in [*tokens, api_key] if t):
             return
         if self.oidc is None:
             raise AuthenticationError("invalid API key")

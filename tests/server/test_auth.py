@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from serverproc import COMMON_ARGS, Server, start
 
 from ember.errors import AuthenticationError
-from ember.server.auth import JwksCache, OidcVerifier
+from ember.server.auth import Authenticator, JwksCache, OidcVerifier
 
 AUDIENCE = "https://ember-test.a.run.app"
 KID = "test-key-1"
@@ -205,6 +205,23 @@ def test_email_allow_list_and_key_cache(jwks: Jwks) -> None:
         assert jwks.fetches == before + 1  # cached; an unknown kid refetches at most every 30 s
 
     asyncio.run(main())
+
+
+def test_x_api_key_carries_an_api_key_on_every_route(auth_server: Server) -> None:
+    """Anthropic's clients send the key as x-api-key; it opens every route, not an ID token."""
+    url = auth_server.url
+    for path in ("/v1/models", "/api/tags"):
+        assert httpx.get(url + path, headers={"x-api-key": "key-one"}).status_code == 200
+        assert httpx.get(url + path, headers={"x-api-key": "nope"}).status_code == 401
+    id_token = token()
+    assert httpx.get(url + "/v1/models", headers={"x-api-key": id_token}).status_code == 401
+    assert httpx.get(url + "/v1/models", headers=bearer(id_token)).status_code == 200
+
+    auth = Authenticator(frozenset({"k"}), None)
+    asyncio.run(auth.check({"x-api-key": " k "}))
+    with pytest.raises(AuthenticationError) as e:
+        asyncio.run(auth.check({}))
+    assert "x-api-key" in e.value.message
 
 
 def test_api_key_file_must_be_readable(tmp_path: Path) -> None:
