@@ -19,7 +19,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from ember import __version__
 from ember.config import ServeConfig
 from ember.heap import freeze_import_heap
-from ember.server import health, ollama_routes, openai_routes, store_routes
+from ember.server import anthropic_messages, health, ollama_routes, openai_routes, store_routes
 from ember.server.auth import Authenticator, AuthGuard
 from ember.server.browser_guard import BrowserGuard, is_loopback, origin_matcher
 from ember.server.context import ServerContext
@@ -110,6 +110,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     app.include_router(store_routes.router)  # first: its /api/tags and /api/ps win
     app.include_router(ollama_routes.router)
     app.include_router(openai_routes.router)
+    app.include_router(anthropic_messages.router)
     return app
 
 

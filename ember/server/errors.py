@@ -1,8 +1,9 @@
 """Errors as each API family writes them.
 
 Ollama routes answer `{"error": "..."}`; OpenAI routes (everything under /v1/) answer
-`{"error": {"message", "type", "param", "code"}}` with vLLM's type names. One handler per
-exception kind picks the family from the request path.
+`{"error": {"message", "type", "param", "code"}}` with vLLM's type names; Anthropic's
+/v1/messages routes `{"type": "error", "error": {"type", "message"}}` with Anthropic's type
+names. One handler per exception kind picks the family from the request path.
 """
 
 from __future__ import annotations
@@ -36,8 +37,37 @@ _OPENAI_TYPES = {
 }
 
 
+# Anthropic's error `type` for each status ember answers with; others are "api_error". A full
+# queue stays a 503 (with Retry-After), as Ollama answers it: the client retries it as it would
+# Anthropic's 529, and Claude Code does not take it for Anthropic's own overload (after
+# repeated 529s it switches to a fallback model that this server does not have).
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    408: "timeout_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
 class ClientDisconnected(Exception):
     """The client went away; nothing can be sent back."""
+
+
+def is_anthropic_path(path: str) -> bool:
+    return path == "/v1/messages" or path.startswith("/v1/messages/")
+
+
+def anthropic_error(status: int, message: str) -> dict[str, object]:
+    """Anthropic's error body (also the data of a stream's `error` event)."""
+    err_type = _ANTHROPIC_TYPES.get(status, "api_error")
+    return {"type": "error", "error": {"type": err_type, "message": message}}
 
 
 def is_openai_path(path: str) -> bool:
@@ -55,11 +85,12 @@ def error_response(path: str, status: int, message: str, param: str | None = Non
         headers["Retry-After"] = str(RETRY_AFTER_S)
     elif status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="ember"'
-    if is_openai_path(path):
+    body: dict[str, object]
+    if is_anthropic_path(path):
+        body = anthropic_error(status, message)
+    elif is_openai_path(path):
         err_type = _OPENAI_TYPES.get(status, HTTPStatus(status).phrase.replace(" ", "") + "Error")
-        body: dict[str, object] = {
-            "error": {"message": message, "type": err_type, "param": param, "code": status}
-        }
+        body = {"error": {"message": message, "type": err_type, "param": param, "code": status}}
     else:
         body = {"error": message}
     return JSONResponse(body, status_code=status, headers=headers)
