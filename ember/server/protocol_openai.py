@@ -310,7 +310,13 @@ class ChatCompletionRequest(OpenAIRequest):
             return None
         name = (choice.get("function") or {}).get("name")
         names = [str((t.get("function") or {}).get("name")) for t in self.tools or []]
-        if not isinstance(name, str) or name not in names:
+        if not isinstance(name, str):
+            raise InvalidRequestError(
+                'tool_choice must name a function: {"type": "function", "function": {"name": '
+                f'...}}}} with one of {names}, or be "auto", "required" or "none"',
+                param="tool_choice",
+            )
+        if name not in names:
             raise InvalidRequestError(
                 f"tool_choice names tool {name!r}, which is not in tools {names}",
                 param="tool_choice",

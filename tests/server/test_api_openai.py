@@ -153,6 +153,13 @@ def test_tool_choice_named_and_required(client: openai.OpenAI) -> None:
             tools=TOOLS,
             tool_choice={"type": "function", "function": {"name": "zz"}},
         )
+    with pytest.raises(openai.BadRequestError, match="tool_choice must name a function"):
+        client.chat.completions.create(
+            model="tiny",
+            messages=MESSAGES,
+            tools=TOOLS,
+            tool_choice={"type": "function"},  # type: ignore[typeddict-item]
+        )
 
 
 def test_tool_call_stream_and_tool_round_trip(client: openai.OpenAI) -> None:
