@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ember.errors import ModelLoadError
+from ember.models.quant import Fp8Format, read_quantization
 
 FULL_ATTENTION = "full_attention"
 SLIDING_ATTENTION = "sliding_attention"
@@ -60,6 +61,9 @@ class ModelConfig:
     rope_local_theta: float | None = None
     bos_token_id: int | None = None
     eos_token_ids: list[int] = field(default_factory=list)
+    # FP8 weights, dequantized at load (models/fp8.py); None: unquantized. Any other
+    # quantization is refused when the config is read.
+    quantization: Fp8Format | None = None
 
     @property
     def architecture(self) -> str:
@@ -195,6 +199,7 @@ def _text_part(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _parse(raw: dict[str, Any]) -> ModelConfig:
+    quantization = read_quantization(raw)
     raw = _text_part(raw)
     architectures = raw.get("architectures") or []
     if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
@@ -244,6 +249,7 @@ def _parse(raw: dict[str, Any]) -> ModelConfig:
         attn_logit_softcapping=_opt_float(raw.get("attn_logit_softcapping")),
         final_logit_softcapping=_opt_float(raw.get("final_logit_softcapping")),
         rope_local_theta=rope_local_theta,
+        quantization=quantization,
     )
 
 

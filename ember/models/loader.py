@@ -18,6 +18,7 @@ from ember.loader import Progress, SafetensorsStreamer, Source, StreamOptions, r
 from ember.models.base import CausalLM
 from ember.models.build import build_model, materialize_buffers
 from ember.models.config import ModelConfig
+from ember.models.fp8 import Fp8Weights
 from ember.models.registry import get_model_class
 from ember.models.weights import checkpoint_slots, in_place
 from ember.startup_trace import trace
@@ -132,11 +133,12 @@ def _stream_beside(
     streamer: SafetensorsStreamer,
     device: torch.device,
     alongside: Callable[[CausalLM], None] | None,
-) -> None:
+    fp8: Fp8Weights | None,
+) -> int:
     """Stream the weights into `model` while, each on a thread, its rotary tables are computed
     (the stream only writes parameters) and `alongside` runs once they are (the kernels' warm-up
     runs the model). Both are joined even when the load fails; their errors are raised after a
-    good load."""
+    good load. The float8 weights of `fp8` are scaled once all are in place; returns how many."""
     with _prompt_gil_handoff():
         buffers = _Alongside(lambda m: materialize_buffers(m, device), model)
         helper = None
@@ -150,9 +152,13 @@ def _stream_beside(
 
             helper = _Alongside(after_buffers, model)
         rename = getattr(model, "checkpoint_name", None)
+        slots = checkpoint_slots(model)
+        dequantized = 0
         try:
-            with closing(streamer.stream(in_place(checkpoint_slots(model), rename))) as weights:
-                model.load_weights(weights)
+            with closing(streamer.stream(in_place(slots, rename))) as weights:
+                model.load_weights(weights if fp8 is None else fp8.keep_scales(weights))
+            if fp8 is not None:
+                dequantized = fp8.dequantize(slots, rename)
             trace("weights streamed")
         finally:
             buffers.join()  # nothing outlives the call
@@ -161,6 +167,7 @@ def _stream_beside(
     buffers.raise_if_failed()
     if helper is not None:
         helper.raise_if_failed()
+    return dequantized
 
 
 def load_model(
@@ -193,11 +200,14 @@ def load_model(
         get_model_class(config)  # an unsupported architecture fails before the headers are read
         # Headers are read and checked now: a bad file fails before anything is allocated.
         streamer = SafetensorsStreamer(source, device, options=options, progress=progress)
+        fp8 = None
+        if config.quantization is not None:
+            fp8 = Fp8Weights.plan(config.quantization, streamer.tensors)
         # Parameters are allocated once, uninitialised, directly on the device in the final dtype.
         t_build = time.monotonic()
         model = build_model(config, dtype, device)
         build_s = time.monotonic() - t_build
-        _stream_beside(model, streamer, device, alongside)
+        dequantized = _stream_beside(model, streamer, device, alongside, fp8)
     finally:
         if owned:
             source.close()
@@ -214,4 +224,14 @@ def load_model(
         stats.pinned_slots,
         stats.pin_seconds,
     )
+    if fp8 is not None and dequantized:
+        name = str(dtype).removeprefix("torch.")
+        log.info(
+            "FP8 checkpoint (%s): %d weights dequantized to %s at load; memory as the %s "
+            "model, no FP8 compute yet",
+            fp8.format.describe(),
+            dequantized,
+            name,
+            name,
+        )
     return model.eval()
