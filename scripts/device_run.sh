@@ -6,6 +6,8 @@
 #   bash scripts/device_run.sh check            # kernels (the greedy argmax too), engine parity,
 #                                               # GGUF, the batch-1 GEMVs, the KV budget's
 #                                               # sampled pass (~7 min)
+#   bash scripts/device_run.sh fp8weights       # FP8 checkpoints dequantized on CUDA against the
+#                                               # CPU reference, the 8B-layer load's peak (~3 min)
 #   bash scripts/device_run.sh shapes           # Gemma 2 9B / Gemma 3 4B vs transformers (~8 min
 #                                               # on a fresh machine: float32 kernels compile slowly)
 #   bash scripts/device_run.sh start serve      # start -> first token, HTTP serving (~6 min)
@@ -115,6 +117,7 @@ for stage in "$@"; do
                 --section engine-extras
             run gemv-peak 200 python3 scripts/gpu_check.py --section gemv --section peak
             ;;
+        fp8weights) run fp8-weights 300 python3 scripts/gpu_check.py --section fp8-weights ;;
         shapes) run shapes 540 python3 scripts/gpu_check.py --section shapes --tmp /tmp ;;
         engine) run engine 300 python3 benchmarks/bench_engine.py ;;
         serve) run serve 300 python3 benchmarks/bench_serve.py ;;

@@ -25,7 +25,9 @@ peak, and each one's time; scripts/gpu_peak_check.py), sdpa (long prompts' atten
 kernel against torch's SDPA backends on K/V gathered from the cache, scripts/gpu_sdpa_check.py),
 gemv2 (one-row GEMVs that reduce once, swept against cuBLAS, scripts/gpu_gemv2_check.py),
 argmax (greedy sampling's argmax over a step's logits, scripts/gpu_argmax_check.py), hbm (the
-HBM's copy and read-only rates, and the batch-1 8B decode roofline at each).
+HBM's copy and read-only rates, and the batch-1 8B decode roofline at each), fp8-weights (FP8
+checkpoints loaded on CUDA, dequantized, against the CPU reference; the load's memory peak
+against the bf16 checkpoint's, scripts/gpu_fp8_check.py).
 
 The correctness and gemv sections also run on CPU under Triton's interpreter (with numpy < 2.4, which
 Triton 3.6's interpreter needs: e.g. `pip install --target /tmp/np22 numpy==2.2.6` and put that
@@ -51,6 +53,7 @@ from ember.ops.triton_kv import write_kv_triton
 from scripts.gpu_argmax_check import section_argmax
 from scripts.gpu_blas_check import section_blas, section_layout
 from scripts.gpu_engine_check import section_engine, section_engine_extras
+from scripts.gpu_fp8_check import section_fp8_weights
 from scripts.gpu_fused_check import section_fused, section_rotary_store
 from scripts.gpu_gemm_check import section_gemm
 from scripts.gpu_gemv2_check import section_gemv2
@@ -909,6 +912,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], bool]] = {
     "rotary-store": section_rotary_store,
     "shapes": section_shapes,
     "gguf": section_gguf,
+    "fp8-weights": section_fp8_weights,
     "gemv": section_gemv,
     "l2": section_l2,
     "blas": section_blas,
