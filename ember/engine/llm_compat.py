@@ -35,7 +35,11 @@ ONLY_VALUES: dict[str, tuple[tuple[Any, ...], str]] = {
     "tensor_parallel_size": ((1,), "ember runs a model on one GPU; pick a GPU with enough memory"),
     "pipeline_parallel_size": ((1,), "ember runs a model on one GPU"),
     "data_parallel_size": ((1,), "run one LLM per GPU instead"),
-    "quantization": ((None,), "ember loads unquantized checkpoints (bfloat16/float16/float32)"),
+    "quantization": (
+        (None,),
+        "ember reads a checkpoint's quantization from its config.json (FP8 checkpoints load "
+        "dequantized to bfloat16; other methods are refused)",
+    ),
     "revision": ((None,), "name the revision in the model URI instead: hf://org/name@revision"),
     "tokenizer_revision": ((None,), "ember uses the tokenizer files of the model's revision"),
     "tokenizer_mode": (("auto",), "ember always uses the model's tokenizer.json"),
