@@ -34,23 +34,26 @@ CASES: tuple[tuple[str, str], ...] = (
 GIB = 2**30
 
 
-def _tiny_fp8(arch: str, scheme: str, out: Path) -> tuple[Any, dict[str, torch.Tensor]]:
+def _tiny_fp8(arch: str, scheme: str, root: Path) -> tuple[Path, Any, dict[str, torch.Tensor]]:
+    """(the FP8 checkpoint's directory, transformers' model on the reference weights, the
+    reference weights)."""
     import transformers as tf
 
     from ember.registry import ModelStore, default_home
     from tests.engine.hf_models import TOKENIZER_FILES, build_config
-    from tests.models.fp8_checkpoints import SCHEMES, load_reference, write_fp8
+    from tests.models.fp8_checkpoints import SCHEMES, reference_model, write_fp8
 
     tiny = ModelStore(default_home()).resolve("tiny").path
     vocab = json.loads((tiny / "config.json").read_text())["vocab_size"]
     torch.manual_seed(0)
     hf = tf.AutoModelForCausalLM.from_config(build_config(arch, vocab)).float().eval()
+    out = root / "fp8"
     reference = write_fp8(hf, out, SCHEMES[scheme])
-    load_reference(hf, reference)
+    hf = reference_model(hf, out, reference, root / "reference")
     for name in TOKENIZER_FILES:
         if (tiny / name).exists():
             shutil.copy(tiny / name, out / name)
-    return hf, reference
+    return out, hf, reference
 
 
 def _same_weights(model: torch.nn.Module, reference: dict[str, torch.Tensor]) -> int:
@@ -75,13 +78,13 @@ def _tiny_cases() -> bool:
     print(f"{'arch':8} {'layout':15} {'bf16 weights':>14} {'fp32 engine tokens':>20}")
     for arch, scheme in CASES:
         with tempfile.TemporaryDirectory() as tmp:
-            hf, reference = _tiny_fp8(arch, scheme, Path(tmp))
-            model = load_model(tmp, torch.bfloat16, torch.device("cuda"))
+            path, hf, reference = _tiny_fp8(arch, scheme, Path(tmp))
+            model = load_model(path, torch.bfloat16, torch.device("cuda"))
             differ = _same_weights(model, reference)
             del model
             prompts = _prompts()
             expected, gaps = zip(*(hf_greedy_with_gaps(hf, p, steps) for p in prompts), strict=True)
-            llm = LLM(tmp, dtype="float32", device="cuda", max_model_len=512)
+            llm = LLM(str(path), dtype="float32", device="cuda", max_model_len=512)
             outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
             got = [o.outputs[0].token_ids for o in outs]
             same = sum(g == e for g, e in zip(got, expected, strict=True))

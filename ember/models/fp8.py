@@ -1,5 +1,5 @@
 """FP8 checkpoints served in the model's dtype (bf16 on GPUs): W = Wq * scale, computed in float32
-and rounded once, as transformers' dequantization defines it.
+and rounded once to that dtype.
 
 Nothing changes on the streamer's path: a float8 `*.weight` streams into its (bf16) parameter
 as any checkpoint of another dtype does, through a float8 staging tensor that is cast on the
@@ -7,7 +7,8 @@ device (exactly: every float8 value is a bf16, fp16 and fp32 value). Its scale h
 so it arrives as a tensor of its own and is kept here; activation and KV-cache scales are dropped
 (ember computes in the model's dtype). Once every tensor is in place, `dequantize` multiplies each
 weight by its scales in place on the device, a bounded slice of rows at a time: the peak is the
-bf16 model plus a few MiB, never a second copy.
+bf16 model plus the float8 staging of the tensors in flight and one slice's temporaries, never a
+second copy.
 """
 
 from __future__ import annotations

@@ -186,8 +186,9 @@ def load_model(
     `model_dir` is a local directory, a URI (file://, s3://, gs://, http(s)://,
     hf://org/name[@revision]) or a Source (which stays open). `progress(bytes_done, bytes_total)`
     is called as weights arrive. With `cache_dir`, a remote model is written through to a local
-    copy there and read from it next time. Raises ModelLoadError for anything the user must fix;
-    nothing half-loaded is returned.
+    copy there and read from it next time. An FP8 checkpoint is dequantized to `dtype` in place
+    once its weights are in (models/fp8.py). Raises ModelLoadError for anything the user must
+    fix; nothing half-loaded is returned.
 
     `alongside(model)` runs on a thread while the weights stream, once the parameters exist
     (their values are not final until the load returns): the engine warms its kernels there.

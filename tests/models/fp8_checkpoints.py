@@ -143,9 +143,9 @@ def dequantized(wq: torch.Tensor, scale: torch.Tensor, scheme: Scheme) -> torch.
 
 
 def is_quantized(name: str) -> bool:
-    return name.startswith(("model.layers.", "model.language_model.layers.")) and name.endswith(
-        "_proj.weight"
-    )
+    """The decoder layers' projections (under language_model in Gemma 3's multimodal
+    checkpoints) and, to check that ember skips what it does not use, the vision tower's."""
+    return "layers." in name and name.endswith("_proj.weight")
 
 
 def write_fp8(hf: nn.Module, path: Path, scheme: Scheme) -> dict[str, torch.Tensor]:
@@ -178,13 +178,25 @@ def write_fp8(hf: nn.Module, path: Path, scheme: Scheme) -> dict[str, torch.Tens
     return reference
 
 
-def load_reference(hf: nn.Module, reference: dict[str, torch.Tensor]) -> None:
-    """Put the dequantized weights into the transformers model (float32), and round its other
-    parameters to bf16 as the checkpoint stores them."""
-    params = dict(hf.named_parameters())
-    with torch.no_grad():
-        for name, param in params.items():
-            if name in reference:
-                param.copy_(reference[name])
-            else:
-                param.copy_(param.to(torch.bfloat16))
+def reference_model(
+    hf: nn.Module, fp8_dir: Path, reference: dict[str, torch.Tensor], out: Path
+) -> nn.Module:
+    """transformers' model of `hf`'s class holding the checkpoint in `fp8_dir` dequantized: the
+    reference weights, the other tensors as stored (bf16), in float32. Loaded from a checkpoint
+    written into `out`, so that transformers maps the names as on any load (Gemma 3's
+    multimodal checkpoints name tensors differently from the model's parameters)."""
+    out.mkdir(parents=True)
+    plain = {
+        name: tensor.float()
+        for name, tensor in load_file(str(fp8_dir / "model.safetensors")).items()
+        if tensor.dtype != torch.float8_e4m3fn and not name.endswith(_SCALE_ENDINGS)
+    }
+    plain.update(reference)
+    save_file(plain, str(out / "model.safetensors"), metadata={"format": "pt"})
+    raw = json.loads((fp8_dir / "config.json").read_text())
+    del raw["quantization_config"]
+    (out / "config.json").write_text(json.dumps(raw))
+    return type(hf).from_pretrained(str(out), dtype=torch.float32).eval()  # type: ignore[attr-defined,no-any-return]
+
+
+_SCALE_ENDINGS = ("_scale", "_scale_inv", "_scale_ub")

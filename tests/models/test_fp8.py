@@ -25,7 +25,7 @@ from ember.models.fp8 import scale_in_place
 from ember.models.weights import checkpoint_slots
 from tests.loader.helpers import RangeServer, serve_http
 
-from .fp8_checkpoints import SCHEMES, factors, load_reference, write_fp8
+from .fp8_checkpoints import SCHEMES, factors, reference_model, write_fp8
 from .helpers import PagedCache, randomize_
 
 CPU = torch.device("cpu")
@@ -45,9 +45,27 @@ ARCHS: dict[str, Callable[[], nn.Module]] = {
         transformers.Qwen2Config(**COMMON, tie_word_embeddings=True)
     ),
     "qwen3": lambda: transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**COMMON, head_dim=32)),
-    # Gemma 2 FP8 checkpoints exist (neuralmagic/gemma-2-2b-it-FP8, compressed-tensors); tied.
+    # Gemma FP8 checkpoints exist (neuralmagic/gemma-2-2b-it-FP8, unsloth/gemma-3-4b-it-FP8-
+    # Dynamic; compressed-tensors); tied embeddings.
     "gemma2": lambda: transformers.Gemma2ForCausalLM(
         transformers.Gemma2Config(**COMMON, head_dim=16, sliding_window=6)
+    ),
+    "gemma3-mm": lambda: transformers.Gemma3ForConditionalGeneration(
+        transformers.Gemma3Config(
+            text_config={**COMMON, "head_dim": 16, "sliding_window": 6, "vocab_size": 260},
+            vision_config={
+                "hidden_size": 16,
+                "intermediate_size": 24,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "image_size": 28,
+                "patch_size": 14,
+            },
+            mm_tokens_per_image=4,
+            boi_token_index=257,
+            eoi_token_index=258,
+            image_token_index=259,
+        )
     ),
 }
 CASES = [
@@ -59,17 +77,20 @@ CASES = [
     ("qwen3", "ct-tensor"),
     ("qwen3", "ct-block"),
     ("gemma2", "ct-channel"),
+    ("gemma3-mm", "ct-tensor"),
 ]
 TOKENS = [3, 17, 99, 42, 7, 120, 5, 250, 11, 64, 1, 2]
 
 
-def _make(arch: str, scheme: str, path: Path) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+def _make(arch: str, scheme: str, root: Path) -> tuple[Path, nn.Module, dict[str, torch.Tensor]]:
+    """(the FP8 checkpoint's directory, transformers' model on the reference weights, the
+    reference weights by checkpoint name)."""
     torch.manual_seed(0)
     hf = ARCHS[arch]().float().eval()
     randomize_(hf, seed=1)
+    path = root / "fp8"
     reference = write_fp8(hf, path, SCHEMES[scheme])
-    load_reference(hf, reference)
-    return hf, reference
+    return path, reference_model(hf, path, reference, root / "reference"), reference
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[f"{a}-{s}" for a, s in CASES])
@@ -77,19 +98,25 @@ def case(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, nn.Module, dict[str, torch.Tensor]]:
     arch, scheme = request.param
-    path = tmp_path_factory.mktemp(f"{arch}-{scheme}")
-    hf, reference = _make(arch, scheme, path)
-    return path, hf, reference
+    return _make(arch, scheme, tmp_path_factory.mktemp(f"{arch}-{scheme}"))
 
 
 def _assert_dequantized(
     model: CausalLM, reference: dict[str, torch.Tensor], dtype: torch.dtype
-) -> None:
+) -> int:
+    """Checks each reference weight that the model holds; returns how many."""
     slots = checkpoint_slots(model)
+    rename = getattr(model, "checkpoint_name", lambda name: name)
+    held = 0
     for name, want in reference.items():
-        got = slots[name].target()
+        ours = rename(name)
+        if ours is None:  # a vision tower's
+            continue
+        got = slots[ours].target()
         assert got.dtype == dtype
         assert torch.equal(got, want.to(dtype)), name
+        held += 1
+    return held
 
 
 def _logits(model: CausalLM, tokens: list[int]) -> torch.Tensor:
@@ -110,10 +137,11 @@ def test_weights_and_logits_match_the_reference(
     path, hf, reference = case
     with caplog.at_level(logging.INFO, logger="ember.models.loader"):
         model = load_model(path, torch.float32, CPU)
-    _assert_dequantized(model, reference, torch.float32)
+    held = _assert_dequantized(model, reference, torch.float32)
+    assert held == sum(".layers." in n and "vision" not in n for n in reference)
     torch.testing.assert_close(_logits(model, TOKENS), _hf_logits(hf, TOKENS), atol=1e-4, rtol=0)
     line = next(r.getMessage() for r in caplog.records if "FP8 checkpoint" in r.getMessage())
-    assert f"{len(reference)} weights dequantized to float32" in line
+    assert f"{held} weights dequantized to float32" in line
 
 
 def test_bf16_rounds_once(case: tuple[Path, nn.Module, dict[str, torch.Tensor]]) -> None:
@@ -123,8 +151,8 @@ def test_bf16_rounds_once(case: tuple[Path, nn.Module, dict[str, torch.Tensor]])
 
 def test_http_range_reads_dequantize_the_same(tmp_path: Path) -> None:
     # Through the pinned ring in chunks smaller than a weight, as from object stores.
-    hf, reference = _make("qwen3", "fp8-block", tmp_path)
-    with serve_http(RangeServer(tmp_path, prefix="/m")) as server:
+    path, hf, reference = _make("qwen3", "fp8-block", tmp_path)
+    with serve_http(RangeServer(path, prefix="/m")) as server:
         url = f"http://127.0.0.1:{server.port}/m"
         options = StreamOptions(chunk_bytes=4096, threads=3)
         model = load_model(url, torch.float32, CPU, options=options)
@@ -276,7 +304,7 @@ LAYER0 = "model.layers.0.mlp.down_proj"
 def test_scales_that_do_not_fit_fail_before_the_load(
     edit: Callable[[dict[str, torch.Tensor]], None], message: str, tmp_path: Path
 ) -> None:
-    _make("llama", "fp8-block", tmp_path)
-    _edit(tmp_path, edit)
+    path, _, _ = _make("llama", "fp8-block", tmp_path)
+    _edit(path, edit)
     with pytest.raises(ModelLoadError, match=message):
-        load_model(tmp_path, torch.float32, CPU)
+        load_model(path, torch.float32, CPU)
