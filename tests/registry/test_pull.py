@@ -109,7 +109,12 @@ def test_interrupted_pull_resumes_from_the_part_file(
     assert record(result.model.path)[WEIGHTS]["sha256"] == sha256(tiny_dir / WEIGHTS)
     assert [f.resumed_at for f in result.files if f.name == WEIGHTS] == [resume_at]
     weight_gets = [r for r in server.requests if r.startswith("GET") and WEIGHTS in r]
-    assert weight_gets[0].endswith(f"bytes={resume_at}-{(tiny_dir / WEIGHTS).stat().st_size - 1}")
+    # The resumed read starts where the .part ends, and nothing before it is read again. (Reads
+    # the interrupted pull left in flight may still arrive, but all lie past 3 chunks.)
+    starts = [int(r.rsplit("bytes=", 1)[1].split("-")[0]) for r in weight_gets]
+    size = (tiny_dir / WEIGHTS).stat().st_size
+    assert any(r.endswith(f"bytes={resume_at}-{size - 1}") for r in weight_gets), weight_gets
+    assert min(starts) == resume_at
     # Files finished before the interruption are not fetched again.
     assert not [r for r in server.requests if r.startswith("GET") and "config.json" in r]
     assert (WEIGHTS, resume_at) in seen
