@@ -21,7 +21,6 @@ forced call (tool_choice any / tool) the whole reply is held.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -30,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from ember.engine.structured import StructuredSpec
 from ember.errors import EmberError, InvalidRequestError
 from ember.outputs import CompletionOutput
 from ember.server.anthropic_output import (
@@ -42,8 +40,9 @@ from ember.server.anthropic_output import (
     new_message_id,
 )
 from ember.server.context import Prepared, get_context, read_json
+from ember.server.formats import forced_call_grammar
 from ember.server.openai_chat import chat_prompt, keep_call_markup
-from ember.server.openai_common import Choices, merge, start_choices
+from ember.server.openai_common import ABORTED, Choices, merge, start_choices
 from ember.server.protocol_anthropic import Converted, MessagesRequest
 from ember.server.streaming import OwnedStreamingResponse
 from ember.tokenizer.reasoning import (
@@ -54,13 +53,10 @@ from ember.tokenizer.reasoning import (
     supports_thinking,
 )
 from ember.tokenizer.tool_calls import (
-    ToolCall,
     ToolCallGate,
-    calls_from_json,
     mistral_calls,
     new_call_id,
-    parse_tool_calls,
-    tool_call_schema,
+    read_reply,
     tool_names,
 )
 
@@ -70,8 +66,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("ember.server")
 
 router = APIRouter()
-
-ABORTED = "the engine aborted the request before it finished; send it again"
 
 
 @dataclass(slots=True)
@@ -91,20 +85,9 @@ class _Shape:
     ) -> Reply:
         """The reply's blocks from its text (thinking split off), parsed as the chat route
         parses it; a forced call cut short stays text."""
-        calls: list[ToolCall] = []
-        content = text
-        if self.mode in ("required", "named"):
-            try:
-                calls, content = calls_from_json(text, self.forced), ""
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-                calls = []  # cut short by max_tokens
-            if not all(isinstance(c.arguments, dict) for c in calls):
-                calls, content = [], text
-        elif self.mode == "auto":
-            parsed = parse_tool_calls(text, self.names)
-            if parsed.tool_calls:
-                calls, content = parsed.tool_calls, parsed.content
-        uses = [ToolUse(c.id or self.call_id(), c.name, c.arguments) for c in calls]
+        parsed = read_reply(text, self.mode, self.forced, self.names)
+        content = parsed.content if parsed.tool_calls else text
+        uses = [ToolUse(c.id or self.call_id(), c.name, c.arguments) for c in parsed.tool_calls]
         reply = Reply(thinking if self.show_thinking else "", content, uses, "end_turn")
         if finish_reason == "length":
             reply.stop_reason = "max_tokens"
@@ -116,16 +99,6 @@ class _Shape:
 
     def call_id(self) -> str:
         return new_call_id(self.mistral, prefix="toolu_")
-
-
-def _structured(conv: Converted) -> StructuredSpec | None:
-    """The grammar of a forced call (tool_choice any / tool), as the chat route builds it."""
-    if conv.mode not in ("required", "named"):
-        return None
-    parallel = conv.chat.parallel_tool_calls is not False
-    return StructuredSpec.json_schema(
-        tool_call_schema(conv.chat.tools or [], conv.forced, parallel)
-    )
 
 
 def _prompt(
@@ -150,7 +123,7 @@ async def messages(request: Request) -> Response:
         conv.stop_sequences,
         show_thinking=conv.think is not False,
     )
-    structured = _structured(conv)
+    structured = forced_call_grammar(mode, chat.tools, conv.forced, chat.parallel_tool_calls)
     ctx.served.require(body.model)
     history = [m.for_template() for m in chat.messages]
 

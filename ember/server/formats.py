@@ -9,6 +9,7 @@ from typing import Any
 
 from ember.engine.structured import StructuredSpec
 from ember.errors import InvalidRequestError
+from ember.tokenizer.tool_calls import tool_call_schema
 
 
 def ollama_format(value: str | dict[str, Any] | None) -> StructuredSpec | None:
@@ -84,3 +85,14 @@ def _checked(spec: StructuredSpec, param: str) -> StructuredSpec:
     except InvalidRequestError as e:
         raise InvalidRequestError(e.message, param=param) from None
     return spec
+
+
+def forced_call_grammar(
+    mode: str, tools: list[dict[str, Any]] | None, forced: str | None, parallel: bool | None
+) -> StructuredSpec | None:
+    """The grammar a forced tool_choice puts on the output, as vLLM builds it: the `forced`
+    function's arguments ("named"), or an array of calls to the tools ("required"; one at most
+    unless `parallel`); None for "auto" and "none"."""
+    if mode not in ("required", "named"):
+        return None
+    return StructuredSpec.json_schema(tool_call_schema(tools or [], forced, parallel is not False))

@@ -28,7 +28,7 @@ from ember.engine.structured import StructuredSpec
 from ember.errors import InvalidRequestError
 from ember.outputs import CompletionOutput, RequestOutput
 from ember.server.context import Prepared, get_context, read_json
-from ember.server.formats import openai_response_format
+from ember.server.formats import forced_call_grammar, openai_response_format
 from ember.server.openai_common import Prepare, sse_response, start_choices
 from ember.server.protocol_openai import (
     ChatCompletionRequest,
@@ -44,11 +44,9 @@ from ember.tokenizer.reasoning import Start, ThinkSplitter, reply_start, split_r
 from ember.tokenizer.tool_calls import (
     ToolCall,
     ToolCallGate,
-    calls_from_json,
     mistral_calls,
     new_call_id,
-    parse_tool_calls,
-    tool_call_schema,
+    read_reply,
     tool_names,
 )
 
@@ -62,16 +60,13 @@ router = APIRouter()
 
 def _structured(body: ChatCompletionRequest, mode: str) -> StructuredSpec | None:
     response_format = openai_response_format(body.response_format)
-    if mode in ("required", "named"):
-        if response_format is not None:
-            raise InvalidRequestError(
-                "response_format cannot be combined with a forced tool_choice",
-                param="response_format",
-            )
-        parallel = body.parallel_tool_calls is not False
-        schema = tool_call_schema(body.tools or [], body.forced_tool, parallel)
-        return StructuredSpec.json_schema(schema)
-    return response_format
+    forced = forced_call_grammar(mode, body.tools, body.forced_tool, body.parallel_tool_calls)
+    if forced is not None and response_format is not None:
+        raise InvalidRequestError(
+            "response_format cannot be combined with a forced tool_choice",
+            param="response_format",
+        )
+    return forced or response_format
 
 
 @dataclass(slots=True)
@@ -114,24 +109,13 @@ def _message(text: str, reply: _Reply, start: Start | None = None) -> tuple[dict
 
 
 def _content_message(text: str, reply: _Reply) -> tuple[dict[str, Any], bool]:
-    calls: list[ToolCall] = []
-    content: str | None = text
-    mode, forced = reply.mode, reply.forced
-    if forced is not None:  # the output is the named function's arguments, as the model wrote
-        call = reply.calls([ToolCall(forced, {})])[0]
+    if reply.forced is not None:  # the output is the named function's arguments as written
+        call = reply.calls([ToolCall(reply.forced, {})])[0]
         call["function"]["arguments"] = text  # even cut short by max_tokens, as vLLM
         return {"role": "assistant", "content": "", "tool_calls": [call]}, True
-    if mode == "required":
-        try:
-            calls = calls_from_json(text, None)
-            content = None
-        except (json.JSONDecodeError, KeyError, TypeError):  # cut short by max_tokens
-            calls = []
-    elif mode == "auto":
-        parsed = parse_tool_calls(text, reply.names)
-        calls = parsed.tool_calls
-        if calls:
-            content = parsed.content or None
+    parsed = read_reply(text, reply.mode, None, reply.names)
+    calls = parsed.tool_calls
+    content = (parsed.content or None) if calls else text
     msg: dict[str, Any] = {"role": "assistant", "content": content, "tool_calls": []}
     if calls:
         msg["tool_calls"] = reply.calls(calls)

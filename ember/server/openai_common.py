@@ -28,6 +28,10 @@ log = logging.getLogger("ember.server")
 Prepare = Callable[["AsyncEngine"], Prepared]
 
 
+# A request the engine aborted (a fault, or a drain past its deadline) while it was answered.
+ABORTED = "the engine aborted the request before it finished; send it again"
+
+
 class Choices:
     """The engine requests behind one response, one per choice, in choice order."""
 

@@ -29,9 +29,9 @@ from ember.engine.structured import StructuredSpec
 from ember.errors import EmberError, InvalidRequestError
 from ember.outputs import CompletionOutput
 from ember.server.context import Prepared, get_context, read_json
-from ember.server.formats import openai_response_format
+from ember.server.formats import forced_call_grammar, openai_response_format
 from ember.server.openai_chat import chat_prompt, keep_call_markup
-from ember.server.openai_common import Choices, merge, start_choices
+from ember.server.openai_common import ABORTED, Choices, merge, start_choices
 from ember.server.protocol_openai import ChatCompletionRequest, fit_max_tokens, now_s
 from ember.server.protocol_responses import ResponsesRequest
 from ember.server.responses_output import (
@@ -53,13 +53,10 @@ from ember.tokenizer.reasoning import (
     reply_start,
 )
 from ember.tokenizer.tool_calls import (
-    ToolCall,
     ToolCallGate,
-    calls_from_json,
     mistral_calls,
     new_call_id,
-    parse_tool_calls,
-    tool_call_schema,
+    read_reply,
     tool_names,
 )
 
@@ -70,8 +67,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("ember.server")
 
 router = APIRouter()
-
-ABORTED = "the engine aborted the request before it finished; send it again"
 
 
 class _ToolMode:
@@ -87,14 +82,13 @@ class _ToolMode:
 
     def structured(self, chat: ChatCompletionRequest) -> StructuredSpec | None:
         """The grammar of a forced call (as the chat route builds it), or of text.format."""
-        if self.mode in ("required", "named"):
+        forced = forced_call_grammar(self.mode, chat.tools, self.forced, chat.parallel_tool_calls)
+        if forced is not None:
             if chat.response_format is not None:
                 raise InvalidRequestError(
                     "text.format cannot be combined with a forced tool_choice", param="text.format"
                 )
-            parallel = chat.parallel_tool_calls is not False
-            schema = tool_call_schema(chat.tools or [], self.forced, parallel)
-            return StructuredSpec.json_schema(schema)
+            return forced
         try:
             return openai_response_format(chat.response_format)
         except InvalidRequestError as e:  # worded for chat's response_format
@@ -108,22 +102,16 @@ class _ToolMode:
         incomplete = finish_reason == "length"
         if self.forced is not None:  # the named function's arguments, even cut short (vLLM)
             return Reply(None, [self._call(self.forced, text)], incomplete)
-        calls: list[ToolCall] = []
-        content = text
-        if self.mode == "required":
-            try:
-                calls, content = calls_from_json(text, None), ""
-            except (json.JSONDecodeError, KeyError, TypeError):  # cut short by max_output_tokens
-                calls = []
-        elif self.mode == "auto":
-            parsed = parse_tool_calls(text, self.names)
-            if parsed.tool_calls:
-                calls, content = parsed.tool_calls, parsed.content
-        items = [self._call(c.name, json.dumps(c.arguments)) for c in calls]
+        parsed = read_reply(text, self.mode, None, self.names)
+        items = [self._call(c.name, json.dumps(c.arguments), c.id) for c in parsed.tool_calls]
+        content = parsed.content if items else text
         return Reply(content if content or not items else None, items, incomplete)
 
-    def _call(self, name: str, arguments: str) -> FunctionCall:
-        return FunctionCall(name, arguments, call_id=new_call_id(self.mistral, prefix="call_"))
+    def _call(self, name: str, arguments: str, call_id: str | None = None) -> FunctionCall:
+        """A call item; `call_id` as the model wrote it (Mistral's), else a new one."""
+        return FunctionCall(
+            name, arguments, call_id=call_id or new_call_id(self.mistral, prefix="call_")
+        )
 
 
 class _Think:

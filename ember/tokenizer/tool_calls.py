@@ -200,6 +200,26 @@ def calls_from_json(text: str, named: str | None) -> list[ToolCall]:
     return [ToolCall(c["name"], c.get("parameters", {})) for c in data]
 
 
+def read_reply(text: str, mode: str, forced: str | None, names: Collection[str]) -> ParsedOutput:
+    """A whole reply's content and calls, as every route reads them under tool_choice `mode`
+    ("none", "auto", "required", "named"): a forced call is the grammar's JSON (the `forced`
+    function's arguments, or an array of calls), none when cut short by max_tokens (the text then
+    stays content); "auto" parses the model's own markup; "none" is all content."""
+    if mode in ("required", "named"):
+        try:
+            calls = calls_from_json(text, forced)
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            return ParsedOutput(text, [])
+        if all(isinstance(c.arguments, dict) for c in calls):
+            return ParsedOutput("", calls)
+        return ParsedOutput(text, [])
+    if mode == "auto":
+        parsed = parse_tool_calls(text, names)
+        if parsed.tool_calls:
+            return parsed
+    return ParsedOutput(text, [])
+
+
 def tool_call_schema(
     tools: list[dict[str, Any]], named: str | None, parallel: bool = True
 ) -> dict[str, Any]:

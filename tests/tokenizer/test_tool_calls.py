@@ -13,6 +13,7 @@ from ember.tokenizer.tool_calls import (
     calls_from_json,
     new_call_id,
     parse_tool_calls,
+    read_reply,
     tool_call_schema,
 )
 
@@ -137,3 +138,24 @@ def test_gate_holds_a_mistral_call_after_text() -> None:
     assert streamed == "Sure, one sec." and gate.held().startswith(" [TOOL_CALLS]")
     gate = ToolCallGate()
     assert gate.feed("[TOOL_") == "" and gate.feed("CALLS][") == "" and gate.mode == "call"
+
+
+def test_read_reply_is_one_reading_for_every_tool_mode() -> None:
+    """The chat, Responses and Anthropic routes read a whole reply through read_reply."""
+    names = frozenset({"f"})
+    hermes = 'Sure.<tool_call>{"name": "f", "arguments": {"x": 1}}</tool_call>'
+    assert read_reply(hermes, "auto", None, names) == ParsedOutput(
+        "Sure.", [ToolCall("f", {"x": 1})]
+    )
+    assert read_reply(hermes, "none", None, names) == ParsedOutput(hermes, [])
+    assert read_reply("plain", "auto", None, names) == ParsedOutput("plain", [])
+    forced = '[{"name": "f", "parameters": {"x": 2}}]'
+    assert read_reply(forced, "required", None, names).tool_calls == [ToolCall("f", {"x": 2})]
+    assert read_reply('{"x": 3}', "named", "f", names) == ParsedOutput(
+        "", [ToolCall("f", {"x": 3})]
+    )
+    # Cut short by max_tokens, or not an object: no call, the text stays content.
+    assert read_reply('[{"name": "f", "param', "required", None, names) == ParsedOutput(
+        '[{"name": "f", "param', []
+    )
+    assert read_reply("[1, 2]", "named", "f", names) == ParsedOutput("[1, 2]", [])
