@@ -104,3 +104,24 @@ def start(tmp: Path, name: str, *args: str, env: dict[str, str] | None = None) -
 
 # Small context and parallelism keep every request short on a 2-core CI machine.
 COMMON_ARGS = ("--device", "cpu", "--dtype", "float32", "--context-length", "512")
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 15.0) -> bool:
+    """Whether `cond()` came true within `timeout` seconds (polled every 50 ms)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def idle(server: Server) -> bool:
+    """No request running and no KV block held: what every request leaves behind."""
+    m = server.metrics()
+    return m["ember:kv_cache_used_blocks"] == 0 and m["vllm:num_requests_running"] == 0
+
+
+def aborted(server: Server) -> float:
+    """Requests the server counted as aborted (client gone, timeout, drain)."""
+    return server.metrics().get("vllm:request_success_total:abort", 0.0)

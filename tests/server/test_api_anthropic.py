@@ -7,8 +7,7 @@ with known text."""
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest
 from anthropic.types import Message, RawMessageStreamEvent
 from pydantic import TypeAdapter
 from scripted import MISTRAL_SPECIALS, MISTRAL_V03_TEMPLATE, write_scripted
-from serverproc import COMMON_ARGS, Server, start
+from serverproc import COMMON_ARGS, Server, aborted, idle, start, wait_for
 
 from tests.tokenizer.tokenizer_builders import (
     CHATML_TEMPLATE,
@@ -180,24 +179,6 @@ def test_client_errors_are_typed(client: anthropic.Anthropic) -> None:
     with pytest.raises(anthropic.BadRequestError) as path:  # store names only
         client.messages.create(model="/etc/models/x", max_tokens=4, messages=HI)
     assert "store" in error_of(path.value)["message"]
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def idle(server: Server) -> bool:
-    m = server.metrics()
-    return m["ember:kv_cache_used_blocks"] == 0 and m["vllm:num_requests_running"] == 0
-
-
-def aborted(server: Server) -> float:
-    return server.metrics().get("vllm:request_success_total:abort", 0.0)
 
 
 def test_stream_disconnect_frees_the_engine(server: Server) -> None:

@@ -5,8 +5,7 @@ does underneath (the same prompt, tool calls, constrained decoding, admission an
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -15,7 +14,7 @@ import openai
 import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
-from serverproc import COMMON_ARGS, Server, start
+from serverproc import COMMON_ARGS, Server, aborted, idle, start, wait_for
 
 SCHEMA = {
     "type": "object",
@@ -238,24 +237,6 @@ def test_streamed_tool_call_events(client: openai.OpenAI) -> None:
     args = events[4]
     assert args.type == "response.function_call_arguments.done"
     assert args.arguments == call.arguments and args.item_id == call.id
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def idle(server: Server) -> bool:
-    m = server.metrics()
-    return m["ember:kv_cache_used_blocks"] == 0 and m["vllm:num_requests_running"] == 0
-
-
-def aborted(server: Server) -> float:
-    return server.metrics().get("vllm:request_success_total:abort", 0.0)
 
 
 def error_of(exc: openai.APIStatusError) -> dict[str, Any]:

@@ -3,34 +3,15 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
-from serverproc import COMMON_ARGS, Server, start
+from serverproc import COMMON_ARGS, Server, aborted, idle, start, wait_for
 
 LONG = {"num_predict": 400, "temperature": 0}  # ~forever for a test: it gets cut off
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def aborted(server: Server) -> float:
-    return server.metrics().get("vllm:request_success_total:abort", 0.0)
-
-
-def idle(server: Server) -> bool:
-    m = server.metrics()
-    return m["ember:kv_cache_used_blocks"] == 0 and m["vllm:num_requests_running"] == 0
 
 
 def test_live_and_health(base_url: str) -> None:
