@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import functools
 import re
+import string
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, ValuesView
 from contextvars import ContextVar
 from typing import Any
 
 from jinja2 import nodes
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.utils import Namespace
 from jinja2.visitor import NodeTransformer
 
 from ember.errors import InvalidRequestError
@@ -122,9 +124,14 @@ def text_size(value: Any, limit: int) -> int:
             total += 2 + 2 * len(item)
             stack.extend(item.keys())
             stack.extend(item.values())
-        elif isinstance(item, _CONTAINERS):
+        elif isinstance(item, (*_CONTAINERS, KeysView, ValuesView, ItemsView)):
             total += 2 + 2 * len(item)
             stack.extend(item)
+        elif isinstance(item, Namespace):  # prints as <Namespace {...}>, its whole contents
+            attrs = object.__getattribute__(item, "_Namespace__attrs")
+            total += 16 + 2 * len(attrs)
+            stack.extend(attrs.keys())
+            stack.extend(attrs.values())
         elif isinstance(item, int):
             total += item.bit_length() // 3 + 2  # decimal digits, at most
         else:
@@ -185,7 +192,33 @@ def _budgeted_iter(items: Any) -> Any:
 # comes from an argument (* or a nested field): it could pad a value to any size in one step.
 _BIG_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(?:\*|\d{7,}|\d*\.(?:\*|\d{7,}))")
 _BIG_FORMAT_SPEC = re.compile(r"\{[^{}]*:[^{}]*(?:\{|\d{7,})")
+# A %-format's conversion: its width and precision are what can pad a value.
+_PERCENT_FIELD = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\d*)(?:\.(\d*))?[a-zA-Z%]")
 _DIGITS = re.compile(r"\d+")
+
+
+def _percent_fields(fmt: str) -> tuple[int, int]:
+    """A %-format's conversions (%% aside) and the largest width or precision among them."""
+    fields, pad = 0, 0
+    for m in _PERCENT_FIELD.finditer(fmt):
+        if m.group(0) != "%%":
+            fields += 1
+            pad = max([pad, *(int(g) for g in m.groups() if g)])
+    return fields, pad
+
+
+def _brace_fields(fmt: str) -> tuple[int, int]:
+    """A str.format string's replacement fields and the largest number in their specs."""
+    fields, pad = 0, 0
+    try:
+        parsed = list(string.Formatter().parse(fmt))
+    except ValueError:  # str.format raises the same on it
+        return 0, 0
+    for _, field, spec, _ in parsed:
+        if field is not None:
+            fields += 1
+            pad = max([pad, *(int(d) for d in _DIGITS.findall(spec or ""))])
+    return fields, pad
 
 
 def _check_format(fmt: str, spec: re.Pattern[str]) -> None:
@@ -193,12 +226,14 @@ def _check_format(fmt: str, spec: re.Pattern[str]) -> None:
         raise too_expensive("a format pads to a width over 999999 or from an argument")
 
 
-def _formatted_size(fmt: str, fields: int, args: Iterable[Any], budget: RenderBudget) -> int:
-    """At most how long `fmt` formatted with `args` is: each of its `fields` conversions prints
-    at most the widest argument, padded to at most the largest number in the format."""
+def _formatted_size(
+    fmt: str, fields: tuple[int, int], args: Iterable[Any], budget: RenderBudget
+) -> int:
+    """At most how long `fmt` formatted with `args` is: each of its fields (count, largest
+    width) prints at most the widest argument, padded to at most that width."""
+    count, pad = fields
     widest = max((text_size(a, budget.max_value) for a in args), default=0)
-    pad = max((int(d) for d in _DIGITS.findall(fmt)), default=0)
-    return len(fmt) + fields * (widest + pad)
+    return len(fmt) + count * (widest + pad)
 
 
 def _format_args(value: Any) -> list[Any]:
@@ -225,7 +260,7 @@ def _precheck_binop(op: str, left: Any, right: Any, budget: RenderBudget) -> Non
         budget.expect(size_of(left) + size_of(right))
     elif op == "%" and isinstance(left, str):
         _check_format(left, _BIG_PERCENT_SPEC)
-        budget.expect(_formatted_size(left, left.count("%"), _format_args(right), budget))
+        budget.expect(_formatted_size(left, _percent_fields(left), _format_args(right), budget))
 
 
 def _check_int_bits(bits: int) -> None:
@@ -303,7 +338,7 @@ def _format_filter(budget: RenderBudget, args: tuple[Any, ...], kwargs: dict[str
         fmt = args[0]
         _check_format(fmt, _BIG_PERCENT_SPEC)
         values = [*args[1:], *kwargs.values()]
-        budget.expect(_formatted_size(fmt, fmt.count("%"), values, budget))
+        budget.expect(_formatted_size(fmt, _percent_fields(fmt), values, budget))
 
 
 def _tojson_filter(budget: RenderBudget, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -346,6 +381,10 @@ def _budgeted_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     def run(*args: Any, **kwargs: Any) -> Any:
         budget = _current()
         budget.tick()
+        if name == "join" and len(args) > 1 and not isinstance(args[1], str | list | tuple):
+            # An iterator (select, map, ...) is joined as it is consumed: take its items first,
+            # so that their text is checked before the join builds it.
+            args = (args[0], list(_ticking(args[1], budget)), *args[2:])
         for arg in args if prints else ():  # string, tojson, join ... print their arguments
             if not isinstance(arg, str | Context):
                 text_size(arg, budget.max_value)
@@ -425,7 +464,9 @@ class BudgetedEnvironment(ImmutableSandboxedEnvironment):
 
         def checked(*args: Any, **kwargs: Any) -> str:
             budget = _current()
-            budget.expect(_formatted_size(fmt, fmt.count("{"), [*args, *kwargs.values()], budget))
+            budget.expect(
+                _formatted_size(fmt, _brace_fields(fmt), [*args, *kwargs.values()], budget)
+            )
             return wrapped(*args, **kwargs)
 
         return checked

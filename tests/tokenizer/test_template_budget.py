@@ -56,6 +56,9 @@ TOO_EXPENSIVE = {
     "{{ ('%(a)s' * 10000) % {'a': s} }}",
     "str.format field repeated": "{% set s = 'x' * 10**6 %}{{ ('{0}' * 10000).format(s) }}",
     "format filter fields": "{% set s = 'x' * 10**6 %}{{ ('%s' * 100)|format(*([s] * 100)) }}",
+    "a namespace printed": "{% set s = 'x' * 10**6 %}{{ namespace(v=[s] * 3000) }}",
+    "dict values printed": "{% set s = 'x' * 10**6 %}{{ {'a': [s] * 3000}.values() }}",
+    "an iterator joined": "{% set s = 'x' * 10**6 %}{{ ([s] * 3000)|select|join|length }}",
     # Integer arithmetic that no tick can interrupt.
     "power just under the old cap": "{% set x = 3 ** 16000000 %}ok",
     "big integer product": "{% set a = 7 ** 20000 %}{{ (a * a * a * a * a * a * a)|string|length }}",
@@ -132,3 +135,12 @@ def test_a_long_message_near_the_body_limit_renders() -> None:
     content = "word " * (8 * 2**20 // 5)  # the default --max-body-size of text
     text = render(CHATML_TEMPLATE, [{"role": "user", "content": content}])
     assert content in text
+
+
+def test_numbers_in_a_formats_text_are_not_widths() -> None:
+    """Only a conversion's width pads: a date in the literal text is not a 20-million width."""
+    src = (
+        "{{ 'released 20240601: %s' % 'a' }}|{{ 'year 2024 {}'.format('b') }}|"
+        "{{ 'v 123456789 %s'|format('c') }}|{{ '%5s|%-3d|%.2f' % ('d', 7, 1.5) }}"
+    )
+    assert render(src, []) == "released 20240601: a|year 2024 b|v 123456789 c|    d|7  |1.50"
