@@ -431,8 +431,8 @@ class ServeConfig:
         (),
         "--api-key",
         "EMBER_API_KEY",
-        "API key clients must send as 'Authorization: Bearer KEY' (repeat the flag or "
-        "comma-separate for several)",
+        "API key clients must send as 'Authorization: Bearer KEY' or 'x-api-key: KEY' (repeat "
+        "the flag or comma-separate for several)",
         _origins,
         "server",
         "none",

@@ -152,9 +152,9 @@ def _stream_beside(
 
             helper = _Alongside(after_buffers, model)
         rename = getattr(model, "checkpoint_name", None)
-        slots = checkpoint_slots(model)
         dequantized = 0
         try:
+            slots = checkpoint_slots(model)
             with closing(streamer.stream(in_place(slots, rename))) as weights:
                 model.load_weights(weights if fp8 is None else fp8.keep_scales(weights))
             if fp8 is not None:

@@ -77,7 +77,7 @@ class _Shape:
     names: frozenset[str]  # the offered tools' names
     stop_sequences: list[str]
     start: Start | None = None  # where the reply starts, to split thinking off; None: do not
-    show_thinking: bool = True  # False: thinking disabled, what the model thought is dropped
+    show_thinking: bool = True  # False: not asked for; what the model thought is dropped
     mistral: bool = False  # Mistral's tool call ids: 9 alphanumerics
 
     def reply(
@@ -121,7 +121,9 @@ async def messages(request: Request) -> Response:
         conv.forced,
         tool_names(tools),
         conv.stop_sequences,
-        show_thinking=conv.think is not False,
+        # As Anthropic: thinking blocks only when the request asks for them (enabled, adaptive);
+        # without `thinking` the model keeps its default, and what it thinks is dropped.
+        show_thinking=body.thinking is not None and conv.think is not False,
     )
     structured = forced_call_grammar(mode, chat.tools, conv.forced, chat.parallel_tool_calls)
     ctx.served.require(body.model)

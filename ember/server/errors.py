@@ -38,9 +38,9 @@ _OPENAI_TYPES = {
 
 
 # Anthropic's error `type` for each status ember answers with; others are "api_error". A full
-# queue stays a 503 (with Retry-After), as Ollama answers it: the client retries it as it would
-# Anthropic's 529, and Claude Code does not take it for Anthropic's own overload (after
-# repeated 529s it switches to a fallback model that this server does not have).
+# queue stays a 503 (with Retry-After), as Ollama answers it, typed "api_error": the SDK retries
+# any 5xx, while Claude Code takes an "overloaded_error" for Anthropic's own overload (its
+# background requests give up at once, the others after 3, then it wants a fallback model).
 _ANTHROPIC_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -50,7 +50,6 @@ _ANTHROPIC_TYPES = {
     408: "timeout_error",
     413: "request_too_large",
     429: "rate_limit_error",
-    503: "overloaded_error",
     504: "timeout_error",
     529: "overloaded_error",
 }

@@ -342,7 +342,7 @@ def _chat_tool_choice(
                 "tool_choice of type 'tool' needs the tool's name", param="tool_choice.name"
             )
         return {"type": "function", "function": {"name": name}}, parallel
-    if kind not in _TOOL_CHOICES:
+    if not isinstance(kind, str) or kind not in _TOOL_CHOICES:
         raise InvalidRequestError(
             f"tool_choice.type must be 'auto', 'any', 'tool' or 'none', got {kind!r}",
             param="tool_choice.type",

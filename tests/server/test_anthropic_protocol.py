@@ -206,6 +206,7 @@ def test_count_tokens_needs_no_max_tokens() -> None:
         ({"tools": [TOOL], "tool_choice": {"type": "tool"}}, "tool_choice.name", "name"),
         ({"tools": [TOOL], "tool_choice": {"type": "tool", "name": "x"}}, "tool_choice", "'x'"),
         ({"tool_choice": {"type": "any"}}, "tool_choice", "needs tools"),
+        ({"tools": [TOOL], "tool_choice": {"type": ["auto"]}}, "tool_choice.type", "'auto'"),
         ({"thinking": {"type": "on"}}, "thinking.type", "enabled"),
         ({"mcp_servers": [{"url": "u"}]}, "mcp_servers", "MCP"),
         ({"output_config": {"format": {"type": "json_schema"}}}, "output_config.format", "chat"),
@@ -301,7 +302,7 @@ def test_stream_events_accumulate_to_the_whole_message() -> None:
         (404, "not_found_error"),
         (413, "request_too_large"),
         (500, "api_error"),
-        (503, "overloaded_error"),
+        (503, "api_error"),  # a full queue: retried, and not Anthropic's own overload
         (504, "timeout_error"),
     ],
 )

@@ -301,15 +301,20 @@ def test_thinking_blocks_come_first_and_stream(ant: anthropic.Anthropic) -> None
         final = stream.get_final_message()
     assert blocks(final) == blocks(m)
     assert "thinking" in kinds and kinds.index("thinking") < kinds.index("text")
-    # the model's default (Qwen thinks) shows the thinking too; disabled, the template skips it
+    # Not asked for, as Anthropic: no thinking block (the model's default, Qwen thinking, runs
+    # and is dropped), so content[0] is the text; adaptive shows it; disabled, the template
+    # skips it
     default = strict(ant.messages.create(**{**kw, "thinking": None}))
-    assert [b.type for b in default.content] == ["thinking", "text"]
+    assert [b.type for b in default.content] == ["text"]
+    assert default.content[0].type == "text" and default.content[0].text == m.content[1].text  # type: ignore[union-attr]
+    adaptive = strict(ant.messages.create(**{**kw, "thinking": {"type": "adaptive"}}))
+    assert [b.type for b in adaptive.content] == ["thinking", "text"]
     off = strict(ant.messages.create(**{**kw, "thinking": {"type": "disabled"}}))
     assert [(b.type, getattr(b, "text", None)) for b in off.content] == [
         ("text", "Hello without thinking.")
     ]
     # thinking handed back in an assistant turn is taken
-    history = [*HI, default.to_param(), {"role": "user", "content": "Again"}]
+    history = [*HI, m.to_param(), {"role": "user", "content": "Again"}]
     assert strict(ant.messages.create(**{**kw, "messages": history})).content
 
 
