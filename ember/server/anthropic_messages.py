@@ -49,6 +49,7 @@ from ember.tokenizer.reasoning import (
     Start,
     ThinkSplitter,
     prompt_start,
+    split_piece,
     split_reasoning,
     supports_thinking,
 )
@@ -199,10 +200,7 @@ async def _stream(choices: Choices, ev: Events, shape: _Shape) -> AsyncIterator[
                 started = True
             delta = out.outputs[0]
             usage.output_tokens += len(delta.token_ids)
-            reasoning, text = splitter.feed(delta.text) if splitter else ("", delta.text)
-            if out.finished and splitter is not None:
-                more = splitter.flush()
-                reasoning, text = reasoning + more[0], text + more[1]
+            reasoning, text = split_piece(splitter, delta.text, out.finished)
             if reasoning and shape.show_thinking:
                 thinking += reasoning
                 for e in ev.thinking(reasoning):

@@ -39,7 +39,13 @@ from ember.server.protocol_ollama import (
     with_call_ids,
 )
 from ember.server.streaming import NDJSON, Generation, OwnedStreamingResponse, ndjson_line
-from ember.tokenizer.reasoning import Start, ThinkSplitter, prompt_start, supports_thinking
+from ember.tokenizer.reasoning import (
+    Start,
+    ThinkSplitter,
+    prompt_start,
+    split_piece,
+    supports_thinking,
+)
 from ember.tokenizer.tool_calls import ToolCallGate, mistral_calls, tool_names
 
 if TYPE_CHECKING:
@@ -268,10 +274,7 @@ async def _chunks(
     async for out in outs:
         delta: CompletionOutput = out.outputs[0]
         gen_ids.extend(delta.token_ids)
-        thinking, text = shape.thinking.feed(delta.text) if shape.thinking else ("", delta.text)
-        if out.finished and shape.thinking:
-            more_thinking, more_text = shape.thinking.flush()
-            thinking, text = thinking + more_thinking, text + more_text
+        thinking, text = split_piece(shape.thinking, delta.text, out.finished)
         full_text += text
         if gate is not None:
             text = gate.feed(text)

@@ -40,7 +40,13 @@ from ember.server.protocol_openai import (
     usage,
 )
 from ember.tokenizer.chat_prompt import render_chat
-from ember.tokenizer.reasoning import Start, ThinkSplitter, reply_start, split_reasoning
+from ember.tokenizer.reasoning import (
+    Start,
+    ThinkSplitter,
+    reply_start,
+    split_piece,
+    split_reasoning,
+)
 from ember.tokenizer.tool_calls import (
     ToolCall,
     ToolCallGate,
@@ -242,13 +248,7 @@ async def chat_completions(request: Request) -> Response:
             opened[i] = True
             chunks.append(_chunk(base, i, {"role": "assistant", "content": ""}, None, None))
         lps = chat_logprobs(delta, choices.decode, top_logprobs)
-        reasoning, text = "", delta.text
-        splitter = splitters[i]
-        if splitter is not None:
-            reasoning, text = splitter.feed(text)
-            if out.finished:
-                more = splitter.flush()
-                reasoning, text = reasoning + more[0], text + more[1]
+        reasoning, text = split_piece(splitters[i], delta.text, out.finished)
         think = _reasoning_fields(reasoning) if reasoning else {}
         if mode == "none":
             if text or reasoning or delta.logprobs or out.finished:

@@ -51,6 +51,7 @@ from ember.tokenizer.reasoning import (
     ThinkSplitter,
     count_reasoning_tokens,
     reply_start,
+    split_piece,
 )
 from ember.tokenizer.tool_calls import (
     ToolCallGate,
@@ -130,10 +131,7 @@ class _Think:
 
     def feed(self, text: str, last: bool) -> tuple[str, str]:
         """(reasoning, content) of the next piece of text; `last`: the reply ends with it."""
-        reasoning, content = self._splitter.feed(text)
-        if last:
-            more = self._splitter.flush()
-            reasoning, content = reasoning + more[0], content + more[1]
+        reasoning, content = split_piece(self._splitter, text, last)
         self.text += reasoning
         return reasoning, content
 

@@ -168,3 +168,15 @@ def split_reasoning(text: str, start: Start, trim: bool = False) -> tuple[str, s
     reasoning, content = splitter.feed(text)
     more_reasoning, more_content = splitter.flush()
     return reasoning + more_reasoning, content + more_content
+
+
+def split_piece(splitter: ThinkSplitter | None, text: str, last: bool) -> tuple[str, str]:
+    """(reasoning, content) of the next piece of a streamed reply; with `last`, what the splitter
+    still held comes out too. No splitter: all content."""
+    if splitter is None:
+        return "", text
+    reasoning, content = splitter.feed(text)
+    if last:
+        more_reasoning, more_content = splitter.flush()
+        reasoning, content = reasoning + more_reasoning, content + more_content
+    return reasoning, content
