@@ -84,10 +84,13 @@ def pull(
         plan = plan_files(source)
         digests = expected_digests(source, [n for n, _ in plan])
         state = _State.open(staging, source.uri)
-        files = [
-            _pull_file(source, staging, n, size, digests.get(n), state, progress, chunk_bytes)
-            for n, size in plan
-        ]
+        files = []
+        for n, size in plan:  # config.json comes before the weights
+            files.append(
+                _pull_file(source, staging, n, size, digests.get(n), state, progress, chunk_bytes)
+            )
+            if n == "config.json":
+                _check_quantization(staging / n)
     finally:
         source.close()
     _write_json(
@@ -154,6 +157,20 @@ def plan_files(source: Source) -> list[tuple[str, int]]:
         )
     names = sorted(set(others) - set(weights), key=lambda n: (is_digest_file(n), n)) + weights
     return [(n, source.size(n)) for n in names]
+
+
+def _check_quantization(config: Path) -> None:
+    """A quantization ember cannot serve (AWQ, GPTQ, ...) fails before any weight is copied,
+    not after a download of the whole model. Anything else wrong with config.json is left to
+    the load, which says what."""
+    from ember.models.quant import read_quantization
+
+    try:
+        raw = json.loads(config.read_text(encoding="utf-8"))
+        if isinstance(raw, dict):
+            read_quantization(raw)
+    except (OSError, ValueError):
+        return
 
 
 class _State:

@@ -251,3 +251,21 @@ def test_a_bare_name_says_what_source_may_be(
     # /api/pull; it is the same bare name.
     with pytest.raises(ModelNotFoundError, match="must be a local path or a URI"):
         pull("a" * 5000, store)
+
+
+def test_a_quantization_ember_cannot_serve_fails_before_the_weights(
+    tiny_dir: Path, store: ModelStore, tmp_path: Path
+) -> None:
+    """An AWQ checkpoint is refused as the pull starts, naming the method, not after copying
+    every weight file to then fail at the first load."""
+    src = tmp_path / "awq"
+    shutil.copytree(tiny_dir, src)
+    config = json.loads((src / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "awq", "bits": 4, "group_size": 128}
+    (src / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="quantization 'awq'"):
+        pull(str(src), store, "awq")
+    assert not store.staging_path("awq").exists() or not any(
+        p.suffix == ".safetensors" or p.name.endswith(PART)
+        for p in store.staging_path("awq").iterdir()
+    )
