@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from serverproc import COMMON_ARGS, Server, start
 from tokenizers import AddedToken
 from tokenizers import Tokenizer as Backend
 
@@ -246,3 +247,10 @@ def write_qwen(path: Path, scripts: dict[str, list[str]], template: str = CHATML
         scripts,
         ("<think>", "</think>", "\n\n"),
     )
+
+
+def serve_scripted(home: Path, name: str, model: str, max_loaded: int, *flags: str) -> Server:
+    """`ember serve MODEL` over the scripted models written under home/models, each loaded on
+    first use (up to `max_loaded` at once) with a small KV cache."""
+    args = ("--max-loaded-models", str(max_loaded), "--kv-cache-memory-gb", "0.01", *COMMON_ARGS)
+    return start(home, name, model, *args, *flags, env={"EMBER_HOME": str(home)})

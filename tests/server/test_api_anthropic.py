@@ -16,8 +16,8 @@ import httpx
 import pytest
 from anthropic.types import Message, RawMessageStreamEvent
 from pydantic import TypeAdapter
-from scripted import MISTRAL_SPECIALS, MISTRAL_V03_TEMPLATE, write_scripted
-from serverproc import COMMON_ARGS, Server, aborted, idle, start, wait_for
+from scripted import MISTRAL_SPECIALS, MISTRAL_V03_TEMPLATE, serve_scripted, write_scripted
+from serverproc import Server, aborted, idle, wait_for
 
 from tests.tokenizer.tokenizer_builders import (
     CHATML_TEMPLATE,
@@ -241,10 +241,7 @@ def _models(models: Path) -> None:
 def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("anthropic-home")
     _models(home / "models")
-    args = ("--max-loaded-models", "3", "--kv-cache-memory-gb", "0.01", *COMMON_ARGS)
-    s = start(
-        home, "anthropic", "mistral-call", *args, "--api-key", KEY, env={"EMBER_HOME": str(home)}
-    )
+    s = serve_scripted(home, "anthropic", "mistral-call", 3, "--api-key", KEY)
     yield s
     s.stop()
 

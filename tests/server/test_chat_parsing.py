@@ -24,10 +24,11 @@ from scripted import (
     QWEN_OFF,
     QWEN_OPEN,
     R1_TEMPLATE,
+    serve_scripted,
     write_qwen,
     write_scripted,
 )
-from serverproc import COMMON_ARGS, Server, start
+from serverproc import Server
 
 from tests.tokenizer.tokenizer_builders import build_byte_fallback
 
@@ -92,8 +93,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _serve(home: Path, name: str, *flags: str) -> Server:
-    args = ("--max-loaded-models", "5", "--kv-cache-memory-gb", "0.01", *COMMON_ARGS, *flags)
-    return start(home, name, "mistral-call", *args, env={"EMBER_HOME": str(home)})
+    return serve_scripted(home, name, "mistral-call", 5, *flags)
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ import openai
 import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
-from scripted import QWEN_OFF, QWEN_OPEN, R1_TEMPLATE, write_qwen
-from serverproc import COMMON_ARGS, Server, start
+from scripted import QWEN_OFF, QWEN_OPEN, R1_TEMPLATE, serve_scripted, write_qwen
+from serverproc import Server
 
 EVENT = TypeAdapter(ResponseStreamEvent)
 ASK = "Hi"
@@ -53,8 +53,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _serve(home: Path, name: str, *flags: str) -> Server:
-    args = ("--max-loaded-models", "3", "--kv-cache-memory-gb", "0.01", *COMMON_ARGS, *flags)
-    return start(home, name, "qwen-think", *args, env={"EMBER_HOME": str(home)})
+    return serve_scripted(home, name, "qwen-think", 3, *flags)
 
 
 @pytest.fixture(scope="module")
