@@ -9,6 +9,7 @@ from typing import Any
 
 from ember.tokenizer import Tokenizer
 from ember.tokenizer.reasoning import supports_thinking
+from ember.tokenizer.tool_calls import might_call_tools
 
 # config.json field -> Ollama's model_info key suffix ("{architecture}.{suffix}").
 _INFO_KEYS = (
@@ -47,7 +48,7 @@ def capabilities(tok: Tokenizer) -> list[str]:
     """Ollama's names: completion, tools, thinking, insert (fill-in-the-middle)."""
     template = tok.chat_template or ""
     caps = ["completion"]
-    if "tools" in template:
+    if might_call_tools(template):
         caps.append("tools")
     if supports_thinking(template):
         caps.append("thinking")
