@@ -24,6 +24,20 @@ TINY_LLAMA: dict[str, int] = {
 }
 
 
+# The sizes of the transformers models the parity tests compare against (Llama, Qwen, Mistral
+# shapes; FP8 checkpoints are made from them too).
+PARITY_SHAPE: dict[str, int | float] = {
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 256,
+    "max_position_embeddings": 128,
+    "rms_norm_eps": 1e-5,
+}
+
+
 def randomize_(model: nn.Module, seed: int) -> None:
     """Give every parameter random values (norm weights around 1), so that a mapping mistake in
     any tensor (biases and norms included) shows in the logits."""

@@ -26,19 +26,10 @@ from ember.models.weights import checkpoint_slots
 from tests.loader.helpers import RangeServer, serve_http
 
 from .fp8_checkpoints import SCHEMES, factors, reference_model, write_fp8
-from .helpers import PagedCache, randomize_
+from .helpers import PARITY_SHAPE, PagedCache, randomize_
 
 CPU = torch.device("cpu")
-COMMON: dict[str, Any] = {
-    "hidden_size": 64,
-    "intermediate_size": 96,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "vocab_size": 256,
-    "max_position_embeddings": 128,
-    "rms_norm_eps": 1e-5,
-}
+COMMON: dict[str, Any] = dict(PARITY_SHAPE)
 ARCHS: dict[str, Callable[[], nn.Module]] = {
     "llama": lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(**COMMON)),
     "qwen2-tied": lambda: transformers.Qwen2ForCausalLM(

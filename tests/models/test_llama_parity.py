@@ -15,18 +15,9 @@ from torch import nn
 
 from ember.models import CausalLM, load_model
 
-from .helpers import PagedCache, randomize_
+from .helpers import PARITY_SHAPE, PagedCache, randomize_
 
-COMMON: dict[str, Any] = {
-    "hidden_size": 64,
-    "intermediate_size": 96,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "vocab_size": 256,
-    "max_position_embeddings": 128,
-    "rms_norm_eps": 1e-5,
-}
+COMMON: dict[str, Any] = dict(PARITY_SHAPE)
 
 LLAMA3_ROPE = {
     "rope_type": "llama3",
