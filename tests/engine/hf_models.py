@@ -55,13 +55,18 @@ def build_config(arch: str, vocab_size: int) -> Any:
     gemma: dict[str, Any] = {**COMMON, "head_dim": 16, "sliding_window": 8}
     if arch == "gemma2":
         # Layer 0 slides, layer 1 is global; caps small enough to bend the values they see.
-        return tf.Gemma2Config(
+        config = tf.Gemma2Config(
             vocab_size=vocab_size,
             query_pre_attn_scalar=24,
             attn_logit_softcapping=20.0,
             final_logit_softcapping=15.0,
             **gemma,
         )
+        # The attention softcap exists only in transformers' eager attention: 5.17 (the GPU
+        # machine's) chose sdpa and dropped the cap, so its prompt logprobs were 0.13 off ember's;
+        # 5.25 chooses eager itself.
+        config._attn_implementation = "eager"
+        return config
     if arch == "gemma3":
         rope = {
             "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6},
