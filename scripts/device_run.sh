@@ -66,6 +66,9 @@
 #                                               # against not (EMBER_GC_FREEZE=0): fresh
 #                                               # whole loads, then starts, alternating
 #                                               # (~5 min with the model written)
+#   bash scripts/device_run.sh repeat           # the whole 8B load repeated in one process: a new
+#                                               # ring or a kept one, GPU memory reused or new
+#                                               # (~2 min with the model written)
 #   B_TREE=/tmp/B bash scripts/device_run.sh abtree   # fresh whole loads from this tree
 #                                               # and from the tree at $B_TREE, alternating,
 #                                               # 3 rounds (~4 min with the model written)
@@ -221,6 +224,7 @@ for stage in "$@"; do
                 done
             done
             ;;
+        repeat) run load-repeat 200 python3 benchmarks/bench_load_repeat.py --rounds 3 ;;
         abtree)
             # fresh whole loads with the ring pinned ahead, from this tree (A) and from the tree
             # at $B_TREE (B: e.g. a branch unpacked by `git archive`), alternating, 3 rounds;
