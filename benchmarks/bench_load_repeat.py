@@ -3,7 +3,7 @@ does not?
 
 A warm load in a fresh process (bench_load.py, as `ember serve` does it) has run at 31-36 GB/s
 on the H200 machines, while the same streamer moved the same files at 42-46 GB/s in a process
-that had loaded before (bench_stream_paths.py). This loads the model once, as a fresh process
+that had loaded before (bench_stream_paths.py, on other machines). This loads the model once, as a fresh process
 does, then again in the same process, alternating three ways of starting over:
 
 - ring new, GPU memory reused: new ring slots pinned ahead (fresh anonymous memory registered
@@ -16,8 +16,9 @@ does, then again in the same process, alternating three ways of starting over:
 Whichever of these brings the later loads back to the first one's rate names the fresh
 process's cost. Every load's timeline is printed (when 10/50/90% of the bytes were handed to the
 copy engine). On the H200 of 2026-12-05 (twenty-first session, docs/benchmarks.md) none did: the
-first load 31.93 GB/s, every later one 30.55-33.29, the kept ring ~1 GB/s ahead at most. So what
-separates a whole load from the streamer moving files into one buffer is not the process's age.
+first load 31.93 GB/s, every later one 30.55-33.29, the kept ring ~1 GB/s ahead at most. As
+shares of each machine's page-cache rate the two had been alike all along (whole loads 80-84%,
+the streamer into one buffer 77-87% at 32 MiB chunks): the higher figures were faster machines.
 
     python benchmarks/bench_load_repeat.py --rounds 3      # writes bench_load.py's model once
 """
