@@ -21,7 +21,12 @@ from tokenizers import AddedToken
 from tokenizers import Tokenizer as Backend
 
 from ember.tokenizer import Tokenizer
-from tests.tokenizer.tokenizer_builders import CHATML_TEMPLATE, build_byte_level, write_model_dir
+from tests.tokenizer.tokenizer_builders import (
+    CHATML_TEMPLATE,
+    build_byte_fallback,
+    build_byte_level,
+    write_model_dir,
+)
 
 HIDDEN, INTERMEDIATE, LAYERS, HEADS, KV_HEADS, HEAD_DIM = 64, 128, 1, 4, 2, 16
 SCALE = 200.0  # logit of the scripted next token; every other token's is 0
@@ -141,6 +146,10 @@ MISTRAL_SPECIALS = [
     "[ARGS]",
 ]
 
+# get_weather(city="Paris") as a Mistral v0.3 model writes it after [TOOL_CALLS], and as Qwen does.
+MISTRAL_CALL = ' [{"name": "get_weather", "arguments": {"city": "Paris"}}]'
+QWEN_CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+
 
 def write_scripted(
     path: Path,
@@ -246,6 +255,19 @@ def write_qwen(path: Path, scripts: dict[str, list[str]], template: str = CHATML
         ["<|im_start|>", "<|im_end|>"],
         scripts,
         ("<think>", "</think>", "\n\n"),
+    )
+
+
+def write_mistral(path: Path, scripts: dict[str, list[str]]) -> Path:
+    """A Mistral v0.3 model (its real chat template, a byte-fallback vocabulary) with [INST],
+    [TOOL_CALLS], [ARGS] and the rest as special tokens."""
+    return write_scripted(
+        path,
+        build_byte_fallback(),
+        {"bos_token": "<s>", "chat_template": MISTRAL_V03_TEMPLATE},
+        "</s>",
+        MISTRAL_SPECIALS,
+        scripts,
     )
 
 

@@ -16,14 +16,16 @@ import httpx
 import pytest
 from anthropic.types import Message, RawMessageStreamEvent
 from pydantic import TypeAdapter
-from scripted import MISTRAL_SPECIALS, MISTRAL_V03_TEMPLATE, serve_scripted, write_scripted
-from serverproc import Server, aborted, idle, wait_for
-
-from tests.tokenizer.tokenizer_builders import (
-    CHATML_TEMPLATE,
-    build_byte_fallback,
-    build_byte_level,
+from scripted import (
+    MISTRAL_CALL,
+    QWEN_CALL,
+    QWEN_OFF,
+    QWEN_OPEN,
+    serve_scripted,
+    write_mistral,
+    write_qwen,
 )
+from serverproc import Server, aborted, idle, wait_for
 
 EVENT: TypeAdapter[Any] = TypeAdapter(RawMessageStreamEvent)
 HI: list[Any] = [{"role": "user", "content": "Say hello"}]
@@ -35,10 +37,6 @@ WEATHER: list[Any] = [
         "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
     }
 ]
-CALL = ' [{"name": "get_weather", "arguments": {"city": "Paris"}}]'
-QWEN_CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
-QWEN_OPEN = "<|im_start|>assistant\n"
-QWEN_OFF = "<|im_start|>assistant\n<think>\n\n</think>\n\n"
 MISTRAL_ID = re.compile(r"[A-Za-z0-9]{9}")
 
 
@@ -200,40 +198,23 @@ def test_stream_disconnect_frees_the_engine(server: Server) -> None:
 
 
 def _models(models: Path) -> None:
-    mistral = {"bos_token": "<s>", "chat_template": MISTRAL_V03_TEMPLATE}
-    write_scripted(
+    write_mistral(
         models / "mistral-call" / "latest",
-        build_byte_fallback(),
-        mistral,
-        "</s>",
-        MISTRAL_SPECIALS,
         {
-            "[INST]x[/INST]": ["Let me check.", "[TOOL_CALLS]", CALL],
+            "[INST]x[/INST]": ["Let me check.", "[TOOL_CALLS]", MISTRAL_CALL],
             "[/TOOL_RESULTS]": ["It is sunny in Paris."],
         },
     )
-    qwen = ["<|im_start|>", "<|im_end|>"]
-    think = ("<think>", "</think>", "\n\n")  # as in Qwen's vocabulary: one token each
-    write_scripted(
+    write_qwen(
         models / "qwen-think" / "latest",
-        build_byte_level(),
-        {"chat_template": CHATML_TEMPLATE},
-        "<|im_end|>",
-        qwen,
         {
             QWEN_OPEN: ["<think>", "\nI should greet.\n", "</think>", "\n\nHello there!"],
             QWEN_OFF: ["Hello", " without", " thinking."],
         },
-        think,
     )
-    write_scripted(
+    write_qwen(
         models / "qwen-tools" / "latest",
-        build_byte_level(),
-        {"chat_template": CHATML_TEMPLATE},
-        "<|im_end|>",
-        qwen,
         {QWEN_OPEN: ["<think>", "Need the weather.", "</think>", "\n\n", QWEN_CALL]},
-        think,
     )
 
 

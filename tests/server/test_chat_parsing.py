@@ -19,21 +19,17 @@ import ollama
 import openai
 import pytest
 from scripted import (
-    MISTRAL_SPECIALS,
-    MISTRAL_V03_TEMPLATE,
+    MISTRAL_CALL,
+    QWEN_CALL,
     QWEN_OFF,
     QWEN_OPEN,
     R1_TEMPLATE,
     serve_scripted,
+    write_mistral,
     write_qwen,
-    write_scripted,
 )
 from serverproc import Server
 
-from tests.tokenizer.tokenizer_builders import build_byte_fallback
-
-CALL = ' [{"name": "get_weather", "arguments": {"city": "Paris"}}]'
-QWEN_CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
 TOOLS: list[dict[str, Any]] = [
     {
         "type": "function",
@@ -49,22 +45,13 @@ MISTRAL_ID = re.compile(r"[A-Za-z0-9]{9}")
 
 
 def _models(models: Path) -> None:
-    mistral = {"bos_token": "<s>", "chat_template": MISTRAL_V03_TEMPLATE}
     ask, answered = "[INST]x[/INST]", "[/TOOL_RESULTS]"
-    write_scripted(
+    write_mistral(
         models / "mistral-call" / "latest",
-        build_byte_fallback(),
-        mistral,
-        "</s>",
-        MISTRAL_SPECIALS,
-        {ask: ["Let me check.", "[TOOL_CALLS]", CALL], answered: ["It is sunny in Paris."]},
+        {ask: ["Let me check.", "[TOOL_CALLS]", MISTRAL_CALL], answered: ["It is sunny in Paris."]},
     )
-    write_scripted(
+    write_mistral(
         models / "mistral11" / "latest",
-        build_byte_fallback(),
-        mistral,
-        "</s>",
-        MISTRAL_SPECIALS,
         {ask: ["[TOOL_CALLS]", "get_weather", "[ARGS]", '{"city": "Paris"}']},
     )
     write_qwen(
