@@ -38,6 +38,30 @@ PARITY_SHAPE: dict[str, int | float] = {
 }
 
 
+def gemma3_multimodal(text: dict[str, object]) -> nn.Module:
+    """Gemma 3's image-text model (the class of gemma-3-4b and up) around a text model of
+    `text`'s config (its vocabulary 260: the image tokens are 257-259), with a one-layer vision
+    tower ember drops at load."""
+    import transformers
+
+    cfg = transformers.Gemma3Config(
+        text_config=text,
+        vision_config={
+            "hidden_size": 16,
+            "intermediate_size": 24,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 28,
+            "patch_size": 14,
+        },
+        mm_tokens_per_image=4,
+        boi_token_index=257,
+        eoi_token_index=258,
+        image_token_index=259,
+    )
+    return transformers.Gemma3ForConditionalGeneration(cfg)
+
+
 def randomize_(model: nn.Module, seed: int) -> None:
     """Give every parameter random values (norm weights around 1), so that a mapping mistake in
     any tensor (biases and norms included) shows in the logits."""

@@ -26,7 +26,7 @@ from ember.models.weights import checkpoint_slots
 from tests.loader.helpers import RangeServer, serve_http
 
 from .fp8_checkpoints import SCHEMES, factors, reference_model, write_fp8
-from .helpers import PARITY_SHAPE, PagedCache, randomize_
+from .helpers import PARITY_SHAPE, PagedCache, gemma3_multimodal, randomize_
 
 CPU = torch.device("cpu")
 COMMON: dict[str, Any] = dict(PARITY_SHAPE)
@@ -41,22 +41,8 @@ ARCHS: dict[str, Callable[[], nn.Module]] = {
     "gemma2": lambda: transformers.Gemma2ForCausalLM(
         transformers.Gemma2Config(**COMMON, head_dim=16, sliding_window=6)
     ),
-    "gemma3-mm": lambda: transformers.Gemma3ForConditionalGeneration(
-        transformers.Gemma3Config(
-            text_config={**COMMON, "head_dim": 16, "sliding_window": 6, "vocab_size": 260},
-            vision_config={
-                "hidden_size": 16,
-                "intermediate_size": 24,
-                "num_hidden_layers": 1,
-                "num_attention_heads": 2,
-                "image_size": 28,
-                "patch_size": 14,
-            },
-            mm_tokens_per_image=4,
-            boi_token_index=257,
-            eoi_token_index=258,
-            image_token_index=259,
-        )
+    "gemma3-mm": lambda: gemma3_multimodal(
+        {**COMMON, "head_dim": 16, "sliding_window": 6, "vocab_size": 260}
     ),
 }
 CASES = [

@@ -15,7 +15,7 @@ from torch import nn
 
 from ember.models import CausalLM, load_model
 
-from .helpers import PagedCache, randomize_
+from .helpers import PagedCache, gemma3_multimodal, randomize_
 
 COMMON: dict[str, Any] = {
     "hidden_size": 64,
@@ -55,24 +55,7 @@ def _gemma3() -> nn.Module:
 
 
 def _gemma3_multimodal() -> nn.Module:
-    text = {**COMMON, "vocab_size": 260, "rope_parameters": GEMMA3_ROPE}
-    vision = {
-        "hidden_size": 16,
-        "intermediate_size": 24,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "image_size": 28,
-        "patch_size": 14,
-    }
-    cfg = transformers.Gemma3Config(
-        text_config=text,
-        vision_config=vision,
-        mm_tokens_per_image=4,
-        boi_token_index=257,
-        eoi_token_index=258,
-        image_token_index=259,
-    )
-    return transformers.Gemma3ForConditionalGeneration(cfg)
+    return gemma3_multimodal({**COMMON, "vocab_size": 260, "rope_parameters": GEMMA3_ROPE})
 
 
 ARCHS: dict[str, Callable[[], nn.Module]] = {
