@@ -49,8 +49,7 @@ from benchmarks.bench_load import (
 from ember.heap import freeze_import_heap
 from ember.loader import StreamOptions, prepin
 from ember.loader.pinned import pinned_host
-
-MiB = 1 << 20
+from ember.loader.source import Source
 
 
 def pin_ahead(slots: int, nbytes: int) -> None:
@@ -99,14 +98,12 @@ def main() -> None:
     args.dir.mkdir(parents=True, exist_ok=True)
     write_model(args.dir, llama_8b_config(32, 128256), 4, device)
     paths = weight_paths(args.dir)
-    for p in paths:  # into the page cache
-        with p.open("rb") as f:
-            while f.read(64 * MiB):
-                pass
+    parallel_read(paths, Source.concurrency, False)  # into the page cache
     print(f"page cache holds {100 * cached_share(paths):.0f}% of the files")
-    print(f"page cache -> host memory, 16 threads: {parallel_read(paths, 16, False):.2f} GB/s")
+    rate = parallel_read(paths, Source.concurrency, False)
+    print(f"page cache -> host memory, {Source.concurrency} threads: {rate:.2f} GB/s")
     opts = StreamOptions()
-    slots = 16 + 4  # LocalSource.concurrency + 4, as the loader's ring
+    slots = Source.concurrency + 4  # as the loader's ring
     pin_ahead(slots, opts.chunk_bytes)  # as serve does during the imports
     preimport("ember", args.dir)
     freeze_import_heap()
