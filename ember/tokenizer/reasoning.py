@@ -164,10 +164,7 @@ class ThinkSplitter:
 
 def split_reasoning(text: str, start: Start, trim: bool = False) -> tuple[str, str]:
     """(reasoning, content) of a whole reply."""
-    splitter = ThinkSplitter(start, trim)
-    reasoning, content = splitter.feed(text)
-    more_reasoning, more_content = splitter.flush()
-    return reasoning + more_reasoning, content + more_content
+    return split_piece(ThinkSplitter(start, trim), text, last=True)
 
 
 def split_piece(splitter: ThinkSplitter | None, text: str, last: bool) -> tuple[str, str]:
