@@ -1,6 +1,6 @@
 """On/off switches read from the environment (the start-up levers: EMBER_PREFETCH_WEIGHTS,
 EMBER_BYTECODE_CACHE, EMBER_PREPIN, EMBER_WARM_BESIDE_LOAD, EMBER_GC_FREEZE,
-EMBER_STARTUP_TRACE). Torch-free."""
+EMBER_STARTUP_TRACE, EMBER_EARLY_READS, EMBER_LOAD_TAPER). Torch-free."""
 
 from __future__ import annotations
 

@@ -69,6 +69,10 @@
 #   bash scripts/device_run.sh repeat           # the whole 8B load repeated in one process: a new
 #                                               # ring or a kept one, GPU memory reused or new
 #                                               # (~2 min with the model written)
+#   bash scripts/device_run.sh early            # warm 8B loads with the reads begun before the
+#                                               # model's build and a tapered tail, each and
+#                                               # both against neither, 20 and 32 slots (~5 min
+#                                               # with the model written)
 #   B_TREE=/tmp/B bash scripts/device_run.sh abtree   # fresh whole loads from this tree
 #                                               # and from the tree at $B_TREE, alternating,
 #                                               # 3 rounds (~4 min with the model written)
@@ -225,6 +229,13 @@ for stage in "$@"; do
             done
             ;;
         repeat) run load-repeat 200 python3 benchmarks/bench_load_repeat.py --rounds 3 ;;
+        early)
+            # the readers filling the ring while the model is built (EMBER_EARLY_READS) and the
+            # load's last chunks cut to 4 MiB (EMBER_LOAD_TAPER), each and both, against neither:
+            # fresh whole loads with the ring pinned ahead at 20 and 32 slots, alternating
+            run early-load 420 python3 benchmarks/bench_load.py --slots-sweep 20 32 \
+                --warm-env EMBER_EARLY_READS=1 --warm-env EMBER_LOAD_TAPER=1 \
+                --warm-env "EMBER_EARLY_READS=1 EMBER_LOAD_TAPER=1" --repeats 2 ;;
         abtree)
             # fresh whole loads with the ring pinned ahead, from this tree (A) and from the tree
             # at $B_TREE (B: e.g. a branch unpacked by `git archive`), alternating, 3 rounds;

@@ -33,27 +33,43 @@ class Chunk:
         return sum(p.nbytes for p in self.pieces)
 
 
-def plan_chunks(tensors: Sequence[TensorMeta], chunk_bytes: int, alignment: int) -> list[Chunk]:
+def plan_chunks(
+    tensors: Sequence[TensorMeta],
+    chunk_bytes: int,
+    alignment: int,
+    *,
+    tail_bytes: int = 0,
+    tail_chunk_bytes: int | None = None,
+) -> list[Chunk]:
     """Chunks covering every non-empty tensor, file by file in offset order.
 
     Gaps between tensors (padding) are read along rather than split on; a chunk starts where
-    the next tensor byte would not fit the current one.
+    the next tensor byte would not fit the current one. A chunk that starts with at most
+    `tail_bytes` of tensor bytes left in the plan holds at most `tail_chunk_bytes`: readers
+    that each take the next chunk then finish the load together, instead of one reading a
+    whole large chunk while the others have nothing left to read.
     """
-    if chunk_bytes % alignment:
-        raise ValueError(f"chunk size {chunk_bytes} is not a multiple of alignment {alignment}")
+    tail_chunk = chunk_bytes if tail_chunk_bytes is None else tail_chunk_bytes
+    for size in (chunk_bytes, tail_chunk):
+        if size <= 0 or size % alignment:
+            raise ValueError(f"chunk size {size} is not a positive multiple of {alignment}")
     chunks: list[Chunk] = []
     order = sorted(range(len(tensors)), key=lambda i: (tensors[i].file, tensors[i].start))
+    left = sum(t.nbytes for t in tensors)  # tensor bytes not yet in a chunk
     current: Chunk | None = None
+    limit = chunk_bytes  # the current chunk's size
     for index in order:
         meta = tensors[index]
         pos = meta.start
         while pos < meta.end:
-            if current is None or current.file != meta.file or pos >= current.offset + chunk_bytes:
+            if current is None or current.file != meta.file or pos >= current.offset + limit:
                 current = Chunk(meta.file, pos - pos % alignment, 0, 0)
+                limit = tail_chunk if left <= tail_bytes else chunk_bytes
                 chunks.append(current)
-            take = min(meta.end, current.offset + chunk_bytes) - pos
+            take = min(meta.end, current.offset + limit) - pos
             current.pieces.append(Piece(index, pos - current.offset, pos - meta.start, take))
             pos += take
+            left -= take
             current.needed = pos - current.offset
     for chunk in chunks:
         chunk.length = -(-chunk.needed // alignment) * alignment

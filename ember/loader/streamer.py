@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ember.envflags import env_flag
 from ember.errors import ModelLoadError
 from ember.loader.files import INDEX_FILE, weight_files
 from ember.loader.header import TensorMeta, read_header
@@ -44,6 +45,21 @@ class StreamOptions:
     # ring slots, at least one a reader (each holds one while it reads and copies); None:
     # threads + 4, so a reader rarely finds the oldest free slot still being copied from
     slots: int | None = None
+    # the chunks that start within the load's last `threads` x chunk_bytes are at most this
+    # large, so the readers run out of bytes together instead of one reading a whole chunk
+    # while the rest wait; 0: every chunk chunk_bytes. None: an eighth of chunk_bytes with
+    # EMBER_LOAD_TAPER=1 (not yet measured on a GPU), else 0
+    tail_chunk_bytes: int | None = None
+
+    def tail_chunk(self, alignment: int) -> int:
+        """The tail chunks' size for a source of `alignment` (chunk_bytes where there is no
+        taper)."""
+        size = self.tail_chunk_bytes
+        if size is None:
+            size = self.chunk_bytes // 8 if env_flag("EMBER_LOAD_TAPER", False) else 0
+        if size <= 0:
+            return self.chunk_bytes
+        return min(self.chunk_bytes, max(alignment, size - size % alignment))
 
 
 @dataclass(slots=True)
@@ -77,7 +93,12 @@ class _Target:
 
 class SafetensorsStreamer:
     """Reads every header at construction (so bad files fail before anything is allocated);
-    `stream()` then moves the bytes. One streamer streams once."""
+    `stream()` then moves the bytes. One streamer streams once.
+
+    `start()` may begin the reads before `stream()` knows where the bytes go (while the model
+    is built): the readers fill the ring and wait, and copy once `stream()` has the
+    destinations. `close()` stops reads that no `stream()` took over.
+    """
 
     def __init__(
         self,
@@ -95,6 +116,24 @@ class SafetensorsStreamer:
         self.tensors = _read_headers(source, self.files, weight_map)
         self.total_bytes = sum(t.nbytes for t in self.tensors)
         self.stats = LoadStats(files=len(self.files), tensors=len(self.tensors))
+        self._readers: _Readers | None = None  # started early, not yet taken over by stream()
+        self._began: float | None = None  # when start() began reading
+
+    def start(self) -> None:
+        """Begin reading into the ring now; the copies wait for `stream()`. Nothing to do for a
+        load with no ring (onto the CPU from local files)."""
+        if self._began is not None or not self._through_ring():
+            return
+        self._began = time.perf_counter()
+        self._readers = self._open_readers()
+
+    def close(self) -> None:
+        """Stop the readers that `start()` began if no `stream()` took them over (the model's
+        build failed); every slot is given back."""
+        readers, self._readers = self._readers, None
+        self._began = None  # a later stream() reads afresh
+        if readers is not None:
+            readers.stop()
 
     def stream(
         self, resolve: Resolve | None = None
@@ -106,7 +145,7 @@ class SafetensorsStreamer:
         the checkpoint's shape; it is then filled in place and yielded itself. Returns None to
         get a fresh tensor in the checkpoint's dtype instead.
         """
-        start = time.perf_counter()
+        start = self._began if self._began is not None else time.perf_counter()
         targets = [_Target(m, self._destination(m, resolve)) for m in self.tensors]
         for target in targets:
             if target.remaining == 0:
@@ -130,29 +169,49 @@ class SafetensorsStreamer:
             )
         return dest
 
+    def _through_ring(self) -> bool:
+        return self.device.type == "cuda" or self.source.local_dir() is None
+
+    def _open_readers(self) -> _Readers | None:
+        """The load's readers through a new ring, reading; None if there is nothing to read."""
+        opts = self.options
+        alignment = self.source.alignment
+        threads = max(1, opts.threads or self.source.concurrency)
+        chunks = plan_chunks(
+            self.tensors,
+            opts.chunk_bytes,
+            alignment,
+            tail_bytes=threads * opts.chunk_bytes,
+            tail_chunk_bytes=opts.tail_chunk(alignment),
+        )
+        if not chunks:
+            return None
+        threads = min(threads, len(chunks))
+        slots = max(threads, min(opts.slots or threads + 4, len(chunks)))
+        readers = _Readers(self, HostRing(slots, opts.chunk_bytes, self.device), chunks, threads)
+        readers.start()
+        return readers
+
     def _move(self, targets: list[_Target]) -> Iterator[tuple[str, torch.Tensor]]:
-        if self.device.type != "cuda" and self.source.local_dir() is not None:
+        if not self._through_ring():
             yield from self._move_direct(targets)
             return
-        opts = self.options
-        chunks = plan_chunks(self.tensors, opts.chunk_bytes, self.source.alignment)
-        if not chunks:
+        readers, self._readers = self._readers, None
+        if readers is None and self._began is None:
+            readers = self._open_readers()
+        if readers is None:
             return
-        threads = max(1, min(opts.threads or self.source.concurrency, len(chunks)))
-        slots = max(threads, min(opts.slots or threads + 4, len(chunks)))
-        ring = HostRing(slots, opts.chunk_bytes, self.device)
-        readers = _Readers(self, ring, chunks, targets, threads)
         done_bytes = 0
         self._report(0)
         try:
-            readers.start()
+            readers.bind(targets)
             for payload, complete in readers.results():
                 done_bytes += payload
                 self._report(done_bytes)
                 for target in complete:
                     yield target.meta.name, self._finish(target)
-            self.stats.pinned_slots = ring.pinned_here
-            self.stats.pin_seconds = ring.pin_seconds
+            self.stats.pinned_slots = readers.ring.pinned_here
+            self.stats.pin_seconds = readers.ring.pin_seconds
         finally:
             readers.stop()  # no copy may still read the ring when it is freed
 
@@ -306,36 +365,41 @@ class _Readers:
     (bench_stream_paths.py, docs/benchmarks.md)."""
 
     def __init__(
-        self,
-        streamer: SafetensorsStreamer,
-        ring: HostRing,
-        chunks: list[Chunk],
-        targets: list[_Target],
-        threads: int,
+        self, streamer: SafetensorsStreamer, ring: HostRing, chunks: list[Chunk], threads: int
     ) -> None:
         self._streamer = streamer
-        self._ring = ring
+        self.ring = ring
         self._chunks = chunks
-        self._targets = targets
+        self._targets: list[_Target] = []
         self._threads = threads
         self._lock = threading.Lock()  # the next chunk, the targets' landings and counts
         self._next = 0
         self._stopping = threading.Event()
+        self._bound = threading.Event()  # the targets are known (or the load stops)
         self._done: queue.SimpleQueue[_Finished | BaseException | None] = queue.SimpleQueue()
         self._streams: list[torch.cuda.Stream] = []
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="ember-load")
 
     def start(self) -> None:
-        device = self._streamer.device
-        # destinations were allocated on the current stream
-        current = torch.cuda.current_stream(device) if self._ring.cuda else None
+        """The readers begin: each reads a chunk into a slot, and waits for `bind` before it
+        copies anything."""
         for _ in range(self._threads):
             stream = None
-            if current is not None:
-                stream = torch.cuda.Stream(device)
-                stream.wait_stream(current)
+            if self.ring.cuda:
+                stream = torch.cuda.Stream(self._streamer.device)
                 self._streams.append(stream)
             self._pool.submit(self._run, stream)
+
+    def bind(self, targets: list[_Target]) -> None:
+        """Where the chunks' bytes go; the readers copy from now on. Called on the loading
+        thread: on CUDA every reader's stream first waits for its current stream, which the
+        destinations were allocated on (no reader has enqueued anything yet)."""
+        self._targets = targets
+        if self.ring.cuda:
+            current = torch.cuda.current_stream(self._streamer.device)
+            for stream in self._streams:
+                stream.wait_stream(current)
+        self._bound.set()
 
     def results(self) -> Iterator[_Finished]:
         """(payload bytes, tensors now complete) for every chunk, as the readers finish them;
@@ -353,6 +417,7 @@ class _Readers:
     def stop(self) -> None:
         """Readers finish the read in hand and end; every copy they enqueued completes."""
         self._stopping.set()
+        self._bound.set()  # readers waiting for destinations that will not come
         self._pool.shutdown(wait=True, cancel_futures=True)
         for stream in self._streams:
             stream.synchronize()
@@ -366,18 +431,24 @@ class _Readers:
                         self._next += 1
                     if index >= len(self._chunks):
                         break
-                    self._done.put(self._load(self._chunks[index], stream))
+                    finished = self._load(self._chunks[index], stream)
+                    if finished is None:  # stopped before the destinations came
+                        break
+                    self._done.put(finished)
         except BaseException as e:  # handed to the loading thread, which raises it
             self._stopping.set()
             self._done.put(e)
         finally:
             self._done.put(None)
 
-    def _load(self, chunk: Chunk, stream: torch.cuda.Stream | None) -> _Finished:
-        ring = self._ring
+    def _load(self, chunk: Chunk, stream: torch.cuda.Stream | None) -> _Finished | None:
+        ring = self.ring
         slot = ring.take()
         try:
             self._streamer._read(chunk, ring.acquire(slot))
+            self._bound.wait()
+            if self._stopping.is_set():
+                return None
             src = ring.tensor(slot)
             lands = self._landings(chunk)
             for piece, land in zip(chunk.pieces, lands, strict=True):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ember.envflags import env_flag
 from ember.errors import ModelLoadError
 from ember.loader import Progress, SafetensorsStreamer, Source, StreamOptions, resolve_source
 from ember.models.base import CausalLM
@@ -58,18 +59,25 @@ def resolve_dtype(name: str, config: ModelConfig, device: torch.device) -> torch
     return dtype
 
 
+def early_reads() -> bool:
+    """Whether the loader's readers start filling the ring before the model is built (10-25 ms
+    of a warm 8B load's ~0.5 s are spent building it with the readers idle), as
+    EMBER_EARLY_READS=1 asks; off by default until measured on a GPU."""
+    return env_flag("EMBER_EARLY_READS", False)
+
+
 LOAD_SWITCH_INTERVAL = 0.0005  # seconds; Python's default is 0.005
 
 
 @contextmanager
 def _prompt_gil_handoff() -> Iterator[None]:
-    """While the weights stream beside other Python threads (the kernels' warm-up, the rotary
-    tables), a thread waiting for the GIL gets it within LOAD_SWITCH_INTERVAL instead of Python's
-    5 ms: each chunk's read and copy needs it briefly, and a busy thread would otherwise keep it
-    a whole interval while ring slots sit idle. On the 2-core development machine a 1.40 GB load
-    beside a busy Python thread took 0.91-1.26 s at 5 ms and 0.60-0.93 s at 0.5 ms, 0.43-0.49 s
-    alone at either (benchmarks/bench_load_beside.py). The interval is process-wide; it is
-    restored after."""
+    """While the weights stream beside other Python threads (the model's build, the kernels'
+    warm-up, the rotary tables), a thread waiting for the GIL gets it within
+    LOAD_SWITCH_INTERVAL instead of Python's 5 ms: each chunk's read and copy needs it briefly,
+    and a busy thread would otherwise keep it a whole interval while ring slots sit idle. On the
+    2-core development machine a 1.40 GB load beside a busy Python thread took 0.91-1.26 s at
+    5 ms and 0.60-0.93 s at 0.5 ms, 0.43-0.49 s alone at either (benchmarks/bench_load_beside.py).
+    The interval is process-wide; it is restored after."""
     previous = sys.getswitchinterval()
     sys.setswitchinterval(min(previous, LOAD_SWITCH_INTERVAL))
     try:
@@ -139,31 +147,30 @@ def _stream_beside(
     (the stream only writes parameters) and `alongside` runs once they are (the kernels' warm-up
     runs the model). Both are joined even when the load fails; their errors are raised after a
     good load. The float8 weights of `fp8` are scaled once all are in place; returns how many."""
-    with _prompt_gil_handoff():
-        buffers = _Alongside(lambda m: materialize_buffers(m, device), model)
-        helper = None
-        if alongside is not None:
-            warm = alongside
+    buffers = _Alongside(lambda m: materialize_buffers(m, device), model)
+    helper = None
+    if alongside is not None:
+        warm = alongside
 
-            def after_buffers(m: CausalLM) -> None:
-                buffers.join()
-                if buffers.error is None:
-                    warm(m)
+        def after_buffers(m: CausalLM) -> None:
+            buffers.join()
+            if buffers.error is None:
+                warm(m)
 
-            helper = _Alongside(after_buffers, model)
-        rename = getattr(model, "checkpoint_name", None)
-        dequantized = 0
-        try:
-            slots = checkpoint_slots(model)
-            with closing(streamer.stream(in_place(slots, rename))) as weights:
-                model.load_weights(weights if fp8 is None else fp8.keep_scales(weights))
-            if fp8 is not None:
-                dequantized = fp8.dequantize(slots, rename)
-            trace("weights streamed")
-        finally:
-            buffers.join()  # nothing outlives the call
-            if helper is not None:
-                helper.join()
+        helper = _Alongside(after_buffers, model)
+    rename = getattr(model, "checkpoint_name", None)
+    dequantized = 0
+    try:
+        slots = checkpoint_slots(model)
+        with closing(streamer.stream(in_place(slots, rename))) as weights:
+            model.load_weights(weights if fp8 is None else fp8.keep_scales(weights))
+        if fp8 is not None:
+            dequantized = fp8.dequantize(slots, rename)
+        trace("weights streamed")
+    finally:
+        buffers.join()  # nothing outlives the call
+        if helper is not None:
+            helper.join()
     buffers.raise_if_failed()
     if helper is not None:
         helper.raise_if_failed()
@@ -204,24 +211,30 @@ def load_model(
         fp8 = None
         if config.quantization is not None:
             fp8 = Fp8Weights.plan(config.quantization, streamer.tensors)
-        # Parameters are allocated once, uninitialised, directly on the device in the final dtype.
-        t_build = time.monotonic()
-        model = build_model(config, dtype, device)
-        build_s = time.monotonic() - t_build
-        dequantized = _stream_beside(model, streamer, device, alongside, fp8)
+        early = early_reads()
+        with _prompt_gil_handoff(), closing(streamer):
+            if early:
+                streamer.start()  # the ring fills while the model is built
+            # Parameters are allocated once, uninitialised, directly on the device in the final
+            # dtype.
+            t_build = time.monotonic()
+            model = build_model(config, dtype, device)
+            build_s = time.monotonic() - t_build
+            dequantized = _stream_beside(model, streamer, device, alongside, fp8)
     finally:
         if owned:
             source.close()
     stats = streamer.stats
     log.info(
         "weights: %.2f GB in %d files from %s in %.2f s (%.2f GB/s); parameters allocated in "
-        "%.3f s before; %d ring slots pinned during the load (%.3f s of the readers' time)",
+        "%.3f s %s; %d ring slots pinned during the load (%.3f s of the readers' time)",
         stats.bytes / 1e9,
         stats.files,
         source.uri,
         stats.seconds,
         stats.gb_per_s,
         build_s,
+        "as the first reads ran" if early else "before",
         stats.pinned_slots,
         stats.pin_seconds,
     )

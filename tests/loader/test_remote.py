@@ -188,6 +188,47 @@ def test_http_range_requests_load_the_same_model(
     assert gets and all("bytes=" in r for r in gets)  # ranges, never whole files
 
 
+def test_early_reads_fill_the_ring_while_the_model_is_built(
+    model_dir: Path, local_logits: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EMBER_EARLY_READS=1: range GETs for the weights go out while the model is still being
+    built, and the model is the same; a build that fails stops them (no reader left)."""
+    import threading
+    import time
+
+    import ember.models.loader as loader_module
+    from ember.loader.streamer import SafetensorsStreamer
+
+    monkeypatch.setenv("EMBER_EARLY_READS", "1")
+    monkeypatch.setenv("EMBER_LOAD_TAPER", "1")
+    build = loader_module.build_model
+    seen: dict[str, int] = {}
+    begin = SafetensorsStreamer.start
+
+    def start(self: SafetensorsStreamer) -> None:
+        seen["before"] = len(server.requests)
+        begin(self)
+
+    def slow_build(*args: object, **kwargs: object) -> CausalLM:
+        time.sleep(0.3)
+        seen["during"] = len(server.requests)
+        if seen.get("fail"):
+            raise RuntimeError("out of memory while building")
+        return build(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SafetensorsStreamer, "start", start)
+    monkeypatch.setattr(loader_module, "build_model", slow_build)
+    with serve_http(RangeServer(model_dir, prefix="/files/tiny")) as server:
+        url = f"http://127.0.0.1:{server.port}/files/tiny"
+        model = load_model(url, torch.float32, CPU, options=SMALL)
+        _same_model(model, local_logits)
+        assert seen["during"] > seen["before"]  # weights were being read during the build
+        seen["fail"] = 1
+        with pytest.raises(RuntimeError, match="out of memory while building"):
+            load_model(url, torch.float32, CPU, options=SMALL)
+    assert not [t for t in threading.enumerate() if t.name.startswith("ember-load")]
+
+
 def test_http_missing_model(model_dir: Path) -> None:
     with serve_http(RangeServer(model_dir)) as server:
         url = f"http://127.0.0.1:{server.port}/elsewhere"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -193,6 +194,105 @@ def test_threads_end_with_the_load(tmp_path: Path) -> None:
     assert _readers()
     stream.close()  # a consumer that gives up (an error in load_weights) stops the readers
     assert not _readers()
+
+
+def test_reads_begin_before_the_destinations_exist(tmp_path: Path) -> None:
+    """start() fills the ring while the model is still being built (no destination exists
+    yet); stream() then copies what was read into the destinations it resolves, in place."""
+    tensors = random_tensors(9)
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    source = CountingSource(LocalSource(tmp_path))
+    options = StreamOptions(chunk_bytes=8 * KiB, threads=3, slots=5)
+    streamer = SafetensorsStreamer(source, CPU, options=options)
+    with closing(streamer):  # a failed check must not leave readers waiting
+        _read_early_then_stream(streamer, source, tensors)
+    assert not _readers()
+
+
+def _read_early_then_stream(
+    streamer: SafetensorsStreamer, source: CountingSource, tensors: dict[str, torch.Tensor]
+) -> None:
+    streamer.start()
+    deadline = time.monotonic() + 10
+    while source.data_reads < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    # one chunk a reader (the first, at offset 0, is not counted), held until the destinations
+    # come
+    assert 2 <= source.data_reads <= 3
+    dests: dict[str, torch.Tensor] = {}
+
+    def resolve(meta: TensorMeta) -> torch.Tensor:
+        dests[meta.name] = torch.empty(meta.shape, dtype=meta.dtype)
+        return dests[meta.name]
+
+    got = dict(streamer.stream(resolve))
+    _assert_same(got, tensors)
+    assert all(got[name] is dests[name] for name in tensors)
+    assert not _readers()
+
+
+def test_reads_begun_for_a_load_that_never_streams_are_stopped(tmp_path: Path) -> None:
+    save_file(random_tensors(10), str(tmp_path / "model.safetensors"))
+    source = CountingSource(LocalSource(tmp_path))
+    streamer = SafetensorsStreamer(
+        source, CPU, options=StreamOptions(chunk_bytes=8 * KiB, threads=2)
+    )
+    with closing(streamer):
+        streamer.start()
+        assert _readers()
+    # closed: the model's build failed
+    assert not _readers()
+    reads = source.data_reads
+    assert reads <= 2
+    # a later stream() reads afresh and gives every byte
+    _assert_same(dict(streamer.stream()), load_file(str(tmp_path / "model.safetensors")))
+    assert source.data_reads > reads
+
+
+def test_a_read_that_fails_before_the_destinations_exist_fails_the_stream(
+    tmp_path: Path,
+) -> None:
+    save_file(random_tensors(11), str(tmp_path / "model.safetensors"))
+    source = CountingSource(LocalSource(tmp_path), fail_at=1)
+    streamer = SafetensorsStreamer(
+        source, CPU, options=StreamOptions(chunk_bytes=8 * KiB, threads=3)
+    )
+    with closing(streamer), pytest.raises(ModelLoadError, match="disk on fire"):
+        streamer.start()
+        for _ in streamer.stream():
+            pass
+    assert not _readers()
+
+
+def test_a_tapered_tail_gives_the_same_bytes_in_more_reads(tmp_path: Path) -> None:
+    """The load's last chunks are cut small (StreamOptions.tail_chunk_bytes): the same bytes,
+    more reads at the end."""
+    tensors = random_tensors(12)
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    reads = []
+    for tail in (0, 4 * KiB):
+        source = CountingSource(LocalSource(tmp_path))
+        options = StreamOptions(chunk_bytes=16 * KiB, threads=4, tail_chunk_bytes=tail)
+        _assert_same(dict(SafetensorsStreamer(source, CPU, options=options).stream()), tensors)
+        reads.append(source.data_reads)
+    assert reads[1] > reads[0]
+
+
+def test_the_tail_chunk_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    options = StreamOptions(chunk_bytes=32 * KiB * KiB)
+    monkeypatch.delenv("EMBER_LOAD_TAPER", raising=False)
+    assert options.tail_chunk(4 * KiB) == 32 * KiB * KiB  # no taper
+    monkeypatch.setenv("EMBER_LOAD_TAPER", "1")
+    assert options.tail_chunk(4 * KiB) == 4 * KiB * KiB
+    assert (
+        StreamOptions(chunk_bytes=8 * KiB).tail_chunk(4 * KiB) == 4 * KiB
+    )  # at least the alignment
+    assert StreamOptions(chunk_bytes=4 * KiB).tail_chunk(4 * KiB) == 4 * KiB
+    assert (
+        StreamOptions(chunk_bytes=64 * KiB, tail_chunk_bytes=9 * KiB).tail_chunk(4 * KiB) == 8 * KiB
+    )
+    assert StreamOptions(tail_chunk_bytes=0).tail_chunk(1) == 32 * KiB * KiB  # asked for none
 
 
 class CountingSource(Source):
