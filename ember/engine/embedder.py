@@ -49,6 +49,26 @@ class Embedder:
             )
         return ids[: self.max_len - 1] + ids[-1:]  # keep the closing [SEP]
 
+    def truncation(self, k: object) -> bool:
+        """Whether vLLM's truncate_prompt_tokens `k` asks for inputs to be cut: None keeps them
+        whole (one too long is an error); -1 cuts them to the model's limit, as does any k at or
+        above it. ember cuts nowhere else (a prefix of an encoder's input is not what its
+        pooling was trained on), so a smaller k is refused, not ignored."""
+        if k is None:
+            return False
+        if isinstance(k, bool) or not isinstance(k, int) or k == 0 or k < -1:
+            raise InvalidRequestError(
+                f"truncate_prompt_tokens must be -1 or a positive integer, got {k!r}",
+                param="truncate_prompt_tokens",
+            )
+        if k != -1 and k < self.max_len:
+            raise InvalidRequestError(
+                f"truncate_prompt_tokens={k} is not supported: ember cuts an input only to "
+                f"the model's limit of {self.max_len} tokens; pass -1 for that",
+                param="truncate_prompt_tokens",
+            )
+        return True
+
     def check_ids(self, ids: list[int]) -> None:
         """Token ids given as the input, not tokenized here: as many as the model takes, all
         in its vocabulary."""

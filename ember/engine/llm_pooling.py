@@ -79,30 +79,10 @@ class Pooler:
 
     def _pool(self, prompts: list[Any], truncate_prompt_tokens: int | None) -> list[Pooled]:
         """Every prompt is checked before any runs: one bad prompt fails the call."""
-        truncate = self._truncate(truncate_prompt_tokens)
+        truncate = self.embedder.truncation(truncate_prompt_tokens)
         batch = [self._token_ids(p, truncate) for p in prompts]
         vectors = self.embedder.embed_ids(batch).vectors if batch else []
         return [Pooled(str(next(self._ids)), ids, v) for ids, v in zip(batch, vectors, strict=True)]
-
-    def _truncate(self, k: int | None) -> bool:
-        """vLLM's truncate_prompt_tokens: None keeps inputs whole (one too long is an error);
-        -1 cuts them to the model's limit, as does any k at or above it. ember cuts nowhere
-        else (neither does its /v1/embeddings), so a smaller k is refused, not ignored."""
-        limit = self.embedder.max_len
-        if k is None:
-            return False
-        if isinstance(k, bool) or not isinstance(k, int) or k == 0 or k < -1:
-            raise InvalidRequestError(
-                f"truncate_prompt_tokens must be -1 or a positive integer, got {k!r}",
-                param="truncate_prompt_tokens",
-            )
-        if k != -1 and k < limit:
-            raise InvalidRequestError(
-                f"truncate_prompt_tokens={k} is not supported: ember cuts an input only to "
-                f"the model's limit of {limit} tokens; pass -1 for that",
-                param="truncate_prompt_tokens",
-            )
-        return True
 
     def _token_ids(self, prompt: Any, truncate: bool) -> list[int]:
         text = prompt.get("prompt") if isinstance(prompt, dict) else prompt

@@ -42,7 +42,7 @@ class OpenAIEmbedRequest(BaseModel):
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: str = "float"
     dimensions: int | None = None
-    truncate_prompt_tokens: int | None = None  # vLLM's extra; any value: truncate
+    truncate_prompt_tokens: int | None = None  # vLLM's extra: -1, or at least the model's limit
 
 
 async def _embedder(request: Request, model: str | None) -> tuple[Embedder, str, float]:
@@ -136,9 +136,12 @@ async def openai_embeddings(request: Request) -> dict[str, Any]:
     )
     if not raw:
         raise InvalidRequestError("input must not be empty", param="input")
-    truncate = body.truncate_prompt_tokens is not None
+    truncate = embedder.truncation(body.truncate_prompt_tokens)
     batch = [
-        embedder.tokenize(item, truncate) if isinstance(item, str) else list(item) for item in raw
+        embedder.tokenize(item, truncate, "pass truncate_prompt_tokens: -1")
+        if isinstance(item, str)
+        else list(item)
+        for item in raw
     ]
     for ids in batch:
         embedder.check_ids(ids)

@@ -73,3 +73,22 @@ def test_generative_and_unknown_models(base_url: str) -> None:
     assert r.status_code == 404 and r.json()["error"]["code"] == 404
     r = httpx.post(base_url + "/api/embed", json={"model": "/etc", "input": "x"})
     assert r.status_code == 404
+
+
+def test_openai_truncation_as_the_offline_api_takes_it(base_url: str, minilm: str) -> None:
+    """truncate_prompt_tokens on /v1/embeddings means what LLM.embed takes it to mean: -1 (or
+    the model's limit and above) cuts an input too long to the limit; nothing keeps it whole,
+    and an input too long is a 400 that says how to cut it; a smaller k is refused by name."""
+    url = base_url + "/v1/embeddings"
+    long = "word " * 2000
+    whole = httpx.post(url, json={"model": minilm, "input": long}, timeout=60)
+    assert whole.status_code == 400
+    assert "truncate_prompt_tokens: -1" in whole.json()["error"]["message"]
+    cut = httpx.post(url, json={"model": minilm, "input": long, "truncate_prompt_tokens": -1})
+    # all-MiniLM-L6-v2 takes 256 tokens (its sentence-transformers max_seq_length)
+    assert cut.status_code == 200 and cut.json()["usage"]["prompt_tokens"] == 256
+    for k, says in ((16, "truncate_prompt_tokens=16 is not supported"), (0, "-1 or a positive")):
+        r = httpx.post(url, json={"model": minilm, "input": long, "truncate_prompt_tokens": k})
+        assert r.status_code == 400, k
+        error = r.json()["error"]
+        assert says in error["message"] and error["param"] == "truncate_prompt_tokens"
