@@ -235,7 +235,10 @@ for stage in "$@"; do
             # fresh whole loads with the ring pinned ahead at 20 and 32 slots, alternating
             run early-load 420 python3 benchmarks/bench_load.py --slots-sweep 20 32 \
                 --warm-env EMBER_EARLY_READS=1 --warm-env EMBER_LOAD_TAPER=1 \
-                --warm-env "EMBER_EARLY_READS=1 EMBER_LOAD_TAPER=1" --repeats 2 ;;
+                --warm-env "EMBER_EARLY_READS=1 EMBER_LOAD_TAPER=1" --repeats 2
+            # then one load with both, traced in 25 ms buckets (reads during the build?)
+            run early-trace 100 python3 benchmarks/bench_load.py --slots-sweep 20 --repeats 1 \
+                --warm-env "EMBER_EARLY_READS=1 EMBER_LOAD_TAPER=1 BENCH_LOAD_TRACE=1" ;;
         abtree)
             # fresh whole loads with the ring pinned ahead, from this tree (A) and from the tree
             # at $B_TREE (B: e.g. a branch unpacked by `git archive`), alternating, 3 rounds;
