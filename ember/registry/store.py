@@ -60,6 +60,22 @@ class LocalModel:
     source: str | None = None
 
 
+def expected_name(name_or_path: str) -> str | None:
+    """The name `ModelStore.resolve` will give `name_or_path`, where that is known without
+    reading the store or fetching anything: a URI's, a folder path's, a store name's (a bare
+    name that turns out to be a folder is named after the folder instead). None for text that
+    is no model name."""
+    text = name_or_path.strip()
+    if is_uri(text):
+        return default_name(text)
+    if _is_explicit_path(text):
+        return f"{Path(text).expanduser().resolve().name}:{DEFAULT_TAG}"
+    try:
+        return str(parse_name(text))
+    except InvalidRequestError:
+        return None
+
+
 def _is_explicit_path(text: str) -> bool:
     return os.path.isabs(text) or text.startswith((".", "~"))
 

@@ -27,6 +27,7 @@ from ember.server.drain import Drain, DrainGuard, DrainingServer
 from ember.server.errors import CatchUnexpected, install_error_handlers
 from ember.server.http_heads import H11_INCOMPLETE_EVENT_BYTES, protocol_class
 from ember.server.limits import BodyLimit
+from ember.server.served_model import loads_in_flight
 from ember.startup_trace import trace
 
 log = logging.getLogger("ember.server")
@@ -159,4 +160,27 @@ def serve(config: ServeConfig) -> int:
         "ember %s serving %s on http://%s:%d", __version__, config.model, config.host, config.port
     )
     server.run()
-    return 1 if ctx.served.status == "failed" or server.exit_code else 0
+    code = 1 if ctx.served.status == "failed" or server.exit_code else 0
+    if loads_in_flight():
+        exit_mid_load(code)
+    return code
+
+
+def exit_mid_load(code: int) -> None:
+    """Stopped while a model was still loading: exit now, without waiting for the load's thread
+    (a large model from a slow source could outlast any grace period) or letting the
+    interpreter tear down torch beneath it. The engine core's process, if one was started, is
+    killed; a write-through cache copy left unfinished has no marker and is rewritten by the
+    next load (loader/cache.py)."""
+    import multiprocessing
+    import os
+    import sys
+
+    log.info("stopped while a model was loading: exiting without waiting for the load")
+    for child in multiprocessing.active_children():
+        child.kill()
+        child.join(timeout=5)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -73,7 +73,7 @@ class ServerContext:
         """The request's model, loaded (its keep-alive restarted), and the seconds this request
         waited for it."""
         t0 = time.monotonic()
-        lease = await race_disconnect(request, self._acquire(request))
+        lease = await race_disconnect(request, self._acquire(request), budgeted=True)
         lease.release()
         return lease.engine, time.monotonic() - t0
 
@@ -103,7 +103,7 @@ class ServerContext:
         slot = LeasedSlot(self.admission, engine.stats().num_unfinished if engine else 0)
         try:
             t0 = time.monotonic()
-            lease = await race_disconnect(request, self._acquire(request))
+            lease = await race_disconnect(request, self._acquire(request), budgeted=True)
             slot.lease = lease
             load_wait = time.monotonic() - t0
             prepared = await prepare_request(prepare, lease.engine)

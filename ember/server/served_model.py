@@ -9,15 +9,18 @@ Once ready, /health and /metrics report how long each start-up phase took.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ember.config import ServeConfig
 from ember.errors import InvalidRequestError, ModelLoadError, ModelNotFoundError
 from ember.loader.prefetch import prefetch_weights
+from ember.registry.store import expected_name
 from ember.sampling_params import SamplingParams
 from ember.server.metrics import EngineSnapshot, snapshot_of
 from ember.startup_trace import server_started_at, trace
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ember.server")
 
 Status = Literal["loading", "ok", "failed"]
+T = TypeVar("T")
 
 # The engine's start-up phases (engine/args.py StartupProgress) as /health names them.
 _ENGINE_PHASES = {
@@ -120,7 +124,12 @@ class ServedModel:
         self.gpu_share: float | None = None
         self._ready = asyncio.Event()
         self._store = store
+        # The store's name for the model, known before it is resolved (a URI's last part), so
+        # that requests naming it wait for the load and metrics carry one label throughout.
+        self._expected = expected_name(self.model)
         self._names = {base_name(self.model)}
+        if self._expected is not None:
+            self._names.add(base_name(self._expected))
         if config.served_model_name and self.primary:
             self._names.add(base_name(config.served_model_name))
 
@@ -131,7 +140,7 @@ class ServedModel:
             return self.config.served_model_name
         if self.local_model is not None:
             return self.local_model.name
-        return self.model
+        return self._expected or self.model
 
     @property
     def ready(self) -> bool:
@@ -163,12 +172,12 @@ class ServedModel:
             t0 = time.monotonic()
             self.phase = "importing the engine"
             startup.imports_s = t0 - self.process_started_at
-            startup.imports_s += await asyncio.to_thread(import_engine)
+            startup.imports_s += await off_loop(import_engine)
             trace("engine's API side imported")
             t0 = time.monotonic()
             self.phase = "fetching model files" if is_uri(self.model) else "resolving model"
             store = self.store()
-            local = await asyncio.to_thread(store.resolve, self.model)
+            local = await off_loop(lambda: store.resolve(self.model))
             self.local_model = local
             self._names.add(base_name(local.name))
             self.default_options = dict(await asyncio.to_thread(store.params, local))
@@ -182,7 +191,7 @@ class ServedModel:
             if self.gpu_share is not None:
                 args = replace(args, gpu_memory_utilization=gpu_utilization(self.gpu_share, args))
             resolved_at = time.monotonic()
-            engine = await asyncio.to_thread(make_engine, args)
+            engine = await off_loop(lambda: make_engine(args), discard=_shut_down)
             self.engine = engine
             startup.engine = engine.info.startup
             # The engine's own imports (torch: seconds) ran meanwhile, in the core's process or
@@ -265,6 +274,61 @@ class ServedModel:
         engine, self.engine = self.engine, None
         if engine is not None:
             engine.shutdown()
+
+
+async def off_loop(fn: Callable[[], T], discard: Callable[[T], None] | None = None) -> T:
+    """`fn()` on a daemon thread of its own, awaited. asyncio.to_thread's workers are joined
+    when the server's loop closes, so a server stopped (SIGTERM) in the middle of a load would
+    wait for the whole load before exiting; this thread is not waited for (the engine core's
+    process, a daemon too, is ended at exit). What `fn` returns after the wait was cancelled
+    goes to `discard`."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def deliver(value: Any, error: BaseException | None) -> None:  # on the loop
+        if future.cancelled():
+            if error is None and discard is not None:
+                threading.Thread(target=discard, args=(value,), daemon=True).start()
+        elif error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+
+    def run() -> None:
+        value: Any = None
+        error: BaseException | None = None
+        try:
+            value = context.run(fn)
+        except BaseException as e:  # handed to the awaiting coroutine
+            error = e
+        try:
+            loop.call_soon_threadsafe(deliver, value, error)
+        except RuntimeError:  # the loop has closed: the server stopped meanwhile
+            if error is None and discard is not None:
+                discard(value)
+
+    thread = threading.Thread(target=run, name="ember-model-load", daemon=True)
+    with _loads_lock:
+        _loads.add(thread)
+    thread.start()
+    return await future
+
+
+_loads: set[threading.Thread] = set()  # off_loop's threads that may still run
+_loads_lock = threading.Lock()
+
+
+def loads_in_flight() -> bool:
+    """Whether a thread of off_loop (a model's load) is still running."""
+    with _loads_lock:
+        _loads.difference_update([t for t in _loads if not t.is_alive()])
+        return bool(_loads)
+
+
+def _shut_down(engine: AsyncEngine) -> None:
+    """An engine whose load finished after the server stopped waiting for it."""
+    engine.shutdown()
 
 
 def import_engine() -> float:

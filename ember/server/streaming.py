@@ -54,17 +54,33 @@ async def _wait_disconnect(request: Request) -> None:
             return
 
 
-async def race_disconnect(request: Request, awaitable: Awaitable[T]) -> T:
+async def race_disconnect(
+    request: Request, awaitable: Awaitable[T], *, budgeted: bool = False
+) -> T:
     """Await `awaitable`, cancelling it and raising ClientDisconnected if the client goes away.
+    With `budgeted`, the request's Budget ending first (--request-timeout, a drain's deadline)
+    cancels it too and raises the budget's error: for waits that hold no engine request to
+    abort (the model's load, room to load it).
 
     Only for use once the request body has been read: it listens on the request's receive channel.
     """
     task = asyncio.ensure_future(awaitable)
     watcher = asyncio.ensure_future(_wait_disconnect(request))
+    waits: set[asyncio.Future[Any]] = {task, watcher}
+    budget = budget_of(request.scope) if budgeted else None
+    if budget is not None:
+        stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def stop(_: EmberError) -> None:
+            if not stopped.done():
+                stopped.set_result(None)
+
+        budget.on_stop(stop)
+        waits.add(stopped)
     disconnected = False
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        disconnected = not task.done()
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        disconnected = watcher.done() and not task.done()
     finally:
         watcher.cancel()
         if not task.done():
@@ -73,6 +89,8 @@ async def race_disconnect(request: Request, awaitable: Awaitable[T]) -> T:
                 await task
     if disconnected:
         raise ClientDisconnected()
+    if budget is not None and budget.error is not None and task.cancelled():
+        raise budget.error
     return task.result()
 
 

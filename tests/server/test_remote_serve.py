@@ -6,16 +6,21 @@ what to set. And `ember pull` into the store, then `ember serve NAME`."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from serverproc import COMMON_ARGS, Server
+from serverproc import COMMON_ARGS, Server, wait_for
 
 from ember.config import ServeConfig
 from ember.registry import ModelStore
@@ -135,6 +140,118 @@ def test_no_cache_weights_streams_without_a_local_copy(tiny_dir: Path, tmp_path:
     cache = tmp_path / "home" / "cache"
     assert not list(cache.rglob("*.safetensors")), list(cache.rglob("*"))
     assert list(cache.rglob("config.json"))  # the small files are still fetched there
+
+
+def _slow_weights(tiny_dir: Path, name: str, seconds: float) -> RangeServer:
+    """An HTTP source whose weights take `seconds` to arrive (its small files come at once)."""
+    weights = (tiny_dir / "model.safetensors").stat().st_size
+    return RangeServer(tiny_dir, prefix=f"/models/{name}", rate_bps=weights / seconds)
+
+
+def _wait_phase(server: Server, phase: str) -> None:
+    def there() -> bool:
+        try:
+            return httpx.get(server.url + "/health", timeout=5).json().get("phase") == phase
+        except httpx.HTTPError:
+            return False
+
+    assert wait_for(there, timeout=60), server.log()
+
+
+class _Waiting(threading.Thread):
+    """One request sent while the model loads: (status, body) once answered."""
+
+    def __init__(self, server: Server, path: str, body: dict[str, Any]) -> None:
+        super().__init__(daemon=True)
+        self.url, self.body = server.url + path, body
+        self.answer: tuple[int, dict[str, Any]] | None = None
+        self.seconds = 0.0
+
+    def run(self) -> None:
+        t0 = time.monotonic()
+        r = httpx.post(self.url, json=self.body, timeout=120)
+        self.seconds = time.monotonic() - t0
+        self.answer = (r.status_code, r.json())
+
+
+def test_a_server_stopped_while_loading_exits_at_once_and_answers_its_waiting_requests(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
+    """SIGTERM in the middle of a slow load: requests waiting for the model get the drain's
+    503 at its deadline (not a cut connection or a 500), and the process exits 0 without
+    waiting for the rest of the load (a platform would kill it at its grace period)."""
+    with serve_http(_slow_weights(tiny_dir, "tiny-slow", seconds=120)) as web:
+        uri = f"http://127.0.0.1:{web.port}/models/tiny-slow"
+        env = {"EMBER_CACHE_WEIGHTS": "false"}
+        server = Server(
+            tmp_path / "stop.log", uri, *COMMON_ARGS, "--home", str(tmp_path / "home"),
+            "--drain-timeout", "1", env=env,
+        )  # fmt: skip
+        try:
+            _wait_phase(server, "loading weights")
+            waiting = [
+                _Waiting(server, "/api/generate", {"model": "tiny-slow", "prompt": "hi"}),
+                _Waiting(server, "/v1/completions", {"model": uri, "prompt": "hi"}),
+            ]
+            for request in waiting:
+                request.start()
+            assert wait_for(lambda: server.metrics()["vllm:num_requests_waiting"] == 2)
+            t0 = time.monotonic()
+            server.proc.send_signal(signal.SIGTERM)
+            assert server.proc.wait(timeout=20) == 0, server.log()
+            assert time.monotonic() - t0 < 10
+        finally:
+            server.stop()
+    for request in waiting:
+        request.join(timeout=10)
+        assert request.answer is not None
+        status, body = request.answer
+        assert status == 503, body
+        assert "shutting down" in json.dumps(body)
+    assert "exiting without waiting for the load" in server.log()
+
+
+def test_the_request_timeout_counts_the_wait_for_the_model(tiny_dir: Path, tmp_path: Path) -> None:
+    with serve_http(_slow_weights(tiny_dir, "tiny-slower", seconds=60)) as web:
+        uri = f"http://127.0.0.1:{web.port}/models/tiny-slower"
+        env = {"EMBER_CACHE_WEIGHTS": "false"}
+        server = Server(
+            tmp_path / "timeout.log", uri, *COMMON_ARGS, "--home", str(tmp_path / "home"),
+            "--request-timeout", "1", env=env,
+        )  # fmt: skip
+        try:
+            _wait_phase(server, "loading weights")
+            request = _Waiting(server, "/api/chat", {"model": "tiny-slower", "messages": []})
+            request.run()
+        finally:
+            server.stop()
+    assert request.answer is not None
+    status, body = request.answer
+    assert status == 504 and "--request-timeout" in body["error"], body
+    assert request.seconds < 10
+
+
+def test_a_uri_model_answers_to_its_name_and_keeps_its_label_from_the_start(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
+    """Served by URI, the model is "tiny-named:latest" from the first moment: a request naming
+    it while the files are still being fetched waits for the load (no 404), and /metrics labels
+    every series with that name before and after the load (no stale series under the URI)."""
+    slow = RangeServer(tiny_dir, prefix="/models/tiny-named", delay_s=0.3)
+    with serve_http(slow):
+        uri = f"http://127.0.0.1:{slow.port}/models/tiny-named"
+        server = serve(tmp_path, "named", uri, {})
+        try:
+            server.wait_live()
+            early = httpx.get(server.url + "/metrics", timeout=5).text
+            assert httpx.get(server.url + "/health", timeout=5).json()["status"] == "loading"
+            assert generate(server, "tiny-named")["model"] == "tiny-named"
+            late = httpx.get(server.url + "/metrics", timeout=5).text
+        finally:
+            server.stop()
+    for text in (early, late):
+        labels = set(re.findall(r'model_name="([^"]*)"', text))
+        assert labels == {"tiny-named:latest"}, labels
 
 
 @pytest.mark.parametrize(
