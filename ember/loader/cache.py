@@ -9,6 +9,7 @@ whose remote copy changed. A failure to write the cache never fails the load.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import threading
 from pathlib import Path
 
 from ember.errors import ModelLoadError
+from ember.loader.files import is_safe_name
 from ember.loader.local import LocalSource
 from ember.loader.source import Source
 
@@ -107,6 +109,9 @@ class CachingSource(Source):
                 return None
             fd = self._fds.get(name)
             if fd is None:
+                if not is_safe_name(name):  # files.py refuses such shards; never write one
+                    self._broken = True
+                    return None
                 try:
                     path = self.root / (name + PARTIAL)
                     path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,12 +140,14 @@ class CachingSource(Source):
                 if self._broken:
                     return
                 sizes: dict[str, int] = {}
-                for name, fd in self._fds.items():
-                    os.fsync(fd)
-                    os.close(fd)
+                for name, fd in list(self._fds.items()):
+                    del self._fds[name]  # closed once, here, whatever happens next
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
                     os.replace(self.root / (name + PARTIAL), self.root / name)
                     sizes[name] = self.remote.size(name)
-                self._fds.clear()
                 tmp = self.root / (MARKER + PARTIAL)
                 tmp.write_text(json.dumps({"uri": self.uri, "files": sizes}), encoding="utf-8")
                 os.replace(tmp, self.root / MARKER)
@@ -153,13 +160,19 @@ class CachingSource(Source):
             return [
                 n
                 for n in listing
-                if not n.endswith(".safetensors") and self.remote.size(n) <= SMALL_FILE_BYTES
+                if not n.endswith(".safetensors")
+                and is_safe_name(n)
+                and self.remote.size(n) <= SMALL_FILE_BYTES
             ]
         return [n for n in KNOWN_FILES if self.remote.exists(n)]
 
     def close(self) -> None:
+        """After a load that did not finish (loaded() commits and clears the files): its
+        partial copies, allocated at their full size, are removed."""
         with self._lock:
-            for fd in self._fds.values():
+            for name, fd in self._fds.items():
                 os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(self.root / (name + PARTIAL))
             self._fds.clear()
         self.remote.close()

@@ -15,6 +15,15 @@ INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
 
+def is_safe_name(name: str) -> bool:
+    """Whether `name` (from a shard index or a source's listing) names a file inside the model's
+    folder: relative, '/'-separated, with no empty, '.' or '..' part. Such names become paths
+    under a staging or cache folder; any other could write outside it."""
+    if not name or "\\" in name or "\x00" in name or name.startswith(("/", "~")):
+        return False
+    return all(part not in ("", ".", "..") for part in name.split("/"))
+
+
 def weight_files(source: Source) -> tuple[list[str], dict[str, str]]:
     """(weight file names in a stable order, the index's tensor -> file map or {})."""
     listing = source.list_files()
@@ -46,11 +55,24 @@ def _has(source: Source, listing: list[str] | None, name: str) -> bool:
 def _read_index(source: Source) -> dict[str, str]:
     where = source.location(INDEX_FILE)
     try:
-        weight_map = json.loads(source.read_file(INDEX_FILE))["weight_map"]
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        index = json.loads(source.read_file(INDEX_FILE))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"cannot read the shard index '{where}': {exc}") from exc
+    if not isinstance(index, dict) or "weight_map" not in index:
+        raise ModelLoadError(
+            f"the shard index '{where}' is not a JSON object with a \"weight_map\"; the file "
+            "is corrupt, fetch the model again"
+        )
+    weight_map = index["weight_map"]
     if not isinstance(weight_map, dict) or not weight_map:
         raise ModelLoadError(f"the shard index '{where}' has an empty weight_map")
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
         raise ModelLoadError(f"the shard index '{where}' maps names to something not a file name")
+    for file in sorted(set(weight_map.values())):
+        if not is_safe_name(file):
+            raise ModelLoadError(
+                f"the shard index '{where}' names {file!r} as a shard; a shard must be a file "
+                "inside the model's folder (a relative name without '..'), so the index is "
+                "corrupt or not to be trusted"
+            )
     return weight_map

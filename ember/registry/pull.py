@@ -11,6 +11,7 @@ http(s)://, hf://, file://, a directory) into the local store as models/NAME/TAG
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -73,12 +75,47 @@ def pull(
 ) -> PullResult:
     """Copy the model at `source_uri` into the store as `name` (default: the source's last path
     component, tagged latest), replacing a model of that name once complete."""
-    from ember.loader import resolve_source
 
     _check_source(source_uri)
     model_name = str(parse_name(name or default_name(source_uri)))
     target = store.path_for(model_name)
     staging = store.staging_path(model_name)
+    with _one_pull(store.pull_lock_path(model_name), model_name):
+        return _pull_into(source_uri, store, model_name, target, staging, progress, chunk_bytes)
+
+
+@contextmanager
+def _one_pull(path: Path, name: str) -> Iterator[None]:
+    """One pull of a model at a time: a second (another terminal, an init container restarted
+    while the first still runs) would append to the first one's .part files, so it fails at
+    once instead. The lock is the kernel's (flock on `path`), released however the holder
+    ends."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ModelLoadError(
+                f"another 'ember pull' of {name} is running (it holds {path}); wait for it to "
+                "finish, or stop it and pull again (the new pull resumes its files)"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _pull_into(
+    source_uri: str,
+    store: ModelStore,
+    model_name: str,
+    target: Path,
+    staging: Path,
+    progress: FileProgress | None,
+    chunk_bytes: int,
+) -> PullResult:
+    from ember.loader import resolve_source
+
     source = resolve_source(source_uri)
     try:
         plan = plan_files(source)
@@ -138,11 +175,12 @@ def plan_files(source: Source) -> list[tuple[str, int]]:
     then the safetensors weights. Checkpoints in other formats are left behind."""
     from ember.loader import weight_files
     from ember.loader.cache import KNOWN_FILES
+    from ember.loader.files import is_safe_name
 
     weights, _ = weight_files(source)
     listing = source.list_files()
-    if listing is not None:
-        others = [n for n in listing if is_small_file(n)]
+    if listing is not None:  # a name that would leave the staging folder is never copied
+        others = [n for n in listing if is_small_file(n) and is_safe_name(n)]
     else:  # a source that cannot list: ask for the names a model may hold
         probes = list(
             dict.fromkeys([*KNOWN_FILES, *PROBED_FILES, *MANIFESTS, *(w + SUFFIX for w in weights)])

@@ -106,6 +106,11 @@ class ModelStore:
         target = self.path_for(name)
         return target.parent / f".{target.name}.pull"
 
+    def pull_lock_path(self, name: str) -> Path:
+        """The file a pull of `name` holds locked while it runs (pull.py)."""
+        staging = self.staging_path(name)
+        return staging.with_name(staging.name + ".lock")
+
     def manifest_path(self, name: str) -> Path:
         return self.manifests_dir / parse_name(name).relpath
 
@@ -276,6 +281,7 @@ class ModelStore:
             manifest.unlink(missing_ok=True)  # first: from here on the model is gone
             shutil.rmtree(path, ignore_errors=True)
             shutil.rmtree(staging, ignore_errors=True)
+            self.pull_lock_path(str(parsed)).unlink(missing_ok=True)
             for root, leaf in ((self.models_dir, path), (self.manifests_dir, manifest)):
                 _prune_empty_parents(root, leaf)
             if own is not None:

@@ -111,6 +111,40 @@ def test_index_names_a_tensor_its_shard_lacks(tmp_path: Path) -> None:
         _streamer(tmp_path)
 
 
+@pytest.mark.parametrize(
+    "shard", ["/tmp/elsewhere/a.safetensors", "../a.safetensors", "sub/../../a.safetensors", "a\\b"]
+)
+def test_an_index_naming_a_shard_outside_the_folder_is_refused(tmp_path: Path, shard: str) -> None:
+    """Shard names become paths under a pull's staging folder and the write-through cache: one
+    that leaves the folder is refused, naming the index, before anything is read or written."""
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "a.safetensors"))
+    index = {"weight_map": {"w": "a.safetensors", "v": shard}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelLoadError, match=r"index\.json' names .* as a shard; a shard must be"):
+        _streamer(tmp_path)
+
+
+@pytest.mark.parametrize("index", [[1, 2], {"metadata": {}}, "weights"])
+def test_an_index_without_a_weight_map_says_so(tmp_path: Path, index: object) -> None:
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "a.safetensors"))
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelLoadError, match=r'not a JSON object with a "weight_map"'):
+        _streamer(tmp_path)
+
+
+def test_a_folder_that_links_back_to_itself_is_listed_once(tmp_path: Path) -> None:
+    """Two links to the folder itself would make a walk that follows links endless."""
+    save_file({"w": torch.ones(2)}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "notes.txt").write_text("x")
+    os.symlink(".", tmp_path / "a")
+    os.symlink("..", tmp_path / "sub" / "up")
+    source = LocalSource(tmp_path)
+    assert source.list_files() == ["model.safetensors", "sub/notes.txt"]
+    assert torch.equal(dict(_streamer(tmp_path).stream())["w"], torch.ones(2))
+    source.close()
+
+
 @pytest.fixture
 def model_dir(tmp_path: Path) -> Path:
     tiny_llama(tmp_path)

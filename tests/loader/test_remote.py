@@ -127,6 +127,24 @@ def test_s3_write_through_cache_serves_the_next_start(
     _same_model(load_model(uri, torch.float32, CPU, cache_dir=cache), local_logits)
 
 
+def test_a_failed_load_leaves_no_partial_copy_in_the_cache(model_dir: Path, tmp_path: Path) -> None:
+    """A shard cut short at the source fails the load, and the write-through copies it had
+    begun (allocated at the remote files' full size) are removed, not left to fill the disk."""
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    shard = sorted(broken.glob("*.safetensors"))[-1]
+    with shard.open("r+b") as f:
+        f.truncate(shard.stat().st_size - 100)
+    cache = tmp_path / "cache"
+    with serve_http(RangeServer(broken, prefix="/files/broken")) as server:
+        url = f"http://127.0.0.1:{server.port}/files/broken"
+        with pytest.raises(ModelLoadError, match="truncated"):
+            load_model(url, torch.float32, CPU, cache_dir=cache, options=SMALL)
+    copy = cache_path(cache, url)
+    assert not list(copy.rglob("*.partial")), list(copy.rglob("*"))
+    assert not (copy / MARKER).exists()
+
+
 def test_s3_missing_prefix(s3_env: str) -> None:
     with pytest.raises(
         ModelLoadError, match=r"no config\.json in 's3://ember-test/models/nothing'"

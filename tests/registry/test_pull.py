@@ -269,3 +269,40 @@ def test_a_quantization_ember_cannot_serve_fails_before_the_weights(
         p.suffix == ".safetensors" or p.name.endswith(PART)
         for p in store.staging_path("awq").iterdir()
     )
+
+
+def test_a_second_pull_of_the_same_model_fails_while_the_first_runs(
+    tiny_dir: Path, store: ModelStore
+) -> None:
+    """Two pulls of one name would append to the same .part files; the second says one is
+    running instead, and once the first has ended a pull goes through."""
+    import fcntl
+
+    lock = store.pull_lock_path("twice:latest")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+b") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a running `ember pull twice` holds it
+        with pytest.raises(ModelLoadError, match="another 'ember pull' of twice:latest is running"):
+            pull(str(tiny_dir), store, "twice")
+        assert not store.staging_path("twice").exists()  # nothing of the first one's touched
+    assert_same_files(pull(str(tiny_dir), store, "twice").model.path, tiny_dir)
+    store.remove("twice")
+    assert not lock.exists()
+
+
+def test_an_index_naming_a_path_outside_the_model_writes_nothing_there(
+    tiny_dir: Path, store: ModelStore, tmp_path: Path
+) -> None:
+    """A remote index is not trusted with paths: a shard named by an absolute path is refused
+    before any file is fetched, and nothing is written outside the store."""
+    source = tmp_path / "evil"
+    shutil.copytree(tiny_dir, source)
+    outside = tmp_path / "outside" / "evil.safetensors"
+    index = {"weight_map": {"model.embed_tokens.weight": str(outside)}}
+    (source / "model.safetensors.index.json").write_text(json.dumps(index))
+    with serve_http(RangeServer(source, prefix="/m/evil")) as server:
+        url = f"http://127.0.0.1:{server.port}/m/evil"
+        with pytest.raises(ModelLoadError, match=r"names .* as a shard; a shard must be a file"):
+            pull(url, store, "evil")
+    assert not outside.exists() and not outside.parent.exists()
+    assert store.list() == []
