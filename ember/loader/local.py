@@ -35,8 +35,21 @@ class LocalSource(Source):
         self._fds: dict[str, tuple[int, int | None]] = {}
 
     def list_files(self) -> list[str] | None:
+        """Every file under the folder, symlinked folders followed, each real folder once (a
+        link back up the tree would otherwise be walked until the path is too long, and two
+        such links for ever)."""
         out: list[str] = []
-        for dirpath, _, names in os.walk(self.root, followlinks=True):
+        seen: set[tuple[int, int]] = set()
+        for dirpath, dirnames, names in os.walk(self.root, followlinks=True):
+            try:
+                info = os.stat(dirpath)
+            except OSError:
+                dirnames[:] = []
+                continue
+            if (info.st_dev, info.st_ino) in seen:
+                dirnames[:] = []
+                continue
+            seen.add((info.st_dev, info.st_ino))
             rel = Path(dirpath).relative_to(self.root)
             out += [str(rel / n) if rel.parts else n for n in names]
         return sorted(out)

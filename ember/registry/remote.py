@@ -10,6 +10,7 @@ has written the weights there too, the next start reads everything locally.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -83,10 +84,16 @@ def default_cache_dir() -> Path:
 
 def default_name(uri: str) -> str:
     """The model name a URI is known by: its last path component, tagged latest
-    (s3://bucket/llama-3.1-8b -> llama-3.1-8b:latest; hf://org/name@rev -> name:latest)."""
-    rest = uri.partition("://")[2] if "://" in uri else uri
-    last = PurePosixPath(rest.split("?", 1)[0].rstrip("/")).name or rest
-    return f"{last.partition('@')[0].lower()}:{DEFAULT_TAG}"
+    (s3://bucket/llama-3.1-8b -> llama-3.1-8b:latest; hf://org/name@rev -> name:latest), with
+    what a name cannot hold made '-' (http://127.0.0.1:8000/ -> 127.0.0.1-8000:latest)."""
+    scheme, _, rest = uri.partition("://") if "://" in uri else ("", "", uri)
+    rest = rest.split("?", 1)[0]
+    if scheme == "hf":  # the revision may hold '/': refs/pr/1
+        rest = rest.partition("@")[0]
+    last = PurePosixPath(rest.rstrip("/")).name or rest
+    name = re.sub(r"[^a-z0-9._-]+", "-", last.partition("@")[0].lower())
+    name = name.lstrip("._-")[:80].rstrip("-") or "model"
+    return f"{name}:{DEFAULT_TAG}"
 
 
 _memo: dict[tuple[str, Path], ModelFiles] = {}

@@ -63,3 +63,25 @@ def test_invalid_names_are_rejected(text: str) -> None:
         parse_name(text)
     assert info.value.status_code == 400
     assert "[namespace/]model[:tag]" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("s3://bucket/models/Llama-3.1-8B", "llama-3.1-8b:latest"),
+        ("s3://bucket/models/qwen2.5-7b/", "qwen2.5-7b:latest"),
+        ("gs://bucket", "bucket:latest"),
+        ("hf://org/Name@v1.0", "name:latest"),
+        ("hf://org/name@refs/pr/1", "name:latest"),  # the revision, not its last part
+        ("http://127.0.0.1:8000/", "127.0.0.1-8000:latest"),  # a model at a server's root
+        ("https://host/m/tiny?sig=abc", "tiny:latest"),
+        ("http://host/m/_tiny model_", "tiny-model_:latest"),
+    ],
+)
+def test_a_uri_gives_a_valid_default_name(uri: str, expected: str) -> None:
+    """`ember pull URI` and `ember serve URI` name the model after the URI; the name is always
+    one the store takes (a root URL's host:port made one)."""
+    from ember.registry.remote import default_name
+
+    assert default_name(uri) == expected
+    assert str(parse_name(default_name(uri))) == expected
