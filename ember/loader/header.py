@@ -80,14 +80,35 @@ def read_header(source: Source, name: str) -> list[TensorMeta]:
     return parse_header(raw, where, name, size)
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """A JSON object's pairs as a dict, refusing a key given twice (json keeps the last one
+    silently: a header naming a tensor twice would load one of its two byte ranges)."""
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def parse_header(raw: bytes, where: str, name: str, size: int) -> list[TensorMeta]:
     try:
-        header = json.loads(raw)
+        header = json.loads(raw, object_pairs_hook=_unique_keys)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelLoadError(
             f"cannot read weights from '{where}': the header is not valid JSON ({exc}); the file "
             "is corrupt or not safetensors"
         ) from exc
+    except _DuplicateKey as dup:
+        raise ModelLoadError(
+            f"cannot read weights from '{where}': its header lists '{dup.key}' twice; the file "
+            "is corrupt"
+        ) from None
     if not isinstance(header, dict):
         raise ModelLoadError(f"cannot read weights from '{where}': the header is not an object")
     data_start = 8 + len(raw)

@@ -60,8 +60,14 @@ def test_file_shrinking_during_the_load_is_caught(tmp_path: Path) -> None:
         (b"not a safetensors file", r"header claims \d+ bytes"),
         (struct.pack("<Q", 5) + b"{oops", r"header is not valid JSON"),
         (struct.pack("<Q", 2) + b"[]", r"header is not an object"),
+        (
+            struct.pack("<Q", 107)
+            + b'{"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},'
+            + b'"w":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}  ab',
+            r"model\.safetensors': its header lists 'w' twice",
+        ),
     ],
-    ids=["too-short", "garbage", "bad-json", "not-object"],
+    ids=["too-short", "garbage", "bad-json", "not-object", "duplicate"],
 )
 def test_bad_header(tmp_path: Path, content: bytes, message: str) -> None:
     (tmp_path / "model.safetensors").write_bytes(content)
