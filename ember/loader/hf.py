@@ -7,8 +7,10 @@ Range requests, authorised by HF_TOKEN (or the token file `huggingface-cli login
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import urllib.request
 from pathlib import Path
 from urllib.parse import quote
 
@@ -44,6 +46,35 @@ def _hf_home() -> Path:
         return Path(home).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
     return Path(xdg).expanduser() / "huggingface"
+
+
+def hub_endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def lfs_sha256(uri: str) -> dict[str, str]:
+    """File name -> sha256 for each LFS file (the weights) of hf://org/name@rev, as the Hub's API
+    records them (GET /api/models/ORG/NAME/revision/REV?blobs=true, as huggingface_hub's
+    model_info(files_metadata=True) asks). Raises ModelLoadError if the Hub does not answer."""
+    repo, revision = parse_hf_uri(uri)
+    url = f"{hub_endpoint()}/api/models/{repo}/revision/{quote(revision, safe='')}?blobs=true"
+    token = hf_token()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as r:
+            info = json.loads(r.read())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read the Hub's file list at {url}: {exc}") from exc
+    siblings = info.get("siblings") if isinstance(info, dict) else None
+    out: dict[str, str] = {}
+    for sibling in siblings if isinstance(siblings, list) else []:
+        if not isinstance(sibling, dict):
+            continue
+        name, lfs = sibling.get("rfilename"), sibling.get("lfs")
+        sha = lfs.get("sha256") if isinstance(lfs, dict) else None
+        if isinstance(name, str) and isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha):
+            out[name] = sha
+    return out
 
 
 def hf_token() -> str | None:
@@ -91,8 +122,7 @@ def hf_source(uri: str) -> Source:
             f"'{uri}' is not complete in the Hugging Face cache at {hf_cache_dir()} and "
             "HF_HUB_OFFLINE is set; download it first or unset HF_HUB_OFFLINE"
         )
-    endpoint = (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
-    url = f"{endpoint}/{repo}/resolve/{quote(revision, safe='')}"
+    url = f"{hub_endpoint()}/{repo}/resolve/{quote(revision, safe='')}"
     token = hf_token()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     hint = (

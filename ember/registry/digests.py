@@ -4,6 +4,7 @@ or a sha256sum manifest (`SHA256SUMS`, ...) for all of them, in `sha256sum`'s fo
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -12,6 +13,8 @@ from ember.errors import ModelLoadError
 
 if TYPE_CHECKING:
     from ember.loader import Source
+
+log = logging.getLogger(__name__)
 
 MANIFESTS = ("SHA256SUMS", "SHA256SUMS.txt", "sha256sums.txt", "checksums.sha256")
 SUFFIX = ".sha256"
@@ -56,6 +59,22 @@ def expected_digests(source: Source, names: list[str]) -> dict[str, Digest]:
         if target in wanted and own is not None:
             out[target] = Digest(own, source.location(digest_file))
     return out
+
+
+def hub_digests(uri: str, names: list[str]) -> dict[str, Digest]:
+    """For hf:// sources, which publish no digest files: the sha256 the Hub records for each
+    LFS file (the weights) among `names`. Where the Hub's API does not answer, none, with a
+    warning: the pull goes on unverified, as from any source without digests."""
+    from ember.loader.hf import lfs_sha256, parse_hf_uri
+
+    repo, revision = parse_hf_uri(uri)
+    origin = f"the Hub's record of hf://{repo}@{revision}"
+    try:
+        known = lfs_sha256(uri)
+    except ModelLoadError as exc:
+        log.warning("the weights' sha256 cannot be checked: %s", exc)
+        return {}
+    return {name: Digest(known[name], origin) for name in names if name in known}
 
 
 def _read(source: Source, name: str, default_name: str | None) -> dict[str, str]:

@@ -4,8 +4,9 @@ http(s)://, hf://, file://, a directory) into the local store as models/NAME/TAG
 - Files land in a hidden staging folder next to the target, each as NAME.part until complete.
   A pull that was interrupted continues each .part from its length with range reads.
 - sha256 is computed as bytes arrive. Where the source publishes digests (NAME.sha256,
-  SHA256SUMS, see digests.py) a mismatch fails the pull; either way the digests are recorded in
-  the model's .ember-pull.json.
+  SHA256SUMS, see digests.py; for hf:// the Hub's record of each LFS file) a mismatch fails the
+  pull, a resumed .part included; either way the digests are recorded in the model's
+  .ember-pull.json.
 - The finished folder is renamed into place: the store never shows half a model.
 """
 
@@ -28,7 +29,14 @@ from typing import TYPE_CHECKING, Any
 
 from ember.errors import EmberError, ModelLoadError, ModelNotFoundError
 from ember.loader.source import ReadTimeoutError
-from ember.registry.digests import MANIFESTS, SUFFIX, Digest, expected_digests, is_digest_file
+from ember.registry.digests import (
+    MANIFESTS,
+    SUFFIX,
+    Digest,
+    expected_digests,
+    hub_digests,
+    is_digest_file,
+)
 from ember.registry.names import parse_name
 from ember.registry.remote import PROBED_FILES, default_name, is_path, is_small_file
 from ember.registry.store import LocalModel, ModelStore
@@ -119,7 +127,10 @@ def _pull_into(
     source = resolve_source(source_uri)
     try:
         plan = plan_files(source)
-        digests = expected_digests(source, [n for n, _ in plan])
+        names = [n for n, _ in plan]
+        digests = expected_digests(source, names)
+        if source_uri.startswith("hf://") and source.local_dir() is None:
+            digests = hub_digests(source_uri, names) | digests  # a digest file wins
         state = _State.open(staging, source.uri)
         files = []
         for n, size in plan:  # config.json comes before the weights

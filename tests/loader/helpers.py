@@ -142,7 +142,7 @@ def serve_http(server: RangeServer) -> Iterator[RangeServer]:
             if server.token and self.headers.get("Authorization") != f"Bearer {server.token}":
                 self._reply(401, {})
                 return
-            rel = self.path.removeprefix(server.prefix).lstrip("/")
+            rel = self.path.split("?", 1)[0].removeprefix(server.prefix).lstrip("/")
             path = server.root / rel
             if not self.path.startswith(server.prefix) or not rel or not path.is_file():
                 self._reply(404, {})

@@ -306,3 +306,45 @@ def test_an_index_naming_a_path_outside_the_model_writes_nothing_there(
             pull(url, store, "evil")
     assert not outside.exists() and not outside.parent.exists()
     assert store.list() == []
+
+
+@pytest.fixture
+def hub(tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A stand-in for the Hugging Face Hub on loopback serving hf://org/tiny@v1.0: the files
+    under /org/tiny/resolve/v1.0/ and the API's file list with each LFS file's sha256 (what
+    `huggingface_hub.model_info(files_metadata=True)` reads). Yields the API record's path."""
+    root = tmp_path / "hub"
+    shutil.copytree(tiny_dir, root / "org" / "tiny" / "resolve" / "v1.0")
+    record = root / "api" / "models" / "org" / "tiny" / "revision" / "v1.0"
+    record.parent.mkdir(parents=True)
+    siblings = [{"rfilename": p.name} for p in tiny_dir.iterdir()]
+    for s in siblings:
+        if s["rfilename"] == WEIGHTS:
+            s["lfs"] = {"sha256": sha256(tiny_dir / WEIGHTS), "size": 1, "pointerSize": 134}
+    record.write_text(json.dumps({"id": "org/tiny", "siblings": siblings}))
+    with serve_http(RangeServer(root)) as server:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.port}")
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "no-hf-cache"))
+        yield record
+
+
+def test_a_hub_pull_is_checked_against_the_hubs_sha256(
+    hub: Path, tiny_dir: Path, store: ModelStore
+) -> None:
+    """hf:// repositories publish no digest files: the weights are checked against the sha256
+    the Hub records for each LFS file, and a mismatch fails the pull and installs nothing."""
+    result = pull("hf://org/tiny@v1.0", store, "hubbed")
+    assert_same_files(result.model.path, tiny_dir)
+    weights = next(f for f in result.files if f.name == WEIGHTS)
+    assert weights.verified_by == "the Hub's record of hf://org/tiny@v1.0"
+    assert record(result.model.path)[WEIGHTS]["sha256"] == sha256(tiny_dir / WEIGHTS)
+
+    info = json.loads(hub.read_text())
+    for s in info["siblings"]:
+        if "lfs" in s:
+            s["lfs"]["sha256"] = "0" * 64  # the bytes served are not the ones the Hub records
+    hub.write_text(json.dumps(info))
+    with pytest.raises(ModelLoadError, match=r"but the Hub's record of hf://org/tiny@v1\.0 says"):
+        pull("hf://org/tiny@v1.0", store, "mismatch")
+    with pytest.raises(ModelNotFoundError):
+        store.resolve("mismatch")
