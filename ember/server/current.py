@@ -91,6 +91,11 @@ class ModelView:
     def startup_phases(self) -> dict[str, float]:
         return self.residency.preloaded[self.residency.primary_key].startup_phases()
 
+    def weights_progress(self) -> tuple[int, int]:
+        """The primary model's weight bytes loaded and in all."""
+        primary = self.residency.preloaded[self.residency.primary_key]
+        return primary.bytes_done, primary.bytes_total
+
     async def wait_ready(self) -> AsyncEngine:
         """The request's model, loaded (its keep-alive restarts now)."""
         lease = await self.residency.acquire(self.key)

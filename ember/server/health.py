@@ -31,13 +31,14 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
-@router.get("/metrics")
+@router.api_route("/metrics", methods=["GET", "HEAD"])
 async def metrics(request: Request) -> Response:
     ctx = get_context(request)
     ctx.metrics.set_startup(ctx.served.startup_phases())
+    ctx.metrics.set_weights(*ctx.served.weights_progress())
     return Response(ctx.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/version")
+@router.api_route("/version", methods=["GET", "HEAD"])
 async def version() -> dict[str, Any]:
     return {"version": __version__}

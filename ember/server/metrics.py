@@ -214,6 +214,19 @@ class ServerMetrics:
             ["model_name", "phase"],
             registry=r,
         )
+        self.weights_bytes = Gauge(
+            "ember:weights_bytes",
+            "The primary model's weights: bytes loaded so far and in all (state=loaded|total); "
+            "a load's progress, as /health reports it while it answers 503.",
+            ["model_name", "state"],
+            registry=r,
+        )
+
+    def set_weights(self, loaded: int, total: int) -> None:
+        """Publish the primary model's weight load (0 of 0 until its files are known)."""
+        name = self._model_name()
+        self.weights_bytes.labels(name, "loaded").set(loaded)
+        self.weights_bytes.labels(name, "total").set(total)
 
     def set_startup(self, phases: Mapping[str, float]) -> None:
         """Publish the start-up phases (phase -> seconds); nothing until the model is ready."""

@@ -109,6 +109,7 @@ def test_health_reports_load_progress_then_startup_phases(tiny_dir: Path, tmp_pa
                 assert r.status_code == 503
                 loading.append(r.json())
             metrics = server.metrics()
+            head = httpx.head(server.url + "/metrics", timeout=5)
             generate(server, "tiny-http")
         finally:
             server.stop()
@@ -124,6 +125,8 @@ def test_health_reports_load_progress_then_startup_phases(tiny_dir: Path, tmp_pa
     assert all(startup[f"{p}_s"] >= 0 for p in PHASES)
     assert startup["total_s"] >= startup["weights_s"] > 0.4  # at least the delayed range read
     assert metrics["ember:startup_phase_seconds"] > 0
+    assert metrics["ember:weights_bytes"] == 2 * total  # loaded, and in all
+    assert head.status_code == 200 and head.headers["content-type"].startswith("text/plain")
 
 
 def test_no_cache_weights_streams_without_a_local_copy(tiny_dir: Path, tmp_path: Path) -> None:
