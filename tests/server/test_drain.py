@@ -160,11 +160,13 @@ def test_engine_death_fails_health_and_exits_non_zero(tmp_path: Path) -> None:
 
 
 def test_disconnect_during_prefill_frees_the_engine(tmp_path: Path) -> None:
-    # One prompt token per step: a 400-token prompt is in prefill for hundreds of steps.
-    server = start(tmp_path, "prefill", "tiny", *COMMON_ARGS, "--max-num-batched-tokens", "1")
+    # One prompt token per step: a 1,500-token prompt is in prefill for 1,500 steps (~1 s on a
+    # 2-core machine; 400 took ~0.3 s there, as long as the client's patience below).
+    args = ("--max-num-batched-tokens", "1", "--context-length", "2048")
+    server = start(tmp_path, "prefill", "tiny", *COMMON_ARGS, *args)
     try:
         before = server.metrics()
-        body = {"model": "tiny", "prompt": [7] * 400, "max_tokens": 5, "stream": True}
+        body = {"model": "tiny", "prompt": [7] * 1500, "max_tokens": 5, "stream": True}
         try:
             with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=0.3) as r:
                 r.read()
