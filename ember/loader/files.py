@@ -31,6 +31,13 @@ def weight_files(source: Source) -> tuple[list[str], dict[str, str]]:
         weight_map = _read_index(source)
         files = sorted(set(weight_map.values()))
         missing = [f for f in files if not _has(source, listing, f)]
+        local = source.local_dir()
+        folders = [f for f in missing if local is not None and (local / f).is_dir()]
+        if folders:
+            raise ModelLoadError(
+                f"shard(s) {', '.join(folders)} listed in '{source.location(INDEX_FILE)}' are "
+                "folders, not safetensors files; the download is broken, fetch the model again"
+            )
         if missing:
             raise ModelLoadError(
                 f"shard(s) {', '.join(missing)} listed in '{source.location(INDEX_FILE)}' are "

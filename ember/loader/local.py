@@ -26,6 +26,11 @@ class LocalSource(Source):
     def __init__(self, root: str | Path, direct: bool | None = None) -> None:
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
+            if self.root.exists():
+                raise ModelLoadError(
+                    f"'{self.root}' is a file, not a model directory; pass the folder that "
+                    "holds it with its config.json and tokenizer files"
+                )
             raise ModelLoadError(f"model directory '{self.root}' does not exist")
         self.uri = str(self.root)
         self.concurrency = 16

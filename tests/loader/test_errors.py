@@ -209,3 +209,16 @@ def test_unknown_scheme(tmp_path: Path) -> None:
 
 def _readers() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("ember-load")]
+
+
+def test_a_file_given_as_the_model_folder_and_a_shard_that_is_a_folder_say_so(
+    tmp_path: Path,
+) -> None:
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "a.safetensors"))
+    with pytest.raises(ModelLoadError, match=r"a\.safetensors' is a file, not a model directory"):
+        LocalSource(tmp_path / "a.safetensors")
+    (tmp_path / "b.safetensors").mkdir()
+    index = {"weight_map": {"w": "a.safetensors", "v": "b.safetensors"}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelLoadError, match=r"b\.safetensors listed in .* are folders"):
+        _streamer(tmp_path)
