@@ -265,6 +265,11 @@ class Residency:
 
     async def _unload(self, r: Resident) -> None:
         try:
+            if not r.served.ready:
+                # Still loading (its last request gave up, or timed out, meanwhile): an unload
+                # now would find no engine to stop, and the one the load then makes would run
+                # on unowned. Unload once the load has ended, unless a request took it by then.
+                await r.served.load_ended()
             if self.residents.get(r.key) is not r or r.refs:
                 return
             self._retire(r)  # with no await before the del: a scrape sees one or the other

@@ -236,6 +236,10 @@ class ServedModel:
         """Seconds per start-up phase once ready ({} before)."""
         return self.startup.phases() if self.status == "ok" else {}
 
+    async def load_ended(self) -> None:
+        """Wait until the load has ended, loaded or failed (never raises)."""
+        await self._ready.wait()
+
     async def wait_ready(self, counted: bool = True) -> AsyncEngine:
         """The engine, once loaded; raises ModelLoadError if the load failed. `counted`: a
         request waiting, which the metrics count as waiting."""

@@ -234,6 +234,32 @@ def test_the_request_timeout_counts_the_wait_for_the_model(tiny_dir: Path, tmp_p
     assert request.seconds < 10
 
 
+def test_a_model_whose_requests_all_gave_up_while_it_loaded_is_unloaded_once_loaded(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
+    """An on-demand load whose only request timed out: with keep-alive 0 the model is unloaded,
+    but only once its load has ended (an unload during the load stopped no engine, and the one
+    the load then made ran on, owned by nobody)."""
+    with serve_http(_slow_weights(tiny_dir, "tiny-gaveup", seconds=3)) as web:
+        uri = f"http://127.0.0.1:{web.port}/models/tiny-gaveup"
+        server = Server(
+            tmp_path / "gaveup.log", "tiny", *COMMON_ARGS, "--home", str(tmp_path / "home"),
+            "--keep-alive", "0", "--request-timeout", "1", "--allow-model-paths",
+            "--max-loaded-models", "2", env={"EMBER_CACHE_WEIGHTS": "false"},
+        )  # fmt: skip
+        try:
+            server.wait_healthy()
+            r = httpx.post(server.url + "/api/generate", json={"model": uri, "prompt": "hi"})
+            assert r.status_code == 504, r.text
+            assert wait_for(lambda: "unloading model tiny-gaveup" in server.log(), timeout=30)
+            log = server.log()
+            ps = httpx.get(server.url + "/api/ps", timeout=5).json()["models"]
+        finally:
+            server.stop()
+    assert log.index("model tiny-gaveup:latest ready") < log.index("unloading model tiny-gaveup")
+    assert [m["name"] for m in ps] == ["tiny:latest"]
+
+
 def test_a_uri_model_answers_to_its_name_and_keeps_its_label_from_the_start(
     tiny_dir: Path, tmp_path: Path
 ) -> None:
