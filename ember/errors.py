@@ -31,6 +31,12 @@ class ServerBusyError(EmberError):
     status_code = 503
 
 
+class ConflictError(EmberError):
+    """Something else holds what the request needs (a running pull of the same model)."""
+
+    status_code = 409
+
+
 class ModelLoadError(EmberError):
     """A model directory or file cannot be loaded (missing file, bad config, unsupported arch)."""
 

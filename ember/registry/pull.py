@@ -12,7 +12,6 @@ http(s)://, hf://, file://, a directory) into the local store as models/NAME/TAG
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -21,7 +20,6 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -88,29 +86,10 @@ def pull(
     model_name = str(parse_name(name or default_name(source_uri)))
     target = store.path_for(model_name)
     staging = store.staging_path(model_name)
-    with _one_pull(store.pull_lock_path(model_name), model_name):
+    # One pull of a name at a time: a second (another terminal, an init container restarted
+    # while the first still runs) would append to the first one's .part files.
+    with store.pull_lock(model_name, "pulling it again (the new pull resumes its files)"):
         return _pull_into(source_uri, store, model_name, target, staging, progress, chunk_bytes)
-
-
-@contextmanager
-def _one_pull(path: Path, name: str) -> Iterator[None]:
-    """One pull of a model at a time: a second (another terminal, an init container restarted
-    while the first still runs) would append to the first one's .part files, so it fails at
-    once instead. The lock is the kernel's (flock on `path`), released however the holder
-    ends."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ModelLoadError(
-                f"another 'ember pull' of {name} is running (it holds {path}); wait for it to "
-                "finish, or stop it and pull again (the new pull resumes its files)"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _pull_into(

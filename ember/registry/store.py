@@ -12,17 +12,24 @@ given a manifest the first time a copy or create needs their blobs (`adopt`)."""
 from __future__ import annotations
 
 import builtins
+import fcntl
 import json
 import os
 import shutil
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ember.errors import InvalidRequestError, ModelLoadError, ModelNotFoundError
+from ember.errors import (
+    ConflictError,
+    InvalidRequestError,
+    ModelLoadError,
+    ModelNotFoundError,
+)
 from ember.registry.assemble import import_dir, materialise
 from ember.registry.blobs import Blobs
 from ember.registry.details import ModelDetails, inspect_dir
@@ -107,9 +114,29 @@ class ModelStore:
         return target.parent / f".{target.name}.pull"
 
     def pull_lock_path(self, name: str) -> Path:
-        """The file a pull of `name` holds locked while it runs (pull.py)."""
-        staging = self.staging_path(name)
-        return staging.with_name(staging.name + ".lock")
+        """The file a pull of `name` holds locked while it runs (outside the model's folder,
+        and never deleted: a pull that locked a file someone removed would lock nothing)."""
+        return self.models_dir.parent / ".pull-locks" / f"{parse_name(name).relpath}.lock"
+
+    @contextmanager
+    def pull_lock(self, name: str, doing: str) -> Iterator[None]:
+        """Hold `name`'s pull lock (the kernel's flock, released however the holder ends), or
+        raise ConflictError (409) at once if a running `ember pull` of it holds it; `doing`
+        says what the caller was about to do, for the message."""
+        path = self.pull_lock_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+b") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConflictError(
+                    f"an 'ember pull' of {parse_name(name)} is running (it holds {path}); wait "
+                    f"for it to finish, or stop it, before {doing}"
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def manifest_path(self, name: str) -> Path:
         return self.manifests_dir / parse_name(name).relpath
@@ -276,12 +303,11 @@ class ModelStore:
                     param="model",
                 )
             raise ModelNotFoundError(f"model '{name}' not found; see 'ember list'", param="model")
-        with _WRITE_LOCK:
+        with self.pull_lock(str(parsed), "removing it"), _WRITE_LOCK:
             own = _readable_manifest(manifest)
             manifest.unlink(missing_ok=True)  # first: from here on the model is gone
             shutil.rmtree(path, ignore_errors=True)
             shutil.rmtree(staging, ignore_errors=True)
-            self.pull_lock_path(str(parsed)).unlink(missing_ok=True)
             for root, leaf in ((self.models_dir, path), (self.manifests_dir, manifest)):
                 _prune_empty_parents(root, leaf)
             if own is not None:

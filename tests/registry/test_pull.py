@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ember.errors import ModelLoadError, ModelNotFoundError
+from ember.errors import ConflictError, ModelLoadError, ModelNotFoundError
 from ember.registry import ModelStore
 from ember.registry.pull import PART, RECORD, pull
 from tests.loader.helpers import RangeServer, serve_http
@@ -278,16 +278,19 @@ def test_a_second_pull_of_the_same_model_fails_while_the_first_runs(
     running instead, and once the first has ended a pull goes through."""
     import fcntl
 
+    assert_same_files(pull(str(tiny_dir), store, "twice").model.path, tiny_dir)
     lock = store.pull_lock_path("twice:latest")
-    lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a+b") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # as a running `ember pull twice` holds it
-        with pytest.raises(ModelLoadError, match="another 'ember pull' of twice:latest is running"):
+        with pytest.raises(ConflictError, match="an 'ember pull' of twice:latest is running"):
             pull(str(tiny_dir), store, "twice")
         assert not store.staging_path("twice").exists()  # nothing of the first one's touched
-    assert_same_files(pull(str(tiny_dir), store, "twice").model.path, tiny_dir)
+        # nor may `ember rm` pull the folder from under it (a pull after would run beside it)
+        with pytest.raises(ConflictError, match=r"is running .* before removing it"):
+            store.remove("twice")
+        assert store.resolve("twice").path.is_dir()
     store.remove("twice")
-    assert not lock.exists()
+    assert not store.models_dir.exists() or not any(store.models_dir.iterdir())
 
 
 def test_an_index_naming_a_path_outside_the_model_writes_nothing_there(
