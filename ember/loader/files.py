@@ -17,11 +17,12 @@ SINGLE_FILE = "model.safetensors"
 
 def is_safe_name(name: str) -> bool:
     """Whether `name` (from a shard index or a source's listing) names a file inside the model's
-    folder: relative, '/'-separated, with no empty, '.' or '..' part. Such names become paths
-    under a staging or cache folder; any other could write outside it."""
+    folder: relative, '/'-separated, with no empty or '..' part. Such names become paths under a
+    staging or cache folder; any other could write outside it."""
     if not name or "\\" in name or "\x00" in name or name.startswith(("/", "~")):
         return False
-    return all(part not in ("", ".", "..") for part in name.split("/"))
+    parts = name.split("/")
+    return all(part not in ("", "..") for part in parts) and parts[-1] != "."
 
 
 def weight_files(source: Source) -> tuple[list[str], dict[str, str]]:

@@ -40,21 +40,24 @@ class LocalSource(Source):
         self._fds: dict[str, tuple[int, int | None]] = {}
 
     def list_files(self) -> list[str] | None:
-        """Every file under the folder, symlinked folders followed, each real folder once (a
-        link back up the tree would otherwise be walked until the path is too long, and two
-        such links for ever)."""
+        """Every file under the folder, symlinked folders followed, except a link back to a
+        folder it is already inside (a link up the tree would otherwise be walked until the
+        path is too long, and two such links for ever)."""
         out: list[str] = []
-        seen: set[tuple[int, int]] = set()
+        # each folder walked -> the real folders it is inside, itself included
+        within: dict[str, frozenset[tuple[int, int]]] = {}
         for dirpath, dirnames, names in os.walk(self.root, followlinks=True):
             try:
                 info = os.stat(dirpath)
             except OSError:
                 dirnames[:] = []
                 continue
-            if (info.st_dev, info.st_ino) in seen:
+            here = (info.st_dev, info.st_ino)
+            above = within.get(os.path.dirname(dirpath), frozenset())
+            if here in above:  # a link back up: its files are listed already
                 dirnames[:] = []
                 continue
-            seen.add((info.st_dev, info.st_ino))
+            within[dirpath] = above | {here}
             rel = Path(dirpath).relative_to(self.root)
             out += [str(rel / n) if rel.parts else n for n in names]
         return sorted(out)

@@ -145,8 +145,9 @@ def test_a_folder_that_links_back_to_itself_is_listed_once(tmp_path: Path) -> No
     (tmp_path / "sub" / "notes.txt").write_text("x")
     os.symlink(".", tmp_path / "a")
     os.symlink("..", tmp_path / "sub" / "up")
+    os.symlink("sub", tmp_path / "also")  # another way into a folder: listed there too
     source = LocalSource(tmp_path)
-    assert source.list_files() == ["model.safetensors", "sub/notes.txt"]
+    assert source.list_files() == ["also/notes.txt", "model.safetensors", "sub/notes.txt"]
     assert torch.equal(dict(_streamer(tmp_path).stream())["w"], torch.ones(2))
     source.close()
 
