@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +162,24 @@ def _wait_phase(server: Server, phase: str) -> None:
     assert wait_for(there, timeout=60), server.log()
 
 
+@contextmanager
+def _loading(
+    tiny_dir: Path, tmp_path: Path, name: str, seconds: float, *args: str
+) -> Iterator[tuple[str, Server]]:
+    """`ember serve` of a URI whose weights take `seconds`, from the moment it loads them:
+    (the URI, the server); the server is stopped after."""
+    with serve_http(_slow_weights(tiny_dir, name, seconds)) as web:
+        uri = f"http://127.0.0.1:{web.port}/models/{name}"
+        home = str(tmp_path / "home")
+        env = {"EMBER_CACHE_WEIGHTS": "false"}
+        server = Server(tmp_path / f"{name}.log", uri, *COMMON_ARGS, "--home", home, *args, env=env)
+        try:
+            _wait_phase(server, "loading weights")
+            yield uri, server
+        finally:
+            server.stop()
+
+
 class _Waiting(threading.Thread):
     """One request sent while the model loads: (status, body) once answered."""
 
@@ -183,28 +202,18 @@ def test_a_server_stopped_while_loading_exits_at_once_and_answers_its_waiting_re
     """SIGTERM in the middle of a slow load: requests waiting for the model get the drain's
     503 at its deadline (not a cut connection or a 500), and the process exits 0 without
     waiting for the rest of the load (a platform would kill it at its grace period)."""
-    with serve_http(_slow_weights(tiny_dir, "tiny-slow", seconds=120)) as web:
-        uri = f"http://127.0.0.1:{web.port}/models/tiny-slow"
-        env = {"EMBER_CACHE_WEIGHTS": "false"}
-        server = Server(
-            tmp_path / "stop.log", uri, *COMMON_ARGS, "--home", str(tmp_path / "home"),
-            "--drain-timeout", "1", env=env,
-        )  # fmt: skip
-        try:
-            _wait_phase(server, "loading weights")
-            waiting = [
-                _Waiting(server, "/api/generate", {"model": "tiny-slow", "prompt": "hi"}),
-                _Waiting(server, "/v1/completions", {"model": uri, "prompt": "hi"}),
-            ]
-            for request in waiting:
-                request.start()
-            assert wait_for(lambda: server.metrics()["vllm:num_requests_waiting"] == 2)
-            t0 = time.monotonic()
-            server.proc.send_signal(signal.SIGTERM)
-            assert server.proc.wait(timeout=20) == 0, server.log()
-            assert time.monotonic() - t0 < 10
-        finally:
-            server.stop()
+    with _loading(tiny_dir, tmp_path, "tiny-slow", 120, "--drain-timeout", "1") as (uri, server):
+        waiting = [
+            _Waiting(server, "/api/generate", {"model": "tiny-slow", "prompt": "hi"}),
+            _Waiting(server, "/v1/completions", {"model": uri, "prompt": "hi"}),
+        ]
+        for request in waiting:
+            request.start()
+        assert wait_for(lambda: server.metrics()["vllm:num_requests_waiting"] == 2)
+        t0 = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=20) == 0, server.log()
+        assert time.monotonic() - t0 < 10
     for request in waiting:
         request.join(timeout=10)
         assert request.answer is not None
@@ -215,19 +224,9 @@ def test_a_server_stopped_while_loading_exits_at_once_and_answers_its_waiting_re
 
 
 def test_the_request_timeout_counts_the_wait_for_the_model(tiny_dir: Path, tmp_path: Path) -> None:
-    with serve_http(_slow_weights(tiny_dir, "tiny-slower", seconds=60)) as web:
-        uri = f"http://127.0.0.1:{web.port}/models/tiny-slower"
-        env = {"EMBER_CACHE_WEIGHTS": "false"}
-        server = Server(
-            tmp_path / "timeout.log", uri, *COMMON_ARGS, "--home", str(tmp_path / "home"),
-            "--request-timeout", "1", env=env,
-        )  # fmt: skip
-        try:
-            _wait_phase(server, "loading weights")
-            request = _Waiting(server, "/api/chat", {"model": "tiny-slower", "messages": []})
-            request.run()
-        finally:
-            server.stop()
+    with _loading(tiny_dir, tmp_path, "tiny-slower", 60, "--request-timeout", "1") as (_, server):
+        request = _Waiting(server, "/api/chat", {"model": "tiny-slower", "messages": []})
+        request.run()
     assert request.answer is not None
     status, body = request.answer
     assert status == 504 and "--request-timeout" in body["error"], body
