@@ -142,8 +142,9 @@ class SafetensorsStreamer:
         are in place (on CUDA: ordered before later work on the current stream).
 
         `resolve(meta)` may name the tensor's destination: a contiguous tensor on the device of
-        the checkpoint's shape; it is then filled in place and yielded itself. Returns None to
-        get a fresh tensor in the checkpoint's dtype instead.
+        the checkpoint's shape; it is then filled in place and yielded itself (one of another
+        shape is a ModelLoadError naming the file and tensor). Returns None to get a fresh
+        tensor in the checkpoint's dtype instead.
         """
         start = self._began if self._began is not None else time.perf_counter()
         targets = [_Target(m, self._destination(m, resolve)) for m in self.tensors]
@@ -157,8 +158,14 @@ class SafetensorsStreamer:
 
     def _destination(self, meta: TensorMeta, resolve: Resolve | None) -> torch.Tensor | None:
         dest = resolve(meta) if resolve is not None else None
-        if dest is None or tuple(dest.shape) != meta.shape:
-            return None  # the caller's own check names the mismatch
+        if dest is None:
+            return None
+        if tuple(dest.shape) != meta.shape:  # before a byte is read
+            raise ModelLoadError(
+                f"tensor '{meta.name}' in '{self.source.location(meta.file)}' has shape "
+                f"{list(meta.shape)} but the model built from config.json expects "
+                f"{list(dest.shape)}; the weights do not match this config.json"
+            )
         if dest.device != self.device or not dest.is_contiguous():
             return None
         if _kind(dest.dtype) != _kind(meta.dtype):

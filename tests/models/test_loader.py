@@ -95,7 +95,9 @@ def test_missing_tensor_is_named(model_dir: Path) -> None:
 def test_wrong_shape_is_named(model_dir: Path) -> None:
     _edit_weights(model_dir, {"model.layers.0.mlp.up_proj.weight": torch.zeros(47, 32)})
     with pytest.raises(
-        ModelLoadError, match=r"'model\.layers\.0\.mlp\.up_proj\.weight' has shape \[47, 32\]"
+        ModelLoadError,
+        match=r"'model\.layers\.0\.mlp\.up_proj\.weight' in '.*model\.safetensors' has shape "
+        r"\[47, 32\] but the model built from config\.json expects \[",
     ):
         load_model(model_dir, torch.float32, CPU)
 
