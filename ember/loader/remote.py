@@ -146,6 +146,13 @@ class ObjectStoreSource(Source):
             return ModelLoadError(f"access to '{where}' was denied ({first}); {self._hint}")
         if unauthenticated or no_credentials:
             return ModelLoadError(f"cannot authenticate to '{where}' ({first}); {self._hint}")
+        if "Range request not supported" in text:
+            return ModelLoadError(
+                f"cannot read '{where}': the server does not answer HTTP range requests (it "
+                "sends whole files); ember reads weights in ranges, so serve the model from a "
+                "server that supports them (nginx, a bucket's HTTP endpoint, ...) or copy the "
+                "folder here and serve it from disk"
+            )
         if "kind: Timeout" in text or "TimedOut" in text:
             return ReadTimeoutError(
                 f"reading '{where}' timed out ({first}); for a slow link raise {TIMEOUT_ENV} "

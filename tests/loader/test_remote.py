@@ -9,6 +9,7 @@ import socket
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -245,6 +246,32 @@ def test_early_reads_fill_the_ring_while_the_model_is_built(
         with pytest.raises(RuntimeError, match="out of memory while building"):
             load_model(url, torch.float32, CPU, options=SMALL)
     assert not [t for t in threading.enumerate() if t.name.startswith("ember-load")]
+
+
+def test_an_http_server_without_range_requests_is_named_as_the_problem(model_dir: Path) -> None:
+    """Python's http.server ignores Range and sends whole files: the error says so and what to
+    do, instead of the HTTP client's own words."""
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(model_dir), **kwargs)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_port}"
+        with pytest.raises(ModelLoadError, match="does not answer HTTP range requests"):
+            load_model(url, torch.float32, CPU, options=SMALL)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
 
 
 def test_http_missing_model(model_dir: Path) -> None:
