@@ -186,13 +186,27 @@ def _make_store(scheme: str, uri: str, headers: dict[str, str]) -> ObjectStore:
         if scheme == "s3":
             return _s3_store(uri, client)
         if scheme == "gs":
+            _check_gcs_key(uri)
             return GCSStore.from_url(uri, client_options=client, retry_config=_RETRY)
         client["allow_http"] = scheme == "http"
         return HTTPStore.from_url(uri, client_options=client, retry_config=_RETRY)
     except ModelLoadError:
         raise
     except Exception as exc:
-        raise ModelLoadError(f"cannot open '{uri}': {exc}") from exc
+        # obstore's first line says what; the rest is a debug dump of its Rust error
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = {"s3": S3_HINT, "gs": GCS_HINT}.get(scheme, HTTP_HINT)
+        raise ModelLoadError(f"cannot open '{uri}': {first}; {hint}") from exc
+
+
+def _check_gcs_key(uri: str) -> None:
+    key = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS", "").strip()
+    if key and not Path(key).expanduser().is_file():
+        raise ModelLoadError(
+            f"cannot open '{uri}': GOOGLE_APPLICATION_CREDENTIALS is '{key}', which is not a "
+            "file; point it at a service-account key file, or unset it to use the metadata "
+            "server's service account (workload identity)"
+        )
 
 
 def _s3_store(uri: str, client: ClientConfig) -> ObjectStore:

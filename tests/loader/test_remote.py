@@ -274,6 +274,24 @@ def test_an_http_server_without_range_requests_is_named_as_the_problem(model_dir
         thread.join(timeout=5)
 
 
+@pytest.mark.parametrize("key", ["missing", "not-a-key"])
+def test_a_bad_google_credentials_file_says_what_to_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    """GOOGLE_APPLICATION_CREDENTIALS naming no file, or a file that is no key: one line that
+    names the variable or the problem and what to set, not the client's debug dump."""
+    path = tmp_path / "key.json"
+    if key == "not-a-key":
+        path.write_text("{}")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
+    with pytest.raises(ModelLoadError) as caught:
+        load_model("gs://some-bucket/models/tiny", torch.float32, CPU)
+    message = str(caught.value)
+    assert "cannot open 'gs://some-bucket/models/tiny'" in message
+    assert "GOOGLE_APPLICATION_CREDENTIALS" in message and "Debug" not in message
+    assert "\n" not in message
+
+
 def test_http_missing_model(model_dir: Path) -> None:
     with serve_http(RangeServer(model_dir)) as server:
         url = f"http://127.0.0.1:{server.port}/elsewhere"
