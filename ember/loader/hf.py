@@ -58,10 +58,9 @@ def lfs_sha256(uri: str) -> dict[str, str]:
     model_info(files_metadata=True) asks). Raises ModelLoadError if the Hub does not answer."""
     repo, revision = parse_hf_uri(uri)
     url = f"{hub_endpoint()}/api/models/{repo}/revision/{quote(revision, safe='')}?blobs=true"
-    token = hf_token()
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as r:
+        request = urllib.request.Request(url, headers=_bearer(hf_token()))
+        with urllib.request.urlopen(request, timeout=30) as r:
             info = json.loads(r.read())
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot read the Hub's file list at {url}: {exc}") from exc
@@ -75,6 +74,11 @@ def lfs_sha256(uri: str) -> dict[str, str]:
         if isinstance(name, str) and isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha):
             out[name] = sha
     return out
+
+
+def _bearer(token: str | None) -> dict[str, str]:
+    """The Hub's authorisation header for `token` (none without one)."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def hf_token() -> str | None:
@@ -124,7 +128,7 @@ def hf_source(uri: str) -> Source:
         )
     url = f"{hub_endpoint()}/{repo}/resolve/{quote(revision, safe='')}"
     token = hf_token()
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers = _bearer(token)
     hint = (
         "set HF_TOKEN to a token that may read this repository (gated models also need their "
         "licence accepted on the Hub page)"

@@ -89,7 +89,7 @@ class ObjectStoreSource(Source):
         self.alignment = 1
         scheme = uri.partition("://")[0]
         self._can_list = scheme in ("s3", "gs")
-        self._hint = hint or {"s3": S3_HINT, "gs": GCS_HINT}.get(scheme, HTTP_HINT)
+        self._hint = hint or _hint(scheme)
         self._store = _make_store(scheme, uri, headers or {})
         self._sizes: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -135,7 +135,7 @@ class ObjectStoreSource(Source):
 
     def _error(self, exc: Exception, name: str) -> ModelLoadError:
         where = self.location(name) if name else self.uri
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = _first_line(exc)
         if isinstance(exc, FileNotFoundError):
             return MissingFileError(f"'{where}' does not exist")
         text = str(exc)
@@ -193,10 +193,18 @@ def _make_store(scheme: str, uri: str, headers: dict[str, str]) -> ObjectStore:
     except ModelLoadError:
         raise
     except Exception as exc:
-        # obstore's first line says what; the rest is a debug dump of its Rust error
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = {"s3": S3_HINT, "gs": GCS_HINT}.get(scheme, HTTP_HINT)
-        raise ModelLoadError(f"cannot open '{uri}': {first}; {hint}") from exc
+        raise ModelLoadError(f"cannot open '{uri}': {_first_line(exc)}; {_hint(scheme)}") from exc
+
+
+def _hint(scheme: str) -> str:
+    """What to set or check when a source of `scheme` refuses or cannot be opened."""
+    return {"s3": S3_HINT, "gs": GCS_HINT}.get(scheme, HTTP_HINT)
+
+
+def _first_line(exc: Exception) -> str:
+    """obstore's first line says what went wrong; the rest is a debug dump of its Rust error."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _check_gcs_key(uri: str) -> None:

@@ -203,10 +203,10 @@ class SafetensorsStreamer:
         if not self._through_ring():
             yield from self._move_direct(targets)
             return
-        readers, self._readers = self._readers, None
-        if readers is None and self._began is None:
-            readers = self._open_readers()
+        readers, self._readers = self._readers, None  # those start() began, if it did
         if readers is None:
+            readers = self._open_readers()
+        if readers is None:  # nothing to read
             return
         done_bytes = 0
         self._report(0)

@@ -76,11 +76,16 @@ def expected_name(name_or_path: str) -> str | None:
     if is_uri(text):
         return default_name(text)
     if _is_explicit_path(text):
-        return f"{Path(text).expanduser().resolve().name}:{DEFAULT_TAG}"
+        return _folder_name(Path(text).expanduser().resolve())
     try:
         return str(parse_name(text))
     except InvalidRequestError:
         return None
+
+
+def _folder_name(path: Path) -> str:
+    """The name a model folder outside the store is served as: its own name, tagged latest."""
+    return f"{path.name}:{DEFAULT_TAG}"
 
 
 def _is_explicit_path(text: str) -> bool:
@@ -183,7 +188,7 @@ class ModelStore:
                 "name from 'ember list'",
                 param="model",
             )
-        return self._load(f"{path.name}:{DEFAULT_TAG}", path)
+        return self._load(_folder_name(path), path)
 
     def _from_uri(self, uri: str) -> LocalModel:
         files = model_files(uri, self.cache_dir)

@@ -45,10 +45,7 @@ class ModelView:
         r = self.residency.residents.get(self.key)
         if r is not None:
             return r.served
-        return (
-            self.residency.preloaded.get(self.key)
-            or self.residency.preloaded[self.residency.primary_key]
-        )
+        return self.residency.preloaded.get(self.key) or self._primary()
 
     def matches(self, requested: str) -> bool:
         return self.residency.key(requested) == self.key
@@ -88,12 +85,16 @@ class ModelView:
     def store(self) -> ModelStore:
         return self.residency.store
 
+    def _primary(self) -> ServedModel:
+        """The server's primary model as it was started (what its start-up reports)."""
+        return self.residency.preloaded[self.residency.primary_key]
+
     def startup_phases(self) -> dict[str, float]:
-        return self.residency.preloaded[self.residency.primary_key].startup_phases()
+        return self._primary().startup_phases()
 
     def weights_progress(self) -> tuple[int, int]:
         """The primary model's weight bytes loaded and in all."""
-        primary = self.residency.preloaded[self.residency.primary_key]
+        primary = self._primary()
         return primary.bytes_done, primary.bytes_total
 
     async def wait_ready(self) -> AsyncEngine:
