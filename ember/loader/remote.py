@@ -19,6 +19,7 @@ STALL_TIMEOUT_S is dropped and retried long before that.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -89,6 +90,7 @@ class ObjectStoreSource(Source):
         self.alignment = 1
         scheme = uri.partition("://")[0]
         self._can_list = scheme in ("s3", "gs")
+        self._s3 = scheme == "s3"
         self._hint = hint or _hint(scheme)
         self._store = _make_store(scheme, uri, headers or {})
         self._sizes: dict[str, int] = {}
@@ -139,6 +141,11 @@ class ObjectStoreSource(Source):
         if isinstance(exc, FileNotFoundError):
             return MissingFileError(f"'{where}' does not exist")
         text = str(exc)
+        if _service_error(text)[0] == "NoSuchBucket":
+            return MissingFileError(
+                f"the bucket of '{self.uri}' does not exist; check the bucket's name in the URI"
+                + (" and, for an S3-compatible server, AWS_ENDPOINT_URL" if self._s3 else "")
+            )
         denied = isinstance(exc, PermissionDeniedError) or " 403 " in text
         unauthenticated = isinstance(exc, UnauthenticatedError) or " 401 " in text
         no_credentials = any(word in text for word in _CREDENTIAL_WORDS)
@@ -202,9 +209,25 @@ def _hint(scheme: str) -> str:
 
 
 def _first_line(exc: Exception) -> str:
-    """obstore's first line says what went wrong; the rest is a debug dump of its Rust error."""
+    """obstore's first line says what went wrong; the rest is a debug dump of its Rust error.
+    Where the line ends in the start of a service's XML error document, that document's code
+    and message stand in for it."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    first = text.splitlines()[0]
+    head, xml, _ = first.partition("<?xml")
+    code, message = _service_error(text)
+    if xml and code:
+        return f"{head.rstrip(': ')}: {code}" + (f" ({message})" if message else "")
+    return first
+
+
+def _service_error(text: str) -> tuple[str, str]:
+    """The Code and Message of an S3 / GCS XML error document within `text` ('' where none)."""
+    code = re.search(r"<Code>([^<]*)</Code>", text)
+    message = re.search(r"<Message>([^<]*)</Message>", text)
+    return (code.group(1) if code else "", message.group(1) if message else "")
 
 
 def _check_gcs_key(uri: str) -> None:

@@ -99,6 +99,7 @@ def load_config(model: str | Path | Source) -> ModelConfig:
     if local is not None:
         return ModelConfig.from_dir(local)
     if not model.exists("config.json"):
+        model.list_files()  # an object store's missing bucket is named as such, not as a file
         raise ModelLoadError(
             f"no config.json in '{model.uri}'; a model needs the Hugging Face config.json next "
             "to its *.safetensors files"

@@ -19,6 +19,7 @@ from moto.server import ThreadedMotoServer
 from ember.errors import ModelLoadError
 from ember.loader import StreamOptions, resolve_source
 from ember.loader.cache import MARKER, cache_path
+from ember.loader.remote import _first_line
 from ember.models import CausalLM, load_model
 
 from .helpers import RangeServer, prefill_logits, serve_http, tiny_llama
@@ -151,6 +152,33 @@ def test_s3_missing_prefix(s3_env: str) -> None:
         ModelLoadError, match=r"no config\.json in 's3://ember-test/models/nothing'"
     ):
         load_model(f"s3://{BUCKET}/models/nothing", torch.float32, CPU)
+
+
+def test_s3_missing_bucket_is_named_as_such(s3_env: str) -> None:
+    """A bucket that does not exist is said to be missing, in one line: not as a missing
+    config.json, nor as the server's XML error document."""
+    for uri in ("s3://no-such-bucket/models/tiny", "s3://no-such-bucket"):
+        with pytest.raises(ModelLoadError) as info:
+            load_model(uri, torch.float32, CPU)
+        message = str(info.value)
+        assert message.startswith(f"the bucket of '{uri}' does not exist"), message
+        assert "AWS_ENDPOINT_URL" in message and "<" not in message and "\n" not in message
+
+
+def test_a_service_error_document_is_read_not_dumped() -> None:
+    """Where obstore's first line ends in an XML error's opening, the error's code and message
+    stand in for it."""
+    error = RuntimeError(
+        "Generic S3 error: GET http://h/b?list-type=2 - Server returned non-2xx status code: "
+        '403 Forbidden: <?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied'
+        "</Code><Message>Access Denied</Message></Error>\n\nDebug source:\nGeneric {...}"
+    )
+    assert _first_line(error) == (
+        "Generic S3 error: GET http://h/b?list-type=2 - Server returned non-2xx status code: "
+        "403 Forbidden: AccessDenied (Access Denied)"
+    )
+    assert _first_line(RuntimeError("plain\nrest")) == "plain"
+    assert _first_line(RuntimeError("")) == "RuntimeError"
 
 
 def test_s3_http_endpoint_needs_allow_http(s3_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
