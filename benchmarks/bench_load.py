@@ -573,12 +573,18 @@ def check_streamer(device: torch.device, tmp: Path) -> None:
         dests[meta.name] = torch.zeros(meta.shape, dtype=dtype, device=device)
         return dests[meta.name]
 
-    got = dict(SafetensorsStreamer(LocalSource(tmp), device, options=opts).stream(resolve))
-    torch.cuda.synchronize()
-    for n, w in want.items():
-        assert got[n] is dests[n], n
-        assert torch.equal(got[n].cpu(), w.to(got[n].dtype)), n
-    print("  streamer on the device: bytes and casts match safetensors")
+    for early in (False, True):
+        streamer = SafetensorsStreamer(LocalSource(tmp), device, options=opts)
+        if early:  # reads begun, and the ring filled, before the destinations exist
+            streamer.start()
+            time.sleep(0.05)
+        dests.clear()
+        got = dict(streamer.stream(resolve))
+        torch.cuda.synchronize()
+        for n, w in want.items():
+            assert got[n] is dests[n], n
+            assert torch.equal(got[n].cpu(), w.to(got[n].dtype)), n
+    print("  streamer on the device: bytes and casts match safetensors (reads begun early too)")
 
 
 # --- main -------------------------------------------------------------------------------------

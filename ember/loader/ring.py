@@ -48,6 +48,11 @@ class HostRing:
         with self._lock:
             return self._free.popleft()
 
+    def try_take(self) -> int | None:
+        """A free slot, or None where every slot is taken."""
+        with self._lock:
+            return self._free.popleft() if self._free else None
+
     def give(self, slot: int) -> None:
         with self._lock:
             self._free.append(slot)

@@ -379,17 +379,20 @@ class _Readers:
         self._chunks = chunks
         self._targets: list[_Target] = []
         self._threads = threads
-        self._lock = threading.Lock()  # the next chunk, the targets' landings and counts
+        self._lock = threading.Lock()  # the next chunk, the held chunks, landings and counts
         self._next = 0
         self._stopping = threading.Event()
-        self._bound = threading.Event()  # the targets are known (or the load stops)
+        self._bound = threading.Event()  # bind() was called (or the load stops)
+        self._copying = False  # the destinations are known and the readers' streams wait
+        # chunks read into slots before the destinations were known, to copy once they are
+        self._held: deque[tuple[Chunk, int]] = deque()
         self._done: queue.SimpleQueue[_Finished | BaseException | None] = queue.SimpleQueue()
         self._streams: list[torch.cuda.Stream] = []
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="ember-load")
 
     def start(self) -> None:
-        """The readers begin: each reads a chunk into a slot, and waits for `bind` before it
-        copies anything."""
+        """The readers begin: before `bind` they read chunks into free slots until the ring is
+        full, and copy nothing."""
         for _ in range(self._threads):
             stream = None
             if self.ring.cuda:
@@ -398,14 +401,17 @@ class _Readers:
             self._pool.submit(self._run, stream)
 
     def bind(self, targets: list[_Target]) -> None:
-        """Where the chunks' bytes go; the readers copy from now on. Called on the loading
-        thread: on CUDA every reader's stream first waits for its current stream, which the
-        destinations were allocated on (no reader has enqueued anything yet)."""
+        """Where the chunks' bytes go; the readers copy from now on, what they hold first.
+        Called on the loading thread: on CUDA every reader's stream first waits for its current
+        stream, which the destinations were allocated on (no reader has enqueued anything
+        yet)."""
         self._targets = targets
         if self.ring.cuda:
             current = torch.cuda.current_stream(self._streamer.device)
             for stream in self._streams:
                 stream.wait_stream(current)
+        with self._lock:
+            self._copying = True
         self._bound.set()
 
     def results(self) -> Iterator[_Finished]:
@@ -432,30 +438,58 @@ class _Readers:
     def _run(self, stream: torch.cuda.Stream | None) -> None:
         try:
             with torch.cuda.stream(stream) if stream is not None else nullcontext():
-                while not self._stopping.is_set():
-                    with self._lock:
-                        index = self._next
-                        self._next += 1
-                    if index >= len(self._chunks):
-                        break
-                    finished = self._load(self._chunks[index], stream)
-                    if finished is None:  # stopped before the destinations came
-                        break
-                    self._done.put(finished)
+                while (job := self._next_job()) is not None:
+                    chunk, slot, read = job
+                    if not read:
+                        try:
+                            self._streamer._read(chunk, self.ring.acquire(slot))
+                        except BaseException:
+                            self.ring.give(slot)
+                            raise
+                        if self._stopping.is_set():
+                            self.ring.give(slot)
+                            break
+                        if self._hold(chunk, slot):
+                            continue
+                    self._done.put(self._copy(chunk, slot, stream))
         except BaseException as e:  # handed to the loading thread, which raises it
             self._stopping.set()
             self._done.put(e)
         finally:
             self._done.put(None)
 
-    def _load(self, chunk: Chunk, stream: torch.cuda.Stream | None) -> _Finished | None:
+    def _next_job(self) -> tuple[Chunk, int, bool] | None:
+        """(chunk, its slot, whether the slot holds its bytes already), None when the reader is
+        done. Once copying, held chunks go first, and a free slot is always there: every slot
+        is held or in one reader's hands, and held ones are taken before new ones. Before,
+        a reader takes only a slot that is free and otherwise waits for `bind`."""
+        while not self._stopping.is_set():
+            with self._lock:
+                if self._copying and self._held:
+                    chunk, slot = self._held.popleft()
+                    return chunk, slot, True
+                if self._next >= len(self._chunks) and (self._copying or not self._held):
+                    return None  # (a reader stays while chunks are held for it to copy)
+                if self._next < len(self._chunks):
+                    free = self.ring.take() if self._copying else self.ring.try_take()
+                    if free is not None:
+                        self._next += 1
+                        return self._chunks[self._next - 1], free, False
+            self._bound.wait()  # the ring is full of held chunks, or they wait for bind()
+        return None
+
+    def _hold(self, chunk: Chunk, slot: int) -> bool:
+        """Keep a chunk read before `bind` for whichever reader copies it; False once
+        copying (the reader copies it now)."""
+        with self._lock:
+            if not self._copying:
+                self._held.append((chunk, slot))
+                return True
+        return False
+
+    def _copy(self, chunk: Chunk, slot: int, stream: torch.cuda.Stream | None) -> _Finished:
         ring = self.ring
-        slot = ring.take()
         try:
-            self._streamer._read(chunk, ring.acquire(slot))
-            self._bound.wait()
-            if self._stopping.is_set():
-                return None
             src = ring.tensor(slot)
             lands = self._landings(chunk)
             for piece, land in zip(chunk.pieces, lands, strict=True):

@@ -214,12 +214,12 @@ def _read_early_then_stream(
 ) -> None:
     streamer.start()
     deadline = time.monotonic() + 10
-    while source.data_reads < 2 and time.monotonic() < deadline:
+    while source.data_reads < 4 and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(0.1)
-    # one chunk a reader (the first, at offset 0, is not counted), held until the destinations
-    # come
-    assert 2 <= source.data_reads <= 3
+    # a chunk in every slot of the ring (the first, at offset 0, is not counted), held until
+    # the destinations come
+    assert 4 <= source.data_reads <= 5 == len(streamer._readers.ring)  # type: ignore[union-attr]
     dests: dict[str, torch.Tensor] = {}
 
     def resolve(meta: TensorMeta) -> torch.Tensor:
@@ -229,6 +229,28 @@ def _read_early_then_stream(
     got = dict(streamer.stream(resolve))
     _assert_same(got, tensors)
     assert all(got[name] is dests[name] for name in tensors)
+    assert not _readers()
+
+
+def test_a_model_read_whole_before_its_destinations_exist_still_lands(tmp_path: Path) -> None:
+    """Fewer chunks than ring slots: every chunk is read and held before stream() binds the
+    destinations, and the readers stay to copy them (none may leave with chunks held)."""
+    tensors = random_tensors(13)
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    source = CountingSource(LocalSource(tmp_path))
+    options = StreamOptions(chunk_bytes=8 * KiB, threads=2, slots=4096)
+    streamer = SafetensorsStreamer(source, CPU, options=options)
+    with closing(streamer):
+        streamer.start()
+        slots = len(streamer._readers.ring)  # type: ignore[union-attr]
+        deadline = time.monotonic() + 10
+        while source.data_reads < slots - 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)
+        reads = source.data_reads
+        assert slots > 20 and reads >= slots - 1  # every chunk (the first is not counted)
+        _assert_same(dict(streamer.stream()), tensors)
+        assert source.data_reads == reads  # nothing read twice
     assert not _readers()
 
 
@@ -244,7 +266,7 @@ def test_reads_begun_for_a_load_that_never_streams_are_stopped(tmp_path: Path) -
     # closed: the model's build failed
     assert not _readers()
     reads = source.data_reads
-    assert reads <= 2
+    assert reads <= 6  # at most the ring's slots (threads + 4) were read ahead
     # a later stream() reads afresh and gives every byte
     _assert_same(dict(streamer.stream()), load_file(str(tmp_path / "model.safetensors")))
     assert source.data_reads > reads
