@@ -285,7 +285,7 @@ def test_a_uri_model_answers_to_its_name_and_keeps_its_label_from_the_start(
 @pytest.mark.parametrize(
     ("bucket", "credentials", "message"),
     [
-        ("no-such-bucket", True, "cannot read 's3://no-such-bucket/models/tiny-remote'"),
+        ("no-such-bucket", True, "the bucket of 's3://no-such-bucket/models/tiny-remote' does not"),
         (None, False, "cannot authenticate to 's3://ember-models/models/tiny-remote'"),
     ],
     ids=["unknown-bucket", "no-credentials"],
