@@ -330,7 +330,7 @@ class Result:
 class LoadTrace:
     """BENCH_LOAD_TRACE=1: the reader threads' pinning, reads and whole chunks timed (the
     loader's methods wrapped in this process), printed as 25 ms buckets from the clock's start:
-    bytes read (GB/s), reads, pins and chunks in flight. Where a fresh process's first 10% of
+    bytes read (GB/s), reads, pins and chunks' copies being enqueued. Where a fresh process's first 10% of
     the bytes go."""
 
     BUCKET = 0.025
@@ -361,7 +361,7 @@ class LoadTrace:
 
         self.wrap(HostRing, "_allocate", "pin")
         self.wrap(LocalSource, "read_into", "read")
-        self.wrap(_Readers, "_load", "chunk")
+        self.wrap(_Readers, "_copy", "chunk")
 
     def summary(self, until: float = 0.4) -> str:
         lines = ["trace: ms    read GB/s  reads  pins  chunks  (in flight at the bucket's end)"]

@@ -19,10 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -81,6 +83,15 @@ def main() -> None:
     )
     ap.add_argument("--kv-cache-dtype", default="auto", choices=KV_CACHE_DTYPES)
     ap.add_argument(
+        "--sigterm-after",
+        type=float,
+        nargs="+",
+        metavar="S",
+        help="instead of serving: start the server, SIGTERM it S seconds later (still starting "
+        "or loading), and print how long it took to exit and whether any of its processes "
+        "outlived it; one start per value",
+    )
+    ap.add_argument(
         "--ollama-sampling",
         action="store_true",
         help="sample as Ollama's defaults do (temperature 0.8, top_k 40, top_p 0.9), not greedily",
@@ -110,6 +121,10 @@ def main() -> None:
             config = json.loads((model_dir / "config.json").read_text())
             nbytes = write_model(model_dir, config, shards=4, device=torch.device("cuda"))
             print(f"wrote {nbytes / 1e9:.2f} GB of safetensors", flush=True)
+        if args.sigterm_after:
+            for delay in args.sigterm_after:
+                sigterm_while_starting(args, model_dir, delay)
+            return
         specs = args.start_env or ["base"]
         for start in range(1, args.starts + 1):
             last = start == args.starts
@@ -119,6 +134,64 @@ def main() -> None:
             if args.cold and args.real_weights:
                 label += f" (cold weights: {evict_weights(model_dir):.0%} cached)"
             serve(args, model_dir, benchmark=last and not args.start_only, label=label, env=env)
+
+
+def sigterm_while_starting(args: argparse.Namespace, model_dir: Path, delay: float) -> None:
+    """SIGTERM `ember serve` `delay` s after its start: it should exit at once, its engine
+    process with it."""
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "ember.cli", "serve", str(model_dir), "--port", str(port),
+        "--load-format", "auto" if args.real_weights else "dummy", "--context-length", "4096",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    time.sleep(delay)
+    health = "no answer"
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+            health = f"{r.status} {r.read()[:160]!r}"
+    except urllib.error.HTTPError as e:
+        health = f"{e.code} {e.read()[:160]!r}"
+    except OSError:
+        pass
+    family = descendants(proc.pid)
+    t0 = time.perf_counter()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code: int | str = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        code = "still running after 60 s (killed)"
+    exited = time.perf_counter() - t0
+    time.sleep(1.0)
+    left = [pid for pid in family if Path(f"/proc/{pid}").exists()]
+    print(
+        f"SIGTERM {delay:.1f} s after start (/health then: {health}): exit {code} in "
+        f"{exited:.2f} s; {len(family)} child processes before, still running 1 s later: "
+        f"{left or 'none'}",
+        flush=True,
+    )
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below `pid` (from /proc's parent links)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found: list[int] = []
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, ppid in parents.items() if ppid == parent]
+        found += children
+        frontier += children
+    return found
 
 
 def evict_weights(model_dir: Path) -> float:

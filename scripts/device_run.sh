@@ -73,6 +73,12 @@
 #                                               # model's build and a tapered tail, each and
 #                                               # both against neither, 20 and 32 slots (~5 min
 #                                               # with the model written)
+#   bash scripts/device_run.sh target           # the target's row: warm loads, ember against
+#                                               # safetensors and Run:ai, twice (~3 min)
+#   bash scripts/device_run.sh earlytrace       # one traced load with the reads begun early,
+#                                               # one without (~1 min with the model written)
+#   bash scripts/device_run.sh sigterm          # ember serve SIGTERMed 1.5/2.5/3.5 s after its
+#                                               # start: exit time, processes left (~1 min)
 #   B_TREE=/tmp/B bash scripts/device_run.sh abtree   # fresh whole loads from this tree
 #                                               # and from the tree at $B_TREE, alternating,
 #                                               # 3 rounds (~4 min with the model written)
@@ -239,6 +245,16 @@ for stage in "$@"; do
             # then one load with both, traced in 25 ms buckets (reads during the build?)
             run early-trace 100 python3 benchmarks/bench_load.py --slots-sweep 20 --repeats 1 \
                 --warm-env "EMBER_EARLY_READS=1 EMBER_LOAD_TAPER=1 BENCH_LOAD_TRACE=1" ;;
+        target)
+            # the target's one-run row: ember against safetensors and Run:ai, warm, twice
+            run target 200 python3 benchmarks/bench_load.py --warm-only --repeats 2 ;;
+        earlytrace)
+            run early-trace 100 python3 benchmarks/bench_load.py --slots-sweep 20 --repeats 1 \
+                --warm-env "EMBER_EARLY_READS=1 BENCH_LOAD_TRACE=1" --warm-env BENCH_LOAD_TRACE=1 ;;
+        sigterm)
+            # `ember serve` of the 8B shape SIGTERMed while it starts: exit time, children left
+            run sigterm 150 python3 benchmarks/bench_serve.py --real-weights \
+                --sigterm-after 1.5 2.5 3.5 ;;
         abtree)
             # fresh whole loads with the ring pinned ahead, from this tree (A) and from the tree
             # at $B_TREE (B: e.g. a branch unpacked by `git archive`), alternating, 3 rounds;
