@@ -48,7 +48,7 @@ class StreamOptions:
     # the chunks that start within the load's last `threads` x chunk_bytes are at most this
     # large, so the readers run out of bytes together instead of one reading a whole chunk
     # while the rest wait; 0: every chunk chunk_bytes. None: an eighth of chunk_bytes with
-    # EMBER_LOAD_TAPER=1 (not yet measured on a GPU), else 0
+    # EMBER_LOAD_TAPER=1 (slower on an H100 at 20 slots, docs/benchmarks.md), else 0
     tail_chunk_bytes: int | None = None
 
     def tail_chunk(self, alignment: int) -> int:

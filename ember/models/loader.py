@@ -62,7 +62,8 @@ def resolve_dtype(name: str, config: ModelConfig, device: torch.device) -> torch
 def early_reads() -> bool:
     """Whether the loader's readers start filling the ring before the model is built (10-25 ms
     of a warm 8B load's ~0.5 s are spent building it with the readers idle), as
-    EMBER_EARLY_READS=1 asks; off by default until measured on a GPU."""
+    EMBER_EARLY_READS=1 asks; off by default: on an H100 it was no faster (docs/benchmarks.md,
+    2026-12-05)."""
     return env_flag("EMBER_EARLY_READS", False)
 
 
