@@ -164,15 +164,26 @@ def sigterm_while_starting(args: argparse.Namespace, model_dir: Path, delay: flo
         code = "still running after 60 s (killed)"
     exited = time.perf_counter() - t0
     time.sleep(1.0)
-    left = [pid for pid in family if Path(f"/proc/{pid}").exists()]
+    left = [f"{pid} {comm}" for pid in family if (comm := running(pid))]
     print(
         f"SIGTERM {delay:.1f} s after start (/health then: {health}): exit {code} in "
         f"{exited:.2f} s; {len(family)} child processes before, still running 1 s later: "
         f"{left or 'none'}",
         flush=True,
     )
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
+    for entry in left:
+        os.kill(int(entry.split()[0]), signal.SIGKILL)
+
+
+def running(pid: int) -> str:
+    """The process's command line if it runs ('' if it exited, zombies that no init reaped
+    included)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return "" if state == "Z" else cmdline.replace(b"\0", b" ").decode()[:120]
 
 
 def descendants(pid: int) -> list[int]:

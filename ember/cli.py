@@ -278,9 +278,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
         use_bytecode_cache(config.home)  # before the heavy imports, here and in the core's process
         use_kernel_cache(config.home)
         if expects_cuda(config.device):
-            from ember.engine.core_client import prespawn_core
+            from ember.engine.core_client import exit_on_signal_while_starting, prespawn_core
 
             prespawn_core(config.device)  # it imports torch while this process imports the server
+            exit_on_signal_while_starting()  # until uvicorn's handlers replace it
             trace("engine core process spawned")
         from ember.loader.prefetch import prefetch_weights
 

@@ -77,7 +77,7 @@
 #                                               # safetensors and Run:ai, twice (~3 min)
 #   bash scripts/device_run.sh earlytrace       # one traced load with the reads begun early,
 #                                               # one without (~1 min with the model written)
-#   bash scripts/device_run.sh sigterm          # ember serve SIGTERMed 1.5/2.5/3.5 s after its
+#   bash scripts/device_run.sh sigterm          # ember serve SIGTERMed 0.5-3.5 s after its
 #                                               # start: exit time, processes left (~1 min)
 #   B_TREE=/tmp/B bash scripts/device_run.sh abtree   # fresh whole loads from this tree
 #                                               # and from the tree at $B_TREE, alternating,
@@ -254,7 +254,7 @@ for stage in "$@"; do
         sigterm)
             # `ember serve` of the 8B shape SIGTERMed while it starts: exit time, children left
             run sigterm 150 python3 benchmarks/bench_serve.py --real-weights \
-                --sigterm-after 1.5 2.5 3.5 ;;
+                --sigterm-after 0.5 1.5 2.5 3.5 ;;
         abtree)
             # fresh whole loads with the ring pinned ahead, from this tree (A) and from the tree
             # at $B_TREE (B: e.g. a branch unpacked by `git archive`), alternating, 3 rounds;

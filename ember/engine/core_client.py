@@ -13,8 +13,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing as mp
+import os
 import queue
+import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from multiprocessing.connection import Connection
@@ -252,11 +255,28 @@ class _CoreProcess:
 _prespawned: _CoreProcess | None = None
 
 
-def _enter(started_at: float, target: Callable[..., None], *args: Any) -> None:
-    """The core process's entry: the server's start time (for start-up traces), then `target`."""
+PARENT_POLL_S = 0.25
+
+
+def _enter(started_at: float, parent: int, target: Callable[..., None], *args: Any) -> None:
+    """The core process's entry: the server's start time (for start-up traces), a watch on the
+    server's process, then `target`."""
     set_server_started_at(started_at)
     enter_child()
+    threading.Thread(
+        target=_exit_without_parent, args=(parent,), name="ember-parent-watch", daemon=True
+    ).start()
     target(*args)
+
+
+def _exit_without_parent(parent: int) -> None:
+    """End this process as soon as the server's is gone (killed, or exited mid-load with no
+    time to stop us): a core left loading or holding the GPU serves no one. Polls the parent
+    (re-parenting changes it) rather than asking the kernel for a death signal, which follows
+    the spawning thread, not the process."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)
 
 
 def _spawn(target: Callable[..., None], *args: Any) -> _CoreProcess:
@@ -265,7 +285,7 @@ def _spawn(target: Callable[..., None], *args: Any) -> _CoreProcess:
     from_core, from_core_w = ctx.Pipe(duplex=False)
     process = ctx.Process(
         target=_enter,
-        args=(server_started_at(), target, *args, to_core_r, from_core_w),
+        args=(server_started_at(), os.getpid(), target, *args, to_core_r, from_core_w),
         name="ember-core",
         daemon=True,
     )
@@ -283,6 +303,20 @@ def prespawn_core(device: str = "auto") -> None:
     global _prespawned
     if _prespawned is None:
         _prespawned = _spawn(_core_process_waiting, device)
+
+
+def exit_on_signal_while_starting() -> None:
+    """Until the server installs its own handlers: SIGTERM or SIGINT kills the prespawned core
+    and exits at once (0 for SIGTERM, 130 for SIGINT), instead of dying by the signal mid-import
+    with a traceback or leaving the core to notice alone. Main thread only."""
+
+    def stop(signum: int, _frame: object) -> None:
+        for child in mp.active_children():
+            child.kill()
+        os._exit(0 if signum == signal.SIGTERM else 128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
 
 
 def _take_prespawned() -> _CoreProcess | None:
