@@ -184,7 +184,7 @@ class ServedModel:
             self.default_system = await asyncio.to_thread(store.system, local)
             startup.resolve_s = time.monotonic() - t0
             trace("model resolved")
-            self.phase = "loading weights"
+            self.phase = "starting the engine"  # until the engine reports its own phases
             args = engine_args(self.config, local, self.name, store, self._on_progress)
             if not is_uri(self.model) and await asyncio.to_thread(prefetch_weights, local.path):
                 args = replace(args, weights_prefetched=True)  # read while the core imports

@@ -119,6 +119,9 @@ def test_health_reports_load_progress_then_startup_phases(tiny_dir: Path, tmp_pa
         assert {"phase", "bytes_done", "bytes_total", "elapsed_s"} <= body.keys()
     streaming = [b for b in loading if b["phase"] == "loading weights" and b["bytes_total"]]
     assert streaming, loading
+    # the phases come in start-up order ("loading weights" once the engine is at them)
+    seen = [b["phase"] for b in loading]
+    assert [p for p in START_ORDER if p in seen] == list(dict.fromkeys(seen)), seen
     total = streaming[0]["bytes_total"]
     assert any(b["bytes_done"] < total for b in streaming)
     startup = ready["startup"]
@@ -160,6 +163,19 @@ def _wait_phase(server: Server, phase: str) -> None:
             return False
 
     assert wait_for(there, timeout=60), server.log()
+
+
+START_ORDER = [
+    "starting",
+    "importing the engine",
+    "fetching model files",
+    "starting the engine",
+    "initialising CUDA",
+    "loading weights",
+    "allocating KV cache",
+    "capturing CUDA graphs",
+    "warming up",
+]
 
 
 @contextmanager
