@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from benchmarks.http_server import free_port, run_bench, wait_ready
+from ember.startup_trace import proc_stat
 
 MAIN = "benchmarks.bench_api"
 
@@ -155,8 +156,8 @@ def run(args: argparse.Namespace, step_ms: float) -> None:
 
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process and its threads (Linux /proc)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+    fields = proc_stat(pid)
+    assert fields is not None, f"process {pid} is gone"
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from benchmarks.common import SHAPES, dummy_model_dir, env_spec
 from benchmarks.http_server import free_port, run_bench, wait_ready
 from ember.engine.args import KV_CACHE_DTYPES
+from ember.startup_trace import proc_stat
 
 
 def startup_phases(url: str) -> str:
@@ -178,23 +179,23 @@ def sigterm_while_starting(args: argparse.Namespace, model_dir: Path, delay: flo
 def running(pid: int) -> str:
     """The process's command line if it runs ('' if it exited, zombies that no init reaped
     included)."""
+    fields = proc_stat(pid)
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return ""
-    return "" if state == "Z" else cmdline.replace(b"\0", b" ").decode()[:120]
+    if fields is None or fields[0] == "Z":
+        return ""
+    return cmdline.replace(b"\0", b" ").decode()[:120]
 
 
 def descendants(pid: int) -> list[int]:
     """The processes below `pid` (from /proc's parent links)."""
     parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(stat.parent.name)] = int(fields[1])
+    for entry in Path("/proc").glob("[0-9]*"):
+        fields = proc_stat(entry.name)
+        if fields is not None:
+            parents[int(entry.name)] = int(fields[1])
     found: list[int] = []
     frontier = [pid]
     while frontier:

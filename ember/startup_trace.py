@@ -20,11 +20,20 @@ from ember.envflags import env_flag
 _started_at: float | None = None  # the server process's start, on time.monotonic()'s clock
 
 
+def proc_stat(pid: int | str = "self") -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (the state first), or None where
+    the process is gone or there is no /proc. The name ends at the line's last ')': it may hold
+    spaces and parentheses itself."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def process_age_s() -> float:
     """Seconds since this process started (from /proc on Linux; 0 where that is unknown)."""
     try:
-        stat = Path("/proc/self/stat").read_text()
-        start_ticks = int(stat.rsplit(")", 1)[1].split()[19])
+        start_ticks = int((proc_stat() or [])[19])
         uptime_s = float(Path("/proc/uptime").read_text().split()[0])
         return max(0.0, uptime_s - start_ticks / os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError, IndexError):

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from ember.startup_trace import proc_stat
+
 SCRIPT = """
 import sys
 import time
@@ -32,11 +34,8 @@ time.sleep(60)
 
 def _gone(pid: int) -> bool:
     """Exited (a zombie that no init has reaped yet counts)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+    fields = proc_stat(pid)
+    return fields is None or fields[0] == "Z"
 
 
 def _start(mode: str) -> tuple[subprocess.Popen[str], int]:
