@@ -305,14 +305,21 @@ def prespawn_core(device: str = "auto") -> None:
         _prespawned = _spawn(_core_process_waiting, device)
 
 
+def kill_core_processes() -> None:
+    """Kill this process's engine cores (its multiprocessing children) and reap them: for an
+    exit that cannot wait for them to stop."""
+    for child in mp.active_children():
+        child.kill()
+        child.join(timeout=5)
+
+
 def exit_on_signal_while_starting() -> None:
     """Until the server installs its own handlers: SIGTERM or SIGINT kills the prespawned core
     and exits at once (0 for SIGTERM, 130 for SIGINT), instead of dying by the signal mid-import
     with a traceback or leaving the core to notice alone. Main thread only."""
 
     def stop(signum: int, _frame: object) -> None:
-        for child in mp.active_children():
-            child.kill()
+        kill_core_processes()
         os._exit(0 if signum == signal.SIGTERM else 128 + signum)
 
     signal.signal(signal.SIGTERM, stop)

@@ -172,14 +172,13 @@ def exit_mid_load(code: int) -> None:
     interpreter tear down torch beneath it. The engine core's process, if one was started, is
     killed; a write-through cache copy left unfinished has no marker and is rewritten by the
     next load (loader/cache.py)."""
-    import multiprocessing
     import os
     import sys
 
+    from ember.engine.core_client import kill_core_processes
+
     log.info("stopped while a model was loading: exiting without waiting for the load")
-    for child in multiprocessing.active_children():
-        child.kill()
-        child.join(timeout=5)
+    kill_core_processes()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
