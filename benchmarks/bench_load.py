@@ -328,10 +328,10 @@ class Result:
 
 
 class LoadTrace:
-    """BENCH_LOAD_TRACE=1: the reader threads' pinning, reads and whole chunks timed (the
+    """BENCH_LOAD_TRACE=1: the reader threads' pinning, reads and chunks' copies timed (the
     loader's methods wrapped in this process), printed as 25 ms buckets from the clock's start:
-    bytes read (GB/s), reads, pins and chunks' copies being enqueued. Where a fresh process's first 10% of
-    the bytes go."""
+    bytes read (GB/s), reads, pins and chunks' copies being enqueued. Where a fresh process's
+    first 10% of the bytes go."""
 
     BUCKET = 0.025
 

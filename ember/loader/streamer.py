@@ -468,13 +468,13 @@ class _Readers:
                 if self._copying and self._held:
                     chunk, slot = self._held.popleft()
                     return chunk, slot, True
-                if self._next >= len(self._chunks) and (self._copying or not self._held):
-                    return None  # (a reader stays while chunks are held for it to copy)
                 if self._next < len(self._chunks):
                     free = self.ring.take() if self._copying else self.ring.try_take()
                     if free is not None:
                         self._next += 1
                         return self._chunks[self._next - 1], free, False
+                elif self._copying or not self._held:
+                    return None  # (a reader stays while chunks are held for it to copy)
             self._bound.wait()  # the ring is full of held chunks, or they wait for bind()
         return None
 
