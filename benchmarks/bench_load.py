@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -328,62 +329,88 @@ class Result:
 
 
 class LoadTrace:
-    """BENCH_LOAD_TRACE=1: the reader threads' pinning, reads and chunks' copies timed (the
-    loader's methods wrapped in this process), printed as 25 ms buckets from the clock's start:
-    bytes read (GB/s), reads, pins and chunks' copies being enqueued. Where a fresh process's
-    first 10% of the bytes go."""
+    """BENCH_LOAD_TRACE=1: the reader threads' pinning, slot waits, reads and chunks' copies,
+    and the loading thread's build, bind and first finished tensor, timed (the loader's methods
+    wrapped in this process), printed as 25 ms buckets from the clock's start (bytes read in
+    GB/s, reads, pins and chunks' copies in flight) and as each thread's own first steps. Where a
+    fresh process's first 10% of the bytes go."""
 
     BUCKET = 0.025
+    KINDS = ("pin", "wait", "read", "chunk", "build", "bind", "finish")
+    LETTERS: ClassVar[dict[str, str]] = {
+        "pin": "p",
+        "wait": "w",
+        "read": "r",
+        "chunk": "c",
+        "build": "B",
+        "bind": "X",
+    }
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
-        self.events: list[tuple[str, float, float, int]] = []  # kind, start, end, bytes
+        # kind, start, end, bytes, thread
+        self.events: list[tuple[str, float, float, int, int]] = []
         self._lock = threading.Lock()
 
-    def wrap(self, owner: type, name: str, kind: str) -> None:
+    def wrap(self, owner: object, name: str, kind: str) -> None:
         original = getattr(owner, name)
 
         def timed(*a: object, **kw: object) -> object:
             t0 = time.perf_counter()
             out = original(*a, **kw)
             nbytes = out if kind == "read" and isinstance(out, int) else 0
+            event = (kind, t0 - self.start, time.perf_counter() - self.start, nbytes)
             with self._lock:
-                self.events.append(
-                    (kind, t0 - self.start, time.perf_counter() - self.start, nbytes)
-                )
+                self.events.append((*event, threading.get_ident()))
             return out
 
         setattr(owner, name, timed)
 
     def install(self) -> None:
+        import ember.models.loader as model_loader
         from ember.loader.ring import HostRing
-        from ember.loader.streamer import _Readers
+        from ember.loader.streamer import SafetensorsStreamer, _Readers
 
         self.wrap(HostRing, "_allocate", "pin")
+        self.wrap(HostRing, "acquire", "wait")  # the slot's last copies awaited (and pins)
         self.wrap(LocalSource, "read_into", "read")
         self.wrap(_Readers, "_copy", "chunk")
+        self.wrap(_Readers, "bind", "bind")
+        self.wrap(SafetensorsStreamer, "_finish", "finish")
+        self.wrap(model_loader, "build_model", "build")
 
-    def summary(self, until: float = 0.4) -> str:
+    def summary(self, until: float = 0.4, steps: int = 12) -> str:
         lines = ["trace: ms    read GB/s  reads  pins  chunks  (in flight at the bucket's end)"]
         for i in range(int(until / self.BUCKET)):
             lo, hi = i * self.BUCKET, (i + 1) * self.BUCKET
-            done = sum(b for k, t0, t1, b in self.events if k == "read" and lo <= t1 < hi)
+            done = sum(e[3] for e in self.events if e[0] == "read" and lo <= e[2] < hi)
             live = {
-                kind: sum(1 for k, t0, t1, _ in self.events if k == kind and t0 <= hi < t1)
+                kind: sum(1 for e in self.events if e[0] == kind and e[1] <= hi < e[2])
                 for kind in ("read", "pin", "chunk")
             }
             lines.append(
                 f"trace: {1e3 * lo:4.0f} {done / self.BUCKET / 1e9:11.2f} {live['read']:6d}"
                 f" {live['pin']:5d} {live['chunk']:7d}"
             )
-        for kind in ("pin", "read", "chunk"):
-            ms = sorted(1e3 * (t1 - t0) for k, t0, t1, _ in self.events if k == kind)
+        for kind in self.KINDS:
+            ms = sorted(1e3 * (e[2] - e[1]) for e in self.events if e[0] == kind)
             if ms:
-                first = min(t0 for k, t0, _, _ in self.events if k == kind)
+                first = min(e[1] for e in self.events if e[0] == kind)
                 lines.append(
-                    f"trace: {kind}: {len(ms)}, first at {1e3 * first:.0f} ms, median "
-                    f"{ms[len(ms) // 2]:.1f} ms, max {ms[-1]:.1f} ms"
+                    f"trace: {kind}: {len(ms)}, first at {1e3 * first:.1f} ms, median "
+                    f"{ms[len(ms) // 2]:.2f} ms, max {ms[-1]:.1f} ms, sum {sum(ms):.0f} ms"
                 )
+        # each thread's first steps, start-end in ms: p pin, w slot wait, r read, c chunk's
+        # copies enqueued, B model build, X bind, f tensor finished
+        threads: dict[int, list[tuple[str, float, float, int, int]]] = {}
+        for event in sorted(self.events, key=lambda e: e[1]):
+            threads.setdefault(event[4], []).append(event)
+        for n, events in enumerate(threads.values()):
+            steps_text = " ".join(
+                f"{self.LETTERS.get(kind, 'f')}{1e3 * t0:.1f}-{1e3 * t1:.1f}"
+                for kind, t0, t1, _, _ in events[:steps]
+            )
+            lines.append(f"trace: thread {n:2d}: {steps_text}")
         return "\n".join(lines)
 
 
