@@ -16,7 +16,10 @@ buffer, with the ring's slots pinned once up front so that pinning is not in any
 - zero-copy T/C:  no ring: T threads each register the next C MiB of the mapped files with CUDA
                   (read-only) and copy it to the GPU straight out of the page cache on their own
                   stream; the registrations are undone after the clock (timed apart);
-- registered T/C: the same pieces all registered first, then copied: the two halves timed apart.
+- registered T/C: the same pieces all registered first, then copied: the two halves timed apart;
+- hybrid T+Z/C:   T self-copying ring threads and Z zero-copy threads at once, taking C MiB
+                  chunks from one counter (--hybrid 16+2/32): CPU copies and page registration
+                  are different limits, so the two paths may add up.
 
 On the H200 machines of 2026-12-04 (seventeenth session in docs/benchmarks.md): registering
 overlapped the copies only in part (zero-copy 33-35 GB/s where the ring's paths gave 38), and
@@ -236,6 +239,76 @@ def zero_copy(
     return seconds
 
 
+def hybrid(
+    mapped: Mapped,
+    jobs: list[tuple[int, int, int, int]],
+    dest: torch.Tensor,
+    slots: list[list[Slot]],
+    zero_threads: int,
+    undo: dict[str, list[float]],
+    name: str,
+) -> float:
+    """Seconds for every job, taken in order from one counter by two kinds of threads at once:
+    one per `slots` entry reading into its own pinned slots and copying out itself (the ring),
+    and `zero_threads` registering their chunk of the mapped files and copying it straight out
+    of the page cache. The ring's threads are bound by the CPU copying out of the page cache,
+    the zero-copy ones by registering pages: the two may add up. Registrations are undone after
+    the clock (timed apart in `undo`)."""
+    counter = itertools.count()
+    errors: list[BaseException] = []
+    ptrs: list[int] = []
+    taken = {"ring": 0, "zero": 0}
+    lock = threading.Lock()
+
+    def ring_worker(mine: list[Slot]) -> None:
+        stream = torch.cuda.Stream()
+        try:
+            with torch.cuda.stream(stream):
+                for turn in itertools.count():
+                    if (j := next(counter)) >= len(jobs):
+                        break
+                    fd, off, n, at = jobs[j]
+                    slot = mine[turn % len(mine)]
+                    slot.event.synchronize()
+                    got = 0
+                    while got < n:
+                        got += os.preadv(fd, [slot.view[got:n]], off + got)
+                    dest[at : at + n].copy_(slot.tensor[:n], non_blocking=True)
+                    slot.event.record(stream)
+                    with lock:
+                        taken["ring"] += n
+            stream.synchronize()
+        except BaseException as e:
+            errors.append(e)
+
+    def zero_worker() -> None:
+        stream = torch.cuda.Stream()
+        try:
+            with torch.cuda.stream(stream):
+                while (j := next(counter)) < len(jobs):
+                    fd, off, n, at = jobs[j]
+                    ptr = mapped.register(fd, off, n)
+                    dest[at : at + n].copy_(host_view(ptr, n), non_blocking=True)
+                    with lock:
+                        ptrs.append(ptr)
+                        taken["zero"] += n
+            stream.synchronize()
+        except BaseException as e:
+            errors.append(e)
+
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    run_threads([partial(ring_worker, mine) for mine in slots] + [zero_worker] * zero_threads)
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    total = taken["ring"] + taken["zero"]
+    undo.setdefault(f"{name} zero-copy share", []).append(taken["zero"] / max(1, total))
+    undo.setdefault(f"{name} unregister", []).append(mapped.unregister(ptrs, 4))
+    if errors:
+        raise errors[0]
+    return seconds
+
+
 def cache_seconds(paths: list[Path], threads: int, file_bytes: int) -> float:
     return file_bytes / (parallel_read(paths, threads, direct=False) * 1e9)
 
@@ -301,6 +374,12 @@ def main() -> None:
     ap.add_argument("--zero-copy-mib", type=int, nargs="*", default=[32, 64])
     ap.add_argument("--zero-copy-threads", type=int, nargs="*", default=[8, 16])
     ap.add_argument("--skip-ring", action="store_true", help="only cache and zero-copy paths")
+    ap.add_argument(
+        "--hybrid",
+        nargs="*",
+        default=[],
+        help="hybrid rows T+Z/C: T ring threads and Z zero-copy threads sharing C MiB chunks",
+    )
     ap.add_argument(
         "--streamer-slots",
         type=int,
@@ -383,6 +462,20 @@ def main() -> None:
                 load = partial(streamer_load, args.dir, dest, t, c * MiB, ring)
                 cases.append((f"streamer {t}/{c} x{len(ring)}", load))
 
+    for spec in args.hybrid:
+        ring_threads, rest = spec.split("+")
+        zero, mib = (int(x) for x in rest.split("/"))
+        chunk = int(mib) * MiB
+        slots = thread_slots(pinned, int(ring_threads), per, chunk)
+        name = f"hybrid {spec}"
+        work = partial(hybrid, mapped, jobs_for(fds, chunk), dest, slots, zero, undo, name)
+        cases.append((name, work))
+        if spec == args.hybrid[0]:  # checked byte for byte before anything is timed
+            dest.zero_()
+            work()
+            check_self_copy(jobs_for(fds, chunk), dest)
+            print(f"{name} checked against the files", flush=True)
+
     times: dict[str, list[float]] = {name: [] for name, _ in cases}
     for _ in range(args.repeats):
         for name, fn in cases:
@@ -395,7 +488,8 @@ def main() -> None:
             f"{name:<18} {min(ts):7.3f} {statistics.median(ts):9.3f} {file_bytes / min(ts) / 1e9:10.2f}"
         )
     for name, ts in undo.items():
-        print(f"  {name:<28} {min(ts):7.3f} {statistics.median(ts):9.3f} s")
+        unit = "" if name.endswith("share") else " s"
+        print(f"  {name:<28} {min(ts):7.3f} {statistics.median(ts):9.3f}{unit}")
     for fd in fds.values():
         os.close(fd)
 

@@ -77,6 +77,9 @@
 #                                               # safetensors and Run:ai, twice (~3 min)
 #   bash scripts/device_run.sh earlytrace       # one traced load with the reads begun early,
 #                                               # one without (~1 min with the model written)
+#   bash scripts/device_run.sh hybrid           # ring threads and zero-copy threads together,
+#                                               # one process, against each alone (~2 min
+#                                               # with the model written)
 #   bash scripts/device_run.sh sigterm          # ember serve SIGTERMed 0.5-3.5 s after its
 #                                               # start: exit time, processes left (~1 min)
 #   B_TREE=/tmp/B bash scripts/device_run.sh abtree   # fresh whole loads from this tree
@@ -251,6 +254,11 @@ for stage in "$@"; do
         earlytrace)
             run early-trace 100 python3 benchmarks/bench_load.py --slots-sweep 20 --repeats 1 \
                 --warm-env "EMBER_EARLY_READS=1 BENCH_LOAD_TRACE=1" --warm-env BENCH_LOAD_TRACE=1 ;;
+        hybrid)
+            # the ring's threads and zero-copy threads at once, one process, against each alone
+            run hybrid 300 python3 benchmarks/bench_stream_paths.py --threads 16 --chunk-mib 32 \
+                --zero-copy-mib 32 --zero-copy-threads 4 8 --repeats 2 \
+                --hybrid 16+1/32 16+2/32 16+4/32 14+2/32 12+4/32 ;;
         sigterm)
             # `ember serve` of the 8B shape SIGTERMed while it starts: exit time, children left
             run sigterm 150 python3 benchmarks/bench_serve.py --real-weights \
