@@ -247,13 +247,15 @@ def hybrid(
     zero_threads: int,
     undo: dict[str, list[float]],
     name: str,
+    behind: bool = False,
 ) -> float:
     """Seconds for every job, taken in order from one counter by two kinds of threads at once:
     one per `slots` entry reading into its own pinned slots and copying out itself (the ring),
     and `zero_threads` registering their chunk of the mapped files and copying it straight out
     of the page cache. The ring's threads are bound by the CPU copying out of the page cache,
     the zero-copy ones by registering pages: the two may add up. Registrations are undone after
-    the clock (timed apart in `undo`)."""
+    the clock (timed apart in `undo`), or with `behind` by each zero-copy thread itself inside
+    the clock, once the copy out of its previous chunk is done (as a loader would have to)."""
     counter = itertools.count()
     errors: list[BaseException] = []
     ptrs: list[int] = []
@@ -283,16 +285,27 @@ def hybrid(
 
     def zero_worker() -> None:
         stream = torch.cuda.Stream()
+        last: tuple[int, torch.cuda.Event] | None = None
         try:
             with torch.cuda.stream(stream):
                 while (j := next(counter)) < len(jobs):
                     fd, off, n, at = jobs[j]
                     ptr = mapped.register(fd, off, n)
                     dest[at : at + n].copy_(host_view(ptr, n), non_blocking=True)
+                    if behind:
+                        if last is not None:
+                            last[1].synchronize()
+                            mapped.cudart.cudaHostUnregister(last[0])
+                        event = torch.cuda.Event()
+                        event.record(stream)
+                        last = (ptr, event)
                     with lock:
-                        ptrs.append(ptr)
+                        if not behind:
+                            ptrs.append(ptr)
                         taken["zero"] += n
             stream.synchronize()
+            if last is not None:
+                mapped.cudart.cudaHostUnregister(last[0])
         except BaseException as e:
             errors.append(e)
 
@@ -378,7 +391,8 @@ def main() -> None:
         "--hybrid",
         nargs="*",
         default=[],
-        help="hybrid rows T+Z/C: T ring threads and Z zero-copy threads sharing C MiB chunks",
+        help="hybrid rows T+Z/C: T ring threads and Z zero-copy threads sharing C MiB chunks "
+        "(T+Z/Cu: each zero-copy thread undoes its registrations behind itself, in the clock)",
     )
     ap.add_argument(
         "--streamer-slots",
@@ -464,11 +478,13 @@ def main() -> None:
 
     for spec in args.hybrid:
         ring_threads, rest = spec.split("+")
-        zero, mib = (int(x) for x in rest.split("/"))
+        zero, mib = (int(x) for x in rest.rstrip("u").split("/"))
         chunk = int(mib) * MiB
         slots = thread_slots(pinned, int(ring_threads), per, chunk)
         name = f"hybrid {spec}"
-        work = partial(hybrid, mapped, jobs_for(fds, chunk), dest, slots, zero, undo, name)
+        behind = spec.endswith("u")
+        jobs = jobs_for(fds, chunk)
+        work = partial(hybrid, mapped, jobs, dest, slots, zero, undo, name, behind)
         cases.append((name, work))
         if spec == args.hybrid[0]:  # checked byte for byte before anything is timed
             dest.zero_()

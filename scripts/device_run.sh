@@ -258,7 +258,7 @@ for stage in "$@"; do
             # the ring's threads and zero-copy threads at once, one process, against each alone
             run hybrid 300 python3 benchmarks/bench_stream_paths.py --threads 16 --chunk-mib 32 \
                 --zero-copy-mib 32 --zero-copy-threads 4 8 --repeats 2 \
-                --hybrid 16+1/32 16+2/32 16+4/32 14+2/32 12+4/32 ;;
+                --hybrid 16+1/32 16+2/32 16+4/32 14+2/32 12+4/32 16+2/32u 16+4/32u ;;
         sigterm)
             # `ember serve` of the 8B shape SIGTERMed while it starts: exit time, children left
             run sigterm 150 python3 benchmarks/bench_serve.py --real-weights \
