@@ -600,7 +600,9 @@ def check_streamer(device: torch.device, tmp: Path) -> None:
         dests[meta.name] = torch.zeros(meta.shape, dtype=dtype, device=device)
         return dests[meta.name]
 
-    for early in (False, True):
+    mapped = 0
+    for early, copiers in ((False, 0), (True, 0), (False, 2), (True, 3)):
+        opts.mapped_copiers = copiers
         streamer = SafetensorsStreamer(LocalSource(tmp), device, options=opts)
         if early:  # reads begun, and the ring filled, before the destinations exist
             streamer.start()
@@ -611,7 +613,12 @@ def check_streamer(device: torch.device, tmp: Path) -> None:
         for n, w in want.items():
             assert got[n] is dests[n], n
             assert torch.equal(got[n].cpu(), w.to(got[n].dtype)), n
-    print("  streamer on the device: bytes and casts match safetensors (reads begun early too)")
+        assert bool(streamer.stats.mapped_bytes) == bool(copiers), streamer.stats
+        mapped += streamer.stats.mapped_bytes
+    print(
+        "  streamer on the device: bytes and casts match safetensors (reads begun early too; "
+        f"with mapped copiers, {mapped / 1e6:.1f} MB copied straight out of the page cache)"
+    )
 
 
 # --- main -------------------------------------------------------------------------------------

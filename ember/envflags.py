@@ -1,6 +1,6 @@
-"""On/off switches read from the environment (the start-up levers: EMBER_PREFETCH_WEIGHTS,
-EMBER_BYTECODE_CACHE, EMBER_PREPIN, EMBER_WARM_BESIDE_LOAD, EMBER_GC_FREEZE,
-EMBER_STARTUP_TRACE, EMBER_EARLY_READS, EMBER_LOAD_TAPER). Torch-free."""
+"""Start-up levers read from the environment: on/off switches (EMBER_PREFETCH_WEIGHTS,
+EMBER_BYTECODE_CACHE, EMBER_PREPIN, EMBER_WARM_BESIDE_LOAD, EMBER_GC_FREEZE, EMBER_STARTUP_TRACE,
+EMBER_EARLY_READS, EMBER_LOAD_TAPER) and counts (EMBER_MAPPED_COPIERS). Torch-free."""
 
 from __future__ import annotations
 
@@ -25,3 +25,13 @@ def env_flag(name: str, default: bool) -> bool:
     """`name`'s value as a switch; `default` when it is unset, empty or neither on nor off."""
     switch = env_switch(name)
     return default if switch is None else switch
+
+
+def env_count(name: str, default: int) -> int:
+    """`name`'s value as a count of at least 0; `default` when it is unset or not a whole
+    number."""
+    value = os.environ.get(name, "").strip()
+    try:
+        return max(0, int(value))
+    except ValueError:
+        return default

@@ -77,6 +77,9 @@
 #                                               # safetensors and Run:ai, twice (~3 min)
 #   bash scripts/device_run.sh earlytrace       # one traced load with the reads begun early,
 #                                               # one without (~1 min with the model written)
+#   bash scripts/device_run.sh mapped           # fresh whole loads with 0/1/2/4 mapped copiers
+#                                               # beside the ring's readers, alternating,
+#                                               # twice (~3 min with the model written)
 #   bash scripts/device_run.sh hybrid           # ring threads and zero-copy threads together,
 #                                               # one process, against each alone (~2 min
 #                                               # with the model written)
@@ -254,6 +257,12 @@ for stage in "$@"; do
         earlytrace)
             run early-trace 100 python3 benchmarks/bench_load.py --slots-sweep 20 --repeats 1 \
                 --warm-env "EMBER_EARLY_READS=1 BENCH_LOAD_TRACE=1" --warm-env BENCH_LOAD_TRACE=1 ;;
+        mapped)
+            # mapped copiers beside the ring's readers (EMBER_MAPPED_COPIERS): fresh whole loads
+            # with the ring pinned ahead, 0 / 1 / 2 / 4 copiers alternating, twice
+            run mapped-load 300 python3 benchmarks/bench_load.py --slots-sweep 20 \
+                --warm-env EMBER_MAPPED_COPIERS=1 --warm-env EMBER_MAPPED_COPIERS=2 \
+                --warm-env EMBER_MAPPED_COPIERS=4 --repeats 2 ;;
         hybrid)
             # the ring's threads and zero-copy threads at once, one process, against each alone
             run hybrid 300 python3 benchmarks/bench_stream_paths.py --threads 16 --chunk-mib 32 \

@@ -7,6 +7,7 @@ at memory speed. `direct` forces either way.
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 from pathlib import Path
@@ -38,6 +39,7 @@ class LocalSource(Source):
         self._direct = direct
         self._lock = threading.Lock()
         self._fds: dict[str, tuple[int, int | None]] = {}
+        self._maps: dict[str, tuple[mmap.mmap, int, int]] = {}  # name -> (mapping, address, size)
 
     def list_files(self) -> list[str] | None:
         """Every file under the folder, symlinked folders followed, except a link back to a
@@ -95,6 +97,32 @@ class LocalSource(Source):
             raise ModelLoadError(f"cannot read '{self.location(name)}': {exc}") from exc
         return got
 
+    def mapped(self, name: str) -> tuple[int, int] | None:
+        """The file mapped read-only where it is read buffered (mostly in the page cache); None
+        for a file read with O_DIRECT (cold) or an empty one."""
+        with self._lock:
+            known = self._maps.get(name)
+        if known is not None:
+            return known[1], known[2]
+        buffered, direct = self._open(name)
+        size = os.fstat(buffered).st_size
+        if direct is not None or size == 0:
+            return None
+        try:
+            mapping = mmap.mmap(buffered, size, prot=mmap.PROT_READ)
+        except OSError:
+            return None  # a filesystem that cannot map it: the reads go through the ring
+        view = np.frombuffer(mapping, dtype=np.uint8)
+        address = int(view.ctypes.data)
+        del view  # no buffer of the mapping stays exported, so close() can unmap it
+        with self._lock:
+            if name in self._maps:  # another thread won the race
+                mapping.close()
+                known = self._maps[name]
+                return known[1], known[2]
+            self._maps[name] = (mapping, address, size)
+        return address, size
+
     def _open(self, name: str) -> tuple[int, int | None]:
         with self._lock:
             fds = self._fds.get(name)
@@ -128,6 +156,9 @@ class LocalSource(Source):
 
     def close(self) -> None:
         with self._lock:
+            for mapping, _, _ in self._maps.values():
+                mapping.close()
+            self._maps.clear()
             for fds in self._fds.values():
                 _close(fds)
             self._fds.clear()

@@ -29,6 +29,8 @@ HUGE_PAGE = 2 << 20
 _MADV_HUGEPAGE = getattr(mmap, "MADV_HUGEPAGE", 14)
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux 5.14+
 
+_HOST_REGISTER_READ_ONLY = 8  # cudaHostRegisterReadOnly: the device only reads the memory
+
 _warned = threading.Event()
 
 
@@ -70,6 +72,12 @@ def _cuda_register(ptr: int, nbytes: int) -> None:
         raise RuntimeError(f"cudaHostRegister returned {rc}")
 
 
+def _cuda_register_read_only(ptr: int, nbytes: int) -> None:
+    rc = torch.cuda.cudart().cudaHostRegister(ptr, nbytes, _HOST_REGISTER_READ_ONLY)
+    if int(rc) != 0:
+        raise RuntimeError(f"cudaHostRegister (read-only) returned {rc}")
+
+
 def _cuda_unregister(ptr: int) -> None:
     torch.cuda.cudart().cudaHostUnregister(ptr)
 
@@ -78,8 +86,10 @@ def _cuda_host_alloc(nbytes: int) -> torch.Tensor:
     return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
 
 
-# Indirections the tests replace (there is no CUDA in CI).
+# Indirections the tests replace (there is no CUDA in CI). torch's bindings release the GIL.
 register: Callable[[int, int], None] = _cuda_register
+# (memory the device only reads: a file's pages in the page cache, mapped read-only)
+register_read_only: Callable[[int, int], None] = _cuda_register_read_only
 unregister: Callable[[int], None] = _cuda_unregister
 host_alloc: Callable[[int], torch.Tensor] = _cuda_host_alloc
 

@@ -71,6 +71,12 @@ class Source(ABC):
         """The directory on this machine that holds the files, if there is one."""
         return None
 
+    def mapped(self, name: str) -> tuple[int, int] | None:
+        """(address, size) of a read-only mapping of the whole file, for copies to a device
+        straight out of the page cache; None where the file is not mapped that way (it is not
+        local, or it is read from the disk). The mapping lives until `close()`."""
+        return None
+
     def loaded(self) -> None:  # noqa: B027 (a hook; most sources need nothing)
         """Called once every weight byte has been read: a write-through cache commits here."""
 

@@ -13,6 +13,8 @@ without a destination are materialised on the device for the caller to place.
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import queue
 import threading
 import time
@@ -22,15 +24,19 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from ember.envflags import env_flag
+from ember.envflags import env_count, env_flag
 from ember.errors import ModelLoadError
+from ember.loader import pinned
 from ember.loader.files import INDEX_FILE, weight_files
 from ember.loader.header import TensorMeta, read_header
 from ember.loader.plan import Chunk, plan_chunks
 from ember.loader.ring import HostRing
 from ember.loader.source import Source
+
+log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 
@@ -50,6 +56,17 @@ class StreamOptions:
     # while the rest wait; 0: every chunk chunk_bytes. None: an eighth of chunk_bytes with
     # EMBER_LOAD_TAPER=1 (slower on an H100 at 20 slots, docs/benchmarks.md), else 0
     tail_chunk_bytes: int | None = None
+    # threads that copy chunks of warm local files to the device straight out of the page cache
+    # (each registers its chunk's pages with CUDA, read-only), beside the ring's readers: the
+    # readers are bound by the CPU copying bytes out of the page cache, these by registering
+    # pages, so the two may add up. None: EMBER_MAPPED_COPIERS (default 0)
+    mapped_copiers: int | None = None
+
+    def copiers(self) -> int:
+        """Mapped copiers asked for: the option, else EMBER_MAPPED_COPIERS, else none."""
+        if self.mapped_copiers is not None:
+            return max(0, self.mapped_copiers)
+        return env_count("EMBER_MAPPED_COPIERS", 0)
 
     def tail_chunk(self, alignment: int) -> int:
         """The tail chunks' size for a source of `alignment` (chunk_bytes where there is no
@@ -70,6 +87,7 @@ class LoadStats:
     files: int = 0
     pinned_slots: int = 0  # ring slots the load pinned itself (not pinned ahead)
     pin_seconds: float = 0.0  # the readers' time spent pinning them, summed
+    mapped_bytes: int = 0  # bytes copied straight out of the page cache (mapped copiers)
 
     @property
     def gb_per_s(self) -> float:
@@ -195,7 +213,11 @@ class SafetensorsStreamer:
             return None
         threads = min(threads, len(chunks))
         slots = max(threads, min(opts.slots or threads + 4, len(chunks)))
-        readers = _Readers(self, HostRing(slots, opts.chunk_bytes, self.device), chunks, threads)
+        copiers = opts.copiers()
+        if copiers and any(self.source.mapped(f) is None for f in {c.file for c in chunks}):
+            copiers = 0  # a file that is not local or not in the page cache: the ring reads all
+        ring = HostRing(slots, opts.chunk_bytes, self.device)
+        readers = _Readers(self, ring, chunks, threads, copiers)
         readers.start()
         return readers
 
@@ -219,6 +241,7 @@ class SafetensorsStreamer:
                     yield target.meta.name, self._finish(target)
             self.stats.pinned_slots = readers.ring.pinned_here
             self.stats.pin_seconds = readers.ring.pin_seconds
+            self.stats.mapped_bytes = readers.mapped_bytes
         finally:
             readers.stop()  # no copy may still read the ring when it is freed
 
@@ -360,6 +383,30 @@ def _read_headers(source: Source, files: list[str], weight_map: dict[str, str]) 
 
 
 _Finished = tuple[int, list[_Target]]  # (payload bytes of a chunk, tensors it completed)
+_PAGE = 4096  # registrations cover whole pages
+
+
+def _host_tensor(address: int, size: int) -> torch.Tensor:
+    """`size` bytes of host memory at `address` (a file's read-only mapping) as a uint8 tensor
+    that does not own them: only ever copied from, while the mapping is open."""
+    array = np.ctypeslib.as_array((ctypes.c_uint8 * size).from_address(address))
+    return torch.from_numpy(array)
+
+
+def _unregister_all(
+    registered: deque[tuple[int, torch.cuda.Event | None]], stream: torch.cuda.Stream | None
+) -> None:
+    """Undo a mapped copier's last registrations once every copy it enqueued on `stream` is
+    done (a failure is logged: the load's own outcome is what gets raised)."""
+    if not registered:
+        return
+    try:
+        if stream is not None:
+            stream.synchronize()
+        while registered:
+            pinned.unregister(registered.popleft()[0])
+    except Exception as e:
+        log.warning("undoing a registration of the page cache with CUDA failed: %s", e)
 
 
 class _Readers:
@@ -372,13 +419,21 @@ class _Readers:
     (bench_stream_paths.py, docs/benchmarks.md)."""
 
     def __init__(
-        self, streamer: SafetensorsStreamer, ring: HostRing, chunks: list[Chunk], threads: int
+        self,
+        streamer: SafetensorsStreamer,
+        ring: HostRing,
+        chunks: list[Chunk],
+        threads: int,
+        copiers: int = 0,
     ) -> None:
         self._streamer = streamer
         self.ring = ring
         self._chunks = chunks
         self._targets: list[_Target] = []
         self._threads = threads
+        self._copiers = copiers  # mapped copiers (StreamOptions.mapped_copiers), after bind
+        self.mapped_bytes = 0  # payload they copied
+        self._views: dict[str, torch.Tensor] = {}  # file -> its mapping as a host tensor
         self._lock = threading.Lock()  # the next chunk, the held chunks, landings and counts
         self._next = 0
         self._stopping = threading.Event()
@@ -388,17 +443,17 @@ class _Readers:
         self._held: deque[tuple[Chunk, int]] = deque()
         self._done: queue.SimpleQueue[_Finished | BaseException | None] = queue.SimpleQueue()
         self._streams: list[torch.cuda.Stream] = []
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="ember-load")
+        self._pool = ThreadPoolExecutor(threads + copiers, thread_name_prefix="ember-load")
 
     def start(self) -> None:
         """The readers begin: before `bind` they read chunks into free slots until the ring is
-        full, and copy nothing."""
-        for _ in range(self._threads):
+        full, and copy nothing. Mapped copiers wait for `bind`."""
+        for work in [self._run] * self._threads + [self._run_mapped] * self._copiers:
             stream = None
             if self.ring.cuda:
                 stream = torch.cuda.Stream(self._streamer.device)
                 self._streams.append(stream)
-            self._pool.submit(self._run, stream)
+            self._pool.submit(work, stream)
 
     def bind(self, targets: list[_Target]) -> None:
         """Where the chunks' bytes go; the readers copy from now on, what they hold first.
@@ -417,7 +472,7 @@ class _Readers:
     def results(self) -> Iterator[_Finished]:
         """(payload bytes, tensors now complete) for every chunk, as the readers finish them;
         a reader's error is raised here."""
-        running = self._threads
+        running = self._threads + self._copiers
         while running:
             item = self._done.get()
             if item is None:
@@ -490,16 +545,25 @@ class _Readers:
     def _copy(self, chunk: Chunk, slot: int, stream: torch.cuda.Stream | None) -> _Finished:
         ring = self.ring
         try:
-            src = ring.tensor(slot)
-            lands = self._landings(chunk)
-            for piece, land in zip(chunk.pieces, lands, strict=True):
-                land[piece.tensor_offset : piece.tensor_offset + piece.nbytes].copy_(
-                    src[piece.chunk_offset : piece.chunk_offset + piece.nbytes],
-                    non_blocking=stream is not None,
-                )
+            self._enqueue(chunk, ring.tensor(slot), stream)
             event = ring.mark_copied(slot, stream)
         finally:
             ring.give(slot)
+        return self._account(chunk, event)
+
+    def _enqueue(self, chunk: Chunk, src: torch.Tensor, stream: torch.cuda.Stream | None) -> None:
+        """Every piece of the chunk copied from `src` (the chunk's bytes on the host) to where
+        it lands: on `stream` without waiting where there is one."""
+        lands = self._landings(chunk)
+        for piece, land in zip(chunk.pieces, lands, strict=True):
+            land[piece.tensor_offset : piece.tensor_offset + piece.nbytes].copy_(
+                src[piece.chunk_offset : piece.chunk_offset + piece.nbytes],
+                non_blocking=stream is not None,
+            )
+
+    def _account(self, chunk: Chunk, event: torch.cuda.Event | None) -> _Finished:
+        """The chunk's bytes counted against its tensors, whose copies complete with `event`
+        (None: they are done); returns the chunk's payload and the tensors it completed."""
         complete: list[_Target] = []
         with self._lock:
             for piece in chunk.pieces:
@@ -510,6 +574,98 @@ class _Readers:
                 if target.remaining == 0:
                     complete.append(target)
         return chunk.payload, complete
+
+    def _run_mapped(self, stream: torch.cuda.Stream | None) -> None:
+        """A mapped copier: once bound, takes the next chunk, registers its pages in the page
+        cache (read-only) and copies them to the device from there. Each registration is undone
+        once the copies out of it are done, behind the next chunk's copies; a chunk that cannot
+        be registered is read and copied the plain way, and the copier stops there."""
+        registered: deque[tuple[int, torch.cuda.Event | None]] = deque()  # (address, copies)
+        try:
+            with torch.cuda.stream(stream) if stream is not None else nullcontext():
+                while (chunk := self._next_mapped()) is not None:
+                    address = self._register(chunk)
+                    if address is None:
+                        self._done.put(self._copy_unmapped(chunk))
+                        break
+                    registered.append((address, None))
+                    self._enqueue(chunk, self._mapped_view(chunk), stream)
+                    event = None
+                    if stream is not None:
+                        event = torch.cuda.Event()
+                        event.record(stream)
+                    registered[-1] = (address, event)
+                    while len(registered) > 1:  # the one before: its copies are likely done
+                        done, copies = registered[0]
+                        if copies is not None:
+                            copies.synchronize()
+                        pinned.unregister(done)
+                        registered.popleft()
+                    with self._lock:
+                        self.mapped_bytes += chunk.payload
+                    self._done.put(self._account(chunk, event))
+        except BaseException as e:  # handed to the loading thread, which raises it
+            self._stopping.set()
+            self._done.put(e)
+        finally:
+            _unregister_all(registered, stream)
+            self._done.put(None)
+
+    def _next_mapped(self) -> Chunk | None:
+        """The next chunk for a mapped copier once the destinations are known; None when there
+        is none left or the load stops."""
+        while not self._stopping.is_set():
+            with self._lock:
+                if self._copying:
+                    if self._next < len(self._chunks):
+                        self._next += 1
+                        return self._chunks[self._next - 1]
+                    return None
+            self._bound.wait()
+        return None
+
+    def _register(self, chunk: Chunk) -> int | None:
+        """The address of the chunk's bytes in its file's mapping, its pages registered with
+        CUDA; None where the file is not mapped, is shorter than its header says (the plain
+        read reports that) or registering fails."""
+        mapped = self._streamer.source.mapped(chunk.file)
+        if mapped is None:
+            return None
+        base, size = mapped
+        if chunk.offset + chunk.needed > size:
+            return None
+        end = min(chunk.offset + chunk.length, size)
+        nbytes = -(-(end - chunk.offset) // _PAGE) * _PAGE
+        try:
+            pinned.register_read_only(base + chunk.offset, nbytes)
+        except (RuntimeError, OSError) as e:
+            log.warning("copying straight out of the page cache failed (%s); reading instead", e)
+            return None
+        return base + chunk.offset
+
+    def _mapped_view(self, chunk: Chunk) -> torch.Tensor:
+        """The chunk's bytes in its file's mapping, as a host tensor (read only)."""
+        with self._lock:
+            view = self._views.get(chunk.file)
+        if view is None:
+            mapped = self._streamer.source.mapped(chunk.file)
+            assert mapped is not None, "a registered chunk's file is mapped"
+            view = _host_tensor(*mapped)
+            with self._lock:
+                self._views[chunk.file] = view
+        return view[chunk.offset : chunk.offset + chunk.needed]
+
+    def _copy_unmapped(self, chunk: Chunk) -> _Finished:
+        """A chunk a mapped copier could not register, read into plain host memory and copied
+        from there (the copy waits; this is the fallback, once)."""
+        buffer = torch.empty(chunk.length, dtype=torch.uint8)
+        self._streamer._read(chunk, buffer.numpy().data)
+        lands = self._landings(chunk)
+        for piece, land in zip(chunk.pieces, lands, strict=True):
+            land[piece.tensor_offset : piece.tensor_offset + piece.nbytes].copy_(
+                buffer[piece.chunk_offset : piece.chunk_offset + piece.nbytes]
+            )
+        return self._account(chunk, None)
 
     def _landings(self, chunk: Chunk) -> list[torch.Tensor]:
         lands: list[torch.Tensor] = []

@@ -229,7 +229,8 @@ def load_model(
     stats = streamer.stats
     log.info(
         "weights: %.2f GB in %d files from %s in %.2f s (%.2f GB/s); parameters allocated in "
-        "%.3f s %s; %d ring slots pinned during the load (%.3f s of the readers' time)",
+        "%.3f s %s; %d ring slots pinned during the load (%.3f s of the readers' time); "
+        "%.2f GB copied straight out of the page cache",
         stats.bytes / 1e9,
         stats.files,
         source.uri,
@@ -239,6 +240,7 @@ def load_model(
         "as the first reads ran" if early else "before",
         stats.pinned_slots,
         stats.pin_seconds,
+        stats.mapped_bytes / 1e9,
     )
     if fp8 is not None and dequantized:
         name = str(dtype).removeprefix("torch.")

@@ -1,0 +1,228 @@
+"""Mapped copiers: chunks of warm local files copied straight out of the page cache (their pages
+registered with CUDA, read-only) beside the ring's readers. CUDA's registration is replaced by a
+recorder here; on the CPU the copies are plain copies out of the mapping."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from ember.envflags import env_count
+from ember.errors import ModelLoadError
+from ember.loader import SafetensorsStreamer, StreamOptions, TensorMeta, pinned
+from ember.loader.local import LocalSource
+
+from .helpers import random_tensors
+from .test_streamer import CountingSource, _assert_same, _readers, _save_sharded
+
+CPU = torch.device("cpu")
+KiB = 1024
+PAGE = 4096
+
+
+class MappedSource(CountingSource):
+    """A source read through the ring (no local directory, as on a GPU) whose files the
+    mapped copiers may map, unless `unmapped` names them."""
+
+    def __init__(self, inner: LocalSource, delay_s: float = 0.0, unmapped: str = "") -> None:
+        super().__init__(inner, delay_s=delay_s)
+        self.unmapped = unmapped
+
+    def mapped(self, name: str) -> tuple[int, int] | None:
+        return None if name == self.unmapped else self.inner.mapped(name)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class Registrations:
+    """Stands in for CUDA's registration: checks every range is whole pages and overlaps no
+    range still registered, and that each is undone once."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.live: dict[int, int] = {}  # address -> bytes
+        self.count = 0
+        self.undone = 0
+        self.lock = threading.Lock()
+
+    def register(self, address: int, nbytes: int) -> None:
+        if self.fail:
+            raise RuntimeError("cudaHostRegister returned 1")
+        assert address % PAGE == 0 and nbytes % PAGE == 0 and nbytes > 0
+        with self.lock:
+            for start, size in self.live.items():
+                assert address + nbytes <= start or start + size <= address, "overlap"
+            self.live[address] = nbytes
+            self.count += 1
+
+    def unregister(self, address: int) -> None:
+        with self.lock:
+            assert address in self.live, "undone twice or never registered"
+            del self.live[address]
+            self.undone += 1
+
+
+@pytest.fixture
+def registrations(monkeypatch: pytest.MonkeyPatch) -> Registrations:
+    record = Registrations()
+    monkeypatch.setattr(pinned, "register_read_only", record.register)
+    monkeypatch.setattr(pinned, "unregister", record.unregister)
+    return record
+
+
+def _options(copiers: int) -> StreamOptions:
+    return StreamOptions(chunk_bytes=8 * KiB, threads=2, slots=3, mapped_copiers=copiers)
+
+
+def test_copiers_and_readers_share_the_chunks_bytes_match(
+    tmp_path: Path, registrations: Registrations
+) -> None:
+    """Sharded files, in-place destinations and dtype casts: the same bytes as safetensors, the
+    chunks split between the ring's (slowed) readers and the copiers, and every registration
+    undone by the end."""
+    tensors = random_tensors(21)
+    _save_sharded(tmp_path, tensors, shards=3)
+    source = MappedSource(LocalSource(tmp_path), delay_s=0.002)
+    dests: dict[str, torch.Tensor] = {}
+
+    def resolve(meta: TensorMeta) -> torch.Tensor:
+        dtype = torch.float32 if meta.dtype.is_floating_point else meta.dtype
+        dests[meta.name] = torch.full(meta.shape, 7, dtype=dtype)
+        return dests[meta.name]
+
+    streamer = SafetensorsStreamer(source, CPU, options=_options(2))
+    got = dict(streamer.stream(resolve))
+    source.close()
+    for name, want in tensors.items():
+        assert got[name] is dests[name], name
+        assert torch.equal(got[name], want.to(got[name].dtype)), name
+    assert registrations.count > 0 and not registrations.live
+    assert registrations.undone == registrations.count
+    assert 0 < streamer.stats.mapped_bytes < streamer.total_bytes
+    assert source.data_reads > 0  # the ring's readers read the rest
+    assert not _readers()
+
+
+def test_without_copiers_nothing_is_mapped(tmp_path: Path, registrations: Registrations) -> None:
+    save_file(random_tensors(22), str(tmp_path / "model.safetensors"))
+    source = MappedSource(LocalSource(tmp_path))
+    streamer = SafetensorsStreamer(source, CPU, options=_options(0))
+    _assert_same(dict(streamer.stream()), load_file(str(tmp_path / "model.safetensors")))
+    source.close()
+    assert registrations.count == 0 and streamer.stats.mapped_bytes == 0
+
+
+def test_copiers_follow_the_environment(
+    tmp_path: Path, registrations: Registrations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    save_file(random_tensors(23), str(tmp_path / "model.safetensors"))
+    monkeypatch.setenv("EMBER_MAPPED_COPIERS", "3")
+    source = MappedSource(LocalSource(tmp_path), delay_s=0.002)
+    options = StreamOptions(chunk_bytes=8 * KiB, threads=2, slots=3)
+    streamer = SafetensorsStreamer(source, CPU, options=options)
+    _assert_same(dict(streamer.stream()), load_file(str(tmp_path / "model.safetensors")))
+    source.close()
+    assert registrations.count > 0 and streamer.stats.mapped_bytes > 0
+
+
+def test_a_file_that_is_not_mapped_goes_through_the_ring(
+    tmp_path: Path, registrations: Registrations
+) -> None:
+    """One cold (unmapped) file among the shards: the ring reads everything."""
+    tensors = random_tensors(24)
+    _save_sharded(tmp_path, tensors, shards=2)
+    source = MappedSource(LocalSource(tmp_path), unmapped="model-00002-of-00002.safetensors")
+    streamer = SafetensorsStreamer(source, CPU, options=_options(2))
+    _assert_same(dict(streamer.stream()), tensors)
+    source.close()
+    assert registrations.count == 0 and streamer.stats.mapped_bytes == 0
+
+
+def test_a_refused_registration_reads_the_chunk_instead(
+    tmp_path: Path,
+    registrations: Registrations,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Where CUDA refuses to register the page cache, each copier reads its chunk the plain
+    way, warns, and leaves the rest to the ring."""
+    save_file(random_tensors(25), str(tmp_path / "model.safetensors"))
+    registrations.fail = True
+    source = MappedSource(LocalSource(tmp_path), delay_s=0.002)
+    streamer = SafetensorsStreamer(source, CPU, options=_options(2))
+    with caplog.at_level(logging.WARNING, logger="ember.loader.streamer"):
+        got = dict(streamer.stream())
+    source.close()
+    _assert_same(got, load_file(str(tmp_path / "model.safetensors")))
+    assert "copying straight out of the page cache failed" in caplog.text
+    assert streamer.stats.mapped_bytes == 0 and not registrations.live
+
+
+def test_a_truncated_file_fails_with_its_name(tmp_path: Path, registrations: Registrations) -> None:
+    """A file cut short after its header was read is never registered past its end: the
+    copier's plain read reports it as the ring's readers would."""
+    path = tmp_path / "model.safetensors"
+    save_file(random_tensors(26), str(path))
+    data = path.read_bytes()
+    source = MappedSource(LocalSource(tmp_path), delay_s=0.05)  # the copiers get the last chunk
+    streamer = SafetensorsStreamer(source, CPU, options=_options(4))
+    path.write_bytes(data[: len(data) - 5000])  # the same file, shorter
+    with pytest.raises(ModelLoadError, match=r"model\.safetensors.*truncated"):
+        for _ in streamer.stream():
+            pass
+    source.close()
+    assert not registrations.live and not _readers()
+
+
+def test_a_copy_that_fails_ends_the_load_and_undoes_its_registrations(
+    tmp_path: Path, registrations: Registrations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ember.loader import streamer as streamer_module
+
+    save_file(random_tensors(27), str(tmp_path / "model.safetensors"))
+
+    def broken(*_: object) -> torch.Tensor:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(streamer_module._Readers, "_mapped_view", broken)
+    source = MappedSource(LocalSource(tmp_path), delay_s=0.01)
+    streamer = SafetensorsStreamer(source, CPU, options=_options(2))
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        for _ in streamer.stream():
+            pass
+    source.close()
+    assert registrations.count > 0 and not registrations.live and not _readers()
+
+
+def test_local_files_are_mapped_only_when_read_buffered(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 40
+    (tmp_path / "w.bin").write_bytes(data)
+    (tmp_path / "empty.bin").write_bytes(b"")
+    warm = LocalSource(tmp_path, direct=False)
+    mapped = warm.mapped("w.bin")
+    assert mapped is not None and mapped[1] == len(data) and mapped[0] % PAGE == 0
+    assert warm.mapped("w.bin") == mapped  # mapped once
+    import ctypes
+
+    assert ctypes.string_at(mapped[0] + 1000, 16) == data[1000:1016]
+    assert warm.mapped("empty.bin") is None
+    warm.close()
+    cold = LocalSource(tmp_path, direct=True)
+    assert cold.mapped("w.bin") is None  # read from the disk, not the page cache
+    cold.close()
+
+
+def test_env_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EMBER_X_COUNT", raising=False)
+    assert env_count("EMBER_X_COUNT", 2) == 2
+    monkeypatch.setenv("EMBER_X_COUNT", " 5 ")
+    assert env_count("EMBER_X_COUNT", 2) == 5
+    monkeypatch.setenv("EMBER_X_COUNT", "-3")
+    assert env_count("EMBER_X_COUNT", 2) == 0
+    monkeypatch.setenv("EMBER_X_COUNT", "many")
+    assert env_count("EMBER_X_COUNT", 2) == 2
