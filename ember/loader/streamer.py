@@ -3,6 +3,10 @@
     source --(reader threads: pread / range GET, GIL released)--> ring slot (pinned host memory)
            --(the same reader: async H2D on its own stream)--> destination bytes on the device
 
+Mapped copiers (StreamOptions.mapped_copiers, off by default) take chunks of warm local files
+beside the readers and skip the ring: the chunk's pages in the page cache are registered with
+CUDA and copied to the device from there.
+
 Python only plans ranges and enqueues copies; bytes are moved by the kernel, obstore and the
 copy engine. The loading thread receives finished tensors and orders them before later work.
 Onto the CPU from local files there is no ring: reads land in the tensors directly. A tensor
@@ -553,7 +557,8 @@ class _Readers:
 
     def _enqueue(self, chunk: Chunk, src: torch.Tensor, stream: torch.cuda.Stream | None) -> None:
         """Every piece of the chunk copied from `src` (the chunk's bytes on the host) to where
-        it lands: on `stream` without waiting where there is one."""
+        it lands: enqueued on `stream` without waiting where there is one, else copied before
+        this returns."""
         lands = self._landings(chunk)
         for piece, land in zip(chunk.pieces, lands, strict=True):
             land[piece.tensor_offset : piece.tensor_offset + piece.nbytes].copy_(
@@ -660,11 +665,7 @@ class _Readers:
         from there (the copy waits; this is the fallback, once)."""
         buffer = torch.empty(chunk.length, dtype=torch.uint8)
         self._streamer._read(chunk, buffer.numpy().data)
-        lands = self._landings(chunk)
-        for piece, land in zip(chunk.pieces, lands, strict=True):
-            land[piece.tensor_offset : piece.tensor_offset + piece.nbytes].copy_(
-                buffer[piece.chunk_offset : piece.chunk_offset + piece.nbytes]
-            )
+        self._enqueue(chunk, buffer, None)  # waits for the copies: the buffer is not pinned
         return self._account(chunk, None)
 
     def _landings(self, chunk: Chunk) -> list[torch.Tensor]:
