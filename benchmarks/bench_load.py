@@ -452,6 +452,7 @@ def child(
     logging.basicConfig(format="%(message)s")
     logging.getLogger("ember.models.loader").setLevel(logging.INFO)
     logging.getLogger("ember.loader.prepin").setLevel(logging.INFO)
+    logging.getLogger("ember.loader.streamer").setLevel(logging.INFO)
     if key == "ember-prepinned":
         # As `ember serve`'s engine process does: as soon as torch is imported, before the
         # engine's own imports (core_client.py), so the pinning overlaps them.
@@ -520,7 +521,9 @@ def timed(
     result = Result(label, cache, seconds, nbytes / seconds / 1e9)
     print(f"  {label:<34} {cache:<5} {seconds:7.2f} s {result.gbps:7.2f} GB/s", flush=True)
     for line in proc.stderr.splitlines():  # ember's own account of the load (its log line)
-        if line.startswith(("weights: ", "ring slots pinned ahead", "timeline: ", "trace: ")):
+        if line.startswith(
+            ("weights: ", "ring slots pinned ahead", "timeline: ", "trace: ", "unregistered: ")
+        ):
             print(f"      {line}", flush=True)
     return result
 

@@ -77,7 +77,7 @@
 #                                               # safetensors and Run:ai, twice (~3 min)
 #   bash scripts/device_run.sh earlytrace       # one traced load with the reads begun early,
 #                                               # one without (~1 min with the model written)
-#   bash scripts/device_run.sh mapped           # fresh whole loads with 0/1/2/4 mapped copiers
+#   bash scripts/device_run.sh mapped           # fresh whole loads with 0/2/4 mapped copiers
 #                                               # beside the ring's readers, alternating,
 #                                               # twice (~3 min with the model written)
 #   bash scripts/device_run.sh hybrid           # ring threads and zero-copy threads together,
@@ -261,8 +261,8 @@ for stage in "$@"; do
             # mapped copiers beside the ring's readers (EMBER_MAPPED_COPIERS): fresh whole loads
             # with the ring pinned ahead, 0 / 1 / 2 / 4 copiers alternating, twice
             run mapped-load 300 python3 benchmarks/bench_load.py --slots-sweep 20 \
-                --warm-env EMBER_MAPPED_COPIERS=1 --warm-env EMBER_MAPPED_COPIERS=2 \
-                --warm-env EMBER_MAPPED_COPIERS=4 --repeats 2 ;;
+                --warm-env EMBER_MAPPED_COPIERS=2 --warm-env EMBER_MAPPED_COPIERS=4 \
+                --repeats 2 ;;
         hybrid)
             # the ring's threads and zero-copy threads at once, one process, against each alone
             run hybrid 300 python3 benchmarks/bench_stream_paths.py --threads 16 --chunk-mib 32 \

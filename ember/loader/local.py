@@ -16,7 +16,7 @@ import numpy as np
 
 from ember.errors import ModelLoadError
 from ember.loader.pagecache import resident_fraction
-from ember.loader.source import MissingFileError, Source
+from ember.loader.source import Mapping, MissingFileError, Source
 
 DIRECT_ALIGNMENT = 4096  # bytes; covers 512 B and 4 KiB logical blocks
 # Below this share of cached pages, a file counts as cold and is read with O_DIRECT.
@@ -39,7 +39,7 @@ class LocalSource(Source):
         self._direct = direct
         self._lock = threading.Lock()
         self._fds: dict[str, tuple[int, int | None]] = {}
-        self._maps: dict[str, tuple[mmap.mmap, int, int]] = {}  # name -> (mapping, address, size)
+        self._maps: dict[str, Mapping] = {}
 
     def list_files(self) -> list[str] | None:
         """Every file under the folder, symlinked folders followed, except a link back to a
@@ -97,31 +97,27 @@ class LocalSource(Source):
             raise ModelLoadError(f"cannot read '{self.location(name)}': {exc}") from exc
         return got
 
-    def mapped(self, name: str) -> tuple[int, int] | None:
+    def mapped(self, name: str) -> Mapping | None:
         """The file mapped read-only where it is read buffered (mostly in the page cache); None
-        for a file read with O_DIRECT (cold) or an empty one."""
+        for a file read with O_DIRECT (cold) or an empty one. It is unmapped once the source is
+        closed and nothing else holds the mapping's owner."""
         with self._lock:
             known = self._maps.get(name)
         if known is not None:
-            return known[1], known[2]
+            return known
         buffered, direct = self._open(name)
         size = os.fstat(buffered).st_size
         if direct is not None or size == 0:
             return None
         try:
-            mapping = mmap.mmap(buffered, size, prot=mmap.PROT_READ)
+            owner = mmap.mmap(buffered, size, prot=mmap.PROT_READ)
         except OSError:
             return None  # a filesystem that cannot map it: the reads go through the ring
-        view = np.frombuffer(mapping, dtype=np.uint8)
-        address = int(view.ctypes.data)
-        del view  # no buffer of the mapping stays exported, so close() can unmap it
+        view = np.frombuffer(owner, dtype=np.uint8)
+        mapping = Mapping(int(view.ctypes.data), size, owner)
+        del view  # no buffer of the mapping stays exported: it unmaps once unreferenced
         with self._lock:
-            if name in self._maps:  # another thread won the race
-                mapping.close()
-                known = self._maps[name]
-                return known[1], known[2]
-            self._maps[name] = (mapping, address, size)
-        return address, size
+            return self._maps.setdefault(name, mapping)  # another thread may have won the race
 
     def _open(self, name: str) -> tuple[int, int | None]:
         with self._lock:
@@ -156,9 +152,7 @@ class LocalSource(Source):
 
     def close(self) -> None:
         with self._lock:
-            for mapping, _, _ in self._maps.values():
-                mapping.close()
-            self._maps.clear()
+            self._maps.clear()  # unmapped once no load's registrations hold them
             for fds in self._fds.values():
                 _close(fds)
             self._fds.clear()

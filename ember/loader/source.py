@@ -8,6 +8,7 @@ straight into the loader's pinned ring without an intermediate copy in Python.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 
 from ember.errors import ModelLoadError
@@ -19,6 +20,15 @@ class MissingFileError(ModelLoadError):
 
 class ReadTimeoutError(ModelLoadError):
     """A read took longer than the source allows (a slow link or a stalled connection)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Mapping:
+    """A file mapped read-only into this process."""
+
+    address: int
+    size: int
+    owner: object  # the mapping stays in place while this is referenced
 
 
 class Source(ABC):
@@ -71,10 +81,10 @@ class Source(ABC):
         """The directory on this machine that holds the files, if there is one."""
         return None
 
-    def mapped(self, name: str) -> tuple[int, int] | None:
-        """(address, size) of a read-only mapping of the whole file, for copies to a device
-        straight out of the page cache; None where the file is not mapped that way (it is not
-        local, or it is read from the disk). The mapping lives until `close()`."""
+    def mapped(self, name: str) -> Mapping | None:
+        """A read-only mapping of the whole file, for copies to a device straight out of the
+        page cache; None where the file is not mapped that way (it is not local, or it is read
+        from the disk). It stays mapped while the source is open or its owner is referenced."""
         return None
 
     def loaded(self) -> None:  # noqa: B027 (a hook; most sources need nothing)

@@ -17,6 +17,7 @@ without a destination are materialised on the device for the caller to place.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import logging
 import queue
@@ -397,20 +398,45 @@ def _host_tensor(address: int, size: int) -> torch.Tensor:
     return torch.from_numpy(array)
 
 
-def _unregister_all(
-    registered: deque[tuple[int, torch.cuda.Event | None]], stream: torch.cuda.Stream | None
-) -> None:
-    """Undo a mapped copier's last registrations once every copy it enqueued on `stream` is
-    done (a failure is logged: the load's own outcome is what gets raised)."""
-    if not registered:
-        return
-    try:
-        if stream is not None:
-            stream.synchronize()
-        while registered:
-            pinned.unregister(registered.popleft()[0])
-    except Exception as e:
-        log.warning("undoing a registration of the page cache with CUDA failed: %s", e)
+_undoing: list[threading.Thread] = []  # threads undoing registrations after a load
+_undoing_lock = threading.Lock()
+
+
+def _undo_later(registered: list[int], owners: list[object]) -> None:
+    """Undo the registrations (their copies are done) on a thread, then let go of the mappings
+    they are in."""
+
+    def undo() -> None:
+        start = time.perf_counter()
+        try:
+            for address in registered:
+                pinned.unregister(address)
+        except Exception as e:  # the load is over; its outcome stands
+            log.warning("undoing a registration of the page cache with CUDA failed: %s", e)
+        owners.clear()
+        log.info(
+            "unregistered: %d chunks of the page cache in %.3f s after the load",
+            len(registered),
+            time.perf_counter() - start,
+        )
+
+    thread = threading.Thread(target=undo, name="ember-unregister", daemon=True)
+    with _undoing_lock:
+        _undoing.append(thread)
+    thread.start()
+
+
+def wait_for_unregistered() -> None:
+    """Until every load's page-cache registrations are undone (at exit too, before CUDA is torn
+    down)."""
+    with _undoing_lock:
+        threads = list(_undoing)
+        _undoing.clear()
+    for thread in threads:
+        thread.join()
+
+
+atexit.register(wait_for_unregistered)
 
 
 class _Readers:
@@ -438,6 +464,8 @@ class _Readers:
         self._copiers = copiers  # mapped copiers (StreamOptions.mapped_copiers), after bind
         self.mapped_bytes = 0  # payload they copied
         self._views: dict[str, torch.Tensor] = {}  # file -> its mapping as a host tensor
+        self._registered: list[int] = []  # addresses the copiers registered, undone after
+        self._owners: dict[str, object] = {}  # file -> what keeps its mapping in place
         self._lock = threading.Lock()  # the next chunk, the held chunks, landings and counts
         self._next = 0
         self._stopping = threading.Event()
@@ -487,12 +515,22 @@ class _Readers:
                 yield item
 
     def stop(self) -> None:
-        """Readers finish the read in hand and end; every copy they enqueued completes."""
+        """Readers finish the read in hand and end; every copy they enqueued completes. The
+        copiers' registrations are then undone on a thread of their own, beside whatever the
+        caller does next (unregistering 16 GB took ~0.13 s on the H200; undone behind each
+        chunk inside the load, it made the copiers slower than the ring alone:
+        docs/benchmarks.md)."""
         self._stopping.set()
         self._bound.set()  # readers waiting for destinations that will not come
         self._pool.shutdown(wait=True, cancel_futures=True)
         for stream in self._streams:
             stream.synchronize()
+        with self._lock:
+            registered, self._registered = self._registered, []
+            owners, self._owners = list(self._owners.values()), {}
+            self._views.clear()
+        if registered:
+            _undo_later(registered, owners)
 
     def _run(self, stream: torch.cuda.Stream | None) -> None:
         try:
@@ -582,30 +620,20 @@ class _Readers:
 
     def _run_mapped(self, stream: torch.cuda.Stream | None) -> None:
         """A mapped copier: once bound, takes the next chunk, registers its pages in the page
-        cache (read-only) and copies them to the device from there. Each registration is undone
-        once the copies out of it are done, behind the next chunk's copies; a chunk that cannot
-        be registered is read and copied the plain way, and the copier stops there."""
-        registered: deque[tuple[int, torch.cuda.Event | None]] = deque()  # (address, copies)
+        cache (read-only) and copies them to the device from there. The registrations are
+        undone after the load, off its path (`stop`); a chunk that cannot be registered is read
+        and copied the plain way, and the copier stops there."""
         try:
             with torch.cuda.stream(stream) if stream is not None else nullcontext():
                 while (chunk := self._next_mapped()) is not None:
-                    address = self._register(chunk)
-                    if address is None:
+                    if not self._register(chunk):
                         self._done.put(self._copy_unmapped(chunk))
                         break
-                    registered.append((address, None))
                     self._enqueue(chunk, self._mapped_view(chunk), stream)
                     event = None
                     if stream is not None:
                         event = torch.cuda.Event()
                         event.record(stream)
-                    registered[-1] = (address, event)
-                    while len(registered) > 1:  # the one before: its copies are likely done
-                        done, copies = registered[0]
-                        if copies is not None:
-                            copies.synchronize()
-                        pinned.unregister(done)
-                        registered.popleft()
                     with self._lock:
                         self.mapped_bytes += chunk.payload
                     self._done.put(self._account(chunk, event))
@@ -613,7 +641,6 @@ class _Readers:
             self._stopping.set()
             self._done.put(e)
         finally:
-            _unregister_all(registered, stream)
             self._done.put(None)
 
     def _next_mapped(self) -> Chunk | None:
@@ -629,33 +656,33 @@ class _Readers:
             self._bound.wait()
         return None
 
-    def _register(self, chunk: Chunk) -> int | None:
-        """The address of the chunk's bytes in its file's mapping, its pages registered with
-        CUDA; None where the file is not mapped, is shorter than its header says (the plain
-        read reports that) or registering fails."""
-        mapped = self._streamer.source.mapped(chunk.file)
-        if mapped is None:
-            return None
-        base, size = mapped
-        if chunk.offset + chunk.needed > size:
-            return None
-        end = min(chunk.offset + chunk.length, size)
+    def _register(self, chunk: Chunk) -> bool:
+        """Whether the chunk's pages in its file's mapping are now registered with CUDA; False
+        where the file is not mapped, is shorter than its header says (the plain read reports
+        that) or registering fails."""
+        mapping = self._streamer.source.mapped(chunk.file)
+        if mapping is None or chunk.offset + chunk.needed > mapping.size:
+            return False
+        end = min(chunk.offset + chunk.length, mapping.size)
         nbytes = -(-(end - chunk.offset) // _PAGE) * _PAGE
         try:
-            pinned.register_read_only(base + chunk.offset, nbytes)
+            pinned.register_read_only(mapping.address + chunk.offset, nbytes)
         except (RuntimeError, OSError) as e:
             log.warning("copying straight out of the page cache failed (%s); reading instead", e)
-            return None
-        return base + chunk.offset
+            return False
+        with self._lock:
+            self._registered.append(mapping.address + chunk.offset)
+            self._owners[chunk.file] = mapping.owner  # mapped until the registration is undone
+        return True
 
     def _mapped_view(self, chunk: Chunk) -> torch.Tensor:
         """The chunk's bytes in its file's mapping, as a host tensor (read only)."""
         with self._lock:
             view = self._views.get(chunk.file)
         if view is None:
-            mapped = self._streamer.source.mapped(chunk.file)
-            assert mapped is not None, "a registered chunk's file is mapped"
-            view = _host_tensor(*mapped)
+            mapping = self._streamer.source.mapped(chunk.file)
+            assert mapping is not None, "a registered chunk's file is mapped"
+            view = _host_tensor(mapping.address, mapping.size)
             with self._lock:
                 self._views[chunk.file] = view
         return view[chunk.offset : chunk.offset + chunk.needed]

@@ -4,8 +4,10 @@ recorder here; on the CPU the copies are plain copies out of the mapping."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
+import weakref
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,8 @@ from ember.envflags import env_count
 from ember.errors import ModelLoadError
 from ember.loader import SafetensorsStreamer, StreamOptions, TensorMeta, pinned
 from ember.loader.local import LocalSource
+from ember.loader.source import Mapping
+from ember.loader.streamer import wait_for_unregistered
 
 from .helpers import random_tensors
 from .test_streamer import CountingSource, _assert_same, _readers, _save_sharded
@@ -33,7 +37,7 @@ class MappedSource(CountingSource):
         super().__init__(inner, delay_s=delay_s)
         self.unmapped = unmapped
 
-    def mapped(self, name: str) -> tuple[int, int] | None:
+    def mapped(self, name: str) -> Mapping | None:
         return None if name == self.unmapped else self.inner.mapped(name)
 
     def close(self) -> None:
@@ -98,10 +102,11 @@ def test_copiers_and_readers_share_the_chunks_bytes_match(
 
     streamer = SafetensorsStreamer(source, CPU, options=_options(2))
     got = dict(streamer.stream(resolve))
-    source.close()
+    source.close()  # the mappings stay until their registrations are undone
     for name, want in tensors.items():
         assert got[name] is dests[name], name
         assert torch.equal(got[name], want.to(got[name].dtype)), name
+    wait_for_unregistered()  # undone after the load, on a thread of their own
     assert registrations.count > 0 and not registrations.live
     assert registrations.undone == registrations.count
     assert 0 < streamer.stats.mapped_bytes < streamer.total_bytes
@@ -160,6 +165,7 @@ def test_a_refused_registration_reads_the_chunk_instead(
     source.close()
     _assert_same(got, load_file(str(tmp_path / "model.safetensors")))
     assert "copying straight out of the page cache failed" in caplog.text
+    wait_for_unregistered()
     assert streamer.stats.mapped_bytes == 0 and not registrations.live
 
 
@@ -176,6 +182,7 @@ def test_a_truncated_file_fails_with_its_name(tmp_path: Path, registrations: Reg
         for _ in streamer.stream():
             pass
     source.close()
+    wait_for_unregistered()
     assert not registrations.live and not _readers()
 
 
@@ -196,6 +203,7 @@ def test_a_copy_that_fails_ends_the_load_and_undoes_its_registrations(
         for _ in streamer.stream():
             pass
     source.close()
+    wait_for_unregistered()
     assert registrations.count > 0 and not registrations.live and not _readers()
 
 
@@ -205,13 +213,18 @@ def test_local_files_are_mapped_only_when_read_buffered(tmp_path: Path) -> None:
     (tmp_path / "empty.bin").write_bytes(b"")
     warm = LocalSource(tmp_path, direct=False)
     mapped = warm.mapped("w.bin")
-    assert mapped is not None and mapped[1] == len(data) and mapped[0] % PAGE == 0
-    assert warm.mapped("w.bin") == mapped  # mapped once
+    assert mapped is not None and mapped.size == len(data) and mapped.address % PAGE == 0
+    assert warm.mapped("w.bin") is mapped  # mapped once
     import ctypes
 
-    assert ctypes.string_at(mapped[0] + 1000, 16) == data[1000:1016]
+    assert ctypes.string_at(mapped.address + 1000, 16) == data[1000:1016]
     assert warm.mapped("empty.bin") is None
     warm.close()
+    assert ctypes.string_at(mapped.address, 4) == data[:4]  # still mapped: its owner is held
+    owner = weakref.ref(mapped.owner)
+    del mapped
+    gc.collect()
+    assert owner() is None  # closed and let go of: unmapped
     cold = LocalSource(tmp_path, direct=True)
     assert cold.mapped("w.bin") is None  # read from the disk, not the page cache
     cold.close()
