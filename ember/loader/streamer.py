@@ -62,9 +62,9 @@ class StreamOptions:
     # EMBER_LOAD_TAPER=1 (slower on an H100 at 20 slots, docs/benchmarks.md), else 0
     tail_chunk_bytes: int | None = None
     # threads that copy chunks of warm local files to the device straight out of the page cache
-    # (each registers its chunk's pages with CUDA, read-only), beside the ring's readers: the
-    # readers are bound by the CPU copying bytes out of the page cache, these by registering
-    # pages, so the two may add up. None: EMBER_MAPPED_COPIERS (default 0)
+    # (each registers its chunk's pages with CUDA, read-only), in place of as many of the ring's
+    # readers: the readers are bound by the CPU copying bytes out of the page cache, these by
+    # registering pages, so the two may add up. None: EMBER_MAPPED_COPIERS (default 0)
     mapped_copiers: int | None = None
 
     def copiers(self) -> int:
@@ -221,6 +221,9 @@ class SafetensorsStreamer:
         copiers = opts.copiers()
         if copiers and any(self.source.mapped(f) is None for f in {c.file for c in chunks}):
             copiers = 0  # a file that is not local or not in the page cache: the ring reads all
+        # Copiers take the place of readers (on the H200, 14 readers + 2 copiers moved the 8B at
+        # 51.1 GB/s where 16 + 2 gave 45.9: docs/benchmarks.md); the ring keeps its size.
+        threads = max(1, threads - copiers)
         ring = HostRing(slots, opts.chunk_bytes, self.device)
         readers = _Readers(self, ring, chunks, threads, copiers)
         readers.start()

@@ -239,3 +239,21 @@ def test_env_count(monkeypatch: pytest.MonkeyPatch) -> None:
     assert env_count("EMBER_X_COUNT", 2) == 0
     monkeypatch.setenv("EMBER_X_COUNT", "many")
     assert env_count("EMBER_X_COUNT", 2) == 2
+
+
+def test_copiers_take_the_place_of_readers(tmp_path: Path, registrations: Registrations) -> None:
+    """As many threads as asked for in all: N copiers replace N readers; the ring keeps its
+    size. Without mapped files there are no copiers and every thread reads."""
+    save_file(random_tensors(28), str(tmp_path / "model.safetensors"))
+    options = StreamOptions(chunk_bytes=8 * KiB, threads=6, slots=9, mapped_copiers=2)
+    for unmapped, readers, copiers in (("", 4, 2), ("model.safetensors", 6, 0)):
+        source = MappedSource(LocalSource(tmp_path), unmapped=unmapped)
+        streamer = SafetensorsStreamer(source, CPU, options=options)
+        streamer.start()
+        opened = streamer._readers
+        assert opened is not None
+        assert (opened._threads, opened._copiers, len(opened.ring)) == (readers, copiers, 9)
+        _assert_same(dict(streamer.stream()), load_file(str(tmp_path / "model.safetensors")))
+        source.close()
+    wait_for_unregistered()
+    assert not registrations.live and not _readers()
