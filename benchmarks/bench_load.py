@@ -336,7 +336,7 @@ class LoadTrace:
     fresh process's first 10% of the bytes go."""
 
     BUCKET = 0.025
-    KINDS = ("pin", "wait", "read", "chunk", "build", "bind", "finish")
+    # each kind of event and its letter in the threads' lines
     LETTERS: ClassVar[dict[str, str]] = {
         "pin": "p",
         "wait": "w",
@@ -344,6 +344,7 @@ class LoadTrace:
         "chunk": "c",
         "build": "B",
         "bind": "X",
+        "finish": "f",
     }
 
     def __init__(self) -> None:
@@ -392,7 +393,7 @@ class LoadTrace:
                 f"trace: {1e3 * lo:4.0f} {done / self.BUCKET / 1e9:11.2f} {live['read']:6d}"
                 f" {live['pin']:5d} {live['chunk']:7d}"
             )
-        for kind in self.KINDS:
+        for kind in self.LETTERS:
             ms = sorted(1e3 * (e[2] - e[1]) for e in self.events if e[0] == kind)
             if ms:
                 first = min(e[1] for e in self.events if e[0] == kind)
@@ -407,7 +408,7 @@ class LoadTrace:
             threads.setdefault(event[4], []).append(event)
         for n, events in enumerate(threads.values()):
             steps_text = " ".join(
-                f"{self.LETTERS.get(kind, 'f')}{1e3 * t0:.1f}-{1e3 * t1:.1f}"
+                f"{self.LETTERS[kind]}{1e3 * t0:.1f}-{1e3 * t1:.1f}"
                 for kind, t0, t1, _, _ in events[:steps]
             )
             lines.append(f"trace: thread {n:2d}: {steps_text}")

@@ -395,8 +395,8 @@ _PAGE = 4096  # registrations cover whole pages
 
 
 def _host_tensor(address: int, size: int) -> torch.Tensor:
-    """`size` bytes of host memory at `address` (a file's read-only mapping) as a uint8 tensor
-    that does not own them: only ever copied from, while the mapping is open."""
+    """`size` bytes of host memory at `address` (a chunk in a file's read-only mapping) as a
+    uint8 tensor that does not own them: only ever copied from, while the mapping is open."""
     array = np.ctypeslib.as_array((ctypes.c_uint8 * size).from_address(address))
     return torch.from_numpy(array)
 
@@ -466,7 +466,6 @@ class _Readers:
         self._threads = threads
         self._copiers = copiers  # mapped copiers (StreamOptions.mapped_copiers), after bind
         self.mapped_bytes = 0  # payload they copied
-        self._views: dict[str, torch.Tensor] = {}  # file -> its mapping as a host tensor
         self._registered: list[int] = []  # addresses the copiers registered, undone after
         self._owners: dict[str, object] = {}  # file -> what keeps its mapping in place
         self._lock = threading.Lock()  # the next chunk, the held chunks, landings and counts
@@ -531,7 +530,6 @@ class _Readers:
         with self._lock:
             registered, self._registered = self._registered, []
             owners, self._owners = list(self._owners.values()), {}
-            self._views.clear()
         if registered:
             _undo_later(registered, owners)
 
@@ -629,10 +627,11 @@ class _Readers:
         try:
             with torch.cuda.stream(stream) if stream is not None else nullcontext():
                 while (chunk := self._next_mapped()) is not None:
-                    if not self._register(chunk):
+                    address = self._register(chunk)
+                    if address is None:
                         self._done.put(self._copy_unmapped(chunk))
                         break
-                    self._enqueue(chunk, self._mapped_view(chunk), stream)
+                    self._enqueue(chunk, _host_tensor(address, chunk.needed), stream)
                     event = None
                     if stream is not None:
                         event = torch.cuda.Event()
@@ -659,36 +658,25 @@ class _Readers:
             self._bound.wait()
         return None
 
-    def _register(self, chunk: Chunk) -> bool:
-        """Whether the chunk's pages in its file's mapping are now registered with CUDA; False
-        where the file is not mapped, is shorter than its header says (the plain read reports
-        that) or registering fails."""
+    def _register(self, chunk: Chunk) -> int | None:
+        """The address of the chunk's bytes in its file's mapping, its pages now registered
+        with CUDA; None where the file is not mapped, is shorter than its header says (the
+        plain read reports that) or registering fails."""
         mapping = self._streamer.source.mapped(chunk.file)
         if mapping is None or chunk.offset + chunk.needed > mapping.size:
-            return False
+            return None
+        address = mapping.address + chunk.offset
         end = min(chunk.offset + chunk.length, mapping.size)
         nbytes = -(-(end - chunk.offset) // _PAGE) * _PAGE
         try:
-            pinned.register_read_only(mapping.address + chunk.offset, nbytes)
+            pinned.register_read_only(address, nbytes)
         except (RuntimeError, OSError) as e:
             log.warning("copying straight out of the page cache failed (%s); reading instead", e)
-            return False
+            return None
         with self._lock:
-            self._registered.append(mapping.address + chunk.offset)
+            self._registered.append(address)
             self._owners[chunk.file] = mapping.owner  # mapped until the registration is undone
-        return True
-
-    def _mapped_view(self, chunk: Chunk) -> torch.Tensor:
-        """The chunk's bytes in its file's mapping, as a host tensor (read only)."""
-        with self._lock:
-            view = self._views.get(chunk.file)
-        if view is None:
-            mapping = self._streamer.source.mapped(chunk.file)
-            assert mapping is not None, "a registered chunk's file is mapped"
-            view = _host_tensor(mapping.address, mapping.size)
-            with self._lock:
-                self._views[chunk.file] = view
-        return view[chunk.offset : chunk.offset + chunk.needed]
+        return address
 
     def _copy_unmapped(self, chunk: Chunk) -> _Finished:
         """A chunk a mapped copier could not register, read into plain host memory and copied

@@ -196,7 +196,7 @@ def test_a_copy_that_fails_ends_the_load_and_undoes_its_registrations(
     def broken(*_: object) -> torch.Tensor:
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-    monkeypatch.setattr(streamer_module._Readers, "_mapped_view", broken)
+    monkeypatch.setattr(streamer_module, "_host_tensor", broken)
     source = MappedSource(LocalSource(tmp_path), delay_s=0.01)
     streamer = SafetensorsStreamer(source, CPU, options=_options(2))
     with pytest.raises(RuntimeError, match="illegal memory access"):
