@@ -342,6 +342,8 @@ class LoadTrace:
         "wait": "w",
         "read": "r",
         "chunk": "c",
+        "register": "g",
+        "enqueue": "e",
         "build": "B",
         "bind": "X",
         "finish": "f",
@@ -376,22 +378,26 @@ class LoadTrace:
         self.wrap(HostRing, "acquire", "wait")  # the slot's last copies awaited (and pins)
         self.wrap(LocalSource, "read_into", "read")
         self.wrap(_Readers, "_copy", "chunk")
+        self.wrap(_Readers, "_register", "register")  # a mapped copier's pages registered
+        self.wrap(_Readers, "_enqueue", "enqueue")  # a chunk's copies enqueued (both paths)
         self.wrap(_Readers, "bind", "bind")
         self.wrap(SafetensorsStreamer, "_finish", "finish")
         self.wrap(model_loader, "build_model", "build")
 
     def summary(self, until: float = 0.4, steps: int = 12) -> str:
-        lines = ["trace: ms    read GB/s  reads  pins  chunks  (in flight at the bucket's end)"]
+        lines = [
+            "trace: ms    read GB/s  reads  pins  chunks  regs  (in flight at the bucket's end)"
+        ]
         for i in range(int(until / self.BUCKET)):
             lo, hi = i * self.BUCKET, (i + 1) * self.BUCKET
             done = sum(e[3] for e in self.events if e[0] == "read" and lo <= e[2] < hi)
             live = {
                 kind: sum(1 for e in self.events if e[0] == kind and e[1] <= hi < e[2])
-                for kind in ("read", "pin", "chunk")
+                for kind in ("read", "pin", "chunk", "register")
             }
             lines.append(
                 f"trace: {1e3 * lo:4.0f} {done / self.BUCKET / 1e9:11.2f} {live['read']:6d}"
-                f" {live['pin']:5d} {live['chunk']:7d}"
+                f" {live['pin']:5d} {live['chunk']:7d} {live['register']:5d}"
             )
         for kind in self.LETTERS:
             ms = sorted(1e3 * (e[2] - e[1]) for e in self.events if e[0] == kind)
@@ -402,7 +408,8 @@ class LoadTrace:
                     f"{ms[len(ms) // 2]:.2f} ms, max {ms[-1]:.1f} ms, sum {sum(ms):.0f} ms"
                 )
         # each thread's first steps, start-end in ms: p pin, w slot wait, r read, c chunk's
-        # copies enqueued, B model build, X bind, f tensor finished
+        # copies enqueued and its slot marked, g pages registered, e copies enqueued, B model
+        # build, X bind, f tensor finished
         threads: dict[int, list[tuple[str, float, float, int, int]]] = {}
         for event in sorted(self.events, key=lambda e: e[1]):
             threads.setdefault(event[4], []).append(event)

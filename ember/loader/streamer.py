@@ -66,12 +66,22 @@ class StreamOptions:
     # readers: the readers are bound by the CPU copying bytes out of the page cache, these by
     # registering pages, so the two may add up. None: EMBER_MAPPED_COPIERS (default 0)
     mapped_copiers: int | None = None
+    # chunks one mapped copier keeps enqueued on its stream at most before it takes another, so
+    # copiers do not claim chunks faster than the copy engine moves them and leave a backlog
+    # that drains after the readers are done; 0: no bound. None: EMBER_MAPPED_DEPTH (default 2)
+    mapped_depth: int | None = None
 
     def copiers(self) -> int:
         """Mapped copiers asked for: the option, else EMBER_MAPPED_COPIERS, else none."""
         if self.mapped_copiers is not None:
             return max(0, self.mapped_copiers)
         return env_count("EMBER_MAPPED_COPIERS", 0)
+
+    def copier_depth(self) -> int:
+        """A mapped copier's chunks in flight at most (0: unbounded)."""
+        if self.mapped_depth is not None:
+            return max(0, self.mapped_depth)
+        return env_count("EMBER_MAPPED_DEPTH", 2)
 
     def tail_chunk(self, alignment: int) -> int:
         """The tail chunks' size for a source of `alignment` (chunk_bytes where there is no
@@ -481,7 +491,7 @@ class _Readers:
 
     def start(self) -> None:
         """The readers begin: before `bind` they read chunks into free slots until the ring is
-        full, and copy nothing. Mapped copiers wait for `bind`."""
+        full, and copy nothing. Mapped copiers register one chunk each and wait for `bind`."""
         for work in [self._run] * self._threads + [self._run_mapped] * self._copiers:
             stream = None
             if self.ring.cuda:
@@ -623,11 +633,21 @@ class _Readers:
         """A mapped copier: once bound, takes the next chunk, registers its pages in the page
         cache (read-only) and copies them to the device from there. The registrations are
         undone after the load, off its path (`stop`); a chunk that cannot be registered is read
-        and copied the plain way, and the copier stops there."""
+        and copied the plain way, and the copier stops there. A copier keeps at most
+        `StreamOptions.copier_depth()` chunks enqueued: chunks it has not taken stay for the
+        readers, and the last of them reach the device with the readers' (unbounded, 4 copiers
+        left 30-90 ms of copies after the last chunk was handed over on the H200)."""
+        depth = self._streamer.options.copier_depth()
+        in_flight: deque[torch.cuda.Event] = deque()
         try:
             with torch.cuda.stream(stream) if stream is not None else nullcontext():
-                while (chunk := self._next_mapped()) is not None:
+                early = True  # the first chunk is taken and registered before `bind`
+                while (chunk := self._next_mapped(early)) is not None:
+                    early = False
                     address = self._register(chunk)
+                    self._bound.wait()
+                    if self._stopping.is_set():
+                        break
                     if address is None:
                         self._done.put(self._copy_unmapped(chunk))
                         break
@@ -636,21 +656,25 @@ class _Readers:
                     if stream is not None:
                         event = torch.cuda.Event()
                         event.record(stream)
+                        in_flight.append(event)
                     with self._lock:
                         self.mapped_bytes += chunk.payload
                     self._done.put(self._account(chunk, event))
+                    while depth and len(in_flight) >= depth:
+                        in_flight.popleft().synchronize()  # (the GIL released meanwhile)
         except BaseException as e:  # handed to the loading thread, which raises it
             self._stopping.set()
             self._done.put(e)
         finally:
             self._done.put(None)
 
-    def _next_mapped(self) -> Chunk | None:
-        """The next chunk for a mapped copier once the destinations are known; None when there
-        is none left or the load stops."""
+    def _next_mapped(self, early: bool = False) -> Chunk | None:
+        """The next chunk for a mapped copier once the destinations are known (`early`: at
+        once, to register it while the model is built); None when there is none left or the
+        load stops."""
         while not self._stopping.is_set():
             with self._lock:
-                if self._copying:
+                if self._copying or early:
                     if self._next < len(self._chunks):
                         self._next += 1
                         return self._chunks[self._next - 1]

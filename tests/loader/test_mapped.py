@@ -7,7 +7,9 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -257,3 +259,52 @@ def test_copiers_take_the_place_of_readers(tmp_path: Path, registrations: Regist
         source.close()
     wait_for_unregistered()
     assert not registrations.live and not _readers()
+
+
+def _wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+def test_copiers_register_a_chunk_each_before_the_destinations_are_known(
+    tmp_path: Path, registrations: Registrations
+) -> None:
+    """Begun before the model is built (`start()`), each copier registers one chunk and copies
+    nothing until `stream()` names the destinations; the bytes then match."""
+    save_file(random_tensors(29), str(tmp_path / "model.safetensors"))
+    source = MappedSource(LocalSource(tmp_path), delay_s=0.002)
+    streamer = SafetensorsStreamer(source, CPU, options=_options(2))
+    streamer.start()
+    _wait_for(lambda: registrations.count == 2)
+    time.sleep(0.02)
+    assert registrations.count == 2 and streamer.stats.mapped_bytes == 0
+    _assert_same(dict(streamer.stream()), load_file(str(tmp_path / "model.safetensors")))
+    source.close()
+    wait_for_unregistered()
+    assert registrations.count > 2 and not registrations.live and not _readers()
+
+
+def test_a_load_closed_before_its_build_ends_undoes_the_early_registrations(
+    tmp_path: Path, registrations: Registrations
+) -> None:
+    save_file(random_tensors(30), str(tmp_path / "model.safetensors"))
+    source = MappedSource(LocalSource(tmp_path), delay_s=0.002)
+    streamer = SafetensorsStreamer(source, CPU, options=_options(2))
+    streamer.start()
+    _wait_for(lambda: registrations.count == 2)
+    streamer.close()  # the build failed
+    source.close()
+    wait_for_unregistered()
+    assert not registrations.live and registrations.undone == 2 and not _readers()
+
+
+def test_copier_depth_follows_the_option_then_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("EMBER_MAPPED_DEPTH", raising=False)
+    assert StreamOptions().copier_depth() == 2
+    monkeypatch.setenv("EMBER_MAPPED_DEPTH", "0")
+    assert StreamOptions().copier_depth() == 0  # unbounded
+    assert StreamOptions(mapped_depth=3).copier_depth() == 3
