@@ -17,8 +17,6 @@ without a destination are materialised on the device for the caller to place.
 
 from __future__ import annotations
 
-import atexit
-import ctypes
 import logging
 import queue
 import threading
@@ -29,12 +27,11 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from ember.envflags import env_count, env_flag
 from ember.errors import ModelLoadError
-from ember.loader import pinned
+from ember.loader import mapped_pages, pinned
 from ember.loader.files import INDEX_FILE, weight_files
 from ember.loader.header import TensorMeta, read_header
 from ember.loader.plan import Chunk, plan_chunks
@@ -401,55 +398,6 @@ def _read_headers(source: Source, files: list[str], weight_map: dict[str, str]) 
 
 
 _Finished = tuple[int, list[_Target]]  # (payload bytes of a chunk, tensors it completed)
-_PAGE = 4096  # registrations cover whole pages
-
-
-def _host_tensor(address: int, size: int) -> torch.Tensor:
-    """`size` bytes of host memory at `address` (a chunk in a file's read-only mapping) as a
-    uint8 tensor that does not own them: only ever copied from, while the mapping is open."""
-    array = np.ctypeslib.as_array((ctypes.c_uint8 * size).from_address(address))
-    return torch.from_numpy(array)
-
-
-_undoing: list[threading.Thread] = []  # threads undoing registrations after a load
-_undoing_lock = threading.Lock()
-
-
-def _undo_later(registered: list[int], owners: list[object]) -> None:
-    """Undo the registrations (their copies are done) on a thread, then let go of the mappings
-    they are in."""
-
-    def undo() -> None:
-        start = time.perf_counter()
-        try:
-            for address in registered:
-                pinned.unregister(address)
-        except Exception as e:  # the load is over; its outcome stands
-            log.warning("undoing a registration of the page cache with CUDA failed: %s", e)
-        owners.clear()
-        log.info(
-            "unregistered: %d chunks of the page cache in %.3f s after the load",
-            len(registered),
-            time.perf_counter() - start,
-        )
-
-    thread = threading.Thread(target=undo, name="ember-unregister", daemon=True)
-    with _undoing_lock:
-        _undoing.append(thread)
-    thread.start()
-
-
-def wait_for_unregistered() -> None:
-    """Until every load's page-cache registrations are undone (at exit too, before CUDA is torn
-    down)."""
-    with _undoing_lock:
-        threads = list(_undoing)
-        _undoing.clear()
-    for thread in threads:
-        thread.join()
-
-
-atexit.register(wait_for_unregistered)
 
 
 class _Readers:
@@ -541,7 +489,7 @@ class _Readers:
             registered, self._registered = self._registered, []
             owners, self._owners = list(self._owners.values()), {}
         if registered:
-            _undo_later(registered, owners)
+            mapped_pages.undo_later(registered, owners)
 
     def _run(self, stream: torch.cuda.Stream | None) -> None:
         try:
@@ -651,7 +599,7 @@ class _Readers:
                     if address is None:
                         self._done.put(self._copy_unmapped(chunk))
                         break
-                    self._enqueue(chunk, _host_tensor(address, chunk.needed), stream)
+                    self._enqueue(chunk, mapped_pages.host_view(address, chunk.needed), stream)
                     event = None
                     if stream is not None:
                         event = torch.cuda.Event()
@@ -691,7 +639,7 @@ class _Readers:
             return None
         address = mapping.address + chunk.offset
         end = min(chunk.offset + chunk.length, mapping.size)
-        nbytes = -(-(end - chunk.offset) // _PAGE) * _PAGE
+        nbytes = mapped_pages.whole_pages(end - chunk.offset)
         try:
             pinned.register_read_only(address, nbytes)
         except (RuntimeError, OSError) as e:

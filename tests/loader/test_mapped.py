@@ -20,8 +20,8 @@ from ember.envflags import env_count
 from ember.errors import ModelLoadError
 from ember.loader import SafetensorsStreamer, StreamOptions, TensorMeta, pinned
 from ember.loader.local import LocalSource
+from ember.loader.mapped_pages import wait_for_unregistered
 from ember.loader.source import Mapping
-from ember.loader.streamer import wait_for_unregistered
 
 from .helpers import random_tensors
 from .test_streamer import CountingSource, _assert_same, _readers, _save_sharded
@@ -191,14 +191,14 @@ def test_a_truncated_file_fails_with_its_name(tmp_path: Path, registrations: Reg
 def test_a_copy_that_fails_ends_the_load_and_undoes_its_registrations(
     tmp_path: Path, registrations: Registrations, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ember.loader import streamer as streamer_module
+    from ember.loader import mapped_pages
 
     save_file(random_tensors(27), str(tmp_path / "model.safetensors"))
 
     def broken(*_: object) -> torch.Tensor:
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-    monkeypatch.setattr(streamer_module, "_host_tensor", broken)
+    monkeypatch.setattr(mapped_pages, "host_view", broken)
     source = MappedSource(LocalSource(tmp_path), delay_s=0.01)
     streamer = SafetensorsStreamer(source, CPU, options=_options(2))
     with pytest.raises(RuntimeError, match="illegal memory access"):
