@@ -345,6 +345,10 @@ class LoadTrace:
         "register": "g",
         "enqueue": "e",
         "build": "B",
+        "buffers": "m",
+        "slots": "s",
+        "open": "o",
+        "start": "S",
         "bind": "X",
         "finish": "f",
     }
@@ -383,6 +387,10 @@ class LoadTrace:
         self.wrap(_Readers, "bind", "bind")
         self.wrap(SafetensorsStreamer, "_finish", "finish")
         self.wrap(model_loader, "build_model", "build")
+        self.wrap(model_loader, "materialize_buffers", "buffers")  # rotary tables, on a thread
+        self.wrap(model_loader, "checkpoint_slots", "slots")
+        self.wrap(SafetensorsStreamer, "_open_readers", "open")  # plan, ring, streams
+        self.wrap(_Readers, "start", "start")
 
     def summary(self, until: float = 0.4, steps: int = 12) -> str:
         lines = [
@@ -409,7 +417,8 @@ class LoadTrace:
                 )
         # each thread's first steps, start-end in ms: p pin, w slot wait, r read, c chunk's
         # copies enqueued and its slot marked, g pages registered, e copies enqueued, B model
-        # build, X bind, f tensor finished
+        # build, m rotary tables, s checkpoint slots, o readers opened, S readers started, X bind,
+        # f tensor finished
         threads: dict[int, list[tuple[str, float, float, int, int]]] = {}
         for event in sorted(self.events, key=lambda e: e[1]):
             threads.setdefault(event[4], []).append(event)

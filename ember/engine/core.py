@@ -29,6 +29,7 @@ from ember.envflags import env_flag
 from ember.errors import InvalidRequestError
 from ember.kernel_cache import hash_triton_ahead, wait_triton_hash
 from ember.layers.metadata import AttentionMetadata, KVCache, allocate_kv_cache
+from ember.loader import mapped_pages
 from ember.models.base import CausalLM
 from ember.models.config import ModelConfig
 from ember.models.loader import resolve_dtype
@@ -206,6 +207,7 @@ class EngineCore:
         if pipelined is None:
             pipelined = self.device.type == "cuda"
         self.pipeline = StepPipeline(self) if pipelined else None
+        mapped_pages.release()  # the load's page-cache registrations, kept off the start's path
         trace("engine ready")
         log.info("engine start-up: %s", self.startup.summary())
         log.info(

@@ -63,22 +63,12 @@ class StreamOptions:
     # readers: the readers are bound by the CPU copying bytes out of the page cache, these by
     # registering pages, so the two may add up. None: EMBER_MAPPED_COPIERS (default 0)
     mapped_copiers: int | None = None
-    # chunks one mapped copier keeps enqueued on its stream at most before it takes another, so
-    # copiers do not claim chunks faster than the copy engine moves them and leave a backlog
-    # that drains after the readers are done; 0: no bound. None: EMBER_MAPPED_DEPTH (default 2)
-    mapped_depth: int | None = None
 
     def copiers(self) -> int:
         """Mapped copiers asked for: the option, else EMBER_MAPPED_COPIERS, else none."""
         if self.mapped_copiers is not None:
             return max(0, self.mapped_copiers)
         return env_count("EMBER_MAPPED_COPIERS", 0)
-
-    def copier_depth(self) -> int:
-        """A mapped copier's chunks in flight at most (0: unbounded)."""
-        if self.mapped_depth is not None:
-            return max(0, self.mapped_depth)
-        return env_count("EMBER_MAPPED_DEPTH", 2)
 
     def tail_chunk(self, alignment: int) -> int:
         """The tail chunks' size for a source of `alignment` (chunk_bytes where there is no
@@ -156,6 +146,8 @@ class SafetensorsStreamer:
             return
         self._began = time.perf_counter()
         self._readers = self._open_readers()
+        if self._readers is not None:
+            self._readers.start()
 
     def close(self) -> None:
         """Stop the readers that `start()` began if no `stream()` took them over (the model's
@@ -210,7 +202,8 @@ class SafetensorsStreamer:
         return self.device.type == "cuda" or self.source.local_dir() is None
 
     def _open_readers(self) -> _Readers | None:
-        """The load's readers through a new ring, reading; None if there is nothing to read."""
+        """The load's readers through a new ring, not started; None if there is nothing to
+        read."""
         opts = self.options
         alignment = self.source.alignment
         threads = max(1, opts.threads or self.source.concurrency)
@@ -232,15 +225,14 @@ class SafetensorsStreamer:
         # 51.1 GB/s where 16 + 2 gave 45.9: docs/benchmarks.md); the ring keeps its size.
         threads = max(1, threads - copiers)
         ring = HostRing(slots, opts.chunk_bytes, self.device)
-        readers = _Readers(self, ring, chunks, threads, copiers)
-        readers.start()
-        return readers
+        return _Readers(self, ring, chunks, threads, copiers)
 
     def _move(self, targets: list[_Target]) -> Iterator[tuple[str, torch.Tensor]]:
         if not self._through_ring():
             yield from self._move_direct(targets)
             return
         readers, self._readers = self._readers, None  # those start() began, if it did
+        began = readers is not None
         if readers is None:
             readers = self._open_readers()
         if readers is None:  # nothing to read
@@ -249,6 +241,8 @@ class SafetensorsStreamer:
         self._report(0)
         try:
             readers.bind(targets)
+            if not began:  # bound first: every reader copies its first chunk as soon as read
+                readers.start()
             for payload, complete in readers.results():
                 done_bytes += payload
                 self._report(done_bytes)
@@ -434,24 +428,25 @@ class _Readers:
         # chunks read into slots before the destinations were known, to copy once they are
         self._held: deque[tuple[Chunk, int]] = deque()
         self._done: queue.SimpleQueue[_Finished | BaseException | None] = queue.SimpleQueue()
+        # a CUDA stream per thread, made here so that `bind` may come before `start`
         self._streams: list[torch.cuda.Stream] = []
+        if ring.cuda:
+            device = streamer.device
+            self._streams = [torch.cuda.Stream(device) for _ in range(threads + copiers)]
         self._pool = ThreadPoolExecutor(threads + copiers, thread_name_prefix="ember-load")
 
     def start(self) -> None:
         """The readers begin: before `bind` they read chunks into free slots until the ring is
-        full, and copy nothing. Mapped copiers register one chunk each and wait for `bind`."""
-        for work in [self._run] * self._threads + [self._run_mapped] * self._copiers:
-            stream = None
-            if self.ring.cuda:
-                stream = torch.cuda.Stream(self._streamer.device)
-                self._streams.append(stream)
-            self._pool.submit(work, stream)
+        full, and copy nothing. Mapped copiers wait for `bind`."""
+        works = [self._run] * self._threads + [self._run_mapped] * self._copiers
+        for n, work in enumerate(works):
+            self._pool.submit(work, self._streams[n] if self._streams else None)
 
     def bind(self, targets: list[_Target]) -> None:
         """Where the chunks' bytes go; the readers copy from now on, what they hold first.
-        Called on the loading thread: on CUDA every reader's stream first waits for its current
-        stream, which the destinations were allocated on (no reader has enqueued anything
-        yet)."""
+        Called on the loading thread, before or after `start`: on CUDA every reader's stream
+        first waits for its current stream, which the destinations were allocated on (no reader
+        has enqueued anything yet)."""
         self._targets = targets
         if self.ring.cuda:
             current = torch.cuda.current_stream(self._streamer.device)
@@ -476,10 +471,9 @@ class _Readers:
 
     def stop(self) -> None:
         """Readers finish the read in hand and end; every copy they enqueued completes. The
-        copiers' registrations are then undone on a thread of their own, beside whatever the
-        caller does next (unregistering 16 GB took ~0.13 s on the H200; undone behind each
-        chunk inside the load, it made the copiers slower than the ring alone:
-        docs/benchmarks.md)."""
+        copiers' registrations are undone later, off the load's path and the engine's start
+        (mapped_pages.undo_later; undone behind each chunk inside the load, they made the
+        copiers slower than the ring alone: docs/benchmarks.md)."""
         self._stopping.set()
         self._bound.set()  # readers waiting for destinations that will not come
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -581,21 +575,11 @@ class _Readers:
         """A mapped copier: once bound, takes the next chunk, registers its pages in the page
         cache (read-only) and copies them to the device from there. The registrations are
         undone after the load, off its path (`stop`); a chunk that cannot be registered is read
-        and copied the plain way, and the copier stops there. A copier keeps at most
-        `StreamOptions.copier_depth()` chunks enqueued: chunks it has not taken stay for the
-        readers, and the last of them reach the device with the readers' (unbounded, 4 copiers
-        left 30-90 ms of copies after the last chunk was handed over on the H200)."""
-        depth = self._streamer.options.copier_depth()
-        in_flight: deque[torch.cuda.Event] = deque()
+        and copied the plain way, and the copier stops there."""
         try:
             with torch.cuda.stream(stream) if stream is not None else nullcontext():
-                early = True  # the first chunk is taken and registered before `bind`
-                while (chunk := self._next_mapped(early)) is not None:
-                    early = False
+                while (chunk := self._next_mapped()) is not None:
                     address = self._register(chunk)
-                    self._bound.wait()
-                    if self._stopping.is_set():
-                        break
                     if address is None:
                         self._done.put(self._copy_unmapped(chunk))
                         break
@@ -604,25 +588,22 @@ class _Readers:
                     if stream is not None:
                         event = torch.cuda.Event()
                         event.record(stream)
-                        in_flight.append(event)
                     with self._lock:
                         self.mapped_bytes += chunk.payload
                     self._done.put(self._account(chunk, event))
-                    while depth and len(in_flight) >= depth:
-                        in_flight.popleft().synchronize()  # (the GIL released meanwhile)
         except BaseException as e:  # handed to the loading thread, which raises it
             self._stopping.set()
             self._done.put(e)
         finally:
             self._done.put(None)
 
-    def _next_mapped(self, early: bool = False) -> Chunk | None:
-        """The next chunk for a mapped copier once the destinations are known (`early`: at
-        once, to register it while the model is built); None when there is none left or the
-        load stops."""
+    def _next_mapped(self) -> Chunk | None:
+        """The next chunk for a mapped copier once the destinations are known; None when there
+        is none left or the load stops. (Registering before `bind` held up `bind` itself on the
+        H100: registrations and the streams' waits take the same driver lock.)"""
         while not self._stopping.is_set():
             with self._lock:
-                if self._copying or early:
+                if self._copying:
                     if self._next < len(self._chunks):
                         self._next += 1
                         return self._chunks[self._next - 1]
