@@ -78,8 +78,9 @@
 #   bash scripts/device_run.sh earlytrace       # one traced load with the reads begun early,
 #                                               # one without (~1 min with the model written)
 #   bash scripts/device_run.sh mapped           # fresh whole loads with 0/2/4 mapped copiers
-#                                               # beside the ring's readers, alternating,
-#                                               # twice; then two traced loads
+#                                               # beside the ring's readers (4 with the reads
+#                                               # begun early too), alternating, twice; then
+#                                               # three traced loads
 #                                               # (~4 min with the model written)
 #   bash scripts/device_run.sh hybrid           # ring threads and zero-copy threads together,
 #                                               # one process, against each alone (~2 min
@@ -261,13 +262,16 @@ for stage in "$@"; do
                 --warm-env "EMBER_EARLY_READS=1 BENCH_LOAD_TRACE=1" --warm-env BENCH_LOAD_TRACE=1 ;;
         mapped)
             # mapped copiers beside the ring's readers (EMBER_MAPPED_COPIERS): fresh whole loads
-            # with the ring pinned ahead, 0 / 2 / 4 copiers alternating, twice; then one traced
-            # load without and with 4 copiers
+            # with the ring pinned ahead, 0 / 2 / 4 copiers, and 4 with the reads begun before
+            # the build, alternating, twice; then one traced load of each but 2 copiers
+            # (`env $(python3 scripts/best_env.py $OUT/mapped-load.log)` names the winner)
             run mapped-load 300 python3 benchmarks/bench_load.py --slots-sweep 20 \
-                --warm-env EMBER_MAPPED_COPIERS=2 --warm-env EMBER_MAPPED_COPIERS=4 --repeats 2
+                --warm-env EMBER_MAPPED_COPIERS=2 --warm-env EMBER_MAPPED_COPIERS=4 \
+                --warm-env "EMBER_MAPPED_COPIERS=4 EMBER_EARLY_READS=1" --repeats 2
             run mapped-trace 100 python3 benchmarks/bench_load.py --slots-sweep 20 --repeats 1 \
                 --warm-env BENCH_LOAD_TRACE=1 \
-                --warm-env "BENCH_LOAD_TRACE=1 EMBER_MAPPED_COPIERS=4" ;;
+                --warm-env "BENCH_LOAD_TRACE=1 EMBER_MAPPED_COPIERS=4" \
+                --warm-env "BENCH_LOAD_TRACE=1 EMBER_MAPPED_COPIERS=4 EMBER_EARLY_READS=1" ;;
         hybrid)
             # the ring's threads and zero-copy threads at once, one process, against each alone
             run hybrid 300 python3 benchmarks/bench_stream_paths.py --threads 16 --chunk-mib 32 \
