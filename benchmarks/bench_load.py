@@ -475,7 +475,7 @@ def child(
         # engine's own imports (core_client.py), so the pinning overlaps them.
         ahead = slots or Source.concurrency + 4
         chunk = options.chunk_bytes if options else StreamOptions().chunk_bytes
-        prepin.start(str(device), ahead, chunk)
+        prepin.start(str(device), ahead, chunk, threads=Source.concurrency)
     preimport(key, root)
     freeze_import_heap()  # as the engine process does before its load, for every loader
     if device.type == "cuda":

@@ -196,7 +196,9 @@ def _core_process_waiting(device: str, inbox: Connection, outbox: Connection) ->
     from ember.loader.streamer import StreamOptions
 
     # The ring of a default load: a reader per unit of the source's concurrency, plus 4.
-    prepin.start(device, Source.concurrency + 4, StreamOptions().chunk_bytes)
+    prepin.start(
+        device, Source.concurrency + 4, StreamOptions().chunk_bytes, threads=Source.concurrency
+    )
     import ember.engine.core  # noqa: F401
 
     trace("engine imported")

@@ -23,6 +23,7 @@ from collections.abc import Callable
 import torch
 
 from ember.envflags import env_flag
+from ember.loader import workers
 from ember.loader.pinned import pinned_host
 
 log = logging.getLogger(__name__)
@@ -54,17 +55,41 @@ class SlotPool:
         self.seconds = 0.0  # how long the thread took
         self.count = 0  # buffers it allocated
 
-    def start(self, count: int, nbytes: int, allocate: Callable[[int], torch.Tensor]) -> None:
-        """Begin allocating `count` buffers of `nbytes` on a daemon thread (once)."""
+    def start(
+        self,
+        count: int,
+        nbytes: int,
+        allocate: Callable[[int], torch.Tensor],
+        then: Callable[[], None] | None = None,
+    ) -> None:
+        """Begin allocating `count` buffers of `nbytes` on a daemon thread (once), then run
+        `then` there."""
         if self.thread is not None or count <= 0:
             return
         self._nbytes = nbytes
         self.thread = threading.Thread(
-            target=self._fill, args=(count, nbytes, allocate), name="ember-prepin", daemon=True
+            target=self._fill,
+            args=(count, nbytes, allocate, then),
+            name="ember-prepin",
+            daemon=True,
         )
         self.thread.start()
 
-    def _fill(self, count: int, nbytes: int, allocate: Callable[[int], torch.Tensor]) -> None:
+    def _fill(
+        self,
+        count: int,
+        nbytes: int,
+        allocate: Callable[[int], torch.Tensor],
+        then: Callable[[], None] | None,
+    ) -> None:
+        self._allocate(count, nbytes, allocate)
+        if then is not None:
+            try:
+                then()
+            except Exception as e:  # an optimisation too: the load starts what is missing
+                log.warning("preparing the load's threads ahead failed: %s", e)
+
+    def _allocate(self, count: int, nbytes: int, allocate: Callable[[int], torch.Tensor]) -> None:
         t0 = time.monotonic()
         try:
             for _ in range(count):
@@ -100,9 +125,11 @@ class SlotPool:
 _pool = SlotPool()
 
 
-def start(device: str, count: int, nbytes: int) -> None:
+def start(device: str, count: int, nbytes: int, threads: int = 0) -> None:
     """Pin `count` slots of `nbytes` for the next load onto `device` (CUDA only; creating the
-    CUDA context on the way, which the engine would do next anyway)."""
+    CUDA context on the way, which the engine would do next anyway), then start `threads` of
+    the loader's reader threads (workers.py) and torch's CUDA streams for the device, which
+    the load would otherwise start on its own path (11-17 ms for 16 threads on the H100)."""
     if not device.startswith("cuda") and device != "auto":
         return
     if not env_flag("EMBER_PREPIN", True):
@@ -115,7 +142,12 @@ def start(device: str, count: int, nbytes: int) -> None:
         with torch.cuda.device(index):  # the context of the engine's device, not device 0
             return page_aligned(n, pinned=True)
 
-    _pool.start(count, nbytes, allocate)
+    def then() -> None:
+        with torch.cuda.device(index):
+            torch.cuda.Stream()  # the first makes torch's pool of streams for the device
+        workers.readers.ensure(threads)
+
+    _pool.start(count, nbytes, allocate, then)
 
 
 def take(nbytes: int) -> torch.Tensor | None:

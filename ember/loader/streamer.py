@@ -3,9 +3,9 @@
     source --(reader threads: pread / range GET, GIL released)--> ring slot (pinned host memory)
            --(the same reader: async H2D on its own stream)--> destination bytes on the device
 
-Mapped copiers (StreamOptions.mapped_copiers, off by default) take chunks of warm local files
-beside the readers and skip the ring: the chunk's pages in the page cache are registered with
-CUDA and copied to the device from there.
+Mapped copiers (StreamOptions.mapped_copiers: a quarter of the threads) take chunks of warm
+local files beside the readers and skip the ring: the chunk's pages in the page cache are
+registered with CUDA and copied to the device from there.
 
 Python only plans ranges and enqueues copies; bytes are moved by the kernel, obstore and the
 copy engine. The loading thread receives finished tensors and orders them before later work.
@@ -26,12 +26,13 @@ from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
 from ember.envflags import env_count, env_flag
 from ember.errors import ModelLoadError
-from ember.loader import mapped_pages, pinned
+from ember.loader import mapped_pages, pinned, workers
 from ember.loader.files import INDEX_FILE, weight_files
 from ember.loader.header import TensorMeta, read_header
 from ember.loader.plan import Chunk, plan_chunks
@@ -61,14 +62,19 @@ class StreamOptions:
     # threads that copy chunks of warm local files to the device straight out of the page cache
     # (each registers its chunk's pages with CUDA, read-only), in place of as many of the ring's
     # readers: the readers are bound by the CPU copying bytes out of the page cache, these by
-    # registering pages, so the two may add up. None: EMBER_MAPPED_COPIERS (default 0)
+    # registering pages, so the two add up (12 readers + 4 copiers: 35.1-39.1 GB/s against
+    # 32.8-35.7 for 16 readers over three GPU calls, docs/benchmarks.md). None:
+    # EMBER_MAPPED_COPIERS, else a quarter of the threads; 0 turns them off
     mapped_copiers: int | None = None
 
-    def copiers(self) -> int:
-        """Mapped copiers asked for: the option, else EMBER_MAPPED_COPIERS, else none."""
+    def copiers(self, threads: int) -> int:
+        """Mapped copiers among `threads`: the option, else EMBER_MAPPED_COPIERS, else a
+        quarter of them; always fewer than `threads` (one reader stays)."""
         if self.mapped_copiers is not None:
-            return max(0, self.mapped_copiers)
-        return env_count("EMBER_MAPPED_COPIERS", 0)
+            asked = max(0, self.mapped_copiers)
+        else:
+            asked = env_count("EMBER_MAPPED_COPIERS", threads // 4)
+        return min(asked, max(0, threads - 1))
 
     def tail_chunk(self, alignment: int) -> int:
         """The tail chunks' size for a source of `alignment` (chunk_bytes where there is no
@@ -138,6 +144,9 @@ class SafetensorsStreamer:
         self.stats = LoadStats(files=len(self.files), tensors=len(self.tensors))
         self._readers: _Readers | None = None  # started early, not yet taken over by stream()
         self._began: float | None = None  # when start() began reading
+        # set once this load's readers run with their destinations (or the load is over): work
+        # beside the load that needs the GIL waits for it, off the readers' start
+        self.reading = threading.Event()
 
     def start(self) -> None:
         """Begin reading into the ring now; the copies wait for `stream()`. Nothing to do for a
@@ -154,6 +163,7 @@ class SafetensorsStreamer:
         build failed); every slot is given back."""
         readers, self._readers = self._readers, None
         self._began = None  # a later stream() reads afresh
+        self.reading.set()
         if readers is not None:
             readers.stop()
 
@@ -218,12 +228,12 @@ class SafetensorsStreamer:
             return None
         threads = min(threads, len(chunks))
         slots = max(threads, min(opts.slots or threads + 4, len(chunks)))
-        copiers = opts.copiers()
+        copiers = opts.copiers(threads)
         if copiers and any(self.source.mapped(f) is None for f in {c.file for c in chunks}):
             copiers = 0  # a file that is not local or not in the page cache: the ring reads all
         # Copiers take the place of readers (on the H200, 14 readers + 2 copiers moved the 8B at
         # 51.1 GB/s where 16 + 2 gave 45.9: docs/benchmarks.md); the ring keeps its size.
-        threads = max(1, threads - copiers)
+        threads -= copiers
         ring = HostRing(slots, opts.chunk_bytes, self.device)
         return _Readers(self, ring, chunks, threads, copiers)
 
@@ -243,6 +253,7 @@ class SafetensorsStreamer:
             readers.bind(targets)
             if not began:  # bound first: every reader copies its first chunk as soon as read
                 readers.start()
+            self.reading.set()
             for payload, complete in readers.results():
                 done_bytes += payload
                 self._report(done_bytes)
@@ -259,6 +270,7 @@ class SafetensorsStreamer:
         straight into where they land (no ring, no second copy), in reads of at most
         chunk_bytes. Tensors get their landing as their first read is queued, and at most two
         reads a thread are queued, so a dtype cast holds staging for few tensors at a time."""
+        self.reading.set()
         opts = self.options
         reads = deque(
             (target, offset, min(opts.chunk_bytes, target.remaining - offset))
@@ -433,14 +445,16 @@ class _Readers:
         if ring.cuda:
             device = streamer.device
             self._streams = [torch.cuda.Stream(device) for _ in range(threads + copiers)]
-        self._pool = ThreadPoolExecutor(threads + copiers, thread_name_prefix="ember-load")
+        self._wait: Callable[[], object] | None = None  # until every thread's task returned
 
     def start(self) -> None:
         """The readers begin: before `bind` they read chunks into free slots until the ring is
         full, and copy nothing. Mapped copiers wait for `bind`."""
         works = [self._run] * self._threads + [self._run_mapped] * self._copiers
-        for n, work in enumerate(works):
-            self._pool.submit(work, self._streams[n] if self._streams else None)
+        streams: list[torch.cuda.Stream | None] = list(self._streams) or [None] * len(works)
+        self._wait = workers.readers.run(
+            [partial(work, stream) for work, stream in zip(works, streams, strict=True)]
+        )
 
     def bind(self, targets: list[_Target]) -> None:
         """Where the chunks' bytes go; the readers copy from now on, what they hold first.
@@ -476,7 +490,8 @@ class _Readers:
         copiers slower than the ring alone: docs/benchmarks.md)."""
         self._stopping.set()
         self._bound.set()  # readers waiting for destinations that will not come
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._wait is not None:
+            self._wait()
         for stream in self._streams:
             stream.synchronize()
         with self._lock:

@@ -149,7 +149,14 @@ def _stream_beside(
     (the stream only writes parameters) and `alongside` runs once they are (the kernels' warm-up
     runs the model). Both are joined even when the load fails; their errors are raised after a
     good load. The float8 weights of `fp8` are scaled once all are in place; returns how many."""
-    buffers = _Alongside(lambda m: materialize_buffers(m, device), model)
+
+    def tables(m: CausalLM) -> None:
+        # once the readers run: begun as the build ended, this thread's torch calls shared the
+        # GIL with the readers' start (it ran 29-72 ms into a warm 8B load on the H100)
+        streamer.reading.wait()
+        materialize_buffers(m, device)
+
+    buffers = _Alongside(tables, model)
     helper = None
     if alongside is not None:
         warm = alongside
@@ -170,6 +177,7 @@ def _stream_beside(
             dequantized = fp8.dequantize(slots, rename)
         trace("weights streamed")
     finally:
+        streamer.reading.set()  # (a load that failed before reading: the thread must not wait)
         buffers.join()  # nothing outlives the call
         if helper is not None:
             helper.join()

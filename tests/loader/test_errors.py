@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ember.errors import ModelLoadError
-from ember.loader import SafetensorsStreamer, StreamOptions
+from ember.loader import SafetensorsStreamer, StreamOptions, workers
 from ember.loader.local import LocalSource
 from ember.models import load_model
 
@@ -209,7 +209,9 @@ def test_unknown_scheme(tmp_path: Path) -> None:
 
 
 def _readers() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("ember-load")]
+    """Loader threads still at work: a load's own pools, and the kept readers' busy ones."""
+    names = [t.name for t in threading.enumerate() if t.name.startswith("ember-load")]
+    return names + ["ember-reader"] * workers.readers.busy()
 
 
 def test_a_file_given_as_the_model_folder_and_a_shard_that_is_a_folder_say_so(

@@ -17,7 +17,7 @@ import torch
 from moto.server import ThreadedMotoServer
 
 from ember.errors import ModelLoadError
-from ember.loader import StreamOptions, resolve_source
+from ember.loader import StreamOptions, resolve_source, workers
 from ember.loader.cache import MARKER, cache_path
 from ember.loader.remote import _first_line
 from ember.models import CausalLM, load_model
@@ -274,6 +274,7 @@ def test_early_reads_fill_the_ring_while_the_model_is_built(
         with pytest.raises(RuntimeError, match="out of memory while building"):
             load_model(url, torch.float32, CPU, options=SMALL)
     assert not [t for t in threading.enumerate() if t.name.startswith("ember-load")]
+    assert workers.readers.busy() == 0  # the kept reader threads are all idle again
 
 
 def test_an_http_server_without_range_requests_is_named_as_the_problem(model_dir: Path) -> None:

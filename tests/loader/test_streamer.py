@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ember.errors import ModelLoadError
-from ember.loader import SafetensorsStreamer, Source, StreamOptions, TensorMeta
+from ember.loader import SafetensorsStreamer, Source, StreamOptions, TensorMeta, workers
 from ember.loader.local import LocalSource
 
 from .helpers import random_tensors
@@ -347,7 +347,9 @@ class CountingSource(Source):
 
 
 def _readers() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("ember-load")]
+    """Loader threads still at work: a load's own pools, and the kept readers' busy ones."""
+    names = [t.name for t in threading.enumerate() if t.name.startswith("ember-load")]
+    return names + ["ember-reader"] * workers.readers.busy()
 
 
 def test_ring_hands_out_the_slot_given_back_longest_ago() -> None:
