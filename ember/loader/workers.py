@@ -57,6 +57,9 @@ class Workers:
                 except BaseException:
                     log.exception("a loader thread's task failed")
                 finally:
+                    with self._lock:  # this thread is idle again before anyone hears it is done
+                        self._idle += 1
+                        self._running -= 1
                     with count_lock:
                         left -= 1
                         if left == 0:
@@ -82,13 +85,7 @@ class Workers:
 
     def _serve(self) -> None:
         while True:
-            task = self._tasks.get()
-            try:
-                task()
-            finally:
-                with self._lock:
-                    self._idle += 1
-                    self._running -= 1
+            self._tasks.get()()  # (a task given by `run` never raises and counts itself idle)
 
 
 readers = Workers("ember-reader")
