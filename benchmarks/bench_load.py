@@ -470,6 +470,7 @@ def child(
     logging.getLogger("ember.models.loader").setLevel(logging.INFO)
     logging.getLogger("ember.loader.prepin").setLevel(logging.INFO)
     logging.getLogger("ember.loader.streamer").setLevel(logging.INFO)
+    logging.getLogger("ember.loader.mapped_pages").setLevel(logging.INFO)  # undone, at exit
     if key == "ember-prepinned":
         # As `ember serve`'s engine process does: as soon as torch is imported, before the
         # engine's own imports (core_client.py), so the pinning overlaps them.

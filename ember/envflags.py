@@ -1,6 +1,7 @@
 """Start-up levers read from the environment: on/off switches (EMBER_PREFETCH_WEIGHTS,
 EMBER_BYTECODE_CACHE, EMBER_PREPIN, EMBER_WARM_BESIDE_LOAD, EMBER_GC_FREEZE, EMBER_STARTUP_TRACE,
-EMBER_EARLY_READS, EMBER_LOAD_TAPER) and counts (EMBER_MAPPED_COPIERS). Torch-free."""
+EMBER_EARLY_READS, EMBER_LOAD_TAPER) and counts (EMBER_MAPPED_COPIERS, default a quarter of the
+loader's threads). Torch-free."""
 
 from __future__ import annotations
 

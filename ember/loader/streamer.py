@@ -432,6 +432,7 @@ class _Readers:
         self.mapped_bytes = 0  # payload they copied
         self._registered: list[int] = []  # addresses the copiers registered, undone after
         self._owners: dict[str, object] = {}  # file -> what keeps its mapping in place
+        self._refused = False  # a registration failed (warned once)
         self._lock = threading.Lock()  # the next chunk, the held chunks, landings and counts
         self._next = 0
         self._stopping = threading.Event()
@@ -639,7 +640,14 @@ class _Readers:
         try:
             pinned.register_read_only(address, nbytes)
         except (RuntimeError, OSError) as e:
-            log.warning("copying straight out of the page cache failed (%s); reading instead", e)
+            with self._lock:
+                first, self._refused = not self._refused, True
+            if first:  # once a load: every copier meets the same refusal
+                log.warning(
+                    "copying straight out of the page cache failed (%s); reading instead "
+                    "(EMBER_MAPPED_COPIERS=0 skips trying)",
+                    e,
+                )
             return None
         with self._lock:
             self._registered.append(address)
