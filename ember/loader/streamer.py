@@ -62,8 +62,8 @@ class StreamOptions:
     # threads that copy chunks of warm local files to the device straight out of the page cache
     # (each registers its chunk's pages with CUDA, read-only), in place of as many of the ring's
     # readers: the readers are bound by the CPU copying bytes out of the page cache, these by
-    # registering pages, so the two add up (12 readers + 4 copiers: 35.1-39.1 GB/s against
-    # 32.8-35.7 for 16 readers over three GPU calls, docs/benchmarks.md). None:
+    # registering pages, so the two add up (12 readers + 4 copiers: 34.4-39.1 GB/s against
+    # 32.0-35.4 for 16 readers over three GPU calls, docs/benchmarks.md). None:
     # EMBER_MAPPED_COPIERS, else a quarter of the threads; 0 turns them off
     mapped_copiers: int | None = None
 
