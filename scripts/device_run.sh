@@ -77,10 +77,10 @@
 #                                               # safetensors and Run:ai, twice (~3 min)
 #   bash scripts/device_run.sh earlytrace       # one traced load with the reads begun early,
 #                                               # one without (~1 min with the model written)
-#   bash scripts/device_run.sh mapped           # fresh whole loads with 0/2/4 mapped copiers
-#                                               # beside the ring's readers (4 with the reads
-#                                               # begun early too), alternating, twice; then
-#                                               # three traced loads
+#   bash scripts/device_run.sh mapped           # fresh whole loads: the defaults (4 mapped
+#                                               # copiers) against 0 and 2 copiers and the
+#                                               # reads begun early, alternating, twice; then
+#                                               # traced loads with and without copiers
 #                                               # (~4 min with the model written)
 #   bash scripts/device_run.sh hybrid           # ring threads and zero-copy threads together,
 #                                               # one process, against each alone (~2 min
@@ -261,17 +261,17 @@ for stage in "$@"; do
             run early-trace 100 python3 benchmarks/bench_load.py --slots-sweep 20 --repeats 1 \
                 --warm-env "EMBER_EARLY_READS=1 BENCH_LOAD_TRACE=1" --warm-env BENCH_LOAD_TRACE=1 ;;
         mapped)
-            # mapped copiers beside the ring's readers (EMBER_MAPPED_COPIERS): fresh whole loads
-            # with the ring pinned ahead, 0 / 2 / 4 copiers, and 4 with the reads begun before
-            # the build, alternating, twice; then one traced load of each but 2 copiers
-            # (`env $(python3 scripts/best_env.py $OUT/mapped-load.log)` names the winner)
+            # mapped copiers beside the ring's readers: fresh whole loads with the ring pinned
+            # ahead, the defaults (4 copiers of 16 threads) against 0 and 2 copiers and the
+            # reads begun before the build, alternating, twice; then one traced load with and
+            # without copiers (`env $(python3 scripts/best_env.py $OUT/mapped-load.log)` names
+            # the winner for a later stage)
             run mapped-load 300 python3 benchmarks/bench_load.py --slots-sweep 20 \
-                --warm-env EMBER_MAPPED_COPIERS=2 --warm-env EMBER_MAPPED_COPIERS=4 \
-                --warm-env "EMBER_MAPPED_COPIERS=4 EMBER_EARLY_READS=1" --repeats 2
+                --warm-env EMBER_MAPPED_COPIERS=0 --warm-env EMBER_MAPPED_COPIERS=2 \
+                --warm-env EMBER_EARLY_READS=1 --repeats 2
             run mapped-trace 100 python3 benchmarks/bench_load.py --slots-sweep 20 --repeats 1 \
                 --warm-env BENCH_LOAD_TRACE=1 \
-                --warm-env "BENCH_LOAD_TRACE=1 EMBER_MAPPED_COPIERS=4" \
-                --warm-env "BENCH_LOAD_TRACE=1 EMBER_MAPPED_COPIERS=4 EMBER_EARLY_READS=1" ;;
+                --warm-env "BENCH_LOAD_TRACE=1 EMBER_MAPPED_COPIERS=0" ;;
         hybrid)
             # the ring's threads and zero-copy threads at once, one process, against each alone
             run hybrid 300 python3 benchmarks/bench_stream_paths.py --threads 16 --chunk-mib 32 \
