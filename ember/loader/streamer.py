@@ -502,27 +502,38 @@ class _Readers:
             mapped_pages.undo_later(registered, owners)
 
     def _run(self, stream: torch.cuda.Stream | None) -> None:
+        """A reader's thread."""
+        self._guarded(self._read_chunks, stream)
+
+    def _guarded(
+        self, work: Callable[[torch.cuda.Stream | None], None], stream: torch.cuda.Stream | None
+    ) -> None:
+        """`work` on `stream`: an error is handed to the loading thread, which raises it, and
+        the thread's end is always reported."""
         try:
             with torch.cuda.stream(stream) if stream is not None else nullcontext():
-                while (job := self._next_job()) is not None:
-                    chunk, slot, read = job
-                    if not read:
-                        try:
-                            self._streamer._read(chunk, self.ring.acquire(slot))
-                        except BaseException:
-                            self.ring.give(slot)
-                            raise
-                        if self._stopping.is_set():
-                            self.ring.give(slot)
-                            break
-                        if self._hold(chunk, slot):
-                            continue
-                    self._done.put(self._copy(chunk, slot, stream))
-        except BaseException as e:  # handed to the loading thread, which raises it
+                work(stream)
+        except BaseException as e:
             self._stopping.set()
             self._done.put(e)
         finally:
             self._done.put(None)
+
+    def _read_chunks(self, stream: torch.cuda.Stream | None) -> None:
+        while (job := self._next_job()) is not None:
+            chunk, slot, read = job
+            if not read:
+                try:
+                    self._streamer._read(chunk, self.ring.acquire(slot))
+                except BaseException:
+                    self.ring.give(slot)
+                    raise
+                if self._stopping.is_set():
+                    self.ring.give(slot)
+                    break
+                if self._hold(chunk, slot):
+                    continue
+            self._done.put(self._copy(chunk, slot, stream))
 
     def _next_job(self) -> tuple[Chunk, int, bool] | None:
         """(chunk, its slot, whether the slot holds its bytes already), None when the reader is
@@ -588,30 +599,30 @@ class _Readers:
         return chunk.payload, complete
 
     def _run_mapped(self, stream: torch.cuda.Stream | None) -> None:
-        """A mapped copier: once bound, takes the next chunk, registers its pages in the page
-        cache (read-only) and copies them to the device from there. The registrations are
-        undone after the load, off its path (`stop`); a chunk that cannot be registered is read
-        and copied the plain way, and the copier stops there."""
-        try:
-            with torch.cuda.stream(stream) if stream is not None else nullcontext():
-                while (chunk := self._next_mapped()) is not None:
-                    address = self._register(chunk)
-                    if address is None:
-                        self._done.put(self._copy_unmapped(chunk))
-                        break
-                    self._enqueue(chunk, mapped_pages.host_view(address, chunk.needed), stream)
-                    event = None
-                    if stream is not None:
-                        event = torch.cuda.Event()
-                        event.record(stream)
-                    with self._lock:
-                        self.mapped_bytes += chunk.payload
-                    self._done.put(self._account(chunk, event))
-        except BaseException as e:  # handed to the loading thread, which raises it
-            self._stopping.set()
-            self._done.put(e)
-        finally:
-            self._done.put(None)
+        """A mapped copier's thread."""
+        self._guarded(self._map_chunks, stream)
+
+    def _map_chunks(self, stream: torch.cuda.Stream | None) -> None:
+        """Once bound, take the next chunk, register its pages in the page cache (read-only)
+        and copy them to the device from there. The registrations are undone after the load,
+        off its path (`stop`). A chunk that cannot be registered is read and copied the plain
+        way, and the copier reads through the ring from then on (the ring has a slot for every
+        thread), so a platform that refuses the registration loads at the readers' full
+        number."""
+        while (chunk := self._next_mapped()) is not None:
+            address = self._register(chunk)
+            if address is None:
+                self._done.put(self._copy_unmapped(chunk))
+                self._read_chunks(stream)
+                return
+            self._enqueue(chunk, mapped_pages.host_view(address, chunk.needed), stream)
+            event = None
+            if stream is not None:
+                event = torch.cuda.Event()
+                event.record(stream)
+            with self._lock:
+                self.mapped_bytes += chunk.payload
+            self._done.put(self._account(chunk, event))
 
     def _next_mapped(self) -> Chunk | None:
         """The next chunk for a mapped copier once the destinations are known; None when there

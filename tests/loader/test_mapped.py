@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 import weakref
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -171,6 +172,33 @@ def test_a_refused_registration_reads_the_chunk_instead(
     assert "EMBER_MAPPED_COPIERS=0" in caplog.text
     wait_for_unregistered()
     assert streamer.stats.mapped_bytes == 0 and not registrations.live
+
+
+def test_copiers_refused_by_cuda_go_on_as_ring_readers(
+    tmp_path: Path, registrations: Registrations
+) -> None:
+    """A platform that refuses the registration still loads with every thread reading: each
+    copier reads its refused chunk, then takes ring slots like a reader."""
+    save_file(random_tensors(33), str(tmp_path / "model.safetensors"))
+    registrations.fail = True
+    reads: Counter[int] = Counter()  # data reads by thread
+
+    class Recording(MappedSource):
+        def read_into(self, name: str, offset: int, out: memoryview) -> int:
+            if offset >= PAGE:  # past the header
+                reads[threading.get_ident()] += 1
+            return super().read_into(name, offset, out)
+
+    source = Recording(LocalSource(tmp_path), delay_s=0.005)
+    options = StreamOptions(chunk_bytes=8 * KiB, threads=4, slots=4, mapped_copiers=2)
+    streamer = SafetensorsStreamer(source, CPU, options=options)
+    got = dict(streamer.stream())
+    source.close()
+    _assert_same(got, load_file(str(tmp_path / "model.safetensors")))
+    # 2 readers and 2 former copiers, each reading many chunks (a copier that stopped after its
+    # refused chunk would have read one)
+    assert len(reads) == 4 and min(reads.values()) >= 2, reads
+    assert streamer.stats.mapped_bytes == 0 and not _readers()
 
 
 def test_a_truncated_file_fails_with_its_name(tmp_path: Path, registrations: Registrations) -> None:
