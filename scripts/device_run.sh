@@ -255,7 +255,8 @@ for stage in "$@"; do
                 --warm-env "EMBER_EARLY_READS=1 EMBER_LOAD_TAPER=1 BENCH_LOAD_TRACE=1" ;;
         target)
             # the target's one-run row: ember against safetensors and Run:ai, warm, twice (ember's
-            # loads see the caller's environment: EMBER_MAPPED_COPIERS=N turns copiers on)
+            # loads see the caller's environment: EMBER_MAPPED_COPIERS=N sets the copiers, 0
+            # turns them off)
             run target 200 python3 benchmarks/bench_load.py --warm-only --repeats 2 ;;
         earlytrace)
             run early-trace 100 python3 benchmarks/bench_load.py --slots-sweep 20 --repeats 1 \

@@ -451,10 +451,13 @@ class _Readers:
     def start(self) -> None:
         """The readers begin: before `bind` they read chunks into free slots until the ring is
         full, and copy nothing. Mapped copiers wait for `bind`."""
-        works = [self._run] * self._threads + [self._run_mapped] * self._copiers
+        works = [self._read_chunks] * self._threads + [self._map_chunks] * self._copiers
         streams: list[torch.cuda.Stream | None] = list(self._streams) or [None] * len(works)
         self._wait = workers.readers.run(
-            [partial(work, stream) for work, stream in zip(works, streams, strict=True)]
+            [
+                partial(self._guarded, work, stream)
+                for work, stream in zip(works, streams, strict=True)
+            ]
         )
 
     def bind(self, targets: list[_Target]) -> None:
@@ -501,15 +504,11 @@ class _Readers:
         if registered:
             mapped_pages.undo_later(registered, owners)
 
-    def _run(self, stream: torch.cuda.Stream | None) -> None:
-        """A reader's thread."""
-        self._guarded(self._read_chunks, stream)
-
     def _guarded(
         self, work: Callable[[torch.cuda.Stream | None], None], stream: torch.cuda.Stream | None
     ) -> None:
-        """`work` on `stream`: an error is handed to the loading thread, which raises it, and
-        the thread's end is always reported."""
+        """A thread's `work` (a reader's or a mapped copier's) on `stream`: an error is handed
+        to the loading thread, which raises it, and the thread's end is always reported."""
         try:
             with torch.cuda.stream(stream) if stream is not None else nullcontext():
                 work(stream)
@@ -520,6 +519,8 @@ class _Readers:
             self._done.put(None)
 
     def _read_chunks(self, stream: torch.cuda.Stream | None) -> None:
+        """A reader: take the next chunk, read it into a ring slot and copy it (or hold it
+        until `bind`)."""
         while (job := self._next_job()) is not None:
             chunk, slot, read = job
             if not read:
@@ -598,12 +599,8 @@ class _Readers:
                     complete.append(target)
         return chunk.payload, complete
 
-    def _run_mapped(self, stream: torch.cuda.Stream | None) -> None:
-        """A mapped copier's thread."""
-        self._guarded(self._map_chunks, stream)
-
     def _map_chunks(self, stream: torch.cuda.Stream | None) -> None:
-        """Once bound, take the next chunk, register its pages in the page cache (read-only)
+        """A mapped copier: once bound, take the next chunk, register its pages in the page cache (read-only)
         and copy them to the device from there. The registrations are undone after the load,
         off its path (`stop`). A chunk that cannot be registered is read and copied the plain
         way, and the copier reads through the ring from then on (the ring has a slot for every
