@@ -73,6 +73,8 @@
 #                                               # model's build and a tapered tail, each and
 #                                               # both against neither, 20 and 32 slots (~5 min
 #                                               # with the model written)
+#   bash scripts/device_run.sh coldcopiers      # `ember serve` from a cold page cache, the mapped
+#                                               # copiers on (default) and off, in turn (~4 min)
 #   bash scripts/device_run.sh target           # the target's row: warm loads, ember against
 #                                               # safetensors and Run:ai, twice (~3 min)
 #   bash scripts/device_run.sh earlytrace       # one traced load with the reads begun early,
@@ -308,6 +310,14 @@ for stage in "$@"; do
                 --vocab 128256 --shards 4 --dir .bench/llama-3.1-8b-random --repeats 2
             ;;
         overlap) run overlap 200 python3 scripts/gpu_check.py --section overlap --section gemm ;;
+        coldcopiers)
+            # `ember serve` from a cold page cache (its prefetch beside the imports, then the
+            # buffered load) with the default mapped copiers against none, in turn (start 1
+            # compiles Triton's kernels)
+            run cold-copiers 400 python3 benchmarks/bench_serve.py --real-weights --starts 7 \
+                --start-only --cold --start-env EMBER_STARTUP_TRACE=1 \
+                --start-env "EMBER_STARTUP_TRACE=1 EMBER_MAPPED_COPIERS=0"
+            ;;
         cold)
             run cold 400 python3 benchmarks/bench_serve.py --real-weights --starts 7 \
                 --start-only --cold --start-env "EMBER_STARTUP_TRACE=1 EMBER_PREFETCH_WEIGHTS=0" \
@@ -319,7 +329,7 @@ for stage in "$@"; do
             run spy-summary 60 python3 benchmarks/stacks.py "$OUT/serve-stacks.txt" --top 30
             ;;
         *)
-            echo "unknown stage '$stage': check shapes engine serve start load s3 async syncs sampled spy startexp fp8 gemv pin tune ncu ncuprefill l2 blas layout overlap cold startprof build beside slots chunks paths gc abtree"
+            echo "unknown stage '$stage': check shapes engine serve start load s3 async syncs sampled spy startexp fp8 gemv pin tune ncu ncuprefill l2 blas layout overlap cold coldcopiers startprof build beside slots chunks paths gc abtree"
             status=2
             ;;
     esac
