@@ -76,6 +76,21 @@ def resident_fraction(fd: int, size: int, samples: int = 256, window: int = 16) 
         _LIBC.munmap(addr, size)
 
 
+def resident(address: int, nbytes: int) -> bool | None:
+    """Whether every page of `nbytes` mapped at `address` is in the page cache (mincore touches
+    none of them); None where it cannot be told."""
+    if _LIBC is None or nbytes <= 0:
+        return None
+    page = mmap.PAGESIZE
+    start = address - address % page
+    length = address + nbytes - start
+    pages = (length + page - 1) // page
+    vec = ctypes.create_string_buffer(pages)
+    if _LIBC.mincore(start, length, ctypes.addressof(vec)) != 0:
+        return None
+    return bool((np.frombuffer(memoryview(vec), dtype=np.uint8, count=pages) & 1).all())
+
+
 def evict(path: str) -> None:
     """Drop a file's clean pages from the page cache (benchmarks' cold runs without root)."""
     fd = os.open(path, os.O_RDONLY)

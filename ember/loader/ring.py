@@ -36,6 +36,7 @@ class HostRing:
         self._events: list[torch.cuda.Event | None] = [None] * slots
         self._free = deque(range(slots))
         self._lock = threading.Lock()
+        self._given = threading.Condition(self._lock)  # a slot came back
         self.pin_seconds = 0.0
         self.pinned_here = 0  # slots this ring pinned itself (not taken from prepin)
 
@@ -53,9 +54,20 @@ class HostRing:
         with self._lock:
             return self._free.popleft() if self._free else None
 
+    def take_waiting(self, stopping: threading.Event) -> int | None:
+        """A free slot, waiting until one is given back if none is (the ring's slots can all
+        hold chunks read ahead of `bind`); None once `stopping` is set."""
+        with self._given:
+            while not self._free:
+                if stopping.is_set():
+                    return None
+                self._given.wait(0.01)  # (and looks at `stopping` again)
+            return self._free.popleft()
+
     def give(self, slot: int) -> None:
-        with self._lock:
+        with self._given:
             self._free.append(slot)
+            self._given.notify()
 
     def acquire(self, slot: int) -> memoryview:
         """The slot's memory for a reader, once every copy out of it has finished (blocks the

@@ -32,7 +32,7 @@ import torch
 
 from ember.envflags import env_count, env_flag
 from ember.errors import ModelLoadError
-from ember.loader import mapped_pages, pinned, workers
+from ember.loader import mapped_pages, pagecache, pinned, workers
 from ember.loader.files import INDEX_FILE, weight_files
 from ember.loader.header import TensorMeta, read_header
 from ember.loader.plan import Chunk, plan_chunks
@@ -529,17 +529,32 @@ class _Readers:
         while (job := self._next_job()) is not None:
             chunk, slot, read = job
             if not read:
-                try:
-                    self._streamer._read(chunk, self.ring.acquire(slot))
-                except BaseException:
-                    self.ring.give(slot)
-                    raise
-                if self._stopping.is_set():
-                    self.ring.give(slot)
+                if not self._fill(chunk, slot):
                     break
                 if self._hold(chunk, slot):
                     continue
             self._done.put(self._copy(chunk, slot, stream))
+
+    def _fill(self, chunk: Chunk, slot: int) -> bool:
+        """Read the chunk into the slot; False, the slot given back, once the load stops."""
+        try:
+            self._streamer._read(chunk, self.ring.acquire(slot))
+        except BaseException:
+            self.ring.give(slot)
+            raise
+        if self._stopping.is_set():
+            self.ring.give(slot)
+            return False
+        return True
+
+    def _through_ring(self, chunk: Chunk, stream: torch.cuda.Stream | None) -> bool:
+        """A copier's chunk read into a ring slot and copied as a reader would; False once the
+        load stops."""
+        slot = self.ring.take_waiting(self._stopping)
+        if slot is None or not self._fill(chunk, slot):
+            return False
+        self._done.put(self._copy(chunk, slot, stream))
+        return True
 
     def _next_job(self) -> tuple[Chunk, int, bool] | None:
         """(chunk, its slot, whether the slot holds its bytes already), None when the reader is
@@ -607,15 +622,22 @@ class _Readers:
     def _map_chunks(self, stream: torch.cuda.Stream | None) -> None:
         """A mapped copier: once bound, take the next chunk, register its pages in the page cache (read-only)
         and copy them to the device from there. The registrations are undone after the load,
-        off its path (`stop`). A chunk that cannot be registered is read and copied the plain
-        way, and the copier reads through the ring from then on (the ring has a slot for every
-        thread), so a platform that refuses the registration loads at the readers' full
-        number."""
+        off its path (`stop`). A chunk whose pages are not all in the page cache yet (a cold
+        load, or one beside the prefetch) is read through the ring instead: registering would
+        fault its pages in one at a time (`ember serve` from a cold cache: weights phase
+        7.7-8.5 s with copiers against 6.8-7.4 s without). A chunk that cannot be registered
+        goes through the ring too, and the copier reads through the ring from then on (the ring
+        has a slot for every thread), so a platform that refuses the registration loads at the
+        readers' full number."""
         while (chunk := self._next_mapped()) is not None:
+            if self._cold(chunk):
+                if not self._through_ring(chunk, stream):
+                    return
+                continue
             address = self._register(chunk)
             if address is None:
-                self._done.put(self._copy_unmapped(chunk))
-                self._read_chunks(stream)
+                if self._through_ring(chunk, stream):
+                    self._read_chunks(stream)
                 return
             self._enqueue(chunk, mapped_pages.host_view(address, chunk.needed), stream)
             event = None
@@ -667,13 +689,14 @@ class _Readers:
             self._owners[chunk.file] = mapping.owner  # mapped until the registration is undone
         return address
 
-    def _copy_unmapped(self, chunk: Chunk) -> _Finished:
-        """A chunk a mapped copier could not register, read into plain host memory and copied
-        from there (the copy waits; this is the fallback, once)."""
-        buffer = torch.empty(chunk.length, dtype=torch.uint8)
-        self._streamer._read(chunk, buffer.numpy().data)
-        self._enqueue(chunk, buffer, None)  # waits for the copies: the buffer is not pinned
-        return self._account(chunk, None)
+    def _cold(self, chunk: Chunk) -> bool:
+        """Whether some page of the chunk is not in the page cache (mincore; False where that
+        cannot be told or the file is not mapped: `_register` judges those)."""
+        mapping = self._streamer.source.mapped(chunk.file)
+        if mapping is None or chunk.offset + chunk.needed > mapping.size:
+            return False
+        end = min(chunk.offset + chunk.length, mapping.size)
+        return pagecache.resident(mapping.address + chunk.offset, end - chunk.offset) is False
 
     def _landings(self, chunk: Chunk) -> list[torch.Tensor]:
         lands: list[torch.Tensor] = []

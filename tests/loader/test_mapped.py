@@ -19,9 +19,17 @@ from safetensors.torch import load_file, save_file
 
 from ember.envflags import env_count
 from ember.errors import ModelLoadError
-from ember.loader import SafetensorsStreamer, StreamOptions, TensorMeta, mapped_pages, pinned
+from ember.loader import (
+    SafetensorsStreamer,
+    StreamOptions,
+    TensorMeta,
+    mapped_pages,
+    pagecache,
+    pinned,
+)
 from ember.loader.local import LocalSource
 from ember.loader.mapped_pages import wait_for_unregistered
+from ember.loader.pagecache import evict
 from ember.loader.source import Mapping
 
 from .helpers import random_tensors
@@ -158,8 +166,8 @@ def test_a_refused_registration_reads_the_chunk_instead(
     registrations: Registrations,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Where CUDA refuses to register the page cache, each copier reads its chunk the plain
-    way and leaves the rest to the ring; the load warns once."""
+    """Where CUDA refuses to register the page cache, each copier reads its chunk through the
+    ring, as the readers do; the load warns once."""
     save_file(random_tensors(25), str(tmp_path / "model.safetensors"))
     registrations.fail = True
     source = MappedSource(LocalSource(tmp_path), delay_s=0.002)
@@ -199,6 +207,83 @@ def test_copiers_refused_by_cuda_go_on_as_ring_readers(
     # refused chunk would have read one)
     assert len(reads) == 4 and min(reads.values()) >= 2, reads
     assert streamer.stats.mapped_bytes == 0 and not _readers()
+
+
+def test_chunks_not_in_the_page_cache_go_through_the_ring(
+    tmp_path: Path, registrations: Registrations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk some of whose pages are still on the disk (a cold load, or one beside the
+    prefetch) is read through the ring by the copier that took it; the chunks already cached
+    are registered and copied as before."""
+    tensors = random_tensors(34)
+    _save_sharded(tmp_path, tensors, shards=2)
+    asked: list[int] = []
+    resident = pagecache.resident
+
+    def every_other(address: int, nbytes: int) -> bool | None:
+        asked.append(nbytes)
+        return resident(address, nbytes) and len(asked) % 2 == 0
+
+    monkeypatch.setattr(pagecache, "resident", every_other)
+    source = MappedSource(LocalSource(tmp_path), delay_s=0.002)
+    streamer = SafetensorsStreamer(source, CPU, options=_options(2))
+    _assert_same(dict(streamer.stream()), tensors)
+    source.close()
+    wait_for_unregistered()
+    assert len(asked) >= 2 and registrations.count == len(asked) // 2
+    assert streamer.stats.mapped_bytes > 0 and not registrations.live and not _readers()
+
+
+def test_resident_tells_a_cached_range_from_an_evicted_one(tmp_path: Path) -> None:
+    path = tmp_path / "w.bin"
+    path.write_bytes(bytes(range(256)) * 4096)  # 1 MiB, in the page cache once written
+    source = LocalSource(tmp_path, direct=False)
+    mapping = source.mapped("w.bin")
+    assert mapping is not None
+    assert pagecache.resident(mapping.address + 100, 300_000) is True  # unaligned start
+    assert pagecache.resident(mapping.address, 0) is None
+    evict(str(path))
+    cold = pagecache.resident(mapping.address + 100, 300_000)
+    source.close()
+    if cold is not False:
+        pytest.skip("this filesystem keeps the file cached (tmpfs?)")
+
+
+def test_a_copier_waits_for_a_slot_the_early_reads_hold(
+    tmp_path: Path, registrations: Registrations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reads begun before the model's build can fill every ring slot with held chunks; a
+    copier whose chunk must go through the ring then waits for a slot instead of failing."""
+    save_file(random_tensors(36), str(tmp_path / "model.safetensors"))
+    monkeypatch.setattr(pagecache, "resident", lambda address, nbytes: False)
+    source = MappedSource(LocalSource(tmp_path))
+    options = StreamOptions(chunk_bytes=8 * KiB, threads=3, slots=3, mapped_copiers=1)
+    streamer = SafetensorsStreamer(source, CPU, options=options)
+    streamer.start()
+    opened = streamer._readers
+    assert opened is not None
+    assert _until(lambda: len(opened._held) == len(opened.ring))  # every slot holds a chunk
+    _assert_same(dict(streamer.stream()), load_file(str(tmp_path / "model.safetensors")))
+    source.close()
+    assert registrations.count == 0 and not _readers()
+
+
+def test_ring_take_waiting_gets_a_slot_given_back_or_stops() -> None:
+    from ember.loader.ring import HostRing
+
+    ring = HostRing(1, 8 * KiB, CPU)
+    held = ring.take()
+    stopping = threading.Event()
+    got: list[int | None] = []
+    waiter = threading.Thread(target=lambda: got.append(ring.take_waiting(stopping)))
+    waiter.start()
+    time.sleep(0.05)
+    assert waiter.is_alive()  # no slot free yet
+    ring.give(held)
+    waiter.join(5)
+    assert got == [held]
+    stopping.set()
+    assert ring.take_waiting(stopping) is None  # the only slot is taken and the load stops
 
 
 def test_a_truncated_file_fails_with_its_name(tmp_path: Path, registrations: Registrations) -> None:
