@@ -76,19 +76,24 @@ def resident_fraction(fd: int, size: int, samples: int = 256, window: int = 16) 
         _LIBC.munmap(addr, size)
 
 
-def resident(address: int, nbytes: int) -> bool | None:
-    """Whether every page of `nbytes` mapped at `address` is in the page cache (mincore touches
-    none of them); None where it cannot be told."""
+def resident(address: int, nbytes: int, samples: int = 8) -> bool | None:
+    """Whether the pages of `nbytes` mapped at `address` are in the page cache, judged by
+    `samples` pages spread over the range, its first and last among them (mincore touches none
+    of them); None where it cannot be told. Asking about every page of a 32 MiB chunk took
+    0.44 ms on the development machine, 8 pages ~15 us; a range the disk has not filled yet
+    (read front to back by the prefetch or the readers) misses its last page at least."""
     if _LIBC is None or nbytes <= 0:
         return None
     page = mmap.PAGESIZE
-    start = address - address % page
-    length = address + nbytes - start
-    pages = (length + page - 1) // page
-    vec = ctypes.create_string_buffer(pages)
-    if _LIBC.mincore(start, length, ctypes.addressof(vec)) != 0:
-        return None
-    return bool((np.frombuffer(memoryview(vec), dtype=np.uint8, count=pages) & 1).all())
+    first = address - address % page
+    pages = (address + nbytes - first + page - 1) // page
+    vec = ctypes.create_string_buffer(1)
+    for i in sorted({k * (pages - 1) // max(1, samples - 1) for k in range(samples)}):
+        if _LIBC.mincore(first + i * page, page, ctypes.addressof(vec)) != 0:
+            return None
+        if not vec.raw[0] & 1:
+            return False
+    return True
 
 
 def evict(path: str) -> None:

@@ -690,8 +690,8 @@ class _Readers:
         return address
 
     def _cold(self, chunk: Chunk) -> bool:
-        """Whether some page of the chunk is not in the page cache (mincore; False where that
-        cannot be told or the file is not mapped: `_register` judges those)."""
+        """Whether the chunk is not (wholly) in the page cache, by sampled pages (mincore;
+        False where that cannot be told or the file is not mapped: `_register` judges those)."""
         mapping = self._streamer.source.mapped(chunk.file)
         if mapping is None or chunk.offset + chunk.needed > mapping.size:
             return False
