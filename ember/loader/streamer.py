@@ -547,7 +547,7 @@ class _Readers:
             return False
         return True
 
-    def _through_ring(self, chunk: Chunk, stream: torch.cuda.Stream | None) -> bool:
+    def _read_via_ring(self, chunk: Chunk, stream: torch.cuda.Stream | None) -> bool:
         """A copier's chunk read into a ring slot and copied as a reader would; False once the
         load stops."""
         slot = self.ring.take_waiting(self._stopping)
@@ -631,12 +631,12 @@ class _Readers:
         readers' full number."""
         while (chunk := self._next_mapped()) is not None:
             if self._cold(chunk):
-                if not self._through_ring(chunk, stream):
+                if not self._read_via_ring(chunk, stream):
                     return
                 continue
             address = self._register(chunk)
             if address is None:
-                if self._through_ring(chunk, stream):
+                if self._read_via_ring(chunk, stream):
                     self._read_chunks(stream)
                 return
             self._enqueue(chunk, mapped_pages.host_view(address, chunk.needed), stream)
