@@ -80,7 +80,7 @@ def resident(address: int, nbytes: int, samples: int = 8) -> bool | None:
     """Whether the pages of `nbytes` mapped at `address` are in the page cache, judged by
     `samples` pages spread over the range, its first and last among them (mincore touches none
     of them); None where it cannot be told. Asking about every page of a 32 MiB chunk took
-    0.44 ms on the development machine, 8 pages ~15 us; a range the disk has not filled yet
+    0.44 ms on the development machine, 8 pages ~19 us; a range the disk has not filled yet
     (read front to back by the prefetch or the readers) misses its last page at least."""
     if _LIBC is None or nbytes <= 0:
         return None

@@ -37,7 +37,7 @@ from ember.loader.files import INDEX_FILE, weight_files
 from ember.loader.header import TensorMeta, read_header
 from ember.loader.plan import Chunk, plan_chunks
 from ember.loader.ring import HostRing
-from ember.loader.source import Source
+from ember.loader.source import Mapping, Source
 
 log = logging.getLogger(__name__)
 
@@ -620,21 +620,22 @@ class _Readers:
         return chunk.payload, complete
 
     def _map_chunks(self, stream: torch.cuda.Stream | None) -> None:
-        """A mapped copier: once bound, take the next chunk, register its pages in the page cache (read-only)
-        and copy them to the device from there. The registrations are undone after the load,
-        off its path (`stop`). A chunk whose pages are not all in the page cache yet (a cold
-        load, or one beside the prefetch) is read through the ring instead: registering would
-        fault its pages in one at a time (`ember serve` from a cold cache: weights phase
-        7.7-8.5 s with copiers against 6.8-7.4 s without). A chunk that cannot be registered
-        goes through the ring too, and the copier reads through the ring from then on (the ring
-        has a slot for every thread), so a platform that refuses the registration loads at the
-        readers' full number."""
+        """A mapped copier: once bound, take the next chunk, register its pages in the page
+        cache (read-only) and copy them to the device from there. The registrations are undone
+        after the load, off its path (`stop`). A chunk whose pages are not all in the page cache
+        yet (a cold load, or one beside the prefetch) is read through the ring instead:
+        registering would fault its pages in one at a time (`ember serve` from a cold cache:
+        weights phase 7.7-8.5 s with copiers against 6.8-7.4 s without). A chunk that cannot
+        be registered goes through the ring too, and the copier reads through the ring from
+        then on (the ring has a slot for every thread), so a platform that refuses the
+        registration loads at the readers' full number."""
         while (chunk := self._next_mapped()) is not None:
-            if self._cold(chunk):
+            span = self._mapped_span(chunk)
+            if span is not None and pagecache.resident(span[1], span[2]) is False:
                 if not self._read_via_ring(chunk, stream):
                     return
                 continue
-            address = self._register(chunk)
+            address = self._register(chunk, span)
             if address is None:
                 if self._read_via_ring(chunk, stream):
                     self._read_chunks(stream)
@@ -662,18 +663,24 @@ class _Readers:
             self._bound.wait()
         return None
 
-    def _register(self, chunk: Chunk) -> int | None:
-        """The address of the chunk's bytes in its file's mapping, its pages now registered
-        with CUDA; None where the file is not mapped, is shorter than its header says (the
-        plain read reports that) or registering fails."""
+    def _mapped_span(self, chunk: Chunk) -> tuple[Mapping, int, int] | None:
+        """(its file's mapping, address, bytes) of the chunk, up to the chunk's end or the
+        file's; None where the file is not mapped or is shorter than its header says (the
+        plain read reports that)."""
         mapping = self._streamer.source.mapped(chunk.file)
         if mapping is None or chunk.offset + chunk.needed > mapping.size:
             return None
-        address = mapping.address + chunk.offset
         end = min(chunk.offset + chunk.length, mapping.size)
-        nbytes = mapped_pages.whole_pages(end - chunk.offset)
+        return mapping, mapping.address + chunk.offset, end - chunk.offset
+
+    def _register(self, chunk: Chunk, span: tuple[Mapping, int, int] | None) -> int | None:
+        """The address of the chunk's bytes (`span`, from `_mapped_span`), its pages now
+        registered with CUDA; None where there is no span or registering fails."""
+        if span is None:
+            return None
+        mapping, address, nbytes = span
         try:
-            pinned.register_read_only(address, nbytes)
+            pinned.register_read_only(address, mapped_pages.whole_pages(nbytes))
         except (RuntimeError, OSError) as e:
             with self._lock:
                 first, self._refused = not self._refused, True
@@ -688,15 +695,6 @@ class _Readers:
             self._registered.append(address)
             self._owners[chunk.file] = mapping.owner  # mapped until the registration is undone
         return address
-
-    def _cold(self, chunk: Chunk) -> bool:
-        """Whether the chunk is not (wholly) in the page cache, by sampled pages (mincore;
-        False where that cannot be told or the file is not mapped: `_register` judges those)."""
-        mapping = self._streamer.source.mapped(chunk.file)
-        if mapping is None or chunk.offset + chunk.needed > mapping.size:
-            return False
-        end = min(chunk.offset + chunk.length, mapping.size)
-        return pagecache.resident(mapping.address + chunk.offset, end - chunk.offset) is False
 
     def _landings(self, chunk: Chunk) -> list[torch.Tensor]:
         lands: list[torch.Tensor] = []
